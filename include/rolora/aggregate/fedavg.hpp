@@ -1,0 +1,60 @@
+// FedAvg of LoRA factors (McMahan et al. 2017 applied factor-wise): the weighted mean of each
+// uploaded factor. Exact (mean of products) exactly when at most one factor varies across clients.
+#pragma once
+#include <span>
+#include <string_view>
+
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/aggregate.hpp>
+#include <rolora/core/concepts.hpp>
+
+namespace rolora {
+
+struct fedavg {
+  static constexpr std::string_view name = "fedavg";
+
+  template <backend Backend>
+  adapter_set<Backend> merge(const adapter_set<Backend>& global,
+                             std::span<const client_update<Backend>> updates,
+                             std::span<const double> weights, factor_set shared) const {
+    using T = typename Backend::scalar;
+    adapter_set<Backend> next = global;
+    for (auto& [name, g] : next) {
+      if (shared.a) Backend::scale(T(0), g.A);
+      if (shared.b) Backend::scale(T(0), g.B);
+      for (std::size_t i = 0; i < updates.size(); ++i) {  // fixed order: same bits every run
+        const auto& u = updates[i].adapters.at(name);
+        if (shared.a) Backend::axpy(T(weights[i]), u.A, g.A);  // [r, in]
+        if (shared.b) Backend::axpy(T(weights[i]), u.B, g.B);  // [out, r]
+      }
+    }
+    return next;
+  }
+};
+
+// Wraps another aggregator: after it merged A, the rows of A are made orthonormal (QR) and the
+// triangular factor is moved into B, so that B A is unchanged: with A_old = L A_new,
+// B_new = B L. RoLoRA's server step for the linear model (Chen et al. 2024, Algorithm 2), made
+// product-preserving.
+template <class Inner = fedavg>
+struct orthonormalize_a {
+  static constexpr std::string_view name = "orthonormalize_a";
+  Inner inner{};
+
+  template <backend Backend>
+  adapter_set<Backend> merge(const adapter_set<Backend>& global,
+                             std::span<const client_update<Backend>> updates,
+                             std::span<const double> weights, factor_set shared) const {
+    using T = typename Backend::scalar;
+    adapter_set<Backend> next = inner.merge(global, updates, weights, shared);
+    if (!shared.a) return next;
+    for (auto& [name, g] : next) {
+      const auto l = Backend::orthonormalize_rows(g.A);  // [r, r]: A_old = L A_new
+      auto b = g.B;                                      // [out, r]
+      Backend::gemm(T(1), b, op::none, l, op::none, T(0), g.B);
+    }
+    return next;
+  }
+};
+
+}  // namespace rolora

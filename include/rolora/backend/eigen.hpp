@@ -1,0 +1,136 @@
+// The CPU backend: column-major Eigen matrices, GEMM through Eigen's blocked kernels.
+#pragma once
+#include <cmath>
+#include <string_view>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <Eigen/QR>
+
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/core/shape.hpp>
+
+namespace rolora {
+
+namespace detail {
+
+// Thin QR of a^T for a [r, n]: returns Q^T [r, n] with orthonormal rows and L = R^T [r, r] with
+// a = L Q^T, signs chosen so that diag(L) > 0 (Householder QR leaves them arbitrary).
+template <class T>
+host_matrix<T> orthonormalize_rows_host(host_matrix<T>& a) {
+  const index_t r = a.rows(), n = a.cols();
+  if (r > n) {
+    fail<shape_error>("shape_error", "orthonormalize_rows: a [r, n] needs r <= n, got ",
+                      shape_string(r, n));
+  }
+  Eigen::HouseholderQR<host_matrix<T>> qr(a.transpose());
+  host_matrix<T> q = qr.householderQ() * host_matrix<T>::Identity(n, r);        // [n, r]
+  host_matrix<T> upper = qr.matrixQR().topRows(r).template triangularView<Eigen::Upper>();  // [r, r]
+  for (index_t j = 0; j < r; ++j) {
+    if (upper(j, j) < T(0)) {
+      upper.row(j) *= T(-1);
+      q.col(j) *= T(-1);
+    }
+  }
+  a = q.transpose();
+  return upper.transpose();
+}
+
+// x <- x g^{-1} for g symmetric positive definite, by Cholesky.
+template <class T>
+void solve_spd_right_host(const host_matrix<T>& g, host_matrix<T>& x) {
+  if (g.rows() != g.cols() || x.cols() != g.rows()) {
+    fail<shape_error>("shape_error", "solve_spd_right: expected g [n, n] and x [m, n], got g ",
+                      shape_string(g.rows(), g.cols()), " and x ", shape_string(x.rows(), x.cols()));
+  }
+  Eigen::LLT<host_matrix<T>> llt(g);
+  if (llt.info() != Eigen::Success) {
+    fail<value_error>("value_error", "solve_spd_right: the ", shape_string(g.rows(), g.cols()),
+                      " matrix is not positive definite (rank-deficient data or factor?)");
+  }
+  x = llt.solve(x.transpose()).transpose();  // g symmetric: (g^{-1} x^T)^T = x g^{-1}
+}
+
+}  // namespace detail
+
+template <class T>
+struct eigen_backend {
+  using scalar = T;
+  using matrix = host_matrix<T>;  // column-major
+  static constexpr std::string_view name = "eigen";
+
+  static matrix zeros(index_t rows, index_t cols) { return matrix::Zero(rows, cols); }
+  static index_t rows(const matrix& m) { return m.rows(); }
+  static index_t cols(const matrix& m) { return m.cols(); }
+
+  static void gemm(T alpha, const matrix& a, op op_a, const matrix& b, op op_b, T beta, matrix& c) {
+    const index_t m = op_a == op::none ? a.rows() : a.cols();
+    const index_t k = op_a == op::none ? a.cols() : a.rows();
+    const index_t kb = op_b == op::none ? b.rows() : b.cols();
+    const index_t n = op_b == op::none ? b.cols() : b.rows();
+    if (k != kb) {
+      detail::fail<shape_error>("shape_error", "gemm: inner dimensions differ: op(a) is ",
+                                detail::shape_string(m, k), ", op(b) is ",
+                                detail::shape_string(kb, n));
+    }
+    if (beta == T(0)) {
+      c.setZero(m, n);
+    } else if (c.rows() != m || c.cols() != n) {
+      detail::fail<shape_error>("shape_error", "gemm: c expected ", detail::shape_string(m, n),
+                                ", got ", detail::shape_string(c.rows(), c.cols()));
+    } else if (beta != T(1)) {
+      c *= beta;
+    }
+    if (op_a == op::none && op_b == op::none) {
+      c.noalias() += alpha * a * b;
+    } else if (op_a == op::none) {
+      c.noalias() += alpha * a * b.transpose();
+    } else if (op_b == op::none) {
+      c.noalias() += alpha * a.transpose() * b;
+    } else {
+      c.noalias() += alpha * a.transpose() * b.transpose();
+    }
+  }
+
+  static void axpy(T alpha, const matrix& x, matrix& y) {
+    check_same_shape("axpy", x, y);
+    y += alpha * x;
+  }
+  static void scale(T alpha, matrix& x) { x *= alpha; }
+  static T dot(const matrix& x, const matrix& y) {
+    check_same_shape("dot", x, y);
+    return x.cwiseProduct(y).sum();
+  }
+  static bool all_finite(const matrix& x) { return x.allFinite(); }
+
+  static host_matrix<T> to_host(const matrix& x) { return x; }
+  static matrix from_host(const host_matrix<T>& h) { return h; }
+
+  static matrix orthonormalize_rows(matrix& a) { return detail::orthonormalize_rows_host(a); }
+  static void solve_spd_right(const matrix& g, matrix& x) { detail::solve_spd_right_host(g, x); }
+
+  static void adamw_update(matrix& p, const matrix& g, matrix& m, matrix& v,
+                           const adamw_coefficients<T>& k) {
+    check_same_shape("adamw_update", p, g);
+    p *= T(1) - k.lr * k.weight_decay;  // decoupled weight decay, as torch.optim.AdamW
+    m = k.beta1 * m + (T(1) - k.beta1) * g;
+    v = k.beta2 * v + (T(1) - k.beta2) * g.cwiseAbs2();
+    const T step = k.lr / k.bias_correction1;
+    const T root_bc2 = std::sqrt(k.bias_correction2);
+    p.array() -= step * m.array() / (v.array().sqrt() / root_bc2 + k.eps);
+  }
+
+ private:
+  static void check_same_shape(const char* what, const matrix& x, const matrix& y) {
+    if (x.rows() != y.rows() || x.cols() != y.cols()) {
+      detail::fail<shape_error>("shape_error", what, ": shapes differ: ",
+                                detail::shape_string(x.rows(), x.cols()), " vs ",
+                                detail::shape_string(y.rows(), y.cols()));
+    }
+  }
+};
+
+static_assert(backend<eigen_backend<float>> && backend<eigen_backend<double>>);
+
+}  // namespace rolora

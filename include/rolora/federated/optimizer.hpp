@@ -1,0 +1,102 @@
+// Local optimizers for the trained LoRA factors: SGD (with momentum and weight decay, as
+// torch.optim.SGD) and AdamW (as torch.optim.AdamW). Settings are plain values; the moments live
+// in an optimizer_state made inside the run.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <map>
+#include <string>
+#include <variant>
+
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/lora.hpp>
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+
+namespace rolora {
+
+struct sgd {
+  double lr = 0.01;
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+};
+
+struct adamw {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;
+};
+
+using optimizer = std::variant<sgd, adamw>;
+
+// Gradients of an adapter set, module name -> {dA, dB}.
+template <backend Backend>
+using gradient_set = std::map<std::string, lora_gradients<Backend>>;
+
+// Moments of one client's optimizer over the factors it trains.
+template <backend Backend>
+class optimizer_state {
+ public:
+  // One step on the factors in `trains`: params -= update(grads).
+  void step(const optimizer& opt, adapter_set<Backend>& params, const gradient_set<Backend>& grads,
+            factor_set trains) {
+    ++steps_;
+    for (auto& [name, p] : params) {
+      const auto it = grads.find(name);
+      if (it == grads.end()) {
+        detail::fail<config_error>("config_error", "optimizer: no gradient for module '", name, "'");
+      }
+      auto& m = moments_[name];
+      if (trains.a) update(opt, p.A, it->second.dA, m.a);
+      if (trains.b) update(opt, p.B, it->second.dB, m.b);
+    }
+  }
+  std::size_t steps() const { return steps_; }
+
+ private:
+  using matrix = typename Backend::matrix;
+  using T = typename Backend::scalar;
+  struct moment_pair {
+    matrix first, second;  // momentum buffer / AdamW m and v, shaped like the factor
+    bool ready = false;
+  };
+  struct module_moments {
+    moment_pair a, b;
+  };
+
+  void update(const optimizer& opt, matrix& p, const matrix& g, moment_pair& m) {
+    if (!m.ready) {
+      m.first = Backend::zeros(Backend::rows(p), Backend::cols(p));
+      m.second = m.first;
+      m.ready = true;
+    }
+    if (const auto* s = std::get_if<sgd>(&opt)) {
+      matrix d = g;  // torch.optim.SGD: d = g + wd p; buf = mu buf + d; p -= lr buf
+      if (s->weight_decay != 0.0) Backend::axpy(T(s->weight_decay), p, d);
+      if (s->momentum != 0.0) {
+        Backend::scale(T(s->momentum), m.first);
+        Backend::axpy(T(1), d, m.first);
+        Backend::axpy(T(-s->lr), m.first, p);
+      } else {
+        Backend::axpy(T(-s->lr), d, p);
+      }
+    } else {
+      const auto& a = std::get<adamw>(opt);
+      const adamw_coefficients<T> k{T(a.lr),
+                                    T(a.beta1),
+                                    T(a.beta2),
+                                    T(a.eps),
+                                    T(a.weight_decay),
+                                    T(1.0 - std::pow(a.beta1, double(steps_))),
+                                    T(1.0 - std::pow(a.beta2, double(steps_)))};
+      Backend::adamw_update(p, g, m.first, m.second, k);
+    }
+  }
+
+  std::map<std::string, module_moments> moments_;
+  std::size_t steps_ = 0;
+};
+
+}  // namespace rolora

@@ -1,0 +1,32 @@
+// Umbrella header for the CPU build of rolora: the adapter algebra, update policies,
+// aggregators, the in-process federated simulation and the linear-regression theory, on the
+// Eigen backend. Never includes GPU code.
+#pragma once
+
+#include <rolora/version.hpp>
+
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/core/rng.hpp>
+#include <rolora/core/shape.hpp>
+
+#include <rolora/backend/eigen.hpp>
+
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/config.hpp>
+#include <rolora/adapter/lora.hpp>
+
+#include <rolora/policy/policies.hpp>
+
+#include <rolora/aggregate/aggregate.hpp>
+#include <rolora/aggregate/fedavg.hpp>
+
+#include <rolora/federated/federation.hpp>
+#include <rolora/federated/methods.hpp>
+#include <rolora/federated/optimizer.hpp>
+#include <rolora/federated/partition.hpp>
+#include <rolora/federated/sampling.hpp>
+#include <rolora/federated/task.hpp>
+
+#include <rolora/theory/linear_regression.hpp>
+#include <rolora/theory/methods.hpp>

@@ -1,0 +1,146 @@
+// The three federated methods of the paper's linear-regression analysis, run through
+// rolora::federation:
+//   RoLoRA-linear  = federation<B, alternating, orthonormalize_a<fedavg>>: a B round where each
+//                    client solves B exactly (least squares given A), then an A round of tau
+//                    gradient steps with step eta; the server averages A and orthonormalises
+//                    its rows (Chen et al. 2024, Algorithm 2).
+//   FFA-LoRA-linear = federation<B, freeze_a, fedavg>: A stays at its initialisation, B solved
+//                    exactly each round.
+//   FedIT-linear   = federation<B, train_both, fedavg>: tau gradient steps on both factors,
+//                    factor-wise averaging.
+// One iteration is one B round plus one A round for RoLoRA and one round for the others, so that
+// every method uploads both factors' worth of numbers per iteration (FFA: one factor).
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/fedavg.hpp>
+#include <rolora/federated/federation.hpp>
+#include <rolora/policy/policies.hpp>
+#include <rolora/theory/linear_regression.hpp>
+
+namespace rolora::theory {
+
+enum class method { rolora, ffa, fedit };
+
+inline std::string_view method_name(method m) {
+  switch (m) {
+    case method::rolora: return "rolora";
+    case method::ffa: return "ffa";
+    case method::fedit: return "fedit";
+  }
+  return "?";
+}
+
+struct method_options {
+  std::size_t iterations = 30;
+  double eta = 0.5;              // gradient step on A (and on B for FedIT)
+  std::size_t local_steps = 1;   // tau
+  std::optional<double> init_angle;  // sin theta(A0, reference); default: A0 random
+  std::size_t threads = 1;
+  std::uint64_t seed = 0;        // adapter init (A0) and the federation's streams
+};
+
+// The state after each iteration (iteration 0: the initial state).
+struct iteration_record {
+  std::size_t iteration = 0;
+  double sin_theta = 0.0;          // subspace distance of A's rows to the reference rows
+  double loss = 0.0;               // global training loss sum_i w_i f_i
+  double aggregation_error = 0.0;  // largest of the iteration's rounds
+  double gap_to_optimum = 0.0;     // ||B A - optimum||_F / ||optimum||_F
+  std::size_t bytes_up = 0;        // cumulative upload, all clients
+};
+
+// A0 [r, d]: orthonormal rows, random, or at sin theta = init_angle from `reference` (every
+// principal angle equal): A0 = sqrt(1 - delta^2) A_ref + delta U with U orthonormal rows
+// orthogonal to A_ref.
+inline host initial_a(const host& reference, std::optional<double> init_angle, std::uint64_t seed) {
+  const index_t r = reference.rows(), d = reference.cols();
+  const host g = detail::gaussian(r, d, random_stream(seed, stream::adapter_init));
+  if (!init_angle) return detail::orthonormal_rows(g);
+  const double delta = *init_angle;
+  if (!(delta >= 0.0 && delta <= 1.0) || 2 * r > d) {
+    rolora::detail::fail<config_error>("config_error", "init_angle must be in [0, 1] and needs 2 r <= d, got ",
+                                       delta, " with r = ", r, ", d = ", d);
+  }
+  const host q_ref = detail::orthonormal_rows(reference);
+  const host u = detail::orthonormal_rows(g - (g * q_ref.transpose()) * q_ref);
+  return std::sqrt(1.0 - delta * delta) * q_ref + delta * u;
+}
+
+namespace detail {
+
+template <backend Backend>
+iteration_record measure(const linear_problem<Backend>& p, std::vector<linear_regression_task<Backend>>& clients,
+                         const adapter_set<Backend>& global, std::size_t iteration) {
+  const auto& l = global.at(module_name);
+  const host a = Backend::to_host(l.A).template cast<double>();
+  const host b = Backend::to_host(l.B).template cast<double>();
+  iteration_record rec;
+  rec.iteration = iteration;
+  rec.sin_theta = subspace_distance(a, p.reference_rows());
+  for (std::size_t i = 0; i < clients.size(); ++i) rec.loss += p.weights[i] * clients[i].loss(global);
+  rec.gap_to_optimum = (double(l.scaling) * b * a - p.optimum.matrix).norm() / p.optimum.matrix.norm();
+  return rec;
+}
+
+template <backend Backend, class Policy, class Aggregator>
+std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Aggregator aggregator,
+                                  federation_config config, std::size_t rounds_per_iteration,
+                                  std::size_t iterations, const host& a0) {
+  using T = typename Backend::scalar;
+  adapter_set<Backend> initial;
+  const index_t r = p.config.rank;
+  initial.insert(module_name, {Backend::from_host(a0.cast<T>()),
+                               Backend::zeros(p.config.out_dim, r), T(1)});
+  config.num_rounds = iterations * rounds_per_iteration;
+  federation<Backend, Policy, Aggregator> fed(policy, aggregator, config, std::move(initial));
+  std::vector<iteration_record> records{measure(p, p.clients, fed.global(), 0)};
+  for (std::size_t it = 1; it <= iterations; ++it) {
+    double error = 0.0;
+    std::size_t bytes = 0;
+    for (std::size_t k = 0; k < rounds_per_iteration; ++k) {
+      const auto report = fed.run_round(p.clients);
+      error = std::max(error, report.aggregation_error);
+      bytes = report.total_bytes_up;
+    }
+    auto rec = measure(p, p.clients, fed.global(), it);
+    rec.aggregation_error = error;
+    rec.bytes_up = bytes;
+    records.push_back(rec);
+  }
+  return records;
+}
+
+}  // namespace detail
+
+// Runs one method on the problem; all methods start from the same A0 (and B0 = 0).
+template <backend Backend>
+std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
+                                         const method_options& o) {
+  const host a0 = initial_a(p.reference_rows(), o.init_angle, o.seed);
+  federation_config config;
+  config.local_steps = o.local_steps;
+  config.local_optimizer = sgd{o.eta, 0.0, 0.0};
+  config.threads = o.threads;
+  config.seed = o.seed;
+  config.weights = weighting::uniform;
+  switch (m) {
+    case method::rolora:
+      config.closed_form_b = true;
+      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config, 2, o.iterations, a0);
+    case method::ffa:
+      config.closed_form_b = true;
+      return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0);
+    case method::fedit:
+      return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0);
+  }
+  return {};
+}
+
+}  // namespace rolora::theory
