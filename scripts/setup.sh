@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install rolora's build dependencies (Debian/Ubuntu). Idempotent: does nothing when all
+# packages are already installed.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ccache
+  libeigen3-dev doctest-dev libxtensor-dev xtl-dev nlohmann-json3-dev libcli11-dev
+  libbenchmark-dev gnuplot-nox
+)
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "setup.sh: not a Debian-based system; install these yourself: ${PACKAGES[*]}" >&2
+  exit 0
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "setup.sh: all dependencies present"
+  exit 0
+fi
+
+echo "setup.sh: installing missing packages: ${missing[*]}"
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    echo "setup.sh: not root and sudo is unavailable; cannot install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update
+"${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
