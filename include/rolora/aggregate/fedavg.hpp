@@ -19,11 +19,11 @@ struct fedavg {
                              std::span<const double> weights, factor_set shared) const {
     using T = typename Backend::scalar;
     adapter_set<Backend> next = global;
-    for (auto& [name, g] : next) {
+    for (auto& [module, g] : next) {
       if (shared.a) Backend::scale(T(0), g.A);
       if (shared.b) Backend::scale(T(0), g.B);
       for (std::size_t i = 0; i < updates.size(); ++i) {  // fixed order: same bits every run
-        const auto& u = updates[i].adapters.at(name);
+        const auto& u = updates[i].adapters.at(module);
         if (shared.a) Backend::axpy(T(weights[i]), u.A, g.A);  // [r, in]
         if (shared.b) Backend::axpy(T(weights[i]), u.B, g.B);  // [out, r]
       }
@@ -48,7 +48,7 @@ struct orthonormalize_a {
     using T = typename Backend::scalar;
     adapter_set<Backend> next = inner.merge(global, updates, weights, shared);
     if (!shared.a) return next;
-    for (auto& [name, g] : next) {
+    for (auto& [module, g] : next) {
       const auto l = Backend::orthonormalize_rows(g.A);  // [r, r]: A_old = L A_new
       auto b = g.B;                                      // [out, r]
       Backend::gemm(T(1), b, op::none, l, op::none, T(0), g.B);

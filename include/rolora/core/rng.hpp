@@ -74,7 +74,8 @@ class random_stream {
   std::uint64_t below(std::uint64_t i, std::uint64_t n) const {
     const auto w = bits(i);
     const std::uint64_t x = (std::uint64_t{w[0]} << 32) | w[1];
-    return static_cast<std::uint64_t>((static_cast<unsigned __int128>(x) * n) >> 64);
+    __extension__ using u128 = unsigned __int128;
+    return static_cast<std::uint64_t>((static_cast<u128>(x) * n) >> 64);
   }
 
  private:

@@ -240,17 +240,17 @@ inline double sigma_min(const host& m) {
   return sv(sv.size() - 1);
 }
 
-// FFA-LoRA's floor (Proposition 4.6): with A frozen at a0 [r, d] (orthonormal rows) and the best B,
-// the population loss is ||W* (I - a0^T a0)||_F^2 / 2 + k sigma^2 / 2; for r = 1 and
-// W* = b* a*^T: ||b*||^2 (1 - cos^2 theta(a0, a*)) / 2. Averaged over the clients' targets.
+// FFA-LoRA's floor (Proposition 4.6): with A frozen at a0 [r, d] and P its row-space projector,
+// each client's exact B is W*_i a0^T, the server's mean is W_mean a0^T, and the population loss
+// stays at sum_i w_i ||W*_i - W_mean P||_F^2 / 2 + k sigma^2 / 2. Homogeneous targets give
+// ||W* (I - P)||_F^2 / 2, for r = 1 and W* = b* a*^T: ||b*||^2 (1 - cos^2 theta(a0, a*)) / 2.
 template <backend Backend>
 double ffa_loss_floor(const linear_problem<Backend>& p, const host& a0) {
   const host q = detail::orthonormal_rows(a0);
+  const host reached = (p.mean_target * q.transpose()) * q;  // W_mean P, the best FFA can do
   double floor = 0.0;
   for (std::size_t i = 0; i < p.targets.size(); ++i) {
-    const host& w = p.targets[i];
-    const host miss = w - (w * q.transpose()) * q;  // the part of W*_i outside span(a0)
-    floor += p.weights[i] * 0.5 * miss.squaredNorm();
+    floor += p.weights[i] * 0.5 * (p.targets[i] - reached).squaredNorm();
   }
   return floor + 0.5 * double(p.config.out_dim) * p.config.noise * p.config.noise;
 }
