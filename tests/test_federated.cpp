@@ -1,6 +1,7 @@
 // policy/, aggregate/ and federated/: which factors train and travel, exactness of the
 // aggregation, rejection of bad uploads with the global state untouched, communication
 // accounting, reproducibility across threads, callbacks, FedSA's local factors.
+#include <algorithm>
 #include <limits>
 
 #include "test_support.hpp"
@@ -387,4 +388,89 @@ TEST_CASE("SGD with momentum and weight decay follows torch.optim.SGD") {
   // d2 = 0.5 + 0.01 * 1.948 = 0.51948, buf = 0.9 * 0.52 + 0.51948 = 0.98748, p = 1.948 - 0.098748.
   CHECK(params.at("m").A(0, 0) == doctest::Approx(1.948 - 0.098748).epsilon(1e-14));
   CHECK(params.at("m").B(0, 0) == -1.0);  // not trained
+}
+
+// ---- The worked example of docs/concepts.md: a new policy and a new aggregator. Keep in sync. ----
+namespace worked_example {
+// A policy: B every round, except that every third round trains A (an A:B ratio of 1:2).
+struct a_every_third_round {
+  static constexpr std::string_view name = "a_every_third_round";
+  rolora::factor_set trains(std::size_t t) const {
+    return t % 3 == 2 ? rolora::only_a : rolora::only_b;
+  }
+  rolora::factor_set shares(std::size_t t) const { return trains(t); }
+  rolora::factor_set keeps_local() const { return rolora::no_factors; }
+};
+
+// An aggregator: the coordinate-wise median of the uploaded factors, which a few poisoned
+// clients cannot drag away (Yin et al. 2018). It ignores the weights.
+struct coordinate_median {
+  static constexpr std::string_view name = "coordinate_median";
+
+  template <rolora::backend Backend>
+  rolora::adapter_set<Backend> merge(const rolora::adapter_set<Backend>& global,
+                                     std::span<const rolora::client_update<Backend>> updates,
+                                     std::span<const double> /*weights*/,
+                                     rolora::factor_set shared) const {
+    rolora::adapter_set<Backend> next = global;  // factors not shared stay as they are
+    for (auto& [module, g] : next) {
+      if (shared.a) g.A = median<Backend>(updates, module, &rolora::lora_adapter<Backend>::A);
+      if (shared.b) g.B = median<Backend>(updates, module, &rolora::lora_adapter<Backend>::B);
+    }
+    return next;
+  }
+
+  template <class Backend, class Factor>
+  static typename Backend::matrix median(std::span<const rolora::client_update<Backend>> updates,
+                                         const std::string& module, Factor factor) {
+    using T = typename Backend::scalar;
+    std::vector<rolora::host_matrix<T>> uploads;
+    for (const auto& u : updates) uploads.push_back(Backend::to_host(u.adapters.at(module).*factor));
+    rolora::host_matrix<T> out = uploads.front();
+    std::vector<T> values(uploads.size());
+    for (rolora::index_t i = 0; i < out.size(); ++i) {
+      for (std::size_t k = 0; k < uploads.size(); ++k) values[k] = uploads[k].data()[i];
+      std::sort(values.begin(), values.end());
+      const std::size_t mid = values.size() / 2;
+      out.data()[i] = values.size() % 2 ? values[mid] : (values[mid - 1] + values[mid]) / T(2);
+    }
+    return Backend::from_host(out);
+  }
+};
+}  // namespace worked_example
+
+TEST_CASE_TEMPLATE("docs/concepts.md worked example: a custom policy and a robust aggregator", Backend,
+                   ROLORA_TEST_BACKENDS) {
+  using worked_example::a_every_third_round;
+  using worked_example::coordinate_median;
+  static_assert(update_policy<a_every_third_round>);
+  static_assert(aggregator_for<coordinate_median, Backend>);
+  std::string seq;
+  for (std::size_t t = 0; t < 6; ++t) seq += a_every_third_round{}.trains(t).label();
+  CHECK(seq == "BBABBA");
+
+  // Five honest clients and one that uploads garbage: the median ignores it, the mean does not.
+  upload_fixture<Backend> f(6, only_b);
+  auto poisoned = f.updates;
+  auto huge = Backend::to_host(poisoned[5].adapters.at("m").B);
+  huge.setConstant(typename Backend::scalar(1e6));
+  poisoned[5].adapters.at("m").B = Backend::from_host(huge);
+  auto by_median = f.global, by_mean = f.global;
+  aggregate(coordinate_median{}, by_median, std::span<const client_update<Backend>>(poisoned), only_b);
+  aggregate(fedavg{}, by_mean, std::span<const client_update<Backend>>(poisoned), only_b);
+  double honest_max = 0;
+  for (std::size_t i = 0; i < 5; ++i)
+    honest_max = std::max(honest_max, double(Backend::to_host(f.updates[i].adapters.at("m").B).cwiseAbs().maxCoeff()));
+  CHECK(double(Backend::to_host(by_median.at("m").B).cwiseAbs().maxCoeff()) <= honest_max);
+  CHECK(double(Backend::to_host(by_mean.at("m").B).cwiseAbs().maxCoeff()) > 1e4);
+
+  // Both plug into a federation.
+  auto p = small_problem<Backend>(5);
+  federation_config config;
+  config.num_rounds = 30;
+  config.local_steps = 3;
+  config.local_optimizer = sgd{0.3};
+  federation<Backend, a_every_third_round, coordinate_median> fed({}, {}, config, linear_adapters<Backend>(12, 12, 2));
+  const auto reports = fed.run(p.clients);
+  CHECK(reports.back().train_loss < 0.1 * reports.front().train_loss);
 }
