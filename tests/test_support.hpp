@@ -10,7 +10,10 @@
 
 #include <rolora/rolora.hpp>
 
+// A build that adds backends (the Thrust flavours) defines the list before including this file.
+#ifndef ROLORA_TEST_BACKENDS
 #define ROLORA_TEST_BACKENDS rolora::eigen_backend<float>, rolora::eigen_backend<double>
+#endif
 
 namespace rolora::test {
 
