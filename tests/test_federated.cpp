@@ -374,6 +374,72 @@ TEST_CASE_TEMPLATE("optimizer state: reset each round by default, kept per clien
   CHECK(test::bit_equal(reset, kept));
 }
 
+TEST_CASE_TEMPLATE("modules to save: averaged by the server, trained by the optimizer, checked, counted",
+                   Backend, ROLORA_TEST_BACKENDS) {
+  using T = typename Backend::scalar;
+  upload_fixture<Backend> f(3, both_factors);
+  f.global.add_module_to_save("head", test::random_backend_matrix<Backend>(3, 2, 90));
+  for (std::size_t i = 0; i < f.updates.size(); ++i) {
+    f.updates[i].adapters.add_module_to_save(
+        "head", test::random_backend_matrix<Backend>(3, 2, 91 + std::uint32_t(i)));
+  }
+  // Upload and download carry the head whenever any factor travels: 3 x 2 more scalars.
+  CHECK(f.global.num_parameters(only_b) == 6 * 2 + 6);  // B [6, 2] + head
+  CHECK(f.global.num_parameters(only_a) == 2 * 5 + 6);  // A [2, 5] + head
+  CHECK(f.global.num_parameters(both_factors) == 22 + 6);
+  CHECK(f.global.num_parameters(no_factors) == 0);
+
+  auto global = f.global;
+  const auto before = global;
+  const auto result = aggregate(fedavg{}, global, f.span(), only_b, weighting::by_samples);
+  Eigen::MatrixXd mean = Eigen::MatrixXd::Zero(3, 2);
+  for (std::size_t i = 0; i < 3; ++i) {
+    mean += result.weights[i] *
+            Backend::to_host(f.updates[i].adapters.modules_to_save().at("head")).template cast<double>();
+  }
+  CHECK((Backend::to_host(global.modules_to_save().at("head")).template cast<double>() - mean)
+            .cwiseAbs()
+            .maxCoeff() < 10 * test::rounding_tolerance<Backend>());
+
+  // A wrong shape, a NaN, a missing or an extra module to save: refused, state unchanged.
+  global = before;
+  auto ups = f.updates;
+  ups[2].adapters.modules_to_save().at("head") = Backend::zeros(2, 3);
+  auto run = [&] { aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), only_b); };
+  CHECK(message_of<shape_error>(run).find("module 'head' client 2: weight expected [3, 2], got [2, 3]") !=
+        std::string::npos);
+  ups = f.updates;
+  auto bad = Backend::to_host(ups[1].adapters.modules_to_save().at("head"));
+  bad(2, 1) = std::numeric_limits<T>::quiet_NaN();
+  ups[1].adapters.modules_to_save().at("head") = Backend::from_host(bad);
+  CHECK(message_of<value_error>(run).find("module 'head' client 1: weight holds non-finite") !=
+        std::string::npos);
+  ups = f.updates;
+  ups[0].adapters.modules_to_save().erase("head");
+  CHECK(message_of<shape_error>(run).find("module to save 'head' client 0: missing") != std::string::npos);
+  ups = f.updates;
+  ups[1].adapters.add_module_to_save("bias", Backend::zeros(3, 1));
+  CHECK(message_of<shape_error>(run).find("module to save 'bias' client 1: not a module") !=
+        std::string::npos);
+  CHECK(test::bit_equal(global, before));
+  CHECK_THROWS_AS(global.add_module_to_save("m", Backend::zeros(1, 1)), config_error);  // a LoRA name
+
+  // The optimizer steps the head with the factors, and asks for its gradient.
+  gradient_set<Backend> grads;
+  grads["m"] = {Backend::zeros(2, 5), Backend::zeros(6, 2)};
+  optimizer_state<Backend> state;
+  CHECK(message_of<config_error>([&] { state.step(sgd{0.5}, global, grads, only_a); })
+            .find("no gradient for module 'head'") != std::string::npos);
+  grads.modules_to_save["head"] = Backend::from_host(host_matrix<T>::Constant(3, 2, T(2)));
+  const auto head_before = Backend::to_host(global.modules_to_save().at("head"));
+  state.step(sgd{0.5}, global, grads, only_a);
+  CHECK((Backend::to_host(global.modules_to_save().at("head")) - head_before).cwiseAbs().maxCoeff() ==
+        doctest::Approx(1.0));
+  grads.modules_to_save["head"] = Backend::zeros(1, 1);
+  CHECK(message_of<shape_error>([&] { state.step(sgd{0.5}, global, grads, only_a); })
+            .find("gradient expected [3, 2], got [1, 1]") != std::string::npos);
+}
+
 TEST_CASE("SGD with momentum and weight decay follows torch.optim.SGD") {
   using B = eigen_backend<double>;
   adapter_set<B> params;

@@ -58,6 +58,13 @@ bool bit_equal(const adapter_set<Backend>& x, const adapter_set<Backend>& y) {
         !(hc.array() == hd.array()).all() || a.scaling != b.scaling)
       return false;
   }
+  if (x.modules_to_save().size() != y.modules_to_save().size()) return false;
+  for (const auto& [name, w] : x.modules_to_save()) {
+    if (!y.modules_to_save().count(name)) return false;
+    const auto hx = Backend::to_host(w), hy = Backend::to_host(y.modules_to_save().at(name));
+    if (hx.rows() != hy.rows() || hx.cols() != hy.cols() || !(hx.array() == hy.array()).all())
+      return false;
+  }
   return true;
 }
 

@@ -1,5 +1,7 @@
-// The LoRA adapters of a model, keyed by module name ("layers.0.attn.q", ...), iterated in name
-// order so that every loop over modules is deterministic.
+// The trainable state of a model under LoRA: its adapters, keyed by module name
+// ("layers.0.attention.q", ...), and its dense trainable modules (PEFT's modules_to_save, e.g. a
+// new classifier head). Both are iterated in name order so that every loop over them is
+// deterministic.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -26,6 +28,7 @@ class adapter_set {
  public:
   using adapter_type = lora_adapter<Backend>;
   using map_type = std::map<std::string, adapter_type>;
+  using matrix = typename Backend::matrix;
 
   adapter_set() = default;
 
@@ -48,10 +51,25 @@ class adapter_set {
   }
 
   void insert(const std::string& name, adapter_type a) {
-    if (!modules_.emplace(name, std::move(a)).second) {
+    if (saved_.count(name) || !modules_.emplace(name, std::move(a)).second) {
       detail::fail<config_error>("config_error", "module '", name, "' is already in the set");
     }
   }
+
+  // A dense module that trains fully (PEFT's modules_to_save): it trains in every round in which
+  // any LoRA factor trains, travels up and down with the shared factors, and the server takes its
+  // sample-weighted mean (exact: the model is linear in it).
+  void add_module_to_save(const std::string& name, matrix weight) {
+    if (Backend::rows(weight) < 1 || Backend::cols(weight) < 1) {
+      detail::fail<config_error>("config_error", "module to save '", name, "' must be non-empty, got ",
+                                 detail::shape_string(Backend::rows(weight), Backend::cols(weight)));
+    }
+    if (modules_.count(name) || !saved_.emplace(name, std::move(weight)).second) {
+      detail::fail<config_error>("config_error", "module '", name, "' is already in the set");
+    }
+  }
+  std::map<std::string, matrix>& modules_to_save() { return saved_; }
+  const std::map<std::string, matrix>& modules_to_save() const { return saved_; }
 
   adapter_type& at(const std::string& name) { return modules_.at(checked(name)); }
   const adapter_type& at(const std::string& name) const { return modules_.at(checked(name)); }
@@ -64,16 +82,20 @@ class adapter_set {
   auto begin() const { return modules_.begin(); }
   auto end() const { return modules_.end(); }
 
-  // Number of scalars in the given factors over all modules.
+  // Number of scalars in the given factors over all modules, plus the modules to save whenever
+  // any factor is named (they travel with every upload and download).
   std::size_t num_parameters(factor_set which) const {
     std::size_t n = 0;
     for (const auto& [name, a] : modules_) {
       if (which.a) n += static_cast<std::size_t>(a.rank() * a.in_features());
       if (which.b) n += static_cast<std::size_t>(a.out_features() * a.rank());
     }
+    if (which.any()) {
+      for (const auto& [name, w] : saved_) n += static_cast<std::size_t>(Backend::rows(w) * Backend::cols(w));
+    }
     return n;
   }
-  // Bytes those factors take on the wire (uncompressed scalars).
+  // Bytes those parameters take on the wire (uncompressed scalars).
   std::size_t bytes(factor_set which) const {
     return num_parameters(which) * sizeof(typename Backend::scalar);
   }
@@ -87,6 +109,7 @@ class adapter_set {
   }
 
   map_type modules_;
+  std::map<std::string, matrix> saved_;  // modules_to_save, name -> weight
 };
 
 }  // namespace rolora

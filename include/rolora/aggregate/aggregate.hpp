@@ -80,6 +80,37 @@ void check_updates(const adapter_set<Backend>& global,
       check_factor<Backend>(name, u.client, "lora_A", g.A, a.A);
       check_factor<Backend>(name, u.client, "lora_B", g.B, a.B);
     }
+    const auto& mine = u.adapters.modules_to_save();
+    for (const auto& [name, w] : global.modules_to_save()) {
+      const auto it = mine.find(name);
+      if (it == mine.end()) {
+        fail<shape_error>("shape_error", "module to save '", name, "' client ", u.client,
+                          ": missing from the update");
+      }
+      check_factor<Backend>(name, u.client, "weight", w, it->second);
+    }
+    if (mine.size() != global.modules_to_save().size()) {
+      for (const auto& [name, w] : mine) {
+        if (!global.modules_to_save().count(name)) {
+          fail<shape_error>("shape_error", "module to save '", name, "' client ", u.client,
+                            ": not a module of the global state");
+        }
+      }
+    }
+  }
+}
+
+// The sample-weighted mean of the clients' modules to save (PEFT's modules_to_save), in place.
+template <backend Backend>
+void average_modules_to_save(adapter_set<Backend>& next,
+                             std::span<const client_update<Backend>> updates,
+                             std::span<const double> w) {
+  using T = typename Backend::scalar;
+  for (auto& [name, weight] : next.modules_to_save()) {
+    Backend::scale(T(0), weight);
+    for (std::size_t i = 0; i < updates.size(); ++i) {  // fixed order: same bits every run
+      Backend::axpy(T(w[i]), updates[i].adapters.modules_to_save().at(name), weight);
+    }
   }
 }
 
@@ -134,7 +165,8 @@ std::pair<double, double> module_aggregation_error(const std::string& module,
 
 }  // namespace detail
 
-// Runs one server aggregation. On success `global` holds the merged adapters; if anything throws
+// Runs one server aggregation. On success `global` holds the merged adapters (and, when any factor
+// was shared, the weighted mean of the modules to save); if anything throws
 // (bad shapes, non-finite values, no update, weights summing to 0), `global` is left exactly as
 // it was. `shared` are the factors the clients uploaded, `keeps_local` those they keep (they
 // enter only the error measurement).
@@ -152,6 +184,7 @@ aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>&
   aggregation_result result;
   result.weights = detail::normalised_weights(updates, how);
   adapter_set<Backend> next = aggregator.merge(global, updates, result.weights, shared);
+  if (shared.any()) detail::average_modules_to_save(next, updates, result.weights);
   for (const auto& [name, a] : next) {
     if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B)) {
       detail::fail<value_error>("value_error", "module '", name, "': aggregator '",

@@ -149,7 +149,8 @@ concept adapter = backend<typename L::backend_type> && requires(const L& l) {
 //                               clients uploaded this round: the merge must read only those from
 //                               the updates and keep the others as they are in `global`.
 //                               It must not modify its arguments, so that a throw leaves the
-//                               server's state as it was.
+//                               server's state as it was. Modules to save (dense trainable
+//                               modules) are not its business: rolora::aggregate averages them.
 // Aggregators are generic over the backend: merge is a member template (or an overload set).
 // ---------------------------------------------------------------------------------------------
 template <class G, class B>

@@ -31,9 +31,15 @@ struct adamw {
 
 using optimizer = std::variant<sgd, adamw>;
 
-// Gradients of an adapter set, module name -> {dA, dB}.
+// Gradients of an adapter set: per adapted module {dA, dB}, and per module to save a gradient
+// shaped like its weight.
 template <backend Backend>
-using gradient_set = std::map<std::string, lora_gradients<Backend>>;
+struct gradient_set {
+  std::map<std::string, lora_gradients<Backend>> adapters;
+  std::map<std::string, typename Backend::matrix> modules_to_save;
+
+  lora_gradients<Backend>& operator[](const std::string& module) { return adapters[module]; }
+};
 
 // Moments of one client's optimizer over the factors it trains.
 template <backend Backend>
@@ -44,13 +50,14 @@ class optimizer_state {
             factor_set trains) {
     ++steps_;
     for (auto& [name, p] : params) {
-      const auto it = grads.find(name);
-      if (it == grads.end()) {
-        detail::fail<config_error>("config_error", "optimizer: no gradient for module '", name, "'");
-      }
+      const auto& g = gradient_of(grads.adapters, name);
       auto& m = moments_[name];
-      if (trains.a) update(opt, p.A, it->second.dA, m.a);
-      if (trains.b) update(opt, p.B, it->second.dB, m.b);
+      if (trains.a) update(opt, p.A, g.dA, m.a);
+      if (trains.b) update(opt, p.B, g.dB, m.b);
+    }
+    if (!trains.any()) return;
+    for (auto& [name, w] : params.modules_to_save()) {
+      update(opt, w, gradient_of(grads.modules_to_save, name), saved_moments_[name]);
     }
   }
   std::size_t steps() const { return steps_; }
@@ -67,6 +74,11 @@ class optimizer_state {
   };
 
   void update(const optimizer& opt, matrix& p, const matrix& g, moment_pair& m) {
+    if (Backend::rows(g) != Backend::rows(p) || Backend::cols(g) != Backend::cols(p)) {
+      detail::fail<shape_error>("shape_error", "optimizer: gradient expected ",
+                                detail::shape_string(Backend::rows(p), Backend::cols(p)), ", got ",
+                                detail::shape_string(Backend::rows(g), Backend::cols(g)));
+    }
     if (!m.ready) {
       m.first = Backend::zeros(Backend::rows(p), Backend::cols(p));
       m.second = m.first;
@@ -95,7 +107,17 @@ class optimizer_state {
     }
   }
 
+  template <class Map>
+  static const typename Map::mapped_type& gradient_of(const Map& grads, const std::string& name) {
+    const auto it = grads.find(name);
+    if (it == grads.end()) {
+      detail::fail<config_error>("config_error", "optimizer: no gradient for module '", name, "'");
+    }
+    return it->second;
+  }
+
   std::map<std::string, module_moments> moments_;
+  std::map<std::string, moment_pair> saved_moments_;
   std::size_t steps_ = 0;
 };
 

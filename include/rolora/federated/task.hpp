@@ -19,7 +19,9 @@ namespace rolora {
 //                                   the mean loss over the samples `batch` (indices < n_i) and,
 //                                   for every module and every factor in `trains`, its gradient
 //                                   in grads[module].dA / .dB (shaped like the factor). Factors
-//                                   not in `trains` need no gradient.
+//                                   not in `trains` need no gradient. When `trains` names any
+//                                   factor, also the gradient of every module to save of
+//                                   `adapters` in grads.modules_to_save[name] (shaped like it).
 // Optional, detected:
 //   solve_b(adapters)               sets every B to its exact minimiser given A (closed-form least
 //                                   squares); used for B-only rounds when
