@@ -1,0 +1,429 @@
+// io/: safetensors (byte layout against the reference serializer's vectors, round trips, F16/BF16
+// conversions, hostile files) and PEFT adapter directories (layout, key names, round trips,
+// mismatch errors).
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "test_support.hpp"
+
+#include <rolora/io/safetensors.hpp>
+
+using namespace rolora;
+using rolora::test::message_of;
+
+namespace {
+
+using bytes_t = std::vector<std::uint8_t>;
+
+// A fresh directory under the system temp dir, removed with everything in it at scope exit.
+class temp_dir {
+ public:
+  temp_dir() {
+    static std::atomic<int> counter{0};
+    path_ = std::filesystem::temp_directory_path() /
+            ("rolora_test_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// 8-byte little-endian length + header text + buffer, built by hand (independent of the writer).
+bytes_t raw_file(const std::string& header, const bytes_t& buffer = {}) {
+  bytes_t out;
+  std::uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(n >> (8 * i)));
+  out.insert(out.end(), header.begin(), header.end());
+  out.insert(out.end(), buffer.begin(), buffer.end());
+  return out;
+}
+
+bytes_t with_length(std::uint64_t n, const std::string& rest) {
+  bytes_t out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(n >> (8 * i)));
+  out.insert(out.end(), rest.begin(), rest.end());
+  return out;
+}
+
+// The id in "[rolora.<id>] ..." of the value_error that parsing `file` throws.
+std::string parse_error_id(const bytes_t& file) {
+  const std::string msg = message_of<value_error>([&] { parse_safetensors(file); });
+  const auto close = msg.find(']');
+  return msg.substr(std::string("[rolora.").size(), close - std::string("[rolora.").size());
+}
+
+std::uint32_t bits_of(float f) { return std::bit_cast<std::uint32_t>(f); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// safetensors: byte layout
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("safetensors: the writer reproduces the reference serializer's bytes") {
+  // The vectors of huggingface/safetensors tensor.rs (test_serialization,
+  // test_serialization_forced_alignement, test_empty): F32 values 0..5.
+  const bytes_t values = {0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64};
+  const std::vector<float> v = {0, 1, 2, 3, 4, 5};
+
+  SUBCASE("64-byte header: no padding needed") {
+    const auto out = serialize_safetensors({{"attn.0", make_tensor<float>(std::span<const float>(v), {1, 2, 3})}});
+    bytes_t expected = {64, 0, 0, 0, 0, 0, 0, 0};
+    const std::string header = R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})";
+    REQUIRE(header.size() == 64);
+    expected.insert(expected.end(), header.begin(), header.end());
+    expected.insert(expected.end(), values.begin(), values.end());
+    CHECK(out == expected);
+  }
+  SUBCASE("65-byte header: padded with 7 spaces to 72, so the data starts 8-byte aligned") {
+    const auto out = serialize_safetensors({{"attn0", make_tensor<float>(std::span<const float>(v), {1, 1, 2, 3})}});
+    bytes_t expected = {72, 0, 0, 0, 0, 0, 0, 0};
+    const std::string header = R"({"attn0":{"dtype":"F32","shape":[1,1,2,3],"data_offsets":[0,24]}})" "       ";
+    REQUIRE(header.size() == 72);
+    expected.insert(expected.end(), header.begin(), header.end());
+    expected.insert(expected.end(), values.begin(), values.end());
+    CHECK(out == expected);
+    CHECK((out.size() - values.size()) % 8 == 0);
+  }
+  SUBCASE("no tensors, with and without metadata") {
+    CHECK(serialize_safetensors({}) == bytes_t{8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '});
+    const auto out = serialize_safetensors({}, {{"framework", "pt"}});
+    CHECK(out == raw_file(R"({"__metadata__":{"framework":"pt"}})" "     "));
+    const auto file = parse_safetensors(out);
+    CHECK(file.size() == 0);
+    CHECK(file.metadata().at("framework") == "pt");
+  }
+}
+
+TEST_CASE("safetensors: header order is dtype (descending) then name; metadata first") {
+  const std::vector<float> one = {1.0f};
+  std::map<std::string, tensor_data> t;
+  t["b"] = make_tensor<float>(std::span<const float>(one), {1}, tensor_dtype::f16);
+  t["a"] = make_tensor<float>(std::span<const float>(one), {1}, tensor_dtype::f16);
+  t["z"] = make_tensor<float>(std::span<const float>(one), {1}, tensor_dtype::f32);
+  const auto out = serialize_safetensors(t, {{"format", "pt"}});
+  const std::string header =
+      R"({"__metadata__":{"format":"pt"},"z":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+      R"("a":{"dtype":"F16","shape":[1],"data_offsets":[4,6]},"b":{"dtype":"F16","shape":[1],"data_offsets":[6,8]}})";
+  const std::string padded = header + std::string((8 - header.size() % 8) % 8, ' ');
+  CHECK(out == raw_file(padded, {0, 0, 0x80, 0x3F, 0x00, 0x3C, 0x00, 0x3C}));
+}
+
+TEST_CASE("safetensors: a matrix is written row-major as torch's [rows, cols]") {
+  host_matrix<float> m(2, 3);  // m(i, j) = 10 i + j
+  for (index_t i = 0; i < 2; ++i)
+    for (index_t j = 0; j < 3; ++j) m(i, j) = float(10 * i + j);
+  const auto out = serialize_safetensors({{"w", make_tensor(m)}});
+  const auto file = parse_safetensors(out);
+  const auto t = file.tensor("w");
+  CHECK(t.shape == std::vector<std::uint64_t>{2, 3});
+  CHECK(t.dtype == tensor_dtype::f32);
+  const std::vector<float> expected = {0, 1, 2, 10, 11, 12};
+  REQUIRE(t.bytes.size() == 24);
+  for (std::size_t k = 0; k < 6; ++k) {
+    float f;
+    std::memcpy(&f, t.bytes.data() + 4 * k, 4);  // the test host is little-endian like the format
+    CHECK(f == expected[k]);
+  }
+  // And a hand-built file is read back into the same column-major matrix.
+  const auto back = to_host_matrix<double>(t);
+  CHECK(back.rows() == 2);
+  CHECK(back.cols() == 3);
+  CHECK(back(1, 2) == 12.0);
+  CHECK(back(0, 1) == 1.0);
+}
+
+TEST_CASE("safetensors: F32 and F64 round trips are bit-exact for every shape") {
+  temp_dir dir;
+  const float specials[] = {-0.0f, std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  std::map<std::string, tensor_data> t;
+  std::map<std::string, host_matrix<float>> mats;
+  const std::pair<index_t, index_t> shapes[] = {{3, 7}, {7, 3}, {1, 1}, {0, 4}, {4, 0}, {16, 5}};
+  std::uint32_t tag = 0;
+  for (const auto& [r, c] : shapes) {
+    host_matrix<float> m = test::random_matrix<float>(r, c, tag++);
+    for (index_t k = 0; k < std::min<index_t>(m.size(), 5); ++k) m.data()[k] = specials[k];
+    const std::string name = "m." + std::to_string(r) + "x" + std::to_string(c);
+    t[name] = make_tensor(m);
+    mats[name] = m;
+  }
+  const std::vector<float> vec = {1.5f, -2.25f, 3e-40f, 7.0f, 1e30f};
+  t["bias"] = make_tensor<float>(std::span<const float>(vec), {5});
+  t["empty"] = make_tensor<float>(std::span<const float>(vec.data(), 0), {0});
+  const host_matrix<double> md = test::random_matrix<double>(5, 3, 99);
+  t["double"] = make_tensor(md, tensor_dtype::f64);
+
+  write_safetensors(dir.path() / "x.safetensors", t, {{"note", "round trip"}});
+  const auto file = read_safetensors(dir.path() / "x.safetensors");
+  CHECK(file.size() == t.size());
+  CHECK(file.metadata().at("note") == "round trip");
+  for (const auto& [name, m] : mats) {
+    const auto back = file.expect_matrix<float>(name, m.rows(), m.cols());
+    REQUIRE(back.rows() == m.rows());
+    REQUIRE(back.cols() == m.cols());
+    for (index_t k = 0; k < m.size(); ++k) CHECK(bits_of(back.data()[k]) == bits_of(m.data()[k]));
+  }
+  const auto b = file.expect_vector<float>("bias", 5);
+  for (index_t k = 0; k < 5; ++k) CHECK(bits_of(b(k, 0)) == bits_of(vec[std::size_t(k)]));
+  CHECK(file.expect_vector<float>("empty", 0).size() == 0);
+  const auto d = file.expect_matrix<double>("double", 5, 3);
+  CHECK((d.array() == md.array()).all());
+  // The writer is deterministic: writing what was read gives the same bytes.
+  std::map<std::string, tensor_data> again;
+  for (const auto& name : file.names()) {
+    const auto v = file.tensor(name);
+    again[name] = {v.dtype, v.shape, bytes_t(v.bytes.begin(), v.bytes.end())};
+  }
+  CHECK(serialize_safetensors(again, file.metadata()) == read_file_bytes(dir.path() / "x.safetensors"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// F16 / BF16
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("F16 and BF16 decode known bit patterns exactly") {
+  CHECK(f16_to_float(0x3C00) == 1.0f);
+  CHECK(f16_to_float(0xC100) == -2.5f);
+  CHECK(f16_to_float(0x7BFF) == 65504.0f);
+  CHECK(f16_to_float(0x0400) == std::ldexp(1.0f, -14));       // smallest normal
+  CHECK(f16_to_float(0x0001) == std::ldexp(1.0f, -24));       // smallest subnormal
+  CHECK(f16_to_float(0x03FF) == std::ldexp(1023.0f, -24));    // largest subnormal
+  CHECK(std::signbit(f16_to_float(0x8000)));
+  CHECK(f16_to_float(0x8000) == 0.0f);
+  CHECK(f16_to_float(0x7C00) == std::numeric_limits<float>::infinity());
+  CHECK(f16_to_float(0xFC00) == -std::numeric_limits<float>::infinity());
+  CHECK(std::isnan(f16_to_float(0x7E00)));
+  CHECK(std::isnan(f16_to_float(0x7C01)));  // signalling NaN decodes to NaN too
+  CHECK(bf16_to_float(0x3F80) == 1.0f);
+  CHECK(bf16_to_float(0xC020) == -2.5f);
+  CHECK(bf16_to_float(0x0001) == std::ldexp(1.0f, -133));
+  CHECK(bf16_to_float(0x7F7F) == std::ldexp(255.0f, 120));    // largest finite, (2 - 2^-7) 2^127
+  CHECK(bf16_to_float(0xFF80) == -std::numeric_limits<float>::infinity());
+  CHECK(std::isnan(bf16_to_float(0x7FC0)));
+}
+
+TEST_CASE("F16 and BF16 encode with round-to-nearest-even") {
+  CHECK(double_to_f16(1.0) == 0x3C00);
+  CHECK(double_to_f16(-2.5) == 0xC100);
+  CHECK(double_to_f16(-0.0) == 0x8000);
+  CHECK(double_to_f16(1.0 + std::ldexp(1.0, -11)) == 0x3C00);      // tie -> even (down)
+  CHECK(double_to_f16(1.0 + 3 * std::ldexp(1.0, -11)) == 0x3C02);  // tie -> even (up)
+  CHECK(double_to_f16(1.0 + std::ldexp(1.0, -11) + 1e-12) == 0x3C01);
+  CHECK(double_to_f16(65504.0) == 0x7BFF);
+  CHECK(double_to_f16(65519.99) == 0x7BFF);
+  CHECK(double_to_f16(65520.0) == 0x7C00);  // the halfway point to 2^16 rounds to infinity
+  CHECK(double_to_f16(1e300) == 0x7C00);
+  CHECK(double_to_f16(std::ldexp(1.0, -24)) == 0x0001);
+  CHECK(double_to_f16(std::ldexp(1.0, -25)) == 0x0000);            // tie with 0 -> 0
+  CHECK(double_to_f16(std::ldexp(3.0, -26)) == 0x0001);            // 1.5 * 2^-25 -> 2^-24
+  CHECK(double_to_f16(std::ldexp(3.0, -25)) == 0x0002);            // 1.5 ulp tie -> even 2
+  CHECK(double_to_f16(std::ldexp(1023.5, -24)) == 0x0400);         // subnormal carries into the normal range
+  CHECK(double_to_f16(1e-300) == 0x0000);
+  CHECK(double_to_f16(-std::numeric_limits<double>::infinity()) == 0xFC00);
+  CHECK(double_to_f16(std::numeric_limits<double>::quiet_NaN()) == 0x7E00);
+  CHECK(double_to_bf16(1.0) == 0x3F80);
+  CHECK(double_to_bf16(-2.5) == 0xC020);
+  CHECK(double_to_bf16(1.0 + std::ldexp(1.0, -8)) == 0x3F80);      // tie -> even
+  CHECK(double_to_bf16(1.0 + 3 * std::ldexp(1.0, -8)) == 0x3F82);
+  CHECK(double_to_bf16(std::ldexp(1.0, -133)) == 0x0001);
+  CHECK(double_to_bf16(3.4e38) == 0x7F80);                          // past (2 - 2^-8) 2^127 -> inf
+  CHECK(double_to_bf16(std::ldexp(255.0, 120)) == 0x7F7F);
+  CHECK(double_to_bf16(std::numeric_limits<double>::quiet_NaN()) == 0x7FC0);
+  CHECK(double_to_bf16(-std::numeric_limits<double>::quiet_NaN()) == 0xFFC0);
+}
+
+TEST_CASE("F16 and BF16: every non-NaN pattern survives decode -> encode; NaN stays NaN") {
+  for (std::uint32_t h = 0; h <= 0xFFFF; ++h) {
+    const auto p = static_cast<std::uint16_t>(h);
+    const float f = f16_to_float(p), b = bf16_to_float(p);
+    if (std::isnan(f)) {
+      CHECK(std::isnan(f16_to_float(double_to_f16(f))));
+    } else if (double_to_f16(f) != p) {
+      FAIL_CHECK("F16 pattern " << h << " does not round trip");
+    }
+    if (std::isnan(b)) {
+      CHECK(std::isnan(bf16_to_float(double_to_bf16(b))));
+    } else if (double_to_bf16(b) != p) {
+      FAIL_CHECK("BF16 pattern " << h << " does not round trip");
+    }
+  }
+}
+
+TEST_CASE("F16 and BF16: the encoding is the nearest value, ties to even, for random doubles") {
+  const random_stream rs(7, stream::data, 3, 1);
+  // Nearest among the neighbours: |x - dec(q)| <= |x - dec(q +- 1)|, equality only if q is even.
+  // `overflow` is the halfway point above the largest finite value, where infinity begins.
+  auto check_nearest = [](double x, std::uint16_t q, float (*dec)(std::uint16_t), double overflow,
+                          const std::string& what) {
+    if (std::isinf(dec(q))) {
+      if (std::abs(x) < overflow) FAIL_CHECK(what << " of " << x << " overflowed");
+      return;
+    }
+    const double here = std::abs(x - double(dec(q)));
+    for (int step : {-1, 1}) {
+      const auto n = static_cast<std::uint16_t>((q & 0x7FFF) + step) | (q & 0x8000);
+      if ((q & 0x7FFF) == 0 && step < 0) continue;
+      const double there = double(dec(static_cast<std::uint16_t>(n)));
+      if (std::isinf(there) || std::isnan(there)) continue;
+      const double d = std::abs(x - there);
+      if (d < here || (d == here && (q & 1))) FAIL_CHECK(what << " of " << x << " is not the nearest-even");
+    }
+  };
+  for (std::uint64_t k = 0; k < 20000; ++k) {
+    // Values spread over the subnormal, normal and near-overflow ranges of both formats.
+    const double mag = std::ldexp(1.0 + rs.uniform(2 * k), int(std::floor(rs.uniform(2 * k + 1) * 60)) - 30);
+    const double x = (k & 1) ? -mag : mag;
+    const double small = x * std::ldexp(1.0, -10);
+    const double f16_overflow = 65520.0, bf16_overflow = std::ldexp(511.0, 119);  // (2 - 2^-8) 2^127
+    check_nearest(x, double_to_f16(x), f16_to_float, f16_overflow, "F16");
+    check_nearest(small, double_to_f16(small), f16_to_float, f16_overflow, "F16");
+    check_nearest(x, double_to_bf16(x), bf16_to_float, bf16_overflow, "BF16");
+    check_nearest(x * 1e-30, double_to_bf16(x * 1e-30), bf16_to_float, bf16_overflow, "BF16");
+#if defined(__FLT16_MANT_DIG__)
+    // The compiler's own correctly rounded conversion agrees where it exists.
+    CHECK(std::bit_cast<std::uint16_t>(static_cast<_Float16>(small)) == double_to_f16(small));
+#endif
+  }
+}
+
+TEST_CASE("safetensors: F16 and BF16 tensors read as float and double") {
+  const std::vector<double> v = {1.0, -2.5, std::ldexp(1.0, -24), 65504.0};
+  const auto f16 = make_tensor<double>(std::span<const double>(v), {2, 2}, tensor_dtype::f16);
+  CHECK(f16.bytes == bytes_t{0x00, 0x3C, 0x00, 0xC1, 0x01, 0x00, 0xFF, 0x7B});
+  const auto bf = make_tensor<double>(std::span<const double>(v), {4}, tensor_dtype::bf16);
+  CHECK(bf.bytes == bytes_t{0x80, 0x3F, 0x20, 0xC0, 0x80, 0x33, 0x80, 0x47});
+  const auto file = parse_safetensors(serialize_safetensors({{"h", f16}, {"b", bf}}));
+  const auto h = file.expect_matrix<double>("h", 2, 2);
+  CHECK(h(0, 0) == 1.0);
+  CHECK(h(0, 1) == -2.5);
+  CHECK(h(1, 0) == std::ldexp(1.0, -24));
+  CHECK(h(1, 1) == 65504.0);
+  const auto b = file.expect_vector<float>("b", 4);
+  CHECK(b(0, 0) == 1.0f);
+  CHECK(b(1, 0) == -2.5f);
+  CHECK(b(2, 0) == std::ldexp(1.0f, -24));
+  CHECK(b(3, 0) == 65536.0f);  // 65504 is not a BF16 value: rounds to 2^16
+}
+
+// ---------------------------------------------------------------------------------------------
+// safetensors: hostile files
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("safetensors: every kind of broken file is rejected with its own error id") {
+  const bytes_t four = {0, 0, 128, 63};
+  const bytes_t eight = {0, 0, 128, 63, 0, 0, 0, 64};
+  const std::string f32_2 = R"("dtype":"F32","shape":[2])";
+
+  CHECK(parse_error_id({1, 2, 3}) == "safetensors.truncated");
+  CHECK(parse_error_id({}) == "safetensors.truncated");
+  CHECK(parse_error_id(with_length(100'000'001, "{}")) == "safetensors.header_length");
+  CHECK(parse_error_id(with_length(std::numeric_limits<std::uint64_t>::max(), "{}")) == "safetensors.header_length");
+  CHECK(parse_error_id(with_length(100, "{}      ")) == "safetensors.header_length");
+  CHECK(parse_error_id(with_length(0, "")) == "safetensors.header_json");
+  CHECK(parse_error_id(raw_file("{\"a\":")) == "safetensors.header_json");
+  CHECK(parse_error_id(raw_file("{\"\xff\":1}")) == "safetensors.header_json");  // not UTF-8
+  CHECK(parse_error_id(raw_file("[1, 2]")) == "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":3})")) == "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1]}})", four)) == "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", four)) ==
+        "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":1,"data_offsets":[0,4]}})", four)) ==
+        "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4.0]}})", four)) ==
+        "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", four)) ==
+        "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"__metadata__":{"k":1}})")) == "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"__metadata__":[]})")) == "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,4]}})", four)) ==
+        "safetensors.dtype");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[-1,2],"data_offsets":[0,4]}})", four)) ==
+        "safetensors.shape");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}})", four)) ==
+        "safetensors.shape");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})")) ==
+        "safetensors.shape");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})")) ==
+        "safetensors.shape");  // 2^62 elements * 4 bytes overflows
+  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,4]}})", four)) == "safetensors.offsets");
+  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[8,0]}})", eight)) == "safetensors.offsets");
+  const auto past = message_of<value_error>(
+      [&] { parse_safetensors(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,8]}})", four)); });
+  CHECK(past.find("past the end") != std::string::npos);
+  CHECK(past.find("'a'") != std::string::npos);
+  const bytes_t twelve(12, 0);
+  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,8]},"b":{)" + f32_2 +
+                                R"(,"data_offsets":[4,12]}})",
+                                twelve)) == "safetensors.overlap");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32",)"
+                                R"("shape":[1],"data_offsets":[8,12]}})",
+                                twelve)) == "safetensors.hole");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)) ==
+        "safetensors.hole");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight)) ==
+        "safetensors.trailing_bytes");
+  CHECK(parse_error_id(raw_file("{}", four)) == "safetensors.trailing_bytes");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                                eight)) == "safetensors.duplicate_key");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}})", four)) ==
+        "safetensors.duplicate_key");
+
+  // What a well-formed file may contain: zero-size tensors anywhere, header padding, F64 and
+  // integer dtypes (readable structurally; only floating dtypes convert), unknown extra fields.
+  const auto ok = parse_safetensors(raw_file(
+      R"({"e":{"dtype":"F32","shape":[2,0],"data_offsets":[0,0]},"a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]},)"
+      R"("z":{"dtype":"F32","shape":[0],"data_offsets":[4,4],"note":"x"}}   )",
+      four));
+  CHECK(ok.names() == std::vector<std::string>{"a", "e", "z"});
+  CHECK(ok.expect_matrix<float>("e", 2, 0).size() == 0);
+}
+
+TEST_CASE("safetensors: a tensor that is not what the caller expects is a shape_error naming it") {
+  const host_matrix<float> m = test::random_matrix<float>(3, 4, 5);
+  const std::vector<std::int32_t> ints = {1, 2};
+  tensor_data int_tensor{tensor_dtype::i32, {2}, bytes_t(8, 0)};
+  const bytes_t cube(8 * 4, 0);
+  const auto file = parse_safetensors(serialize_safetensors(
+      {{"layer.w", make_tensor(m)}, {"ids", int_tensor}, {"cube", tensor_data{tensor_dtype::f32, {2, 2, 2}, cube}}}));
+  auto msg = message_of<shape_error>([&] { file.expect_matrix<float>("layer.w", 4, 3); });
+  CHECK(msg.find("'layer.w'") != std::string::npos);
+  CHECK(msg.find("[4, 3]") != std::string::npos);
+  CHECK(msg.find("[3, 4]") != std::string::npos);
+  msg = message_of<shape_error>([&] { file.expect_vector<float>("layer.w", 12); });
+  CHECK(msg.find("'layer.w'") != std::string::npos);
+  msg = message_of<shape_error>([&] { file.expect_vector<double>("ids", 2); });
+  CHECK(msg.find("I32") != std::string::npos);
+  msg = message_of<shape_error>([&] { to_host_matrix<float>(file.tensor("cube")); });
+  CHECK(msg.find("[2, 2, 2]") != std::string::npos);
+  msg = message_of<shape_error>([&] { file.tensor("missing"); });
+  CHECK(msg.find("'missing'") != std::string::npos);
+  CHECK(file.expect_matrix<float>("layer.w", 3, 4) == m);
+}
+
+TEST_CASE("safetensors: writing refuses inconsistent tensors and reading a missing file is an io error") {
+  CHECK_THROWS_AS(serialize_safetensors({{"a", tensor_data{tensor_dtype::f32, {3}, bytes_t(8, 0)}}}), shape_error);
+  CHECK_THROWS_AS(serialize_safetensors({{"__metadata__", tensor_data{tensor_dtype::f32, {0}, {}}}}), config_error);
+  CHECK_THROWS_AS(serialize_safetensors({{"bad\xff", tensor_data{tensor_dtype::f32, {0}, {}}}}), value_error);
+  temp_dir dir;
+  const auto msg = message_of<error>([&] { read_safetensors(dir.path() / "nope.safetensors"); });
+  CHECK(msg.find("[rolora.io]") == 0);
+  CHECK(msg.find("nope.safetensors") != std::string::npos);
+}
