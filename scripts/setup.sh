@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake ccache
   libeigen3-dev doctest-dev libxtensor-dev xtl-dev nlohmann-json3-dev libcli11-dev
   libbenchmark-dev gnuplot-nox
+  fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
