@@ -2,6 +2,7 @@
 // conversions, hostile files) and PEFT adapter directories (layout, key names, round trips,
 // mismatch errors).
 #include <atomic>
+#include <random>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -9,10 +10,9 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "test_support.hpp"
 
+#include <rolora/io/peft.hpp>
 #include <rolora/io/safetensors.hpp>
 
 using namespace rolora;
@@ -28,7 +28,7 @@ class temp_dir {
   temp_dir() {
     static std::atomic<int> counter{0};
     path_ = std::filesystem::temp_directory_path() /
-            ("rolora_test_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+            ("rolora_test_io_" + std::to_string(std::random_device{}()) + "_" + std::to_string(counter++));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
   }
@@ -426,4 +426,255 @@ TEST_CASE("safetensors: writing refuses inconsistent tensors and reading a missi
   const auto msg = message_of<error>([&] { read_safetensors(dir.path() / "nope.safetensors"); });
   CHECK(msg.find("[rolora.io]") == 0);
   CHECK(msg.find("nope.safetensors") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PEFT adapter directories
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// Two adapted linears with different ranks and alphas, B made non-zero, and a classifier head
+// (weight and one-column bias) as modules_to_save.
+lora_config peft_test_config() {
+  lora_config c;
+  c.r = 4;
+  c.lora_alpha = 8;
+  c.lora_dropout = 0.1;
+  c.rank_pattern["layers.0.attention.v"] = 2;
+  c.alpha_pattern["layers.0.attention.v"] = 3.5;
+  return c;
+}
+
+const std::vector<module_shape> peft_test_modules = {{"layers.0.attention.q", 16, 8}, {"layers.0.attention.v", 12, 8}};
+const std::vector<module_shape> peft_test_saved = {{"classifier.weight", 3, 8}, {"classifier.bias", 3, 1}};
+
+template <class Backend>
+adapter_set<Backend> peft_test_set(const lora_config& c) {
+  adapter_set<Backend> set(peft_test_modules, c, 21);
+  std::uint32_t tag = 40;
+  for (auto& [name, a] : set) a.B = test::random_backend_matrix<Backend>(a.out_features(), a.rank(), tag++);
+  for (const auto& s : peft_test_saved) {
+    set.add_module_to_save(s.name, test::random_backend_matrix<Backend>(s.out_features, s.in_features, tag++));
+  }
+  return set;
+}
+
+nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+void write_json(const std::filesystem::path& p, const nlohmann::json& j) { std::ofstream(p) << j.dump(2); }
+
+}  // namespace
+
+TEST_CASE("peft: directory layout, adapter_config.json fields and tensor keys") {
+  using B = eigen_backend<float>;
+  temp_dir tmp;
+  const auto dir = tmp.path() / "adapter";
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<B>(c);
+  peft_options o;
+  o.module_path = peft_prefix("encoder.");
+  o.base_model_name_or_path = "tiny-encoder";
+  o.task_type = "SEQ_CLS";
+  save_peft_adapter(dir, set, c, o);
+
+  std::set<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) files.insert(e.path().filename().string());
+  CHECK(files == std::set<std::string>{"adapter_config.json", "adapter_model.safetensors"});
+
+  const auto cfg = read_json(dir / "adapter_config.json");
+  CHECK(cfg["peft_type"] == "LORA");
+  CHECK(cfg["r"] == 4);
+  CHECK(cfg["lora_alpha"].is_number_integer());
+  CHECK(cfg["lora_alpha"] == 8);
+  CHECK(cfg["lora_dropout"] == 0.1);
+  CHECK(cfg["target_modules"] == nlohmann::json({"encoder.layers.0.attention.q", "encoder.layers.0.attention.v"}));
+  CHECK(cfg["rank_pattern"] == nlohmann::json({{"encoder.layers.0.attention.v", 2}}));
+  CHECK(cfg["alpha_pattern"] == nlohmann::json({{"encoder.layers.0.attention.v", 3.5}}));
+  CHECK(cfg["modules_to_save"] == nlohmann::json({"encoder.classifier"}));
+  CHECK(cfg["bias"] == "none");
+  CHECK(cfg["fan_in_fan_out"] == false);
+  CHECK(cfg["inference_mode"] == true);
+  CHECK(cfg["init_lora_weights"] == true);
+  CHECK(cfg["use_rslora"] == false);
+  CHECK(cfg["use_dora"] == false);
+  CHECK(cfg["layers_to_transform"].is_null());
+  CHECK(cfg["task_type"] == "SEQ_CLS");
+  CHECK(cfg["base_model_name_or_path"] == "tiny-encoder");
+
+  const auto file = read_safetensors(dir / "adapter_model.safetensors");
+  CHECK(file.metadata() == std::map<std::string, std::string>{{"format", "pt"}});
+  const std::string q = "base_model.model.encoder.layers.0.attention.q", v = "base_model.model.encoder.layers.0.attention.v";
+  CHECK(file.names() == std::vector<std::string>{"base_model.model.encoder.classifier.bias",
+                                                 "base_model.model.encoder.classifier.weight", q + ".lora_A.weight",
+                                                 q + ".lora_B.weight", v + ".lora_A.weight", v + ".lora_B.weight"});
+  auto shape = [&](const std::string& k) { return file.tensor(k).shape; };
+  using s = std::vector<std::uint64_t>;
+  CHECK(shape(q + ".lora_A.weight") == s{4, 8});   // [r, in]
+  CHECK(shape(q + ".lora_B.weight") == s{16, 4});  // [out, r]
+  CHECK(shape(v + ".lora_A.weight") == s{2, 8});
+  CHECK(shape(v + ".lora_B.weight") == s{12, 2});
+  CHECK(shape("base_model.model.encoder.classifier.weight") == s{3, 8});
+  CHECK(shape("base_model.model.encoder.classifier.bias") == s{3});  // torch's 1-D bias
+  CHECK(file.tensor(q + ".lora_A.weight").dtype == tensor_dtype::f32);
+  CHECK(file.expect_matrix<float>(q + ".lora_B.weight", 16, 4) == set.at("layers.0.attention.q").B);
+  CHECK(file.expect_matrix<float>(v + ".lora_A.weight", 2, 8) == set.at("layers.0.attention.v").A);
+}
+
+TEST_CASE_TEMPLATE("peft: save -> load round trip is bit-exact and restores the configuration", Backend,
+                   ROLORA_TEST_BACKENDS) {
+  using T = typename Backend::scalar;
+  temp_dir tmp;
+  for (const bool rslora : {false, true}) {
+    CAPTURE(rslora);
+    lora_config c = peft_test_config();
+    c.use_rslora = rslora;
+    c.init_lora_weights = rslora ? lora_init::gaussian : lora_init::kaiming_uniform;
+    c.target_modules = {"q", "v"};
+    const auto set = peft_test_set<Backend>(c);
+    peft_options o;
+    o.dtype = std::is_same_v<T, float> ? tensor_dtype::f32 : tensor_dtype::f64;
+    o.task_type = "SEQ_CLS";
+    const auto dir = tmp.path() / (rslora ? "rs" : "plain");
+    save_peft_adapter(dir, set, c, o);
+
+    const auto loaded = load_peft_adapter<Backend>(dir, peft_test_modules, peft_test_saved, o);
+    CHECK(test::bit_equal(set, loaded.adapters));
+    CHECK(loaded.config.r == 4);
+    CHECK(loaded.config.lora_alpha == 8.0);
+    CHECK(loaded.config.lora_dropout == 0.1);
+    CHECK(loaded.config.use_rslora == rslora);
+    CHECK(loaded.config.init_lora_weights == c.init_lora_weights);
+    CHECK(loaded.config.rank_pattern == c.rank_pattern);
+    CHECK(loaded.config.alpha_pattern == c.alpha_pattern);
+    for (const auto& m : peft_test_modules) CHECK(loaded.config.scaling_for(m.name) == c.scaling_for(m.name));
+    // target_modules are written as the exact module paths.
+    CHECK(loaded.config.target_modules == std::vector<std::string>{"layers.0.attention.q", "layers.0.attention.v"});
+    CHECK(loaded.task_type == "SEQ_CLS");
+    CHECK_FALSE(loaded.base_model_name_or_path.has_value());
+    // The same through the shapes of an existing set.
+    CHECK(test::bit_equal(set, load_peft_adapter<Backend>(dir, set, o).adapters));
+  }
+  // F16 weights load within half-precision rounding.
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<Backend>(c);
+  peft_options half;
+  half.dtype = tensor_dtype::f16;
+  save_peft_adapter(tmp.path() / "half", set, c, half);
+  const auto loaded = load_peft_adapter<Backend>(tmp.path() / "half", set);
+  for (const auto& [name, a] : set) {
+    const auto h = Backend::to_host(a.B).template cast<double>();
+    CHECK((Backend::to_host(loaded.adapters.at(name).B).template cast<double>() - h).cwiseAbs().maxCoeff() <=
+          std::ldexp(1.0, -11) * h.cwiseAbs().maxCoeff());
+  }
+}
+
+TEST_CASE("peft: rank_pattern keys are matched as PEFT does (suffix regex, first match in file order)") {
+  using B = eigen_backend<float>;
+  temp_dir tmp;
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<B>(c);
+  save_peft_adapter(tmp.path(), set, c);
+  auto cfg = read_json(tmp.path() / "adapter_config.json");
+  nlohmann::ordered_json patterns = nlohmann::ordered_json::object();
+  patterns["attention\\.v"] = 2;  // suffix of "layers.0.attention.v"
+  patterns["v"] = 3;              // also matches, but comes second
+  cfg.erase("rank_pattern");
+  std::string text = cfg.dump(2);
+  text.insert(text.rfind('}'), ",\"rank_pattern\": " + patterns.dump());
+  std::ofstream(tmp.path() / "adapter_config.json") << text;
+  const auto loaded = load_peft_adapter<B>(tmp.path(), set);
+  CHECK(loaded.config.rank_for("layers.0.attention.v") == 2);
+  CHECK(loaded.config.rank_for("layers.0.attention.q") == 4);
+  CHECK(test::bit_equal(set, loaded.adapters));
+}
+
+TEST_CASE("peft: mismatches between the directory and the model are clear errors") {
+  using B = eigen_backend<float>;
+  temp_dir tmp;
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<B>(c);
+  const auto dir = tmp.path() / "a";
+  save_peft_adapter(dir, set, c);
+
+  auto modules = peft_test_modules;
+  modules.push_back({"layers.1.attention.q", 16, 8});
+  auto msg = message_of<config_error>([&] { load_peft_adapter<B>(dir, modules, peft_test_saved); });
+  CHECK(msg.find("[rolora.peft.missing_key]") == 0);
+  CHECK(msg.find("base_model.model.layers.1.attention.q.lora_A.weight") != std::string::npos);
+
+  msg = message_of<config_error>([&] { load_peft_adapter<B>(dir, {peft_test_modules[0]}, peft_test_saved); });
+  CHECK(msg.find("[rolora.peft.unexpected_key]") == 0);
+  CHECK(msg.find("layers.0.attention.v.lora_A.weight") != std::string::npos);
+  msg = message_of<config_error>([&] { load_peft_adapter<B>(dir, peft_test_modules); });
+  CHECK(msg.find("classifier.weight") != std::string::npos);
+
+  msg = message_of<shape_error>([&] {
+    load_peft_adapter<B>(dir, {{"layers.0.attention.q", 16, 9}, peft_test_modules[1]}, peft_test_saved);
+  });
+  CHECK(msg.find("[rolora.peft.shape]") == 0);
+  CHECK(msg.find("layers.0.attention.q") != std::string::npos);
+  CHECK(msg.find("[4, 9]") != std::string::npos);
+  msg = message_of<shape_error>([&] {
+    load_peft_adapter<B>(dir, peft_test_modules, {{"classifier.weight", 3, 8}, {"classifier.bias", 4, 1}});
+  });
+  CHECK(msg.find("classifier.bias") != std::string::npos);
+
+  // The config's rank disagrees with the saved factors.
+  auto cfg = read_json(dir / "adapter_config.json");
+  cfg["r"] = 3;
+  write_json(dir / "adapter_config.json", cfg);
+  msg = message_of<shape_error>([&] { load_peft_adapter<B>(dir, set); });
+  CHECK(msg.find("[rolora.peft.rank]") == 0);
+  CHECK(msg.find("has rank 4") != std::string::npos);
+  CHECK(msg.find("r = 3") != std::string::npos);
+
+  // Configurations rolora cannot honour.
+  cfg["r"] = 4;
+  for (const auto& [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"peft_type", "IA3"}, {"use_dora", true}, {"fan_in_fan_out", true}, {"bias", "all"},
+           {"init_lora_weights", "pissa"}, {"r", -1}, {"lora_alpha", "big"}, {"rank_pattern", nlohmann::json::array()}}) {
+    CAPTURE(field);
+    auto broken = cfg;
+    broken[field] = value;
+    write_json(dir / "adapter_config.json", broken);
+    msg = message_of<config_error>([&] { load_peft_adapter<B>(dir, set); });
+    CHECK(msg.find("[rolora.peft.config]") == 0);
+    CHECK(msg.find(field) != std::string::npos);
+  }
+  std::ofstream(dir / "adapter_config.json") << "{not json";
+  CHECK_THROWS_AS(load_peft_adapter<B>(dir, set), config_error);
+  CHECK_THROWS_AS(load_peft_adapter<B>(tmp.path() / "missing", set), error);
+}
+
+TEST_CASE("peft: saving checks ranks, scalings and paths before writing anything") {
+  using B = eigen_backend<float>;
+  temp_dir tmp;
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<B>(c);
+  const auto dir = tmp.path() / "never";
+
+  lora_config wrong_rank = c;
+  wrong_rank.rank_pattern.clear();
+  auto msg = message_of<config_error>([&] { save_peft_adapter(dir, set, wrong_rank); });
+  CHECK(msg.find("layers.0.attention.v") != std::string::npos);
+  CHECK(msg.find("rank 2") != std::string::npos);
+
+  lora_config wrong_alpha = c;
+  wrong_alpha.lora_alpha = 16;
+  msg = message_of<config_error>([&] { save_peft_adapter(dir, set, wrong_alpha); });
+  CHECK(msg.find("scaling") != std::string::npos);
+
+  peft_options collide;
+  collide.module_path = [](const std::string&) { return std::string("same"); };
+  msg = message_of<config_error>([&] { save_peft_adapter(dir, set, c, collide); });
+  CHECK(msg.find("[rolora.peft.module_path]") == 0);
+  CHECK(msg.find("'same'") != std::string::npos);
+
+  auto bad_saved = set;
+  bad_saved.add_module_to_save("head", test::random_backend_matrix<B>(2, 2, 1));
+  CHECK_THROWS_AS(save_peft_adapter(dir, bad_saved, c), config_error);
+  CHECK_FALSE(std::filesystem::exists(dir));
 }
