@@ -1,0 +1,161 @@
+// Sequence classification with the transformer as a federated client task, and its evaluation.
+//
+// classification_task models rolora::client_task (federated/task.hpp): a client owns its token
+// sequences and labels, shares the frozen base model read-only with every other client, and
+// keeps its own workspace, so clients train in parallel without sharing mutable state.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/federated/optimizer.hpp>
+#include <rolora/federated/task.hpp>
+#include <rolora/nn/transformer.hpp>
+
+namespace rolora {
+
+// Sequences [n, seq_len] (sequence-major) with one label each.
+struct labelled_sequences {
+  token_batch tokens;
+  std::vector<std::int32_t> labels;
+
+  std::size_t size() const { return labels.size(); }
+
+  // The sequences at `rows`, in that order.
+  labelled_sequences select(std::span<const std::size_t> rows) const {
+    labelled_sequences out;
+    out.tokens.seq_len = tokens.seq_len;
+    out.tokens.ids.reserve(rows.size() * std::size_t(tokens.seq_len));
+    out.labels.reserve(rows.size());
+    for (const std::size_t r : rows) {
+      if (r >= size()) {
+        detail::fail<value_error>("value_error", "labelled_sequences: row ", r, " out of range [0, ", size(), ")");
+      }
+      const auto first = tokens.ids.begin() + std::ptrdiff_t(r * std::size_t(tokens.seq_len));
+      out.tokens.ids.insert(out.tokens.ids.end(), first, first + tokens.seq_len);
+      out.labels.push_back(labels[r]);
+    }
+    return out;
+  }
+
+  void check() const {
+    if (tokens.seq_len < 1 || tokens.ids.size() != labels.size() * std::size_t(tokens.seq_len)) {
+      detail::fail<shape_error>("shape_error", "labelled_sequences: expected ", labels.size(), " x ",
+                                tokens.seq_len, " token ids for ", labels.size(), " labels, got ",
+                                tokens.ids.size());
+    }
+  }
+};
+
+// One client: its local data over a shared, frozen model.
+template <nn_backend B>
+class classification_task {
+ public:
+  classification_task(const transformer_weights<B>& model, labelled_sequences data)
+      : model_(&model), data_(std::move(data)) {
+    data_.check();
+    if (data_.size() == 0) detail::fail<value_error>("value_error", "classification_task: a client without data");
+  }
+
+  std::size_t num_samples() const { return data_.size(); }
+  const labelled_sequences& data() const { return data_; }
+
+  // Mean cross-entropy over all local samples.
+  double loss(const adapter_set<B>& adapters) {
+    double sum = 0.0;
+    for_chunks(data_.size(), [&](std::span<const std::size_t> rows) {
+      const auto part = data_.select(rows);
+      sum += classification_loss(*model_, adapters, part.tokens, part.labels, ws_) * double(rows.size());
+    });
+    return sum / double(data_.size());
+  }
+
+  double loss_and_grad(const adapter_set<B>& adapters, std::span<const std::size_t> batch, factor_set trains,
+                       gradient_set<B>& grads) {
+    batch_ = data_.select(batch);
+    return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains, grads, ws_);
+  }
+
+  // Calls f(rows) over [0, n) in chunks of at most `chunk` rows, in order.
+  template <class F>
+  static void for_chunks(std::size_t n, F&& f, std::size_t chunk = 64) {
+    std::vector<std::size_t> rows;
+    for (std::size_t first = 0; first < n; first += chunk) {
+      rows.clear();
+      for (std::size_t r = first; r < std::min(n, first + chunk); ++r) rows.push_back(r);
+      f(std::span<const std::size_t>(rows));
+    }
+  }
+
+ private:
+  const transformer_weights<B>* model_;
+  labelled_sequences data_;
+  labelled_sequences batch_;             // the current minibatch, reused
+  transformer_workspace<B> ws_;
+};
+
+struct evaluation {
+  double loss = 0.0;      // mean cross-entropy
+  double accuracy = 0.0;  // fraction predicted right
+  std::vector<std::int32_t> predictions;
+};
+
+// Loss, accuracy and predictions of `adapters` on `data`, over `threads` threads. The data are
+// cut into fixed chunks of `chunk` sequences whatever the thread count, so every number is the
+// same bits for any `threads`.
+template <nn_backend B>
+evaluation evaluate(const transformer_weights<B>& model, const adapter_set<B>& adapters,
+                    const labelled_sequences& data, std::size_t threads = 1, std::size_t chunk = 64) {
+  data.check();
+  const std::size_t n = data.size(), chunks = (n + chunk - 1) / chunk;
+  std::vector<double> losses(chunks);
+  evaluation out;
+  out.predictions.resize(n);
+  std::vector<std::exception_ptr> errors(chunks);
+  auto work = [&](std::size_t first) {
+    transformer_workspace<B> ws;
+    for (std::size_t c = first; c < chunks; c += threads) {
+      try {
+        std::vector<std::size_t> rows;
+        for (std::size_t r = c * chunk; r < std::min(n, (c + 1) * chunk); ++r) rows.push_back(r);
+        const auto part = data.select(rows);
+        const auto logits = B::to_host(classification_logits(model, adapters, part.tokens, ws));
+        for (index_t s = 0; s < logits.cols(); ++s) {
+          const auto col = logits.col(s).template cast<double>();
+          index_t best = 0;
+          const double top = col.maxCoeff(&best);
+          const double lse = top + std::log((col.array() - top).exp().sum());
+          losses[c] += lse - col(part.labels[std::size_t(s)]);
+          out.predictions[rows[std::size_t(s)]] = static_cast<std::int32_t>(best);
+        }
+      } catch (...) {
+        errors[c] = std::current_exception();
+      }
+    }
+  };
+  threads = std::max<std::size_t>(1, std::min(threads, chunks));
+  if (threads == 1) {
+    work(0);
+  } else {
+    std::vector<std::jthread> pool;
+    for (std::size_t t = 0; t < threads; ++t) pool.emplace_back(work, t);
+  }
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+  std::size_t right = 0;
+  for (std::size_t i = 0; i < n; ++i) right += out.predictions[i] == data.labels[i];
+  for (const double l : losses) out.loss += l;  // in chunk order: same bits for any thread count
+  out.loss /= double(n);
+  out.accuracy = double(right) / double(n);
+  return out;
+}
+
+}  // namespace rolora
