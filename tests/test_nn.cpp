@@ -1,0 +1,558 @@
+// nn/: the transformer's primitives and whole model against central finite differences (double),
+// padding invariance, merged vs unmerged LoRA, target_modules selection, weights I/O and errors.
+#include <algorithm>
+#include <functional>
+
+#include <rolora/nn/transformer.hpp>
+
+#include "test_support.hpp"
+
+using namespace rolora;
+using rolora::test::message_of;
+
+namespace {
+
+using DB = eigen_backend<double>;
+using mat = Eigen::MatrixXd;
+
+// Central difference of loss() in the scalar x.
+double central_difference(const std::function<double()>& loss, double& x, double h = 1e-5) {
+  const double old = x;
+  x = old + h;
+  const double up = loss();
+  x = old - h;
+  const double down = loss();
+  x = old;
+  return (up - down) / (2 * h);
+}
+
+// max |finite difference - analytic| over every entry of `param`, relative to max |analytic|.
+// Also requires a non-zero gradient, so that a check cannot pass on an all-zero result.
+double relative_fd_error(mat& param, const mat& grad, const std::function<double()>& loss) {
+  REQUIRE(param.rows() == grad.rows());
+  REQUIRE(param.cols() == grad.cols());
+  const double scale = grad.cwiseAbs().maxCoeff();
+  CHECK(scale > 1e-8);
+  double worst = 0;
+  for (index_t i = 0; i < param.size(); ++i) {
+    worst = std::max(worst, std::abs(central_difference(loss, param.data()[i]) - grad.data()[i]));
+  }
+  return worst / std::max(scale, 1e-300);
+}
+
+constexpr double fd_tolerance = 1e-6;
+
+mat rnd(index_t r, index_t c, std::uint32_t tag, double scale = 1.0) {
+  return test::random_matrix<double>(r, c, tag, scale);
+}
+
+// A tiny model whose weights are O(1) random (layer-norm gains around 1), so that every
+// non-linearity is exercised, unlike the 0.02 init.
+transformer_config tiny_config(pooling pool = pooling::mean) {
+  transformer_config c;
+  c.vocab_size = 11;
+  c.max_len = 6;
+  c.d_model = 6;
+  c.n_heads = 2;
+  c.n_layers = 2;
+  c.d_ff = 8;
+  c.num_classes = 3;
+  c.pool = pool;
+  c.pad_id = 0;
+  return c;
+}
+template <class Backend>
+transformer_weights<Backend> random_weights(const transformer_config& c, std::uint32_t tag = 100) {
+  transformer_weights<Backend> w(c, 7);
+  for (std::size_t p = 0; p < w.size(); ++p) {
+    host_matrix<double> h = rnd(w.rows(p), w.cols(p), tag + std::uint32_t(p), 0.4);
+    if (w.name(p).find("ln") != std::string::npos && w.name(p).ends_with(".weight")) h.array() += 1.0;
+    w.assign(w.name(p), h.cast<typename Backend::scalar>());
+  }
+  return w;
+}
+// Two sequences of length 5; the first ends in two PADs.
+token_batch tiny_batch() { return {5, {3, 4, 5, 0, 0, 7, 8, 9, 10, 2}}; }
+const std::vector<std::int32_t> tiny_labels{1, 2};
+
+template <class Backend>
+adapter_set<Backend> random_adapters(const transformer_config& c, const std::vector<std::string>& targets,
+                                     const std::vector<index_t>& layers = {}) {
+  lora_config lc;
+  lc.r = 2;
+  lc.lora_alpha = 3;
+  adapter_set<Backend> a(lora_target_modules(c, targets, layers), lc, 5);
+  std::uint32_t tag = 300;
+  for (auto& [name, l] : a) l.B = test::random_backend_matrix<Backend>(l.out_features(), l.rank(), tag++, 0.5);
+  return a;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Primitives
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("layer norm: forward normalises each column, backward matches finite differences") {
+  const index_t d = 5, n = 4;
+  mat x = rnd(d, n, 1), gamma = rnd(d, 1, 2).array() + 1.0, beta = rnd(d, 1, 3);
+  const mat r = rnd(d, n, 4);  // loss = sum(r .* y)
+  const double eps = 1e-5;
+  mat y, xhat, rstd;
+  DB::layer_norm_forward(x, gamma, beta, eps, y, xhat, rstd);
+  for (index_t j = 0; j < n; ++j) {
+    const double mean = x.col(j).mean();
+    const double var = (x.col(j).array() - mean).square().mean();
+    for (index_t i = 0; i < d; ++i) {
+      CHECK(y(i, j) == doctest::Approx(gamma(i) * (x(i, j) - mean) / std::sqrt(var + eps) + beta(i)).epsilon(1e-12));
+    }
+  }
+  mat dx, dgamma, dbeta;
+  DB::layer_norm_backward(r, xhat, rstd, gamma, dx, false, &dgamma, &dbeta);
+  const auto loss = [&] {
+    mat yy, xh, rs;
+    DB::layer_norm_forward(x, gamma, beta, eps, yy, xh, rs);
+    return r.cwiseProduct(yy).sum();
+  };
+  CHECK(relative_fd_error(x, dx, loss) < fd_tolerance);
+  CHECK(relative_fd_error(gamma, dgamma, loss) < fd_tolerance);
+  CHECK(relative_fd_error(beta, dbeta, loss) < fd_tolerance);
+  // accumulate adds to what is there.
+  mat acc = mat::Ones(d, n);
+  DB::layer_norm_backward(r, xhat, rstd, gamma, acc, true, nullptr, nullptr);
+  CHECK((acc - dx - mat::Ones(d, n)).cwiseAbs().maxCoeff() < 1e-14);
+}
+
+TEST_CASE_TEMPLATE("GELU is the erf form, its derivative matches finite differences", Backend, ROLORA_TEST_BACKENDS) {
+  using T = typename Backend::scalar;
+  host_matrix<T> x(1, 7);
+  x << T(-4), T(-1.5), T(-0.3), T(0), T(0.2), T(1), T(3);
+  typename Backend::matrix y, dx;
+  Backend::gelu_forward(Backend::from_host(x), y);
+  const auto hy = Backend::to_host(y);
+  for (index_t i = 0; i < x.cols(); ++i) {
+    const double v = double(x(0, i));
+    CHECK(double(hy(0, i)) == doctest::Approx(0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))).epsilon(1e-6));
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    mat xm = x, ones = mat::Ones(1, 7), dxm;
+    DB::gelu_backward(xm, ones, dxm);
+    const mat r = rnd(1, 7, 5);
+    DB::gelu_backward(xm, r, dxm);
+    const auto loss = [&] {
+      mat yy;
+      DB::gelu_forward(xm, yy);
+      return r.cwiseProduct(yy).sum();
+    };
+    CHECK(relative_fd_error(xm, dxm, loss) < fd_tolerance);
+  }
+}
+
+TEST_CASE("embedding: gather rows, scatter-add with repeated ids") {
+  const mat table = rnd(6, 3, 6);
+  const std::vector<std::int32_t> ids{2, 5, 2, 0};
+  mat out;
+  DB::embedding_forward(table, ids, false, out);
+  for (index_t j = 0; j < 4; ++j) CHECK(out.col(j) == table.row(ids[std::size_t(j)]).transpose());
+  DB::embedding_forward(table, ids, true, out);
+  CHECK(out.col(1) == 2 * table.row(5).transpose());
+  const mat dout = rnd(3, 4, 7);
+  mat dtable = mat::Zero(6, 3);
+  DB::embedding_backward(dout, ids, dtable);
+  CHECK((dtable.row(2).transpose() - dout.col(0) - dout.col(2)).cwiseAbs().maxCoeff() < 1e-15);
+  CHECK(dtable.row(1).cwiseAbs().maxCoeff() == 0.0);
+  // Gradient of sum(r .* out) by finite differences on the table.
+  mat t = table;
+  const auto loss = [&] {
+    mat o;
+    DB::embedding_forward(t, ids, false, o);
+    return dout.cwiseProduct(o).sum();
+  };
+  CHECK(relative_fd_error(t, dtable, loss) < fd_tolerance);
+}
+
+TEST_CASE("masked attention: PAD keys get probability 0, gradients match finite differences") {
+  const index_t d = 6, heads = 2, len = 4, n = 3;
+  mat q = rnd(d, len * n, 8), k = rnd(d, len * n, 9), v = rnd(d, len * n, 10);
+  mat valid = mat::Ones(len, n);
+  valid(2, 0) = valid(3, 0) = 0;  // sequence 0: two trailing PADs
+  valid(0, 1) = 0;                // sequence 1: a PAD in front
+  valid.col(2).setZero();         // sequence 2: nothing to attend to
+  const double scale = 1 / std::sqrt(3.0);
+  mat probs, ctx;
+  DB::attention_forward(q, k, v, valid, heads, scale, probs, ctx);
+  for (index_t s = 0; s < 2; ++s) {
+    for (index_t h = 0; h < heads; ++h) {
+      const auto p = probs.middleCols((s * heads + h) * len, len);
+      for (index_t j = 0; j < len; ++j) {
+        CHECK(p.col(j).sum() == doctest::Approx(1.0).epsilon(1e-13));
+        for (index_t i = 0; i < len; ++i) {
+          if (valid(i, s) == 0) CHECK(p(i, j) == 0.0);
+        }
+      }
+    }
+  }
+  // A direct reference for sequence 1, head 1, query 2.
+  {
+    const index_t s = 1, h = 1, j = 2, dh = 3;
+    Eigen::VectorXd sc(len);
+    for (index_t i = 0; i < len; ++i) sc(i) = scale * k.col(s * len + i).segment(h * dh, dh).dot(q.col(s * len + j).segment(h * dh, dh));
+    Eigen::VectorXd e = (sc.array() - sc.maxCoeff()).exp() * valid.col(s).array();
+    e /= e.sum();
+    const Eigen::VectorXd c = v.block(h * dh, s * len, dh, len) * e;
+    CHECK((ctx.block(h * dh, s * len + j, dh, 1) - c).cwiseAbs().maxCoeff() < 1e-13);
+  }
+  CHECK(ctx.middleCols(2 * len, len).cwiseAbs().maxCoeff() == 0.0);
+  const mat r = rnd(d, len * n, 11);
+  mat dq, dk, dv;
+  DB::attention_backward(q, k, v, probs, r, heads, scale, dq, dk, dv);
+  const auto loss = [&] {
+    mat p, c;
+    DB::attention_forward(q, k, v, valid, heads, scale, p, c);
+    return r.cwiseProduct(c).sum();
+  };
+  CHECK(relative_fd_error(q, dq, loss) < fd_tolerance);
+  CHECK(relative_fd_error(k, dk, loss) < fd_tolerance);
+  CHECK(relative_fd_error(v, dv, loss) < fd_tolerance);
+  // Keys at PAD positions get no gradient: they are never attended to.
+  CHECK(dk.middleCols(2, 2).cwiseAbs().maxCoeff() == 0.0);
+  CHECK(dv.middleCols(2, 2).cwiseAbs().maxCoeff() == 0.0);
+}
+
+TEST_CASE("linear with LoRA and GELU MLP: dW, db, dA, dB, dx match finite differences") {
+  using namespace nn_detail;
+  const index_t d = 5, dff = 7, n = 6, r = 2;
+  mat x = rnd(d, n, 12), w1 = rnd(dff, d, 13), b1 = rnd(dff, 1, 14), w2 = rnd(d, dff, 15), b2 = rnd(d, 1, 16);
+  lora_adapter<DB> l1{rnd(r, d, 17), rnd(dff, r, 18), 1.5};
+  const mat rr = rnd(d, n, 19);
+  mat dw1, db1, dw2, db2;
+  lora_gradients<DB> g1;
+  const auto run = [&](bool grad, mat* dx) {
+    binding<DB> bw1{&w1, grad ? &dw1 : nullptr}, bb1{&b1, grad ? &db1 : nullptr};
+    binding<DB> bw2{&w2, grad ? &dw2 : nullptr}, bb2{&b2, grad ? &db2 : nullptr};
+    lora_binding<DB> lo1{&l1, grad ? &g1 : nullptr}, none{};
+    mat ax1, ax2, u, g, y, t, dg;
+    linear_forward<DB>(bw1, bb1, lo1, x, ax1, u);
+    DB::gelu_forward(u, g);
+    linear_forward<DB>(bw2, bb2, none, g, ax2, y);
+    if (grad) {
+      linear_backward<DB>(bw2, bb2, none, both_factors, g, ax2, rr, t, &dg, false);
+      DB::gelu_backward(u, dg, dg);
+      linear_backward<DB>(bw1, bb1, lo1, both_factors, x, ax1, dg, t, dx, false);
+    }
+    return rr.cwiseProduct(y).sum();
+  };
+  mat dx;
+  run(true, &dx);
+  const auto loss = [&] { return run(false, nullptr); };
+  CHECK(relative_fd_error(x, dx, loss) < fd_tolerance);
+  CHECK(relative_fd_error(w1, dw1, loss) < fd_tolerance);
+  CHECK(relative_fd_error(b1, db1, loss) < fd_tolerance);
+  CHECK(relative_fd_error(w2, dw2, loss) < fd_tolerance);
+  CHECK(relative_fd_error(b2, db2, loss) < fd_tolerance);
+  CHECK(relative_fd_error(l1.A, g1.dA, loss) < fd_tolerance);
+  CHECK(relative_fd_error(l1.B, g1.dB, loss) < fd_tolerance);
+}
+
+TEST_CASE("pooling + cross-entropy: mean and first-token pooling, ignored targets") {
+  const index_t d = 4, len = 3, n = 2, classes = 3;
+  mat h = rnd(d, len * n, 20), wc = rnd(classes, d, 21);
+  mat wmean(len, n), wfirst = mat::Zero(len, n);
+  wmean << 0.5, 1.0 / 3, 0.5, 1.0 / 3, 0.0, 1.0 / 3;  // sequence 0 has a PAD at the end
+  wfirst.row(0).setOnes();
+  const std::vector<std::int32_t> labels{2, 0};
+  for (const mat* w : {&wmean, &wfirst}) {
+    const auto run = [&](mat* dh) {
+      mat pooled, logits, dlogits, dpooled;
+      DB::weighted_pool(h, *w, pooled);
+      logits.noalias() = wc * pooled;
+      const double loss = DB::softmax_cross_entropy(logits, labels, 0.5, dh ? &dlogits : nullptr) / 2;
+      if (dh) {
+        dpooled.noalias() = wc.transpose() * dlogits;
+        DB::weighted_pool_backward(dpooled, *w, *dh);
+      }
+      return loss;
+    };
+    mat dh;
+    run(&dh);
+    CHECK(relative_fd_error(h, dh, [&] { return run(nullptr); }) < fd_tolerance);
+  }
+  // The mean pooling of sequence 0 ignores its third token.
+  mat pooled;
+  DB::weighted_pool(h, wmean, pooled);
+  CHECK((pooled.col(0) - (h.col(0) + h.col(1)) / 2).cwiseAbs().maxCoeff() < 1e-15);
+  // Cross-entropy by hand, and -1 targets contribute nothing.
+  mat z = rnd(classes, 3, 22), dz;
+  const std::vector<std::int32_t> t{1, -1, 0};
+  const double loss = DB::softmax_cross_entropy(z, t, 1.0, &dz);
+  const auto nll = [&](index_t j, index_t c) { return std::log(z.col(j).array().exp().sum()) - z(c, j); };
+  CHECK(loss == doctest::Approx(nll(0, 1) + nll(2, 0)).epsilon(1e-13));
+  CHECK(dz.col(1).cwiseAbs().maxCoeff() == 0.0);
+  CHECK(relative_fd_error(z, dz, [&] { return DB::softmax_cross_entropy(z, t, 1.0, nullptr); }) < fd_tolerance);
+  mat p = z;
+  DB::softmax_columns(p);
+  CHECK(p(1, 0) == doctest::Approx(std::exp(z(1, 0)) / z.col(0).array().exp().sum()).epsilon(1e-13));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole model
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("LoRA fine-tuning: adapter factors and modules_to_save gradients match finite differences") {
+  for (const pooling pool : {pooling::mean, pooling::first}) {
+    CAPTURE(int(pool));
+    const auto c = tiny_config(pool);
+    const auto w = random_weights<DB>(c);
+    auto adapters = random_adapters<DB>(c, {"all-linear"});
+    adapters.add_module_to_save("classifier.weight", rnd(3, 6, 40, 0.5));
+    adapters.add_module_to_save("classifier.bias", rnd(3, 1, 41, 0.5));
+    const auto batch = tiny_batch();
+    transformer_workspace<DB> ws;
+    gradient_set<DB> grads;
+    const double loss = classification_loss_and_grad(w, adapters, batch, tiny_labels, both_factors, grads, ws);
+    const auto f = [&] { return classification_loss(w, adapters, batch, tiny_labels, ws); };
+    CHECK(loss == doctest::Approx(f()).epsilon(1e-14));
+    // Only the adapters and the modules to save get gradients; base weights have no buffers.
+    CHECK(grads.adapters.size() == 12);
+    CHECK(grads.modules_to_save.size() == 2);
+    for (auto& [name, l] : adapters) {
+      CAPTURE(name);
+      CHECK(relative_fd_error(l.A, grads.adapters.at(name).dA, f) < fd_tolerance);
+      CHECK(relative_fd_error(l.B, grads.adapters.at(name).dB, f) < fd_tolerance);
+    }
+    for (auto& [name, m] : adapters.modules_to_save()) {
+      CAPTURE(name);
+      CHECK(relative_fd_error(m, grads.modules_to_save.at(name), f) < fd_tolerance);
+    }
+  }
+}
+
+TEST_CASE("LoRA on some layers and modules: only the factors asked for, right even when backward stops early") {
+  const auto c = tiny_config();
+  const auto w = random_weights<DB>(c);
+  auto adapters = random_adapters<DB>(c, {"v", "fc1"}, {1});
+  REQUIRE(adapters.size() == 2);
+  const auto batch = tiny_batch();
+  transformer_workspace<DB> ws;
+  gradient_set<DB> grads;
+  classification_loss_and_grad(w, adapters, batch, tiny_labels, only_a, grads, ws);
+  const auto f = [&] { return classification_loss(w, adapters, batch, tiny_labels, ws); };
+  for (auto& [name, l] : adapters) {
+    CAPTURE(name);
+    CHECK(relative_fd_error(l.A, grads.adapters.at(name).dA, f) < fd_tolerance);
+    CHECK(grads.adapters.at(name).dB.size() == 0);  // B frozen: never computed
+  }
+  // Head frozen (not in modules_to_save) and no factor trained: no gradient at all.
+  gradient_set<DB> none;
+  const double l0 = classification_loss_and_grad(w, adapters, batch, tiny_labels, no_factors, none, ws);
+  CHECK(l0 == doctest::Approx(f()).epsilon(1e-14));
+  CHECK(none.adapters.empty());
+  CHECK(none.modules_to_save.empty());
+}
+
+TEST_CASE("full-parameter gradients (classification and MLM) match finite differences") {
+  for (const bool mlm : {false, true}) {
+    CAPTURE(mlm);
+    const auto c = tiny_config(mlm ? pooling::mean : pooling::first);
+    auto w = random_weights<DB>(c);
+    const auto batch = tiny_batch();
+    const std::vector<std::int32_t> targets{-1, 6, -1, -1, -1, 1, -1, -1, 9, 3};
+    transformer_workspace<DB> ws;
+    auto grads = w.zeros_like();
+    const auto f = [&] {
+      return mlm ? mlm_loss(w, batch, targets, ws) : classification_loss(w, adapter_set<DB>{}, batch, tiny_labels, ws);
+    };
+    // Twice, so that stale gradients from a previous step would show.
+    for (int rep = 0; rep < 2; ++rep) {
+      const double loss = mlm ? mlm_loss_and_grad(w, batch, targets, grads, ws)
+                              : classification_loss_and_grad(w, batch, tiny_labels, grads, ws);
+      CHECK(loss == doctest::Approx(f()).epsilon(1e-14));
+    }
+    for (std::size_t p = 0; p < w.size(); ++p) {
+      CAPTURE(w.name(p));
+      const bool unused = mlm ? w.name(p).starts_with("classifier") : w.name(p) == "mlm_head.bias";
+      if (unused) {
+        CHECK(grads.value(p).cwiseAbs().maxCoeff() == 0.0);
+        continue;
+      }
+      if (w.name(p).ends_with("attention.k.bias")) {
+        // Softmax does not see a shift common to all keys' scores: the exact gradient is 0.
+        CHECK(grads.value(p).cwiseAbs().maxCoeff() < 1e-14);
+        for (index_t i = 0; i < w.value(p).size(); ++i) CHECK(std::abs(central_difference(f, w.value(p).data()[i])) < 1e-9);
+        continue;
+      }
+      CHECK(relative_fd_error(w.value(p), grads.value(p), f) < fd_tolerance);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("padding invariance: appending PAD tokens leaves the logits unchanged", Backend, ROLORA_TEST_BACKENDS) {
+  for (const pooling pool : {pooling::mean, pooling::first}) {
+    auto c = tiny_config(pool);
+    c.max_len = 9;
+    const auto w = random_weights<Backend>(c);
+    const auto adapters = random_adapters<Backend>(c, {"q", "k", "v", "o", "fc1", "fc2"});
+    transformer_workspace<Backend> ws;
+    const auto short_logits = Backend::to_host(classification_logits(w, adapters, tiny_batch(), ws));
+    const token_batch padded{9, {3, 4, 5, 0, 0, 0, 0, 0, 0, 7, 8, 9, 10, 2, 0, 0, 0, 0}};
+    const auto long_logits = Backend::to_host(classification_logits(w, adapters, padded, ws));
+    CHECK((short_logits - long_logits).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
+    CHECK(short_logits.cwiseAbs().maxCoeff() > 1e-3);
+  }
+}
+
+TEST_CASE_TEMPLATE("merged and unmerged LoRA give the same logits", Backend, ROLORA_TEST_BACKENDS) {
+  const auto c = tiny_config();
+  const auto w = random_weights<Backend>(c);
+  const auto adapters = random_adapters<Backend>(c, {"all-linear"});
+  transformer_workspace<Backend> ws;
+  const auto batch = tiny_batch();
+  const auto unmerged = Backend::to_host(classification_logits(w, adapters, batch, ws));
+  auto merged_w = w;
+  for (const auto& [name, l] : adapters) merge(merged_w.at(name + ".weight"), l);
+  const auto merged = Backend::to_host(classification_logits(merged_w, adapter_set<Backend>{}, batch, ws));
+  const auto base = Backend::to_host(classification_logits(w, adapter_set<Backend>{}, batch, ws));
+  CHECK((unmerged - merged).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
+  CHECK((unmerged - base).cwiseAbs().maxCoeff() > 1e-3);  // the adapters do change the model
+  const auto pred = predict(w, adapters, batch, ws);
+  for (index_t s = 0; s < 2; ++s) {
+    index_t best = 0;
+    unmerged.col(s).maxCoeff(&best);
+    CHECK(pred[std::size_t(s)] == best);
+  }
+  const auto p = Backend::to_host(class_probabilities(w, adapters, batch, ws));
+  CHECK(double(p.col(0).sum()) == doctest::Approx(1.0).epsilon(1e-5));
+}
+
+TEST_CASE("a workspace is reused across batch shapes and gives the same numbers") {
+  const auto c = tiny_config();
+  const auto w = random_weights<DB>(c);
+  const auto adapters = random_adapters<DB>(c, {"all-linear"});
+  transformer_workspace<DB> ws, fresh;
+  gradient_set<DB> g1, g2;
+  const token_batch other{3, {1, 2, 3, 4, 0, 6}};
+  const std::vector<std::int32_t> other_labels{0, 2};
+  classification_loss_and_grad(w, adapters, tiny_batch(), tiny_labels, both_factors, g1, ws);
+  classification_loss_and_grad(w, adapters, other, other_labels, both_factors, g1, ws);
+  classification_loss_and_grad(w, adapters, other, other_labels, both_factors, g2, fresh);
+  for (const auto& [name, g] : g1.adapters) {
+    CHECK((g.dA - g2.adapters.at(name).dA).cwiseAbs().maxCoeff() == 0.0);
+    CHECK((g.dB - g2.adapters.at(name).dB).cwiseAbs().maxCoeff() == 0.0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration, names, weights
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("target_modules and layers_to_transform select modules like PEFT") {
+  auto c = tiny_config();
+  c.n_layers = 3;
+  auto m = lora_target_modules(c, {"q", "v"});
+  REQUIRE(m.size() == 6);
+  CHECK(m[0].name == "layers.0.attention.q");
+  CHECK(m[1].name == "layers.0.attention.v");
+  CHECK(m[5].name == "layers.2.attention.v");
+  CHECK(m[0].out_features == 6);
+  m = lora_target_modules(c, {"all-linear"}, {1});
+  REQUIRE(m.size() == 6);
+  CHECK(m[4].name == "layers.1.mlp.fc1");
+  CHECK(m[4].out_features == 8);
+  CHECK(m[4].in_features == 6);
+  CHECK(m[5].name == "layers.1.mlp.fc2");
+  CHECK(m[5].out_features == 6);
+  CHECK(m[5].in_features == 8);
+  m = lora_target_modules(c, {"mlp.fc2", "layers.0.attention.k"});
+  REQUIRE(m.size() == 4);
+  CHECK(m[0].name == "layers.0.attention.k");
+  auto msg = message_of<config_error>([&] { lora_target_modules(c, {"q", "query"}); });
+  CHECK(msg.find("'query'") != std::string::npos);
+  CHECK(msg.find("fc1") != std::string::npos);
+  CHECK(message_of<config_error>([&] { lora_target_modules(c, {"q"}, {3}); }).find("0..2") != std::string::npos);
+  CHECK_THROWS_AS(lora_target_modules(c, {}), config_error);
+  CHECK_THROWS_AS(lora_target_modules(c, {"attention"}), config_error);  // not a whole suffix of a linear
+}
+
+TEST_CASE("weights: HF-like names, deterministic BERT-style init, host-map round trip, shape errors") {
+  transformer_config c = tiny_config();
+  c.vocab_size = 300;
+  c.d_model = 64;
+  c.n_heads = 4;
+  const transformer_weights<DB> w(c, 42), again(c, 42), other(c, 43);
+  CHECK(w.size() == 2 + 16 * 2 + 5);
+  CHECK(w.at("embeddings.word_embeddings.weight").rows() == 300);
+  CHECK(w.at("layers.1.mlp.fc1.weight").rows() == 8);
+  CHECK(w.at("layers.1.mlp.fc1.weight").cols() == 64);
+  CHECK(w.at("layers.0.attention.o.bias").cols() == 1);
+  CHECK(w.at("final_ln.weight").isOnes());
+  CHECK(w.at("layers.0.ln2.bias").isZero());
+  CHECK(w.at("mlm_head.bias").rows() == 300);
+  const mat& e = w.at("embeddings.word_embeddings.weight");
+  CHECK(std::sqrt(e.squaredNorm() / double(e.size())) == doctest::Approx(0.02).epsilon(0.03));
+  CHECK((e.array() == again.at("embeddings.word_embeddings.weight").array()).all());
+  CHECK(!(e.array() == other.at("embeddings.word_embeddings.weight").array()).all());
+  // float weights are the double draws rounded.
+  const transformer_weights<eigen_backend<float>> wf(c, 42);
+  CHECK((wf.at("layers.0.attention.q.weight").array() == w.at("layers.0.attention.q.weight").cast<float>().array()).all());
+
+  auto map = w.to_host_map();
+  const auto back = transformer_weights<DB>::from_host_map(c, map);
+  for (std::size_t p = 0; p < w.size(); ++p) CHECK((back.value(p).array() == w.value(p).array()).all());
+  auto bad = map;
+  bad["layers.0.attention.q.weight"] = mat::Zero(64, 63);
+  auto msg = message_of<shape_error>([&] { transformer_weights<DB>::from_host_map(c, bad); });
+  CHECK(msg.find("layers.0.attention.q.weight") != std::string::npos);
+  CHECK(msg.find("[64, 64]") != std::string::npos);
+  CHECK(msg.find("[64, 63]") != std::string::npos);
+  bad = map;
+  bad.erase("final_ln.bias");
+  CHECK(message_of<config_error>([&] { transformer_weights<DB>::from_host_map(c, bad); }).find("missing tensor 'final_ln.bias'") != std::string::npos);
+  bad = map;
+  bad["pooler.weight"] = mat::Zero(1, 1);
+  CHECK(message_of<config_error>([&] { transformer_weights<DB>::from_host_map(c, bad); }).find("pooler.weight") != std::string::npos);
+  auto w2 = w;
+  CHECK_THROWS_AS(w2.assign("classifier.bias", mat::Zero(4, 1)), shape_error);
+  CHECK((w2.at("classifier.bias").array() == w.at("classifier.bias").array()).all());
+  auto bad_config = c;
+  bad_config.n_heads = 5;
+  CHECK(message_of<config_error>([&] { transformer_weights<DB>(bad_config, 1); }).find("multiple of n_heads") != std::string::npos);
+}
+
+TEST_CASE("bad batches, labels, adapters and modules to save are refused with a clear message") {
+  const auto c = tiny_config();
+  const auto w = random_weights<DB>(c);
+  transformer_workspace<DB> ws;
+  gradient_set<DB> g;
+  const adapter_set<DB> none;
+  CHECK(message_of<shape_error>([&] { classification_loss(w, none, token_batch{7, std::vector<std::int32_t>(7, 1)}, std::vector<std::int32_t>{0}, ws); })
+            .find("max_len = 6") != std::string::npos);
+  CHECK_THROWS_AS(classification_loss(w, none, token_batch{5, std::vector<std::int32_t>(7, 1)}, tiny_labels, ws), shape_error);
+  CHECK(message_of<value_error>([&] { classification_loss(w, none, token_batch{5, {1, 2, 3, 4, 11, 1, 2, 3, 4, 5}}, tiny_labels, ws); })
+            .find("id 11") != std::string::npos);
+  CHECK_THROWS_AS(classification_loss(w, none, tiny_batch(), std::vector<std::int32_t>{1}, ws), shape_error);
+  CHECK_THROWS_AS(classification_loss(w, none, tiny_batch(), std::vector<std::int32_t>{1, 3}, ws), value_error);
+  CHECK_THROWS_AS(mlm_loss(w, tiny_batch(), std::vector<std::int32_t>(10, -2), ws), value_error);
+
+  adapter_set<DB> wrong;
+  wrong.insert("layers.0.mlp.fc1", make_lora<DB>("x", 6, 8, 2, 1.0, lora_init::gaussian, 1));  // [out, in] swapped
+  auto msg = message_of<shape_error>([&] { classification_loss_and_grad(w, wrong, tiny_batch(), tiny_labels, only_b, g, ws); });
+  CHECK(msg.find("[8, 6]") != std::string::npos);
+  CHECK(g.adapters.empty());
+  adapter_set<DB> unknown;
+  unknown.insert("layers.0.ln1", make_lora<DB>("x", 6, 6, 2, 1.0, lora_init::gaussian, 1));
+  CHECK(message_of<config_error>([&] { classification_loss(w, unknown, tiny_batch(), tiny_labels, ws); }).find("not a linear module") != std::string::npos);
+  adapter_set<DB> saved;
+  saved.add_module_to_save("classifier.weight", mat::Zero(2, 6));
+  CHECK_THROWS_AS(classification_loss(w, saved, tiny_batch(), tiny_labels, ws), shape_error);
+  adapter_set<DB> saved_unknown;
+  saved_unknown.add_module_to_save("head.weight", mat::Zero(3, 6));
+  CHECK_THROWS_AS(classification_loss(w, saved_unknown, tiny_batch(), tiny_labels, ws), config_error);
+  auto grads = w.zeros_like();
+  transformer_config bigger = c;
+  bigger.d_ff = 9;
+  auto wrong_grads = transformer_weights<DB>(bigger, 1).zeros_like();
+  CHECK_THROWS_AS(mlm_loss_and_grad(w, tiny_batch(), std::vector<std::int32_t>(10, -1), wrong_grads, ws), shape_error);
+  // No masked position: loss 0 and zero gradients.
+  CHECK(mlm_loss_and_grad(w, tiny_batch(), std::vector<std::int32_t>(10, -1), grads, ws) == 0.0);
+  CHECK(grads.at("layers.0.mlp.fc1.weight").cwiseAbs().maxCoeff() == 0.0);
+}
