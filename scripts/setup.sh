@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake ccache
   libeigen3-dev doctest-dev libxtensor-dev xtl-dev nlohmann-json3-dev libcli11-dev
   libbenchmark-dev gnuplot-nox
+  libthrust-dev  # Thrust headers for the Thrust backend's OpenMP flavour (ROLORA_ENABLE_THRUST_OMP)
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
 )
 

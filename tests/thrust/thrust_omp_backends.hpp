@@ -1,0 +1,6 @@
+// Force-included (-include) into every test unit of rolora_thrust_omp_tests: the backend-generic
+// tests of tests/*.cpp then run on the Thrust OpenMP backend instead of Eigen.
+#pragma once
+#include <rolora/backend/thrust.hpp>
+
+#define ROLORA_TEST_BACKENDS rolora::thrust_omp_backend<float>, rolora::thrust_omp_backend<double>
