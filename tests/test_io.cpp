@@ -394,6 +394,9 @@ TEST_CASE("safetensors: every kind of broken file is rejected with its own error
       four));
   CHECK(ok.names() == std::vector<std::string>{"a", "e", "z"});
   CHECK(ok.expect_matrix<float>("e", 2, 0).size() == 0);
+  CHECK(parse_safetensors(raw_file(R"({"__metadata__":null})")).metadata().empty());
+  const auto scalar = parse_safetensors(raw_file(R"({"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})", four));
+  CHECK(to_vector<double>(scalar.tensor("s")) == std::vector<double>{1.0});
 }
 
 TEST_CASE("safetensors: a tensor that is not what the caller expects is a shape_error naming it") {
@@ -565,7 +568,7 @@ TEST_CASE_TEMPLATE("peft: save -> load round trip is bit-exact and restores the 
   save_peft_adapter(tmp.path() / "half", set, c, half);
   const auto loaded = load_peft_adapter<Backend>(tmp.path() / "half", set);
   for (const auto& [name, a] : set) {
-    const auto h = Backend::to_host(a.B).template cast<double>();
+    const host_matrix<double> h = Backend::to_host(a.B).template cast<double>();
     CHECK((Backend::to_host(loaded.adapters.at(name).B).template cast<double>() - h).cwiseAbs().maxCoeff() <=
           std::ldexp(1.0, -11) * h.cwiseAbs().maxCoeff());
   }

@@ -30,6 +30,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -341,6 +342,7 @@ class safetensors_file {
 
     for (auto& [key, value] : header.items()) {
       if (key == "__metadata__") {
+        if (value.is_null()) continue;  // the reference reads null as "no metadata"
         if (!value.is_object()) bad("safetensors.header_schema", "__metadata__ must be an object of strings, got ", value.type_name());
         for (auto& [mk, mv] : value.items()) {
           if (!mv.is_string()) {
