@@ -54,7 +54,8 @@ struct labelled_sequences {
   }
 };
 
-// One client: its local data over a shared, frozen model.
+// One client: its local data over a shared, frozen model. Activations live in a workspace per
+// thread, not per client: twenty clients on two threads hold two sets of buffers.
 template <nn_backend B>
 class classification_task {
  public:
@@ -72,7 +73,7 @@ class classification_task {
     double sum = 0.0;
     for_chunks(data_.size(), [&](std::span<const std::size_t> rows) {
       const auto part = data_.select(rows);
-      sum += classification_loss(*model_, adapters, part.tokens, part.labels, ws_) * double(rows.size());
+      sum += classification_loss(*model_, adapters, part.tokens, part.labels, workspace()) * double(rows.size());
     });
     return sum / double(data_.size());
   }
@@ -80,7 +81,7 @@ class classification_task {
   double loss_and_grad(const adapter_set<B>& adapters, std::span<const std::size_t> batch, factor_set trains,
                        gradient_set<B>& grads) {
     batch_ = data_.select(batch);
-    return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains, grads, ws_);
+    return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains, grads, workspace());
   }
 
   // Calls f(rows) over [0, n) in chunks of at most `chunk` rows, in order.
@@ -95,10 +96,14 @@ class classification_task {
   }
 
  private:
+  static transformer_workspace<B>& workspace() {
+    thread_local transformer_workspace<B> ws;
+    return ws;
+  }
+
   const transformer_weights<B>* model_;
   labelled_sequences data_;
-  labelled_sequences batch_;             // the current minibatch, reused
-  transformer_workspace<B> ws_;
+  labelled_sequences batch_;  // the current minibatch
 };
 
 struct evaluation {

@@ -1,0 +1,286 @@
+// federated_finetune: federated LoRA fine-tuning of a small pretrained transformer on the
+// SpamAssassin corpus (3 classes: easy ham, hard ham, spam), comparing the methods the way the
+// RoLoRA paper does (Chen et al. 2024, section 5): FedIT, FFA-LoRA, RoLoRA and the other
+// aggregation strategies of rolora, each from the same pretrained model, the same LoRA
+// initialisation and the same client split.
+//
+// Prints a progress line per round, writes a CSV per method, a final table, a plot of test
+// accuracy against round and each method's final adapters as a PEFT directory.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include <rolora/io/peft.hpp>
+#include <rolora/nn/classification_task.hpp>
+#include <rolora/rolora.hpp>
+
+#include "common/plot.hpp"
+#include "common/spam_task.hpp"
+
+namespace {
+
+using backend = rolora::eigen_backend<float>;
+namespace ex = rolora::examples;
+
+struct settings {
+  ex::spam_task_config task;
+  std::vector<std::string> methods{"fedit", "ffa", "rolora"};
+  std::size_t rounds = 30;
+  std::size_t local_steps = 4;
+  std::size_t batch = 16;
+  std::size_t clients_per_round = 0;
+  int rank = 2;
+  double lora_alpha = 8;
+  std::vector<std::string> targets{"q", "v"};
+  std::vector<rolora::index_t> layers;
+  bool train_head = true;
+  std::string optimizer = "adamw";
+  std::map<std::string, double> lr;  // per method; missing: the tuned default
+  double weight_decay = 0.0;
+  std::size_t eval_every = 1;
+  bool evaluate_on_validation = false;
+  std::size_t threads = 2;
+  std::string out = "results/finetune";
+  bool save_adapters = true;
+};
+
+// Learning rates picked on the validation split (docs/results.md says how), per method.
+double default_lr(const std::string& method, const std::string& optimizer) {
+  if (optimizer == "sgd") return 0.5;
+  static const std::map<std::string, double> adamw_lr{{"fedit", 2e-3}, {"ffa", 5e-3}, {"rolora", 5e-3}};
+  const auto it = adamw_lr.find(method);
+  return it != adamw_lr.end() ? it->second : 2e-3;
+}
+
+struct round_row {
+  std::size_t round;
+  std::string phase;
+  double train_loss, eval_loss, eval_accuracy, aggregation_error;
+  std::size_t total_bytes_up, total_bytes_down;
+  double seconds;
+};
+
+struct method_result {
+  std::string method;
+  double lr;
+  std::vector<round_row> rows;
+  double seconds = 0;
+};
+
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+template <class Policy, class Aggregator>
+method_result run_method(const std::string& method, Policy policy, Aggregator aggregator, const settings& s,
+                         const ex::spam_task<backend>& data) {
+  method_result result{method, s.lr.count(method) ? s.lr.at(method) : default_lr(method, s.optimizer), {}};
+  rolora::lora_config lc;
+  lc.r = s.rank;
+  lc.lora_alpha = s.lora_alpha;
+  lc.target_modules = s.targets;
+  // Same adapter initialisation for every method: the seed, not the method, picks it.
+  rolora::adapter_set<backend> initial(rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc,
+                                       s.task.seed);
+  if (s.train_head) {  // PEFT's modules_to_save for sequence classification
+    initial.add_module_to_save("classifier.weight", data.model.at("classifier.weight"));
+    initial.add_module_to_save("classifier.bias", data.model.at("classifier.bias"));
+  }
+  rolora::federation_config fc;
+  fc.num_rounds = s.rounds;
+  fc.clients_per_round = s.clients_per_round;
+  fc.local_steps = s.local_steps;
+  fc.batch_size = s.batch;
+  if (s.optimizer == "sgd") {
+    fc.local_optimizer = rolora::sgd{result.lr, 0.0, s.weight_decay};
+  } else {
+    fc.local_optimizer = rolora::adamw{result.lr, 0.9, 0.999, 1e-8, s.weight_decay};
+  }
+  fc.threads = s.threads;
+  fc.seed = s.task.seed;
+  rolora::federation<backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
+  auto tasks = data.client_tasks();
+  const auto& eval_set = s.evaluate_on_validation ? data.validation : data.test;
+  const char* eval_name = s.evaluate_on_validation ? "val" : "test";
+
+  struct progress {
+    const settings& s;
+    const ex::spam_task<backend>& data;
+    const rolora::labelled_sequences& eval_set;
+    const char* eval_name;
+    method_result& result;
+    double elapsed = 0;
+    void on_round_end(const rolora::round_report& r, const rolora::adapter_set<backend>& global) {
+      elapsed += r.seconds;
+      round_row row{r.round + 1, std::string(r.trained.label()), r.train_loss, -1, -1, r.aggregation_error,
+                    r.total_bytes_up, r.total_bytes_down, elapsed};
+      const bool last = r.round + 1 == s.rounds;
+      if (last || (r.round + 1) % s.eval_every == 0) {
+        const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
+        row.eval_loss = e.loss;
+        row.eval_accuracy = e.accuracy;
+      }
+      result.rows.push_back(row);
+      std::printf("%-8s round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  up %7.2f MB  %6.1f s\n",
+                  result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name,
+                  row.eval_accuracy >= 0 ? (std::ostringstream() << std::fixed << std::setprecision(4) << row.eval_accuracy).str().c_str()
+                                         : "  -   ",
+                  row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
+      std::fflush(stdout);
+    }
+  } cb{s, data, eval_set, eval_name, result};
+  const auto start = std::chrono::steady_clock::now();
+  fed.run(tasks, cb);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  if (s.save_adapters) {
+    const auto dir = std::filesystem::path(s.out) / (method + "_adapter");
+    rolora::save_peft_adapter(dir, fed.global(), lc);
+  }
+  return result;
+}
+
+method_result run_named(const std::string& m, const settings& s, const ex::spam_task<backend>& data) {
+  using namespace rolora;
+  if (m == "fedit") return run_method(m, train_both{}, fedavg{}, s, data);
+  if (m == "ffa") return run_method(m, freeze_a{}, fedavg{}, s, data);
+  if (m == "rolora") return run_method(m, alternating{}, fedavg{}, s, data);
+  if (m == "fedsa") return run_method(m, fedsa{}, fedavg{}, s, data);
+  detail::fail<config_error>("config_error", "unknown method '", m, "'");
+}
+
+void write_csv(const std::string& file, const method_result& r) {
+  ex::ensure_parent(file);
+  std::FILE* out = std::fopen(file.c_str(), "w");
+  if (!out) throw std::runtime_error("cannot write " + file);
+  std::fprintf(out, "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,total_bytes_up,"
+                    "total_bytes_down,seconds\n");
+  for (const auto& row : r.rows) {
+    std::fprintf(out, "%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f\n", r.method.c_str(), r.lr, row.round,
+                 row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy, row.aggregation_error,
+                 row.total_bytes_up, row.total_bytes_down, row.seconds);
+  }
+  std::fclose(out);
+}
+
+int run(settings& s) {
+  std::filesystem::create_directories(s.out);
+  const auto data = ex::load_spam_task<backend>(s.task);
+  std::printf("%s\n", data.summary.c_str());
+  std::vector<method_result> results;
+  for (const auto& m : s.methods) {
+    results.push_back(run_named(m, s, data));
+    write_csv((std::filesystem::path(s.out) / (m + ".csv")).string(), results.back());
+  }
+
+  const char* eval_name = s.evaluate_on_validation ? "val" : "test";
+  std::printf("\n%-8s %8s %10s %10s %10s %12s %9s\n", "method", "lr", (std::string("final_") + eval_name).c_str(),
+              "best", "final_loss", "MB_up_total", "seconds");
+  std::vector<ex::series> lines;
+  for (const auto& r : results) {
+    double best = 0;
+    ex::series line{r.method, {}};
+    for (const auto& row : r.rows) {
+      if (row.eval_accuracy < 0) continue;
+      best = std::max(best, row.eval_accuracy);
+      line.points.emplace_back(double(row.round), row.eval_accuracy);
+    }
+    const auto& last = r.rows.back();
+    std::printf("%-8s %8.1e %10.4f %10.4f %10.4f %12.2f %9.1f\n", r.method.c_str(), r.lr, last.eval_accuracy, best,
+                last.eval_loss, double(last.total_bytes_up) / 1e6, r.seconds);
+    lines.push_back(std::move(line));
+  }
+  std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
+  const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
+  ex::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" + s.task.split +
+                  "), rank " + std::to_string(s.rank),
+              "round", std::string(eval_name) + " accuracy", false, "bottom right", "*:*"};
+  if (ex::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
+  std::printf("wrote %s/<method>.csv%s\n", s.out.c_str(), s.save_adapters ? " and <method>_adapter/" : "");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Federated LoRA fine-tuning of a small pretrained transformer on the SpamAssassin corpus "
+      "(easy ham / hard ham / spam): FedIT, FFA-LoRA, RoLoRA, ... from the same start."};
+  settings s;
+  auto& t = s.task;
+  app.add_option("--clients", t.clients, "number of clients")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--split", t.split, "how the training emails are split among clients")
+      ->check(CLI::IsMember({"iid", "dirichlet"}))
+      ->capture_default_str();
+  app.add_option("--alpha", t.dirichlet_alpha, "Dirichlet concentration (--split dirichlet)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--methods", s.methods, "methods to run: fedit, ffa, rolora, fedsa")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"fedit", "ffa", "rolora", "fedsa"}))
+      ->capture_default_str();
+  app.add_option("--rank", s.rank, "LoRA rank r")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--lora-alpha", s.lora_alpha, "LoRA alpha (scaling alpha / r)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--targets", s.targets, "target modules: q,k,v,o,fc1,fc2 or all-linear")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--layers", s.layers, "layers to transform (default: all)")->delimiter(',');
+  app.add_flag("!--freeze-head", s.train_head, "keep the classifier head frozen (default: it trains, "
+                                               "as PEFT's modules_to_save)");
+  app.add_option("--rounds", s.rounds, "communication rounds")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--local-steps", s.local_steps, "local optimizer steps per round")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--batch", s.batch, "local batch size")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--clients-per-round", s.clients_per_round, "clients sampled per round (0: all)")
+      ->capture_default_str();
+  app.add_option("--optimizer", s.optimizer, "local optimizer")
+      ->check(CLI::IsMember({"adamw", "sgd"}))
+      ->capture_default_str();
+  double lr = 0;
+  auto* lr_opt = app.add_option("--lr", lr, "learning rate for every method (default: tuned per method)")
+                     ->check(CLI::PositiveNumber);
+  app.add_option("--weight-decay", s.weight_decay, "optimizer weight decay")->capture_default_str();
+  app.add_option("--seed", t.seed, "seed of the split, the adapters, sampling and batching")->capture_default_str();
+  app.add_option("--threads", s.threads, "clients trained in parallel (results do not depend on it)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--eval-every", s.eval_every, "evaluate every N rounds")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_flag("--validation", s.evaluate_on_validation,
+               "evaluate on the validation split (for tuning) instead of the test split");
+  app.add_option("--max-len", t.max_len, "bytes per email seen by the model")
+      ->check(CLI::Range(8, 4096))
+      ->capture_default_str();
+  app.add_option("--data-dir", t.data_dir, "where scripts/fetch_data.sh put the corpus")->capture_default_str();
+  app.add_option("--checkpoint", t.checkpoint, "pretrained model (built here when missing)")->capture_default_str();
+  app.add_option("--out", s.out, "output folder")->capture_default_str();
+  app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
+  CLI11_PARSE(app, argc, argv);
+  if (lr_opt->count() > 0) {
+    for (const auto& m : s.methods) s.lr[m] = lr;
+  }
+  t.threads = s.threads;
+  try {
+    return run(s);
+  } catch (const rolora::error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
