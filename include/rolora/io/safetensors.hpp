@@ -50,12 +50,12 @@ enum class tensor_dtype : std::uint8_t {
 
 namespace detail::st {
 
-struct dtype_name {
+struct dtype_entry {
   tensor_dtype dtype;
   std::string_view name;
   std::size_t size;
 };
-inline constexpr std::array<dtype_name, 15> dtype_table{{
+inline constexpr std::array<dtype_entry, 15> dtype_table{{
     {tensor_dtype::boolean, "BOOL", 1}, {tensor_dtype::u8, "U8", 1},
     {tensor_dtype::i8, "I8", 1},        {tensor_dtype::f8_e5m2, "F8_E5M2", 1},
     {tensor_dtype::f8_e4m3, "F8_E4M3", 1}, {tensor_dtype::i16, "I16", 2},
@@ -168,6 +168,71 @@ std::uint16_t encode_half(double v) {
 inline std::uint16_t double_to_f16(double v) { return detail::st::encode_half<5, 10>(v); }
 inline std::uint16_t double_to_bf16(double v) { return detail::st::encode_half<8, 7>(v); }
 
+namespace detail::st {
+
+// Little-endian loads and stores of one element (a plain copy on little-endian hosts).
+template <class Bits>
+Bits load_bits(const std::uint8_t* p) {
+  if constexpr (std::endian::native == std::endian::little) {
+    Bits b;
+    std::memcpy(&b, p, sizeof(Bits));
+    return b;
+  } else {
+    return static_cast<Bits>(load_le(p, sizeof(Bits)));
+  }
+}
+template <class Bits>
+void store_bits(Bits v, std::uint8_t* p) {
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(p, &v, sizeof(Bits));
+  } else {
+    for (std::size_t i = 0; i < sizeof(Bits); ++i) p[i] = static_cast<std::uint8_t>(std::uint64_t(v) >> (8 * i));
+  }
+}
+
+// n elements of floating dtype d at p -> out[0, n).
+template <class T>
+void decode(tensor_dtype d, const std::uint8_t* p, std::size_t n, T* out) {
+  switch (d) {
+    case tensor_dtype::f16:
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(f16_to_float(load_bits<std::uint16_t>(p + 2 * i)));
+      break;
+    case tensor_dtype::bf16:
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(load_bits<std::uint16_t>(p + 2 * i)));
+      break;
+    case tensor_dtype::f32:
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<float>(load_bits<std::uint32_t>(p + 4 * i)));
+      break;
+    default:  // f64
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(load_bits<std::uint64_t>(p + 8 * i)));
+      break;
+  }
+}
+
+// in[0, n) -> n elements of floating dtype d at p.
+template <class T>
+void encode(tensor_dtype d, const T* in, std::size_t n, std::uint8_t* p) {
+  switch (d) {
+    case tensor_dtype::f16:
+      for (std::size_t i = 0; i < n; ++i) store_bits(double_to_f16(double(in[i])), p + 2 * i);
+      break;
+    case tensor_dtype::bf16:
+      for (std::size_t i = 0; i < n; ++i) store_bits(double_to_bf16(double(in[i])), p + 2 * i);
+      break;
+    case tensor_dtype::f32:
+      for (std::size_t i = 0; i < n; ++i) store_bits(std::bit_cast<std::uint32_t>(static_cast<float>(in[i])), p + 4 * i);
+      break;
+    default:  // f64
+      for (std::size_t i = 0; i < n; ++i) store_bits(std::bit_cast<std::uint64_t>(static_cast<double>(in[i])), p + 8 * i);
+      break;
+  }
+}
+
+template <class T>
+using row_major_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace detail::st
+
 // ---------------------------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------------------------
@@ -191,27 +256,22 @@ struct tensor_view {
   }
 };
 
+namespace detail::st {
+inline void require_floating(const tensor_view& t) {
+  if (!is_floating(t.dtype)) {
+    fail<shape_error>("shape_error", "tensor '", t.name, "': expected a floating-point dtype (F16, BF16, F32, F64), got ",
+                      dtype_name(t.dtype));
+  }
+}
+}  // namespace detail::st
+
 // All values of a floating-point tensor, converted to T, in the file's row-major order.
 template <class T>
 std::vector<T> to_vector(const tensor_view& t) {
   static_assert(std::is_floating_point_v<T>);
-  if (!is_floating(t.dtype)) {
-    detail::fail<shape_error>("shape_error", "tensor '", t.name, "': expected a floating-point dtype (F16, BF16, F32, F64), got ",
-                              dtype_name(t.dtype));
-  }
-  const std::size_t size = dtype_size(t.dtype);
-  const std::size_t n = t.bytes.size() / size;
-  std::vector<T> out(n);
-  const std::uint8_t* p = t.bytes.data();
-  for (std::size_t i = 0; i < n; ++i, p += size) {
-    const std::uint64_t bits = detail::st::load_le(p, size);
-    switch (t.dtype) {
-      case tensor_dtype::f16: out[i] = static_cast<T>(f16_to_float(static_cast<std::uint16_t>(bits))); break;
-      case tensor_dtype::bf16: out[i] = static_cast<T>(bf16_to_float(static_cast<std::uint16_t>(bits))); break;
-      case tensor_dtype::f32: out[i] = static_cast<T>(std::bit_cast<float>(static_cast<std::uint32_t>(bits))); break;
-      default: out[i] = static_cast<T>(std::bit_cast<double>(bits)); break;  // f64
-    }
-  }
+  detail::st::require_floating(t);
+  std::vector<T> out(t.bytes.size() / dtype_size(t.dtype));
+  detail::st::decode(t.dtype, t.bytes.data(), out.size(), out.data());
   return out;
 }
 
@@ -230,14 +290,12 @@ host_matrix<T> to_host_matrix(const tensor_view& t) {
       detail::fail<shape_error>("shape_error", "tensor '", t.name, "': extent ", d, " does not fit an index");
     }
   }
-  const std::vector<T> values = to_vector<T>(t);
+  detail::st::require_floating(t);
   const auto rows = static_cast<index_t>(t.shape[0]);
   const auto cols = t.shape.size() == 2 ? static_cast<index_t>(t.shape[1]) : index_t(1);
-  host_matrix<T> m(rows, cols);
-  for (index_t i = 0; i < rows; ++i) {
-    for (index_t j = 0; j < cols; ++j) m(i, j) = values[static_cast<std::size_t>(i * cols + j)];
-  }
-  return m;
+  detail::st::row_major_matrix<T> values(rows, cols);  // the file's layout
+  detail::st::decode(t.dtype, t.bytes.data(), static_cast<std::size_t>(values.size()), values.data());
+  return host_matrix<T>(values);  // Eigen transposes the storage, the logical shape stays
 }
 
 // A parsed, validated safetensors file holding its bytes.
@@ -485,16 +543,8 @@ tensor_data make_tensor(std::span<const T> values, std::vector<std::uint64_t> sh
   if (numel != values.size()) {
     detail::fail<shape_error>("shape_error", "make_tensor: shape holds ", numel, " elements but ", values.size(), " values were given");
   }
-  tensor_data t{dtype, std::move(shape), {}};
-  t.bytes.reserve(values.size() * dtype_size(dtype));
-  for (const T v : values) {
-    switch (dtype) {
-      case tensor_dtype::f16: detail::st::store_le(double_to_f16(double(v)), 2, t.bytes); break;
-      case tensor_dtype::bf16: detail::st::store_le(double_to_bf16(double(v)), 2, t.bytes); break;
-      case tensor_dtype::f32: detail::st::store_le(std::bit_cast<std::uint32_t>(static_cast<float>(v)), 4, t.bytes); break;
-      default: detail::st::store_le(std::bit_cast<std::uint64_t>(static_cast<double>(v)), 8, t.bytes); break;
-    }
-  }
+  tensor_data t{dtype, std::move(shape), std::vector<std::uint8_t>(values.size() * dtype_size(dtype))};
+  detail::st::encode(dtype, values.data(), values.size(), t.bytes.data());
   return t;
 }
 
@@ -502,11 +552,8 @@ tensor_data make_tensor(std::span<const T> values, std::vector<std::uint64_t> sh
 // Eigen's storage), so a Linear weight (out, in) is written as torch's [out, in].
 template <class T>
 tensor_data make_tensor(const host_matrix<T>& m, tensor_dtype dtype = tensor_dtype::f32) {
-  std::vector<T> row_major(static_cast<std::size_t>(m.size()));
-  for (index_t i = 0; i < m.rows(); ++i) {
-    for (index_t j = 0; j < m.cols(); ++j) row_major[static_cast<std::size_t>(i * m.cols() + j)] = m(i, j);
-  }
-  return make_tensor<T>(std::span<const T>(row_major),
+  const detail::st::row_major_matrix<T> row_major = m;
+  return make_tensor<T>(std::span<const T>(row_major.data(), static_cast<std::size_t>(row_major.size())),
                         {static_cast<std::uint64_t>(m.rows()), static_cast<std::uint64_t>(m.cols())}, dtype);
 }
 
