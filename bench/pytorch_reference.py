@@ -69,7 +69,7 @@ class Classifier(nn.Module):
         self.final_ln = nn.LayerNorm(a.d_model)
         self.classifier = nn.Linear(a.d_model, a.classes)
 
-    def forward(self, ids, pad_id=0):
+    def forward(self, ids, pad_id):
         pad = ids == pad_id
         x = self.word(ids) + self.pos.weight[None, : ids.shape[1]]
         for b in self.blocks:
@@ -109,7 +109,7 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--d-ff", type=int, default=512)
-    ap.add_argument("--vocab", type=int, default=260)
+    ap.add_argument("--vocab", type=int, default=259)
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--clients", type=int, default=20)
@@ -131,14 +131,16 @@ def main():
     model = Classifier(a)
     attach_lora(model, a.targets.split(","), a.rank, a.alpha)
     model.train()
-    # Local data: random token sequences with a random real length (the rest PAD = 0).
+    # Local data: random token sequences with a random real length, the rest PAD (as rolora's
+    # byte tokenizer: ids 0..255 bytes, PAD = 256).
+    pad = min(256, a.vocab - 1)
     g = torch.Generator().manual_seed(a.seed)
     samples = a.batch * a.local_steps
     data = []
     for _ in range(a.clients):
-        ids = torch.randint(1, a.vocab, (samples, a.seq_len), generator=g)
+        ids = torch.randint(0, pad, (samples, a.seq_len), generator=g)
         lengths = torch.randint(a.seq_len // 4, a.seq_len + 1, (samples,), generator=g)
-        ids[torch.arange(a.seq_len)[None, :] >= lengths[:, None]] = 0
+        ids[torch.arange(a.seq_len)[None, :] >= lengths[:, None]] = pad
         data.append((ids, torch.randint(0, a.classes, (samples,), generator=g)))
 
     shared = {k: v.detach().clone() for k, v in trainable_state(model, "AB").items()}
@@ -162,7 +164,7 @@ def main():
                    else torch.optim.SGD(params.values(), lr=a.lr))
             for s in range(a.local_steps):
                 batch = slice(s * a.batch, (s + 1) * a.batch)
-                loss = F.cross_entropy(model(ids[batch]), labels[batch])
+                loss = F.cross_entropy(model(ids[batch], pad), labels[batch])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
