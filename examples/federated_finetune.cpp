@@ -14,7 +14,6 @@
 #include <exception>
 #include <filesystem>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -133,10 +132,10 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
         row.eval_accuracy = e.accuracy;
       }
       result.rows.push_back(row);
+      char accuracy[16] = "  -   ";
+      if (row.eval_accuracy >= 0) std::snprintf(accuracy, sizeof accuracy, "%.4f", row.eval_accuracy);
       std::printf("%-8s round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  up %7.2f MB  %6.1f s\n",
-                  result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name,
-                  row.eval_accuracy >= 0 ? (std::ostringstream() << std::fixed << std::setprecision(4) << row.eval_accuracy).str().c_str()
-                                         : "  -   ",
+                  result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name, accuracy,
                   row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
       std::fflush(stdout);
     }
@@ -267,6 +266,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-dir", t.data_dir, "where scripts/fetch_data.sh put the corpus")->capture_default_str();
   app.add_option("--checkpoint", t.checkpoint, "pretrained model (built here when missing)")->capture_default_str();
+  app.add_option("--pretrain-steps", t.pretrain.steps, "pretraining steps when the checkpoint must be built")
+      ->check(CLI::Range(1, 10000000))
+      ->capture_default_str();
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
   CLI11_PARSE(app, argc, argv);
