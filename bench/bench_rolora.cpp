@@ -19,12 +19,17 @@
 #include <string>
 #include <vector>
 
+#include <Eigen/SVD>
 #include <benchmark/benchmark.h>
 
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/aggregate/procrustes.hpp>
+#include <rolora/aggregate/residual.hpp>
+#include <rolora/aggregate/stack.hpp>
+#include <rolora/aggregate/svd_resplit.hpp>
 #include <rolora/backend/eigen.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/federated/federation.hpp>
@@ -430,6 +435,73 @@ BENCHMARK_TEMPLATE(BM_theory_iteration_rolora, float)->Unit(benchmark::kMicrosec
 BENCHMARK_TEMPLATE(BM_theory_iteration_fedit_tau5, double)->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_theory_iteration_fedit_tau5, float)->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_theory_iteration_ffa, double)->Unit(benchmark::kMicrosecond);
+
+// ---- 5. the product-level aggregators at LLM scale: K = 50 clients, 4096 x 4096, r = 8 -----------
+
+// One module [4096, 4096], K clients with random A [r, 4096] and B [4096, r] (float), merged by
+// each strategy's merge() alone (no upload check, no error measure). svd_resplit never forms the
+// dense product: QRs of the stacked [4096, K r] factors and an SVD of the (K r) x (K r) core.
+// Its dense alternative, BM_dense_svd, is Eigen's BDCSVD (thin U and V, as needed to re-split)
+// of an n x n float matrix: O(n^3), timed at n <= 2048 (and once at 4096 with --benchmark_filter
+// =dense_svd/4096, minutes); docs/aggregators.md sets the two side by side.
+struct product_setup {
+  using B = rolora::eigen_backend<float>;
+  rolora::adapter_set<B> global;
+  std::vector<rolora::client_update<B>> updates;
+  std::vector<double> weights;
+
+  product_setup(std::size_t clients, index_t r, index_t d) {
+    global.insert(kModule, {B::from_host(random_matrix<float>(r, d, 3000)),
+                            B::from_host(random_matrix<float>(d, r, 3001)), 1.0f});
+    for (std::size_t i = 0; i < clients; ++i) {
+      rolora::adapter_set<B> a;
+      a.insert(kModule, {B::from_host(random_matrix<float>(r, d, std::uint32_t(3002 + 2 * i))),
+                         B::from_host(random_matrix<float>(d, r, std::uint32_t(3003 + 2 * i))), 1.0f});
+      updates.push_back({i, 1.0, std::move(a)});
+      weights.push_back(1.0 / double(clients));
+    }
+  }
+};
+
+template <class Aggregator>
+void BM_merge_4096(benchmark::State& state) {
+  const auto clients = std::size_t(state.range(0));
+  const index_t r = state.range(1), d = 4096;
+  product_setup s(clients, r, d);
+  const std::span<const rolora::client_update<rolora::eigen_backend<float>>> updates(s.updates);
+  for (auto _ : state) {
+    auto next = Aggregator{}.merge(s.global, updates, std::span<const double>(s.weights),
+                                   rolora::both_factors);
+    benchmark::DoNotOptimize(next.at(kModule).A.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string(Aggregator::name) + ", K=" + std::to_string(clients) + ", " +
+                 shape(d, d) + ", r=" + std::to_string(r));
+}
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::svd_resplit)
+    ->ArgNames({"K", "r"})->Args({50, 8})->Args({10, 8})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::procrustes)
+    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::stack)
+    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::residual)
+    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::fedavg)
+    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+
+// BDCSVD with thin U and V of a dense n x n float matrix (what FlexLoRA's reference code does
+// with torch.linalg.svd on the out x in delta).
+void BM_dense_svd(benchmark::State& state) {
+  const index_t n = state.range(0);
+  const auto m = random_matrix<float>(n, n, 4000);
+  for (auto _ : state) {
+    Eigen::BDCSVD<rolora::host_matrix<float>> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    benchmark::DoNotOptimize(svd.singularValues().data());
+  }
+  state.SetLabel("BDCSVD " + shape(n, n) + " float, thin U and V");
+}
+BENCHMARK(BM_dense_svd)->ArgName("n")->Arg(512)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_dense_svd)->ArgName("n")->Arg(4096)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -20,6 +20,12 @@
 
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/aggregate/low_rank.hpp>
+#include <rolora/aggregate/procrustes.hpp>
+#include <rolora/aggregate/ranks.hpp>
+#include <rolora/aggregate/residual.hpp>
+#include <rolora/aggregate/stack.hpp>
+#include <rolora/aggregate/svd_resplit.hpp>
 
 #include <rolora/federated/federation.hpp>
 #include <rolora/federated/methods.hpp>

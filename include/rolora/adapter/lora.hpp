@@ -2,6 +2,11 @@
 //
 // Shapes follow PEFT: W0 [out, in], A [r, in], B [out, r]. Activations are column-major with one
 // sample per column: x [in, n], y [out, n].
+//
+// An adapter may carry a dense `residual` [out, in]: a frozen correction of the base weight that
+// the server maintains (FedEx-LoRA's residual, FLoRA's merged updates) and every client applies,
+// y = (W0 + residual) x + s B (A x). Empty (0 x 0, the default) means none. It never trains, and it
+// is part of delta, merge, unmerge, lora_forward and lora_backward's dx whenever it is non-empty.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -24,7 +29,9 @@ struct lora_adapter {
   matrix A;  // [r, in]
   matrix B;  // [out, r]
   scalar scaling = scalar(1);
+  matrix residual{};  // [out, in] frozen dense correction of W0, or empty (0 x 0) for none
 
+  bool has_residual() const { return Backend::rows(residual) != 0; }
   index_t rank() const { return Backend::rows(A); }
   index_t in_features() const { return Backend::cols(A); }
   index_t out_features() const { return Backend::rows(B); }
@@ -43,14 +50,16 @@ inline void check_rank(const std::string& what, index_t out, index_t in, index_t
 }
 
 // A new adapter for a base weight [out, in], initialised as PEFT does: A by `init` from the
-// adapter-init stream (sub-stream `module_index`), B = 0.
+// adapter-init stream (sub-stream (module_index, generation)), B = 0. Generation 0 is the
+// initial adapter; strategies that re-initialise (FLoRA, aggregate/stack.hpp) draw generation
+// t + 1 after round t.
 template <backend Backend>
 lora_adapter<Backend> make_lora(const std::string& name, index_t out, index_t in, index_t r,
                                 double scaling, lora_init init, std::uint64_t seed,
-                                std::uint32_t module_index = 0) {
+                                std::uint32_t module_index = 0, std::uint32_t generation = 0) {
   using T = typename Backend::scalar;
   check_rank(name, out, in, r);
-  const random_stream rs(seed, stream::adapter_init, module_index);
+  const random_stream rs(seed, stream::adapter_init, module_index, generation);
   host_matrix<T> a(r, in);
   for (index_t i = 0; i < a.size(); ++i) {
     const auto k = static_cast<std::uint64_t>(i);
@@ -63,11 +72,30 @@ lora_adapter<Backend> make_lora(const std::string& name, index_t out, index_t in
   return {Backend::from_host(a), Backend::zeros(out, r), static_cast<T>(scaling)};
 }
 
-// delta W = s B A  [out, in]: what the adapter adds to the base weight.
+namespace detail {
+template <backend Backend>
+void check_residual(const lora_adapter<Backend>& l) {
+  if (l.has_residual() && (Backend::rows(l.residual) != l.out_features() ||
+                           Backend::cols(l.residual) != l.in_features())) {
+    fail<shape_error>("shape_error", "residual expected ",
+                      shape_string(l.out_features(), l.in_features()), " for this adapter, got ",
+                      shape_string(Backend::rows(l.residual), Backend::cols(l.residual)));
+  }
+}
+}  // namespace detail
+
+// delta W = s B A (+ residual)  [out, in]: what the adapter adds to the base weight.
 template <backend Backend>
 typename Backend::matrix delta(const lora_adapter<Backend>& l) {
+  using T = typename Backend::scalar;
+  detail::check_residual(l);
+  if (l.has_residual()) {
+    auto d = l.residual;
+    Backend::gemm(l.scaling, l.B, op::none, l.A, op::none, T(1), d);
+    return d;
+  }
   auto d = Backend::zeros(l.out_features(), l.in_features());
-  Backend::gemm(l.scaling, l.B, op::none, l.A, op::none, typename Backend::scalar(0), d);
+  Backend::gemm(l.scaling, l.B, op::none, l.A, op::none, T(0), d);
   return d;
 }
 
@@ -82,18 +110,24 @@ void check_base(const typename Backend::matrix& w0, const lora_adapter<Backend>&
 }
 }  // namespace detail
 
-// W0 += s B A: the merged layer computes the same outputs with no adapter overhead.
+// W0 += s B A (+ residual): the merged layer computes the same outputs with no adapter overhead.
 template <backend Backend>
 void merge(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
+  using T = typename Backend::scalar;
   detail::check_base(w0, l);
-  Backend::gemm(l.scaling, l.B, op::none, l.A, op::none, typename Backend::scalar(1), w0);
+  detail::check_residual(l);
+  Backend::gemm(l.scaling, l.B, op::none, l.A, op::none, T(1), w0);
+  if (l.has_residual()) Backend::axpy(T(1), l.residual, w0);
 }
 
-// W0 -= s B A: undoes merge (up to rounding).
+// W0 -= s B A (+ residual): undoes merge (up to rounding).
 template <backend Backend>
 void unmerge(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
+  using T = typename Backend::scalar;
   detail::check_base(w0, l);
-  Backend::gemm(-l.scaling, l.B, op::none, l.A, op::none, typename Backend::scalar(1), w0);
+  detail::check_residual(l);
+  Backend::gemm(-l.scaling, l.B, op::none, l.A, op::none, T(1), w0);
+  if (l.has_residual()) Backend::axpy(T(-1), l.residual, w0);
 }
 
 // What forward keeps for backward.
@@ -102,14 +136,15 @@ struct lora_cache {
   typename Backend::matrix ax;  // [r, n] = A x
 };
 
-// y = W0 x + s B (A x). `w0` may be null for an adapter without base weight (y = s B A x).
-// x [in, n] -> y [out, n].
+// y = W0 x + s B (A x) (+ residual x). `w0` may be null for an adapter without base weight
+// (y = s B A x (+ residual x)). x [in, n] -> y [out, n].
 template <backend Backend>
 void lora_forward(const typename Backend::matrix* w0, const lora_adapter<Backend>& l,
                   const typename Backend::matrix& x, lora_cache<Backend>& cache,
                   typename Backend::matrix& y) {
   using T = typename Backend::scalar;
   if (w0) detail::check_base(*w0, l);
+  detail::check_residual(l);
   if (Backend::rows(x) != l.in_features()) {
     detail::fail<shape_error>("shape_error", "lora_forward: x expected [", l.in_features(),
                               ", n], got ", detail::shape_string(Backend::rows(x), Backend::cols(x)));
@@ -121,6 +156,7 @@ void lora_forward(const typename Backend::matrix* w0, const lora_adapter<Backend
   } else {
     Backend::gemm(l.scaling, l.B, op::none, cache.ax, op::none, T(0), y);
   }
+  if (l.has_residual()) Backend::gemm(T(1), l.residual, op::none, x, op::none, T(1), y);
 }
 
 // Gradients of one adapter, shaped like it.
@@ -131,7 +167,7 @@ struct lora_gradients {
 };
 
 // Backward of lora_forward for an upstream gradient dy [out, n]:
-//   dB = s dy (A x)^T,   dA = s B^T dy x^T,   dx = W0^T dy + s A^T (B^T dy).
+//   dB = s dy (A x)^T,   dA = s B^T dy x^T,   dx = W0^T dy + s A^T (B^T dy) (+ residual^T dy).
 // Only the factors in `wanted` are computed (a frozen factor gets no gradient and costs nothing);
 // dx is computed when `dx` is not null.
 template <backend Backend>
@@ -148,6 +184,7 @@ void lora_backward(const typename Backend::matrix* w0, const lora_adapter<Backen
   if (dx) {
     Backend::gemm(l.scaling, l.A, op::transpose, bt_dy, op::none, T(0), *dx);
     if (w0) Backend::gemm(T(1), *w0, op::transpose, dy, op::none, T(1), *dx);
+    if (l.has_residual()) Backend::gemm(T(1), l.residual, op::transpose, dy, op::none, T(1), *dx);
   }
 }
 

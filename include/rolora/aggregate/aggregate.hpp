@@ -1,6 +1,19 @@
 // The server side of a round: check the clients' uploads, weight them, let an aggregator merge
-// them, measure how far the merged adapters are from the mean of the clients' products, and
+// them, measure how far the merged adapters are from the mean of the clients' deltas, and
 // commit. Either the whole round is applied or, on any error, nothing is.
+//
+// Optional aggregator members, detected (see also the aggregator concept in core/concepts.hpp):
+//   merge(global, updates, weights, shared, round)
+//                               preferred over the four-argument merge when present: the round
+//                               index, for strategies that draw from a round-dependent stream
+//                               (stack re-initialises A each round).
+//   static constexpr bool accepts_heterogeneous_ranks = true
+//                               uploads of rank r_i <= r are accepted (aggregate/ranks.hpp).
+//   residual_update_scalars(global, updates, shared) -> std::size_t
+//                               for strategies that change the adapters' dense residual: how many
+//                               scalars one client needs to receive to bring its residual from
+//                               before the round to after it (dense out x in for FedEx-LoRA,
+//                               the stacked factors for FLoRA). Absent: the residual never changes.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -10,6 +23,7 @@
 #include <vector>
 
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 
@@ -29,12 +43,19 @@ enum class weighting { by_samples, uniform };
 
 struct aggregation_result {
   std::vector<double> weights;  // the normalised w_i, in update order
-  // ||sum_i w_i B_i A_i - B'A'||_F over all modules (root of the sum of squares), where B'A' is
-  // the product a client holds after the round (for FedSA's local B: sum_i w_i B_i A'). Zero for
-  // an exact aggregation; NaN when not measured.
+  // The aggregation error in weight units (the delta s B A added to W0), over all modules (root
+  // of the sum of squares):
+  //   ||sum_i w_i (s_i B_i A_i + R) - (s' B' A' + R')||_F
+  // with (B_i, A_i, s_i) client i's upload, R the residual before the round, and s' B' A' + R' the
+  // delta a client holds after the round at the server's rank (for FedSA's local B:
+  // sum_i w_i s B_i A' + R'). For scaling 1 and no residual: ||sum_i w_i B_i A_i - B'A'||_F.
+  // Zero for an exact aggregation; NaN when not measured.
   double error = std::nan("");
-  double relative_error = std::nan("");  // error / ||sum_i w_i B_i A_i||_F
+  double relative_error = std::nan("");  // error / ||sum_i w_i s_i B_i A_i||_F
   std::map<std::string, double> module_error;
+  // Scalars one client needs to receive to bring its residuals up to date with this round (the
+  // aggregator's residual_update_scalars; 0 when the strategy keeps no residual).
+  std::size_t residual_scalars = 0;
 };
 
 namespace detail {
@@ -54,10 +75,30 @@ void check_factor(const std::string& module, std::size_t client, const char* fac
   }
 }
 
-// Every update has exactly the modules of `global`, with the same shapes and finite values.
+// Client `client` uploaded module `module` at a rank r_i <= r: lora_A [r_i, in], lora_B
+// [out, r_i], finite values and a finite non-zero scaling.
+template <backend Backend>
+void check_lower_rank(const std::string& module, std::size_t client,
+                      const lora_adapter<Backend>& global, const lora_adapter<Backend>& got) {
+  const index_t r = global.rank(), r_i = got.rank();
+  if (r_i < 1 || r_i > r || got.in_features() != global.in_features()) {
+    fail<shape_error>("shape_error", "module '", module, "' client ", client, ": lora_A expected [r_i, ",
+                      global.in_features(), "] with 1 <= r_i <= ", r, ", got ",
+                      shape_string(r_i, got.in_features()));
+  }
+  check_factor<Backend>(module, client, "lora_A", Backend::zeros(r_i, global.in_features()), got.A);
+  check_factor<Backend>(module, client, "lora_B", Backend::zeros(global.out_features(), r_i), got.B);
+  if (!std::isfinite(double(got.scaling)) || got.scaling == 0) {
+    fail<value_error>("value_error", "module '", module, "' client ", client,
+                      ": scaling must be finite and non-zero, got ", double(got.scaling));
+  }
+}
+
+// Every update has exactly the modules of `global`, with the same shapes (or, when
+// `lower_ranks` is set, ranks r_i <= r) and finite values.
 template <backend Backend>
 void check_updates(const adapter_set<Backend>& global,
-                   std::span<const client_update<Backend>> updates) {
+                   std::span<const client_update<Backend>> updates, bool lower_ranks = false) {
   if (updates.empty()) {
     fail<value_error>("value_error", "aggregate: the round has no client update (no client was "
                                      "sampled, or every sampled client dropped out)");
@@ -77,6 +118,10 @@ void check_updates(const adapter_set<Backend>& global,
                           ": missing from the update");
       }
       const auto& a = u.adapters.at(name);
+      if (lower_ranks) {  // these aggregators read each client's scaling: check it too
+        check_lower_rank<Backend>(name, u.client, g, a);
+        continue;
+      }
       check_factor<Backend>(name, u.client, "lora_A", g.A, a.A);
       check_factor<Backend>(name, u.client, "lora_B", g.B, a.B);
     }
@@ -137,30 +182,36 @@ std::vector<double> normalised_weights(std::span<const client_update<Backend>> u
   return w;
 }
 
-// ||sum_i w_i B_i A_i - sum_i w_i B'_i A'_i||_F for one module, formed densely as [out, in] in
-// the backend's precision, where client i holds (B'_i, A'_i) after the round: the new global
-// factors, or its own for factors it keeps local.
+// The error and the norm of aggregation_result for one module, formed densely as [out, in] in
+// the backend's precision: client i's delta before is s_i B_i A_i + R (R = before.residual), after
+// the round s' B' A' + R' (from `next`), or its own factor for one it keeps local (with the other
+// one truncated to its rank, as it will download it).
 template <backend Backend>
 std::pair<double, double> module_aggregation_error(const std::string& module,
                                                    std::span<const client_update<Backend>> updates,
                                                    std::span<const double> w,
+                                                   const lora_adapter<Backend>& before,
                                                    const lora_adapter<Backend>& next,
                                                    factor_set keeps_local) {
   using T = typename Backend::scalar;
-  auto mean_product = Backend::zeros(next.out_features(), next.in_features());  // [out, in]
-  auto after = Backend::zeros(next.out_features(), next.in_features());         // [out, in]
+  auto mean_delta = Backend::zeros(next.out_features(), next.in_features());  // [out, in]
+  auto after = Backend::zeros(next.out_features(), next.in_features());       // [out, in]
   for (std::size_t i = 0; i < updates.size(); ++i) {
     const auto& a = updates[i].adapters.at(module);
-    Backend::gemm(T(w[i]), a.B, op::none, a.A, op::none, T(1), mean_product);
+    Backend::gemm(T(w[i]) * a.scaling, a.B, op::none, a.A, op::none, T(1), mean_delta);
     if (keeps_local.any()) {
-      Backend::gemm(T(w[i]), keeps_local.b ? a.B : next.B, op::none,
-                    keeps_local.a ? a.A : next.A, op::none, T(1), after);
+      auto [na, nb] = resize_rank<Backend>(next.A, next.B, double(next.scaling), a.rank(),
+                                           double(a.scaling));
+      Backend::gemm(T(w[i]) * a.scaling, keeps_local.b ? a.B : nb, op::none,
+                    keeps_local.a ? a.A : na, op::none, T(1), after);
     }
   }
-  if (!keeps_local.any()) Backend::gemm(T(1), next.B, op::none, next.A, op::none, T(0), after);
-  const double norm = std::sqrt(double(Backend::dot(mean_product, mean_product)));
-  Backend::axpy(T(-1), after, mean_product);
-  return {std::sqrt(double(Backend::dot(mean_product, mean_product))), norm};
+  if (!keeps_local.any()) Backend::gemm(next.scaling, next.B, op::none, next.A, op::none, T(0), after);
+  if (next.has_residual()) Backend::axpy(T(1), next.residual, after);
+  if (before.has_residual()) Backend::axpy(T(-1), before.residual, after);
+  const double norm = std::sqrt(double(Backend::dot(mean_delta, mean_delta)));
+  Backend::axpy(T(-1), after, mean_delta);
+  return {std::sqrt(double(Backend::dot(mean_delta, mean_delta))), norm};
 }
 
 }  // namespace detail
@@ -169,24 +220,37 @@ std::pair<double, double> module_aggregation_error(const std::string& module,
 // was shared, the weighted mean of the modules to save); if anything throws
 // (bad shapes, non-finite values, no update, weights summing to 0), `global` is left exactly as
 // it was. `shared` are the factors the clients uploaded, `keeps_local` those they keep (they
-// enter only the error measurement).
+// enter only the error measurement), `round` the round index (passed to aggregators that take
+// it).
 template <backend Backend, class Aggregator>
 aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>& global,
                              std::span<const client_update<Backend>> updates, factor_set shared,
                              weighting how = weighting::by_samples,
-                             factor_set keeps_local = no_factors, bool measure_error = true) {
+                             factor_set keeps_local = no_factors, bool measure_error = true,
+                             std::size_t round = 0) {
   static_assert(aggregator_for<Aggregator, Backend>,
                 "rolora::aggregate: the Aggregator type does not model rolora::aggregator_for: it "
                 "needs `static constexpr std::string_view name` and a const member "
                 "`adapter_set<B> merge(const adapter_set<B>&, std::span<const client_update<B>>, "
                 "std::span<const double>, factor_set) const` (see core/concepts.hpp)");
-  detail::check_updates(global, updates);
+  detail::check_updates(global, updates, heterogeneous_rank_aggregator<Aggregator>);
   aggregation_result result;
   result.weights = detail::normalised_weights(updates, how);
-  adapter_set<Backend> next = aggregator.merge(global, updates, result.weights, shared);
+  const std::span<const double> w(result.weights);
+  adapter_set<Backend> next = [&] {
+    if constexpr (requires { aggregator.merge(global, updates, w, shared, round); }) {
+      return aggregator.merge(global, updates, w, shared, round);
+    } else {
+      return aggregator.merge(global, updates, w, shared);
+    }
+  }();
+  if constexpr (requires { aggregator.residual_update_scalars(global, updates, shared); }) {
+    result.residual_scalars = aggregator.residual_update_scalars(global, updates, shared);
+  }
   if (shared.any()) detail::average_modules_to_save(next, updates, result.weights);
   for (const auto& [name, a] : next) {
-    if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B)) {
+    if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B) ||
+        (a.has_residual() && !Backend::all_finite(a.residual))) {
       detail::fail<value_error>("value_error", "module '", name, "': aggregator '",
                                 Aggregator::name, "' produced non-finite values");
     }
@@ -195,7 +259,7 @@ aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>&
     double err2 = 0.0, norm2 = 0.0;
     for (const auto& [name, a] : next) {
       const auto [err, norm] =
-          detail::module_aggregation_error(name, updates, result.weights, a, keeps_local);
+          detail::module_aggregation_error(name, updates, w, global.at(name), a, keeps_local);
       result.module_error[name] = err;
       err2 += err * err;
       norm2 += norm * norm;

@@ -5,7 +5,18 @@
 // data -> uploads the factors policy.shares(t) and its sample count -> the server checks the
 // uploads and merges them with the aggregator (rolora::aggregate) -> callbacks see the report.
 // A failed round (bad upload, every client dropped, ...) throws and changes nothing.
+//
+// Heterogeneous ranks (federation_config::client_ranks): client c trains every module at rank
+// r_c = min(client_ranks[c], r), downloading the first r_c components of the server's adapters at
+// its own scaling (truncate_rank, aggregate/ranks.hpp); the aggregator must accept heterogeneous
+// ranks (padded_fedavg, svd_resplit, stack, residual, procrustes).
+//
+// Communication, per client and round, in uncompressed scalars of the backend: up, the shared
+// factors at the client's rank (+ modules to save); down, the synced factors at its rank (+
+// modules to save) plus what its residuals need to catch up with the rounds since it last
+// downloaded: the aggregator's residual increments of those rounds, at most the dense residual.
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +29,7 @@
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/optimizer.hpp>
@@ -37,6 +49,10 @@ struct federation_config {
   weighting weights = weighting::by_samples;
   bool closed_form_b = false;         // B-only rounds: the task's exact least squares, if it has one
   bool measure_aggregation_error = true;
+  // Heterogeneous ranks: client c's rank for every module (capped at the module's rank); empty:
+  // every client at the server's rank. Its scaling follows client_rank_scaling.
+  std::vector<index_t> client_ranks;
+  rank_scaling client_rank_scaling = rank_scaling::alpha_over_r;
   std::size_t threads = 1;            // clients trained in parallel; results do not depend on it
   std::uint64_t seed = 0;             // client sampling, dropout and batching streams
 };
@@ -52,8 +68,9 @@ struct round_report {
   double relative_aggregation_error = 0.0;  // see aggregation_result::relative_error
   std::size_t bytes_up = 0;           // this round, all participants
   std::size_t bytes_down = 0;         // this round, all sampled clients
-  std::size_t bytes_up_per_client = 0;
-  std::size_t bytes_down_per_client = 0;
+  std::size_t bytes_up_per_client = 0;    // mean over participants (exact for equal ranks)
+  std::size_t bytes_down_per_client = 0;  // mean over sampled clients
+  std::size_t residual_bytes_down = 0;    // the part of bytes_down that brings residuals up to date
   std::size_t total_bytes_up = 0;     // since round 0
   std::size_t total_bytes_down = 0;
   double seconds = 0.0;
@@ -116,17 +133,42 @@ class federation {
       detail::fail<config_error>("config_error", "federation: client_dropout must be in [0, 1), got ",
                                  config_.client_dropout);
     }
+    if (!config_.client_ranks.empty()) {
+      if (!heterogeneous_rank_aggregator<Aggregator>) {
+        detail::fail<config_error>("config_error", "federation: client_ranks is set but aggregator '",
+                                   Aggregator::name,
+                                   "' does not accept heterogeneous ranks (use padded_fedavg, "
+                                   "svd_resplit, stack, residual or procrustes)");
+      }
+      for (std::size_t c = 0; c < config_.client_ranks.size(); ++c) {
+        if (config_.client_ranks[c] < 1) {
+          detail::fail<config_error>("config_error", "federation: client_ranks[", c,
+                                     "] must be >= 1, got ", config_.client_ranks[c]);
+        }
+      }
+    }
   }
 
   const adapters_type& global() const { return global_; }
   const federation_config& config() const { return config_; }
   const UpdatePolicy& policy() const { return policy_; }
   std::size_t next_round() const { return round_; }
-  // A client's adapters as it would use them: the global ones with its local factors.
+  // A client's adapters as it would use them: the global ones at its rank, with its local factors.
   adapters_type client_view(std::size_t client) const {
     adapters_type view = global_;
+    for (auto& [name, a] : view) {
+      const index_t r = rank_of(client, a);
+      if (r != a.rank()) {
+        a = truncate_rank(a, r, scaling_at_rank(double(a.scaling), a.rank(), r, config_.client_rank_scaling));
+      }
+    }
     if (client < clients_.size()) apply_local(clients_[client], view);
     return view;
+  }
+  // The rank client `client` trains module adapter `a` at.
+  index_t rank_of(std::size_t client, const typename adapters_type::adapter_type& a) const {
+    if (client >= config_.client_ranks.size()) return a.rank();
+    return std::min(config_.client_ranks[client], a.rank());
   }
 
   // Runs round next_round() over `tasks` (one per client; the same clients every round).
@@ -142,6 +184,10 @@ class federation {
     if (clients_.size() != tasks.size()) {
       detail::fail<config_error>("config_error", "federation: expected ", clients_.size(),
                                  " clients (as in earlier rounds), got ", tasks.size());
+    }
+    if (!config_.client_ranks.empty() && config_.client_ranks.size() != tasks.size()) {
+      detail::fail<config_error>("config_error", "federation: client_ranks has ",
+                                 config_.client_ranks.size(), " entries for ", tasks.size(), " clients");
     }
     const std::size_t t = round_;
     round_report report;
@@ -163,6 +209,14 @@ class federation {
     std::vector<outcome> outcomes(report.participants.size());
     train_participants(tasks, report.participants, report.trained, outcomes);
 
+    // What the sampled clients downloaded, from the state before the round.
+    const factor_set synced{!local.a, !local.b};
+    std::size_t down = 0, residual_down = 0;
+    for (std::size_t c : sampled) {
+      down += client_bytes(c, synced);
+      residual_down += residual_catch_up_bytes(c);
+    }
+
     std::vector<client_update<Backend>> updates;
     updates.reserve(outcomes.size());
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
@@ -171,7 +225,7 @@ class federation {
     }
     const auto result = aggregate(aggregator_, global_, std::span<const client_update<Backend>>(updates),
                                   report.shared, config_.weights, local,
-                                  config_.measure_aggregation_error);
+                                  config_.measure_aggregation_error, t);
     // Committed: the global state changed; now the clients' own state follows.
     double loss = 0.0, samples = 0.0;
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
@@ -184,11 +238,13 @@ class federation {
     report.train_loss = loss / samples;
     report.aggregation_error = result.error;
     report.relative_aggregation_error = result.relative_error;
-    const factor_set synced{!local.a, !local.b};
-    report.bytes_up_per_client = global_.bytes(report.shared);
-    report.bytes_down_per_client = global_.bytes(synced);
-    report.bytes_up = report.bytes_up_per_client * report.participants.size();
-    report.bytes_down = report.bytes_down_per_client * sampled.size();
+    residual_increments_.push_back(result.residual_scalars);
+    for (std::size_t c : sampled) clients_[c].residual_synced = t;
+    for (std::size_t c : report.participants) report.bytes_up += client_bytes(c, report.shared);
+    report.bytes_down = down + residual_down;
+    report.residual_bytes_down = residual_down;
+    report.bytes_up_per_client = report.bytes_up / report.participants.size();
+    report.bytes_down_per_client = report.bytes_down / sampled.size();
     total_up_ += report.bytes_up;
     total_down_ += report.bytes_down;
     report.total_bytes_up = total_up_;
@@ -215,7 +271,37 @@ class federation {
   struct client_state {
     std::optional<adapters_type> local;  // adapters after its last round (for kept factors)
     optimizer_state<Backend> optimizer;
+    std::size_t residual_synced = 0;     // its residuals include the increments of rounds < this
   };
+
+  // Bytes of the factors `which` at client c's ranks (+ the modules to save when any factor).
+  std::size_t client_bytes(std::size_t c, factor_set which) const {
+    std::size_t n = 0;
+    for (const auto& [name, a] : global_) {
+      const auto r = std::size_t(rank_of(c, a));
+      if (which.a) n += r * std::size_t(a.in_features());
+      if (which.b) n += std::size_t(a.out_features()) * r;
+    }
+    if (which.any()) {
+      for (const auto& [name, w] : global_.modules_to_save()) {
+        n += std::size_t(Backend::rows(w) * Backend::cols(w));
+      }
+    }
+    return n * sizeof(typename Backend::scalar);
+  }
+
+  // Bytes client c needs for its residuals to catch up: the increments of the rounds it missed,
+  // at most the dense residuals themselves.
+  std::size_t residual_catch_up_bytes(std::size_t c) const {
+    std::size_t missed = 0, dense = 0;
+    for (std::size_t k = clients_[c].residual_synced; k < residual_increments_.size(); ++k) {
+      missed += residual_increments_[k];
+    }
+    for (const auto& [name, a] : global_) {
+      if (a.has_residual()) dense += std::size_t(a.out_features() * a.in_features());
+    }
+    return std::min(missed, dense) * sizeof(typename Backend::scalar);
+  }
   struct outcome {
     adapters_type adapters;
     optimizer_state<Backend> optimizer;
@@ -285,6 +371,7 @@ class federation {
   federation_config config_;
   adapters_type global_;
   std::vector<client_state> clients_;
+  std::vector<std::size_t> residual_increments_;  // per round: aggregation_result::residual_scalars
   std::size_t round_ = 0;
   std::size_t total_up_ = 0, total_down_ = 0;
 };

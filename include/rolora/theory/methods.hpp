@@ -1,5 +1,5 @@
-// The three federated methods of the paper's linear-regression analysis, run through
-// rolora::federation:
+// The federated methods of the paper's linear-regression analysis, and the other aggregation
+// strategies on the same footing, run through rolora::federation:
 //   RoLoRA-linear  = federation<B, alternating, orthonormalize_a<fedavg>>: a B round where each
 //                    client solves B exactly (least squares given A), then an A round of tau
 //                    gradient steps with step eta; the server averages A and orthonormalises
@@ -8,8 +8,14 @@
 //                    exactly each round.
 //   FedIT-linear   = federation<B, train_both, fedavg>: tau gradient steps on both factors,
 //                    factor-wise averaging.
+//   FedSA-LoRA, FlexLoRA, FLoRA, FedEx-LoRA, FedRot-LoRA: FedIT's local steps with the fedsa
+//                    policy (B stays local), or with the svd_resplit, stack, residual and
+//                    procrustes aggregators (docs/aggregators.md).
 // One iteration is one B round plus one A round for RoLoRA and one round for the others, so that
-// every method uploads both factors' worth of numbers per iteration (FFA: one factor).
+// every method uploads both factors' worth of numbers per iteration (FFA and FedSA: one factor).
+// Measurements use what the clients hold: the mean of their deltas s B A + residual (FedSA: each
+// with its own B), and for sin theta the row space of A, or, once a residual carries part of the
+// model, the top-r right singular vectors of that mean delta.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -20,19 +26,32 @@
 
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/aggregate/procrustes.hpp>
+#include <rolora/aggregate/residual.hpp>
+#include <rolora/aggregate/stack.hpp>
+#include <rolora/aggregate/svd_resplit.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/policy/policies.hpp>
 #include <rolora/theory/linear_regression.hpp>
 
 namespace rolora::theory {
 
-enum class method { rolora, ffa, fedit };
+enum class method { rolora, ffa, fedit, fedsa, flexlora, flora, fedex, fedrot };
+
+inline constexpr method all_methods[] = {method::rolora,   method::ffa,   method::fedit,
+                                         method::fedsa,    method::flexlora, method::flora,
+                                         method::fedex,    method::fedrot};
 
 inline std::string_view method_name(method m) {
   switch (m) {
     case method::rolora: return "rolora";
     case method::ffa: return "ffa";
     case method::fedit: return "fedit";
+    case method::fedsa: return "fedsa";
+    case method::flexlora: return "flexlora";
+    case method::flora: return "flora";
+    case method::fedex: return "fedex";
+    case method::fedrot: return "fedrot";
   }
   return "?";
 }
@@ -51,7 +70,7 @@ struct iteration_record {
   std::size_t iteration = 0;
   double sin_theta = 0.0;          // subspace distance of A's rows to the reference rows
   double loss = 0.0;               // global training loss sum_i w_i f_i
-  double aggregation_error = 0.0;  // largest of the iteration's rounds
+  double aggregation_error = 0.0;  // largest of the iteration's rounds (weight units)
   double gap_to_optimum = 0.0;     // ||B A - optimum||_F / ||optimum||_F
   std::size_t bytes_up = 0;        // cumulative upload, all clients
 };
@@ -75,17 +94,22 @@ inline host initial_a(const host& reference, std::optional<double> init_angle, s
 
 namespace detail {
 
-template <backend Backend>
+template <backend Backend, class Federation>
 iteration_record measure(const linear_problem<Backend>& p, std::vector<linear_regression_task<Backend>>& clients,
-                         const adapter_set<Backend>& global, std::size_t iteration) {
-  const auto& l = global.at(module_name);
-  const host a = Backend::to_host(l.A).template cast<double>();
-  const host b = Backend::to_host(l.B).template cast<double>();
+                         const Federation& fed, std::size_t iteration) {
+  const auto& g = fed.global().at(module_name);
   iteration_record rec;
   rec.iteration = iteration;
-  rec.sin_theta = subspace_distance(a, p.reference_rows());
-  for (std::size_t i = 0; i < clients.size(); ++i) rec.loss += p.weights[i] * clients[i].loss(global);
-  rec.gap_to_optimum = (double(l.scaling) * b * a - p.optimum.matrix).norm() / p.optimum.matrix.norm();
+  host mean_delta = host::Zero(p.config.out_dim, p.config.dim);  // sum_i w_i (s B_i A_i + R) [k, d]
+  for (std::size_t i = 0; i < clients.size(); ++i) {
+    const auto view = fed.client_view(i);
+    rec.loss += p.weights[i] * clients[i].loss(view);
+    mean_delta += p.weights[i] * Backend::to_host(delta(view.at(module_name))).template cast<double>();
+  }
+  const host rows = g.has_residual() ? best_rank_r(mean_delta, p.config.rank).right_vectors
+                                     : host(Backend::to_host(g.A).template cast<double>());
+  rec.sin_theta = subspace_distance(rows, p.reference_rows());
+  rec.gap_to_optimum = (mean_delta - p.optimum.matrix).norm() / p.optimum.matrix.norm();
   return rec;
 }
 
@@ -100,7 +124,7 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
                                Backend::zeros(p.config.out_dim, r), T(1)});
   config.num_rounds = iterations * rounds_per_iteration;
   federation<Backend, Policy, Aggregator> fed(policy, aggregator, config, std::move(initial));
-  std::vector<iteration_record> records{measure(p, p.clients, fed.global(), 0)};
+  std::vector<iteration_record> records{measure(p, p.clients, fed, 0)};
   for (std::size_t it = 1; it <= iterations; ++it) {
     double error = 0.0;
     std::size_t bytes = 0;
@@ -109,7 +133,7 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
       error = std::max(error, report.aggregation_error);
       bytes = report.total_bytes_up;
     }
-    auto rec = measure(p, p.clients, fed.global(), it);
+    auto rec = measure(p, p.clients, fed, it);
     rec.aggregation_error = error;
     rec.bytes_up = bytes;
     records.push_back(rec);
@@ -139,6 +163,17 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
       return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0);
     case method::fedit:
       return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0);
+    case method::fedsa:
+      return detail::run(p, fedsa{}, fedavg{}, config, 1, o.iterations, a0);
+    case method::flexlora:
+      return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0);
+    case method::flora:
+      return detail::run(p, train_both{}, stack{o.seed, lora_init::kaiming_uniform}, config, 1,
+                         o.iterations, a0);
+    case method::fedex:
+      return detail::run(p, train_both{}, residual{}, config, 1, o.iterations, a0);
+    case method::fedrot:
+      return detail::run(p, train_both{}, procrustes{}, config, 1, o.iterations, a0);
   }
   return {};
 }

@@ -1,0 +1,49 @@
+// FlexLoRA's aggregation (Bai et al. 2024): the weighted mean of the clients' deltas,
+//   dW = sum_i w_i s_i B_i A_i,
+// truncated to the server's rank r by SVD and split evenly between the factors,
+//   s B' = U_r sqrt(S_r),  A' = sqrt(S_r) V_r^T   (dW = U S V^T),
+// so s B' A' is the best rank-r approximation of dW (Eckart-Young): exact when sum_i r_i <= r.
+// The dense out x in SVD is never taken while R = sum_i r_i <= min(out, in): QRs of the stacked
+// factors and an SVD of the R x R core give the same factors (detail::best_rank_r_factors).
+// Components come in decreasing singular value, so a client of rank r_i < r that downloads the
+// first r_i of them (truncate_rank) gets the best rank-r_i approximation: FlexLoRA's per-client
+// SVD truncation. Accepts heterogeneous ranks.
+//
+// Only when both factors are shared is there a product to re-split; in a round that shares one
+// factor, the mean of that factor is already the mean of the products (the other is common), and
+// svd_resplit takes it (zero-padded as padded_fedavg).
+#pragma once
+#include <span>
+#include <string_view>
+
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/aggregate.hpp>
+#include <rolora/aggregate/low_rank.hpp>
+#include <rolora/core/concepts.hpp>
+
+namespace rolora {
+
+struct svd_resplit {
+  static constexpr std::string_view name = "svd_resplit";
+  static constexpr bool accepts_heterogeneous_ranks = true;
+
+  template <backend Backend>
+  adapter_set<Backend> merge(const adapter_set<Backend>& global,
+                             std::span<const client_update<Backend>> updates,
+                             std::span<const double> weights, factor_set shared) const {
+    adapter_set<Backend> next = global;
+    for (auto& [module, g] : next) {
+      if (!(shared.a && shared.b)) {
+        detail::average_factors(g, module, updates, weights, shared);
+        continue;
+      }
+      auto st = detail::stack_factors(module, updates, weights, double(g.scaling), true);
+      auto [a, b] = detail::best_rank_r_factors<Backend>(std::move(st.b), std::move(st.a), g.rank());
+      g.A = std::move(a);  // [r, in]
+      g.B = std::move(b);  // [out, r]
+    }
+    return next;
+  }
+};
+
+}  // namespace rolora
