@@ -106,7 +106,9 @@ struct eigen_backend {
     check_same_shape("dot", x, y);
     return x.cwiseProduct(y).sum();
   }
-  static bool all_finite(const matrix& x) { return x.allFinite(); }
+  // x * 0 is 0 for every finite x and NaN for NaN and +-inf: one vectorised pass (Eigen's
+  // allFinite() is not vectorised, and dominated the time of fedavg's upload checks).
+  static bool all_finite(const matrix& x) { return !std::isnan((x.array() * T(0)).sum()); }
 
   static host_matrix<T> to_host(const matrix& x) { return x; }
   static matrix from_host(const host_matrix<T>& h) { return h; }
