@@ -1,7 +1,7 @@
 // linear_regression_theory: the linear-regression theory check of the RoLoRA paper (Chen et al.
-// 2024, section 4). Runs RoLoRA, FFA-LoRA and FedIT on one synthetic federated least-squares
-// problem from the same A0, prints sin theta(A, A*), loss, aggregation error and upload per
-// iteration, then sets the measurements beside the closed-form references: the Theorem 4.5
+// 2024, section 4). Runs RoLoRA, FFA-LoRA and FedIT -- and, on request, FedSA-LoRA, FlexLoRA,
+// FLoRA, FedEx-LoRA and FedRot-LoRA -- on one synthetic federated least-squares problem from the
+// same A0, prints sin theta(A, A*), loss, aggregation error and upload per iteration, then sets the measurements beside the closed-form references: the Theorem 4.5
 // contraction bound (RoLoRA), the Proposition 4.6 loss floor (FFA-LoRA) and the Eckart-Young
 // optimum (all). Optionally writes a CSV and a gnuplot plot of sin theta against iteration.
 #include <algorithm>
@@ -48,12 +48,14 @@ constexpr double log_floor = 1e-16;    // the plot clamps values below this for 
 
 const char* display_name(th::method m) {
   switch (m) {
-    case th::method::rolora:
-      return "RoLoRA";
-    case th::method::ffa:
-      return "FFA-LoRA";
-    case th::method::fedit:
-      return "FedIT";
+    case th::method::rolora: return "RoLoRA";
+    case th::method::ffa: return "FFA-LoRA";
+    case th::method::fedit: return "FedIT";
+    case th::method::fedsa: return "FedSA-LoRA";
+    case th::method::flexlora: return "FlexLoRA";
+    case th::method::flora: return "FLoRA";
+    case th::method::fedex: return "FedEx-LoRA";
+    case th::method::fedrot: return "FedRot-LoRA";
   }
   return "?";
 }
@@ -86,12 +88,14 @@ void write_csv(const std::string& file, const std::vector<method_run>& runs) {
   ensure_parent(file);
   std::FILE* out = std::fopen(file.c_str(), "w");
   if (!out) throw std::runtime_error("cannot write " + file);
-  std::fprintf(out, "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up\n");
+  std::fprintf(out,
+               "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up,"
+               "bytes_down\n");
   for (const auto& run : runs) {
     for (const auto& r : run.records) {
-      std::fprintf(out, "%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu\n",
+      std::fprintf(out, "%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n",
                    std::string(th::method_name(run.method)).c_str(), r.iteration, r.sin_theta,
-                   r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up);
+                   r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up, r.bytes_down);
     }
   }
   std::fclose(out);
@@ -175,21 +179,24 @@ bool write_plot(const std::string& file, const std::vector<method_run>& runs, co
 
 void print_progress(const method_run& run) {
   for (const auto& r : run.records) {
-    std::printf("%-9s %5zu %13.6e %13.6e %13.6e %12zu\n", display_name(run.method), r.iteration,
+    std::printf("%-11s %5zu %13.6e %13.6e %13.6e %12zu\n", display_name(run.method), r.iteration,
                 r.sin_theta, r.loss, r.aggregation_error, r.bytes_up);
   }
 }
 
 int run_check(const settings& s) {
   std::vector<th::method> methods;
-  for (auto m : {th::method::rolora, th::method::ffa, th::method::fedit}) {
-    if (s.method == "all" || s.method == th::method_name(m)) methods.push_back(m);
+  for (auto m : th::all_methods) {
+    const bool paper = m == th::method::rolora || m == th::method::ffa || m == th::method::fedit;
+    if ((s.method == "all" && paper) || s.method == "every" || s.method == th::method_name(m)) {
+      methods.push_back(m);
+    }
   }
   auto problem = th::make_linear_problem<backend>(s.problem);
   const auto a0 = th::initial_a(problem.reference_rows(), s.run.init_angle, s.run.seed);
 
   if (!s.quiet) {
-    std::printf("%-9s %5s %13s %13s %13s %12s\n", "method", "iter", "sin_theta", "loss",
+    std::printf("%-11s %5s %13s %13s %13s %12s\n", "method", "iter", "sin_theta", "loss",
                 "agg_error", "bytes_up");
   }
   std::vector<method_run> runs;
@@ -205,19 +212,20 @@ int run_check(const settings& s) {
       "%s targets, %zu iterations\n",
       c.dim, c.out_dim, c.rank, c.clients, c.samples, s.run.eta, s.run.local_steps,
       c.heterogeneous ? "heterogeneous" : "homogeneous", s.run.iterations);
-  std::printf("%-9s %13s %13s %13s %13s %13s %12s %10s\n", "method", "sin_theta", "loss",
-              "gap_to_opt", "optimal_loss", "max_agg_err", "bytes_up", "bytes/iter");
+  std::printf("%-11s %13s %13s %13s %13s %13s %12s %10s %12s\n", "method", "sin_theta", "loss",
+              "gap_to_opt", "optimal_loss", "max_agg_err", "bytes_up", "bytes/iter", "bytes_down");
   for (const auto& run : runs) {
     const auto& last = run.records.back();
     double max_error = 0.0;
     for (const auto& r : run.records) max_error = std::max(max_error, r.aggregation_error);
-    std::printf("%-9s %13.6e %13.6e %13.6e %13.6e %13.6e %12zu %10zu\n", display_name(run.method),
+    std::printf("%-11s %13.6e %13.6e %13.6e %13.6e %13.6e %12zu %10zu %12zu\n", display_name(run.method),
                 last.sin_theta, last.loss, last.gap_to_optimum, optimum, max_error, last.bytes_up,
-                s.run.iterations ? last.bytes_up / s.run.iterations : 0);
+                s.run.iterations ? last.bytes_up / s.run.iterations : 0, last.bytes_down);
   }
   std::printf(
-      "(one iteration: a B round + an A round for RoLoRA, one round for FFA-LoRA and "
-      "FedIT; RoLoRA and FFA-LoRA upload one factor per round, FedIT both)\n");
+      "(one iteration: a B round + an A round for RoLoRA, one round for the others; RoLoRA, "
+      "FFA-LoRA and FedSA-LoRA upload one factor per round, the others both; aggregation "
+      "error in weight units, ||mean_i delta_i - delta'||_F)\n");
 
   double rate = 0.0;
   bool draw_bound = false;
@@ -280,13 +288,16 @@ int run_check(const settings& s) {
 int main(int argc, char** argv) {
   CLI::App app{
       "Linear-regression theory check of RoLoRA (Chen et al. 2024, section 4): RoLoRA, "
-      "FFA-LoRA and FedIT on a synthetic federated least-squares problem, beside the "
-      "closed-form references."};
+      "FFA-LoRA and FedIT (and FedSA-LoRA, FlexLoRA, FLoRA, FedEx-LoRA, FedRot-LoRA on "
+      "request) on a synthetic federated least-squares problem, beside the closed-form "
+      "references."};
   settings s;
   auto& c = s.problem;
   double init_angle = 0.0;
-  app.add_option("--method", s.method, "method to run")
-      ->check(CLI::IsMember({"rolora", "ffa", "fedit", "all"}))
+  app.add_option("--method", s.method,
+                 "method to run: all = the paper's three (rolora, ffa, fedit), every = all eight")
+      ->check(CLI::IsMember({"rolora", "ffa", "fedit", "fedsa", "flexlora", "flora", "fedex",
+                             "fedrot", "all", "every"}))
       ->capture_default_str();
   app.add_option("--clients", c.clients, "number of clients K")
       ->check(CLI::Range(1, 100000))
@@ -307,14 +318,15 @@ int main(int argc, char** argv) {
   s.run.iterations = 50;  // enough for sin theta < 1e-6 from a random A0 at the default eta
   app.add_option("--rounds", s.run.iterations,
                  "number of iterations; one iteration = one B round + one A round for RoLoRA, "
-                 "one round for FFA-LoRA and FedIT")
+                 "one round for the other methods")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
   app.add_option("--eta", s.run.eta, "gradient step size")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--local-steps", s.run.local_steps,
-                 "local gradient steps tau per round (FedIT: on both factors, RoLoRA: on A)")
+                 "local gradient steps tau per round (FedIT and the other two-factor methods: on "
+                 "both factors, RoLoRA: on A)")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
   app.add_flag("--heterogeneous", c.heterogeneous, "give each client its own target W*_i");

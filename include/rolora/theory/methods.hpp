@@ -73,6 +73,7 @@ struct iteration_record {
   double aggregation_error = 0.0;  // largest of the iteration's rounds (weight units)
   double gap_to_optimum = 0.0;     // ||B A - optimum||_F / ||optimum||_F
   std::size_t bytes_up = 0;        // cumulative upload, all clients
+  std::size_t bytes_down = 0;      // cumulative download, all clients (residual updates included)
 };
 
 // A0 [r, d]: orthonormal rows, random, or at sin theta = init_angle from `reference` (every
@@ -127,15 +128,17 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
   std::vector<iteration_record> records{measure(p, p.clients, fed, 0)};
   for (std::size_t it = 1; it <= iterations; ++it) {
     double error = 0.0;
-    std::size_t bytes = 0;
+    std::size_t up = 0, down = 0;
     for (std::size_t k = 0; k < rounds_per_iteration; ++k) {
       const auto report = fed.run_round(p.clients);
       error = std::max(error, report.aggregation_error);
-      bytes = report.total_bytes_up;
+      up = report.total_bytes_up;
+      down = report.total_bytes_down;
     }
     auto rec = measure(p, p.clients, fed, it);
     rec.aggregation_error = error;
-    rec.bytes_up = bytes;
+    rec.bytes_up = up;
+    rec.bytes_down = down;
     records.push_back(rec);
   }
   return records;
