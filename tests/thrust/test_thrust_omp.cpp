@@ -23,32 +23,39 @@ using rolora::test::message_of;
 
 namespace {
 
-template <class T>
-using wide = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+// alpha op(a) op(b) + beta c0 in long double, and the error bound of each element.
+struct gemm_reference {
+  Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic> value, bound;
+  long double k;
 
-// Checks c against alpha op(a) op(b) + beta c0, computed in long double, within the bound above.
-template <class T>
-void check_gemm(const host_matrix<T>& c, T alpha, const host_matrix<T>& opa,
-                const host_matrix<T>& opb, T beta, const host_matrix<T>& c0) {
-  const auto wa = opa.template cast<long double>(), wb = opb.template cast<long double>();
-  wide<T> ref = (long double)alpha * wa * wb;
-  wide<T> bound = std::abs((long double)alpha) * wa.cwiseAbs() * wb.cwiseAbs();
-  if (beta != T(0)) {
-    ref += (long double)beta * c0.template cast<long double>();
-    bound += std::abs((long double)beta) * c0.template cast<long double>().cwiseAbs();
+  template <class T>
+  gemm_reference(T alpha, const host_matrix<T>& opa, const host_matrix<T>& opb, T beta,
+                 const host_matrix<T>& c0)
+      : k((long double)opa.cols()) {
+    const auto wa = opa.template cast<long double>(), wb = opb.template cast<long double>();
+    value = (long double)alpha * wa * wb;
+    bound = std::abs((long double)alpha) * wa.cwiseAbs() * wb.cwiseAbs();
+    if (beta != T(0)) {
+      value += (long double)beta * c0.template cast<long double>();
+      bound += std::abs((long double)beta) * c0.template cast<long double>().cwiseAbs();
+    }
   }
-  const long double k = (long double)opa.cols();
-  const long double eps = std::numeric_limits<T>::epsilon();
-  REQUIRE(c.rows() == ref.rows());
-  REQUIRE(c.cols() == ref.cols());
-  long double worst = 0;  // largest error / bound
-  for (index_t i = 0; i < c.size(); ++i) {
-    const long double err = std::abs((long double)c.data()[i] - ref.data()[i]);
-    const long double tol = 2 * (k + 2) * eps * bound.data()[i];
-    worst = std::max(worst, tol > 0 ? err / tol : (err > 0 ? 1e30L : 0.0L));
+
+  // Checks c within 2 (k + 2) eps_T bound, element by element.
+  template <class T>
+  void check(const host_matrix<T>& c) const {
+    const long double eps = std::numeric_limits<T>::epsilon();
+    REQUIRE(c.rows() == value.rows());
+    REQUIRE(c.cols() == value.cols());
+    long double worst = 0;  // largest error / tolerance
+    for (index_t i = 0; i < c.size(); ++i) {
+      const long double err = std::abs((long double)c.data()[i] - value.data()[i]);
+      const long double tol = 2 * (k + 2) * eps * bound.data()[i];
+      worst = std::max(worst, tol > 0 ? err / tol : (err > 0 ? 1e30L : 0.0L));
+    }
+    CHECK(double(worst) <= 1.0);
   }
-  CHECK(double(worst) <= 1.0);
-}
+};
 
 }  // namespace
 
@@ -70,6 +77,11 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm matches a long-double reference for every t
       {1, 1, 1}, {37, 53, 29}, {129, 257, 97}, {200, 600, 13}, {5, 0, 3}, {0, 4, 3}, {3, 4, 0}};
   std::uint32_t tag = 0;
   for (const auto& [m, k, n] : sizes) {
+    const host_matrix<T> opa = test::random_matrix<T>(m, k, ++tag);
+    const host_matrix<T> opb = test::random_matrix<T>(k, n, ++tag);
+    const host_matrix<T> c0 = test::random_matrix<T>(m, n, ++tag);
+    const gemm_reference beta0(T(1.5), opa, opb, T(0), c0), beta1(T(-0.5), opa, opb, T(1), c0),
+        beta_other(T(-0.5), opa, opb, T(-0.75), c0);
     for (const op op_a : {op::none, op::transpose}) {
       for (const op op_b : {op::none, op::transpose}) {
         CAPTURE(m);
@@ -77,22 +89,20 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm matches a long-double reference for every t
         CAPTURE(n);
         CAPTURE(int(op_a));
         CAPTURE(int(op_b));
-        const host_matrix<T> opa = test::random_matrix<T>(m, k, ++tag);
-        const host_matrix<T> opb = test::random_matrix<T>(k, n, ++tag);
-        const host_matrix<T> c0 = test::random_matrix<T>(m, n, ++tag);
         const auto a = Backend::from_host(op_a == op::none ? opa : host_matrix<T>(opa.transpose()));
         const auto b = Backend::from_host(op_b == op::none ? opb : host_matrix<T>(opb.transpose()));
         // beta = 0: c of the wrong shape, full of NaN, is resized and never read.
         auto c = Backend::from_host(host_matrix<T>::Constant(
             2, 7, std::numeric_limits<T>::quiet_NaN()));
         Backend::gemm(T(1.5), a, op_a, b, op_b, T(0), c);
-        check_gemm<T>(Backend::to_host(c), T(1.5), opa, opb, T(0), c0);
+        beta0.check(Backend::to_host(c));
         // beta = 1 and beta = -0.75 accumulate into c.
-        for (const T beta : {T(1), T(-0.75)}) {
-          c = Backend::from_host(c0);
-          Backend::gemm(T(-0.5), a, op_a, b, op_b, beta, c);
-          check_gemm<T>(Backend::to_host(c), T(-0.5), opa, opb, beta, c0);
-        }
+        c = Backend::from_host(c0);
+        Backend::gemm(T(-0.5), a, op_a, b, op_b, T(1), c);
+        beta1.check(Backend::to_host(c));
+        c = Backend::from_host(c0);
+        Backend::gemm(T(-0.5), a, op_a, b, op_b, T(-0.75), c);
+        beta_other.check(Backend::to_host(c));
       }
     }
   }
@@ -102,7 +112,7 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm and dot give the same bits for 1 and 2 thre
                    Backend, ROLORA_THRUST_OMP_TYPES) {
   using T = typename Backend::scalar;
   using Cpp = thrust_cpp_backend<T>;
-  // Large enough to run in parallel (m n k > 2^18 multiply-adds, many tiles), odd on purpose.
+  // Large enough to run in parallel (m n k > 2^20 multiply-adds, many tiles), odd on purpose.
   const host_matrix<T> a = test::random_matrix<T>(301, 517, 1), b = test::random_matrix<T>(203, 517, 2);
   const host_matrix<T> x = test::random_matrix<T>(777, 55, 3), y = test::random_matrix<T>(777, 55, 4);
   const int threads_before = omp_get_max_threads();
@@ -125,7 +135,7 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm and dot give the same bits for 1 and 2 thre
   CHECK(d1 == d2);
   CHECK(d1 == d3);
   CHECK(d1 == Cpp::dot(Cpp::from_host(x), Cpp::from_host(y)));
-  check_gemm<T>(c1, T(1), a, b.transpose(), T(0), c1);
+  gemm_reference(T(1), a, host_matrix<T>(b.transpose()), T(0), c1).check(c1);
   CHECK(double(d1) == doctest::Approx(double(x.template cast<double>().cwiseProduct(
                                           y.template cast<double>()).sum())).epsilon(1e-5));
 }

@@ -81,12 +81,16 @@ struct thrust_backend {
 
   static void axpy(T alpha, const matrix& x, matrix& y) {
     check_same_shape("axpy", x, y);
-    thrust::transform(System{}, x.values().begin(), x.values().end(), y.values().begin(),
-                      y.values().begin(), detail::axpy_fn<T>{alpha});
+    on_system(x.values().size(), [&](auto policy) {
+      thrust::transform(policy, x.values().begin(), x.values().end(), y.values().begin(),
+                        y.values().begin(), detail::axpy_fn<T>{alpha});
+    });
   }
   static void scale(T alpha, matrix& x) {
-    thrust::transform(System{}, x.values().begin(), x.values().end(), x.values().begin(),
-                      detail::scale_fn<T>{alpha});
+    on_system(x.values().size(), [&](auto policy) {
+      thrust::transform(policy, x.values().begin(), x.values().end(), x.values().begin(),
+                        detail::scale_fn<T>{alpha});
+    });
   }
   // Host systems: fixed chunks, the same bits for any thread count. CUDA: Thrust's reduction
   // (deterministic for a given device and size).
@@ -100,8 +104,10 @@ struct thrust_backend {
     }
   }
   static bool all_finite(const matrix& x) {
-    return thrust::all_of(System{}, x.values().begin(), x.values().end(),
-                          detail::is_finite_fn<T>{});
+    return on_system(x.values().size(), [&](auto policy) {
+      return thrust::all_of(policy, x.values().begin(), x.values().end(),
+                            detail::is_finite_fn<T>{});
+    });
   }
 
   static host_matrix<T> to_host(const matrix& x) {
@@ -138,10 +144,22 @@ struct thrust_backend {
                                    sqrt(k.bias_correction2)};
     auto first = thrust::make_zip_iterator(thrust::make_tuple(
         p.values().begin(), g.values().begin(), m.values().begin(), v.values().begin()));
-    thrust::for_each_n(System{}, first, p.values().size(), step);
+    on_system(p.values().size(),
+              [&](auto policy) { thrust::for_each_n(policy, first, p.values().size(), step); });
   }
 
  private:
+  // Runs f(policy) on System; on the host systems, arrays of fewer than host_parallel_min
+  // elements stay on the calling thread (an OpenMP region costs more than it saves there, and
+  // these element-wise results do not depend on where they are computed).
+  template <class F>
+  static decltype(auto) on_system(std::size_t n, F&& f) {
+    if constexpr (!detail::thrust_system_traits<System>::is_cuda) {
+      if (n < detail::host_parallel_min) return f(thrust::cpp::par);
+    }
+    return f(System{});
+  }
+
   static void check_same_shape(const char* what, const matrix& x, const matrix& y) {
     if (x.rows() != y.rows() || x.cols() != y.cols()) {
       detail::fail<shape_error>("shape_error", what, ": shapes differ: ",

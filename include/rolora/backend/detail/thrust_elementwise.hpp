@@ -66,6 +66,9 @@ struct adamw_fn {
   }
 };
 
+// Host systems: element-wise work on fewer elements than this runs on the calling thread.
+inline constexpr std::size_t host_parallel_min = std::size_t(1) << 16;
+
 // Fixed-size chunks of sum_i x_i y_i for the host systems: each chunk is summed in index order
 // by one thread and the chunk sums are added in chunk order, so the result does not depend on
 // the number of threads (a plain parallel reduce would split by thread count).
@@ -88,9 +91,13 @@ template <class System, class T>
 T host_dot(const T* x, const T* y, std::size_t n) {
   const std::size_t chunks = (n + dot_chunk - 1) / dot_chunk;
   std::vector<T> partial(chunks);
-  thrust::transform(System{}, thrust::counting_iterator<std::size_t>(0),
-                    thrust::counting_iterator<std::size_t>(chunks), partial.begin(),
-                    chunk_dot_fn<T>{x, y, n});
+  const thrust::counting_iterator<std::size_t> first(0);
+  if (n < host_parallel_min) {
+    thrust::transform(thrust::cpp::par, first, first + chunks, partial.begin(),
+                      chunk_dot_fn<T>{x, y, n});
+  } else {
+    thrust::transform(System{}, first, first + chunks, partial.begin(), chunk_dot_fn<T>{x, y, n});
+  }
   T s = T(0);
   for (const T p : partial) s += p;
   return s;

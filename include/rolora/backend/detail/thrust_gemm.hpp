@@ -44,7 +44,7 @@ struct host_gemm_blocking {
   static constexpr index_t tile_k = 256;
   // Below this many multiply-adds the product runs on the calling thread: starting a parallel
   // region costs more than it saves. (The tiles, hence the bits, are the same either way.)
-  static constexpr index_t serial_work = index_t(1) << 18;
+  static constexpr index_t serial_work = index_t(1) << 20;
 };
 
 // One tile of c per call; the operand layouts are column-major with leading dimensions lda/ldb.

@@ -23,6 +23,7 @@
 
 #include <thrust/device_vector.h>
 #include <thrust/execution_policy.h>
+#include <thrust/system/cpp/execution_policy.h>
 #include <thrust/system/cpp/vector.h>
 #if defined(_OPENMP)
 #include <thrust/system/omp/vector.h>
