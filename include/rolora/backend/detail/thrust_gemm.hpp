@@ -25,7 +25,8 @@
 #include <rolora/backend/detail/thrust_error.hpp>
 #include <rolora/core/shape.hpp>
 
-#if defined(__GNUC__)
+// (nvcc's front end does not know the GCC pragma; the CUDA flavour does not use this kernel.)
+#if defined(__GNUC__) && !defined(__CUDACC__)
 #define ROLORA_UNROLL _Pragma("GCC unroll 16")
 #else
 #define ROLORA_UNROLL
