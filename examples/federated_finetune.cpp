@@ -147,6 +147,13 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   if (s.save_adapters) {
     const auto dir = std::filesystem::path(s.out) / (method + "_adapter");
     rolora::save_peft_adapter(dir, fed.global(), lc);
+    // FLoRA and FedEx-LoRA move part of the update into the base weight (each adapter's
+    // residual), which a PEFT directory cannot hold: it goes next to it, keyed like the weights.
+    std::map<std::string, rolora::tensor_data> residuals;
+    for (const auto& [name, a] : fed.global()) {
+      if (a.has_residual()) residuals.emplace(name + ".weight", rolora::make_tensor(backend::to_host(a.residual)));
+    }
+    if (!residuals.empty()) rolora::write_safetensors(dir / "base_weight_residual.safetensors", residuals);
   }
   return result;
 }
@@ -157,6 +164,10 @@ method_result run_named(const std::string& m, const settings& s, const ex::spam_
   if (m == "ffa") return run_method(m, freeze_a{}, fedavg{}, s, data);
   if (m == "rolora") return run_method(m, alternating{}, fedavg{}, s, data);
   if (m == "fedsa") return run_method(m, fedsa{}, fedavg{}, s, data);
+  if (m == "flexlora") return run_method(m, train_both{}, svd_resplit{}, s, data);
+  if (m == "flora") return run_method(m, train_both{}, stack{}, s, data);
+  if (m == "fedex") return run_method(m, train_both{}, residual{}, s, data);
+  if (m == "fedrot") return run_method(m, train_both{}, procrustes{}, s, data);
   detail::fail<config_error>("config_error", "unknown method '", m, "'");
 }
 
@@ -226,9 +237,11 @@ int main(int argc, char** argv) {
   app.add_option("--alpha", t.dirichlet_alpha, "Dirichlet concentration (--split dirichlet)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--methods", s.methods, "methods to run: fedit, ffa, rolora, fedsa")
+  app.add_option("--methods", s.methods,
+                 "methods to run: fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA), fedsa (FedSA-LoRA), "
+                 "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"fedit", "ffa", "rolora", "fedsa"}))
+      ->check(CLI::IsMember({"fedit", "ffa", "rolora", "fedsa", "flexlora", "flora", "fedex", "fedrot"}))
       ->capture_default_str();
   app.add_option("--rank", s.rank, "LoRA rank r")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--lora-alpha", s.lora_alpha, "LoRA alpha (scaling alpha / r)")

@@ -423,6 +423,39 @@ TEST_CASE_TEMPLATE("merged and unmerged LoRA give the same logits", Backend, ROL
   }
   const auto p = Backend::to_host(class_probabilities(w, adapters, batch, ws));
   CHECK(double(p.col(0).sum()) == doctest::Approx(1.0).epsilon(1e-5));
+
+  // With a residual (FedEx-LoRA, FLoRA) on every adapter: the same, merged or not.
+  auto with_residual = adapters;
+  std::uint32_t tag = 700;
+  for (auto& [name, l] : with_residual) {
+    l.residual = test::random_backend_matrix<Backend>(l.out_features(), l.in_features(), tag++, 0.3);
+  }
+  auto merged_r = w;
+  for (const auto& [name, l] : with_residual) merge(merged_r.at(name + ".weight"), l);
+  const auto a = Backend::to_host(classification_logits(w, with_residual, batch, ws));
+  const auto b = Backend::to_host(classification_logits(merged_r, adapter_set<Backend>{}, batch, ws));
+  CHECK((a - b).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
+  CHECK((a - unmerged).cwiseAbs().maxCoeff() > 1e-3);
+  with_residual.begin()->second.residual = Backend::zeros(1, 1);
+  CHECK_THROWS_AS(classification_logits(w, with_residual, batch, ws), shape_error);
+}
+
+TEST_CASE("the residual's gradient path: dA, dB and the head match finite differences through it") {
+  const auto c = tiny_config();
+  const auto w = random_weights<DB>(c);
+  auto adapters = random_adapters<DB>(c, {"all-linear"});
+  std::uint32_t tag = 800;
+  for (auto& [name, l] : adapters) l.residual = test::random_backend_matrix<DB>(l.out_features(), l.in_features(), tag++, 0.3);
+  transformer_workspace<DB> ws;
+  const auto batch = tiny_batch();
+  const std::vector<std::int32_t> labels{0, 2};
+  gradient_set<DB> grads;
+  classification_loss_and_grad(w, adapters, batch, labels, both_factors, grads, ws);
+  auto loss = [&] { return classification_loss(w, adapters, batch, labels, ws); };
+  for (auto& [name, l] : adapters) {  // the lowest layer's gradients pass through every residual above
+    CHECK(relative_fd_error(l.A, grads[name].dA, loss) < fd_tolerance);
+    CHECK(relative_fd_error(l.B, grads[name].dB, loss) < fd_tolerance);
+  }
 }
 
 TEST_CASE("a workspace is reused across batch shapes and gives the same numbers") {

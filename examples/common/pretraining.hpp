@@ -26,7 +26,7 @@
 namespace rolora::examples {
 
 struct pretraining_config {
-  std::size_t steps = 600;
+  std::size_t steps = 1500;
   std::size_t batch = 32;          // sequences per step
   std::size_t micro_batches = 4;   // fixed split of each step's batch (not the thread count)
   double lr = 1e-3, warmup_fraction = 0.05, weight_decay = 0.01;

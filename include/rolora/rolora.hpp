@@ -34,5 +34,10 @@
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/task.hpp>
 
+#include <rolora/nn/nn_backend.hpp>
+#include <rolora/nn/weights.hpp>
+#include <rolora/nn/transformer.hpp>
+#include <rolora/nn/classification_task.hpp>
+#include <rolora/data/data.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>

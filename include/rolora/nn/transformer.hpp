@@ -96,7 +96,9 @@ namespace nn_detail {
 template <class B>
 using matrix_t = typename B::matrix;
 
-// y = W x + b (+ s B (A x)); x [in, N] -> y [out, N]; ax [r, N] is kept for backward.
+// y = W x + b (+ residual x + s B (A x)); x [in, N] -> y [out, N]; ax [r, N] is kept for
+// backward. The adapter's residual (FedEx-LoRA, FLoRA: adapter/lora.hpp) is a frozen correction
+// of W.
 template <nn_backend B>
 void linear_forward(const binding<B>& w, const binding<B>& b, const lora_binding<B>& l,
                     const matrix_t<B>& x, matrix_t<B>& ax, matrix_t<B>& y) {
@@ -104,6 +106,7 @@ void linear_forward(const binding<B>& w, const binding<B>& b, const lora_binding
   B::gemm(T(1), *w.value, op::none, x, op::none, T(0), y);
   B::add_bias(y, *b.value);
   if (l.adapter) {
+    if (l.adapter->has_residual()) B::gemm(T(1), l.adapter->residual, op::none, x, op::none, T(1), y);
     B::gemm(T(1), l.adapter->A, op::none, x, op::none, T(0), ax);
     B::gemm(l.adapter->scaling, l.adapter->B, op::none, ax, op::none, T(1), y);
   }
@@ -111,7 +114,7 @@ void linear_forward(const binding<B>& w, const binding<B>& b, const lora_binding
 
 // Backward of linear_forward for upstream dy [out, N]:
 //   dW = dy x^T, db = sum_cols dy, dB = s dy (A x)^T, dA = s (B^T dy) x^T,
-//   dx (= or +=) W^T dy + s A^T (B^T dy).
+//   dx (= or +=) (W + residual)^T dy + s A^T (B^T dy).
 // Only what has a buffer is computed; dx when `dx` is not null.
 template <nn_backend B>
 void linear_backward(const binding<B>& w, const binding<B>& b, const lora_binding<B>& l,
@@ -131,6 +134,9 @@ void linear_backward(const binding<B>& w, const binding<B>& b, const lora_bindin
   if (dx) {
     B::gemm(T(1), *w.value, op::transpose, dy, op::none, accumulate_dx ? T(1) : T(0), *dx);
     if (l.adapter) B::gemm(l.adapter->scaling, l.adapter->A, op::transpose, t, op::none, T(1), *dx);
+    if (l.adapter && l.adapter->has_residual()) {
+      B::gemm(T(1), l.adapter->residual, op::transpose, dy, op::none, T(1), *dx);
+    }
   }
 }
 
@@ -204,6 +210,7 @@ void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, 
                                 detail::shape_string(a.out_features(), a.in_features()),
                                 " weight, the model's is ", detail::shape_string(w.rows(p), w.cols(p)));
     }
+    detail::check_residual(a);
     found.emplace_back(std::size_t(linear), &a, &name);
   }
   for (const auto& [name, m] : adapters.modules_to_save()) {
