@@ -9,17 +9,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <exception>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include <rolora/core/parallel.hpp>
 #include <rolora/io/safetensors.hpp>
 #include <rolora/nn/transformer.hpp>
 
@@ -65,36 +64,20 @@ class full_adamw {
 template <nn_backend B>
 std::vector<double> pretrain(transformer_weights<B>& w, const pretraining_config& pc, const mlm_batch_source& source) {
   using T = typename B::scalar;
-  const std::size_t micro = pc.micro_batches, threads = std::max<std::size_t>(1, std::min(pc.threads, micro));
+  const std::size_t micro = pc.micro_batches;
   std::vector<transformer_weights<B>> grads(micro, w.zeros_like());
   std::vector<transformer_workspace<B>> ws(micro);
   std::vector<double> losses(micro), masked(micro), history;
   full_adamw<B> opt(w);
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t step = 0; step < pc.steps; ++step) {
-    std::vector<std::exception_ptr> errors(micro);
-    auto work = [&](std::size_t first) {
-      for (std::size_t m = first; m < micro; m += threads) {
-        try {
-          const std::size_t n = pc.batch / micro + (m < pc.batch % micro ? 1 : 0);
-          const auto b = source(step, m, n);
-          masked[m] = 0;
-          for (auto t : b.targets) masked[m] += t >= 0;
-          losses[m] = mlm_loss_and_grad(w, b.inputs, b.targets, grads[m], ws[m]);
-        } catch (...) {
-          errors[m] = std::current_exception();
-        }
-      }
-    };
-    if (threads == 1) {
-      work(0);
-    } else {
-      std::vector<std::jthread> pool;
-      for (std::size_t k = 0; k < threads; ++k) pool.emplace_back(work, k);
-    }
-    for (const auto& e : errors) {
-      if (e) std::rethrow_exception(e);
-    }
+    detail::parallel_for(micro, pc.threads, [&](std::size_t m) {
+      const std::size_t n = pc.batch / micro + (m < pc.batch % micro ? 1 : 0);
+      const auto b = source(step, m, n);
+      masked[m] = 0;
+      for (auto t : b.targets) masked[m] += t >= 0;
+      losses[m] = mlm_loss_and_grad(w, b.inputs, b.targets, grads[m], ws[m]);
+    });
     // Each micro-batch's gradient is its mean over its masked positions: weight by their count.
     double total = 0, loss = 0;
     for (std::size_t m = 0; m < micro; ++m) total += masked[m];

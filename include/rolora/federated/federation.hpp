@@ -20,10 +20,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <optional>
 #include <span>
-#include <thread>
 #include <vector>
 
 #include <rolora/adapter/adapter_set.hpp>
@@ -32,6 +30,7 @@
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <rolora/core/parallel.hpp>
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/task.hpp>
@@ -344,26 +343,9 @@ class federation {
   template <class Task>
   void train_participants(std::vector<Task>& tasks, const std::vector<std::size_t>& participants,
                           factor_set trains, std::vector<outcome>& outcomes) const {
-    std::vector<std::exception_ptr> errors(participants.size());
-    auto work = [&](std::size_t first, std::size_t stride) {
-      for (std::size_t i = first; i < participants.size(); i += stride) {
-        try {
-          train_one(tasks[participants[i]], participants[i], trains, outcomes[i]);
-        } catch (...) {
-          errors[i] = std::current_exception();
-        }
-      }
-    };
-    const std::size_t threads = std::min(std::max<std::size_t>(config_.threads, 1), participants.size());
-    if (threads == 1) {
-      work(0, 1);
-    } else {
-      std::vector<std::jthread> pool;
-      for (std::size_t k = 0; k < threads; ++k) pool.emplace_back(work, k, threads);
-    }
-    for (const auto& e : errors) {
-      if (e) std::rethrow_exception(e);
-    }
+    detail::parallel_for(participants.size(), config_.threads, [&](std::size_t i) {
+      train_one(tasks[participants[i]], participants[i], trains, outcomes[i]);
+    });
   }
 
   UpdatePolicy policy_;

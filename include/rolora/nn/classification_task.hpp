@@ -8,13 +8,12 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <span>
-#include <thread>
 #include <vector>
 
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/core/error.hpp>
+#include <rolora/core/parallel.hpp>
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/task.hpp>
 #include <rolora/nn/transformer.hpp>
@@ -68,13 +67,16 @@ class classification_task {
   std::size_t num_samples() const { return data_.size(); }
   const labelled_sequences& data() const { return data_; }
 
-  // Mean cross-entropy over all local samples.
+  // Mean cross-entropy over all local samples, in chunks of 64 sequences.
   double loss(const adapter_set<B>& adapters) {
     double sum = 0.0;
-    for_chunks(data_.size(), [&](std::span<const std::size_t> rows) {
+    std::vector<std::size_t> rows;
+    for (std::size_t first = 0; first < data_.size(); first += 64) {
+      rows.clear();
+      for (std::size_t r = first; r < std::min(data_.size(), first + 64); ++r) rows.push_back(r);
       const auto part = data_.select(rows);
       sum += classification_loss(*model_, adapters, part.tokens, part.labels, workspace()) * double(rows.size());
-    });
+    }
     return sum / double(data_.size());
   }
 
@@ -84,23 +86,13 @@ class classification_task {
     return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains, grads, workspace());
   }
 
-  // Calls f(rows) over [0, n) in chunks of at most `chunk` rows, in order.
-  template <class F>
-  static void for_chunks(std::size_t n, F&& f, std::size_t chunk = 64) {
-    std::vector<std::size_t> rows;
-    for (std::size_t first = 0; first < n; first += chunk) {
-      rows.clear();
-      for (std::size_t r = first; r < std::min(n, first + chunk); ++r) rows.push_back(r);
-      f(std::span<const std::size_t>(rows));
-    }
-  }
-
- private:
+  // The calling thread's activation buffers, shared by every task (and evaluate) on it.
   static transformer_workspace<B>& workspace() {
     thread_local transformer_workspace<B> ws;
     return ws;
   }
 
+ private:
   const transformer_weights<B>* model_;
   labelled_sequences data_;
   labelled_sequences batch_;  // the current minibatch
@@ -123,38 +115,20 @@ evaluation evaluate(const transformer_weights<B>& model, const adapter_set<B>& a
   std::vector<double> losses(chunks);
   evaluation out;
   out.predictions.resize(n);
-  std::vector<std::exception_ptr> errors(chunks);
-  auto work = [&](std::size_t first) {
-    transformer_workspace<B> ws;
-    for (std::size_t c = first; c < chunks; c += threads) {
-      try {
-        std::vector<std::size_t> rows;
-        for (std::size_t r = c * chunk; r < std::min(n, (c + 1) * chunk); ++r) rows.push_back(r);
-        const auto part = data.select(rows);
-        const auto logits = B::to_host(classification_logits(model, adapters, part.tokens, ws));
-        for (index_t s = 0; s < logits.cols(); ++s) {
-          const auto col = logits.col(s).template cast<double>();
-          index_t best = 0;
-          const double top = col.maxCoeff(&best);
-          const double lse = top + std::log((col.array() - top).exp().sum());
-          losses[c] += lse - col(part.labels[std::size_t(s)]);
-          out.predictions[rows[std::size_t(s)]] = static_cast<std::int32_t>(best);
-        }
-      } catch (...) {
-        errors[c] = std::current_exception();
-      }
+  detail::parallel_for(chunks, threads, [&](std::size_t c) {
+    std::vector<std::size_t> rows;
+    for (std::size_t r = c * chunk; r < std::min(n, (c + 1) * chunk); ++r) rows.push_back(r);
+    const auto part = data.select(rows);
+    const auto logits = B::to_host(classification_logits(model, adapters, part.tokens,
+                                                         classification_task<B>::workspace()));
+    for (index_t s = 0; s < logits.cols(); ++s) {
+      const auto col = logits.col(s).template cast<double>();
+      index_t best = 0;
+      const double top = col.maxCoeff(&best);
+      losses[c] += top + std::log((col.array() - top).exp().sum()) - col(part.labels[std::size_t(s)]);
+      out.predictions[rows[std::size_t(s)]] = static_cast<std::int32_t>(best);
     }
-  };
-  threads = std::max<std::size_t>(1, std::min(threads, chunks));
-  if (threads == 1) {
-    work(0);
-  } else {
-    std::vector<std::jthread> pool;
-    for (std::size_t t = 0; t < threads; ++t) pool.emplace_back(work, t);
-  }
-  for (const auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+  });
   std::size_t right = 0;
   for (std::size_t i = 0; i < n; ++i) right += out.predictions[i] == data.labels[i];
   for (const double l : losses) out.loss += l;  // in chunk order: same bits for any thread count
