@@ -56,7 +56,7 @@ struct settings {
 // Learning rates picked on the validation split (docs/results.md says how), per method.
 double default_lr(const std::string& method, const std::string& optimizer) {
   if (optimizer == "sgd") return 0.5;
-  static const std::map<std::string, double> adamw_lr{{"fedit", 2e-3}, {"ffa", 5e-3}, {"rolora", 5e-3}};
+  static const std::map<std::string, double> adamw_lr{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}};
   const auto it = adamw_lr.find(method);
   return it != adamw_lr.end() ? it->second : 2e-3;
 }

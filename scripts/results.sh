@@ -31,8 +31,9 @@ run() {  # run <out folder> <args...>
 }
 
 if [ "$what" = tune ] || [ "$what" = all ]; then
-  # Each method's default rate and its two neighbours in {1e-3, 2e-3, 5e-3, 1e-2}, defaults first.
-  grid=(${TUNE_GRID:-fedit:2e-3 ffa:5e-3 rolora:5e-3 fedit:1e-3 ffa:2e-3 rolora:2e-3 fedit:5e-3 ffa:1e-2 rolora:1e-2})
+  # Each method's default rate and its two neighbours in {1e-3, 2e-3, 5e-3, 1e-2, 2e-2}, defaults
+  # first; and ffa:2e-3.
+  grid=(${TUNE_GRID:-fedit:2e-3 ffa:1e-2 rolora:5e-3 fedit:1e-3 ffa:5e-3 rolora:2e-3 fedit:5e-3 ffa:2e-2 rolora:1e-2 ffa:2e-3})
   for point in "${grid[@]}"; do
     m="${point%%:*}" lr="${point#*:}"
     run "results/table/tune/${m}_lr${lr}" --validation --clients 3 --methods "$m" --lr "$lr" --seed 0
