@@ -40,12 +40,11 @@ def table(root, experiment, key_name, pattern):
             runs[int(match.group(1))][row["method"]].append(float(row["eval_accuracy"]))
     if not runs:
         return
-    methods = METHODS
     print(f"\n{experiment}: final test accuracy (%), mean ± std over seeds\n")
-    print(f"| {key_name} | " + " | ".join(methods) + " |")
-    print("|---" * (len(methods) + 1) + "|")
+    print(f"| {key_name} | " + " | ".join(METHODS) + " |")
+    print("|---" * (len(METHODS) + 1) + "|")
     for key in sorted(runs):
-        print(f"| {key} | " + " | ".join(cell(runs[key][m]) for m in methods) + " |")
+        print(f"| {key} | " + " | ".join(cell(runs[key][m]) for m in METHODS) + " |")
 
 
 def tuning(root):
