@@ -28,20 +28,21 @@ def cell(values):
         return "-"
     if len(values) == 1:
         return f"{100 * values[0]:.1f} (1 seed)"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    seeds = "" if len(values) >= 3 else f" ({len(values)} seeds)"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}{seeds}"
 
 
 def table(root, experiment, key_name, pattern):
     runs = defaultdict(lambda: defaultdict(list))  # key -> method -> accuracies
     for csv_path in sorted((root / experiment).glob("*/*.csv")):
         match = re.match(pattern, csv_path.parent.name)
-        if match:
+        if match and (csv_path.parent / "done").exists():  # finished runs only
             row = final_row(csv_path)
             runs[int(match.group(1))][row["method"]].append(float(row["eval_accuracy"]))
     if not runs:
         return
     print(f"\n{experiment}: final test accuracy (%), mean ± std over seeds\n")
-    print(f"| {key_name} | " + " | ".join(METHODS) + " |")
+    print(f"| {key_name} | " + " | ".join(TITLES[m] for m in METHODS) + " |")
     print("|---" * (len(METHODS) + 1) + "|")
     for key in sorted(runs):
         print(f"| {key} | " + " | ".join(cell(runs[key][m]) for m in METHODS) + " |")
@@ -63,6 +64,8 @@ def curves(root, clients):
     """method -> [(round, mean accuracy, std)] over the seeds of results/table/clients/k<K>_s*."""
     per_round = defaultdict(lambda: defaultdict(list))  # method -> round -> accuracies
     for csv_path in sorted((root / "clients").glob(f"k{clients}_s*/*.csv")):
+        if not (csv_path.parent / "done").exists():
+            continue
         for r in csv.DictReader(open(csv_path)):
             if float(r["eval_accuracy"]) >= 0:
                 per_round[r["method"]][int(r["round"])].append(float(r["eval_accuracy"]))
@@ -75,7 +78,7 @@ def plot(root, out_dir):
     for match in sorted({re.match(r"k(\d+)_s\d+", p.name).group(1) for p in (root / "clients").glob("k*_s*")}, key=int):
         lines = curves(root, match)
         methods = [m for m in METHODS if m in lines]
-        seeds = len(list((root / "clients").glob(f"k{match}_s*")))
+        seeds = len(list((root / "clients").glob(f"k{match}_s*/done")))
         svg = out_dir / f"accuracy_clients_{match}.svg"
         script = [
             "set terminal svg size 800,500 enhanced font 'Sans,12'",
