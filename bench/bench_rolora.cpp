@@ -287,8 +287,7 @@ void fedavg_case(benchmark::State& state, bool measure_error) {
   const std::span<const rolora::client_update<rolora::eigen_backend<T>>> updates(s.updates);
   for (auto _ : state) {
     auto result = rolora::aggregate(rolora::fedavg{}, s.global, updates, rolora::both_factors,
-                                    rolora::weighting::by_samples, rolora::no_factors,
-                                    measure_error);
+                                    {.measure_error = measure_error});
     benchmark::DoNotOptimize(result);
     benchmark::DoNotOptimize(s.global.at(kModule).A.data());
     benchmark::ClobberMemory();
@@ -389,7 +388,7 @@ void theory_iterations(benchmark::State& state, Policy policy, Aggregator aggreg
   rolora::federation_config config;
   config.local_steps = local_steps;
   config.local_optimizer = rolora::sgd{0.5, 0.0, 0.0};
-  config.weights = rolora::weighting::uniform;
+  config.client_weighting = rolora::weighting::uniform;
   config.closed_form_b = closed_form_b;
   config.threads = 1;
 
@@ -482,9 +481,9 @@ BENCHMARK_TEMPLATE(BM_merge_4096, rolora::svd_resplit)
     ->ArgNames({"K", "r"})->Args({50, 8})->Args({10, 8})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::procrustes)
     ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
-BENCHMARK_TEMPLATE(BM_merge_4096, rolora::stack)
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::flora_stack)
     ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
-BENCHMARK_TEMPLATE(BM_merge_4096, rolora::residual)
+BENCHMARK_TEMPLATE(BM_merge_4096, rolora::fedex_residual)
     ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::fedavg)
     ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);

@@ -234,7 +234,7 @@ void BM_thrust_fedavg(benchmark::State& state) {
   const std::span<const rolora::client_update<B>> span(updates);
   for (auto _ : state) {
     auto result = rolora::aggregate(rolora::fedavg{}, global, span, rolora::both_factors,
-                                    rolora::weighting::by_samples, rolora::no_factors, false);
+                                    {.measure_error = false});
     sync();
     benchmark::DoNotOptimize(result);
   }

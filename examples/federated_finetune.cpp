@@ -165,10 +165,10 @@ method_result run_named(const std::string& m, const settings& s, const ex::spam_
   if (m == "rolora") return run_method(m, alternating{}, fedavg{}, s, data);
   if (m == "fedsa") return run_method(m, fedsa{}, fedavg{}, s, data);
   if (m == "flexlora") return run_method(m, train_both{}, svd_resplit{}, s, data);
-  if (m == "flora") return run_method(m, train_both{}, stack{}, s, data);
-  if (m == "fedex") return run_method(m, train_both{}, residual{}, s, data);
+  if (m == "flora") return run_method(m, train_both{}, flora_stack{}, s, data);
+  if (m == "fedex") return run_method(m, train_both{}, fedex_residual{}, s, data);
   if (m == "fedrot") return run_method(m, train_both{}, procrustes{}, s, data);
-  detail::fail<config_error>("config_error", "unknown method '", m, "'");
+  detail::raise<config_error>("unknown method '", m, "'");
 }
 
 void write_csv(const std::string& file, const method_result& r) {

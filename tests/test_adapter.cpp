@@ -131,17 +131,17 @@ TEST_CASE_TEMPLATE("merge and unmerge: merged outputs equal adapted outputs", Ba
   typename Backend::matrix y_adapted, y_merged;
   lora_forward<Backend>(&w0, l, x, cache, y_adapted);
   auto merged = w0;
-  merge(merged, l);
+  merge_into_base(merged, l);
   Backend::gemm(typename Backend::scalar(1), merged, op::none, x, op::none, typename Backend::scalar(0), y_merged);
   const double tol = 100 * test::rounding_tolerance<Backend>();
   CHECK(test::max_abs_diff<Backend>(y_adapted, y_merged) < tol);
   auto d = w0;
   Backend::axpy(typename Backend::scalar(1), delta(l), d);
   CHECK(test::max_abs_diff<Backend>(d, merged) < tol);  // merge adds delta() = s B A
-  unmerge(merged, l);
+  unmerge_from_base(merged, l);
   CHECK(test::max_abs_diff<Backend>(merged, w0) < tol);
   auto wrong = Backend::zeros(5, 6);
-  CHECK_THROWS_AS(merge(wrong, l), shape_error);
+  CHECK_THROWS_AS(merge_into_base(wrong, l), shape_error);
 }
 
 TEST_CASE_TEMPLATE("adapter_set: one adapter per module, deterministic order and init", Backend,

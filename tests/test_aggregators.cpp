@@ -107,9 +107,9 @@ TEST_CASE_TEMPLATE("residual: forward, backward, delta and merge apply the dense
   CHECK(test::max_abs_diff<Backend>(with.dB, without.dB) == 0.0);
 
   auto merged = w0;
-  merge(merged, l);
+  merge_into_base(merged, l);
   CHECK((to_double<Backend>(merged) - full).norm() < tol * full.norm());
-  unmerge(merged, l);
+  unmerge_from_base(merged, l);
   CHECK(test::max_abs_diff<Backend>(merged, w0) < tol * 10);
   l.residual = Backend::zeros(3, 4);
   CHECK(message_of<shape_error>([&] { delta(l); }).find("residual expected [4, 3]") != std::string::npos);
@@ -157,8 +157,8 @@ TEST_CASE_TEMPLATE("stack and residual: the global delta is the weighted mean of
       for (auto r : ranks) total += r;
 
       auto g_stack = f.global;
-      const auto rs = aggregate(stack{5, lora_init::gaussian}, g_stack, f.span(), both_factors,
-                                weighting::by_samples, no_factors, true, 4);
+      const auto rs = aggregate(flora_stack{5, lora_init::gaussian}, g_stack, f.span(), both_factors,
+                                {.round = 4});
       const hostd exact = f.mean_delta(rs.weights);
       CHECK((delta_of(g_stack.at("m")) - exact).norm() < tol * exact.norm());
       CHECK(rs.relative_error < tol);
@@ -168,12 +168,12 @@ TEST_CASE_TEMPLATE("stack and residual: the global delta is the weighted mean of
       const auto fresh = make_lora<Backend>("m", 9, 7, 3, 2.0, lora_init::gaussian, 5, 0, 5);
       CHECK(test::max_abs_diff<Backend>(g_stack.at("m").A, fresh.A) == 0.0);
       auto other_round = f.global;
-      aggregate(stack{5, lora_init::gaussian}, other_round, f.span(), both_factors, weighting::by_samples,
-                no_factors, true, 5);
+      aggregate(flora_stack{5, lora_init::gaussian}, other_round, f.span(), both_factors,
+                {.round = 5});
       CHECK(test::max_abs_diff<Backend>(other_round.at("m").A, fresh.A) > 0.0);
 
       auto g_res = f.global;
-      const auto rr = aggregate(residual{}, g_res, f.span(), both_factors);
+      const auto rr = aggregate(fedex_residual{}, g_res, f.span(), both_factors);
       CHECK((delta_of(g_res.at("m")) - exact).norm() < tol * exact.norm());
       CHECK(rr.relative_error < tol);
       CHECK(rr.residual_scalars == std::size_t(9 * 7));  // FedEx-LoRA sends the dense correction
@@ -263,8 +263,8 @@ TEST_CASE_TEMPLATE("procrustes: exact on rotated copies, closer than fedavg on r
 
 TEST_CASE_TEMPLATE("heterogeneous uploads: accepted only by aggregators that declare it; bad input refused, "
                    "global unchanged", Backend, ROLORA_TEST_BACKENDS) {
-  static_assert(heterogeneous_rank_aggregator<svd_resplit> && heterogeneous_rank_aggregator<stack> &&
-                heterogeneous_rank_aggregator<residual> && heterogeneous_rank_aggregator<procrustes> &&
+  static_assert(heterogeneous_rank_aggregator<svd_resplit> && heterogeneous_rank_aggregator<flora_stack> &&
+                heterogeneous_rank_aggregator<fedex_residual> && heterogeneous_rank_aggregator<procrustes> &&
                 heterogeneous_rank_aggregator<padded_fedavg> && !heterogeneous_rank_aggregator<fedavg> &&
                 heterogeneous_rank_aggregator<orthonormalize_a<padded_fedavg>> &&
                 !heterogeneous_rank_aggregator<orthonormalize_a<fedavg>>);
@@ -286,7 +286,7 @@ TEST_CASE_TEMPLATE("heterogeneous uploads: accepted only by aggregators that dec
         std::string::npos);
   ups = f.updates;
   ups[1].adapters.at("m").B = Backend::zeros(6, 2);  // B's rank differs from A's
-  msg = message_of<shape_error>([&] { run(stack{}, ups); });
+  msg = message_of<shape_error>([&] { run(flora_stack{}, ups); });
   CHECK(msg.find("module 'm' client 1: lora_B expected [6, 1], got [6, 2]") != std::string::npos);
   ups = f.updates;
   auto bad = Backend::to_host(ups[1].adapters.at("m").B);
@@ -296,8 +296,8 @@ TEST_CASE_TEMPLATE("heterogeneous uploads: accepted only by aggregators that dec
     msg = message_of<value_error>([&] {
       switch (k) {
         case 0: run(svd_resplit{}, ups); break;
-        case 1: run(stack{}, ups); break;
-        case 2: run(residual{}, ups); break;
+        case 1: run(flora_stack{}, ups); break;
+        case 2: run(fedex_residual{}, ups); break;
         case 3: run(procrustes{}, ups); break;
         default: run(padded_fedavg{}, ups); break;
       }
@@ -306,7 +306,7 @@ TEST_CASE_TEMPLATE("heterogeneous uploads: accepted only by aggregators that dec
   }
   ups = f.updates;
   ups[0].adapters.at("m").scaling = T(0);
-  CHECK(message_of<value_error>([&] { run(residual{}, ups); }).find("scaling must be finite") != std::string::npos);
+  CHECK(message_of<value_error>([&] { run(fedex_residual{}, ups); }).find("scaling must be finite") != std::string::npos);
   CHECK(test::bit_equal(global, before));
   CHECK(!global.at("m").has_residual());
 
@@ -366,7 +366,7 @@ TEST_CASE("every strategy end to end on the theory problem: loss falls, errors a
   config.num_rounds = 12;
   config.local_steps = 3;
   config.local_optimizer = sgd{0.2};
-  config.weights = weighting::uniform;
+  config.client_weighting = weighting::uniform;
   const double initial = global_loss(p, start());
   constexpr std::size_t a_bytes = 2 * 12 * 8, b_bytes = 8 * 2 * 8, dense = 8 * 12 * 8;  // doubles
 
@@ -381,14 +381,14 @@ TEST_CASE("every strategy end to end on the theory problem: loss falls, errors a
   CHECK(global_loss(p, end) < 0.25 * initial);
   CHECK(rot[0].bytes_up_per_client == a_bytes + b_bytes);
 
-  const auto fedex = run_strategy(residual{}, p, config, &end);
+  const auto fedex = run_strategy(fedex_residual{}, p, config, &end);
   CHECK(global_loss(p, end) < 0.25 * initial);
   for (const auto& r : fedex) CHECK(r.relative_aggregation_error < 100 * tol);
   CHECK(fedex[0].residual_bytes_down == 0);
   CHECK(fedex[1].bytes_down_per_client == a_bytes + b_bytes + dense);  // the dense correction
   CHECK(fedex[1].bytes_up_per_client == a_bytes + b_bytes);
 
-  const auto flora = run_strategy(stack{5}, p, config, &end);
+  const auto flora = run_strategy(flora_stack{5}, p, config, &end);
   CHECK(global_loss(p, end) < 0.25 * initial);
   for (const auto& r : flora) CHECK(r.relative_aggregation_error < 100 * tol);
   // 6 clients x rank 2 stacked: (8 + 12) 12 = 240 scalars > the dense 8 x 12, so a client is sent
@@ -399,7 +399,7 @@ TEST_CASE("every strategy end to end on the theory problem: loss falls, errors a
   // catches up on the rounds it missed, at most the dense 96.
   config.clients_per_round = 1;
   config.num_rounds = 10;
-  const auto partial = run_strategy(stack{5}, p, config);
+  const auto partial = run_strategy(flora_stack{5}, p, config);
   std::vector<std::size_t> synced(6, 0);
   for (const auto& r : partial) {
     REQUIRE(r.participants.size() == 1);
@@ -417,7 +417,7 @@ TEST_CASE("heterogeneous ranks in a federation: clients train at their rank, byt
   config.num_rounds = 20;
   config.local_steps = 3;
   config.local_optimizer = sgd{0.05};
-  config.weights = weighting::uniform;
+  config.client_weighting = weighting::uniform;
   config.client_ranks = {1, 2, 4, 1, 2, 5};  // capped at the server's rank 4
   const double initial = global_loss(p, start(4));
 
@@ -438,9 +438,9 @@ TEST_CASE("heterogeneous ranks in a federation: clients train at their rank, byt
   adapters end;
   run_strategy(padded_fedavg{}, p, config, &end, 4);  // HetLoRA
   CHECK(global_loss(p, end) < 0.5 * initial);
-  for (const auto& r : run_strategy(stack{5}, p, config, &end, 4)) CHECK(r.relative_aggregation_error < 100 * tol);
+  for (const auto& r : run_strategy(flora_stack{5}, p, config, &end, 4)) CHECK(r.relative_aggregation_error < 100 * tol);
   CHECK(global_loss(p, end) < 0.5 * initial);
-  for (const auto& r : run_strategy(residual{}, p, config, &end, 4)) CHECK(r.relative_aggregation_error < 100 * tol);
+  for (const auto& r : run_strategy(fedex_residual{}, p, config, &end, 4)) CHECK(r.relative_aggregation_error < 100 * tol);
   CHECK(global_loss(p, end) < 0.5 * initial);
 
   const auto msg = message_of<config_error>(

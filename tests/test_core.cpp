@@ -65,9 +65,40 @@ TEST_CASE("errors carry an id and say what was expected and what came") {
   CHECK_THROWS_AS(B::axpy(1.0, a, b), rolora::error);  // all derive from rolora::error
 }
 
+namespace {
+struct runtime_name {  // a name that is not a constant expression
+  std::string_view name = "runtime_name";
+};
+struct static_but_not_constexpr_name {
+  static inline std::string_view name = "not_constexpr";
+};
+struct constexpr_name {
+  static constexpr std::string_view name = "constexpr_name";
+};
+}  // namespace
+
+TEST_CASE("a name is a constant expression: named_by_constant") {
+  static_assert(named_by_constant<constexpr_name> && named_by_constant<fedavg>);
+  static_assert(!named_by_constant<runtime_name> && !named_by_constant<static_but_not_constexpr_name>);
+  static_assert(!named_by_constant<int>);
+}
+
+TEST_CASE("raise takes the message id from the error type") {
+  const auto msg = message_of<config_error>([] { detail::raise<config_error>("r must be >= ", 1); });
+  CHECK(msg == "[rolora.config_error] r must be >= 1");
+  CHECK(message_of<value_error>([] { detail::raise<value_error>("x"); }) == "[rolora.value_error] x");
+  CHECK(message_of<shape_error>([] { detail::raise<shape_error>("x"); }) == "[rolora.shape_error] x");
+}
+
 TEST_CASE("the library's types model the concepts they claim") {
   static_assert(backend<eigen_backend<float>> && backend<eigen_backend<double>>);
-  static_assert(adapter<lora_adapter<eigen_backend<float>>>);
+  static_assert(round_aware_aggregator<flora_stack, eigen_backend<double>> &&
+                !round_aware_aggregator<fedavg, eigen_backend<double>>);
+  static_assert(heterogeneous_rank_aggregator<svd_resplit> && !heterogeneous_rank_aggregator<fedavg>);
+  static_assert(residual_tracking_aggregator<fedex_residual, eigen_backend<float>> &&
+                !residual_tracking_aggregator<procrustes, eigen_backend<float>>);
+  static_assert(backend_factor_reducer<weighted_mean, eigen_backend<float>> &&
+                factor_reducer<weighted_mean, eigen_backend<float>>);
   static_assert(update_policy<alternating> && update_policy<fedsa>);
   static_assert(aggregator_for<fedavg, eigen_backend<double>>);
   static_assert(aggregator_for<orthonormalize_a<fedavg>, eigen_backend<float>>);

@@ -81,7 +81,7 @@ TEST_CASE_TEMPLATE("fedavg is the weighted mean of exactly the shared factors", 
   upload_fixture<Backend> f(3, both_factors);
   const auto before = f.global;
   auto global = f.global;
-  const auto result = aggregate(fedavg{}, global, f.span(), only_b, weighting::by_samples);
+  const auto result = aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::by_samples});
   CHECK(result.weights == std::vector<double>{10.0 / 60, 20.0 / 60, 30.0 / 60});
   Eigen::MatrixXd mean_b = Eigen::MatrixXd::Zero(6, 2);
   for (std::size_t i = 0; i < 3; ++i)
@@ -90,7 +90,7 @@ TEST_CASE_TEMPLATE("fedavg is the weighted mean of exactly the shared factors", 
         10 * test::rounding_tolerance<Backend>());
   // A was not shared: the server keeps its own, bit for bit.
   CHECK(test::max_abs_diff<Backend>(global.at("m").A, before.at("m").A) == 0.0);
-  const auto uniform = aggregate(fedavg{}, global, f.span(), only_b, weighting::uniform);
+  const auto uniform = aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::uniform});
   CHECK(uniform.weights == std::vector<double>(3, 1.0 / 3));
 }
 
@@ -137,7 +137,7 @@ TEST_CASE_TEMPLATE("bad uploads are refused with module, client, expected and ac
   auto global = f.global;
   const auto before = global;
   auto run = [&](const std::vector<client_update<Backend>>& ups, weighting w = weighting::by_samples) {
-    aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), both_factors, w);
+    aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), both_factors, {.client_weighting = w});
   };
 
   auto ups = f.updates;  // wrong shape of lora_B at client 1
@@ -391,7 +391,7 @@ TEST_CASE_TEMPLATE("modules to save: averaged by the server, trained by the opti
 
   auto global = f.global;
   const auto before = global;
-  const auto result = aggregate(fedavg{}, global, f.span(), only_b, weighting::by_samples);
+  const auto result = aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::by_samples});
   Eigen::MatrixXd mean = Eigen::MatrixXd::Zero(3, 2);
   for (std::size_t i = 0; i < 3; ++i) {
     mean += result.weights[i] *
@@ -456,87 +456,92 @@ TEST_CASE("SGD with momentum and weight decay follows torch.optim.SGD") {
   CHECK(params.at("m").B(0, 0) == -1.0);  // not trained
 }
 
-// ---- The worked example of docs/concepts.md: a new policy and a new aggregator. Keep in sync. ----
-namespace worked_example {
-// A policy: B every round, except that every third round trains A (an A:B ratio of 1:2).
-struct a_every_third_round {
-  static constexpr std::string_view name = "a_every_third_round";
-  rolora::factor_set trains(std::size_t t) const {
-    return t % 3 == 2 ? rolora::only_a : rolora::only_b;
-  }
-  rolora::factor_set shares(std::size_t t) const { return trains(t); }
-  rolora::factor_set keeps_local() const { return rolora::no_factors; }
-};
-
-// An aggregator: the coordinate-wise median of the uploaded factors, which a few poisoned
-// clients cannot drag away (Yin et al. 2018). It ignores the weights.
-struct coordinate_median {
-  static constexpr std::string_view name = "coordinate_median";
-
-  template <rolora::backend Backend>
-  rolora::adapter_set<Backend> merge(const rolora::adapter_set<Backend>& global,
-                                     std::span<const rolora::client_update<Backend>> updates,
-                                     std::span<const double> /*weights*/,
-                                     rolora::factor_set shared) const {
-    rolora::adapter_set<Backend> next = global;  // factors not shared stay as they are
-    for (auto& [module, g] : next) {
-      if (shared.a) g.A = median<Backend>(updates, module, &rolora::lora_adapter<Backend>::A);
-      if (shared.b) g.B = median<Backend>(updates, module, &rolora::lora_adapter<Backend>::B);
-    }
-    return next;
-  }
-
-  template <class Backend, class Factor>
-  static typename Backend::matrix median(std::span<const rolora::client_update<Backend>> updates,
-                                         const std::string& module, Factor factor) {
-    using T = typename Backend::scalar;
-    std::vector<rolora::host_matrix<T>> uploads;
-    for (const auto& u : updates) uploads.push_back(Backend::to_host(u.adapters.at(module).*factor));
-    rolora::host_matrix<T> out = uploads.front();
-    std::vector<T> values(uploads.size());
-    for (rolora::index_t i = 0; i < out.size(); ++i) {
-      for (std::size_t k = 0; k < uploads.size(); ++k) values[k] = uploads[k].data()[i];
-      std::sort(values.begin(), values.end());
-      const std::size_t mid = values.size() / 2;
-      out.data()[i] = values.size() % 2 ? values[mid] : (values[mid - 1] + values[mid]) / T(2);
-    }
-    return Backend::from_host(out);
-  }
-};
-}  // namespace worked_example
-
-TEST_CASE_TEMPLATE("docs/concepts.md worked example: a custom policy and a robust aggregator", Backend,
+// ---- factorwise: a reducer of one factor's client copies as a whole aggregator ----
+TEST_CASE_TEMPLATE("fedavg (factorwise<weighted_mean>) is the weighted mean, bit for bit", Backend,
                    ROLORA_TEST_BACKENDS) {
-  using worked_example::a_every_third_round;
-  using worked_example::coordinate_median;
-  static_assert(update_policy<a_every_third_round>);
-  static_assert(aggregator_for<coordinate_median, Backend>);
-  std::string seq;
-  for (std::size_t t = 0; t < 6; ++t) seq += a_every_third_round{}.trains(t).label();
-  CHECK(seq == "BBABBA");
+  using T = typename Backend::scalar;
+  upload_fixture<Backend> f(4, both_factors);
+  auto global = f.global;
+  const auto result = aggregate(fedavg{}, global, f.span(), both_factors);
+  // By hand, on the host, the same operations in the same order: 0, then += T(w_i) X_i.
+  for (auto factor : {&lora_adapter<Backend>::A, &lora_adapter<Backend>::B}) {
+    host_matrix<T> mean = host_matrix<T>::Zero(Backend::rows(f.global.at("m").*factor),
+                                               Backend::cols(f.global.at("m").*factor));
+    for (std::size_t i = 0; i < f.updates.size(); ++i) {
+      mean += T(result.weights[i]) * Backend::to_host(f.updates[i].adapters.at("m").*factor);
+    }
+    CHECK(test::max_abs_diff<Backend>(global.at("m").*factor, Backend::from_host(mean)) == 0.0);
+  }
+  // Only the shared factor moves.
+  auto b_only = f.global;
+  aggregate(fedavg{}, b_only, f.span(), only_b);
+  CHECK(test::max_abs_diff<Backend>(b_only.at("m").A, f.global.at("m").A) == 0.0);
+  CHECK(test::max_abs_diff<Backend>(b_only.at("m").B, global.at("m").B) == 0.0);
+}
 
-  // Five honest clients and one that uploads garbage: the median ignores it, the mean does not.
-  upload_fixture<Backend> f(6, only_b);
-  auto poisoned = f.updates;
-  auto huge = Backend::to_host(poisoned[5].adapters.at("m").B);
-  huge.setConstant(typename Backend::scalar(1e6));
-  poisoned[5].adapters.at("m").B = Backend::from_host(huge);
-  auto by_median = f.global, by_mean = f.global;
-  aggregate(coordinate_median{}, by_median, std::span<const client_update<Backend>>(poisoned), only_b);
-  aggregate(fedavg{}, by_mean, std::span<const client_update<Backend>>(poisoned), only_b);
-  double honest_max = 0;
-  for (std::size_t i = 0; i < 5; ++i)
-    honest_max = std::max(honest_max, double(Backend::to_host(f.updates[i].adapters.at("m").B).cwiseAbs().maxCoeff()));
-  CHECK(double(Backend::to_host(by_median.at("m").B).cwiseAbs().maxCoeff()) <= honest_max);
-  CHECK(double(Backend::to_host(by_mean.at("m").B).cwiseAbs().maxCoeff()) > 1e4);
+namespace {
+// A host reducer: the coordinate-wise maximum (weights ignored).
+struct coordinate_max {
+  static constexpr std::string_view name = "coordinate_max";
+  template <class T>
+  host_matrix<T> operator()(std::span<const host_matrix<T>> copies, std::span<const double>) const {
+    host_matrix<T> out = copies[0];
+    for (const auto& c : copies) out = out.cwiseMax(c);
+    return out;
+  }
+};
+}  // namespace
 
-  // Both plug into a federation.
-  auto p = small_problem<Backend>(5);
+TEST_CASE_TEMPLATE("factorwise turns a host reducer into an aggregator of the shared factors",
+                   Backend, ROLORA_TEST_BACKENDS) {
+  static_assert(aggregator_for<factorwise<coordinate_max>, Backend>);
+  static_assert(factorwise<coordinate_max>::name == "coordinate_max");
+  upload_fixture<Backend> f(3, both_factors);
+  auto global = f.global;
+  aggregate(factorwise<coordinate_max>{}, global, f.span(), only_a);
+  auto expected = Backend::to_host(f.updates[0].adapters.at("m").A);
+  for (const auto& u : f.updates) expected = expected.cwiseMax(Backend::to_host(u.adapters.at("m").A));
+  CHECK(test::max_abs_diff<Backend>(global.at("m").A, Backend::from_host(expected)) == 0.0);
+  CHECK(test::max_abs_diff<Backend>(global.at("m").B, f.global.at("m").B) == 0.0);  // not shared
+}
+
+// ---- The update_policy invariants, checked when a round starts ----
+namespace {
+template <factor_set Trains, factor_set Shares, factor_set Local, std::size_t From>
+struct breaks_at {  // a valid B-only policy until round From, then (Trains, Shares, Local)
+  static constexpr std::string_view name = "breaks_at";
+  factor_set trains(std::size_t t) const { return t < From ? only_b : Trains; }
+  factor_set shares(std::size_t t) const { return t < From ? only_b : Shares; }
+  factor_set keeps_local() const { return From == 0 ? Local : no_factors; }
+};
+}  // namespace
+
+TEST_CASE("a policy that breaks its contract fails when the round starts, naming policy and round") {
+  using B = eigen_backend<double>;
+  auto p = small_problem<B>(3);
   federation_config config;
-  config.num_rounds = 30;
-  config.local_steps = 3;
-  config.local_optimizer = sgd{0.3};
-  federation<Backend, a_every_third_round, coordinate_median> fed({}, {}, config, linear_adapters<Backend>(12, 12, 2));
-  const auto reports = fed.run(p.clients);
-  CHECK(reports.back().train_loss < 0.1 * reports.front().train_loss);
+  config.num_rounds = 4;
+  auto run = [&](auto policy) {
+    federation<B, decltype(policy), fedavg> fed(policy, fedavg{}, config, linear_adapters<B>(12, 12, 2));
+    return message_of<config_error>([&] { fed.run(p.clients); });
+  };
+  CHECK(run(breaks_at<no_factors, no_factors, no_factors, 2>{}) ==
+        "[rolora.config_error] policy 'breaks_at' round 2: trains(t) must name at least one factor, got none");
+  CHECK(run(breaks_at<only_b, both_factors, no_factors, 3>{}) ==
+        "[rolora.config_error] policy 'breaks_at' round 3: shares(t) = AB must be within trains(t) = B");
+  CHECK(run(breaks_at<both_factors, only_a, only_a, 0>{}) ==
+        "[rolora.config_error] policy 'breaks_at' round 0: keeps_local() = A must be disjoint from shares(t) = A");
+  // The rounds before the broken one ran and committed; the broken one changed nothing.
+  federation<B, breaks_at<no_factors, no_factors, no_factors, 2>, fedavg> fed({}, fedavg{}, config,
+                                                                               linear_adapters<B>(12, 12, 2));
+  fed.run_round(p.clients);
+  fed.run_round(p.clients);
+  const auto before = fed.global();
+  CHECK_THROWS_AS(fed.run_round(p.clients), config_error);
+  CHECK(fed.next_round() == 2);
+  CHECK(test::bit_equal(before, fed.global()));
+  for (std::size_t t = 0; t < 8; ++t) {  // the shipped policies keep theirs
+    CHECK_NOTHROW(check_policy_round(alternating{2, 1, 5}, t));
+    CHECK_NOTHROW(check_policy_round(fedsa{}, t));
+  }
 }

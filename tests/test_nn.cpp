@@ -14,6 +14,7 @@ using rolora::test::message_of;
 namespace {
 
 using DB = eigen_backend<double>;
+using DP = nn_primitives<DB>;
 using mat = Eigen::MatrixXd;
 
 // Central difference of loss() in the scalar x.
@@ -100,7 +101,7 @@ TEST_CASE("layer norm: forward normalises each column, backward matches finite d
   const mat r = rnd(d, n, 4);  // loss = sum(r .* y)
   const double eps = 1e-5;
   mat y, xhat, rstd;
-  DB::layer_norm_forward(x, gamma, beta, eps, y, xhat, rstd);
+  DP::layer_norm_forward(x, gamma, beta, eps, y, xhat, rstd);
   for (index_t j = 0; j < n; ++j) {
     const double mean = x.col(j).mean();
     const double var = (x.col(j).array() - mean).square().mean();
@@ -109,10 +110,10 @@ TEST_CASE("layer norm: forward normalises each column, backward matches finite d
     }
   }
   mat dx, dgamma, dbeta;
-  DB::layer_norm_backward(r, xhat, rstd, gamma, dx, false, &dgamma, &dbeta);
+  DP::layer_norm_backward(r, xhat, rstd, gamma, dx, false, &dgamma, &dbeta);
   const auto loss = [&] {
     mat yy, xh, rs;
-    DB::layer_norm_forward(x, gamma, beta, eps, yy, xh, rs);
+    DP::layer_norm_forward(x, gamma, beta, eps, yy, xh, rs);
     return r.cwiseProduct(yy).sum();
   };
   CHECK(relative_fd_error(x, dx, loss) < fd_tolerance);
@@ -120,7 +121,7 @@ TEST_CASE("layer norm: forward normalises each column, backward matches finite d
   CHECK(relative_fd_error(beta, dbeta, loss) < fd_tolerance);
   // accumulate adds to what is there.
   mat acc = mat::Ones(d, n);
-  DB::layer_norm_backward(r, xhat, rstd, gamma, acc, true, nullptr, nullptr);
+  DP::layer_norm_backward(r, xhat, rstd, gamma, acc, true, nullptr, nullptr);
   CHECK((acc - dx - mat::Ones(d, n)).cwiseAbs().maxCoeff() < 1e-14);
 }
 
@@ -129,7 +130,7 @@ TEST_CASE_TEMPLATE("GELU is the erf form, its derivative matches finite differen
   host_matrix<T> x(1, 7);
   x << T(-4), T(-1.5), T(-0.3), T(0), T(0.2), T(1), T(3);
   typename Backend::matrix y, dx;
-  Backend::gelu_forward(Backend::from_host(x), y);
+  nn_primitives<Backend>::gelu_forward(Backend::from_host(x), y);
   const auto hy = Backend::to_host(y);
   for (index_t i = 0; i < x.cols(); ++i) {
     const double v = double(x(0, i));
@@ -137,12 +138,12 @@ TEST_CASE_TEMPLATE("GELU is the erf form, its derivative matches finite differen
   }
   if constexpr (std::is_same_v<T, double>) {
     mat xm = x, ones = mat::Ones(1, 7), dxm;
-    DB::gelu_backward(xm, ones, dxm);
+    DP::gelu_backward(xm, ones, dxm);
     const mat r = rnd(1, 7, 5);
-    DB::gelu_backward(xm, r, dxm);
+    DP::gelu_backward(xm, r, dxm);
     const auto loss = [&] {
       mat yy;
-      DB::gelu_forward(xm, yy);
+      DP::gelu_forward(xm, yy);
       return r.cwiseProduct(yy).sum();
     };
     CHECK(relative_fd_error(xm, dxm, loss) < fd_tolerance);
@@ -153,20 +154,20 @@ TEST_CASE("embedding: gather rows, scatter-add with repeated ids") {
   const mat table = rnd(6, 3, 6);
   const std::vector<std::int32_t> ids{2, 5, 2, 0};
   mat out;
-  DB::embedding_forward(table, ids, false, out);
+  DP::embedding_forward(table, ids, false, out);
   for (index_t j = 0; j < 4; ++j) CHECK(out.col(j) == table.row(ids[std::size_t(j)]).transpose());
-  DB::embedding_forward(table, ids, true, out);
+  DP::embedding_forward(table, ids, true, out);
   CHECK(out.col(1) == 2 * table.row(5).transpose());
   const mat dout = rnd(3, 4, 7);
   mat dtable = mat::Zero(6, 3);
-  DB::embedding_backward(dout, ids, dtable);
+  DP::embedding_backward(dout, ids, dtable);
   CHECK((dtable.row(2).transpose() - dout.col(0) - dout.col(2)).cwiseAbs().maxCoeff() < 1e-15);
   CHECK(dtable.row(1).cwiseAbs().maxCoeff() == 0.0);
   // Gradient of sum(r .* out) by finite differences on the table.
   mat t = table;
   const auto loss = [&] {
     mat o;
-    DB::embedding_forward(t, ids, false, o);
+    DP::embedding_forward(t, ids, false, o);
     return dout.cwiseProduct(o).sum();
   };
   CHECK(relative_fd_error(t, dtable, loss) < fd_tolerance);
@@ -181,7 +182,7 @@ TEST_CASE("masked attention: PAD keys get probability 0, gradients match finite 
   valid.col(2).setZero();         // sequence 2: nothing to attend to
   const double scale = 1 / std::sqrt(3.0);
   mat probs, ctx;
-  DB::attention_forward(q, k, v, valid, heads, scale, probs, ctx);
+  DP::attention_forward(q, k, v, valid, heads, scale, probs, ctx);
   for (index_t s = 0; s < 2; ++s) {
     for (index_t h = 0; h < heads; ++h) {
       const auto p = probs.middleCols((s * heads + h) * len, len);
@@ -206,10 +207,10 @@ TEST_CASE("masked attention: PAD keys get probability 0, gradients match finite 
   CHECK(ctx.middleCols(2 * len, len).cwiseAbs().maxCoeff() == 0.0);
   const mat r = rnd(d, len * n, 11);
   mat dq, dk, dv;
-  DB::attention_backward(q, k, v, probs, r, heads, scale, dq, dk, dv);
+  DP::attention_backward(q, k, v, probs, r, heads, scale, dq, dk, dv);
   const auto loss = [&] {
     mat p, c;
-    DB::attention_forward(q, k, v, valid, heads, scale, p, c);
+    DP::attention_forward(q, k, v, valid, heads, scale, p, c);
     return r.cwiseProduct(c).sum();
   };
   CHECK(relative_fd_error(q, dq, loss) < fd_tolerance);
@@ -221,7 +222,7 @@ TEST_CASE("masked attention: PAD keys get probability 0, gradients match finite 
 }
 
 TEST_CASE("linear with LoRA and GELU MLP: dW, db, dA, dB, dx match finite differences") {
-  using namespace nn_detail;
+  using namespace rolora::detail::nn;
   const index_t d = 5, dff = 7, n = 6, r = 2;
   mat x = rnd(d, n, 12), w1 = rnd(dff, d, 13), b1 = rnd(dff, 1, 14), w2 = rnd(d, dff, 15), b2 = rnd(d, 1, 16);
   lora_adapter<DB> l1{rnd(r, d, 17), rnd(dff, r, 18), 1.5};
@@ -234,11 +235,11 @@ TEST_CASE("linear with LoRA and GELU MLP: dW, db, dA, dB, dx match finite differ
     lora_binding<DB> lo1{&l1, grad ? &g1 : nullptr}, none{};
     mat ax1, ax2, u, g, y, t, dg;
     linear_forward<DB>(bw1, bb1, lo1, x, ax1, u);
-    DB::gelu_forward(u, g);
+    DP::gelu_forward(u, g);
     linear_forward<DB>(bw2, bb2, none, g, ax2, y);
     if (grad) {
       linear_backward<DB>(bw2, bb2, none, both_factors, g, ax2, rr, t, &dg, false);
-      DB::gelu_backward(u, dg, dg);
+      DP::gelu_backward(u, dg, dg);
       linear_backward<DB>(bw1, bb1, lo1, both_factors, x, ax1, dg, t, dx, false);
     }
     return rr.cwiseProduct(y).sum();
@@ -265,12 +266,12 @@ TEST_CASE("pooling + cross-entropy: mean and first-token pooling, ignored target
   for (const mat* w : {&wmean, &wfirst}) {
     const auto run = [&](mat* dh) {
       mat pooled, logits, dlogits, dpooled;
-      DB::weighted_pool(h, *w, pooled);
+      DP::weighted_pool(h, *w, pooled);
       logits.noalias() = wc * pooled;
-      const double loss = DB::softmax_cross_entropy(logits, labels, 0.5, dh ? &dlogits : nullptr) / 2;
+      const double loss = DP::softmax_cross_entropy(logits, labels, 0.5, dh ? &dlogits : nullptr) / 2;
       if (dh) {
         dpooled.noalias() = wc.transpose() * dlogits;
-        DB::weighted_pool_backward(dpooled, *w, *dh);
+        DP::weighted_pool_backward(dpooled, *w, *dh);
       }
       return loss;
     };
@@ -280,18 +281,18 @@ TEST_CASE("pooling + cross-entropy: mean and first-token pooling, ignored target
   }
   // The mean pooling of sequence 0 ignores its third token.
   mat pooled;
-  DB::weighted_pool(h, wmean, pooled);
+  DP::weighted_pool(h, wmean, pooled);
   CHECK((pooled.col(0) - (h.col(0) + h.col(1)) / 2).cwiseAbs().maxCoeff() < 1e-15);
   // Cross-entropy by hand, and -1 targets contribute nothing.
   mat z = rnd(classes, 3, 22), dz;
   const std::vector<std::int32_t> t{1, -1, 0};
-  const double loss = DB::softmax_cross_entropy(z, t, 1.0, &dz);
+  const double loss = DP::softmax_cross_entropy(z, t, 1.0, &dz);
   const auto nll = [&](index_t j, index_t c) { return std::log(z.col(j).array().exp().sum()) - z(c, j); };
   CHECK(loss == doctest::Approx(nll(0, 1) + nll(2, 0)).epsilon(1e-13));
   CHECK(dz.col(1).cwiseAbs().maxCoeff() == 0.0);
-  CHECK(relative_fd_error(z, dz, [&] { return DB::softmax_cross_entropy(z, t, 1.0, nullptr); }) < fd_tolerance);
+  CHECK(relative_fd_error(z, dz, [&] { return DP::softmax_cross_entropy(z, t, 1.0, nullptr); }) < fd_tolerance);
   mat p = z;
-  DB::softmax_columns(p);
+  DP::softmax_columns(p);
   CHECK(p(1, 0) == doctest::Approx(std::exp(z(1, 0)) / z.col(0).array().exp().sum()).epsilon(1e-13));
 }
 
@@ -410,7 +411,7 @@ TEST_CASE_TEMPLATE("merged and unmerged LoRA give the same logits", Backend, ROL
   const auto batch = tiny_batch();
   const auto unmerged = Backend::to_host(classification_logits(w, adapters, batch, ws));
   auto merged_w = w;
-  for (const auto& [name, l] : adapters) merge(merged_w.at(name + ".weight"), l);
+  for (const auto& [name, l] : adapters) merge_into_base(merged_w.at(name + ".weight"), l);
   const auto merged = Backend::to_host(classification_logits(merged_w, adapter_set<Backend>{}, batch, ws));
   const auto base = Backend::to_host(classification_logits(w, adapter_set<Backend>{}, batch, ws));
   CHECK((unmerged - merged).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
@@ -431,7 +432,7 @@ TEST_CASE_TEMPLATE("merged and unmerged LoRA give the same logits", Backend, ROL
     l.residual = test::random_backend_matrix<Backend>(l.out_features(), l.in_features(), tag++, 0.3);
   }
   auto merged_r = w;
-  for (const auto& [name, l] : with_residual) merge(merged_r.at(name + ".weight"), l);
+  for (const auto& [name, l] : with_residual) merge_into_base(merged_r.at(name + ".weight"), l);
   const auto a = Backend::to_host(classification_logits(w, with_residual, batch, ws));
   const auto b = Backend::to_host(classification_logits(merged_r, adapter_set<Backend>{}, batch, ws));
   CHECK((a - b).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());

@@ -124,7 +124,7 @@ template <nn_backend B>
 spam_task<B> load_spam_task(const spam_task_config& c) {
   const auto dir = data::spam_assassin_dir(c.data_dir);
   if (!std::filesystem::is_directory(dir)) {
-    detail::fail<config_error>("config_error", "no SpamAssassin corpus under ", dir.string(),
+    detail::raise<config_error>("no SpamAssassin corpus under ", dir.string(),
                                ": run `bash scripts/fetch_data.sh` first (or pass --data-dir)");
   }
   const auto emails = data::read_spam_assassin(dir);

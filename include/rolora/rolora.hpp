@@ -1,6 +1,7 @@
-// Umbrella header for the CPU build of rolora: the adapter algebra, update policies,
-// aggregators, the in-process federated simulation and the linear-regression theory, on the
-// Eigen backend. Never includes GPU code.
+// Umbrella header for the CPU build of rolora's core: the contracts, the adapter algebra, update
+// policies, aggregators, the in-process federated simulation, its callbacks and the
+// linear-regression theory, on the Eigen backend. Never includes GPU code, the transformer
+// (rolora/nn.hpp), the e-mail data (rolora/data/data.hpp) or file I/O (rolora/io/).
 #pragma once
 
 #include <rolora/version.hpp>
@@ -19,6 +20,7 @@
 #include <rolora/policy/policies.hpp>
 
 #include <rolora/aggregate/aggregate.hpp>
+#include <rolora/aggregate/factorwise.hpp>
 #include <rolora/aggregate/fedavg.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/aggregate/procrustes.hpp>
@@ -27,6 +29,7 @@
 #include <rolora/aggregate/stack.hpp>
 #include <rolora/aggregate/svd_resplit.hpp>
 
+#include <rolora/federated/callbacks.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/federated/methods.hpp>
 #include <rolora/federated/optimizer.hpp>
@@ -34,10 +37,5 @@
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/task.hpp>
 
-#include <rolora/nn/nn_backend.hpp>
-#include <rolora/nn/weights.hpp>
-#include <rolora/nn/transformer.hpp>
-#include <rolora/nn/classification_task.hpp>
-#include <rolora/data/data.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>

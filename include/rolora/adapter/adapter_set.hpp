@@ -39,7 +39,7 @@ class adapter_set {
     std::map<std::string, const module_shape*> by_name;
     for (const auto& m : modules) {
       if (!by_name.emplace(m.name, &m).second) {
-        detail::fail<config_error>("config_error", "module '", m.name, "' listed twice");
+        detail::raise<config_error>("module '", m.name, "' listed twice");
       }
     }
     std::uint32_t k = 0;
@@ -52,7 +52,7 @@ class adapter_set {
 
   void insert(const std::string& name, adapter_type a) {
     if (saved_.count(name) || !modules_.emplace(name, std::move(a)).second) {
-      detail::fail<config_error>("config_error", "module '", name, "' is already in the set");
+      detail::raise<config_error>("module '", name, "' is already in the set");
     }
   }
 
@@ -61,11 +61,11 @@ class adapter_set {
   // sample-weighted mean (exact: the model is linear in it).
   void add_module_to_save(const std::string& name, matrix weight) {
     if (Backend::rows(weight) < 1 || Backend::cols(weight) < 1) {
-      detail::fail<config_error>("config_error", "module to save '", name, "' must be non-empty, got ",
+      detail::raise<config_error>("module to save '", name, "' must be non-empty, got ",
                                  detail::shape_string(Backend::rows(weight), Backend::cols(weight)));
     }
     if (modules_.count(name) || !saved_.emplace(name, std::move(weight)).second) {
-      detail::fail<config_error>("config_error", "module '", name, "' is already in the set");
+      detail::raise<config_error>("module '", name, "' is already in the set");
     }
   }
   std::map<std::string, matrix>& modules_to_save() { return saved_; }
@@ -103,7 +103,7 @@ class adapter_set {
  private:
   const std::string& checked(const std::string& name) const {
     if (!modules_.count(name)) {
-      detail::fail<config_error>("config_error", "no adapter for module '", name, "'");
+      detail::raise<config_error>("no adapter for module '", name, "'");
     }
     return name;
   }

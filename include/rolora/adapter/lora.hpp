@@ -5,8 +5,9 @@
 //
 // An adapter may carry a dense `residual` [out, in]: a frozen correction of the base weight that
 // the server maintains (FedEx-LoRA's residual, FLoRA's merged updates) and every client applies,
-// y = (W0 + residual) x + s B (A x). Empty (0 x 0, the default) means none. It never trains, and it
-// is part of delta, merge, unmerge, lora_forward and lora_backward's dx whenever it is non-empty.
+// y = (W0 + residual) x + s B (A x). Empty (0 x 0, the default) means none. It never trains, and
+// it is part of delta, merge_into_base, unmerge_from_base, lora_forward and lora_backward's dx
+// whenever it is non-empty.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -40,11 +41,11 @@ struct lora_adapter {
 // Checks that 1 <= r <= min(in, out); `what` names the module in the message.
 inline void check_rank(const std::string& what, index_t out, index_t in, index_t r) {
   if (out < 1 || in < 1) {
-    detail::fail<config_error>("config_error", "module '", what, "': base weight must be non-empty, got ",
+    detail::raise<config_error>("module '", what, "': base weight must be non-empty, got ",
                                detail::shape_string(out, in));
   }
   if (r < 1 || r > std::min(in, out)) {
-    detail::fail<config_error>("config_error", "module '", what, "': rank r must be in [1, min(in, out)] = [1, ",
+    detail::raise<config_error>("module '", what, "': rank r must be in [1, min(in, out)] = [1, ",
                                std::min(in, out), "], got r = ", r);
   }
 }
@@ -77,7 +78,7 @@ template <backend Backend>
 void check_residual(const lora_adapter<Backend>& l) {
   if (l.has_residual() && (Backend::rows(l.residual) != l.out_features() ||
                            Backend::cols(l.residual) != l.in_features())) {
-    fail<shape_error>("shape_error", "residual expected ",
+    raise<shape_error>("residual expected ",
                       shape_string(l.out_features(), l.in_features()), " for this adapter, got ",
                       shape_string(Backend::rows(l.residual), Backend::cols(l.residual)));
   }
@@ -103,7 +104,7 @@ namespace detail {
 template <backend Backend>
 void check_base(const typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
   if (Backend::rows(w0) != l.out_features() || Backend::cols(w0) != l.in_features()) {
-    fail<shape_error>("shape_error", "base weight expected ",
+    raise<shape_error>("base weight expected ",
                       shape_string(l.out_features(), l.in_features()), " for this adapter, got ",
                       shape_string(Backend::rows(w0), Backend::cols(w0)));
   }
@@ -112,7 +113,7 @@ void check_base(const typename Backend::matrix& w0, const lora_adapter<Backend>&
 
 // W0 += s B A (+ residual): the merged layer computes the same outputs with no adapter overhead.
 template <backend Backend>
-void merge(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
+void merge_into_base(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
   using T = typename Backend::scalar;
   detail::check_base(w0, l);
   detail::check_residual(l);
@@ -120,9 +121,9 @@ void merge(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
   if (l.has_residual()) Backend::axpy(T(1), l.residual, w0);
 }
 
-// W0 -= s B A (+ residual): undoes merge (up to rounding).
+// W0 -= s B A (+ residual): undoes merge_into_base (up to rounding).
 template <backend Backend>
-void unmerge(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
+void unmerge_from_base(typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
   using T = typename Backend::scalar;
   detail::check_base(w0, l);
   detail::check_residual(l);
@@ -146,7 +147,7 @@ void lora_forward(const typename Backend::matrix* w0, const lora_adapter<Backend
   if (w0) detail::check_base(*w0, l);
   detail::check_residual(l);
   if (Backend::rows(x) != l.in_features()) {
-    detail::fail<shape_error>("shape_error", "lora_forward: x expected [", l.in_features(),
+    detail::raise<shape_error>("lora_forward: x expected [", l.in_features(),
                               ", n], got ", detail::shape_string(Backend::rows(x), Backend::cols(x)));
   }
   Backend::gemm(T(1), l.A, op::none, x, op::none, T(0), cache.ax);  // [r, n]

@@ -1,19 +1,7 @@
 // The server side of a round: check the clients' uploads, weight them, let an aggregator merge
 // them, measure how far the merged adapters are from the mean of the clients' deltas, and
 // commit. Either the whole round is applied or, on any error, nothing is.
-//
-// Optional aggregator members, detected (see also the aggregator concept in core/concepts.hpp):
-//   merge(global, updates, weights, shared, round)
-//                               preferred over the four-argument merge when present: the round
-//                               index, for strategies that draw from a round-dependent stream
-//                               (stack re-initialises A each round).
-//   static constexpr bool accepts_heterogeneous_ranks = true
-//                               uploads of rank r_i <= r are accepted (aggregate/ranks.hpp).
-//   residual_update_scalars(global, updates, shared) -> std::size_t
-//                               for strategies that change the adapters' dense residual: how many
-//                               scalars one client needs to receive to bring its residual from
-//                               before the round to after it (dense out x in for FedEx-LoRA,
-//                               the stacked factors for FLoRA). Absent: the residual never changes.
+// The aggregator contract and its optional members are in core/concepts.hpp.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -65,12 +53,12 @@ void check_factor(const std::string& module, std::size_t client, const char* fac
                   const typename Backend::matrix& expected, const typename Backend::matrix& got) {
   if (Backend::rows(got) != Backend::rows(expected) ||
       Backend::cols(got) != Backend::cols(expected)) {
-    fail<shape_error>("shape_error", "module '", module, "' client ", client, ": ", factor,
+    raise<shape_error>("module '", module, "' client ", client, ": ", factor,
                       " expected ", shape_string(Backend::rows(expected), Backend::cols(expected)),
                       ", got ", shape_string(Backend::rows(got), Backend::cols(got)));
   }
   if (!Backend::all_finite(got)) {
-    fail<value_error>("value_error", "module '", module, "' client ", client, ": ", factor,
+    raise<value_error>("module '", module, "' client ", client, ": ", factor,
                       " holds non-finite values (NaN or inf)");
   }
 }
@@ -82,14 +70,14 @@ void check_lower_rank(const std::string& module, std::size_t client,
                       const lora_adapter<Backend>& global, const lora_adapter<Backend>& got) {
   const index_t r = global.rank(), r_i = got.rank();
   if (r_i < 1 || r_i > r || got.in_features() != global.in_features()) {
-    fail<shape_error>("shape_error", "module '", module, "' client ", client, ": lora_A expected [r_i, ",
+    raise<shape_error>("module '", module, "' client ", client, ": lora_A expected [r_i, ",
                       global.in_features(), "] with 1 <= r_i <= ", r, ", got ",
                       shape_string(r_i, got.in_features()));
   }
   check_factor<Backend>(module, client, "lora_A", Backend::zeros(r_i, global.in_features()), got.A);
   check_factor<Backend>(module, client, "lora_B", Backend::zeros(global.out_features(), r_i), got.B);
   if (!std::isfinite(double(got.scaling)) || got.scaling == 0) {
-    fail<value_error>("value_error", "module '", module, "' client ", client,
+    raise<value_error>("module '", module, "' client ", client,
                       ": scaling must be finite and non-zero, got ", double(got.scaling));
   }
 }
@@ -100,21 +88,21 @@ template <backend Backend>
 void check_updates(const adapter_set<Backend>& global,
                    std::span<const client_update<Backend>> updates, bool lower_ranks = false) {
   if (updates.empty()) {
-    fail<value_error>("value_error", "aggregate: the round has no client update (no client was "
+    raise<value_error>("aggregate: the round has no client update (no client was "
                                      "sampled, or every sampled client dropped out)");
   }
   for (const auto& u : updates) {
     if (u.adapters.size() != global.size()) {
       for (const auto& [name, a] : u.adapters) {
         if (!global.contains(name)) {
-          fail<shape_error>("shape_error", "module '", name, "' client ", u.client,
+          raise<shape_error>("module '", name, "' client ", u.client,
                             ": not a module of the global adapters");
         }
       }
     }
     for (const auto& [name, g] : global) {
       if (!u.adapters.contains(name)) {
-        fail<shape_error>("shape_error", "module '", name, "' client ", u.client,
+        raise<shape_error>("module '", name, "' client ", u.client,
                           ": missing from the update");
       }
       const auto& a = u.adapters.at(name);
@@ -129,7 +117,7 @@ void check_updates(const adapter_set<Backend>& global,
     for (const auto& [name, w] : global.modules_to_save()) {
       const auto it = mine.find(name);
       if (it == mine.end()) {
-        fail<shape_error>("shape_error", "module to save '", name, "' client ", u.client,
+        raise<shape_error>("module to save '", name, "' client ", u.client,
                           ": missing from the update");
       }
       check_factor<Backend>(name, u.client, "weight", w, it->second);
@@ -137,7 +125,7 @@ void check_updates(const adapter_set<Backend>& global,
     if (mine.size() != global.modules_to_save().size()) {
       for (const auto& [name, w] : mine) {
         if (!global.modules_to_save().count(name)) {
-          fail<shape_error>("shape_error", "module to save '", name, "' client ", u.client,
+          raise<shape_error>("module to save '", name, "' client ", u.client,
                             ": not a module of the global state");
         }
       }
@@ -167,7 +155,7 @@ std::vector<double> normalised_weights(std::span<const client_update<Backend>> u
     for (std::size_t i = 0; i < updates.size(); ++i) {
       w[i] = updates[i].num_samples;
       if (!(std::isfinite(w[i]) && w[i] >= 0.0)) {
-        fail<value_error>("value_error", "client ", updates[i].client,
+        raise<value_error>("client ", updates[i].client,
                           ": sample count must be finite and >= 0, got ", w[i]);
       }
     }
@@ -175,7 +163,7 @@ std::vector<double> normalised_weights(std::span<const client_update<Backend>> u
   double total = 0.0;
   for (double x : w) total += x;
   if (!(total > 0.0)) {
-    fail<value_error>("value_error", "aggregate: client weights sum to ", total,
+    raise<value_error>("aggregate: client weights sum to ", total,
                       "; at least one update must carry samples");
   }
   for (double& x : w) x /= total;
@@ -216,18 +204,22 @@ std::pair<double, double> module_aggregation_error(const std::string& module,
 
 }  // namespace detail
 
+// How rolora::aggregate weighs, measures and labels a round (every field has a default).
+struct aggregation_options {
+  weighting client_weighting = weighting::by_samples;
+  factor_set keeps_local = no_factors;  // factors the clients keep: enter only the error measure
+  bool measure_error = true;            // false: aggregation_result::error stays NaN
+  std::size_t round = 0;                // passed to round-aware aggregators
+};
+
 // Runs one server aggregation. On success `global` holds the merged adapters (and, when any factor
 // was shared, the weighted mean of the modules to save); if anything throws
 // (bad shapes, non-finite values, no update, weights summing to 0), `global` is left exactly as
-// it was. `shared` are the factors the clients uploaded, `keeps_local` those they keep (they
-// enter only the error measurement), `round` the round index (passed to aggregators that take
-// it).
+// it was. `shared` are the factors the clients uploaded.
 template <backend Backend, class Aggregator>
 aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>& global,
                              std::span<const client_update<Backend>> updates, factor_set shared,
-                             weighting how = weighting::by_samples,
-                             factor_set keeps_local = no_factors, bool measure_error = true,
-                             std::size_t round = 0) {
+                             const aggregation_options& options = {}) {
   static_assert(aggregator_for<Aggregator, Backend>,
                 "rolora::aggregate: the Aggregator type does not model rolora::aggregator_for: it "
                 "needs `static constexpr std::string_view name` and a const member "
@@ -235,31 +227,32 @@ aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>&
                 "std::span<const double>, factor_set) const` (see core/concepts.hpp)");
   detail::check_updates(global, updates, heterogeneous_rank_aggregator<Aggregator>);
   aggregation_result result;
-  result.weights = detail::normalised_weights(updates, how);
+  result.weights = detail::normalised_weights(updates, options.client_weighting);
   const std::span<const double> w(result.weights);
   adapter_set<Backend> next = [&] {
-    if constexpr (requires { aggregator.merge(global, updates, w, shared, round); }) {
-      return aggregator.merge(global, updates, w, shared, round);
+    if constexpr (round_aware_aggregator<Aggregator, Backend>) {
+      return aggregator.merge(global, updates, w, shared, options.round);
     } else {
       return aggregator.merge(global, updates, w, shared);
     }
   }();
-  if constexpr (requires { aggregator.residual_update_scalars(global, updates, shared); }) {
+  if constexpr (residual_tracking_aggregator<Aggregator, Backend>) {
     result.residual_scalars = aggregator.residual_update_scalars(global, updates, shared);
   }
   if (shared.any()) detail::average_modules_to_save(next, updates, result.weights);
   for (const auto& [name, a] : next) {
     if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B) ||
         (a.has_residual() && !Backend::all_finite(a.residual))) {
-      detail::fail<value_error>("value_error", "module '", name, "': aggregator '",
+      detail::raise<value_error>("module '", name, "': aggregator '",
                                 Aggregator::name, "' produced non-finite values");
     }
   }
-  if (measure_error) {
+  if (options.measure_error) {
     double err2 = 0.0, norm2 = 0.0;
     for (const auto& [name, a] : next) {
       const auto [err, norm] =
-          detail::module_aggregation_error(name, updates, w, global.at(name), a, keeps_local);
+          detail::module_aggregation_error(name, updates, w, global.at(name), a,
+                                           options.keeps_local);
       result.module_error[name] = err;
       err2 += err * err;
       norm2 += norm * norm;

@@ -6,31 +6,15 @@
 
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
+#include <rolora/aggregate/factorwise.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
 
 namespace rolora {
 
-struct fedavg {
+// The weighted mean of each shared factor, factor by factor (aggregate/factorwise.hpp).
+struct fedavg : factorwise<weighted_mean> {
   static constexpr std::string_view name = "fedavg";
-
-  template <backend Backend>
-  adapter_set<Backend> merge(const adapter_set<Backend>& global,
-                             std::span<const client_update<Backend>> updates,
-                             std::span<const double> weights, factor_set shared) const {
-    using T = typename Backend::scalar;
-    adapter_set<Backend> next = global;
-    for (auto& [module, g] : next) {
-      if (shared.a) Backend::scale(T(0), g.A);
-      if (shared.b) Backend::scale(T(0), g.B);
-      for (std::size_t i = 0; i < updates.size(); ++i) {  // fixed order: same bits every run
-        const auto& u = updates[i].adapters.at(module);
-        if (shared.a) Backend::axpy(T(weights[i]), u.A, g.A);  // [r, in]
-        if (shared.b) Backend::axpy(T(weights[i]), u.B, g.B);  // [out, r]
-      }
-    }
-    return next;
-  }
 };
 
 // HetLoRA's aggregation (Cho et al. 2024): clients of rank r_i <= r upload, the server zero-pads

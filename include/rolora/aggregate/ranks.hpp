@@ -34,17 +34,8 @@ inline double scaling_at_rank(double s, index_t r, index_t r_i, rank_scaling rul
   return s;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Aggregators that merge uploads of ranks r_i <= r declare it with a static member
-//   static constexpr bool accepts_heterogeneous_ranks = true;
-// rolora::aggregate then accepts lora_A [r_i, in] and lora_B [out, r_i] with 1 <= r_i <= r (and
-// a finite, non-zero scaling) from their clients; every other aggregator gets uploads of exactly
-// the global shapes and refuses anything else.
-// ---------------------------------------------------------------------------------------------
-template <class G>
-concept heterogeneous_rank_aggregator = requires {
-  requires bool(G::accepts_heterogeneous_ranks);
-};
+// Aggregators that accept uploads of ranks r_i <= r declare it with `static constexpr bool
+// accepts_heterogeneous_ranks = true` (heterogeneous_rank_aggregator, core/concepts.hpp).
 
 namespace detail {
 
@@ -73,7 +64,7 @@ template <backend Backend>
 void check_target_rank(const char* what, const lora_adapter<Backend>& l, index_t r, double s,
                        bool up) {
   if (r < 1 || (up ? r < l.rank() : r > l.rank()) || !std::isfinite(s) || s == 0.0) {
-    fail<config_error>("config_error", what, ": rank ", r, " and scaling ", s,
+    raise<config_error>(what, ": rank ", r, " and scaling ", s,
                        " cannot hold an adapter of rank ", l.rank(), " (need 1 <= ",
                        up ? "rank of the adapter <= r" : "r <= rank of the adapter",
                        " and a finite non-zero scaling)");

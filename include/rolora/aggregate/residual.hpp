@@ -20,8 +20,8 @@
 
 namespace rolora {
 
-struct residual {
-  static constexpr std::string_view name = "residual";
+struct fedex_residual {
+  static constexpr std::string_view name = "fedex_residual";
   static constexpr bool accepts_heterogeneous_ranks = true;
 
   template <backend Backend>

@@ -27,8 +27,8 @@
 
 namespace rolora {
 
-struct stack {
-  static constexpr std::string_view name = "stack";
+struct flora_stack {
+  static constexpr std::string_view name = "flora_stack";
   static constexpr bool accepts_heterogeneous_ranks = true;
 
   std::uint64_t seed = 0;  // adapter-init seed of the re-initialisations (use the initial one's)

@@ -58,14 +58,14 @@ struct thrust_backend {
     const index_t m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols();
     const index_t kb = tb ? b.cols() : b.rows(), n = tb ? b.rows() : b.cols();
     if (k != kb) {
-      detail::fail<shape_error>("shape_error", "gemm: inner dimensions differ: op(a) is ",
+      detail::raise<shape_error>("gemm: inner dimensions differ: op(a) is ",
                                 detail::shape_string(m, k), ", op(b) is ",
                                 detail::shape_string(kb, n));
     }
     if (beta == T(0)) {
       if (c.rows() != m || c.cols() != n) c = matrix(m, n);
     } else if (c.rows() != m || c.cols() != n) {
-      detail::fail<shape_error>("shape_error", "gemm: c expected ", detail::shape_string(m, n),
+      detail::raise<shape_error>("gemm: c expected ", detail::shape_string(m, n),
                                 ", got ", detail::shape_string(c.rows(), c.cols()));
     }
     if constexpr (detail::thrust_system_traits<System>::is_cuda) {
@@ -162,7 +162,7 @@ struct thrust_backend {
 
   static void check_same_shape(const char* what, const matrix& x, const matrix& y) {
     if (x.rows() != y.rows() || x.cols() != y.cols()) {
-      detail::fail<shape_error>("shape_error", what, ": shapes differ: ",
+      detail::raise<shape_error>(what, ": shapes differ: ",
                                 detail::shape_string(x.rows(), x.cols()), " vs ",
                                 detail::shape_string(y.rows(), y.cols()));
     }

@@ -1,16 +1,32 @@
-// The four contracts of rolora: backend, adapter, update policy and aggregator.
+// Every contract of rolora, in one place: the extension points a user implements and the
+// optional members rolora detects on them.
+//
+//   backend               where matrices live and how the algebra runs on them
+//   nn_backend            a backend plus the transformer's primitives (nn_primitives<B>)
+//   update_policy         which factors train and travel in round t (+ check_policy_round)
+//   aggregator_for        how the server merges uploads; optional, detected:
+//     round_aware_aggregator, heterogeneous_rank_aggregator, residual_tracking_aggregator
+//   factor_reducer        one factor's next value from the clients' copies, which
+//                         factorwise<R> turns into an aggregator
+//   client_task           a client's data and loss; optional, detected: closed_form_b_task
+//   round_begin_callback, round_end_callback
+//                         what federation::run calls around each round (each optional)
 //
 // Each concept lists every member a type must provide and what it must mean. Templates that take
 // such a type check it with a static_assert whose message says which contract is not met, so a
 // type that does not fit fails to compile with a sentence instead of a page of template errors.
+// docs/concepts.md lists the same set with parameter types.
 #pragma once
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string_view>
+#include <type_traits>
 
 #include <Eigen/Core>
 
+#include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
 
 namespace rolora {
@@ -25,6 +41,16 @@ struct adamw_coefficients {
   T lr, beta1, beta2, eps, weight_decay;
   T bias_correction1, bias_correction2;  // 1 - beta1^t, 1 - beta2^t
 };
+
+// `T::name` is a constant expression convertible to std::string_view: a `static constexpr`
+// member. (A non-static member would pass a plain `{ T::name }` check and fail much later.)
+template <class T>
+concept named_by_constant =
+    requires {
+      { T::name } -> std::convertible_to<std::string_view>;
+    } && !std::is_member_pointer_v<decltype(&T::name)> && requires {
+      typename std::integral_constant<std::size_t, std::string_view(T::name).size()>;
+    };
 
 // ---------------------------------------------------------------------------------------------
 // backend: where matrices live and how the algebra runs on them.
@@ -55,10 +81,10 @@ template <class B>
 concept backend =
     requires { typename B::scalar; typename B::matrix; } &&
     std::floating_point<typename B::scalar> && std::copyable<typename B::matrix> &&
+    named_by_constant<B> &&
     requires(typename B::matrix& m, const typename B::matrix& c, typename B::scalar s,
              const host_matrix<typename B::scalar>& h,
              const adamw_coefficients<typename B::scalar>& k, index_t n) {
-      { B::name } -> std::convertible_to<std::string_view>;
       { B::zeros(n, n) } -> std::same_as<typename B::matrix>;
       { B::rows(c) } -> std::convertible_to<index_t>;
       { B::cols(c) } -> std::convertible_to<index_t>;
@@ -93,55 +119,61 @@ inline constexpr factor_set both_factors{true, true};
 //
 // A policy is a small value type holding only hyper-parameters, with
 //   name                        static constexpr std::string_view, e.g. "alternating"
-//   trains(t) -> factor_set     the factors clients optimise in round t (at least one)
-//   shares(t) -> factor_set     the factors clients upload and the server aggregates in round t;
+//   trains(std::size_t t) -> factor_set
+//                               the factors clients optimise in round t (at least one)
+//   shares(std::size_t t) -> factor_set
+//                               the factors clients upload and the server aggregates in round t;
 //                               a subset of trains(t)
 //   keeps_local() -> factor_set factors that never travel: each client keeps its own copy across
 //                               rounds and the server's copy is not used by clients (FedSA's B);
 //                               disjoint from shares(t) for every t
 // Factors that are neither shared nor kept local are synchronised from the server each round.
+// The three invariants are values, not types: check_policy_round checks them when a round starts.
 // ---------------------------------------------------------------------------------------------
 template <class P>
-concept update_policy = std::copyable<P> && requires(const P& p, std::size_t t) {
-  { P::name } -> std::convertible_to<std::string_view>;
-  { p.trains(t) } -> std::same_as<factor_set>;
-  { p.shares(t) } -> std::same_as<factor_set>;
-  { p.keeps_local() } -> std::same_as<factor_set>;
-};
+concept update_policy =
+    std::copyable<P> && named_by_constant<P> && requires(const P& p, std::size_t t) {
+      { p.trains(t) } -> std::same_as<factor_set>;
+      { p.shares(t) } -> std::same_as<factor_set>;
+      { p.keeps_local() } -> std::same_as<factor_set>;
+    };
 
-}  // namespace rolora
-
-namespace rolora {
+// The update_policy invariants at round t: trains(t) names a factor, shares(t) is within
+// trains(t), keeps_local() is disjoint from shares(t). Throws config_error naming the policy and
+// the round otherwise. federation calls it when a round starts.
+template <update_policy P>
+void check_policy_round(const P& policy, std::size_t t) {
+  const factor_set trains = policy.trains(t), shares = policy.shares(t);
+  const factor_set local = policy.keeps_local();
+  if (!trains.any()) {
+    detail::raise<config_error>("policy '", P::name, "' round ", t,
+                                ": trains(t) must name at least one factor, got none");
+  }
+  if ((shares.a && !trains.a) || (shares.b && !trains.b)) {
+    detail::raise<config_error>("policy '", P::name, "' round ", t, ": shares(t) = ",
+                                shares.label(), " must be within trains(t) = ", trains.label());
+  }
+  if ((local.a && shares.a) || (local.b && shares.b)) {
+    detail::raise<config_error>("policy '", P::name, "' round ", t, ": keeps_local() = ",
+                                local.label(), " must be disjoint from shares(t) = ",
+                                shares.label());
+  }
+}
 
 template <backend B>
 class adapter_set;
 template <backend B>
 struct client_update;
-
-// ---------------------------------------------------------------------------------------------
-// adapter: one low-rank adapter y = W0 x + scaling * B (A x), in PEFT's shapes.
-//
-//   backend_type                the backend its matrices live on
-//   A                           backend_type::matrix [r, in]   (lora_A, down-projection)
-//   B                           backend_type::matrix [out, r]  (lora_B, up-projection)
-//   scaling                     backend_type::scalar, lora_alpha / r (or / sqrt(r) for rsLoRA)
-//   rank(), in_features(), out_features()
-// ---------------------------------------------------------------------------------------------
-template <class L>
-concept adapter = backend<typename L::backend_type> && requires(const L& l) {
-  { l.A } -> std::convertible_to<const typename L::backend_type::matrix&>;
-  { l.B } -> std::convertible_to<const typename L::backend_type::matrix&>;
-  { l.scaling } -> std::convertible_to<typename L::backend_type::scalar>;
-  { l.rank() } -> std::convertible_to<index_t>;
-  { l.in_features() } -> std::convertible_to<index_t>;
-  { l.out_features() } -> std::convertible_to<index_t>;
-};
+template <backend B>
+struct gradient_set;
+struct round_report;
 
 // ---------------------------------------------------------------------------------------------
 // aggregator: how the server merges the clients' uploads into the next global adapters.
 //
 //   name                        static constexpr std::string_view, e.g. "fedavg"
-//   merge(global, updates, weights, shared) -> adapter_set<B>
+//   merge(const adapter_set<B>& global, std::span<const client_update<B>> updates,
+//         std::span<const double> weights, factor_set shared) -> adapter_set<B>
 //                               returns the next global adapters. `updates` are the clients'
 //                               adapters after local training, already checked by the caller
 //                               (same modules and shapes as `global`, finite values); `weights`
@@ -152,14 +184,224 @@ concept adapter = backend<typename L::backend_type> && requires(const L& l) {
 //                               server's state as it was. Modules to save (dense trainable
 //                               modules) are not its business: rolora::aggregate averages them.
 // Aggregators are generic over the backend: merge is a member template (or an overload set).
+// aggregate/factorwise.hpp turns a reducer of one factor's client copies into a whole aggregator.
+//
+// Optional members, detected by rolora::aggregate (aggregate/aggregate.hpp):
+//   merge(global, updates, weights, shared, std::size_t round) -> adapter_set<B>
+//                               round_aware_aggregator: preferred over the four-argument merge;
+//                               for strategies that draw from a round-dependent stream
+//                               (flora_stack re-initialises A each round).
+//   static constexpr bool accepts_heterogeneous_ranks = true
+//                               heterogeneous_rank_aggregator: uploads of rank 1 <= r_i <= r
+//                               (lora_A [r_i, in], lora_B [out, r_i], finite non-zero scaling)
+//                               are accepted (aggregate/ranks.hpp); every other aggregator gets
+//                               uploads of exactly the global shapes.
+//   residual_update_scalars(global, updates, shared) -> std::size_t
+//                               residual_tracking_aggregator: for strategies that change the
+//                               adapters' dense residual, how many scalars one client needs to
+//                               receive to bring its residual from before the round to after it
+//                               (dense out x in for FedEx-LoRA, the stacked factors for FLoRA).
+//                               Absent: the residual never changes.
 // ---------------------------------------------------------------------------------------------
 template <class G, class B>
 concept aggregator_for =
-    backend<B> && std::copyable<G> &&
+    backend<B> && std::copyable<G> && named_by_constant<G> &&
     requires(const G& g, const adapter_set<B>& global, std::span<const client_update<B>> updates,
              std::span<const double> weights, factor_set shared) {
-      { G::name } -> std::convertible_to<std::string_view>;
       { g.merge(global, updates, weights, shared) } -> std::same_as<adapter_set<B>>;
+    };
+
+template <class G, class B>
+concept round_aware_aggregator =
+    requires(const G& g, const adapter_set<B>& global, std::span<const client_update<B>> updates,
+             std::span<const double> weights, factor_set shared, std::size_t round) {
+      { g.merge(global, updates, weights, shared, round) } -> std::same_as<adapter_set<B>>;
+    };
+
+template <class G>
+concept heterogeneous_rank_aggregator = requires {
+  requires bool(G::accepts_heterogeneous_ranks);
+};
+
+template <class G, class B>
+concept residual_tracking_aggregator =
+    requires(const G& g, const adapter_set<B>& global, std::span<const client_update<B>> updates,
+             factor_set shared) {
+      { g.residual_update_scalars(global, updates, shared) } -> std::convertible_to<std::size_t>;
+    };
+
+// ---------------------------------------------------------------------------------------------
+// factor_reducer: what factorwise<R> (aggregate/factorwise.hpp) turns into a whole aggregator,
+// the next global value of one factor of one module from the clients' copies of it.
+//
+//   name                        static constexpr std::string_view, the aggregator's name
+//   one of
+//   operator()(std::span<const host_matrix<T>> copies, std::span<const double> weights) const
+//       -> host_matrix<T>       host_factor_reducer: on host copies (T = B::scalar)
+//   template <backend B>
+//   operator()(std::span<const typename B::matrix* const> copies, std::span<const double> weights,
+//              typename B::matrix& out) const
+//                               backend_factor_reducer: on the backend's matrices, writing `out`
+//                               (which holds the global factor)
+// copies come in update order, all shaped like the global factor; weights are the w_i.
+// ---------------------------------------------------------------------------------------------
+template <class R, class B>
+concept backend_factor_reducer =
+    backend<B> && requires(const R& r, std::span<const typename B::matrix* const> copies,
+                           std::span<const double> weights, typename B::matrix& out) {
+      r.template operator()<B>(copies, weights, out);
+    };
+
+template <class R, class B>
+concept host_factor_reducer =
+    backend<B> &&
+    requires(const R& r, std::span<const host_matrix<typename B::scalar>> copies,
+             std::span<const double> weights) {
+      { r(copies, weights) } -> std::convertible_to<host_matrix<typename B::scalar>>;
+    };
+
+template <class R, class B>
+concept factor_reducer =
+    named_by_constant<R> && std::copyable<R> &&
+    (backend_factor_reducer<R, B> || host_factor_reducer<R, B>);
+
+// ---------------------------------------------------------------------------------------------
+// client_task: a client's data and loss. The federation never sees the data, only this.
+//
+//   num_samples() -> std::size_t   n_i, the local sample count (weights and batching use it)
+//   loss(const adapter_set<B>& adapters) -> double
+//                                   the mean loss over all local samples
+//   loss_and_grad(const adapter_set<B>& adapters, std::span<const std::size_t> batch,
+//                 factor_set trains, gradient_set<B>& grads) -> double
+//                                   the mean loss over the samples `batch` (indices < n_i) and,
+//                                   for every module and every factor in `trains`, its gradient
+//                                   in grads[module].dA / .dB (shaped like the factor). Factors
+//                                   not in `trains` need no gradient. When `trains` names any
+//                                   factor, also the gradient of every module to save of
+//                                   `adapters` in grads.modules_to_save[name] (shaped like it).
+// Optional, detected:
+//   solve_b(adapter_set<B>& adapters)
+//                                   closed_form_b_task: sets every B to its exact minimiser given
+//                                   A (closed-form least squares); used for B-only rounds when
+//                                   federation_config::closed_form_b is set (RoLoRA-linear).
+// A task object is used by one thread at a time.
+// ---------------------------------------------------------------------------------------------
+template <class Task, class Backend>
+concept client_task =
+    backend<Backend> && requires(Task& t, const adapter_set<Backend>& adapters,
+                                 std::span<const std::size_t> batch, factor_set trains,
+                                 gradient_set<Backend>& grads) {
+      { t.num_samples() } -> std::convertible_to<std::size_t>;
+      { t.loss(adapters) } -> std::convertible_to<double>;
+      { t.loss_and_grad(adapters, batch, trains, grads) } -> std::convertible_to<double>;
+    };
+
+template <class Task, class Backend>
+concept closed_form_b_task = requires(Task& t, adapter_set<Backend>& adapters) {
+  t.solve_b(adapters);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Callbacks of federation::run(tasks, callbacks...): a callback implements only the events it
+// cares about (each detected, none required; federated/callbacks.hpp ships the common ones).
+//
+//   on_round_begin(std::size_t round)
+//                               round_begin_callback: before round `round` trains
+//   on_round_end(const round_report& report, const adapter_set<B>& global) -> void or bool
+//                               round_end_callback: after the round committed; returning true
+//                               stops the run after this round
+// ---------------------------------------------------------------------------------------------
+template <class C>
+concept round_begin_callback = requires(C& c, std::size_t round) { c.on_round_begin(round); };
+
+template <class C, class B>
+concept round_end_callback =
+    requires(C& c, const round_report& report, const adapter_set<B>& global) {
+      c.on_round_end(report, global);
+    };
+
+// ---------------------------------------------------------------------------------------------
+// nn_backend: a backend whose nn_primitives<B> specialisation provides the primitives the
+// transformer of rolora/nn needs (nn/eigen_primitives.hpp for eigen_backend). They are a
+// separate type so that a user of the core compiles none of them. The model checks shapes
+// before it calls a primitive, so primitives may assume them.
+//
+// Activations are column-major with one token per column; "N" is the number of tokens, "L" the
+// sequence length, "n" the number of sequences (N = n L, sequence-major: token j of sequence s is
+// column s L + j). Every output is resized to its shape; an output that already has that shape
+// is reused without allocating. Vectors are [k, 1] matrices. `matrix` is B::matrix, `scalar`
+// B::scalar, ids and targets are std::span<const std::int32_t>; all static:
+//
+//   set_zero(matrix& m, index_t rows, index_t cols)
+//                                m = 0 [rows, cols]
+//   add_bias(matrix& y, const matrix& b)
+//                                y [m, N] += b [m, 1] in every column
+//   row_sums(const matrix& x, matrix& out)
+//                                out [m, 1] = sum over the columns of x [m, N] (a bias gradient)
+//   layer_norm_forward(x, gamma, beta, scalar eps, matrix& y, matrix& xhat, matrix& rstd)
+//                                per column: xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps)
+//                                (biased variance, as torch.nn.LayerNorm), y = gamma * xhat + beta;
+//                                x, y, xhat [d, N], gamma, beta [d, 1], rstd [N, 1]
+//   layer_norm_backward(dy, xhat, rstd, gamma, matrix& dx, bool accumulate, matrix* dgamma,
+//                       matrix* dbeta)
+//                                dx [d, N] = (or += when accumulate) dL/dx for upstream dy;
+//                                dgamma, dbeta [d, 1] are written when not null
+//   gelu_forward(const matrix& x, matrix& y)
+//                                y = x Phi(x), the erf form (torch.nn.GELU() default)
+//   gelu_backward(const matrix& x, const matrix& dy, matrix& dx)
+//                                dx = dy * (Phi(x) + x phi(x))
+//   embedding_forward(const matrix& table, ids, bool accumulate, matrix& out)
+//                                out [d, N] column j = (or +=) row ids[j] of table [V, d]
+//   embedding_backward(const matrix& dout, ids, matrix& dtable)
+//                                row ids[j] of dtable [V, d] += column j of dout [d, N]
+//                                (scatter-add; repeated ids add up)
+//   attention_forward(q, k, v, key_valid, index_t n_heads, scalar scale, matrix& probs,
+//                     matrix& ctx)
+//                                q, k, v, ctx [d, N]; key_valid [L, n] is 1 for a key that may be
+//                                attended to and 0 for one that never is (padding); for sequence
+//                                s and head h (rows h dh .. h dh + dh - 1, dh = d / n_heads):
+//                                P = softmax over each column of scale * K_h^T Q_h restricted to
+//                                the valid keys (masked entries exactly 0), ctx_h = V_h P; a
+//                                sequence without a valid key gets P = 0 and ctx = 0.
+//                                probs [L, L n_heads n]: P of (s, h) in columns (s n_heads + h) L
+//                                .. + L - 1, rows = keys, columns = queries.
+//   attention_backward(q, k, v, probs, dctx, index_t n_heads, scalar scale, matrix& dq,
+//                      matrix& dk, matrix& dv)
+//                                the gradients of attention_forward for upstream dctx [d, N]
+//   weighted_pool(const matrix& h, const matrix& w, matrix& out)
+//                                out [d, n] column s = sum_j w(j, s) h(:, s L + j); w [L, n]
+//   weighted_pool_backward(const matrix& dout, const matrix& w, matrix& dh)
+//                                dh [d, N] column s L + j = w(j, s) dout(:, s)
+//   softmax_columns(matrix& x)   in place, each column of x becomes its softmax
+//   softmax_cross_entropy(const matrix& logits, targets, scalar grad_scale, matrix* dlogits)
+//       -> double                sum over columns j with targets[j] >= 0 of
+//                                -log softmax(logits(:, j))[targets[j]] (targets[j] = -1: ignored);
+//                                when dlogits is not null it gets [C, N] =
+//                                grad_scale * (softmax - onehot) (zero in ignored columns)
+// ---------------------------------------------------------------------------------------------
+template <class B>
+struct nn_primitives;  // specialised per backend on the nn side
+
+template <class B>
+concept nn_backend =
+    backend<B> &&
+    requires(typename B::matrix& m, const typename B::matrix& c, typename B::matrix* p,
+             typename B::scalar s, index_t i, bool flag, std::span<const std::int32_t> ids) {
+      nn_primitives<B>::set_zero(m, i, i);
+      nn_primitives<B>::add_bias(m, c);
+      nn_primitives<B>::row_sums(c, m);
+      nn_primitives<B>::layer_norm_forward(c, c, c, s, m, m, m);
+      nn_primitives<B>::layer_norm_backward(c, c, c, c, m, flag, p, p);
+      nn_primitives<B>::gelu_forward(c, m);
+      nn_primitives<B>::gelu_backward(c, c, m);
+      nn_primitives<B>::embedding_forward(c, ids, flag, m);
+      nn_primitives<B>::embedding_backward(c, ids, m);
+      nn_primitives<B>::attention_forward(c, c, c, c, i, s, m, m);
+      nn_primitives<B>::attention_backward(c, c, c, c, c, i, s, m, m, m);
+      nn_primitives<B>::weighted_pool(c, c, m);
+      nn_primitives<B>::weighted_pool_backward(c, c, m);
+      nn_primitives<B>::softmax_columns(m);
+      { nn_primitives<B>::softmax_cross_entropy(c, ids, s, p) } -> std::convertible_to<double>;
     };
 
 }  // namespace rolora

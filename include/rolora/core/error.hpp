@@ -6,32 +6,37 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace rolora {
 
-// Base of every exception rolora throws.
+// Base of every exception rolora throws. Each derived type names its message id in `id`.
 class error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  static constexpr std::string_view id = "error";
 };
 
 // A matrix or an update whose shape does not match what it is combined with.
 class shape_error : public error {
  public:
   using error::error;
+  static constexpr std::string_view id = "shape_error";
 };
 
 // A value that cannot be used: non-finite numbers, weights that sum to zero, an empty round.
 class value_error : public error {
  public:
   using error::error;
+  static constexpr std::string_view id = "value_error";
 };
 
 // A configuration that cannot work: r = 0, r > min(in, out), a missing module, ...
 class config_error : public error {
  public:
   using error::error;
+  static constexpr std::string_view id = "config_error";
 };
 
 namespace detail {
@@ -43,7 +48,14 @@ std::string concat(Parts&&... parts) {
   return out.str();
 }
 
-// Throws Error with the message "[rolora.<id>] <parts...>".
+// Throws Error with the message "[rolora.<Error::id>] <parts...>": the id is the type's own.
+template <class Error, class... Parts>
+[[noreturn]] void raise(Parts&&... parts) {
+  throw Error(concat("[rolora.", Error::id, "] ", std::forward<Parts>(parts)...));
+}
+
+// Throws Error with the message "[rolora.<id>] <parts...>", for an id finer than the type's
+// (device_error's "cuda_error", "out_of_memory").
 template <class Error, class... Parts>
 [[noreturn]] void fail(const char* id, Parts&&... parts) {
   throw Error(concat("[rolora.", id, "] ", std::forward<Parts>(parts)...));

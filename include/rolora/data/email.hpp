@@ -537,11 +537,6 @@ inline std::string entity_text(const mime_entity& e, int depth, bool top_level) 
 
 }  // namespace detail
 
-// The body text of a message (LF or CRLF line ends), without any header.
-inline std::string email_body_text(std::string_view raw) {
-  return detail::entity_text(parse_entity(normalize_newlines(raw)), 0, true);
-}
-
 // The text to classify: the decoded Subject, a line break, the body text (whitespace collapsed).
 // No other header survives.
 inline std::string email_text(std::string_view raw) {

@@ -45,7 +45,7 @@ struct federation_config {
   std::size_t batch_size = 0;         // 0: the full local data set each step
   optimizer local_optimizer = sgd{};
   bool keep_optimizer_state = false;  // false: fresh moments every round (the paper's code)
-  weighting weights = weighting::by_samples;
+  weighting client_weighting = weighting::by_samples;
   bool closed_form_b = false;         // B-only rounds: the task's exact least squares, if it has one
   bool measure_aggregation_error = true;
   // Heterogeneous ranks: client c's rank for every module (capped at the module's rank); empty:
@@ -189,6 +189,7 @@ class federation {
                                  config_.client_ranks.size(), " entries for ", tasks.size(), " clients");
     }
     const std::size_t t = round_;
+    check_policy_round(policy_, t);
     round_report report;
     report.round = t;
     report.trained = policy_.trains(t);
@@ -223,8 +224,8 @@ class federation {
                          std::move(outcomes[i].adapters)});
     }
     const auto result = aggregate(aggregator_, global_, std::span<const client_update<Backend>>(updates),
-                                  report.shared, config_.weights, local,
-                                  config_.measure_aggregation_error, t);
+                                  report.shared, {config_.client_weighting, local,
+                                  config_.measure_aggregation_error, t});
     // Committed: the global state changed; now the clients' own state follows.
     double loss = 0.0, samples = 0.0;
     for (std::size_t i = 0; i < outcomes.size(); ++i) {

@@ -75,7 +75,7 @@ class optimizer_state {
 
   void update(const optimizer& opt, matrix& p, const matrix& g, moment_pair& m) {
     if (Backend::rows(g) != Backend::rows(p) || Backend::cols(g) != Backend::cols(p)) {
-      detail::fail<shape_error>("shape_error", "optimizer: gradient expected ",
+      detail::raise<shape_error>("optimizer: gradient expected ",
                                 detail::shape_string(Backend::rows(p), Backend::cols(p)), ", got ",
                                 detail::shape_string(Backend::rows(g), Backend::cols(g)));
     }
@@ -111,7 +111,7 @@ class optimizer_state {
   static const typename Map::mapped_type& gradient_of(const Map& grads, const std::string& name) {
     const auto it = grads.find(name);
     if (it == grads.end()) {
-      detail::fail<config_error>("config_error", "optimizer: no gradient for module '", name, "'");
+      detail::raise<config_error>("optimizer: no gradient for module '", name, "'");
     }
     return it->second;
   }

@@ -19,9 +19,9 @@ using partition = std::vector<std::vector<std::size_t>>;
 
 namespace detail {
 inline void check_clients(std::size_t num_samples, std::size_t num_clients, const char* who) {
-  if (num_clients == 0) fail<config_error>("config_error", who, ": num_clients must be >= 1, got 0");
+  if (num_clients == 0) raise<config_error>(who, ": num_clients must be >= 1, got 0");
   if (num_samples < num_clients) {
-    fail<config_error>("config_error", who, ": ", num_samples, " samples cannot give each of ",
+    raise<config_error>(who, ": ", num_samples, " samples cannot give each of ",
                        num_clients, " clients at least one");
   }
 }
@@ -69,7 +69,7 @@ inline partition partition_dirichlet(const std::vector<int>& labels, std::size_t
                                      std::size_t min_per_client = 1) {
   detail::check_clients(labels.size(), num_clients, "partition_dirichlet");
   if (!(alpha > 0.0 && std::isfinite(alpha))) {
-    detail::fail<config_error>("config_error", "partition_dirichlet: alpha must be > 0, got ", alpha);
+    detail::raise<config_error>("partition_dirichlet: alpha must be > 0, got ", alpha);
   }
   std::map<int, std::vector<std::size_t>> by_class;
   for (std::size_t i = 0; i < labels.size(); ++i) by_class[labels[i]].push_back(i);
@@ -101,7 +101,7 @@ inline partition partition_dirichlet(const std::vector<int>& labels, std::size_t
       return parts;
     }
   }
-  detail::fail<config_error>("config_error", "partition_dirichlet: no split with at least ",
+  detail::raise<config_error>("partition_dirichlet: no split with at least ",
                              min_per_client, " samples per client in 100 draws (alpha = ", alpha,
                              ", ", num_clients, " clients, ", labels.size(),
                              " samples); raise alpha or lower the minimum");
@@ -114,7 +114,7 @@ inline partition partition_shards(const std::vector<int>& labels, std::size_t nu
   detail::check_clients(labels.size(), num_clients, "partition_shards");
   const std::size_t num_shards = num_clients * shards_per_client;
   if (shards_per_client == 0 || num_shards > labels.size()) {
-    detail::fail<config_error>("config_error", "partition_shards: need 1 <= ", num_clients,
+    detail::raise<config_error>("partition_shards: need 1 <= ", num_clients,
                                " * shards_per_client <= ", labels.size(), " samples, got shards_per_client = ",
                                shards_per_client);
   }

@@ -35,7 +35,7 @@ struct labelled_sequences {
     out.labels.reserve(rows.size());
     for (const std::size_t r : rows) {
       if (r >= size()) {
-        detail::fail<value_error>("value_error", "labelled_sequences: row ", r, " out of range [0, ", size(), ")");
+        detail::raise<value_error>("labelled_sequences: row ", r, " out of range [0, ", size(), ")");
       }
       const auto first = tokens.ids.begin() + std::ptrdiff_t(r * std::size_t(tokens.seq_len));
       out.tokens.ids.insert(out.tokens.ids.end(), first, first + tokens.seq_len);
@@ -46,7 +46,7 @@ struct labelled_sequences {
 
   void check() const {
     if (tokens.seq_len < 1 || tokens.ids.size() != labels.size() * std::size_t(tokens.seq_len)) {
-      detail::fail<shape_error>("shape_error", "labelled_sequences: expected ", labels.size(), " x ",
+      detail::raise<shape_error>("labelled_sequences: expected ", labels.size(), " x ",
                                 tokens.seq_len, " token ids for ", labels.size(), " labels, got ",
                                 tokens.ids.size());
     }
@@ -61,7 +61,7 @@ class classification_task {
   classification_task(const transformer_weights<B>& model, labelled_sequences data)
       : model_(&model), data_(std::move(data)) {
     data_.check();
-    if (data_.size() == 0) detail::fail<value_error>("value_error", "classification_task: a client without data");
+    if (data_.size() == 0) detail::raise<value_error>("classification_task: a client without data");
   }
 
   std::size_t num_samples() const { return data_.size(); }

@@ -47,7 +47,7 @@ struct token_batch {
   index_t num_sequences() const { return seq_len > 0 ? static_cast<index_t>(ids.size()) / seq_len : 0; }
 };
 
-namespace nn_detail {
+namespace detail::nn {
 
 template <class B>
 struct binding {
@@ -71,7 +71,7 @@ struct layer_cache {
   std::array<matrix, linears_per_layer> ax;  // [r, N]: A x of each adapted linear
 };
 
-}  // namespace nn_detail
+}  // namespace detail::nn
 
 // Buffers of one model evaluation: activations kept for backward and backward's scratch. Reuse
 // one per thread; its contents between calls are unspecified.
@@ -79,19 +79,19 @@ template <nn_backend B>
 struct transformer_workspace {
   using matrix = typename B::matrix;
   std::vector<matrix> h;  // [d, N] input of layer i; h[n_layers] is the input of final_ln
-  std::vector<nn_detail::layer_cache<B>> layers;
+  std::vector<detail::nn::layer_cache<B>> layers;
   matrix final_xhat, final_rstd, hf;        // final layer norm: [d, N], [N, 1], [d, N]
   matrix key_valid, pool_weights;           // [L, n]
   matrix pooled, logits, dlogits;           // [d, n]; [C, n] or [V, N]
   matrix dh, dy1, dy2, dg, dq, dk, dv, dctx, dhf, dpooled, lora_t;
   std::vector<std::int32_t> positions;      // [N]: j for token j of every sequence
   host_matrix<typename B::scalar> key_valid_host, pool_weights_host;
-  std::vector<nn_detail::binding<B>> params;       // per parameter of the weights
-  std::vector<nn_detail::lora_binding<B>> loras;   // per linear module (6 per layer)
+  std::vector<detail::nn::binding<B>> params;       // per parameter of the weights
+  std::vector<detail::nn::lora_binding<B>> loras;   // per linear module (6 per layer)
   factor_set trains;
 };
 
-namespace nn_detail {
+namespace detail::nn {
 
 template <class B>
 using matrix_t = typename B::matrix;
@@ -104,7 +104,7 @@ void linear_forward(const binding<B>& w, const binding<B>& b, const lora_binding
                     const matrix_t<B>& x, matrix_t<B>& ax, matrix_t<B>& y) {
   using T = typename B::scalar;
   B::gemm(T(1), *w.value, op::none, x, op::none, T(0), y);
-  B::add_bias(y, *b.value);
+  nn_primitives<B>::add_bias(y, *b.value);
   if (l.adapter) {
     if (l.adapter->has_residual()) B::gemm(T(1), l.adapter->residual, op::none, x, op::none, T(1), y);
     B::gemm(T(1), l.adapter->A, op::none, x, op::none, T(0), ax);
@@ -122,7 +122,7 @@ void linear_backward(const binding<B>& w, const binding<B>& b, const lora_bindin
                      const matrix_t<B>& dy, matrix_t<B>& t, matrix_t<B>* dx, bool accumulate_dx) {
   using T = typename B::scalar;
   if (w.grad) B::gemm(T(1), dy, op::none, x, op::transpose, T(0), *w.grad);
-  if (b.grad) B::row_sums(dy, *b.grad);
+  if (b.grad) nn_primitives<B>::row_sums(dy, *b.grad);
   const bool grad_a = l.adapter && l.grad && trains.a;
   if (l.adapter && l.grad && trains.b) {
     B::gemm(l.adapter->scaling, dy, op::none, ax, op::transpose, T(0), l.grad->dB);
@@ -142,16 +142,16 @@ void linear_backward(const binding<B>& w, const binding<B>& b, const lora_bindin
 
 inline void check_batch(const transformer_config& c, const token_batch& batch) {
   if (batch.seq_len < 1 || batch.seq_len > c.max_len) {
-    detail::fail<shape_error>("shape_error", "token_batch: seq_len must be in [1, max_len = ",
+    detail::raise<shape_error>("token_batch: seq_len must be in [1, max_len = ",
                               c.max_len, "], got ", batch.seq_len);
   }
   if (batch.ids.empty() || batch.ids.size() % static_cast<std::size_t>(batch.seq_len) != 0) {
-    detail::fail<shape_error>("shape_error", "token_batch: ids must hold n * seq_len = n * ",
+    detail::raise<shape_error>("token_batch: ids must hold n * seq_len = n * ",
                               batch.seq_len, " ids with n >= 1, got ", batch.ids.size());
   }
   for (std::size_t i = 0; i < batch.ids.size(); ++i) {
     if (batch.ids[i] < 0 || batch.ids[i] >= c.vocab_size) {
-      detail::fail<value_error>("value_error", "token_batch: id ", batch.ids[i], " at position ", i,
+      detail::raise<value_error>("token_batch: id ", batch.ids[i], " at position ", i,
                                 " is outside the vocabulary [0, ", c.vocab_size, ")");
     }
   }
@@ -161,12 +161,12 @@ template <class Index>
 void check_targets(std::span<const std::int32_t> targets, std::size_t expected, Index classes,
                    bool allow_ignore, const char* what) {
   if (targets.size() != expected) {
-    detail::fail<shape_error>("shape_error", what, ": expected ", expected, " entries, got ", targets.size());
+    detail::raise<shape_error>(what, ": expected ", expected, " entries, got ", targets.size());
   }
   for (std::size_t i = 0; i < targets.size(); ++i) {
     const bool ok = (targets[i] >= 0 && targets[i] < classes) || (allow_ignore && targets[i] == -1);
     if (!ok) {
-      detail::fail<value_error>("value_error", what, ": entry ", i, " = ", targets[i], " is not in [0, ",
+      detail::raise<value_error>(what, ": entry ", i, " = ", targets[i], " is not in [0, ",
                                 classes, ")", allow_ignore ? " or -1 (ignored)" : "");
     }
   }
@@ -176,7 +176,7 @@ void check_targets(std::span<const std::int32_t> targets, std::size_t expected, 
 template <nn_backend B>
 void bind_full(const transformer_weights<B>& w, transformer_weights<B>* grads, transformer_workspace<B>& ws) {
   if (grads && grads->size() != w.size()) {
-    detail::fail<config_error>("config_error", "gradients: expected ", w.size(), " parameters, got ", grads->size());
+    detail::raise<config_error>("gradients: expected ", w.size(), " parameters, got ", grads->size());
   }
   ws.params.assign(w.size(), {});
   for (std::size_t p = 0; p < w.size(); ++p) ws.params[p] = {&w.value(p), grads ? &grads->value(p) : nullptr};
@@ -202,11 +202,11 @@ void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, 
       }
     }
     if (linear < 0) {
-      detail::fail<config_error>("config_error", "adapter '", name, "' is not a linear module of the "
+      detail::raise<config_error>("adapter '", name, "' is not a linear module of the "
                                  "model (layers.{i}.attention.{q,k,v,o} or layers.{i}.mlp.{fc1,fc2})");
     }
     if (a.out_features() != w.rows(p) || a.in_features() != w.cols(p)) {
-      detail::fail<shape_error>("shape_error", "adapter '", name, "' is for a ",
+      detail::raise<shape_error>("adapter '", name, "' is for a ",
                                 detail::shape_string(a.out_features(), a.in_features()),
                                 " weight, the model's is ", detail::shape_string(w.rows(p), w.cols(p)));
     }
@@ -216,7 +216,7 @@ void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, 
   for (const auto& [name, m] : adapters.modules_to_save()) {
     const std::size_t p = w.index_of(name);
     if (B::rows(m) != w.rows(p) || B::cols(m) != w.cols(p)) {
-      detail::fail<shape_error>("shape_error", "module to save '", name, "' expected ",
+      detail::raise<shape_error>("module to save '", name, "' expected ",
                                 detail::shape_string(w.rows(p), w.cols(p)), ", got ",
                                 detail::shape_string(B::rows(m), B::cols(m)));
     }
@@ -250,8 +250,8 @@ void forward(const transformer_config& c, const token_batch& batch, transformer_
   ws.h.resize(std::size_t(c.n_layers + 1));
   ws.layers.resize(std::size_t(c.n_layers));
   const auto& P = ws.params;
-  B::embedding_forward(*P[word_embeddings].value, ids, false, ws.h[0]);
-  B::embedding_forward(*P[position_embeddings].value, ws.positions, true, ws.h[0]);
+  nn_primitives<B>::embedding_forward(*P[word_embeddings].value, ids, false, ws.h[0]);
+  nn_primitives<B>::embedding_forward(*P[position_embeddings].value, ws.positions, true, ws.h[0]);
   const T scale = T(1) / std::sqrt(T(c.d_model / c.n_heads));
   const T eps = T(c.layer_norm_eps);
   for (index_t i = 0; i < c.n_layers; ++i) {
@@ -260,21 +260,21 @@ void forward(const transformer_config& c, const token_batch& batch, transformer_
     const auto* lo = &ws.loras[std::size_t(i * linears_per_layer)];
     const auto& x = ws.h[std::size_t(i)];
     auto& out = ws.h[std::size_t(i + 1)];
-    B::layer_norm_forward(x, *P[p + ln1_w].value, *P[p + ln1_b].value, eps, L.y1, L.ln1_xhat, L.ln1_rstd);
+    nn_primitives<B>::layer_norm_forward(x, *P[p + ln1_w].value, *P[p + ln1_b].value, eps, L.y1, L.ln1_xhat, L.ln1_rstd);
     linear_forward<B>(P[p + q_w], P[p + q_b], lo[0], L.y1, L.ax[0], L.q);
     linear_forward<B>(P[p + k_w], P[p + k_b], lo[1], L.y1, L.ax[1], L.k);
     linear_forward<B>(P[p + v_w], P[p + v_b], lo[2], L.y1, L.ax[2], L.v);
-    B::attention_forward(L.q, L.k, L.v, ws.key_valid, c.n_heads, scale, L.probs, L.ctx);
+    nn_primitives<B>::attention_forward(L.q, L.k, L.v, ws.key_valid, c.n_heads, scale, L.probs, L.ctx);
     linear_forward<B>(P[p + o_w], P[p + o_b], lo[3], L.ctx, L.ax[3], out);
     B::axpy(T(1), x, out);  // a = h + o(ctx), kept in `out` until the MLP adds to it
-    B::layer_norm_forward(out, *P[p + ln2_w].value, *P[p + ln2_b].value, eps, L.y2, L.ln2_xhat, L.ln2_rstd);
+    nn_primitives<B>::layer_norm_forward(out, *P[p + ln2_w].value, *P[p + ln2_b].value, eps, L.y2, L.ln2_xhat, L.ln2_rstd);
     linear_forward<B>(P[p + fc1_w], P[p + fc1_b], lo[4], L.y2, L.ax[4], L.u);
-    B::gelu_forward(L.u, L.g);
+    nn_primitives<B>::gelu_forward(L.u, L.g);
     linear_forward<B>(P[p + fc2_w], P[p + fc2_b], lo[5], L.g, L.ax[5], ws.dy2);  // dy2 as scratch
     B::axpy(T(1), ws.dy2, out);
   }
   const std::size_t f = std::size_t(final_ln_w(c.n_layers));
-  B::layer_norm_forward(ws.h[std::size_t(c.n_layers)], *P[f].value, *P[f + 1].value, eps, ws.hf,
+  nn_primitives<B>::layer_norm_forward(ws.h[std::size_t(c.n_layers)], *P[f].value, *P[f + 1].value, eps, ws.hf,
                         ws.final_xhat, ws.final_rstd);
 }
 
@@ -302,7 +302,7 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
   const index_t lowest = lowest_trainable(c, ws);
   const std::size_t f = std::size_t(final_ln_w(c.n_layers));
   if (lowest == c.n_layers && !P[f].grad && !P[f + 1].grad) return;
-  B::layer_norm_backward(ws.dhf, ws.final_xhat, ws.final_rstd, *P[f].value, ws.dh, false, P[f].grad, P[f + 1].grad);
+  nn_primitives<B>::layer_norm_backward(ws.dhf, ws.final_xhat, ws.final_rstd, *P[f].value, ws.dh, false, P[f].grad, P[f + 1].grad);
   const T scale = T(1) / std::sqrt(T(c.d_model / c.n_heads));
   for (index_t i = c.n_layers - 1; i >= 0 && i >= lowest; --i) {
     auto& L = ws.layers[std::size_t(i)];
@@ -324,33 +324,33 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
     linear_backward<B>(P[p + fc2_w], P[p + fc2_b], lo[5], ws.trains, L.g, L.ax[5], ws.dh, ws.lora_t,
                        below_fc2 ? &ws.dg : nullptr, false);
     if (!below_fc2) break;
-    B::gelu_backward(L.u, ws.dg, ws.dg);
+    nn_primitives<B>::gelu_backward(L.u, ws.dg, ws.dg);
     linear_backward<B>(P[p + fc1_w], P[p + fc1_b], lo[4], ws.trains, L.y2, L.ax[4], ws.dg, ws.lora_t,
                        below_fc1 ? &ws.dy2 : nullptr, false);
     if (!below_fc1) break;
     // dL/da = dh (residual) + LN2 backward: accumulated in place, dh now holds dL/da.
-    B::layer_norm_backward(ws.dy2, L.ln2_xhat, L.ln2_rstd, *P[p + ln2_w].value, ws.dh, true,
+    nn_primitives<B>::layer_norm_backward(ws.dy2, L.ln2_xhat, L.ln2_rstd, *P[p + ln2_w].value, ws.dh, true,
                            P[p + ln2_w].grad, P[p + ln2_b].grad);
     if (!below_ln2) break;
     linear_backward<B>(P[p + o_w], P[p + o_b], lo[3], ws.trains, L.ctx, L.ax[3], ws.dh, ws.lora_t,
                        below_o ? &ws.dctx : nullptr, false);
     if (!below_o) break;
-    B::attention_backward(L.q, L.k, L.v, L.probs, ws.dctx, c.n_heads, scale, ws.dq, ws.dk, ws.dv);
+    nn_primitives<B>::attention_backward(L.q, L.k, L.v, L.probs, ws.dctx, c.n_heads, scale, ws.dq, ws.dk, ws.dv);
     auto* dy1 = below_qkv ? &ws.dy1 : nullptr;
     linear_backward<B>(P[p + q_w], P[p + q_b], lo[0], ws.trains, L.y1, L.ax[0], ws.dq, ws.lora_t, dy1, false);
     linear_backward<B>(P[p + k_w], P[p + k_b], lo[1], ws.trains, L.y1, L.ax[1], ws.dk, ws.lora_t, dy1, true);
     linear_backward<B>(P[p + v_w], P[p + v_b], lo[2], ws.trains, L.y1, L.ax[2], ws.dv, ws.lora_t, dy1, true);
     if (!below_qkv) break;
     // dL/dh = dL/da (residual) + LN1 backward.
-    B::layer_norm_backward(ws.dy1, L.ln1_xhat, L.ln1_rstd, *P[p + ln1_w].value, ws.dh, true,
+    nn_primitives<B>::layer_norm_backward(ws.dy1, L.ln1_xhat, L.ln1_rstd, *P[p + ln1_w].value, ws.dh, true,
                            P[p + ln1_w].grad, P[p + ln1_b].grad);
   }
   if (lowest == -1) {
     const std::span<const std::int32_t> ids(batch.ids);
-    if (P[word_embeddings].grad) B::embedding_backward(ws.dh, ids, *P[word_embeddings].grad);
+    if (P[word_embeddings].grad) nn_primitives<B>::embedding_backward(ws.dh, ids, *P[word_embeddings].grad);
     if (P[position_embeddings].grad) {
-      B::set_zero(*P[position_embeddings].grad, c.max_len, c.d_model);
-      B::embedding_backward(ws.dh, ws.positions, *P[position_embeddings].grad);
+      nn_primitives<B>::set_zero(*P[position_embeddings].grad, c.max_len, c.d_model);
+      nn_primitives<B>::embedding_backward(ws.dh, ws.positions, *P[position_embeddings].grad);
     }
   }
 }
@@ -372,16 +372,16 @@ double classification_head(const transformer_config& c, const token_batch& batch
     }
   }
   ws.pool_weights = B::from_host(ws.pool_weights_host);
-  B::weighted_pool(ws.hf, ws.pool_weights, ws.pooled);
+  nn_primitives<B>::weighted_pool(ws.hf, ws.pool_weights, ws.pooled);
   const std::size_t cw = std::size_t(classifier_w(c.n_layers));
   const lora_binding<B> none{};
   linear_forward<B>(ws.params[cw], ws.params[cw + 1], none, ws.pooled, ws.lora_t, ws.logits);
   if (labels.empty()) return 0.0;
-  const double loss = B::softmax_cross_entropy(ws.logits, labels, T(1) / T(n), grad ? &ws.dlogits : nullptr);
+  const double loss = nn_primitives<B>::softmax_cross_entropy(ws.logits, labels, T(1) / T(n), grad ? &ws.dlogits : nullptr);
   if (grad) {
     linear_backward<B>(ws.params[cw], ws.params[cw + 1], none, no_factors, ws.pooled, ws.lora_t,
                        ws.dlogits, ws.lora_t, &ws.dpooled, false);
-    B::weighted_pool_backward(ws.dpooled, ws.pool_weights, ws.dhf);
+    nn_primitives<B>::weighted_pool_backward(ws.dpooled, ws.pool_weights, ws.dhf);
   }
   return loss / double(n);
 }
@@ -397,12 +397,12 @@ double mlm_head(const transformer_config& c, std::span<const std::int32_t> targe
   const auto& e = ws.params[word_embeddings];
   const auto& bias = ws.params[std::size_t(mlm_bias(c.n_layers))];
   B::gemm(T(1), *e.value, op::none, ws.hf, op::none, T(0), ws.logits);
-  B::add_bias(ws.logits, *bias.value);
+  nn_primitives<B>::add_bias(ws.logits, *bias.value);
   const T g = count ? T(1) / T(count) : T(0);
-  const double loss = B::softmax_cross_entropy(ws.logits, targets, g, grad ? &ws.dlogits : nullptr);
+  const double loss = nn_primitives<B>::softmax_cross_entropy(ws.logits, targets, g, grad ? &ws.dlogits : nullptr);
   if (grad) {
     if (e.grad) B::gemm(T(1), ws.dlogits, op::none, ws.hf, op::transpose, T(1), *e.grad);
-    if (bias.grad) B::row_sums(ws.dlogits, *bias.grad);
+    if (bias.grad) nn_primitives<B>::row_sums(ws.dlogits, *bias.grad);
     B::gemm(T(1), *e.value, op::transpose, ws.dlogits, op::none, T(0), ws.dhf);
   }
   return count ? loss / double(count) : 0.0;
@@ -413,7 +413,7 @@ double mlm_head(const transformer_config& c, std::span<const std::int32_t> targe
 template <nn_backend B>
 void clear_full_gradients(transformer_weights<B>& grads, bool classification) {
   const auto& c = grads.config();
-  const auto zero = [&](std::size_t p) { B::set_zero(grads.value(p), grads.rows(p), grads.cols(p)); };
+  const auto zero = [&](std::size_t p) { nn_primitives<B>::set_zero(grads.value(p), grads.rows(p), grads.cols(p)); };
   zero(word_embeddings);
   if (classification) {
     zero(std::size_t(mlm_bias(c.n_layers)));
@@ -426,13 +426,13 @@ void clear_full_gradients(transformer_weights<B>& grads, bool classification) {
 template <nn_backend B>
 void check_same_config(const transformer_weights<B>& w, const transformer_weights<B>& grads) {
   if (grads.size() != w.size() || grads.num_scalars() != w.num_scalars()) {
-    detail::fail<shape_error>("shape_error", "gradients: not shaped like the weights (make them with zeros_like)");
+    detail::raise<shape_error>("gradients: not shaped like the weights (make them with zeros_like)");
   }
 }
 
 inline const std::vector<std::int32_t> no_labels{};
 
-}  // namespace nn_detail
+}  // namespace detail::nn
 
 // ---------------------------------------------------------------------------------------------
 // Evaluation
@@ -443,10 +443,10 @@ inline const std::vector<std::int32_t> no_labels{};
 template <nn_backend B>
 typename B::matrix classification_logits(const transformer_weights<B>& w, const adapter_set<B>& adapters,
                                          const token_batch& batch, transformer_workspace<B>& ws) {
-  nn_detail::check_batch(w.config(), batch);
-  nn_detail::bind_lora<B>(w, adapters, no_factors, nullptr, ws);
-  nn_detail::forward(w.config(), batch, ws);
-  nn_detail::classification_head(w.config(), batch, nn_detail::no_labels, false, ws);
+  detail::nn::check_batch(w.config(), batch);
+  detail::nn::bind_lora<B>(w, adapters, no_factors, nullptr, ws);
+  detail::nn::forward(w.config(), batch, ws);
+  detail::nn::classification_head(w.config(), batch, detail::nn::no_labels, false, ws);
   return ws.logits;
 }
 
@@ -455,7 +455,7 @@ template <nn_backend B>
 typename B::matrix class_probabilities(const transformer_weights<B>& w, const adapter_set<B>& adapters,
                                        const token_batch& batch, transformer_workspace<B>& ws) {
   auto p = classification_logits(w, adapters, batch, ws);
-  B::softmax_columns(p);
+  nn_primitives<B>::softmax_columns(p);
   return p;
 }
 
@@ -478,11 +478,11 @@ template <nn_backend B>
 double classification_loss(const transformer_weights<B>& w, const adapter_set<B>& adapters,
                            const token_batch& batch, std::span<const std::int32_t> labels,
                            transformer_workspace<B>& ws) {
-  nn_detail::check_batch(w.config(), batch);
-  nn_detail::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
-  nn_detail::bind_lora<B>(w, adapters, no_factors, nullptr, ws);
-  nn_detail::forward(w.config(), batch, ws);
-  return nn_detail::classification_head(w.config(), batch, labels, false, ws);
+  detail::nn::check_batch(w.config(), batch);
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
+  detail::nn::bind_lora<B>(w, adapters, no_factors, nullptr, ws);
+  detail::nn::forward(w.config(), batch, ws);
+  return detail::nn::classification_head(w.config(), batch, labels, false, ws);
 }
 
 // Mean masked-token cross-entropy: targets [n * seq_len], the original id at masked positions
@@ -490,11 +490,11 @@ double classification_loss(const transformer_weights<B>& w, const adapter_set<B>
 template <nn_backend B>
 double mlm_loss(const transformer_weights<B>& w, const token_batch& batch,
                 std::span<const std::int32_t> targets, transformer_workspace<B>& ws) {
-  nn_detail::check_batch(w.config(), batch);
-  nn_detail::check_targets(targets, batch.ids.size(), w.config().vocab_size, true, "mlm targets");
-  nn_detail::bind_full<B>(w, nullptr, ws);
-  nn_detail::forward(w.config(), batch, ws);
-  return nn_detail::mlm_head(w.config(), targets, false, ws);
+  detail::nn::check_batch(w.config(), batch);
+  detail::nn::check_targets(targets, batch.ids.size(), w.config().vocab_size, true, "mlm targets");
+  detail::nn::bind_full<B>(w, nullptr, ws);
+  detail::nn::forward(w.config(), batch, ws);
+  return detail::nn::mlm_head(w.config(), targets, false, ws);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,12 +508,12 @@ template <nn_backend B>
 double classification_loss_and_grad(const transformer_weights<B>& w, const adapter_set<B>& adapters,
                                     const token_batch& batch, std::span<const std::int32_t> labels,
                                     factor_set trains, gradient_set<B>& grads, transformer_workspace<B>& ws) {
-  nn_detail::check_batch(w.config(), batch);
-  nn_detail::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
-  nn_detail::bind_lora(w, adapters, trains, &grads, ws);
-  nn_detail::forward(w.config(), batch, ws);
-  const double loss = nn_detail::classification_head(w.config(), batch, labels, trains.any(), ws);
-  if (trains.any()) nn_detail::backward(w.config(), batch, ws);
+  detail::nn::check_batch(w.config(), batch);
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
+  detail::nn::bind_lora(w, adapters, trains, &grads, ws);
+  detail::nn::forward(w.config(), batch, ws);
+  const double loss = detail::nn::classification_head(w.config(), batch, labels, trains.any(), ws);
+  if (trains.any()) detail::nn::backward(w.config(), batch, ws);
   return loss;
 }
 
@@ -522,14 +522,14 @@ template <nn_backend B>
 double classification_loss_and_grad(const transformer_weights<B>& w, const token_batch& batch,
                                     std::span<const std::int32_t> labels, transformer_weights<B>& grads,
                                     transformer_workspace<B>& ws) {
-  nn_detail::check_batch(w.config(), batch);
-  nn_detail::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
-  nn_detail::check_same_config(w, grads);
-  nn_detail::bind_full(w, &grads, ws);
-  nn_detail::clear_full_gradients(grads, true);
-  nn_detail::forward(w.config(), batch, ws);
-  const double loss = nn_detail::classification_head(w.config(), batch, labels, true, ws);
-  nn_detail::backward(w.config(), batch, ws);
+  detail::nn::check_batch(w.config(), batch);
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
+  detail::nn::check_same_config(w, grads);
+  detail::nn::bind_full(w, &grads, ws);
+  detail::nn::clear_full_gradients(grads, true);
+  detail::nn::forward(w.config(), batch, ws);
+  const double loss = detail::nn::classification_head(w.config(), batch, labels, true, ws);
+  detail::nn::backward(w.config(), batch, ws);
   return loss;
 }
 
@@ -538,14 +538,14 @@ template <nn_backend B>
 double mlm_loss_and_grad(const transformer_weights<B>& w, const token_batch& batch,
                          std::span<const std::int32_t> targets, transformer_weights<B>& grads,
                          transformer_workspace<B>& ws) {
-  nn_detail::check_batch(w.config(), batch);
-  nn_detail::check_targets(targets, batch.ids.size(), w.config().vocab_size, true, "mlm targets");
-  nn_detail::check_same_config(w, grads);
-  nn_detail::bind_full(w, &grads, ws);
-  nn_detail::clear_full_gradients(grads, false);
-  nn_detail::forward(w.config(), batch, ws);
-  const double loss = nn_detail::mlm_head(w.config(), targets, true, ws);
-  nn_detail::backward(w.config(), batch, ws);
+  detail::nn::check_batch(w.config(), batch);
+  detail::nn::check_targets(targets, batch.ids.size(), w.config().vocab_size, true, "mlm targets");
+  detail::nn::check_same_config(w, grads);
+  detail::nn::bind_full(w, &grads, ws);
+  detail::nn::clear_full_gradients(grads, false);
+  detail::nn::forward(w.config(), batch, ws);
+  const double loss = detail::nn::mlm_head(w.config(), targets, true, ws);
+  detail::nn::backward(w.config(), batch, ws);
   return loss;
 }
 

@@ -52,7 +52,7 @@ struct transformer_config {
 
   void validate() const {
     const auto positive = [](const char* name, index_t v) {
-      if (v < 1) detail::fail<config_error>("config_error", "transformer_config: ", name, " must be >= 1, got ", v);
+      if (v < 1) detail::raise<config_error>("transformer_config: ", name, " must be >= 1, got ", v);
     };
     positive("vocab_size", vocab_size);
     positive("max_len", max_len);
@@ -62,21 +62,21 @@ struct transformer_config {
     positive("d_ff", d_ff);
     positive("num_classes", num_classes);
     if (d_model % n_heads != 0) {
-      detail::fail<config_error>("config_error", "transformer_config: d_model = ", d_model,
+      detail::raise<config_error>("transformer_config: d_model = ", d_model,
                                  " must be a multiple of n_heads = ", n_heads);
     }
     if (pad_id < 0 || pad_id >= vocab_size) {
-      detail::fail<config_error>("config_error", "transformer_config: pad_id = ", pad_id,
+      detail::raise<config_error>("transformer_config: pad_id = ", pad_id,
                                  " must be in [0, vocab_size = ", vocab_size, ")");
     }
     if (!(layer_norm_eps > 0.0)) {
-      detail::fail<config_error>("config_error", "transformer_config: layer_norm_eps must be > 0, got ",
+      detail::raise<config_error>("transformer_config: layer_norm_eps must be > 0, got ",
                                  layer_norm_eps);
     }
   }
 };
 
-namespace nn_detail {
+namespace detail::nn {
 
 // Per-layer parameters in storage order; the index of layer i's parameter p is
 // layer_base(i) + p.
@@ -138,7 +138,7 @@ inline std::vector<parameter_spec> parameter_specs(const transformer_config& c) 
   return s;
 }
 
-}  // namespace nn_detail
+}  // namespace detail::nn
 
 // The LoRA modules PEFT-style `target_modules` and `layers_to_transform` select, with their base
 // weight shapes, ready for adapter_set's constructor. A target is "all-linear" (every q, k, v, o,
@@ -150,12 +150,12 @@ inline std::vector<module_shape> lora_target_modules(const transformer_config& c
                                                      const std::vector<index_t>& layers_to_transform = {}) {
   c.validate();
   if (target_modules.empty()) {
-    detail::fail<config_error>("config_error", "target_modules is empty: name modules such as "
+    detail::raise<config_error>("target_modules is empty: name modules such as "
                                "{\"q\", \"v\"} or \"all-linear\"");
   }
   for (const index_t l : layers_to_transform) {
     if (l < 0 || l >= c.n_layers) {
-      detail::fail<config_error>("config_error", "layers_to_transform: layer ", l,
+      detail::raise<config_error>("layers_to_transform: layer ", l,
                                  " does not exist; the model has layers 0..", c.n_layers - 1);
     }
   }
@@ -174,10 +174,10 @@ inline std::vector<module_shape> lora_target_modules(const transformer_config& c
   for (const auto& t : target_modules) {
     bool found = false;
     for (index_t i = 0; i < c.n_layers && !found; ++i) {
-      for (index_t j = 0; j < nn_detail::linears_per_layer; ++j) found = found || matches(nn_detail::module_name(i, j), t);
+      for (index_t j = 0; j < detail::nn::linears_per_layer; ++j) found = found || matches(detail::nn::module_name(i, j), t);
     }
     if (!found) {
-      detail::fail<config_error>("config_error", "target module '", t,
+      detail::raise<config_error>("target module '", t,
                                  "' matches no linear module; valid: \"all-linear\", q, k, v, o, "
                                  "fc1, fc2 (or a dotted suffix of layers.{i}.attention.{q,k,v,o}, "
                                  "layers.{i}.mlp.{fc1,fc2})");
@@ -188,8 +188,8 @@ inline std::vector<module_shape> lora_target_modules(const transformer_config& c
         std::find(layers_to_transform.begin(), layers_to_transform.end(), i) == layers_to_transform.end()) {
       continue;
     }
-    for (index_t j = 0; j < nn_detail::linears_per_layer; ++j) {
-      const std::string name = nn_detail::module_name(i, j);
+    for (index_t j = 0; j < detail::nn::linears_per_layer; ++j) {
+      const std::string name = detail::nn::module_name(i, j);
       if (std::any_of(target_modules.begin(), target_modules.end(),
                       [&](const std::string& t) { return matches(name, t); })) {
         const auto [o, in] = shape_of(j);
@@ -200,7 +200,7 @@ inline std::vector<module_shape> lora_target_modules(const transformer_config& c
   return out;
 }
 
-// All weights of the model, by name, in a fixed storage order (nn_detail::parameter_specs).
+// All weights of the model, by name, in a fixed storage order (detail::nn::parameter_specs).
 // The same type holds full-parameter gradients (zeros_like).
 template <backend B>
 class transformer_weights {
@@ -216,11 +216,11 @@ class transformer_weights {
     for (std::size_t p = 0; p < specs_.size(); ++p) {
       const auto& s = specs_[p];
       host_matrix<T> h(s.rows, s.cols);
-      if (s.init == nn_detail::init_kind::normal) {
+      if (s.init == detail::nn::init_kind::normal) {
         const random_stream rs(seed, stream::data, static_cast<std::uint32_t>(p), 0x4E4E);
         for (index_t k = 0; k < h.size(); ++k) h.data()[k] = static_cast<T>(0.02 * rs.normal(std::uint64_t(k)));
       } else {
-        h.setConstant(s.init == nn_detail::init_kind::ones ? T(1) : T(0));
+        h.setConstant(s.init == detail::nn::init_kind::ones ? T(1) : T(0));
       }
       values_[p] = B::from_host(h);
     }
@@ -233,14 +233,14 @@ class transformer_weights {
     transformer_weights w(config);
     for (const auto& [name, h] : tensors) {
       if (!w.index_.count(name)) {
-        detail::fail<config_error>("config_error", "weights: unexpected tensor '", name,
+        detail::raise<config_error>("weights: unexpected tensor '", name,
                                    "' (not a parameter of this transformer_config)");
       }
     }
     for (std::size_t p = 0; p < w.specs_.size(); ++p) {
       const auto it = tensors.find(w.specs_[p].name);
       if (it == tensors.end()) {
-        detail::fail<config_error>("config_error", "weights: missing tensor '", w.specs_[p].name, "'");
+        detail::raise<config_error>("weights: missing tensor '", w.specs_[p].name, "'");
       }
       w.check_shape(p, it->second.rows(), it->second.cols());
       w.values_[p] = B::from_host(it->second);
@@ -277,7 +277,7 @@ class transformer_weights {
   std::size_t index_of(const std::string& name) const {
     const auto it = index_.find(name);
     if (it == index_.end()) {
-      detail::fail<config_error>("config_error", "weights: no parameter named '", name, "'");
+      detail::raise<config_error>("weights: no parameter named '", name, "'");
     }
     return it->second;
   }
@@ -295,20 +295,20 @@ class transformer_weights {
 
  private:
   explicit transformer_weights(const transformer_config& config)
-      : config_{config}, specs_{(config.validate(), nn_detail::parameter_specs(config))} {
+      : config_{config}, specs_{(config.validate(), detail::nn::parameter_specs(config))} {
     values_.resize(specs_.size());
     for (std::size_t p = 0; p < specs_.size(); ++p) index_.emplace(specs_[p].name, p);
   }
   void check_shape(std::size_t p, index_t r, index_t c) const {
     if (r != specs_[p].rows || c != specs_[p].cols) {
-      detail::fail<shape_error>("shape_error", "weights: '", specs_[p].name, "' expected ",
+      detail::raise<shape_error>("weights: '", specs_[p].name, "' expected ",
                                 detail::shape_string(specs_[p].rows, specs_[p].cols), ", got ",
                                 detail::shape_string(r, c));
     }
   }
 
   transformer_config config_;
-  std::vector<nn_detail::parameter_spec> specs_;
+  std::vector<detail::nn::parameter_spec> specs_;
   std::vector<matrix> values_;
   std::map<std::string, std::size_t> index_;
 };

@@ -58,8 +58,7 @@ struct alternating {
   // Alternate during the first `fraction` of `num_rounds` rounds, then train only B.
   static alternating then_freeze_a(double fraction, std::size_t num_rounds) {
     if (!(fraction >= 0.0 && fraction <= 1.0)) {
-      detail::fail<config_error>("config_error",
-                                 "alternating: fraction of alternating rounds must be in [0, 1], got ",
+      detail::raise<config_error>("alternating: fraction of alternating rounds must be in [0, 1], got ",
                                  fraction);
     }
     return {1, 1, static_cast<std::size_t>(std::llround(fraction * double(num_rounds)))};
@@ -67,8 +66,7 @@ struct alternating {
 
   factor_set trains(std::size_t t) const {
     if (b_rounds == 0 || a_rounds == 0) {
-      detail::fail<config_error>("config_error",
-                                 "alternating: b_rounds and a_rounds must be >= 1, got b_rounds = ",
+      detail::raise<config_error>("alternating: b_rounds and a_rounds must be >= 1, got b_rounds = ",
                                  b_rounds, ", a_rounds = ", a_rounds);
     }
     if (t >= freeze_a_from) return only_b;

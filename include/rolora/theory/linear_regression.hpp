@@ -170,18 +170,15 @@ struct linear_problem {
 
 inline void check(const linear_problem_config& c) {
   if (c.dim < 1 || c.out_dim < 1 || c.rank < 1 || c.rank > std::min(c.dim, c.out_dim)) {
-    rolora::detail::fail<config_error>(
-        "config_error", "linear problem: need 1 <= rank <= min(dim, out_dim), got rank = ", c.rank,
+    rolora::detail::raise<config_error>("linear problem: need 1 <= rank <= min(dim, out_dim), got rank = ", c.rank,
         ", dim = ", c.dim, ", out_dim = ", c.out_dim);
   }
   if (c.clients < 1 || std::size_t(c.rank) > c.samples) {
-    rolora::detail::fail<config_error>("config_error",
-                                       "linear problem: need >= 1 client and samples >= rank, got ",
+    rolora::detail::raise<config_error>("linear problem: need >= 1 client and samples >= rank, got ",
                                        c.clients, " clients, ", c.samples, " samples");
   }
   if (!(c.noise >= 0.0) || !(c.heterogeneity >= 0.0)) {
-    rolora::detail::fail<config_error>("config_error",
-                                       "linear problem: noise and heterogeneity must be >= 0");
+    rolora::detail::raise<config_error>("linear problem: noise and heterogeneity must be >= 0");
   }
 }
 

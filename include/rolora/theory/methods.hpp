@@ -85,7 +85,7 @@ inline host initial_a(const host& reference, std::optional<double> init_angle, s
   if (!init_angle) return detail::orthonormal_rows(g);
   const double delta = *init_angle;
   if (!(delta >= 0.0 && delta <= 1.0) || 2 * r > d) {
-    rolora::detail::fail<config_error>("config_error", "init_angle must be in [0, 1] and needs 2 r <= d, got ",
+    rolora::detail::raise<config_error>("init_angle must be in [0, 1] and needs 2 r <= d, got ",
                                        delta, " with r = ", r, ", d = ", d);
   }
   const host q_ref = detail::orthonormal_rows(reference);
@@ -156,7 +156,7 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   config.local_optimizer = sgd{o.eta, 0.0, 0.0};
   config.threads = o.threads;
   config.seed = o.seed;
-  config.weights = weighting::uniform;
+  config.client_weighting = weighting::uniform;
   switch (m) {
     case method::rolora:
       config.closed_form_b = true;
@@ -171,10 +171,10 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
     case method::flexlora:
       return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0);
     case method::flora:
-      return detail::run(p, train_both{}, stack{o.seed, lora_init::kaiming_uniform}, config, 1,
+      return detail::run(p, train_both{}, flora_stack{o.seed, lora_init::kaiming_uniform}, config, 1,
                          o.iterations, a0);
     case method::fedex:
-      return detail::run(p, train_both{}, residual{}, config, 1, o.iterations, a0);
+      return detail::run(p, train_both{}, fedex_residual{}, config, 1, o.iterations, a0);
     case method::fedrot:
       return detail::run(p, train_both{}, procrustes{}, config, 1, o.iterations, a0);
   }

@@ -194,7 +194,7 @@ class cublas_handle {
 
 inline void check_cublas_extent(index_t extent) {
   if (extent > std::numeric_limits<int>::max()) {
-    fail<shape_error>("shape_error", "thrust_cuda gemm: extent ", extent,
+    raise<shape_error>("thrust_cuda gemm: extent ", extent,
                       " exceeds cuBLAS's int range");
   }
 }

@@ -40,7 +40,7 @@ class thrust_matrix {
   thrust_matrix(index_t rows, index_t cols, vector_type values)
       : rows_(rows), cols_(cols), values_(std::move(values)) {
     if (checked_size(rows, cols) != values_.size()) {
-      detail::fail<shape_error>("shape_error", "thrust_matrix: ", values_.size(),
+      detail::raise<shape_error>("thrust_matrix: ", values_.size(),
                                 " values cannot form a ", detail::shape_string(rows, cols),
                                 " matrix");
     }
@@ -63,7 +63,7 @@ class thrust_matrix {
  private:
   static std::size_t checked_size(index_t rows, index_t cols) {
     if (rows < 0 || cols < 0) {
-      detail::fail<shape_error>("shape_error", "thrust_matrix: extents must be non-negative, got ",
+      detail::raise<shape_error>("thrust_matrix: extents must be non-negative, got ",
                                 detail::shape_string(rows, cols));
     }
     const auto r = static_cast<std::size_t>(rows), c = static_cast<std::size_t>(cols);
