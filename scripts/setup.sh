@@ -8,6 +8,7 @@ PACKAGES=(
   libeigen3-dev doctest-dev libxtensor-dev xtl-dev nlohmann-json3-dev libcli11-dev
   libbenchmark-dev gnuplot-nox
   libthrust-dev  # Thrust headers for the Thrust backend's OpenMP flavour (ROLORA_ENABLE_THRUST_OMP)
+  clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz, scripts/fuzz.sh)
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
 )
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Configure, build and run every test (unit, compile-fail, README, package, example smoke).
+# Configure, build and run every test (unit, compile-fail, README, package, example smoke), then
+# the sanitizer stage: ASan + UBSan build of the io, aggregate and federated tests and the
+# examples' smoke tests, and short runs of the fuzz targets (preset "sanitize"; skip it with
+# ROLORA_SANITIZE=0). Arguments go to both ctest runs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,3 +14,11 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 cmake --preset default
 cmake --build --preset default -j "$jobs"
 ctest --preset default -j "$jobs" "$@"
+
+if [ "${ROLORA_SANITIZE:-1}" != 0 ]; then
+  start=$SECONDS
+  cmake --preset sanitize
+  cmake --build --preset sanitize -j "$jobs"
+  ctest --preset sanitize -j "$jobs" "$@"
+  echo "test.sh: sanitizer stage took $((SECONDS - start)) s"
+fi

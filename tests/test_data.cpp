@@ -16,6 +16,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_skip.hpp"
+
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/data/data.hpp>
@@ -468,9 +470,11 @@ TEST_CASE("data: pretraining batches draw windows reproducibly and mask them") {
   CHECK_THROWS_AS(data::pretraining_batch(data::token_windows{}, 9, 4, 0, 1), rolora::value_error);
 }
 
-TEST_CASE("data: the real SpamAssassin corpus has 6046 messages in its five groups" *
-          doctest::description("skipped unless scripts/fetch_data.sh has filled the cache ($ROLORA_DATA_DIR or .cache/data)") *
-          doctest::skip(!corpus_available())) {
+TEST_CASE("data: the real SpamAssassin corpus has 6046 messages in its five groups") {
+  if (!corpus_available()) {
+    ROLORA_SKIP("no SpamAssassin corpus under " << data_cache().string()
+                                                << " (run scripts/fetch_data.sh, or set ROLORA_DATA_DIR)");
+  }
   const auto emails = data::read_spam_assassin(data::spam_assassin_dir(data_cache()));
   REQUIRE(emails.size() == 6046);
   std::map<std::string, std::size_t> per_group;

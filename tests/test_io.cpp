@@ -1,14 +1,22 @@
 // io/: safetensors (byte layout against the reference serializer's vectors, round trips, F16/BF16
 // conversions, hostile files) and PEFT adapter directories (layout, key names, round trips,
-// mismatch errors).
+// mismatch errors); hostile input of every class (non-regular files, deep JSON, duplicate keys,
+// regex keys, numbers out of range).
 #include <atomic>
-#include <random>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <limits>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_support.hpp"
 
@@ -680,4 +688,236 @@ TEST_CASE("peft: saving checks ranks, scalings and paths before writing anything
   bad_saved.add_module_to_save("head", test::random_backend_matrix<B>(2, 2, 1));
   CHECK_THROWS_AS(save_peft_adapter(dir, bad_saved, c), config_error);
   CHECK_FALSE(std::filesystem::exists(dir));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input (issue 12): each class that once crashed or hung the readers, by construction
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// `read` run on its own thread; false when it has not returned within `seconds` (a hang), in
+// which case `unblock` runs so the thread can finish and be joined.
+template <class Read, class Unblock>
+bool returns_within(double seconds, Read read, Unblock unblock) {
+  std::promise<void> done;
+  auto finished = done.get_future();
+  std::thread t([&] {
+    read();
+    done.set_value();
+  });
+  const bool in_time = finished.wait_for(std::chrono::duration<double>(seconds)) == std::future_status::ready;
+  if (!in_time) unblock();
+  t.join();
+  return in_time;
+}
+
+// The message of the rolora::error that load_peft_adapter throws for `dir` after its
+// adapter_config.json is replaced by `config_text`.
+std::string peft_load_error(const std::filesystem::path& dir, const std::string& config_text) {
+  std::ofstream(dir / "adapter_config.json", std::ios::trunc) << config_text;
+  return message_of<error>(
+      [&] { load_peft_adapter<eigen_backend<float>>(dir, peft_test_modules, peft_test_saved); });
+}
+
+std::string nested(std::size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); }
+
+}  // namespace
+
+TEST_CASE("io: only regular files are read; a FIFO, a device or a directory is a clear error, never a hang") {
+  temp_dir tmp;
+  const auto fifo = tmp.path() / "fifo.safetensors";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::string msg;
+  const bool returned = returns_within(
+      10.0, [&] { msg = message_of<error>([&] { read_safetensors(fifo); }); },
+      [&] {  // a writer lets a blocked open/read return
+        const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) ::close(fd);
+      });
+  REQUIRE(returned);
+  CHECK(msg.find("[rolora.io]") == 0);
+  CHECK(msg.find("FIFO") != std::string::npos);
+  CHECK(msg.find("fifo.safetensors") != std::string::npos);
+
+  CHECK(message_of<error>([] { read_file_bytes("/dev/zero"); }).find("a character device, not a regular file") !=
+        std::string::npos);
+  CHECK(message_of<error>([&] { read_safetensors(tmp.path()); }).find("a directory, not a regular file") !=
+        std::string::npos);
+  std::filesystem::create_symlink("/dev/zero", tmp.path() / "zero.safetensors");
+  CHECK(message_of<error>([&] { read_safetensors(tmp.path() / "zero.safetensors"); }).find("character device") !=
+        std::string::npos);
+
+  // The size limit: at the limit the file is read, one byte over it is refused, naming both.
+  const bytes_t small = serialize_safetensors({{"w", make_tensor(test::random_matrix<float>(2, 3, 1))}});
+  write_file_bytes(tmp.path() / "small.safetensors", small);
+  CHECK(read_safetensors(tmp.path() / "small.safetensors", small.size()).size() == 1);
+  msg = message_of<error>([&] { read_safetensors(tmp.path() / "small.safetensors", small.size() - 1); });
+  CHECK(msg.find(std::to_string(small.size()) + " bytes, more than the " + std::to_string(small.size() - 1)) !=
+        std::string::npos);
+
+  // A PEFT directory whose config is a FIFO or a directory, and a config over the caller's limit.
+  using B = eigen_backend<float>;
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<B>(c);
+  const auto dir = tmp.path() / "adapter";
+  save_peft_adapter(dir, set, c);
+  peft_options tight;
+  tight.max_config_bytes = 10;
+  CHECK(message_of<error>([&] { load_peft_adapter<B>(dir, set, tight); }).find("-byte limit") != std::string::npos);
+  std::filesystem::remove(dir / "adapter_config.json");
+  REQUIRE(::mkfifo((dir / "adapter_config.json").c_str(), 0600) == 0);
+  REQUIRE(returns_within(
+      10.0, [&] { msg = message_of<error>([&] { load_peft_adapter<B>(dir, set); }); },
+      [&] {
+        const int fd = ::open((dir / "adapter_config.json").c_str(), O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) ::close(fd);
+      }));
+  CHECK(msg.find("FIFO") != std::string::npos);
+  std::filesystem::remove(dir / "adapter_config.json");
+  std::filesystem::create_directory(dir / "adapter_config.json");
+  CHECK(message_of<error>([&] { load_peft_adapter<B>(dir, set); }).find("a directory") != std::string::npos);
+}
+
+TEST_CASE("io: deeply nested JSON is refused before parsing, and messages quote a bounded prefix") {
+  // A million levels: the header, a tensor's field, and adapter_config.json.
+  CHECK(parse_error_id(raw_file(nested(1'000'000))) == "safetensors.header_json");
+  const auto msg = message_of<value_error>([] {
+    parse_safetensors(raw_file(R"({"a":{"dtype":"F32","shape":)" + nested(1'000'000) + R"(,"data_offsets":[0,0]}})"));
+  });
+  CAPTURE(msg);
+  CHECK(msg.find("deeper than 64 levels (at byte 90)") != std::string::npos);  // the 63rd '[' of the shape
+  CHECK(msg.size() < 300);
+  // 64 levels are fine for the parser (the schema check then refuses them, quoting a prefix).
+  const auto schema = message_of<value_error>([] {
+    parse_safetensors(raw_file(R"({"a":{"dtype":"F32","shape":[)" + nested(61) + R"(],"data_offsets":[0,0]}})"));
+  });
+  CHECK(schema.find("[rolora.safetensors.shape]") == 0);
+  CHECK(schema.size() < 400);
+  // Brackets inside strings do not count; an escaped quote does not end the string.
+  CHECK(parse_safetensors(raw_file(R"({"__metadata__":{"k":")" + std::string(1000, '[') + R"(\"{"}})"))
+            .metadata()
+            .at("k")
+            .size() == 1002);
+
+  // Long names and values are cut in messages.
+  const std::string long_name(1'000'000, 'n');
+  const auto cut = message_of<value_error>([&] {
+    parse_safetensors(raw_file(R"({")" + long_name + R"(":{"dtype":")" + long_name + R"(","shape":[1],"data_offsets":[0,4]}})",
+                               {0, 0, 0, 0}));
+  });
+  CHECK(cut.find("[rolora.safetensors.dtype]") == 0);
+  CHECK(cut.size() < 400);
+
+  temp_dir tmp;
+  using B = eigen_backend<float>;
+  const lora_config c = peft_test_config();
+  save_peft_adapter(tmp.path(), peft_test_set<B>(c), c);
+  auto peft = peft_load_error(tmp.path(), R"({"peft_type":"LORA","r":)" + nested(1'000'000) + "}");
+  CHECK(peft.find("[rolora.peft.config] adapter_config.json: arrays and objects nest deeper than 64") == 0);
+  peft = peft_load_error(tmp.path(), R"({"peft_type":"LORA","target_modules":")" + std::string(1'000'000, 'x') + R"(",)"
+                                     R"("bias":[")" + std::string(1'000'000, 'y') + R"("]})");
+  CHECK(peft.find("bias") != std::string::npos);
+  CHECK(peft.size() < 400);
+}
+
+TEST_CASE("peft: adapter_config.json with a duplicate key is refused") {
+  temp_dir tmp;
+  using B = eigen_backend<float>;
+  const lora_config c = peft_test_config();
+  save_peft_adapter(tmp.path(), peft_test_set<B>(c), c);
+  auto msg = peft_load_error(tmp.path(), R"({"peft_type":"LORA","r":4,"r":8})");
+  CHECK(msg.find("[rolora.peft.config]") == 0);
+  CHECK(msg.find("key \"r\" appears twice") != std::string::npos);
+  msg = peft_load_error(tmp.path(), R"({"peft_type":"LORA","r":4,"rank_pattern":{"q":2,"q":3}})");
+  CHECK(msg.find("key \"q\" appears twice") != std::string::npos);
+}
+
+TEST_CASE("peft: rank_pattern / alpha_pattern keys are checked before a regex engine sees them") {
+  temp_dir tmp;
+  using B = eigen_backend<float>;
+  const lora_config c = peft_test_config();
+  const auto set = peft_test_set<B>(c);
+  save_peft_adapter(tmp.path(), set, c);
+  const std::string head = R"({"peft_type":"LORA","r":4,"lora_alpha":8,)";
+  const auto pattern_error = [&](const std::string& field, const std::string& key) {
+    return peft_load_error(tmp.path(), head + "\"" + field + "\":" + nlohmann::json{{key, 2}}.dump() + "}");
+  };
+  struct refused {
+    std::string key, why;
+  };
+  for (const auto& [key, why] : std::vector<refused>{
+           {std::string(100'000, 'a'), "100000 characters, more than the 256 allowed"},
+           {std::string(9, '(') + "v" + std::string(9, ')'), "nests groups deeper than 8 levels"},
+           {"(v)\\1", "backreference"},
+           {"(?=v)v", "lookaround"},
+           {"(?P<x>v)", "named group"},
+           {"v{1000}", "one counted repetition"},
+           {"(v{2}){2}", "one counted repetition"},
+           {"v{2,}", "unbounded repetition"},
+           {"(v", "unclosed '('"},
+           {"v)", "unbalanced ')'"},
+           {"[v", "unclosed '['"},
+           {"v\\", "lone backslash"},
+           {"", "is empty"},
+           {"*v", "not a usable regular expression"}}) {
+    CAPTURE(key.substr(0, 40));
+    for (const char* field : {"rank_pattern", "alpha_pattern"}) {
+      const auto msg = pattern_error(field, key);
+      CHECK(msg.find("[rolora.peft.pattern] adapter_config.json: " + std::string(field) + " key '") == 0);
+      CHECK(msg.find(why) != std::string::npos);
+      CHECK(msg.size() < 300);
+    }
+  }
+  // What real configs hold still works: suffix paths, classes, (?:...), \d, one bounded count,
+  // and a nested quantifier, which the polynomial-time engine runs without backtracking blow-up.
+  for (const std::string key : {"attention\\.v", "layers\\.\\d+\\.attention\\.[v]", "(?:attention)\\.v",
+                                "layers.{1,3}attention.v", "(l|a|y|e|r|s|\\.|\\d|t|n|i|o)*v", "(.*)*v"}) {
+    CAPTURE(key);
+    std::ofstream(tmp.path() / "adapter_config.json", std::ios::trunc)
+        << head + R"("rank_pattern":)" + nlohmann::json{{key, 2}}.dump() + R"(,"alpha_pattern":)" +
+               nlohmann::json{{key, 3.5}}.dump() + "}";
+    const auto loaded = load_peft_adapter<B>(tmp.path(), set);
+    CHECK(loaded.config.rank_for("layers.0.attention.v") == 2);
+    CHECK(loaded.config.alpha_for("layers.0.attention.v") == 3.5);
+    CHECK(loaded.config.rank_for("layers.0.attention.q") == 4);
+    CHECK(test::bit_equal(set, loaded.adapters));
+  }
+}
+
+TEST_CASE("peft: every numeric field is range-checked, naming the field, the value and the range") {
+  temp_dir tmp;
+  using B = eigen_backend<float>;
+  const lora_config c = peft_test_config();
+  save_peft_adapter(tmp.path(), peft_test_set<B>(c), c);
+  struct bad_number {
+    std::string config, field, value, range;
+  };
+  const std::string lora = R"({"peft_type":"LORA",)";
+  for (const auto& [config, field, value, range] : std::vector<bad_number>{
+           {R"("lora_alpha":1e308})", "lora_alpha", "1e+308", "(0, 1000000]"},
+           {R"("lora_alpha":0})", "lora_alpha", "got 0", "(0, 1000000]"},
+           {R"("lora_alpha":-8})", "lora_alpha", "-8", "(0, 1000000]"},
+           {R"("lora_alpha":"8"})", "lora_alpha", "\"8\"", "(0, 1000000]"},
+           {R"("r":0})", "r", "got 0", "[1, 1073741824]"},
+           {R"("r":4.5})", "r", "4.5", "[1, 1073741824]"},
+           {R"("r":2147483648})", "r", "2147483648", "[1, 1073741824]"},
+           {R"("r":9})", "r", "= 9", "[1, 8] for module 'layers.0.attention.q' of shape [16, 8]"},
+           {R"("r":4,"rank_pattern":{"attention\\.v":100}})", "rank_pattern['layers.0.attention.v']", "= 100",
+            "[1, 8] for module 'layers.0.attention.v' of shape [12, 8]"},
+           {R"("r":4,"rank_pattern":{"v":-2}})", "rank_pattern['layers.0.attention.v']", "-2", "[1, 1073741824]"},
+           {R"("r":4,"alpha_pattern":{"v":-3.5}})", "alpha_pattern['layers.0.attention.v']", "-3.5", "(0, 1000000]"},
+           {R"("lora_dropout":1.5})", "lora_dropout", "1.5", "[0, 1)"},
+           {R"("lora_dropout":-0.1})", "lora_dropout", "-0.1", "[0, 1)"}}) {
+    CAPTURE(config);
+    const auto msg = peft_load_error(tmp.path(), lora + config);
+    CAPTURE(msg);
+    CHECK(msg.find("[rolora.peft.config] adapter_config.json: " + field + " ") == 0);
+    CHECK(msg.find(value) != std::string::npos);
+    CHECK(msg.find(range) != std::string::npos);
+  }
+  // A number beyond double's range is refused by the parser, quoting it.
+  const auto msg = peft_load_error(tmp.path(), lora + R"("lora_alpha":1e400})");
+  CHECK(msg.find("[rolora.peft.config] adapter_config.json: not valid UTF-8 JSON") == 0);
+  CHECK(msg.find("1e400") != std::string::npos);
 }

@@ -13,6 +13,8 @@
 // keys match the user's model (e.g. "layers.0.attention.q" -> "encoder.layer.0.attention.self.query").
 // Needs nlohmann-json (an optional dependency of rolora).
 #pragma once
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -32,12 +34,19 @@
 #include <rolora/adapter/lora.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <rolora/io/file.hpp>
+#include <rolora/io/json.hpp>
 #include <rolora/io/safetensors.hpp>
 
 namespace rolora {
 
 inline constexpr std::string_view peft_config_file = "adapter_config.json";
 inline constexpr std::string_view peft_weights_file = "adapter_model.safetensors";
+
+// The ranges load_peft_adapter accepts for r (and rank_pattern values; a module's shape bounds
+// them further) and lora_alpha (and alpha_pattern values, finite and positive).
+inline constexpr std::uint64_t max_peft_rank = std::uint64_t(1) << 30;
+inline constexpr double max_peft_alpha = 1e6;
 
 struct peft_options {
   // rolora module name -> the module's path in the user's model (PEFT's target name, without
@@ -48,6 +57,9 @@ struct peft_options {
   // Written to adapter_config.json (null when empty); read back by load_peft_adapter.
   std::optional<std::string> base_model_name_or_path;
   std::optional<std::string> task_type;  // PEFT's TaskType, e.g. "SEQ_CLS"
+  // The largest adapter_config.json and adapter_model.safetensors load_peft_adapter reads.
+  std::uint64_t max_config_bytes = std::uint64_t(16) << 20;
+  std::uint64_t max_weights_bytes = default_max_file_bytes;
 };
 
 // A module_path that puts `prefix` before every rolora name ("model." + "layers.0.attention.q").
@@ -95,18 +107,100 @@ inline nlohmann::json number(double v) {
   return nlohmann::json(v);
 }
 
-// PEFT's get_pattern_key: the first pattern p (in file order) with re.match(r"(.*\.)?(p)$", path).
-inline const nlohmann::ordered_json* match_pattern(const nlohmann::ordered_json& patterns, const std::string& path,
-                                                   const char* field) {
-  for (const auto& [pattern, value] : patterns.items()) {
-    std::regex re;
-    try {
-      re = std::regex("(.*\\.)?(" + pattern + ")$", std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      fail<config_error>("peft.config", peft_config_file, ": ", field, " key '", pattern, "' is not a usable regular expression (",
-                         e.what(), ")");
+// Limits on rank_pattern / alpha_pattern keys. Real keys are module paths
+// ("model.layers.0.self_attn.q_proj") or short regexes over them; the limits keep compiling and
+// matching a hostile key bounded in time and stack (the regex engines recurse per pattern element).
+inline constexpr std::size_t max_pattern_length = 256;
+inline constexpr int max_pattern_nesting = 8;      // groups inside groups
+inline constexpr int max_pattern_repeat = 16;      // m and n of the one {m,n} allowed
+
+// Checks that `pattern` (a key of `field`) stays within the subset of Python's `re` syntax that
+// ECMAScript shares and within the limits above; config_error naming the key and the rule broken.
+inline void check_pattern(const std::string& pattern, const char* field) {
+  const auto refuse = [&](const auto&... why) {
+    fail<config_error>("peft.pattern", peft_config_file, ": ", field, " key '", json_io::bounded_text(pattern, 60),
+                       "' ", why...);
+  };
+  if (pattern.empty()) refuse("is empty");
+  if (pattern.size() > max_pattern_length) {
+    refuse("has ", pattern.size(), " characters, more than the ", max_pattern_length, " allowed");
+  }
+  int depth = 0, counted = 0;
+  bool in_class = false;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\') {
+      if (++i == pattern.size()) refuse("ends with a lone backslash");
+      if ((pattern[i] >= '1' && pattern[i] <= '9') || pattern[i] == 'k') {
+        refuse("has a backreference (\\", pattern[i], "), which is not supported");
+      }
+    } else if (in_class) {
+      in_class = c != ']';
+    } else if (c == '[') {
+      in_class = true;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') ++i;
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') ++i;  // "[]...]" and "[^]...]": ']' is literal
+    } else if (c == '(') {
+      if (i + 1 < pattern.size() && pattern[i + 1] == '?' && (i + 2 >= pattern.size() || pattern[i + 2] != ':')) {
+        refuse("has a lookaround, named group or inline flag '(?", i + 2 < pattern.size() ? pattern[i + 2] : ' ',
+               "', which is not supported (only '(?:' is)");
+      }
+      if (++depth > max_pattern_nesting) refuse("nests groups deeper than ", max_pattern_nesting, " levels");
+    } else if (c == ')') {
+      if (--depth < 0) refuse("has an unbalanced ')' at character ", i);
+    } else if (c == '{') {
+      std::size_t j = i + 1;
+      int m = -1, n = -1, *value = &m;
+      for (; j < pattern.size() && (std::isdigit(static_cast<unsigned char>(pattern[j])) || pattern[j] == ','); ++j) {
+        if (pattern[j] == ',') {
+          if (value == &n) break;
+          value = &n;
+          n = -2;  // "{m,}" until a digit comes: unbounded
+        } else {
+          *value = std::min(1000, std::max(*value, 0) * 10 + (pattern[j] - '0'));
+        }
+      }
+      if (j == pattern.size() || pattern[j] != '}' || m < 0) continue;  // a literal '{' as in Python
+      if (n == -2) refuse("has an unbounded repetition {", m, ",}; use * or +");
+      if (++counted > 1 || m > max_pattern_repeat || n > max_pattern_repeat) {
+        refuse("may have one counted repetition {m,n} with m, n <= ", max_pattern_repeat);
+      }
+      i = j;
     }
-    if (std::regex_match(path, re)) return &value;
+  }
+  if (in_class) refuse("has an unclosed '['");
+  if (depth != 0) refuse("has ", depth, " unclosed '('");
+}
+
+// The keys of rank_pattern or alpha_pattern, compiled as PEFT's get_pattern_key uses them:
+// re.match(r"(.*\.)?(p)$", path), in file order, with the value each key maps to.
+// Every key is checked first (check_pattern); with libstdc++ the regexes run on its
+// polynomial-time (Thompson NFA) executor, whose work and recursion grow with the pattern only.
+using compiled_patterns = std::vector<std::pair<std::regex, const nlohmann::ordered_json*>>;
+
+inline compiled_patterns compile_patterns(const nlohmann::ordered_json& patterns, const char* field) {
+#if defined(__GLIBCXX__)
+  constexpr auto flags = std::regex::ECMAScript | std::regex_constants::__polynomial;
+#else
+  constexpr auto flags = std::regex::ECMAScript;
+#endif
+  compiled_patterns out;
+  for (const auto& [pattern, value] : patterns.items()) {
+    check_pattern(pattern, field);
+    try {
+      out.emplace_back(std::regex("(.*\\.)?(" + pattern + ")$", flags), &value);
+    } catch (const std::regex_error& e) {
+      fail<config_error>("peft.pattern", peft_config_file, ": ", field, " key '", json_io::bounded_text(pattern, 60),
+                         "' is not a usable regular expression (", e.what(), ")");
+    }
+  }
+  return out;
+}
+
+// The value of the first pattern matching `path`, or nullptr.
+inline const nlohmann::ordered_json* match_pattern(const compiled_patterns& patterns, const std::string& path) {
+  for (const auto& [re, value] : patterns) {
+    if (std::regex_match(path, re)) return value;
   }
   return nullptr;
 }
@@ -236,60 +330,67 @@ peft_adapter<Backend> load_peft_adapter(const std::filesystem::path& dir, const 
   }
 
   // --- adapter_config.json ---
-  const auto text = read_file_bytes(dir / peft_config_file);
-  ojson cfg;
-  try {
-    cfg = ojson::parse(text.begin(), text.end());
-  } catch (const ojson::exception& e) {
-    detail::fail<config_error>("peft.config", peft_config_file, " is not valid JSON: ", e.what());
-  }
+  const auto text = read_file_bytes(dir / peft_config_file, options.max_config_bytes);
+  const auto cfg = detail::json_io::parse_json<ojson>(text, [](detail::json_io::fault, const std::string& why) {
+    detail::fail<config_error>("peft.config", peft_config_file, ": ", why);
+  });
   auto bad = [](const std::string& field, const auto&... why) {
     detail::fail<config_error>("peft.config", peft_config_file, ": ", field, " ", why...);
   };
-  if (!cfg.is_object()) bad("the file", "must hold a JSON object");
+  const auto excerpt = [](const ojson& v) { return detail::json_io::json_excerpt(v); };
+  if (!cfg.is_object()) bad("the file", "must hold a JSON object, got ", excerpt(cfg));
   auto field = [&](const char* name) -> const ojson* {
     const auto it = cfg.find(name);
     return it == cfg.end() || it->is_null() ? nullptr : &*it;
   };
   const ojson* peft_type = field("peft_type");
   if (!peft_type || !peft_type->is_string() || peft_type->get<std::string>() != "LORA") {
-    bad("peft_type", "must be \"LORA\", got ", peft_type ? peft_type->dump() : "nothing");
+    bad("peft_type", "must be \"LORA\", got ", peft_type ? excerpt(*peft_type) : "nothing");
   }
   auto flag = [&](const char* name, bool fallback) {
     const ojson* v = field(name);
     if (!v) return fallback;
-    if (!v->is_boolean()) bad(name, "must be true or false, got ", v->dump());
+    if (!v->is_boolean()) bad(name, "must be true or false, got ", excerpt(*v));
     return v->get<bool>();
   };
-  auto positive_int = [&](const std::string& name, const ojson& v) {
-    if (!v.is_number_unsigned() || v.get<std::uint64_t>() < 1 || v.get<std::uint64_t>() > 1u << 30) {
-      bad(name, "must be a positive integer, got ", v.dump());
+  // A rank: an integer in [1, max_peft_rank] (the module's shape bounds it further below).
+  auto rank = [&](const std::string& name, const ojson& v) {
+    if (!v.is_number_unsigned() || v.get<std::uint64_t>() < 1 || v.get<std::uint64_t>() > max_peft_rank) {
+      bad(name, "must be an integer in [1, ", max_peft_rank, "], got ", excerpt(v));
     }
     return static_cast<index_t>(v.get<std::uint64_t>());
   };
-  auto real = [&](const std::string& name, const ojson& v) {
-    if (!v.is_number()) bad(name, "must be a number, got ", v.dump());
-    return v.get<double>();
+  // A lora_alpha: a finite number in (0, max_peft_alpha].
+  auto alpha = [&](const std::string& name, const ojson& v) {
+    const double a = v.is_number() ? v.get<double>() : 0.0;
+    if (!v.is_number() || !(a > 0.0 && a <= max_peft_alpha)) {
+      bad(name, "must be a finite number in (0, ", static_cast<std::int64_t>(max_peft_alpha), "], got ", excerpt(v));
+    }
+    return a;
   };
   if (flag("use_dora", false)) bad("use_dora", "is true: DoRA adapters are not supported");
   if (flag("fan_in_fan_out", false)) bad("fan_in_fan_out", "is true: transposed (Conv1D) weights are not supported");
   if (flag("lora_bias", false)) bad("lora_bias", "is true: lora_B biases are not supported");
   if (const ojson* b = field("bias"); b && (!b->is_string() || b->get<std::string>() != "none")) {
-    bad("bias", "must be \"none\" (rolora adapters train no biases), got ", b->dump());
+    bad("bias", "must be \"none\" (rolora adapters train no biases), got ", excerpt(*b));
   }
 
   lora_config config;  // PEFT's defaults where a field is absent: r = 8, lora_alpha = 8
-  config.r = field("r") ? positive_int("r", *field("r")) : 8;
-  config.lora_alpha = field("lora_alpha") ? real("lora_alpha", *field("lora_alpha")) : 8.0;
-  config.lora_dropout = field("lora_dropout") ? real("lora_dropout", *field("lora_dropout")) : 0.0;
-  if (!(config.lora_dropout >= 0.0 && config.lora_dropout < 1.0)) bad("lora_dropout", "must be in [0, 1), got ", config.lora_dropout);
+  config.r = field("r") ? rank("r", *field("r")) : 8;
+  config.lora_alpha = field("lora_alpha") ? alpha("lora_alpha", *field("lora_alpha")) : 8.0;
+  if (const ojson* d = field("lora_dropout")) {
+    config.lora_dropout = d->is_number() ? d->get<double>() : -1.0;
+    if (!(config.lora_dropout >= 0.0 && config.lora_dropout < 1.0)) {
+      bad("lora_dropout", "must be a number in [0, 1), got ", excerpt(*d));
+    }
+  }
   config.use_rslora = flag("use_rslora", false);
   if (const ojson* init = field("init_lora_weights")) {
     if (init->is_string() && init->get<std::string>() == "gaussian") {
       config.init_lora_weights = lora_init::gaussian;
     } else if (!init->is_boolean()) {
       // pissa, olora, loftq, eva, corda, ...: the saved factors go with a modified base model.
-      bad("init_lora_weights", "must be true, false or \"gaussian\", got ", init->dump(),
+      bad("init_lora_weights", "must be true, false or \"gaussian\", got ", excerpt(*init),
           " (initialisations that change the base weights are not supported)");
     }
   }
@@ -298,29 +399,31 @@ peft_adapter<Backend> load_peft_adapter(const std::filesystem::path& dir, const 
       config.target_modules = {t->get<std::string>()};
     } else if (t->is_array()) {
       for (const auto& m : *t) {
-        if (!m.is_string()) bad("target_modules", "must hold strings, got ", m.dump());
+        if (!m.is_string()) bad("target_modules", "must hold strings, got ", excerpt(m));
         config.target_modules.push_back(m.get<std::string>());
       }
     } else {
-      bad("target_modules", "must be a string or a list of strings, got ", t->dump());
+      bad("target_modules", "must be a string or a list of strings, got ", excerpt(*t));
     }
   }
   const ojson empty = ojson::object();
   const ojson* rank_pattern = field("rank_pattern") ? field("rank_pattern") : &empty;
   const ojson* alpha_pattern = field("alpha_pattern") ? field("alpha_pattern") : &empty;
-  if (!rank_pattern->is_object()) bad("rank_pattern", "must be an object, got ", rank_pattern->dump());
-  if (!alpha_pattern->is_object()) bad("alpha_pattern", "must be an object, got ", alpha_pattern->dump());
+  if (!rank_pattern->is_object()) bad("rank_pattern", "must be an object, got ", excerpt(*rank_pattern));
+  if (!alpha_pattern->is_object()) bad("alpha_pattern", "must be an object, got ", excerpt(*alpha_pattern));
+  const auto rank_patterns = detail::peft::compile_patterns(*rank_pattern, "rank_pattern");
+  const auto alpha_patterns = detail::peft::compile_patterns(*alpha_pattern, "alpha_pattern");
 
   peft_adapter<Backend> out;
   for (const char* name : {"base_model_name_or_path", "task_type"}) {
     if (const ojson* v = field(name)) {
-      if (!v->is_string()) bad(name, "must be a string or null, got ", v->dump());
+      if (!v->is_string()) bad(name, "must be a string or null, got ", excerpt(*v));
       (std::string_view(name) == "task_type" ? out.task_type : out.base_model_name_or_path) = v->get<std::string>();
     }
   }
 
   // --- adapter_model.safetensors ---
-  const safetensors_file file = read_safetensors(dir / peft_weights_file);
+  const safetensors_file file = read_safetensors(dir / peft_weights_file, options.max_weights_bytes);
   std::set<std::string> unused;
   for (const auto& k : file.names()) unused.insert(k);
   auto take = [&](const std::string& key, const std::string& what) {
@@ -352,15 +455,21 @@ peft_adapter<Backend> load_peft_adapter(const std::filesystem::path& dir, const 
     if (const auto [it, fresh] = path_owner.emplace(path, m.name); !fresh) {
       detail::fail<config_error>("peft.module_path", "modules '", it->second, "' and '", m.name, "' both map to '", path, "'");
     }
-    if (const ojson* v = detail::peft::match_pattern(*rank_pattern, path, "rank_pattern")) {
-      const index_t r = positive_int("rank_pattern['" + path + "']", *v);
+    std::string rank_field = "r";
+    if (const ojson* v = detail::peft::match_pattern(rank_patterns, path)) {
+      rank_field = "rank_pattern['" + path + "']";
+      const index_t r = rank(rank_field, *v);
       if (r != config.r) config.rank_pattern[m.name] = r;
     }
-    if (const ojson* v = detail::peft::match_pattern(*alpha_pattern, path, "alpha_pattern")) {
-      const double alpha = real("alpha_pattern['" + path + "']", *v);
-      if (alpha != config.lora_alpha) config.alpha_pattern[m.name] = alpha;
+    if (const ojson* v = detail::peft::match_pattern(alpha_patterns, path)) {
+      const double a = alpha("alpha_pattern['" + path + "']", *v);
+      if (a != config.lora_alpha) config.alpha_pattern[m.name] = a;
     }
     const index_t r = config.rank_for(m.name);
+    if (const index_t max_r = std::min(m.out_features, m.in_features); max_r >= 1 && r > max_r) {
+      bad(rank_field, "= ", r, " is outside [1, min(out, in)] = [1, ", max_r, "] for module '", m.name, "' of shape ",
+          detail::shape_string(m.out_features, m.in_features));
+    }
     check_rank(m.name, m.out_features, m.in_features, r);
     lora_adapter<Backend> a;
     a.A = expect_2d(take(detail::peft::lora_key(path, 'A'), "lora_A of module '" + m.name + "'"), m.name, "lora_A", r,

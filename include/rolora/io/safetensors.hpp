@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <optional>
@@ -39,6 +38,8 @@
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
+#include <rolora/io/file.hpp>
+#include <rolora/io/json.hpp>
 
 namespace rolora {
 
@@ -373,29 +374,11 @@ class safetensors_file {
     data_start_ = 8 + n;
     const std::uint64_t buffer_size = file_size - data_start_;
 
-    // Parse, recording duplicate keys at any depth (nlohmann would keep the last one silently).
-    std::vector<std::set<std::string>> open_objects;
-    std::optional<std::string> duplicate;
-    const json::parser_callback_t on_event = [&](int, json::parse_event_t event, json& parsed) {
-      if (event == json::parse_event_t::object_start) {
-        open_objects.emplace_back();
-      } else if (event == json::parse_event_t::object_end) {
-        if (!open_objects.empty()) open_objects.pop_back();
-      } else if (event == json::parse_event_t::key && !open_objects.empty() && parsed.is_string()) {
-        if (!open_objects.back().insert(parsed.get<std::string>()).second && !duplicate) {
-          duplicate = parsed.get<std::string>();
-        }
-      }
-      return true;
-    };
-    json header;
-    try {
-      const auto* first = bytes_.data() + 8;
-      header = json::parse(first, first + n, on_event);
-    } catch (const json::exception& e) {
-      bad("safetensors.header_json", "the header is not valid UTF-8 JSON: ", e.what());
-    }
-    if (duplicate) bad("safetensors.duplicate_key", "key '", *duplicate, "' appears twice in the header");
+    const json header = detail::json_io::parse_json<json>(
+        std::span<const std::uint8_t>(bytes_.data() + 8, n), [](detail::json_io::fault f, const std::string& why) {
+          bad(f == detail::json_io::fault::duplicate_key ? "safetensors.duplicate_key" : "safetensors.header_json",
+              "the header: ", why);
+        });
     if (!header.is_object()) bad("safetensors.header_schema", "the header must be a JSON object, got ", header.type_name());
 
     for (auto& [key, value] : header.items()) {
@@ -404,7 +387,7 @@ class safetensors_file {
         if (!value.is_object()) bad("safetensors.header_schema", "__metadata__ must be an object of strings, got ", value.type_name());
         for (auto& [mk, mv] : value.items()) {
           if (!mv.is_string()) {
-            bad("safetensors.header_schema", "__metadata__['", mk, "'] must be a string, got ", mv.type_name());
+            bad("safetensors.header_schema", "__metadata__['", detail::json_io::bounded_text(mk), "'] must be a string, got ", mv.type_name());
           }
           metadata_.emplace(mk, mv.template get<std::string>());
         }
@@ -424,12 +407,13 @@ class safetensors_file {
     const std::string* previous = nullptr;
     for (const auto& [name, e] : order) {
       if (e->begin < covered) {
-        bad("safetensors.overlap", "tensor '", *name, "' [", e->begin, ", ", e->end, ") overlaps tensor '", *previous,
+        bad("safetensors.overlap", "tensor '", detail::json_io::bounded_text(*name), "' [", e->begin, ", ", e->end,
+            ") overlaps tensor '", detail::json_io::bounded_text(*previous),
             "' which ends at ", covered);
       }
       if (e->begin > covered) {
-        bad("safetensors.hole", "bytes [", covered, ", ", e->begin, ") of the buffer belong to no tensor (before '", *name,
-            "')");
+        bad("safetensors.hole", "bytes [", covered, ", ", e->begin, ") of the buffer belong to no tensor (before '",
+            detail::json_io::bounded_text(*name), "')");
       }
       covered = e->end;
       previous = name;
@@ -441,47 +425,48 @@ class safetensors_file {
   }
 
   static entry parse_entry(const std::string& name, const nlohmann::json& value, std::uint64_t buffer_size) {
-    if (!value.is_object()) bad("safetensors.header_schema", "tensor '", name, "': expected an object, got ", value.type_name());
+    const std::string shown = detail::json_io::bounded_text(name);  // names can be megabytes long
+    if (!value.is_object()) bad("safetensors.header_schema", "tensor '", shown, "': expected an object, got ", value.type_name());
     for (const char* field : {"dtype", "shape", "data_offsets"}) {
-      if (!value.contains(field)) bad("safetensors.header_schema", "tensor '", name, "': missing field '", field, "'");
+      if (!value.contains(field)) bad("safetensors.header_schema", "tensor '", shown, "': missing field '", field, "'");
     }
     const auto& dt = value.at("dtype");
-    if (!dt.is_string()) bad("safetensors.header_schema", "tensor '", name, "': dtype must be a string, got ", dt.type_name());
+    if (!dt.is_string()) bad("safetensors.header_schema", "tensor '", shown, "': dtype must be a string, got ", dt.type_name());
     const auto dtype = detail::st::parse_dtype(dt.get_ref<const std::string&>());
-    if (!dtype) bad("safetensors.dtype", "tensor '", name, "': unknown dtype '", dt.get_ref<const std::string&>(), "'");
+    if (!dtype) bad("safetensors.dtype", "tensor '", shown, "': unknown dtype '", detail::json_io::bounded_text(dt.get_ref<const std::string&>()), "'");
 
     entry e{*dtype, {}, 0, 0};
     const auto& sh = value.at("shape");
-    if (!sh.is_array()) bad("safetensors.header_schema", "tensor '", name, "': shape must be an array, got ", sh.type_name());
+    if (!sh.is_array()) bad("safetensors.header_schema", "tensor '", shown, "': shape must be an array, got ", sh.type_name());
     std::uint64_t numel = 1;
     for (const auto& d : sh) {
       if (!d.is_number_unsigned()) {
-        bad("safetensors.shape", "tensor '", name, "': shape entries must be non-negative integers, got ", d.dump());
+        bad("safetensors.shape", "tensor '", shown, "': shape entries must be non-negative integers, got ", detail::json_io::json_excerpt(d));
       }
       e.shape.push_back(d.get<std::uint64_t>());
       if (!detail::st::checked_mul(numel, e.shape.back(), numel)) {
-        bad("safetensors.shape", "tensor '", name, "': the element count of shape ", sh.dump(), " overflows 64 bits");
+        bad("safetensors.shape", "tensor '", shown, "': the element count of shape ", detail::json_io::json_excerpt(sh), " overflows 64 bits");
       }
     }
     std::uint64_t nbytes = 0;
     if (!detail::st::checked_mul(numel, dtype_size(*dtype), nbytes)) {
-      bad("safetensors.shape", "tensor '", name, "': the byte size of shape ", sh.dump(), " overflows 64 bits");
+      bad("safetensors.shape", "tensor '", shown, "': the byte size of shape ", detail::json_io::json_excerpt(sh), " overflows 64 bits");
     }
 
     const auto& off = value.at("data_offsets");
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      bad("safetensors.header_schema", "tensor '", name, "': data_offsets must be [begin, end] with non-negative integers, got ",
-          off.dump());
+      bad("safetensors.header_schema", "tensor '", shown, "': data_offsets must be [begin, end] with non-negative integers, got ",
+          detail::json_io::json_excerpt(off));
     }
     e.begin = off[0].get<std::uint64_t>();
     e.end = off[1].get<std::uint64_t>();
-    if (e.end < e.begin) bad("safetensors.offsets", "tensor '", name, "': data_offsets [", e.begin, ", ", e.end, "] end before they begin");
+    if (e.end < e.begin) bad("safetensors.offsets", "tensor '", shown, "': data_offsets [", e.begin, ", ", e.end, "] end before they begin");
     if (e.end > buffer_size) {
-      bad("safetensors.offsets", "tensor '", name, "': data_offsets [", e.begin, ", ", e.end,
+      bad("safetensors.offsets", "tensor '", shown, "': data_offsets [", e.begin, ", ", e.end,
           "] run past the end of the ", buffer_size, "-byte buffer");
     }
     if (e.end - e.begin != nbytes) {
-      bad("safetensors.offsets", "tensor '", name, "': ", dtype_name(*dtype), " ", sh.dump(), " needs ", nbytes,
+      bad("safetensors.offsets", "tensor '", shown, "': ", dtype_name(*dtype), " ", detail::json_io::json_excerpt(sh), " needs ", nbytes,
           " bytes but data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin);
     }
     return e;
@@ -493,27 +478,14 @@ class safetensors_file {
   std::map<std::string, std::string> metadata_;
 };
 
-// The whole content of a file; error "[rolora.io]" when it cannot be read.
-inline std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) detail::fail<error>("io", "cannot open '", path.string(), "' for reading");
-  std::vector<std::uint8_t> bytes;
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  if (size < 0) detail::fail<error>("io", "cannot determine the size of '", path.string(), "'");
-  in.seekg(0, std::ios::beg);
-  bytes.resize(static_cast<std::size_t>(size));
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) {
-    detail::fail<error>("io", "cannot read '", path.string(), "'");
-  }
-  return bytes;
-}
-
 inline safetensors_file parse_safetensors(std::vector<std::uint8_t> bytes) {
   return safetensors_file(std::move(bytes));
 }
-inline safetensors_file read_safetensors(const std::filesystem::path& path) {
-  return safetensors_file(read_file_bytes(path));
+// Reads and parses the regular file `path` (error "[rolora.io]" when it is not one, or is larger
+// than max_bytes).
+inline safetensors_file read_safetensors(const std::filesystem::path& path,
+                                         std::uint64_t max_bytes = default_max_file_bytes) {
+  return safetensors_file(read_file_bytes(path, max_bytes));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,32 +580,6 @@ inline std::vector<std::uint8_t> serialize_safetensors(const std::map<std::strin
   out.insert(out.end(), header.begin(), header.end());
   for (const auto& [name, t] : order) out.insert(out.end(), t->bytes.begin(), t->bytes.end());
   return out;
-}
-
-// Writes `bytes` to `path` through a temporary file in the same directory renamed over it, so a
-// failed write never leaves a truncated file behind.
-inline void write_file_bytes(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) detail::fail<error>("io", "cannot open '", tmp.string(), "' for writing");
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      detail::fail<error>("io", "cannot write '", tmp.string(), "'");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    detail::fail<error>("io", "cannot rename '", tmp.string(), "' to '", path.string(), "': ", ec.message());
-  }
 }
 
 inline void write_safetensors(const std::filesystem::path& path, const std::map<std::string, tensor_data>& tensors,

@@ -1,0 +1,108 @@
+// Writes the seed corpus of every fuzz target, made by rolora's own writers, to
+// <out>/<target>/seed_<n>:   rolora_fuzz_seeds <out>
+// A new target adds one line to `generators` (seeds are optional: libFuzzer also starts empty).
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+
+#include "fuzz_support.hpp"
+
+namespace {
+
+using namespace rolora;
+using fuzz::bytes_t;
+
+bytes_t text_bytes(const std::string& s) { return bytes_t(s.begin(), s.end()); }
+
+// Files of every floating dtype, shapes of rank 0 to 3, empty tensors, metadata, integer dtypes.
+std::vector<bytes_t> safetensors_seeds() {
+  std::vector<bytes_t> out;
+  const std::vector<float> v = {1.0f, -2.5f, 0.0f, 3.25f, 65504.0f, 1e-8f};
+  for (auto dtype : {tensor_dtype::f32, tensor_dtype::f64, tensor_dtype::f16, tensor_dtype::bf16}) {
+    out.push_back(
+        serialize_safetensors({{"w", make_tensor<float>(v, {2, 3}, dtype)}}, {{"format", "pt"}}));
+  }
+  out.push_back(serialize_safetensors({}));
+  out.push_back(
+      serialize_safetensors({{"scalar", make_tensor<float>(std::span(v).first(1), {})},
+                             {"cube", make_tensor<float>(std::span(v).first(0), {2, 0, 3})},
+                             {"ids", tensor_data{tensor_dtype::i64, {2}, bytes_t(16, 1)}},
+                             {"mask", tensor_data{tensor_dtype::boolean, {3}, {1, 0, 1}}}},
+                            {{"a", "b"}, {"rolora.recipe", "{\"x\":1}"}}));
+  return out;
+}
+
+struct peft_variant {
+  std::string config;
+  bytes_t weights;
+};
+
+// The directory save_peft_adapter writes for the fuzz model, and variants of its config.
+std::vector<peft_variant> peft_variants() {
+  const auto dir = fuzz::scratch_dir() / "seeds";
+  const lora_config c = fuzz::peft_config();
+  save_peft_adapter(dir, fuzz::peft_set(c), c);
+  const auto config_bytes = read_file_bytes(dir / peft_config_file);
+  const std::string config(config_bytes.begin(), config_bytes.end());
+  const bytes_t weights = read_file_bytes(dir / peft_weights_file);
+  std::vector<peft_variant> out = {{config, weights}};
+  auto json = nlohmann::ordered_json::parse(config);
+  for (const auto& [field, value] : std::vector<std::pair<std::string, nlohmann::ordered_json>>{
+           {"use_rslora", true},
+           {"init_lora_weights", "gaussian"},
+           {"target_modules", "layers\\.\\d+\\.attention\\.(q|v)"},
+           {"rank_pattern", {{"attention\\.v", 2}, {"(?:v)", 3}}},
+           {"alpha_pattern", {{"layers.{1,3}attention.v", 3.5}}},
+           {"lora_alpha", 8.5}}) {
+    auto variant = json;
+    variant[field] = value;
+    out.push_back({variant.dump(2), weights});
+  }
+  return out;
+}
+
+std::vector<bytes_t> peft_config_seeds() {
+  std::vector<bytes_t> out;
+  for (const auto& v : peft_variants()) out.push_back(text_bytes(v.config));
+  return out;
+}
+
+std::vector<bytes_t> peft_dir_seeds() {
+  std::vector<bytes_t> out;
+  for (const auto& v : peft_variants()) {
+    bytes_t seed = text_bytes(v.config);
+    seed.push_back(fuzz::peft_dir_separator);
+    seed.insert(seed.end(), v.weights.begin(), v.weights.end());
+    out.push_back(std::move(seed));
+  }
+  return out;
+}
+
+// target name (fuzz_<name>.cpp) -> its seeds.
+const std::map<std::string, std::function<std::vector<bytes_t>()>> generators = {
+    {"safetensors_parse", safetensors_seeds},
+    {"peft_config", peft_config_seeds},
+    {"peft_dir", peft_dir_seeds},
+    // Slots for targets to come (issue 12): the distributed issue's message decoder and the
+    // .npy header reader add a line each here, next to their fuzz_<name>.cpp.
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUT_DIR (writes OUT_DIR/<target>/seed_<n>)\n", argv[0]);
+    return 2;
+  }
+  for (const auto& [target, generate] : generators) {
+    const auto dir = std::filesystem::path(argv[1]) / target;
+    std::filesystem::create_directories(dir);
+    const auto seeds = generate();
+    for (std::size_t i = 0; i < seeds.size(); ++i) {
+      write_file_bytes(dir / ("seed_" + std::to_string(i)), seeds[i]);
+    }
+    std::printf("rolora_fuzz_seeds: %zu seeds for %s\n", seeds.size(), target.c_str());
+  }
+  return 0;
+}
