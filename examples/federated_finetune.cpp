@@ -214,7 +214,7 @@ int run(settings& s) {
   }
   std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
   const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
-  ex::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" + s.task.split +
+  ex::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" + s.task.split.kind +
                   "), rank " + std::to_string(s.rank),
               "round", std::string(eval_name) + " accuracy", false, "bottom right", "*:*"};
   if (ex::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
@@ -231,12 +231,7 @@ int main(int argc, char** argv) {
   settings s;
   auto& t = s.task;
   app.add_option("--clients", t.clients, "number of clients")->check(CLI::Range(1, 100000))->capture_default_str();
-  app.add_option("--split", t.split, "how the training emails are split among clients")
-      ->check(CLI::IsMember({"iid", "dirichlet"}))
-      ->capture_default_str();
-  app.add_option("--alpha", t.dirichlet_alpha, "Dirichlet concentration (--split dirichlet)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  ex::add_split_options(app, t.split, "training e-mails");
   app.add_option("--methods", s.methods,
                  "methods to run: fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA), fedsa (FedSA-LoRA), "
                  "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA)")

@@ -3,7 +3,9 @@
 // FLoRA, FedEx-LoRA and FedRot-LoRA -- on one synthetic federated least-squares problem from the
 // same A0, prints sin theta(A, A*), loss, aggregation error and upload per iteration, then sets the measurements beside the closed-form references: the Theorem 4.5
 // contraction bound (RoLoRA), the Proposition 4.6 loss floor (FFA-LoRA) and the Eckart-Young
-// optimum (all). Optionally writes a CSV and a gnuplot plot of sin theta against iteration.
+// optimum (all). Optionally writes a CSV, .npy trajectories and a gnuplot plot of sin theta
+// against iteration. With --data DIR it runs the same methods on your own regression data
+// (client_<i>_X.npy / client_<i>_Y.npy), measured against the empirical rank-r optimum.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -22,6 +24,7 @@
 #include <rolora/core/error.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>
+#include <rolora/theory/npy_data.hpp>
 
 namespace {
 
@@ -39,6 +42,9 @@ struct settings {
   th::linear_problem_config problem;
   th::method_options run;
   std::string csv, plot;
+  std::string data;        // client_<i>_X.npy / client_<i>_Y.npy instead of a synthetic problem
+  std::string write_data;  // export the synthetic problem's client data as .npy
+  std::string npy;         // per-method trajectories as <method>_trajectory.npy
   bool quiet = false;
 };
 
@@ -111,7 +117,7 @@ std::string gnuplot_string(const std::string& s) {
 // Writes FILE.dat (one gnuplot data block per method) and draws it with gnuplot into FILE;
 // false when gnuplot is missing or fails.
 bool write_plot(const std::string& file, const std::vector<method_run>& runs, const settings& s,
-                double bound_rate, bool draw_bound) {
+                const th::linear_problem_config& c, double bound_rate, bool draw_bound) {
   ensure_parent(file);
   const std::string data = file + ".dat";
   std::ofstream dat(data);
@@ -146,7 +152,6 @@ bool write_plot(const std::string& file, const std::vector<method_run>& runs, co
   const bool png = std::filesystem::path(file).extension() == ".png";
   std::FILE* gp = popen("gnuplot", "w");
   if (!gp) throw std::runtime_error("cannot start gnuplot");
-  const auto& c = s.problem;
   std::fprintf(gp, "set encoding utf8\n");
   std::fprintf(gp, "set terminal %s size 900,600 enhanced font 'Sans,11'\n",
                png ? "pngcairo" : "svg");
@@ -177,11 +182,32 @@ bool write_plot(const std::string& file, const std::vector<method_run>& runs, co
   return false;
 }
 
+// One [iterations + 1, 7] float64 array per method: iteration, sin_theta, loss,
+// aggregation_error, gap_to_optimum, bytes_up, bytes_down (the CSV's columns).
+void write_trajectories(const std::string& dir, const std::vector<method_run>& runs) {
+  std::filesystem::create_directories(dir);
+  for (const auto& run : runs) {
+    th::host t(rolora::index_t(run.records.size()), 7);
+    for (std::size_t i = 0; i < run.records.size(); ++i) {
+      const auto& r = run.records[i];
+      t.row(rolora::index_t(i)) << double(r.iteration), r.sin_theta, r.loss, r.aggregation_error, r.gap_to_optimum,
+          double(r.bytes_up), double(r.bytes_down);
+    }
+    rolora::save_npy(std::filesystem::path(dir) / (std::string(th::method_name(run.method)) + "_trajectory.npy"), t);
+  }
+}
+
 void print_progress(const method_run& run) {
   for (const auto& r : run.records) {
     std::printf("%-11s %5zu %13.6e %13.6e %13.6e %12zu\n", display_name(run.method), r.iteration,
                 r.sin_theta, r.loss, r.aggregation_error, r.bytes_up);
   }
+}
+
+th::linear_problem<backend> make_problem(const settings& s) {
+  if (s.data.empty()) return th::make_linear_problem<backend>(s.problem);
+  const auto arrays = th::read_client_arrays(s.data);
+  return th::linear_problem_from_data<backend>(arrays.inputs, arrays.targets, s.problem.rank);
 }
 
 int run_check(const settings& s) {
@@ -192,7 +218,21 @@ int run_check(const settings& s) {
       methods.push_back(m);
     }
   }
-  auto problem = th::make_linear_problem<backend>(s.problem);
+  auto problem = make_problem(s);
+  if (!s.data.empty()) {
+    std::printf("data: %zu clients from %s, d = %td, k = %td, %zu..%zu samples each; reference: the rank-%td minimiser "
+                "of the empirical loss\n",
+                problem.clients.size(), s.data.c_str(), problem.config.dim, problem.config.out_dim,
+                problem.config.samples,
+                std::max_element(problem.clients.begin(), problem.clients.end(),
+                                 [](const auto& a, const auto& b) { return a.num_samples() < b.num_samples(); })
+                    ->num_samples(),
+                problem.config.rank);
+  }
+  if (!s.write_data.empty()) {
+    th::write_client_arrays(s.write_data, problem);
+    std::printf("wrote the client data to %s/client_<i>_{X,Y}.npy\n", s.write_data.c_str());
+  }
   const auto a0 = th::initial_a(problem.reference_rows(), s.run.init_angle, s.run.seed);
 
   if (!s.quiet) {
@@ -205,13 +245,13 @@ int run_check(const settings& s) {
     if (!s.quiet) print_progress(runs.back());
   }
 
-  const auto& c = s.problem;
+  const auto& c = problem.config;
   const double optimum = th::optimal_loss(problem);
   std::printf(
       "\nSummary: d = %td, k = %td, r = %td, clients = %zu, m = %zu, eta = %g, tau = %zu, "
       "%s targets, %zu iterations\n",
       c.dim, c.out_dim, c.rank, c.clients, c.samples, s.run.eta, s.run.local_steps,
-      c.heterogeneous ? "heterogeneous" : "homogeneous", s.run.iterations);
+      problem.from_data ? "users' data" : c.heterogeneous ? "heterogeneous" : "homogeneous", s.run.iterations);
   std::printf("%-11s %13s %13s %13s %13s %13s %12s %10s %12s\n", "method", "sin_theta", "loss",
               "gap_to_opt", "optimal_loss", "max_agg_err", "bytes_up", "bytes/iter", "bytes_down");
   for (const auto& run : runs) {
@@ -233,6 +273,12 @@ int run_check(const settings& s) {
     const auto& h = run.records;
     if (run.method == th::method::rolora) {
       std::printf("\nRoLoRA:\n");
+      if (problem.from_data) {
+        std::printf("  users' data (Theorem 4.5 does not apply); to the empirical rank-%td optimum:\n"
+                    "  final sin theta %.3e, ||BA - W_opt|| / ||W_opt|| = %.3e, loss - optimal = %.3e\n",
+                    c.rank, h.back().sin_theta, h.back().gap_to_optimum, h.back().loss - optimum);
+        continue;
+      }
       if (c.heterogeneous) {
         std::printf(
             "  heterogeneous targets (Theorem 4.5 does not apply); to the Eckart-Young optimum:\n"
@@ -262,7 +308,7 @@ int run_check(const settings& s) {
       } else {
         std::printf("  sin theta stayed above %.0e (final %.3e)\n", converged, h.back().sin_theta);
       }
-    } else if (run.method == th::method::ffa) {
+    } else if (run.method == th::method::ffa && !problem.from_data) {
       const double floor = th::ffa_loss_floor(problem, a0);
       std::printf(
           "\nFFA-LoRA: A frozen at A0 (sin theta = %.6f); Proposition 4.6 loss floor %.6e, "
@@ -276,9 +322,13 @@ int run_check(const settings& s) {
     std::printf("\nwrote %s\n", s.csv.c_str());
   }
   if (!s.plot.empty()) {
-    const bool drawn = write_plot(s.plot, runs, s, rate, draw_bound);
+    const bool drawn = write_plot(s.plot, runs, s, c, rate, draw_bound);
     if (s.csv.empty()) std::printf("\n");
     if (drawn) std::printf("wrote %s (data: %s.dat)\n", s.plot.c_str(), s.plot.c_str());
+  }
+  if (!s.npy.empty()) {
+    write_trajectories(s.npy, runs);
+    std::printf("wrote %s/<method>_trajectory.npy\n", s.npy.c_str());
   }
   return 0;
 }
@@ -352,6 +402,16 @@ int main(int argc, char** argv) {
         return ext == ".png" || ext == ".svg" ? std::string()
                                               : "plot file must end in .png or .svg";
       });
+  app.add_option("--data", s.data,
+                 "run on your own data: DIR holds client_0_X.npy [m_0, d], client_0_Y.npy [m_0, k] (or [m_0]), "
+                 "client_1_X.npy, ... (float32/float64, C or Fortran order); --clients, --dim, --out-dim, "
+                 "--samples, --noise and --heterogeneous are then ignored")
+      ->type_name("DIR")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--write-data", s.write_data, "write the problem's client data as .npy into DIR (the --data layout)")
+      ->type_name("DIR");
+  app.add_option("--npy", s.npy, "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
+      ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
   CLI11_PARSE(app, argc, argv);
 

@@ -258,9 +258,89 @@ TEST_CASE("partition_dirichlet: small alpha skews labels, large alpha does not")
   CHECK(skewed == partition_dirichlet(labels, 20, 0.1, 1));
   CHECK(mean_classes_per_client(skewed, labels) < 7.0);
   CHECK(mean_classes_per_client(mixed, labels) == doctest::Approx(10.0));
-  const auto msg = message_of<config_error>([&] { partition_dirichlet(labels, 20, 0.01, 1, 240); });
-  CHECK(msg.find("raise alpha") != std::string::npos);
   CHECK_THROWS_AS(partition_dirichlet(labels, 20, 0.0, 1), config_error);
+  CHECK_THROWS_AS(partition_dirichlet(labels, 20, -1.0, 1), config_error);
+}
+
+TEST_CASE("partition_dirichlet: any alpha > 0 gives every client its minimum") {
+  const auto labels = ten_classes(5000);
+  SUBCASE("alpha 1e-3: one class per client, no 0/0 from underflowing proportions") {
+    std::size_t moved = 0;
+    const auto parts = partition_dirichlet(labels, 20, 1e-3, 1, 1, &moved);
+    check_covers(parts, 5000);
+    for (const auto& p : parts) CHECK(p.size() >= 1);
+    CHECK(parts == partition_dirichlet(labels, 20, 1e-3, 1));
+    // Each class lands (almost) whole on one client: the 10 classes cover at most 10 clients,
+    // the other clients hold what the top-up moved to them (from the largest client's last class).
+    CHECK(moved >= 10);
+    CHECK(mean_classes_per_client(parts, labels) <= 1.5);
+  }
+  SUBCASE("a minimum that needs many moves: 240 of the 250 per client at alpha 0.01") {
+    std::size_t moved = 0;
+    const auto parts = partition_dirichlet(labels, 20, 0.01, 1, 240, &moved);
+    check_covers(parts, 5000);
+    for (const auto& p : parts) CHECK(p.size() >= 240);
+    CHECK(moved > 0);
+    const auto msg = message_of<config_error>([&] { partition_dirichlet(labels, 20, 0.01, 1, 251); });
+    CHECK(msg.find("at least 251") != std::string::npos);
+    CHECK(msg.find("<= 250") != std::string::npos);
+  }
+  SUBCASE("100 clients on 150 samples at alpha 0.1") {
+    const auto few = ten_classes(150);
+    const auto parts = partition_dirichlet(few, 100, 0.1, 7);
+    check_covers(parts, 150);
+    for (const auto& p : parts) CHECK(p.size() >= 1);
+  }
+  SUBCASE("as many clients as samples: one each") {
+    const auto few = ten_classes(64);
+    for (const double alpha : {1e-3, 0.1, 100.0}) {
+      const auto parts = partition_dirichlet(few, 64, alpha, 3);
+      check_covers(parts, 64);
+      for (const auto& p : parts) CHECK(p.size() == 1);
+    }
+    CHECK_THROWS_AS(partition_dirichlet(few, 65, 0.1, 3), config_error);
+  }
+  SUBCASE("min_per_client 0: the raw draw, empty clients allowed") {
+    const auto parts = partition_dirichlet(labels, 50, 1e-3, 1, 0);
+    check_covers(parts, 5000);
+    CHECK(std::count_if(parts.begin(), parts.end(), [](const auto& p) { return p.empty(); }) > 0);
+  }
+}
+
+TEST_CASE("top_up: the largest client gives its last-dealt samples, lowest id on ties") {
+  partition parts{{0, 1, 2, 3, 4, 5}, {}, {6, 7, 8}, {9}};
+  CHECK(detail::top_up(parts, 2) == 3);
+  // client 1 takes 5 then 4 from client 0 (6 -> 5 -> 4 left); client 3 then takes from the largest:
+  // client 0 (4 samples) over client 2 (3).
+  CHECK(parts == partition{{0, 1, 2}, {5, 4}, {6, 7, 8}, {9, 3}});
+  CHECK(detail::top_up(parts, 2) == 0);
+}
+
+TEST_CASE("partition_classes: each client holds k classes, every class is held") {
+  const auto labels = ten_classes(1000);
+  for (const std::size_t k : {std::size_t{1}, std::size_t{2}, std::size_t{3}}) {
+    const auto parts = partition_classes(labels, 10, k, 5);
+    check_covers(parts, 1000);
+    for (const auto& p : parts) {
+      std::set<int> classes;
+      for (auto i : p) classes.insert(labels[i]);
+      CHECK(classes.size() == k);
+      // 10 clients x k classes: every class has k holders and is cut evenly, 100/k each
+      CHECK(p.size() >= k * (100 / k));
+      CHECK(p.size() <= k * ((100 + k - 1) / k));
+    }
+    CHECK(parts == partition_classes(labels, 10, k, 5));
+  }
+  SUBCASE("more holders than samples of a class: topped up to one each") {
+    const auto few = ten_classes(30);
+    const auto parts = partition_classes(few, 30, 1, 2);
+    check_covers(parts, 30);
+    for (const auto& p : parts) CHECK(p.size() == 1);
+  }
+  CHECK(message_of<config_error>([&] { partition_classes(labels, 4, 2, 5); }).find("cannot cover all 10") !=
+        std::string::npos);
+  CHECK_THROWS_AS(partition_classes(labels, 10, 0, 5), config_error);
+  CHECK(message_of<config_error>([&] { partition_classes(labels, 10, 11, 5); }).find("1..10") != std::string::npos);
 }
 
 TEST_CASE("partition_shards: each client gets its shards of label-sorted data") {

@@ -212,3 +212,58 @@ TEST_CASE("bad theory configurations are refused") {
   CHECK_THROWS_AS(make_linear_problem<B>(c), config_error);
   CHECK_THROWS_AS(initial_a(test::random_matrix(1, 10, 3), 1.5, 0), config_error);
 }
+
+TEST_CASE("users' data: the reference is the exact rank-r minimiser of the empirical loss") {
+  using backend = eigen_backend<double>;
+  // Anisotropic inputs (so the whitening matters), 3 clients with different sample counts.
+  std::vector<host> xs, ys;
+  const host mix = 0.2 * test::random_matrix<double>(6, 6, 40) + host::Identity(6, 6);
+  const host w_true = 0.3 * test::random_matrix<double>(4, 6, 41);
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    const host x = mix * test::random_matrix<double>(6, index_t(30 + 10 * i), 42 + i);
+    xs.push_back(x);
+    ys.push_back(w_true * x + 0.1 * test::random_matrix<double>(4, x.cols(), 50 + i));
+  }
+  const auto p = linear_problem_from_data<backend>(xs, ys, 2);
+  CHECK(p.from_data);
+  CHECK(p.config.samples == 30);
+  const auto loss_at = [&](const host& w) {
+    double f = 0;
+    for (std::size_t i = 0; i < 3; ++i) f += (ys[i] - w * xs[i]).squaredNorm() / (2.0 * double(xs[i].cols())) / 3.0;
+    return f;
+  };
+  const host& w_opt = p.optimum.matrix;
+  CHECK(Eigen::JacobiSVD<host>(w_opt).singularValues()(2) < 1e-10);  // rank 2
+  CHECK(optimal_loss(p) == doctest::Approx(loss_at(w_opt)).epsilon(1e-12));
+  // No rank-2 matrix near it does better (first- and second-order optimality along the rank-2
+  // manifold), and the unwhitened truncation of the least-squares fit is worse.
+  const Eigen::JacobiSVD<host> svd(w_opt, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const host u = svd.matrixU().leftCols(2) * svd.singularValues().head(2).asDiagonal(), v = svd.matrixV().leftCols(2);
+  for (std::uint32_t k = 0; k < 8; ++k) {
+    const host du = 1e-3 * test::random_matrix<double>(4, 2, 60 + k), dv = 1e-3 * test::random_matrix<double>(6, 2, 70 + k);
+    CHECK(loss_at((u + du) * (v + dv).transpose()) >= loss_at(w_opt) - 1e-13);
+  }
+  CHECK(loss_at(best_rank_r(p.mean_target, 2).matrix) > loss_at(w_opt) + 1e-6);
+  CHECK(subspace_distance(best_rank_r(w_opt, 2).right_vectors, p.reference_rows()) < 1e-10);
+
+  // No method gets below that optimum; RoLoRA ends near it (not at it: each client's exact B is
+  // fitted to its own data, and their mean is not the global least-squares B).
+  method_options o;
+  o.iterations = 60;
+  o.eta = 0.5;
+  for (const auto m : {method::rolora, method::ffa, method::fedit}) {
+    auto q = p;
+    const auto h = run_method(q, m, o);
+    CHECK(h.back().loss >= optimal_loss(p) - 1e-12);
+    if (m == method::rolora) {
+      CHECK(h.back().gap_to_optimum < 0.05);
+      CHECK(h.back().sin_theta < 0.05);
+    }
+  }
+
+  std::vector<host> collinear{host::Ones(3, 10)}, one_target{host::Ones(1, 10)};
+  const auto msg = test::message_of<config_error>([&] { linear_problem_from_data<backend>(collinear, one_target, 1); });
+  CHECK(msg.find("do not span all 3 dimensions") != std::string::npos);
+  std::vector<host> wrong{host::Ones(1, 9)};
+  CHECK_THROWS_AS(linear_problem_from_data<backend>(collinear, wrong, 1), shape_error);
+}

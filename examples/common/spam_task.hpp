@@ -17,6 +17,7 @@
 #include <rolora/federated/partition.hpp>
 #include <rolora/nn/classification_task.hpp>
 
+#include "client_split.hpp"
 #include "pretraining.hpp"
 
 namespace rolora::examples {
@@ -38,8 +39,7 @@ inline transformer_config default_model(std::size_t max_len) {
 
 struct spam_task_config {
   std::size_t clients = 20;
-  std::string split = "iid";       // iid | dirichlet (label skew)
-  double dirichlet_alpha = 0.5;
+  client_split split{};            // iid | dirichlet (label skew) | classes
   std::uint64_t seed = 0;          // client split (and, in the examples, everything of the run)
   std::size_t max_len = 128;       // bytes the model sees of each e-mail, CLS included
   std::string data_dir = ".cache/data";
@@ -144,9 +144,8 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
                     encode_emails(texts, labels, split.test, c.max_len), {}};
 
   const auto train_labels = data::gather(labels, train);
-  const partition parts = c.split == "dirichlet"
-                              ? partition_dirichlet(train_labels, c.clients, c.dirichlet_alpha, c.seed)
-                              : partition_iid(train.size(), c.clients, c.seed);
+  std::string split_description;
+  const partition parts = split_among_clients(train_labels, c.clients, c.split, c.seed, split_description);
   std::size_t smallest = train.size(), largest = 0;
   for (const auto& part : parts) {
     std::vector<std::size_t> rows;
@@ -157,7 +156,7 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
   }
   std::ostringstream s;
   s << "SpamAssassin: " << emails.size() << " e-mails -> " << train.size() << " fine-tuning over " << c.clients
-    << " clients (" << c.split << (c.split == "dirichlet" ? ", alpha " + std::to_string(c.dirichlet_alpha) : "")
+    << " clients (" << split_description
     << ", " << smallest << ".." << largest << " each), " << validation.size() << " validation, " << split.test.size()
     << " test, " << split.pretrain.size() << " set aside for pretraining; " << c.max_len << " bytes per e-mail";
   task.summary = s.str();

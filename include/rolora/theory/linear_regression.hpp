@@ -15,11 +15,13 @@
 #include <string>
 #include <vector>
 
+#include <Eigen/Eigenvalues>
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
+#include <rolora/backend/eigen.hpp>  // detail::orthonormalize_rows_host
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
@@ -163,6 +165,7 @@ struct linear_problem {
   host mean_target;               // sum_i w_i W*_i [k, d]
   low_rank optimum;               // best rank-r approximation of mean_target
   std::vector<linear_regression_task<Backend>> clients;
+  bool from_data = false;         // users' data (linear_problem_from_data): no ground truth, targets empty
 
   // The reference row space for sin theta: A* (homogeneous) or the optimum's (heterogeneous).
   const host& reference_rows() const { return config.heterogeneous ? optimum.right_vectors : a_star; }
@@ -222,6 +225,67 @@ linear_problem<Backend> make_linear_problem(const linear_problem_config& c) {
   return p;
 }
 
+// A problem on users' data: client i holds inputs x_i [d, m_i] and targets y_i [k, m_i], one
+// column per sample; clients weigh equally, f = (1/K) sum_i f_i, as in the paper's analysis.
+// There is no ground truth, so the reference is the exact rank-r minimiser of that empirical f:
+// with S = sum_i w_i X_i X_i^T / m_i [d, d] and the full-rank least-squares fit
+// W_ls = (sum_i w_i Y_i X_i^T / m_i) S^-1, f(W) = f(W_ls) + tr((W - W_ls) S (W - W_ls)^T) / 2, so
+// (Eckart-Young on (W - W_ls) S^1/2) W_opt = [W_ls S^1/2]_r S^-1/2, and its row space is the
+// reference for sin theta. Needs S positive definite: inputs spanning all d directions.
+template <backend Backend>
+linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs, const std::vector<host>& ys, index_t rank) {
+  using rolora::detail::fail;
+  if (xs.empty() || xs.size() != ys.size()) {
+    fail<config_error>("config_error", "linear problem from data: need >= 1 client with inputs and targets, got ",
+                       xs.size(), " inputs and ", ys.size(), " targets");
+  }
+  const index_t d = xs[0].rows(), k = ys[0].rows();
+  std::size_t fewest = std::size_t(xs[0].cols());
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    if (xs[i].rows() != d || ys[i].rows() != k || xs[i].cols() != ys[i].cols() || xs[i].cols() == 0) {
+      fail<shape_error>("shape_error", "linear problem from data: client ", i, " has inputs ",
+                        rolora::detail::shape_string(xs[i].rows(), xs[i].cols()), " and targets ",
+                        rolora::detail::shape_string(ys[i].rows(), ys[i].cols()), ", expected [", d, ", m] and [", k,
+                        ", m] with the same m >= 1 (client 0's d and k)");
+    }
+    fewest = std::min(fewest, std::size_t(xs[i].cols()));
+  }
+  linear_problem<Backend> p;
+  p.from_data = true;
+  p.config.dim = d;
+  p.config.out_dim = k;
+  p.config.rank = rank;
+  p.config.clients = xs.size();
+  p.config.samples = fewest;
+  p.config.heterogeneous = true;  // the reference is the optimum's row space, not a planted A*
+  check(p.config);
+  const double w = 1.0 / double(xs.size());
+  host s = host::Zero(d, d), c = host::Zero(k, d);
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double scale = w / double(xs[i].cols());
+    s.noalias() += scale * xs[i] * xs[i].transpose();
+    c.noalias() += scale * ys[i] * xs[i].transpose();
+    p.weights.push_back(w);
+    p.clients.emplace_back(xs[i], ys[i]);
+  }
+  const Eigen::SelfAdjointEigenSolver<host> eig(s);
+  const auto& lambda = eig.eigenvalues();  // increasing
+  if (!(lambda(0) > 1e-12 * std::max(lambda(d - 1), 1e-300))) {
+    fail<config_error>("config_error", "linear problem from data: the inputs do not span all ", d,
+                       " dimensions (smallest eigenvalue of the input covariance ", lambda(0), ", largest ",
+                       lambda(d - 1), "); need more samples than features and no collinear features");
+  }
+  const host& q = eig.eigenvectors();
+  const host root = q * lambda.cwiseSqrt().asDiagonal() * q.transpose();                // S^1/2
+  const host inverse_root = q * lambda.cwiseSqrt().cwiseInverse().asDiagonal() * q.transpose();  // S^-1/2
+  const host w_ls = c * inverse_root * inverse_root;
+  const low_rank whitened = best_rank_r(host(w_ls * root), rank);
+  p.mean_target = w_ls;
+  p.optimum.matrix = whitened.matrix * inverse_root;
+  p.optimum.right_vectors = detail::orthonormal_rows(host(whitened.right_vectors * inverse_root));
+  return p;
+}
+
 // ---- closed-form references ------------------------------------------------------------------
 
 // Theorem 4.5 (Chen et al. 2024): per iteration of RoLoRA-linear,
@@ -253,9 +317,18 @@ double ffa_loss_floor(const linear_problem<Backend>& p, const host& a0) {
 }
 
 // The population loss at the Eckart-Young optimum: the least any rank-r model can reach.
+// On users' data: the empirical loss at W_opt.
 template <backend Backend>
 double optimal_loss(const linear_problem<Backend>& p) {
   double loss = 0.0;
+  if (p.from_data) {
+    for (std::size_t i = 0; i < p.clients.size(); ++i) {
+      const host x = Backend::to_host(p.clients[i].inputs()).template cast<double>();
+      const host y = Backend::to_host(p.clients[i].targets()).template cast<double>();
+      loss += p.weights[i] * 0.5 * (y - p.optimum.matrix * x).squaredNorm() / double(x.cols());
+    }
+    return loss;
+  }
   for (std::size_t i = 0; i < p.targets.size(); ++i) {
     loss += p.weights[i] * 0.5 * (p.targets[i] - p.optimum.matrix).squaredNorm();
   }
