@@ -9,6 +9,7 @@ PACKAGES=(
   libbenchmark-dev gnuplot-nox
   libthrust-dev  # Thrust headers for the Thrust backend's OpenMP flavour (ROLORA_ENABLE_THRUST_OMP)
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
+  dataset-fashion-mnist zlib1g-dev  # examples/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
