@@ -5,6 +5,7 @@
 
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/nn/eigen_primitives.hpp>
+#include <rolora/nn/mlp.hpp>
 #include <rolora/nn/nn_backend.hpp>
 #include <rolora/nn/transformer.hpp>
 #include <rolora/nn/weights.hpp>
