@@ -6,6 +6,8 @@
 #include <functional>
 #include <map>
 
+#include <rolora/io/npy.hpp>
+
 #include "fuzz_support.hpp"
 
 namespace {
@@ -79,13 +81,22 @@ std::vector<bytes_t> peft_dir_seeds() {
   return out;
 }
 
+// .npy files as io/npy.hpp writes them (as np.save does): 1-d and 2-d, f4 and f8.
+std::vector<bytes_t> npy_seeds() {
+  std::vector<bytes_t> out;
+  const auto add = [&](const std::string& s) { out.push_back(bytes_t(s.begin(), s.end())); };
+  add(npy_bytes(xt::xarray<double>{1.0, -2.5, 3.25}));
+  add(npy_bytes(xt::xarray<float>{{1.0f, 2.0f}, {3.0f, 4.0f}, {5.0f, 6.0f}}));
+  add(npy_bytes(Eigen::MatrixXd::Identity(3, 2)));
+  return out;
+}
+
 // target name (fuzz_<name>.cpp) -> its seeds.
 const std::map<std::string, std::function<std::vector<bytes_t>()>> generators = {
     {"safetensors_parse", safetensors_seeds},
     {"peft_config", peft_config_seeds},
     {"peft_dir", peft_dir_seeds},
-    // Slots for targets to come (issue 12): the distributed issue's message decoder and the
-    // .npy header reader add a line each here, next to their fuzz_<name>.cpp.
+    {"npy", npy_seeds},
 };
 
 }  // namespace

@@ -23,10 +23,10 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/core/error.hpp>
+#include <rolora/io/file.hpp>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -245,24 +245,6 @@ T element(const char* p, const npy_header& h) {
   return T(d);
 }
 
-inline std::string read_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(path, ec);
-  if (ec) fail<value_error>("npy.io", "cannot read ", path.string(), ": ", ec.message());
-  std::ifstream in(path, std::ios::binary);
-  std::string bytes(size, '\0');
-  if (!in || !in.read(bytes.data(), std::streamsize(size)))
-    fail<value_error>("npy.io", "cannot read ", path.string());
-  return bytes;
-}
-
-inline void write_file(const std::filesystem::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out || !out.write(bytes.data(), std::streamsize(bytes.size())) || !out.flush()) {
-    fail<value_error>("npy.io", "cannot write ", path.string());
-  }
-}
-
 }  // namespace detail::npy
 
 // Parses and validates the header at the start of `bytes` (the file's first bytes, or all of it).
@@ -331,7 +313,9 @@ xt::xarray<T> read_npy(std::string_view bytes) {
 
 template <class T>
 xt::xarray<T> load_npy(const std::filesystem::path& path) {
-  const std::string bytes = detail::npy::read_file(path);
+  // Regular files only, at most default_max_file_bytes (io/file.hpp): a FIFO or a device is refused.
+  const auto raw = read_file_bytes(path);
+  const std::string bytes(raw.begin(), raw.end());
   try {
     return read_npy<T>(bytes);
   } catch (const value_error& e) {
@@ -384,7 +368,8 @@ std::string npy_bytes(const Eigen::MatrixBase<Derived>& m) {
 
 template <class A>
 void save_npy(const std::filesystem::path& path, const A& a) {
-  detail::npy::write_file(path, npy_bytes(a));
+  const std::string bytes = npy_bytes(a);
+  write_file_bytes(path, std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
 }
 
 // An adapter set as .npy files in `dir`, PEFT's tensor names: <module>.lora_A.npy [r, in],
