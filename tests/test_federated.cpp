@@ -2,7 +2,10 @@
 // aggregation, rejection of bad uploads with the global state untouched, communication
 // accounting, reproducibility across threads, callbacks, FedSA's local factors.
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "test_support.hpp"
 
@@ -544,4 +547,47 @@ TEST_CASE("a policy that breaks its contract fails when the round starts, naming
     CHECK_NOTHROW(check_policy_round(alternating{2, 1, 5}, t));
     CHECK_NOTHROW(check_policy_round(fedsa{}, t));
   }
+}
+
+// ---- The shipped callbacks (federated/callbacks.hpp) ----
+TEST_CASE("early_stopping stops after `patience` rounds without improvement, csv_log writes a row per round") {
+  using B = eigen_backend<double>;
+  const adapter_set<B> none;
+  early_stopping<> stop;
+  stop.patience = 2;
+  stop.min_delta = 0.1;
+  std::vector<bool> stops;
+  for (double loss : {5.0, 4.0, 3.95, 3.99, 2.0, 2.0, 2.0}) {  // 3.95 is not 0.1 below 4.0
+    round_report r;
+    r.train_loss = loss;
+    stops.push_back(stop.on_round_end(r, none));
+  }
+  CHECK(stops == std::vector<bool>{false, false, false, true, false, false, true});
+  CHECK(stop.best == 2.0);
+
+  // A federation stops at the round the callback says, and the CSV holds exactly those rounds.
+  auto p = small_problem<B>(3);
+  federation_config config;
+  config.num_rounds = 50;
+  config.local_optimizer = sgd{1e-9};  // (almost) no progress: the loss plateaus at once
+  federation<B, freeze_a, fedavg> fed({}, {}, config, linear_adapters<B>(12, 12, 2));
+  const auto file = std::filesystem::temp_directory_path() / "rolora_test_csv_log.csv";
+  early_stopping<> plateau;
+  plateau.patience = 3;
+  plateau.min_delta = 1e-3;
+  const auto reports = fed.run(p.clients, csv_log(file, "ffa"), plateau);
+  CHECK(reports.size() == 4);  // round 1 sets the best, rounds 2-4 do not improve on it
+  std::ifstream in(file);
+  std::string header, line;
+  std::getline(in, header);
+  CHECK(header.rfind("label,round,trained,shared,participants,train_loss,", 0) == 0);
+  std::vector<std::string> rows;
+  while (std::getline(in, line)) rows.push_back(line);
+  REQUIRE(rows.size() == 4);
+  std::ostringstream expected;
+  expected.precision(17);
+  expected << "ffa,4,B,B,3," << reports[3].train_loss << ',';
+  CHECK(rows[3].rfind(expected.str(), 0) == 0);
+  std::filesystem::remove(file);
+  CHECK_THROWS_AS(csv_log(std::filesystem::path("/proc/no/such/dir/x.csv")), rolora::error);
 }

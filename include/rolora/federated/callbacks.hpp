@@ -18,6 +18,7 @@
 #include <rolora/core/error.hpp>
 #include <rolora/federated/federation.hpp>
 #include <string>
+#include <system_error>
 #include <utility>
 
 namespace rolora {
@@ -50,9 +51,13 @@ class csv_log {
  public:
   explicit csv_log(const std::filesystem::path& file, std::string label = "")
       : label_(std::move(label)) {
-    if (file.has_parent_path()) std::filesystem::create_directories(file.parent_path());
+    std::error_code ec;
+    if (file.has_parent_path()) std::filesystem::create_directories(file.parent_path(), ec);
     out_.reset(std::fopen(file.string().c_str(), "w"), closer{});
-    if (!out_.get()) detail::raise<error>("csv_log: cannot open '", file.string(), "' for writing");
+    if (!out_.get()) {
+      detail::raise<error>("csv_log: cannot open '", file.string(), "' for writing",
+                           ec ? ": " + ec.message() : std::string());
+    }
     std::fprintf(out_.get(),
                  "label,round,trained,shared,participants,train_loss,aggregation_error,"
                  "relative_aggregation_error,bytes_up,bytes_down,total_bytes_up,"
