@@ -116,7 +116,7 @@ struct mlp_workspace {
   matrix logits, dlogits, dy, dx, t;
 };
 
-namespace nn_detail {
+namespace detail::nn {
 
 template <nn_backend B>
 struct mlp_bindings {
@@ -177,7 +177,7 @@ void mlp_forward(const mlp_bindings<B>& p, const typename B::matrix& x, mlp_work
   for (std::size_t l = 0; l < layers; ++l) {
     auto& y = l + 1 == layers ? ws.logits : ws.pre[l];
     linear_forward<B>(p.w[l], p.b[l], p.lora[l], ws.inputs[l], ws.ax[l], y);
-    if (l + 1 < layers) B::gelu_forward(ws.pre[l], ws.inputs[l + 1]);
+    if (l + 1 < layers) nn_primitives<B>::gelu_forward(ws.pre[l], ws.inputs[l + 1]);
   }
 }
 
@@ -189,17 +189,17 @@ void mlp_backward(const mlp_bindings<B>& p, factor_set trains, mlp_workspace<B>&
     const bool below = l > 0;
     linear_backward<B>(p.w[l], p.b[l], p.lora[l], trains, ws.inputs[l], ws.ax[l], ws.dy, ws.t,
                        below ? &ws.dx : nullptr, false);
-    if (below) B::gelu_backward(ws.pre[l - 1], ws.dx, ws.dy);
+    if (below) nn_primitives<B>::gelu_backward(ws.pre[l - 1], ws.dx, ws.dy);
   }
 }
 
-}  // namespace nn_detail
+}  // namespace detail::nn
 
 // Logits [C, n] of the columns of x [in, n].
 template <nn_backend B>
 typename B::matrix mlp_logits(const mlp_weights<B>& m, const adapter_set<B>& adapters,
                               const typename B::matrix& x, mlp_workspace<B>& ws) {
-  nn_detail::mlp_forward(nn_detail::bind_mlp<B>(m, adapters, no_factors, nullptr), x, ws);
+  detail::nn::mlp_forward(detail::nn::bind_mlp<B>(m, adapters, no_factors, nullptr), x, ws);
   return ws.logits;
 }
 
@@ -252,12 +252,12 @@ class mlp_task {
       yb[j] = data_.labels[batch[j]];
     }
     auto& ws = workspace();
-    const auto p = nn_detail::bind_mlp(*model_, adapters, trains, &grads);
-    nn_detail::mlp_forward(p, B::from_host(xb), ws);
+    const auto p = detail::nn::bind_mlp(*model_, adapters, trains, &grads);
+    detail::nn::mlp_forward(p, B::from_host(xb), ws);
     const double n = double(batch.size());
     const double sum =
-        B::softmax_cross_entropy(ws.logits, yb, T(1.0 / n), trains.any() ? &ws.dlogits : nullptr);
-    if (trains.any()) nn_detail::mlp_backward(p, trains, ws);
+        nn_primitives<B>::softmax_cross_entropy(ws.logits, yb, T(1.0 / n), trains.any() ? &ws.dlogits : nullptr);
+    if (trains.any()) detail::nn::mlp_backward(p, trains, ws);
     return sum / n;
   }
 
