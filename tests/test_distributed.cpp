@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <rolora/federated/checkpoint.hpp>
+#include <rolora/federated/message.hpp>
 
 #include "test_support.hpp"
 
@@ -426,4 +427,92 @@ TEST_CASE_TEMPLATE(
         }).find("must name a ckpt-<number> directory, got '../../etc'") != std::string::npos);
   CHECK(test::bit_equal(victim.global(), before));
   CHECK(victim.next_round() == 0);
+}
+
+TEST_CASE_TEMPLATE(
+    "upload messages: a bit-exact round trip; every truncation and every malformed field is a "
+    "rolora error; decoded uploads still meet the server's checks",
+    Backend, ROLORA_TEST_BACKENDS) {
+  using T = typename Backend::scalar;
+  auto p = four_clients<Backend>();
+  fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
+                          adapters<Backend>());
+  const round_plan plan = s.begin_round(4);
+  const auto down = s.download(plan, 1);
+  const auto up = train_locally(p.clients[1], down, s.config());
+  const std::string m = theory::module_name;
+
+  const auto bytes = encode_upload(up, both_factors);
+  const auto back = decode_upload<Backend>(bytes, down.adapters);
+  CHECK(back.round == 0);
+  CHECK(back.client == 1);
+  CHECK(back.num_samples == up.num_samples);
+  CHECK(back.loss == up.loss);
+  CHECK(test::bit_equal(back.adapters, up.adapters));
+  const auto b_only = decode_upload<Backend>(encode_upload(up, only_b), down.adapters);
+  CHECK(test::max_abs_diff<Backend>(b_only.adapters.at(m).B, up.adapters.at(m).B) == 0);
+  CHECK(test::max_abs_diff<Backend>(b_only.adapters.at(m).A, down.adapters.at(m).A) ==
+        0);  // not carried
+
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    CAPTURE(n);
+    CHECK_THROWS_AS(decode_upload<Backend>(std::span(bytes.data(), n), down.adapters), error);
+  }
+
+  const tensor_dtype dtype = sizeof(T) == 4 ? tensor_dtype::f32 : tensor_dtype::f64;
+  const std::map<std::string, std::string> good{
+      {"rolora.message", "upload"}, {"round", "0"},  {"client", "1"},
+      {"num_samples", "40"},        {"loss", "0.5"}, {"factors", "B"}};
+  const std::map<std::string, tensor_data> b{
+      {"lora/linear/lora_B", make_tensor(Backend::to_host(up.adapters.at(m).B), dtype)}};
+  const auto decode = [&](const std::map<std::string, tensor_data>& tensors,
+                          std::map<std::string, std::string> meta) {
+    return decode_upload<Backend>(serialize_safetensors(tensors, meta), down.adapters);
+  };
+  CHECK(decode(b, good).client == 1);
+  const auto refused = [&](const std::string& key, const std::string& value) {
+    auto meta = good;
+    if (value.empty()) {
+      meta.erase(key);
+    } else {
+      meta[key] = value;
+    }
+    return message_of<error>([&] { decode(b, meta); });
+  };
+  CHECK(refused("rolora.message", "download").find("must be 'upload'") != std::string::npos);
+  CHECK(refused("round", "").find("metadata 'round' is missing") != std::string::npos);
+  CHECK(refused("round", "7x").find("metadata 'round' must be a number, got '7x'") !=
+        std::string::npos);
+  CHECK(refused("client", "-1").find("metadata 'client' must be a number") != std::string::npos);
+  CHECK(refused("num_samples", "lots").find("'num_samples' must be a number") != std::string::npos);
+  CHECK(refused("factors", "C").find("'factors' must be A, B or AB") != std::string::npos);
+  CHECK(refused("factors", "AB").find("lora_A missing from the upload message") !=
+        std::string::npos);
+  auto extra = b;
+  extra.emplace("lora/other/lora_B", b.at("lora/linear/lora_B"));
+  CHECK(message_of<shape_error>([&] {
+          decode(extra, good);
+        }).find("tensor 'lora/other/lora_B' is not a factor") != std::string::npos);
+  auto flat = b;
+  flat["lora/linear/lora_B"].shape = {20};
+  CHECK(message_of<shape_error>([&] { decode(flat, good); }).find("must be 2-D, got [20]") !=
+        std::string::npos);
+
+  // Decoding is not trusting: a NaN that arrives well-formed is still dropped by the server.
+  auto poisoned = up;
+  poisoned.adapters.at(m).B =
+      with_entry<Backend>(up.adapters.at(m).B, 1, 1, std::numeric_limits<double>::quiet_NaN());
+  std::vector<client_upload<Backend>> uploads;
+  for (std::size_t c : plan.reporting) {
+    uploads.push_back(decode_upload<Backend>(
+        encode_upload(
+            c == 1 ? poisoned : train_locally(p.clients[c], s.download(plan, c), s.config()),
+            both_factors),
+        s.download(plan, c).adapters));
+  }
+  const auto report = s.complete_round(plan, std::move(uploads));
+  CHECK(report.dropped == std::vector<std::size_t>{1});
+  REQUIRE(report.rejected.size() == 1);
+  CHECK(report.rejected[0].reason ==
+        "module 'linear' client 1: lora_B holds non-finite values (NaN or inf)");
 }
