@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -18,7 +19,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
+#include <rolora/federated/checkpoint.hpp>
 #include <rolora/io/peft.hpp>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
@@ -51,6 +54,8 @@ struct settings {
   std::size_t threads = 2;
   std::string out = "results/finetune";
   bool save_adapters = true;
+  std::string checkpoint_dir, resume_dir;  // server checkpoints of method M in DIR/M/
+  std::size_t checkpoint_every = 1;        // rounds
 };
 
 // Learning rates picked on the validation split (docs/results.md says how), per method.
@@ -114,13 +119,47 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const auto& eval_set = s.evaluate_on_validation ? data.validation : data.test;
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
 
+  // What a resume must match besides the federation's config and model (checkpoint.hpp).
+  const nlohmann::json identity{{"method", method},
+                                {"clients", s.task.clients},
+                                {"split", s.task.split},
+                                {"dirichlet_alpha", s.task.dirichlet_alpha},
+                                {"max_len", s.task.max_len},
+                                {"model", s.task.checkpoint},
+                                {"targets", s.targets},
+                                {"layers", s.layers},
+                                {"eval_every", s.eval_every},
+                                {"validation", s.evaluate_on_validation}};
+  const auto rows_json = [](const std::vector<round_row>& rows) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& r : rows) {  // doubles by their bits: a resumed CSV is byte-identical
+      j.push_back({r.round, r.phase, std::bit_cast<std::uint64_t>(r.train_loss), std::bit_cast<std::uint64_t>(r.eval_loss),
+                   std::bit_cast<std::uint64_t>(r.eval_accuracy), std::bit_cast<std::uint64_t>(r.aggregation_error),
+                   r.total_bytes_up, r.total_bytes_down, std::bit_cast<std::uint64_t>(r.seconds)});
+    }
+    return j;
+  };
+  const auto bits = [](const nlohmann::json& v) { return std::bit_cast<double>(v.template get<std::uint64_t>()); };
+  if (!s.resume_dir.empty() && rolora::has_checkpoint(std::filesystem::path(s.resume_dir) / method)) {
+    const auto from = std::filesystem::path(s.resume_dir) / method;
+    for (const auto& r : rolora::load_checkpoint(from, fed.server(), identity).at("rows")) {
+      result.rows.push_back({r.at(0).template get<std::size_t>(), r.at(1).template get<std::string>(), bits(r.at(2)), bits(r.at(3)),
+                             bits(r.at(4)), bits(r.at(5)), r.at(6).template get<std::size_t>(), r.at(7).template get<std::size_t>(),
+                             bits(r.at(8))});
+    }
+    std::printf("%-8s resumed after round %zu from %s\n", method.c_str(), fed.next_round(), from.c_str());
+  }
+
   struct progress {
     const settings& s;
     const ex::spam_task<backend>& data;
     const rolora::labelled_sequences& eval_set;
     const char* eval_name;
     method_result& result;
-    double elapsed = 0;
+    const rolora::federation<backend, Policy, Aggregator>& fed;
+    const nlohmann::json& identity;
+    const decltype(rows_json)& to_json;
+    double elapsed = result.rows.empty() ? 0.0 : result.rows.back().seconds;
     void on_round_end(const rolora::round_report& r, const rolora::adapter_set<backend>& global) {
       elapsed += r.seconds;
       round_row row{r.round + 1, std::string(r.trained.label()), r.train_loss, -1, -1, r.aggregation_error,
@@ -138,8 +177,12 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
                   result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name, accuracy,
                   row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
       std::fflush(stdout);
+      if (!s.checkpoint_dir.empty() && (last || row.round % s.checkpoint_every == 0)) {
+        rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / result.method, fed.server(), identity,
+                                {{"rows", to_json(result.rows)}});
+      }
     }
-  } cb{s, data, eval_set, eval_name, result};
+  } cb{s, data, eval_set, eval_name, result, fed, identity, rows_json};
   const auto start = std::chrono::steady_clock::now();
   fed.run(tasks, cb);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -279,7 +322,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
+  app.add_option("--checkpoint-dir", s.checkpoint_dir,
+                 "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
+      ->type_name("DIR");
+  app.add_option("--checkpoint-every", s.checkpoint_every, "rounds between checkpoints (and the last)")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--resume", s.resume_dir,
+                 "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps checkpointing "
+                 "there unless --checkpoint-dir says elsewhere)")
+      ->type_name("DIR");
   CLI11_PARSE(app, argc, argv);
+  if (!s.resume_dir.empty() && s.checkpoint_dir.empty()) s.checkpoint_dir = s.resume_dir;
   if (lr_opt->count() > 0) {
     for (const auto& m : s.methods) s.lr[m] = lr;
   }

@@ -4,9 +4,12 @@
 // same A0, prints sin theta(A, A*), loss, aggregation error and upload per iteration, then sets the measurements beside the closed-form references: the Theorem 4.5
 // contraction bound (RoLoRA), the Proposition 4.6 loss floor (FFA-LoRA) and the Eckart-Young
 // optimum (all). Optionally writes a CSV, .npy trajectories and a gnuplot plot of sin theta
-// against iteration. With --data DIR it runs the same methods on your own regression data
+// against iteration, and checkpoints every method's server so that a killed run resumes with the
+// same bits. With --data DIR it runs the same methods on your own regression data
 // (client_<i>_X.npy / client_<i>_Y.npy), measured against the empirical rank-r optimum.
 #include <algorithm>
+#include <bit>
+#include <csignal>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -19,9 +22,11 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <rolora/backend/eigen.hpp>
 #include <rolora/core/error.hpp>
+#include <rolora/federated/checkpoint.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>
 #include <rolora/theory/npy_data.hpp>
@@ -46,6 +51,9 @@ struct settings {
   std::string write_data;  // export the synthetic problem's client data as .npy
   std::string npy;         // per-method trajectories as <method>_trajectory.npy
   bool quiet = false;
+  std::string checkpoint_dir, resume_dir;  // checkpoints of method M in DIR/M/
+  std::size_t checkpoint_every = 1;        // iterations
+  std::size_t crash_after = 0;             // testing: SIGKILL itself after this many iterations
 };
 
 constexpr double converged = 1e-6;     // "sin theta went below" threshold in the summary
@@ -197,6 +205,73 @@ void write_trajectories(const std::string& dir, const std::vector<method_run>& r
   }
 }
 
+// Checkpoints of one method's run in DIR/<method>/ (rolora/federated/checkpoint.hpp): the
+// federation's server, and the records so far as the checkpoint's user JSON (doubles by their
+// bits, so that the CSV of a resumed run is byte-identical).
+struct checkpointing {
+  const settings& s;
+  th::method method;
+  std::size_t& iterations_run;  // in this process, over every method (--crash-after)
+
+  nlohmann::json identity() const {
+    const auto& c = s.problem;
+    return {{"method", th::method_name(method)},
+            {"problem",
+             {{"dim", c.dim}, {"out_dim", c.out_dim}, {"rank", c.rank}, {"clients", c.clients},
+              {"samples", c.samples}, {"noise", c.noise}, {"heterogeneous", c.heterogeneous},
+              {"heterogeneity", c.heterogeneity}, {"seed", c.seed}}},
+            {"eta", s.run.eta},
+            {"local_steps", s.run.local_steps},
+            {"init_angle", s.run.init_angle ? nlohmann::json(*s.run.init_angle) : nlohmann::json()}};
+  }
+  static nlohmann::json to_json(const history& h) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& r : h) {
+      rows.push_back({r.iteration, std::bit_cast<std::uint64_t>(r.sin_theta), std::bit_cast<std::uint64_t>(r.loss),
+                      std::bit_cast<std::uint64_t>(r.aggregation_error),
+                      std::bit_cast<std::uint64_t>(r.gap_to_optimum), r.bytes_up, r.bytes_down});
+    }
+    return rows;
+  }
+  static history from_json(const nlohmann::json& rows) {
+    history h;
+    for (const auto& r : rows) {
+      h.push_back({r.at(0).get<std::size_t>(), std::bit_cast<double>(r.at(1).get<std::uint64_t>()),
+                   std::bit_cast<double>(r.at(2).get<std::uint64_t>()),
+                   std::bit_cast<double>(r.at(3).get<std::uint64_t>()),
+                   std::bit_cast<double>(r.at(4).get<std::uint64_t>()), r.at(5).get<std::size_t>(),
+                   r.at(6).get<std::size_t>()});
+    }
+    return h;
+  }
+
+  template <class Server>
+  void resume(Server& server, history& records) {
+    if (s.resume_dir.empty()) return;
+    const auto from = std::filesystem::path(s.resume_dir) / th::method_name(method);
+    if (!rolora::has_checkpoint(from)) return;  // the run was killed before this method began
+    const auto user = rolora::load_checkpoint(from, server, identity());
+    records = from_json(user.at("records"));
+    if (records.empty() || records.size() > s.run.iterations + 1) {
+      throw std::runtime_error("checkpoint " + from.string() + " holds " + std::to_string(records.size()) +
+                               " records; --rounds " + std::to_string(s.run.iterations) + " needs at most " +
+                               std::to_string(s.run.iterations + 1));
+    }
+    std::printf("%-11s resumed after iteration %zu from %s\n", display_name(method), records.back().iteration,
+                from.c_str());
+  }
+
+  template <class Server>
+  void iteration_done(const Server& server, const history& records) {
+    const std::size_t it = records.back().iteration;
+    if (!s.checkpoint_dir.empty() && (it % s.checkpoint_every == 0 || it == s.run.iterations)) {
+      rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / th::method_name(method), server,
+                              identity(), {{"records", to_json(records)}});
+    }
+    if (s.crash_after != 0 && ++iterations_run == s.crash_after) std::raise(SIGKILL);
+  }
+};
+
 void print_progress(const method_run& run) {
   for (const auto& r : run.records) {
     std::printf("%-11s %5zu %13.6e %13.6e %13.6e %12zu\n", display_name(run.method), r.iteration,
@@ -240,8 +315,9 @@ int run_check(const settings& s) {
                 "agg_error", "bytes_up");
   }
   std::vector<method_run> runs;
+  std::size_t iterations_run = 0;
   for (auto m : methods) {
-    runs.push_back({m, th::run_method(problem, m, s.run)});
+    runs.push_back({m, th::run_method(problem, m, s.run, checkpointing{s, m, iterations_run})});
     if (!s.quiet) print_progress(runs.back());
   }
 
@@ -413,7 +489,20 @@ int main(int argc, char** argv) {
   app.add_option("--npy", s.npy, "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
+  app.add_option("--checkpoint-dir", s.checkpoint_dir,
+                 "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
+      ->type_name("DIR");
+  app.add_option("--checkpoint-every", s.checkpoint_every, "iterations between checkpoints (and the last)")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--resume", s.resume_dir,
+                 "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps "
+                 "checkpointing there unless --checkpoint-dir says elsewhere)")
+      ->type_name("DIR");
+  app.add_option("--crash-after", s.crash_after, "testing: kill this process with SIGKILL after N iterations")
+      ->group("");
   CLI11_PARSE(app, argc, argv);
+  if (!s.resume_dir.empty() && s.checkpoint_dir.empty()) s.checkpoint_dir = s.resume_dir;
 
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;

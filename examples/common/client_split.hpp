@@ -52,7 +52,7 @@ inline partition split_among_clients(const std::vector<int>& labels, std::size_t
     parts = partition_iid(labels.size(), clients, seed);
     d << "iid";
   } else {
-    detail::fail<config_error>("config_error", "split_among_clients: unknown split '", s.kind,
+    detail::raise<config_error>("split_among_clients: unknown split '", s.kind,
                                "' (expected iid, dirichlet or classes)");
   }
   if (moved > 0)

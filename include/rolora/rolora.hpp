@@ -30,11 +30,14 @@
 #include <rolora/aggregate/svd_resplit.hpp>
 
 #include <rolora/federated/callbacks.hpp>
+#include <rolora/federated/client.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/federated/methods.hpp>
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/partition.hpp>
+#include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
+#include <rolora/federated/server.hpp>
 #include <rolora/federated/task.hpp>
 
 #include <rolora/theory/linear_regression.hpp>

@@ -62,8 +62,64 @@ class optimizer_state {
   }
   std::size_t steps() const { return steps_; }
 
- private:
   using matrix = typename Backend::matrix;
+  // The moment buffers by name, what a checkpoint keeps (federated/checkpoint.hpp):
+  // "lora/<module>/<a|b>/<first|second>" and "save/<module to save>/<first|second>".
+  std::map<std::string, matrix> buffers() const {
+    std::map<std::string, matrix> out;
+    const auto put = [&](const std::string& key, const moment_pair& m) {
+      if (!m.ready) return;
+      out.emplace(key + "/first", m.first);
+      out.emplace(key + "/second", m.second);
+    };
+    for (const auto& [name, m] : moments_) {
+      put("lora/" + name + "/a", m.a);
+      put("lora/" + name + "/b", m.b);
+    }
+    for (const auto& [name, m] : saved_moments_) put("save/" + name, m);
+    return out;
+  }
+  // The state `buffers()` and `steps()` describe; value_error on a name it cannot have written.
+  static optimizer_state restore(std::size_t steps, const std::map<std::string, matrix>& buffers) {
+    optimizer_state s;
+    s.steps_ = steps;
+    for (const auto& [key, value] : buffers) {
+      const auto last = key.rfind('/');
+      const std::string head = last == std::string::npos ? "" : key.substr(0, last);
+      const std::string which = last == std::string::npos ? "" : key.substr(last + 1);
+      moment_pair* m = nullptr;
+      if (head.starts_with("lora/") && (head.ends_with("/a") || head.ends_with("/b")) && head.size() > 7) {
+        auto& mm = s.moments_[head.substr(5, head.size() - 7)];
+        m = head.back() == 'a' ? &mm.a : &mm.b;
+      } else if (head.starts_with("save/") && head.size() > 5) {
+        m = &s.saved_moments_[head.substr(5)];
+      }
+      if (!m || (which != "first" && which != "second")) {
+        detail::raise<value_error>("optimizer state: unknown moment buffer '", key, "'");
+      }
+      (which == "first" ? m->first : m->second) = value;
+      m->ready = true;
+    }
+    const auto complete = [](const moment_pair& m) {
+      return !m.ready || (Backend::rows(m.first) == Backend::rows(m.second) &&
+                          Backend::cols(m.first) == Backend::cols(m.second) && Backend::rows(m.first) > 0);
+    };
+    for (const auto& [name, m] : s.moments_) {
+      if (!complete(m.a) || !complete(m.b)) {
+        detail::raise<value_error>("optimizer state: module '", name,
+                                  "' needs a first and a second moment of one shape");
+      }
+    }
+    for (const auto& [name, m] : s.saved_moments_) {
+      if (!complete(m)) {
+        detail::raise<value_error>("optimizer state: module to save '", name,
+                                  "' needs a first and a second moment of one shape");
+      }
+    }
+    return s;
+  }
+
+ private:
   using T = typename Backend::scalar;
   struct moment_pair {
     matrix first, second;  // momentum buffer / AdamW m and v, shaped like the factor

@@ -105,7 +105,7 @@ inline std::size_t top_up(partition& parts, std::size_t minimum) {
 
 inline void check_minimum(std::size_t num_samples, std::size_t num_clients, std::size_t minimum, const char* who) {
   if (minimum > num_samples / num_clients) {
-    fail<config_error>("config_error", who, ": ", num_samples, " samples cannot give each of ", num_clients,
+    raise<config_error>(who, ": ", num_samples, " samples cannot give each of ", num_clients,
                        " clients at least ", minimum, " (min_per_client must be <= ", num_samples / num_clients,
                        ")");
   }

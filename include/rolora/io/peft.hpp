@@ -217,7 +217,7 @@ void save_peft_adapter(const std::filesystem::path& dir, const adapter_set<Backe
   using json = nlohmann::json;
   using T = typename Backend::scalar;
   if (!is_floating(options.dtype)) {
-    detail::fail<config_error>("config_error", "save_peft_adapter: dtype must be F32, F64, F16 or BF16, got ",
+    detail::raise<config_error>("save_peft_adapter: dtype must be F32, F64, F16 or BF16, got ",
                                dtype_name(options.dtype));
   }
   std::map<std::string, tensor_data> tensors;
@@ -232,12 +232,12 @@ void save_peft_adapter(const std::filesystem::path& dir, const adapter_set<Backe
   json target_modules = json::array();
   for (const auto& [name, a] : adapters) {
     if (a.rank() != config.rank_for(name)) {
-      detail::fail<config_error>("config_error", "module '", name, "': adapter rank ", a.rank(), " but the config gives r = ",
+      detail::raise<config_error>("module '", name, "': adapter rank ", a.rank(), " but the config gives r = ",
                                  config.rank_for(name), " (set rank_pattern)");
     }
     const double s = config.scaling_for(name);
     if (std::abs(double(a.scaling) - s) > 1e-6 * std::abs(s)) {
-      detail::fail<config_error>("config_error", "module '", name, "': adapter scaling ", double(a.scaling),
+      detail::raise<config_error>("module '", name, "': adapter scaling ", double(a.scaling),
                                  " but the config gives ", s, " (lora_alpha / ", config.use_rslora ? "sqrt(r)" : "r",
                                  "); PEFT would load a different model");
     }
@@ -298,7 +298,7 @@ void save_peft_adapter(const std::filesystem::path& dir, const adapter_set<Backe
   try {
     config_text = cfg.dump(2) + "\n";  // keys sorted, as PEFT's json.dumps(..., sort_keys=True)
   } catch (const json::exception& e) {
-    detail::fail<value_error>("value_error", "save_peft_adapter: names must be valid UTF-8: ", e.what());
+    detail::raise<value_error>("save_peft_adapter: names must be valid UTF-8: ", e.what());
   }
   const auto weights = serialize_safetensors(tensors, {{"format", "pt"}});
 

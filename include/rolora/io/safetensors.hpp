@@ -260,7 +260,7 @@ struct tensor_view {
 namespace detail::st {
 inline void require_floating(const tensor_view& t) {
   if (!is_floating(t.dtype)) {
-    fail<shape_error>("shape_error", "tensor '", t.name, "': expected a floating-point dtype (F16, BF16, F32, F64), got ",
+    raise<shape_error>("tensor '", t.name, "': expected a floating-point dtype (F16, BF16, F32, F64), got ",
                       dtype_name(t.dtype));
   }
 }
@@ -282,13 +282,13 @@ std::vector<T> to_vector(const tensor_view& t) {
 template <class T>
 host_matrix<T> to_host_matrix(const tensor_view& t) {
   if (t.shape.size() != 1 && t.shape.size() != 2) {
-    detail::fail<shape_error>("shape_error", "tensor '", t.name, "': expected a 1-D or 2-D tensor, got shape ",
+    detail::raise<shape_error>("tensor '", t.name, "': expected a 1-D or 2-D tensor, got shape ",
                               t.shape_string());
   }
   constexpr auto index_max = static_cast<std::uint64_t>(std::numeric_limits<index_t>::max());
   for (auto d : t.shape) {
     if (d > index_max) {
-      detail::fail<shape_error>("shape_error", "tensor '", t.name, "': extent ", d, " does not fit an index");
+      detail::raise<shape_error>("tensor '", t.name, "': extent ", d, " does not fit an index");
     }
   }
   detail::st::require_floating(t);
@@ -318,7 +318,7 @@ class safetensors_file {
   tensor_view tensor(const std::string& name) const {
     const auto it = entries_.find(name);
     if (it == entries_.end()) {
-      detail::fail<shape_error>("shape_error", "tensor '", name, "' is not in the file (it has ", entries_.size(),
+      detail::raise<shape_error>("tensor '", name, "' is not in the file (it has ", entries_.size(),
                                 " tensors)");
     }
     const entry& e = it->second;
@@ -332,7 +332,7 @@ class safetensors_file {
   host_matrix<T> expect_matrix(const std::string& name, index_t rows, index_t cols) const {
     const tensor_view t = tensor(name);
     if (t.shape.size() != 2 || t.shape[0] != std::uint64_t(rows) || t.shape[1] != std::uint64_t(cols)) {
-      detail::fail<shape_error>("shape_error", "tensor '", name, "': expected shape ", detail::shape_string(rows, cols),
+      detail::raise<shape_error>("tensor '", name, "': expected shape ", detail::shape_string(rows, cols),
                                 ", got ", t.shape_string());
     }
     return to_host_matrix<T>(t);
@@ -342,7 +342,7 @@ class safetensors_file {
   host_matrix<T> expect_vector(const std::string& name, index_t n) const {
     const tensor_view t = tensor(name);
     if (t.shape.size() != 1 || t.shape[0] != std::uint64_t(n)) {
-      detail::fail<shape_error>("shape_error", "tensor '", name, "': expected shape [", n, "], got ", t.shape_string());
+      detail::raise<shape_error>("tensor '", name, "': expected shape [", n, "], got ", t.shape_string());
     }
     return to_host_matrix<T>(t);
   }
@@ -506,14 +506,14 @@ tensor_data make_tensor(std::span<const T> values, std::vector<std::uint64_t> sh
                         tensor_dtype dtype = tensor_dtype::f32) {
   static_assert(std::is_floating_point_v<T>);
   if (!is_floating(dtype)) {
-    detail::fail<config_error>("config_error", "make_tensor: dtype must be F32, F64, F16 or BF16, got ", dtype_name(dtype));
+    detail::raise<config_error>("make_tensor: dtype must be F32, F64, F16 or BF16, got ", dtype_name(dtype));
   }
   std::uint64_t numel = 1;
   for (auto d : shape) {
-    if (!detail::st::checked_mul(numel, d, numel)) detail::fail<shape_error>("shape_error", "make_tensor: shape overflows");
+    if (!detail::st::checked_mul(numel, d, numel)) detail::raise<shape_error>("make_tensor: shape overflows");
   }
   if (numel != values.size()) {
-    detail::fail<shape_error>("shape_error", "make_tensor: shape holds ", numel, " elements but ", values.size(), " values were given");
+    detail::raise<shape_error>("make_tensor: shape holds ", numel, " elements but ", values.size(), " values were given");
   }
   tensor_data t{dtype, std::move(shape), std::vector<std::uint8_t>(values.size() * dtype_size(dtype))};
   detail::st::encode(dtype, values.data(), values.size(), t.bytes.data());
@@ -536,14 +536,14 @@ inline std::vector<std::uint8_t> serialize_safetensors(const std::map<std::strin
   using json = nlohmann::json;
   std::vector<std::pair<const std::string*, const tensor_data*>> order;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") detail::fail<config_error>("config_error", "a tensor cannot be named '__metadata__'");
+    if (name == "__metadata__") detail::raise<config_error>("a tensor cannot be named '__metadata__'");
     std::uint64_t numel = 1;
     for (auto d : t.shape) {
-      if (!detail::st::checked_mul(numel, d, numel)) detail::fail<shape_error>("shape_error", "tensor '", name, "': shape overflows");
+      if (!detail::st::checked_mul(numel, d, numel)) detail::raise<shape_error>("tensor '", name, "': shape overflows");
     }
     std::uint64_t nbytes = 0;
     if (!detail::st::checked_mul(numel, dtype_size(t.dtype), nbytes) || nbytes != t.bytes.size()) {
-      detail::fail<shape_error>("shape_error", "tensor '", name, "': ", dtype_name(t.dtype), " of ", numel, " elements needs ",
+      detail::raise<shape_error>("tensor '", name, "': ", dtype_name(t.dtype), " of ", numel, " elements needs ",
                                 numel * dtype_size(t.dtype), " bytes, got ", t.bytes.size());
     }
     order.emplace_back(&name, &t);
@@ -567,7 +567,7 @@ inline std::vector<std::uint8_t> serialize_safetensors(const std::map<std::strin
       offset += t->bytes.size();
     }
   } catch (const json::exception& e) {  // a name or metadata string that is not valid UTF-8
-    detail::fail<value_error>("value_error", "safetensors: names and metadata must be valid UTF-8: ", e.what());
+    detail::raise<value_error>("safetensors: names and metadata must be valid UTF-8: ", e.what());
   }
   header += '}';
   header.append((8 - header.size() % 8) % 8, ' ');

@@ -38,13 +38,12 @@ class mlp_weights {
   // random_stream(seed, stream::data, layer, 0x4D4C) ("ML").
   mlp_weights(std::vector<index_t> widths, std::uint64_t seed) : widths_(std::move(widths)) {
     if (widths_.size() < 2) {
-      detail::fail<config_error>("config_error",
-                                 "mlp: need at least an input and an output width, got ",
+      detail::raise<config_error>("mlp: need at least an input and an output width, got ",
                                  widths_.size(), " widths");
     }
     for (std::size_t l = 0; l + 1 < widths_.size(); ++l) {
       const index_t in = widths_[l], out = widths_[l + 1];
-      if (in < 1 || out < 1) detail::fail<config_error>("config_error", "mlp: widths must be >= 1");
+      if (in < 1 || out < 1) detail::raise<config_error>("mlp: widths must be >= 1");
       names_.push_back(l + 2 == widths_.size() ? "head" : "fc" + std::to_string(l + 1));
       const random_stream rs(seed, stream::data, std::uint32_t(l), 0x4D4C);
       const double bound = 1.0 / std::sqrt(double(in));
@@ -85,7 +84,7 @@ class mlp_weights {
     for (const auto& [name, m] : trained.modules_to_save()) {
       auto it = checked(name);
       if (B::rows(m) != B::rows(it->second) || B::cols(m) != B::cols(it->second)) {
-        detail::fail<shape_error>("shape_error", "mlp: '", name, "' expected ",
+        detail::raise<shape_error>("mlp: '", name, "' expected ",
                                   detail::shape_string(B::rows(it->second), B::cols(it->second)),
                                   ", got ", detail::shape_string(B::rows(m), B::cols(m)));
       }
@@ -97,7 +96,7 @@ class mlp_weights {
   typename std::map<std::string, matrix>::const_iterator checked(const std::string& name) const {
     const auto it = params_.find(name);
     if (it == params_.end())
-      detail::fail<config_error>("config_error", "mlp: no parameter '", name, "'");
+      detail::raise<config_error>("mlp: no parameter '", name, "'");
     return it;
   }
 
@@ -130,12 +129,12 @@ mlp_bindings<B> bind_mlp(const mlp_weights<B>& m, const adapter_set<B>& adapters
                          gradient_set<B>* grads) {
   for (const auto& [name, a] : adapters) {
     if (!m.parameters().count(name + ".weight")) {
-      detail::fail<config_error>("config_error", "mlp: adapter '", name,
+      detail::raise<config_error>("mlp: adapter '", name,
                                  "' names no layer (fc1.., head)");
     }
     const auto& w = m.at(name + ".weight");
     if (a.out_features() != B::rows(w) || a.in_features() != B::cols(w)) {
-      detail::fail<shape_error>("shape_error", "mlp: adapter '", name, "' is for a ",
+      detail::raise<shape_error>("mlp: adapter '", name, "' is for a ",
                                 detail::shape_string(a.out_features(), a.in_features()),
                                 " weight, the layer's is ",
                                 detail::shape_string(B::rows(w), B::cols(w)));
@@ -153,7 +152,7 @@ mlp_bindings<B> bind_mlp(const mlp_weights<B>& m, const adapter_set<B>& adapters
       } else {
         if (B::rows(it->second) != B::rows(m.at(name)) ||
             B::cols(it->second) != B::cols(m.at(name))) {
-          detail::fail<shape_error>("shape_error", "mlp: module to save '", name,
+          detail::raise<shape_error>("mlp: module to save '", name,
                                     "' has the wrong shape");
         }
         list->push_back({&it->second, train ? &grads->modules_to_save[name] : nullptr});
@@ -220,14 +219,14 @@ class mlp_task {
       : model_(&model), data_(std::move(data)) {
     if (data_.size() == 0 || std::size_t(data_.x.cols()) != data_.size() ||
         data_.x.rows() != model.widths().front()) {
-      detail::fail<shape_error>("shape_error", "mlp_task: expected features [",
+      detail::raise<shape_error>("mlp_task: expected features [",
                                 model.widths().front(), ", n] with n = ", data_.size(),
                                 " >= 1 labels, got ",
                                 detail::shape_string(data_.x.rows(), data_.x.cols()));
     }
     for (const auto y : data_.labels) {
       if (y < 0 || y >= model.widths().back()) {
-        detail::fail<value_error>("value_error", "mlp_task: label ", y, " outside [0, ",
+        detail::raise<value_error>("mlp_task: label ", y, " outside [0, ",
                                   model.widths().back(), ")");
       }
     }

@@ -236,14 +236,14 @@ template <backend Backend>
 linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs, const std::vector<host>& ys, index_t rank) {
   using rolora::detail::fail;
   if (xs.empty() || xs.size() != ys.size()) {
-    fail<config_error>("config_error", "linear problem from data: need >= 1 client with inputs and targets, got ",
+    raise<config_error>("linear problem from data: need >= 1 client with inputs and targets, got ",
                        xs.size(), " inputs and ", ys.size(), " targets");
   }
   const index_t d = xs[0].rows(), k = ys[0].rows();
   std::size_t fewest = std::size_t(xs[0].cols());
   for (std::size_t i = 0; i < xs.size(); ++i) {
     if (xs[i].rows() != d || ys[i].rows() != k || xs[i].cols() != ys[i].cols() || xs[i].cols() == 0) {
-      fail<shape_error>("shape_error", "linear problem from data: client ", i, " has inputs ",
+      raise<shape_error>("linear problem from data: client ", i, " has inputs ",
                         rolora::detail::shape_string(xs[i].rows(), xs[i].cols()), " and targets ",
                         rolora::detail::shape_string(ys[i].rows(), ys[i].cols()), ", expected [", d, ", m] and [", k,
                         ", m] with the same m >= 1 (client 0's d and k)");
@@ -271,7 +271,7 @@ linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs, co
   const Eigen::SelfAdjointEigenSolver<host> eig(s);
   const auto& lambda = eig.eigenvalues();  // increasing
   if (!(lambda(0) > 1e-12 * std::max(lambda(d - 1), 1e-300))) {
-    fail<config_error>("config_error", "linear problem from data: the inputs do not span all ", d,
+    raise<config_error>("linear problem from data: the inputs do not span all ", d,
                        " dimensions (smallest eigenvalue of the input covariance ", lambda(0), ", largest ",
                        lambda(d - 1), "); need more samples than features and no collinear features");
   }

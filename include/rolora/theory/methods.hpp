@@ -114,10 +114,10 @@ iteration_record measure(const linear_problem<Backend>& p, std::vector<linear_re
   return rec;
 }
 
-template <backend Backend, class Policy, class Aggregator>
+template <backend Backend, class Policy, class Aggregator, class Hooks>
 std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Aggregator aggregator,
                                   federation_config config, std::size_t rounds_per_iteration,
-                                  std::size_t iterations, const host& a0) {
+                                  std::size_t iterations, const host& a0, Hooks& hooks) {
   using T = typename Backend::scalar;
   adapter_set<Backend> initial;
   const index_t r = p.config.rank;
@@ -126,7 +126,8 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
   config.num_rounds = iterations * rounds_per_iteration;
   federation<Backend, Policy, Aggregator> fed(policy, aggregator, config, std::move(initial));
   std::vector<iteration_record> records{measure(p, p.clients, fed, 0)};
-  for (std::size_t it = 1; it <= iterations; ++it) {
+  if constexpr (requires { hooks.resume(fed.server(), records); }) hooks.resume(fed.server(), records);
+  for (std::size_t it = records.size(); it <= iterations; ++it) {
     double error = 0.0;
     std::size_t up = 0, down = 0;
     for (std::size_t k = 0; k < rounds_per_iteration; ++k) {
@@ -140,16 +141,26 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
     rec.bytes_up = up;
     rec.bytes_down = down;
     records.push_back(rec);
+    if constexpr (requires { hooks.iteration_done(fed.server(), records); }) {
+      hooks.iteration_done(fed.server(), records);
+    }
   }
   return records;
 }
 
 }  // namespace detail
 
+struct no_hooks {};
+
 // Runs one method on the problem; all methods start from the same A0 (and B0 = 0).
-template <backend Backend>
+// Optional hooks, detected (for checkpoints, examples/linear_regression_theory.cpp):
+//   hooks.resume(server, records)          once, before the first iteration: may restore the
+//                                          federation's server and the records so far (the
+//                                          iterations already in `records` are not run again)
+//   hooks.iteration_done(server, records)  after every iteration
+template <backend Backend, class Hooks = no_hooks>
 std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
-                                         const method_options& o) {
+                                         const method_options& o, Hooks&& hooks = {}) {
   const host a0 = initial_a(p.reference_rows(), o.init_angle, o.seed);
   federation_config config;
   config.local_steps = o.local_steps;
@@ -160,23 +171,23 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   switch (m) {
     case method::rolora:
       config.closed_form_b = true;
-      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config, 2, o.iterations, a0);
+      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config, 2, o.iterations, a0, hooks);
     case method::ffa:
       config.closed_form_b = true;
-      return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0);
+      return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0, hooks);
     case method::fedit:
-      return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0);
+      return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0, hooks);
     case method::fedsa:
-      return detail::run(p, fedsa{}, fedavg{}, config, 1, o.iterations, a0);
+      return detail::run(p, fedsa{}, fedavg{}, config, 1, o.iterations, a0, hooks);
     case method::flexlora:
-      return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0);
+      return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0, hooks);
     case method::flora:
       return detail::run(p, train_both{}, flora_stack{o.seed, lora_init::kaiming_uniform}, config, 1,
-                         o.iterations, a0);
+                         o.iterations, a0, hooks);
     case method::fedex:
-      return detail::run(p, train_both{}, fedex_residual{}, config, 1, o.iterations, a0);
+      return detail::run(p, train_both{}, fedex_residual{}, config, 1, o.iterations, a0, hooks);
     case method::fedrot:
-      return detail::run(p, train_both{}, procrustes{}, config, 1, o.iterations, a0);
+      return detail::run(p, train_both{}, procrustes{}, config, 1, o.iterations, a0, hooks);
   }
   return {};
 }

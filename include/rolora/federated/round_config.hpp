@@ -1,0 +1,73 @@
+// What configures a federated round and what it reports: shared by the server
+// (federated/server.hpp), the client (federated/client.hpp) and their in-process composition
+// (federated/federation.hpp).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <rolora/aggregate/aggregate.hpp>
+#include <rolora/aggregate/ranks.hpp>
+#include <rolora/core/concepts.hpp>
+#include <rolora/federated/optimizer.hpp>
+#include <string>
+#include <vector>
+
+namespace rolora {
+
+// What the server does with an upload that fails its checks (wrong round, unknown client, wrong
+// shapes or rank, missing or extra modules, non-finite or absurdly large values, a sample count
+// that is not positive): `fail` the round (nothing changes; the default), or `drop` that client
+// from the round, log it in round_report::rejected and merge the others.
+enum class bad_update_policy { fail, drop };
+
+struct federation_config {
+  std::size_t num_rounds = 10;
+  std::size_t clients_per_round = 0;  // 0: every client, every round
+  double client_dropout = 0.0;        // probability that a sampled client never reports back
+  std::size_t local_steps = 1;
+  std::size_t batch_size = 0;  // 0: the full local data set each step
+  optimizer local_optimizer = sgd{};
+  bool keep_optimizer_state = false;  // false: fresh moments every round (the paper's code)
+  weighting client_weighting = weighting::by_samples;
+  bool closed_form_b = false;  // B-only rounds: the task's exact least squares, if it has one
+  bool measure_aggregation_error = true;
+  // Heterogeneous ranks: client c's rank for every module (capped at the module's rank); empty:
+  // every client at the server's rank. Its scaling follows client_rank_scaling.
+  std::vector<index_t> client_ranks;
+  rank_scaling client_rank_scaling = rank_scaling::alpha_over_r;
+  bad_update_policy on_bad_update = bad_update_policy::fail;
+  std::size_t min_clients = 1;  // fewer usable updates than this: the round fails
+  // An uploaded entry of larger magnitude is hostile: the products and sums of squares the
+  // aggregators form from two such entries stay finite even in float (1e12^2 * 1e12 < 3.4e38).
+  double max_abs_entry = 1e12;
+  std::size_t threads = 1;  // clients trained in parallel; results do not depend on it
+  std::uint64_t seed = 0;   // client sampling, dropout and batching streams
+};
+
+// A sampled client whose upload the server refused (on_bad_update = drop), and why.
+struct rejected_update {
+  std::size_t client = 0;
+  std::string reason;
+  bool operator==(const rejected_update&) const = default;
+};
+
+// What happened in one round.
+struct round_report {
+  std::size_t round = 0;
+  factor_set trained, shared;
+  std::vector<std::size_t> participants;  // sampled clients whose updates were merged, increasing
+  std::vector<std::size_t> dropped;       // sampled clients that were not: dropped out or rejected
+  std::vector<rejected_update> rejected;  // the dropped clients that did upload, with the reason
+  double train_loss = 0.0;         // sample-weighted mean over participants of their mean step loss
+  double aggregation_error = 0.0;  // see aggregation_result::error
+  double relative_aggregation_error = 0.0;  // see aggregation_result::relative_error
+  std::size_t bytes_up = 0;                 // this round, every client that uploaded
+  std::size_t bytes_down = 0;               // this round, all sampled clients
+  std::size_t bytes_up_per_client = 0;      // mean over the uploads (exact for equal ranks)
+  std::size_t bytes_down_per_client = 0;    // mean over sampled clients
+  std::size_t residual_bytes_down = 0;  // the part of bytes_down that brings residuals up to date
+  std::size_t total_bytes_up = 0;       // since round 0
+  std::size_t total_bytes_down = 0;
+  double seconds = 0.0;
+};
+
+}  // namespace rolora

@@ -1,0 +1,512 @@
+// The server side of a round: federation_server<Backend, UpdatePolicy, Aggregator>.
+//
+// State: the global adapters, the round counter, per client the factors it keeps local (FedSA's
+// B), its optimizer moments when kept and the round its residuals are synced to, the residual
+// increments of past rounds and the byte totals. One round t is three steps:
+//   begin_round(num_clients)   sample the clients (seeded by (seed, t)) and their dropouts
+//   download(plan, c)          what client c receives: its view of the global adapters
+//   complete_round(plan, ups)  check every upload as hostile input, drop or fail the bad ones,
+//                              merge the others in client-id order, commit, report
+// The client side is federated/client.hpp; federated/federation.hpp composes both in-process.
+// A round that fails (every client gone, a bad upload under on_bad_update = fail, fewer than
+// min_clients usable updates, an aggregator error) throws an error naming the round and changes
+// nothing.
+//
+// Heterogeneous ranks (federation_config::client_ranks): client c trains every module at rank
+// r_c = min(client_ranks[c], r), downloading the first r_c components of the server's adapters at
+// its own scaling (truncate_rank, aggregate/ranks.hpp); the aggregator must accept heterogeneous
+// ranks (padded_fedavg, svd_resplit, stack, residual, procrustes).
+//
+// Communication, per client and round, in uncompressed scalars of the backend: up, the shared
+// factors at the client's rank (+ modules to save); down, the synced factors at its rank (+
+// modules to save) plus what its residuals need to catch up with the rounds since it last
+// downloaded: the aggregator's residual increments of those rounds, at most the dense residual.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <optional>
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/aggregate.hpp>
+#include <rolora/aggregate/ranks.hpp>
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/federated/client.hpp>
+#include <rolora/federated/optimizer.hpp>
+#include <rolora/federated/round_config.hpp>
+#include <rolora/federated/sampling.hpp>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace rolora {
+
+namespace detail {
+
+// "[rolora.<id>] <what>" -> "[rolora.<id>] round <t>: <what>" (unchanged when it names a round).
+inline std::string in_round(std::string_view message, std::size_t round) {
+  const std::size_t tag =
+      message.starts_with("[rolora.") ? message.find("] ") : std::string_view::npos;
+  const std::size_t at = tag == std::string_view::npos ? 0 : tag + 2;
+  if (message.substr(at).starts_with("round ")) return std::string(message);
+  return concat(message.substr(0, at), "round ", round, ": ", message.substr(at));
+}
+
+// Rethrows the rolora error in flight as remake(e), e seen as its rolora type (shape_error,
+// value_error, config_error, or error for any other).
+template <class Remake>
+[[noreturn]] void rethrow_remade(Remake&& remake) {
+  try {
+    throw;
+  } catch (const shape_error& e) {
+    throw remake(e);
+  } catch (const value_error& e) {
+    throw remake(e);
+  } catch (const config_error& e) {
+    throw remake(e);
+  } catch (const error& e) {
+    throw remake(e);
+  }
+}
+
+// Rethrows the rolora error in flight as the same type with the round in its message.
+[[noreturn]] inline void rethrow_in_round(std::size_t round) {
+  rethrow_remade([round](const auto& e) {
+    return std::remove_cvref_t<decltype(e)>(in_round(e.what(), round));
+  });
+}
+
+// The message of a rolora error without its "[rolora.<id>] " tag.
+inline std::string_view untagged(std::string_view message) {
+  const std::size_t tag =
+      message.starts_with("[rolora.") ? message.find("] ") : std::string_view::npos;
+  return tag == std::string_view::npos ? message : message.substr(tag + 2);
+}
+
+// Every entry of `m` is at most `bound` in magnitude (NaN passes: check_factor rejects it first).
+template <backend Backend>
+void check_magnitude(const std::string& module, std::size_t client, const char* factor,
+                     const typename Backend::matrix& m, double bound) {
+  const auto host = Backend::to_host(m);
+  const double largest = host.size() ? double(host.cwiseAbs().maxCoeff()) : 0.0;
+  if (largest > bound) {
+    raise<value_error>("module '", module, "' client ", client, ": ", factor,
+                      " holds an entry of magnitude ", largest, ", above max_abs_entry = ", bound);
+  }
+}
+
+}  // namespace detail
+
+// The server's choices for one round, made by begin_round.
+struct round_plan {
+  std::size_t round = 0;
+  factor_set trains, shares;
+  std::vector<std::size_t> sampled;    // increasing
+  std::vector<std::size_t> reporting;  // sampled minus those that drop out, increasing
+};
+
+template <class Backend, class UpdatePolicy, class Aggregator>
+class federation_server {
+  static_assert(backend<Backend> && update_policy<UpdatePolicy> &&
+                    aggregator_for<Aggregator, Backend>,
+                "rolora::federation_server: see the requirements stated by rolora::federation");
+
+ public:
+  using backend_type = Backend;
+  using adapters_type = adapter_set<Backend>;
+
+  // What the server keeps about one client between rounds.
+  struct client_state {
+    std::optional<adapters_type> local;  // adapters after its last round (for kept factors)
+    optimizer_state<Backend> optimizer;  // its moments, when config.keep_optimizer_state
+    std::size_t residual_synced = 0;     // its residuals include the increments of rounds < this
+  };
+
+  federation_server(UpdatePolicy policy, Aggregator aggregator, federation_config config,
+                    adapters_type initial)
+      : policy_(std::move(policy)),
+        aggregator_(std::move(aggregator)),
+        config_(std::move(config)),
+        global_(std::move(initial)) {
+    if (global_.empty()) {
+      detail::raise<config_error>("federation: the initial adapter set is empty");
+    }
+    if (config_.local_steps == 0) {
+      detail::raise<config_error>("federation: local_steps must be >= 1");
+    }
+    if (!(config_.client_dropout >= 0.0 && config_.client_dropout < 1.0)) {
+      detail::raise<config_error>("federation: client_dropout must be in [0, 1), got ",
+                                 config_.client_dropout);
+    }
+    if (config_.min_clients < 1) {
+      detail::raise<config_error>("federation: min_clients must be >= 1, got 0");
+    }
+    if (!(config_.max_abs_entry > 0.0)) {
+      detail::raise<config_error>("federation: max_abs_entry must be > 0, got ",
+                                 config_.max_abs_entry);
+    }
+    if (!config_.client_ranks.empty()) {
+      if (!heterogeneous_rank_aggregator<Aggregator>) {
+        detail::raise<config_error>("federation: client_ranks is set but aggregator '", Aggregator::name,
+            "' does not accept heterogeneous ranks (use padded_fedavg, "
+            "svd_resplit, stack, residual or procrustes)");
+      }
+      for (std::size_t c = 0; c < config_.client_ranks.size(); ++c) {
+        if (config_.client_ranks[c] < 1) {
+          detail::raise<config_error>("federation: client_ranks[", c,
+                                     "] must be >= 1, got ", config_.client_ranks[c]);
+        }
+      }
+    }
+  }
+
+  const adapters_type& global() const { return global_; }
+  const federation_config& config() const { return config_; }
+  const UpdatePolicy& policy() const { return policy_; }
+  const Aggregator& aggregator() const { return aggregator_; }
+  std::size_t next_round() const { return round_; }
+  // Per client, once the first round fixed their number (empty before).
+  const std::vector<client_state>& clients() const { return clients_; }
+
+  // Everything the server holds between rounds: what a checkpoint saves (federated/checkpoint.hpp).
+  struct snapshot {
+    std::size_t round = 0;
+    adapters_type global;
+    std::vector<client_state> clients;
+    std::vector<std::size_t> residual_increments;  // one per completed round
+    std::size_t total_bytes_up = 0, total_bytes_down = 0;
+  };
+  snapshot save() const {
+    return {round_, global_, clients_, residual_increments_, total_up_, total_down_};
+  }
+  // Continues from `s`: value_error, changing nothing, unless its global adapters have this
+  // server's modules at their shapes and its history is consistent with its round.
+  void restore(snapshot s) {
+    const auto mismatch = [](auto&&... parts) {
+      detail::raise<value_error>("restore: ", parts...);
+    };
+    if (s.global.size() != global_.size() ||
+        s.global.modules_to_save().size() != global_.modules_to_save().size()) {
+      mismatch("the state has ", s.global.size(), " modules and ",
+               s.global.modules_to_save().size(), " modules to save, this model ", global_.size(),
+               " and ", global_.modules_to_save().size());
+    }
+    for (const auto& [name, a] : global_) {
+      if (!s.global.contains(name)) mismatch("module '", name, "' is missing from the state");
+      const auto& b = s.global.at(name);
+      if (b.rank() != a.rank() || b.in_features() != a.in_features() ||
+          b.out_features() != a.out_features() || Backend::rows(b.B) != a.out_features() ||
+          Backend::cols(b.B) != a.rank()) {
+        mismatch("module '", name, "': lora_A ",
+                 detail::shape_string(Backend::rows(b.A), Backend::cols(b.A)), " and lora_B ",
+                 detail::shape_string(Backend::rows(b.B), Backend::cols(b.B)),
+                 " in the state, this model has rank ", a.rank(), " over ",
+                 detail::shape_string(a.out_features(), a.in_features()));
+      }
+      detail::check_residual(b);
+    }
+    for (const auto& [name, w] : global_.modules_to_save()) {
+      const auto it = s.global.modules_to_save().find(name);
+      if (it == s.global.modules_to_save().end() || Backend::rows(it->second) != Backend::rows(w) ||
+          Backend::cols(it->second) != Backend::cols(w)) {
+        mismatch("module to save '", name, "' is missing from the state or has another shape");
+      }
+    }
+    if (s.residual_increments.size() != s.round) {
+      mismatch(s.residual_increments.size(), " residual increments for ", s.round,
+               " completed rounds");
+    }
+    for (const auto& c : s.clients) {
+      if (c.residual_synced > s.round)
+        mismatch("a client synced to round ", c.residual_synced, " > ", s.round);
+    }
+    round_ = s.round;
+    global_ = std::move(s.global);
+    clients_ = std::move(s.clients);
+    residual_increments_ = std::move(s.residual_increments);
+    total_up_ = s.total_bytes_up;
+    total_down_ = s.total_bytes_down;
+  }
+
+  // A client's adapters as it would use them: the global ones at its rank, with its local factors.
+  adapters_type client_view(std::size_t client) const {
+    adapters_type view = global_;
+    for (auto& [name, a] : view) {
+      const index_t r = rank_of(client, a);
+      if (r != a.rank()) {
+        a = truncate_rank(
+            a, r, scaling_at_rank(double(a.scaling), a.rank(), r, config_.client_rank_scaling));
+      }
+    }
+    if (client < clients_.size()) apply_local(clients_[client], view);
+    return view;
+  }
+  // The rank client `client` trains module adapter `a` at.
+  index_t rank_of(std::size_t client, const typename adapters_type::adapter_type& a) const {
+    if (client >= config_.client_ranks.size()) return a.rank();
+    return std::min(config_.client_ranks[client], a.rank());
+  }
+
+  // Samples round next_round() among `num_clients` clients (the same number every round).
+  round_plan begin_round(std::size_t num_clients) {
+    if (num_clients == 0) detail::raise<config_error>("federation: no clients");
+    if (!clients_.empty() && clients_.size() != num_clients) {
+      detail::raise<config_error>("federation: expected ", clients_.size(),
+                                 " clients (as in earlier rounds), got ", num_clients);
+    }
+    if (!config_.client_ranks.empty() && config_.client_ranks.size() != num_clients) {
+      detail::raise<config_error>("federation: client_ranks has ",
+                                 config_.client_ranks.size(), " entries for ", num_clients,
+                                 " clients");
+    }
+    if (clients_.empty()) clients_.resize(num_clients);
+    const std::size_t t = round_;
+    check_policy_round(policy_, t);
+    round_plan plan{t,
+                    policy_.trains(t),
+                    policy_.shares(t),
+                    sample_clients(config_.seed, t, num_clients, config_.clients_per_round),
+                    {}};
+    for (std::size_t c : plan.sampled) {
+      if (!drops_out(config_.seed, t, c, config_.client_dropout)) plan.reporting.push_back(c);
+    }
+    if (plan.reporting.empty()) {
+      detail::raise<value_error>("round ", t, ": no client update arrived (",
+                                plan.sampled.size(), " sampled, all dropped out)");
+    }
+    if (plan.reporting.size() < config_.min_clients) {
+      detail::raise<value_error>("round ", t, ": ", plan.reporting.size(), " of ", plan.sampled.size(),
+          " sampled clients report back, fewer than min_clients = ", config_.min_clients);
+    }
+    return plan;
+  }
+
+  // What client `client` of `plan` receives.
+  client_download<Backend> download(const round_plan& plan, std::size_t client) const {
+    client_download<Backend> d{plan.round, client, plan.trains, client_view(client), {}};
+    if (config_.keep_optimizer_state && client < clients_.size())
+      d.optimizer = clients_[client].optimizer;
+    return d;
+  }
+
+  // Checks the uploads of `plan`'s round (any order; at most one per reporting client), merges
+  // the good ones in client-id order and commits. Throws, changing nothing, when a bad upload
+  // meets on_bad_update = fail, when fewer than min_clients good ones remain, or when the
+  // aggregator fails.
+  round_report complete_round(const round_plan& plan, std::vector<client_upload<Backend>> uploads) {
+    try {
+      return merge(plan, std::move(uploads));
+    } catch (const error&) {
+      detail::rethrow_in_round(plan.round);
+    }
+  }
+
+ private:
+  round_report merge(const round_plan& plan, std::vector<client_upload<Backend>> uploads) {
+    if (plan.round != round_) {
+      detail::raise<config_error>("federation: the plan is for round ", plan.round,
+                                 " but the server is at round ", round_);
+    }
+    round_report report;
+    report.round = plan.round;
+    report.trained = plan.trains;
+    report.shared = plan.shares;
+    const factor_set local = policy_.keeps_local();
+
+    // Hostile input: each upload either passes every check or is refused with its reason.
+    std::stable_sort(uploads.begin(), uploads.end(),
+                     [](const auto& l, const auto& r) { return l.client < r.client; });
+    std::vector<client_upload<Backend>> good;
+    std::vector<bool> seen(clients_.size(), false);
+    for (auto& u : uploads) {
+      try {
+        check_upload(plan, u, seen);
+        good.push_back(std::move(u));
+      } catch (const error& e) {
+        if (config_.on_bad_update == bad_update_policy::fail) throw;
+        report.rejected.push_back({u.client, std::string(detail::untagged(e.what()))});
+      }
+    }
+    if (good.size() < config_.min_clients) {
+      std::string reasons;
+      for (const auto& r : report.rejected) reasons += "; " + r.reason;
+      detail::raise<value_error>(good.size(), " usable update(s) of ",
+                                plan.sampled.size(), " sampled clients (",
+                                plan.sampled.size() - plan.reporting.size(), " dropped out, ",
+                                report.rejected.size(),
+                                " rejected), fewer than "
+                                "min_clients = ",
+                                config_.min_clients, reasons);
+    }
+
+    std::vector<client_update<Backend>> updates;
+    updates.reserve(good.size());
+    for (auto& u : good) updates.push_back({u.client, u.num_samples, std::move(u.adapters)});
+    const auto result = aggregate(
+        aggregator_, global_, std::span<const client_update<Backend>>(updates), plan.shares,
+        {config_.client_weighting, local, config_.measure_aggregation_error, plan.round});
+
+    // Committed: the global state changed; now the clients' own state and the report follow.
+    // What the sampled clients downloaded is counted from their state before the round.
+    const factor_set synced{!local.a, !local.b};
+    std::size_t down = 0, residual_down = 0;
+    for (std::size_t c : plan.sampled) {
+      down += client_bytes(c, synced);
+      residual_down += residual_catch_up_bytes(c);
+    }
+    double loss = 0.0, samples = 0.0;
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      auto& client = clients_[good[i].client];
+      if (local.any()) client.local = std::move(updates[i].adapters);
+      if (config_.keep_optimizer_state) client.optimizer = std::move(good[i].optimizer);
+      loss += good[i].loss * updates[i].num_samples;
+      samples += updates[i].num_samples;
+      report.participants.push_back(good[i].client);
+    }
+    for (std::size_t c : plan.sampled) {
+      if (!std::binary_search(report.participants.begin(), report.participants.end(), c)) {
+        report.dropped.push_back(c);
+      }
+    }
+    report.train_loss = loss / samples;
+    report.aggregation_error = result.error;
+    report.relative_aggregation_error = result.relative_error;
+    residual_increments_.push_back(result.residual_scalars);
+    for (std::size_t c : plan.sampled) clients_[c].residual_synced = plan.round;
+    std::size_t uploaded = 0;
+    for (const auto& u : uploads) {  // every upload from a known client counts, merged or not
+      if (u.client < clients_.size()) {
+        report.bytes_up += client_bytes(u.client, report.shared);
+        ++uploaded;
+      }
+    }
+    report.bytes_down = down + residual_down;
+    report.residual_bytes_down = residual_down;
+    report.bytes_up_per_client = uploaded ? report.bytes_up / uploaded : 0;
+    report.bytes_down_per_client = report.bytes_down / plan.sampled.size();
+    total_up_ += report.bytes_up;
+    total_down_ += report.bytes_down;
+    report.total_bytes_up = total_up_;
+    report.total_bytes_down = total_down_;
+    ++round_;
+    return report;
+  }
+
+  // Throws (shape_error or value_error naming the client) unless `u` answers `plan` from a
+  // reporting client not seen before, with a positive sample count and exactly the modules,
+  // shapes and scalings it downloaded, every entry finite and within max_abs_entry.
+  void check_upload(const round_plan& plan, const client_upload<Backend>& u,
+                    std::vector<bool>& seen) const {
+    const std::size_t c = u.client;
+    if (!std::binary_search(plan.reporting.begin(), plan.reporting.end(), c)) {
+      detail::raise<value_error>("client ", c, ": not a client of this round (",
+                                plan.reporting.size(), " reporting of ", clients_.size(), ")");
+    }
+    if (seen[c])
+      detail::raise<value_error>("client ", c, ": a second upload in the round");
+    seen[c] = true;
+    if (u.round != plan.round) {
+      detail::raise<value_error>("client ", c, ": upload for round ", u.round,
+                                ", expected round ", plan.round);
+    }
+    if (!(std::isfinite(u.num_samples) && u.num_samples >= 1.0)) {
+      detail::raise<value_error>("client ", c,
+                                ": sample count must be finite and >= 1, got ", u.num_samples);
+    }
+    const adapters_type expected = client_view(c);
+    for (const auto& [name, a] : u.adapters) {
+      if (!expected.contains(name)) {
+        detail::raise<shape_error>("module '", name, "' client ", c,
+                                  ": not a module of the global adapters");
+      }
+    }
+    for (const auto& [name, e] : expected) {
+      if (!u.adapters.contains(name)) {
+        detail::raise<shape_error>("module '", name, "' client ", c,
+                                  ": missing from the update");
+      }
+      const auto& a = u.adapters.at(name);
+      check_matrix(name, c, "lora_A", e.A, a.A);
+      check_matrix(name, c, "lora_B", e.B, a.B);
+      if (a.scaling != e.scaling) {
+        detail::raise<value_error>("module '", name, "' client ", c, ": scaling ",
+                                  double(a.scaling), ", expected the downloaded ",
+                                  double(e.scaling));
+      }
+    }
+    const auto& mine = u.adapters.modules_to_save();
+    for (const auto& [name, w] : mine) {
+      if (!expected.modules_to_save().count(name)) {
+        detail::raise<shape_error>("module to save '", name, "' client ", c,
+                                  ": not a module of the global state");
+      }
+    }
+    for (const auto& [name, w] : expected.modules_to_save()) {
+      const auto it = mine.find(name);
+      if (it == mine.end()) {
+        detail::raise<shape_error>("module to save '", name, "' client ", c,
+                                  ": missing from the update");
+      }
+      check_matrix(name, c, "weight", w, it->second);
+    }
+  }
+
+  void check_matrix(const std::string& module, std::size_t c, const char* what,
+                    const typename Backend::matrix& expected,
+                    const typename Backend::matrix& got) const {
+    detail::check_factor<Backend>(module, c, what, expected, got);  // shape, then finite
+    detail::check_magnitude<Backend>(module, c, what, got, config_.max_abs_entry);
+  }
+
+  // Bytes of the factors `which` at client c's ranks (+ the modules to save when any factor).
+  std::size_t client_bytes(std::size_t c, factor_set which) const {
+    std::size_t n = 0;
+    for (const auto& [name, a] : global_) {
+      const auto r = std::size_t(rank_of(c, a));
+      if (which.a) n += r * std::size_t(a.in_features());
+      if (which.b) n += std::size_t(a.out_features()) * r;
+    }
+    if (which.any()) {
+      for (const auto& [name, w] : global_.modules_to_save()) {
+        n += std::size_t(Backend::rows(w) * Backend::cols(w));
+      }
+    }
+    return n * sizeof(typename Backend::scalar);
+  }
+
+  // Bytes client c needs for its residuals to catch up: the increments of the rounds it missed,
+  // at most the dense residuals themselves.
+  std::size_t residual_catch_up_bytes(std::size_t c) const {
+    std::size_t missed = 0, dense = 0;
+    for (std::size_t k = clients_[c].residual_synced; k < residual_increments_.size(); ++k) {
+      missed += residual_increments_[k];
+    }
+    for (const auto& [name, a] : global_) {
+      if (a.has_residual()) dense += std::size_t(a.out_features() * a.in_features());
+    }
+    return std::min(missed, dense) * sizeof(typename Backend::scalar);
+  }
+
+  void apply_local(const client_state& client, adapters_type& view) const {
+    const factor_set local = policy_.keeps_local();
+    if (!client.local || !local.any()) return;
+    for (auto& [name, a] : view) {
+      const auto& mine = client.local->at(name);
+      if (local.a) a.A = mine.A;
+      if (local.b) a.B = mine.B;
+    }
+  }
+
+  UpdatePolicy policy_;
+  Aggregator aggregator_;
+  federation_config config_;
+  adapters_type global_;
+  std::vector<client_state> clients_;
+  std::vector<std::size_t> residual_increments_;  // per round: aggregation_result::residual_scalars
+  std::size_t round_ = 0;
+  std::size_t total_up_ = 0, total_down_ = 0;
+};
+
+}  // namespace rolora

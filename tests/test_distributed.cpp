@@ -1,0 +1,518 @@
+// federated/server.hpp, client.hpp and checkpoint.hpp: the round split into roles, uploads treated
+// as hostile input (every class dropped with its reason, or failing the round with nothing
+// changed), min_clients, the reports of completed rounds attached to a failing run, and
+// checkpoint + resume giving the bits of an uninterrupted run.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <rolora/federated/checkpoint.hpp>
+#include <rolora/federated/message.hpp>
+
+#include "test_support.hpp"
+
+using namespace rolora;
+using rolora::test::message_of;
+
+namespace {
+
+template <class Backend>
+theory::linear_problem<Backend> four_clients() {
+  theory::linear_problem_config c;
+  c.dim = 12;
+  c.out_dim = 10;
+  c.rank = 2;
+  c.clients = 4;
+  c.samples = 40;
+  c.noise = 0.01;
+  c.seed = 11;
+  return theory::make_linear_problem<Backend>(c);
+}
+
+template <class Backend>
+adapter_set<Backend> adapters() {
+  lora_config c;
+  c.r = 2;
+  c.lora_alpha = 4.0;
+  return adapter_set<Backend>({{theory::module_name, 10, 12}}, c, 5);
+}
+
+template <class Backend>
+federation_config config(bad_update_policy on_bad) {
+  federation_config c;
+  c.num_rounds = 3;
+  c.local_steps = 2;
+  c.local_optimizer = sgd{0.2};
+  c.on_bad_update = on_bad;
+  return c;
+}
+
+template <class Backend>
+using fedit_server = federation_server<Backend, train_both, fedavg>;
+template <class Backend>
+using corruption = std::function<void(client_upload<Backend>&)>;
+
+// One round composed by hand: the server's plan and downloads, the clients' local training, and
+// client `victim`'s upload corrupted on its way to the server.
+template <class Backend, class Task>
+round_report round_with(fedit_server<Backend>& server, std::vector<Task>& tasks, std::size_t victim,
+                        const corruption<Backend>& corrupt) {
+  const round_plan plan = server.begin_round(tasks.size());
+  std::vector<client_upload<Backend>> uploads;
+  for (std::size_t c : plan.reporting) {
+    uploads.push_back(train_locally(tasks[c], server.download(plan, c), server.config()));
+    if (c == victim) corrupt(uploads.back());
+  }
+  return server.complete_round(plan, std::move(uploads));
+}
+
+// A matrix like `m` with entry (i, j) set to v.
+template <class Backend>
+typename Backend::matrix with_entry(const typename Backend::matrix& m, index_t i, index_t j,
+                                    double v) {
+  auto h = Backend::to_host(m);
+  h(i, j) = static_cast<typename Backend::scalar>(v);
+  return Backend::from_host(h);
+}
+
+struct hostile_class {
+  const char* name;
+  const char* reason;  // a part of the reason the server gives
+};
+
+template <class Backend>
+std::vector<std::pair<hostile_class, corruption<Backend>>> hostile_uploads() {
+  const std::string m = theory::module_name;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  using up = client_upload<Backend>;
+  return {
+      {{"NaN", "lora_B holds non-finite"},
+       [=](up& u) { u.adapters.at(m).B = with_entry<Backend>(u.adapters.at(m).B, 3, 1, nan); }},
+      {{"Inf", "lora_A holds non-finite"},
+       [=](up& u) { u.adapters.at(m).A = with_entry<Backend>(u.adapters.at(m).A, 0, 7, -inf); }},
+      {{"1e30", "magnitude 1e+30, above max_abs_entry"},
+       [=](up& u) { u.adapters.at(m).B = with_entry<Backend>(u.adapters.at(m).B, 0, 0, 1e30); }},
+      {{"wrong shape", "lora_A expected [2, 12], got [12, 2]"},
+       [=](up& u) { u.adapters.at(m).A = Backend::zeros(12, 2); }},
+      {{"wrong rank", "lora_A expected [2, 12], got [3, 12]"},
+       [=](up& u) {
+         u.adapters.at(m).A = Backend::zeros(3, 12);
+         u.adapters.at(m).B = Backend::zeros(10, 3);
+       }},
+      {{"missing module", "missing from the update"},
+       [](up& u) { u.adapters = adapter_set<Backend>{}; }},
+      {{"extra module", "module 'extra' client 2: not a module"},
+       [=](up& u) { u.adapters.insert("extra", u.adapters.at(m)); }},
+      {{"extra module to save", "module to save 'head' client 2: not a module"},
+       [](up& u) { u.adapters.add_module_to_save("head", Backend::zeros(2, 2)); }},
+      {{"zero samples", "sample count must be finite and >= 1, got 0"},
+       [](up& u) { u.num_samples = 0; }},
+      {{"negative samples", "sample count must be finite and >= 1, got -40"},
+       [](up& u) { u.num_samples = -40; }},
+      {{"wrong round", "upload for round 7, expected round 0"}, [](up& u) { u.round = 7; }},
+      {{"unknown client", "client 9: not a client of this round"}, [](up& u) { u.client = 9; }},
+      {{"scaling", "scaling 100, expected the downloaded 2"},
+       [=](up& u) { u.adapters.at(m).scaling = 100; }},
+  };
+}
+
+// A task that uploads NaN: its gradients are NaN from its `poison_from`-th step on (A's first,
+// so the first factor the server finds non-finite is lora_A).
+template <class Backend>
+struct poisoned_task {
+  theory::linear_regression_task<Backend> inner;
+  std::size_t poison_from = 0;
+  std::size_t steps = 0;
+
+  std::size_t num_samples() const { return inner.num_samples(); }
+  double loss(const adapter_set<Backend>& a) const { return inner.loss(a); }
+  double loss_and_grad(const adapter_set<Backend>& a, std::span<const std::size_t> batch,
+                       factor_set trains, gradient_set<Backend>& grads) {
+    const double loss = inner.loss_and_grad(a, batch, trains, grads);
+    if (steps++ >= poison_from) {
+      for (auto& [name, g] : grads.adapters) {
+        g.dA = with_entry<Backend>(g.dA, 0, 0, std::numeric_limits<double>::quiet_NaN());
+        g.dB = with_entry<Backend>(g.dB, 0, 0, std::numeric_limits<double>::quiet_NaN());
+      }
+    }
+    return loss;
+  }
+};
+
+template <class Backend>
+std::vector<poisoned_task<Backend>> with_poisoned(const theory::linear_problem<Backend>& p,
+                                                  std::size_t victim, std::size_t poison_from) {
+  std::vector<poisoned_task<Backend>> tasks;
+  for (std::size_t c = 0; c < p.clients.size(); ++c) {
+    tasks.push_back(
+        {p.clients[c], c == victim ? poison_from : std::numeric_limits<std::size_t>::max()});
+  }
+  return tasks;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE(
+    "hostile uploads: dropped with their reason, same bits as without the client; or the round "
+    "fails changing nothing",
+    Backend, ROLORA_TEST_BACKENDS) {
+  auto p = four_clients<Backend>();
+  const std::size_t victim = 2;
+  // The reference: the same round with the victim's data never there (full batches: no client's
+  // update depends on its id, so clients 0, 1, 3 compute exactly what they compute below).
+  std::vector<theory::linear_regression_task<Backend>> others{p.clients[0], p.clients[1],
+                                                              p.clients[3]};
+  fedit_server<Backend> without(train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail),
+                                adapters<Backend>());
+  const auto reference = round_with(without, others, 99, {});
+  const auto clean_once = [&] {
+    fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail),
+                            adapters<Backend>());
+    round_with(s, p.clients, 99, {});
+    return s.global();
+  }();
+  CHECK(!test::bit_equal(clean_once, without.global()));  // the victim's update matters
+
+  for (const auto& [hostile, corrupt] : hostile_uploads<Backend>()) {
+    CAPTURE(hostile.name);
+    fedit_server<Backend> drop(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
+                               adapters<Backend>());
+    const auto report = round_with(drop, p.clients, victim, corrupt);
+    CHECK(report.participants == std::vector<std::size_t>{0, 1, 3});
+    CHECK(report.dropped == std::vector<std::size_t>{2});
+    REQUIRE(report.rejected.size() == 1);
+    CHECK(report.rejected[0].client ==
+          (std::string(hostile.name) == "unknown client" ? 9 : victim));
+    CHECK(report.rejected[0].reason.find(hostile.reason) != std::string::npos);
+    CHECK(test::bit_equal(drop.global(), without.global()));
+    CHECK(report.train_loss == reference.train_loss);
+    CHECK(report.aggregation_error == reference.aggregation_error);
+    CHECK(drop.next_round() == 1);
+
+    fedit_server<Backend> fail(train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail),
+                               adapters<Backend>());
+    const auto before = fail.global();
+    const auto msg = message_of<error>([&] { round_with(fail, p.clients, victim, corrupt); });
+    CHECK(msg.find("round 0: ") != std::string::npos);
+    CHECK(msg.find(hostile.reason) != std::string::npos);
+    CHECK(test::bit_equal(fail.global(), before));
+    CHECK(fail.next_round() == 0);
+    // Nothing else changed either: the same round, now clean, gives the clean bits.
+    round_with(fail, p.clients, 99, {});
+    CHECK(test::bit_equal(fail.global(), clean_once));
+  }
+}
+
+TEST_CASE_TEMPLATE("hostile uploads: a second upload of a client is refused, its first one merged",
+                   Backend, ROLORA_TEST_BACKENDS) {
+  auto p = four_clients<Backend>();
+  fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
+                          adapters<Backend>());
+  const round_plan plan = s.begin_round(4);
+  std::vector<client_upload<Backend>> uploads;
+  for (std::size_t c : plan.reporting)
+    uploads.push_back(train_locally(p.clients[c], s.download(plan, c), s.config()));
+  auto twice = uploads[1];
+  twice.adapters.at(theory::module_name).B = Backend::zeros(10, 2);
+  uploads.push_back(twice);
+  const auto report = s.complete_round(plan, std::move(uploads));
+  CHECK(report.participants == std::vector<std::size_t>{0, 1, 2, 3});
+  REQUIRE(report.rejected.size() == 1);
+  CHECK(report.rejected[0].reason == "client 1: a second upload in the round");
+  fedit_server<Backend> clean(train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail),
+                              adapters<Backend>());
+  round_with(clean, p.clients, 99, {});
+  CHECK(test::bit_equal(s.global(), clean.global()));
+}
+
+TEST_CASE_TEMPLATE(
+    "the in-process federation drops a NaN-uploading client, or fails; min_clients; run keeps "
+    "the reports before a failing round",
+    Backend, ROLORA_TEST_BACKENDS) {
+  auto p = four_clients<Backend>();
+  auto tasks = with_poisoned(p, 2, 0);
+  std::vector<theory::linear_regression_task<Backend>> others{p.clients[0], p.clients[1],
+                                                              p.clients[3]};
+
+  federation<Backend, train_both, fedavg> dropping(
+      train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop), adapters<Backend>());
+  federation<Backend, train_both, fedavg> without(
+      train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail), adapters<Backend>());
+  const auto reports = dropping.run(tasks);
+  without.run(others);
+  REQUIRE(reports.size() == 3);
+  for (const auto& r : reports) {
+    CHECK(r.dropped == std::vector<std::size_t>{2});
+    REQUIRE(r.rejected.size() == 1);
+    CHECK(r.rejected[0].reason ==
+          "module 'linear' client 2: lora_A holds non-finite values (NaN or inf)");
+  }
+  CHECK(test::bit_equal(dropping.global(), without.global()));
+
+  // Fewer good updates than min_clients: the round fails, naming the reasons; nothing changes.
+  auto strict = config<Backend>(bad_update_policy::drop);
+  strict.min_clients = 4;
+  federation<Backend, train_both, fedavg> quorum(train_both{}, fedavg{}, strict,
+                                                 adapters<Backend>());
+  const auto before = quorum.global();
+  const auto msg = message_of<value_error>([&] { quorum.run_round(tasks); });
+  CHECK(msg.find("round 0: 3 usable update(s) of 4 sampled clients (0 dropped out, 1 rejected), "
+                 "fewer than "
+                 "min_clients = 4; module 'linear' client 2: lora_A holds non-finite") !=
+        std::string::npos);
+  CHECK(test::bit_equal(quorum.global(), before));
+  CHECK(quorum.next_round() == 0);
+  strict.min_clients = 0;
+  CHECK_THROWS_AS((federation<Backend, train_both, fedavg>(train_both{}, fedavg{}, strict, before)),
+                  config_error);
+
+  // Under fail, a client that turns bad in round 2 stops run(); the two rounds before are kept.
+  auto late = with_poisoned(p, 1, 2 * 2);  // two local steps per round
+  federation<Backend, train_both, fedavg> failing(
+      train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail), adapters<Backend>());
+  try {
+    failing.run(late);
+    FAIL("expected the run to fail in round 2");
+  } catch (const value_error& e) {
+    CHECK(std::string(e.what()).find(
+              "[rolora.value_error] round 2: module 'linear' client 1: lora_A") == 0);
+    const auto* completed = dynamic_cast<const failed_run*>(&e);
+    REQUIRE(completed != nullptr);
+    REQUIRE(completed->reports.size() == 2);
+    CHECK(completed->reports[1].round == 1);
+  }
+  CHECK(failing.next_round() == 2);
+}
+
+namespace {
+
+// A fresh, empty directory under the system's temporary directory, removed with the object.
+struct scratch_dir {
+  std::filesystem::path path;
+  explicit scratch_dir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() /
+             ("rolora_test_" + name + "_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path);
+  }
+  ~scratch_dir() { std::filesystem::remove_all(path); }
+};
+
+bool same_report(const round_report& x, const round_report& y) {
+  return x.round == y.round && x.participants == y.participants && x.dropped == y.dropped &&
+         x.train_loss == y.train_loss &&
+         (x.aggregation_error == y.aggregation_error ||
+          (x.aggregation_error != x.aggregation_error &&
+           y.aggregation_error != y.aggregation_error)) &&
+         x.bytes_up == y.bytes_up && x.bytes_down == y.bytes_down &&
+         x.total_bytes_up == y.total_bytes_up && x.total_bytes_down == y.total_bytes_down;
+}
+
+// Runs `rounds` rounds, checkpoints, resumes in a new federation and runs to the end: the same
+// global and client adapters and the same reports as one uninterrupted run.
+template <class Backend, class Policy, class Aggregator>
+void check_resume(Policy policy, Aggregator aggregator, federation_config c, std::size_t rounds,
+                  const std::string& name) {
+  CAPTURE(name);
+  auto p = four_clients<Backend>();
+  scratch_dir dir(name);
+  using fed = federation<Backend, Policy, Aggregator>;
+  fed straight(policy, aggregator, c, adapters<Backend>());
+  const auto all = straight.run(p.clients);
+  fed first(policy, aggregator, c, adapters<Backend>());
+  for (std::size_t t = 0; t < rounds; ++t) first.run_round(p.clients);
+  const nlohmann::json identity{{"data", "four_clients"}};
+  save_checkpoint(dir.path, first.server(), identity, nlohmann::json{{"rows", rounds}});
+  first.run_round(p.clients);
+  save_checkpoint(dir.path, first.server(), identity,
+                  nlohmann::json{{"rows", rounds + 1}});  // replaces it
+  fed resumed(policy, aggregator, c, adapters<Backend>());
+  CHECK(load_checkpoint(dir.path, resumed.server(), identity) ==
+        nlohmann::json{{"rows", rounds + 1}});
+  CHECK(resumed.next_round() == rounds + 1);
+  const auto rest = resumed.run(p.clients);
+  REQUIRE(rest.size() + rounds + 1 == all.size());
+  for (std::size_t i = 0; i < rest.size(); ++i) CHECK(same_report(rest[i], all[rounds + 1 + i]));
+  CHECK(test::bit_equal(resumed.global(), straight.global()));
+  for (std::size_t client = 0; client < p.clients.size(); ++client) {
+    CHECK(test::bit_equal(resumed.client_view(client), straight.client_view(client)));
+  }
+  std::size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path)) ++entries;
+  CHECK(entries == 2);  // latest and one checkpoint directory
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE(
+    "checkpoint and resume: the bits of an uninterrupted run, for local factors, kept moments, "
+    "residuals, sampling and dropout",
+    Backend, ROLORA_TEST_BACKENDS) {
+  federation_config c = config<Backend>(bad_update_policy::fail);
+  c.num_rounds = 6;
+  c.clients_per_round = 3;
+  c.client_dropout = 0.2;
+  c.batch_size = 16;
+  c.local_optimizer = adamw{0.05};
+  c.keep_optimizer_state = true;
+  c.seed = 4;
+  check_resume<Backend>(fedsa{}, fedavg{}, c, 2, "fedsa");
+  check_resume<Backend>(alternating{}, fedavg{}, c, 3, "alternating");
+  c.keep_optimizer_state = false;
+  c.local_optimizer = sgd{0.1, 0.9};
+  check_resume<Backend>(train_both{}, fedex_residual{}, c, 1, "fedex");
+}
+
+TEST_CASE_TEMPLATE(
+    "checkpoint: another config, policy, model or identity is refused naming the difference; "
+    "damaged files are refused; the server is unchanged",
+    Backend, ROLORA_TEST_BACKENDS) {
+  auto p = four_clients<Backend>();
+  scratch_dir dir("refusals");
+  const auto c = config<Backend>(bad_update_policy::fail);
+  federation<Backend, alternating, fedavg> fed(alternating{}, fedavg{}, c, adapters<Backend>());
+  fed.run_round(p.clients);
+  const nlohmann::json identity{{"data", "four_clients"}};
+  save_checkpoint(dir.path, fed.server(), identity);
+
+  const auto refusal = [&](auto& other, const nlohmann::json& id) {
+    const auto before = other.global();
+    const auto msg =
+        message_of<config_error>([&] { load_checkpoint(dir.path, other.server(), id); });
+    CHECK(test::bit_equal(other.global(), before));
+    CHECK(other.next_round() == 0);
+    return msg;
+  };
+  auto steps = c;
+  steps.local_steps = 3;
+  federation<Backend, alternating, fedavg> more_steps(alternating{}, fedavg{}, steps,
+                                                      adapters<Backend>());
+  CHECK(refusal(more_steps, identity).find("it has config.local_steps = 2; this run has 3") !=
+        std::string::npos);
+  federation<Backend, freeze_a, fedavg> other_policy(freeze_a{}, fedavg{}, c, adapters<Backend>());
+  CHECK(
+      refusal(other_policy, identity).find("policy = \"alternating\"; this run has \"freeze_a\"") !=
+      std::string::npos);
+  federation<Backend, alternating, fedavg> same(alternating{}, fedavg{}, c, adapters<Backend>());
+  CHECK(refusal(same, {{"data", "other"}})
+            .find("identity.data = \"four_clients\"; this run has \"other\"") != std::string::npos);
+  lora_config r3;
+  r3.r = 3;
+  r3.lora_alpha = 4.0;
+  federation<Backend, alternating, fedavg> bigger(
+      alternating{}, fedavg{}, c, adapter_set<Backend>({{theory::module_name, 10, 12}}, r3, 5));
+  CHECK(refusal(bigger, identity).find("model.adapters.linear.rank = 2; this run has 3") !=
+        std::string::npos);
+  auto more_rounds = c;  // num_rounds and threads change no bit: accepted
+  more_rounds.num_rounds = 9;
+  more_rounds.threads = 2;
+  federation<Backend, alternating, fedavg> longer(alternating{}, fedavg{}, more_rounds,
+                                                  adapters<Backend>());
+  load_checkpoint(dir.path, longer.server(), identity);
+  CHECK(longer.next_round() == 1);
+  CHECK(test::bit_equal(longer.global(), fed.global()));
+
+  // A torn tensor file or a `latest` naming no checkpoint: value_error, nothing changed.
+  const auto ckpt = dir.path / "ckpt-0";
+  std::filesystem::resize_file(ckpt / "server.safetensors",
+                               std::filesystem::file_size(ckpt / "server.safetensors") - 3);
+  federation<Backend, alternating, fedavg> victim(alternating{}, fedavg{}, c, adapters<Backend>());
+  const auto before = victim.global();
+  CHECK_THROWS_AS(load_checkpoint(dir.path, victim.server(), identity), value_error);
+  std::ofstream(dir.path / "latest") << "../../etc\n";
+  CHECK(message_of<value_error>([&] {
+          load_checkpoint(dir.path, victim.server(), identity);
+        }).find("must name a ckpt-<number> directory, got '../../etc'") != std::string::npos);
+  CHECK(test::bit_equal(victim.global(), before));
+  CHECK(victim.next_round() == 0);
+}
+
+TEST_CASE_TEMPLATE(
+    "upload messages: a bit-exact round trip; every truncation and every malformed field is a "
+    "rolora error; decoded uploads still meet the server's checks",
+    Backend, ROLORA_TEST_BACKENDS) {
+  using T = typename Backend::scalar;
+  auto p = four_clients<Backend>();
+  fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
+                          adapters<Backend>());
+  const round_plan plan = s.begin_round(4);
+  const auto down = s.download(plan, 1);
+  const auto up = train_locally(p.clients[1], down, s.config());
+  const std::string m = theory::module_name;
+
+  const auto bytes = encode_upload(up, both_factors);
+  const auto back = decode_upload<Backend>(bytes, down.adapters);
+  CHECK(back.round == 0);
+  CHECK(back.client == 1);
+  CHECK(back.num_samples == up.num_samples);
+  CHECK(back.loss == up.loss);
+  CHECK(test::bit_equal(back.adapters, up.adapters));
+  const auto b_only = decode_upload<Backend>(encode_upload(up, only_b), down.adapters);
+  CHECK(test::max_abs_diff<Backend>(b_only.adapters.at(m).B, up.adapters.at(m).B) == 0);
+  CHECK(test::max_abs_diff<Backend>(b_only.adapters.at(m).A, down.adapters.at(m).A) ==
+        0);  // not carried
+
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    CAPTURE(n);
+    CHECK_THROWS_AS(decode_upload<Backend>(std::span(bytes.data(), n), down.adapters), error);
+  }
+
+  const tensor_dtype dtype = sizeof(T) == 4 ? tensor_dtype::f32 : tensor_dtype::f64;
+  const std::map<std::string, std::string> good{
+      {"rolora.message", "upload"}, {"round", "0"},  {"client", "1"},
+      {"num_samples", "40"},        {"loss", "0.5"}, {"factors", "B"}};
+  const std::map<std::string, tensor_data> b{
+      {"lora/linear/lora_B", make_tensor(Backend::to_host(up.adapters.at(m).B), dtype)}};
+  const auto decode = [&](const std::map<std::string, tensor_data>& tensors,
+                          std::map<std::string, std::string> meta) {
+    return decode_upload<Backend>(serialize_safetensors(tensors, meta), down.adapters);
+  };
+  CHECK(decode(b, good).client == 1);
+  const auto refused = [&](const std::string& key, const std::string& value) {
+    auto meta = good;
+    if (value.empty()) {
+      meta.erase(key);
+    } else {
+      meta[key] = value;
+    }
+    return message_of<error>([&] { decode(b, meta); });
+  };
+  CHECK(refused("rolora.message", "download").find("must be 'upload'") != std::string::npos);
+  CHECK(refused("round", "").find("metadata 'round' is missing") != std::string::npos);
+  CHECK(refused("round", "7x").find("metadata 'round' must be a number, got '7x'") !=
+        std::string::npos);
+  CHECK(refused("client", "-1").find("metadata 'client' must be a number") != std::string::npos);
+  CHECK(refused("num_samples", "lots").find("'num_samples' must be a number") != std::string::npos);
+  CHECK(refused("factors", "C").find("'factors' must be A, B or AB") != std::string::npos);
+  CHECK(refused("factors", "AB").find("lora_A missing from the upload message") !=
+        std::string::npos);
+  auto extra = b;
+  extra.emplace("lora/other/lora_B", b.at("lora/linear/lora_B"));
+  CHECK(message_of<shape_error>([&] {
+          decode(extra, good);
+        }).find("tensor 'lora/other/lora_B' is not a factor") != std::string::npos);
+  auto flat = b;
+  flat["lora/linear/lora_B"].shape = {20};
+  CHECK(message_of<shape_error>([&] { decode(flat, good); }).find("must be 2-D, got [20]") !=
+        std::string::npos);
+
+  // Decoding is not trusting: a NaN that arrives well-formed is still dropped by the server.
+  auto poisoned = up;
+  poisoned.adapters.at(m).B =
+      with_entry<Backend>(up.adapters.at(m).B, 1, 1, std::numeric_limits<double>::quiet_NaN());
+  std::vector<client_upload<Backend>> uploads;
+  for (std::size_t c : plan.reporting) {
+    uploads.push_back(decode_upload<Backend>(
+        encode_upload(
+            c == 1 ? poisoned : train_locally(p.clients[c], s.download(plan, c), s.config()),
+            both_factors),
+        s.download(plan, c).adapters));
+  }
+  const auto report = s.complete_round(plan, std::move(uploads));
+  CHECK(report.dropped == std::vector<std::size_t>{1});
+  REQUIRE(report.rejected.size() == 1);
+  CHECK(report.rejected[0].reason ==
+        "module 'linear' client 1: lora_B holds non-finite values (NaN or inf)");
+}
