@@ -11,17 +11,13 @@
 // Build:  bash scripts/bench.sh            (preset `bench`, target rolora_bench)
 //   or    g++ -std=c++20 -O3 -march=native -DNDEBUG -Iinclude -I/usr/include/eigen3
 //             bench/bench_rolora.cpp -lbenchmark -lpthread -o /tmp/rb  &&  /tmp/rb
+#include <benchmark/benchmark.h>
+
+#include <Eigen/SVD>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
-#include <span>
-#include <string>
-#include <vector>
-
-#include <Eigen/SVD>
-#include <benchmark/benchmark.h>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/aggregate/aggregate.hpp>
@@ -36,6 +32,9 @@
 #include <rolora/policy/policies.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -82,11 +81,11 @@ void BM_eigen_gemm(benchmark::State& state) {
 
 void gemm_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "k", "n"});
-  for (index_t s : {256, 768, 1024}) b->Args({s, s, s});             // square
-  for (index_t n : {32, 128, 512}) b->Args({768, 768, n});            // W0 x, in = out = 768
-  for (index_t n : {32, 128}) b->Args({4096, 4096, n});               // W0 x, in = out = 4096
-  b->Args({16, 768, 512});                                            // A x, r = 16
-  b->Args({768, 8, 768});                                             // B A, r = 8 (error measure)
+  for (index_t s : {256, 768, 1024}) b->Args({s, s, s});    // square
+  for (index_t n : {32, 128, 512}) b->Args({768, 768, n});  // W0 x, in = out = 768
+  for (index_t n : {32, 128}) b->Args({4096, 4096, n});     // W0 x, in = out = 4096
+  b->Args({16, 768, 512});                                  // A x, r = 16
+  b->Args({768, 8, 768});                                   // B A, r = 8 (error measure)
   b->Unit(benchmark::kMicrosecond);
 }
 
@@ -133,12 +132,18 @@ void BM_memory_bandwidth_copy(benchmark::State& state) {
 // beyond any cache.
 BENCHMARK(BM_memory_bandwidth_read)
     ->ArgName("bytes")
-    ->Arg(480 << 10)->Arg(960 << 10)->Arg(4800 << 10)->Arg(9600 << 10)->Arg(48000 << 10)
+    ->Arg(480 << 10)
+    ->Arg(960 << 10)
+    ->Arg(4800 << 10)
+    ->Arg(9600 << 10)
+    ->Arg(48000 << 10)
     ->Arg(256 << 20)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_memory_bandwidth_copy)
     ->ArgName("bytes")
-    ->Arg(480 << 10)->Arg(48000 << 10)->Arg(256 << 20)
+    ->Arg(480 << 10)
+    ->Arg(48000 << 10)
+    ->Arg(256 << 20)
     ->Unit(benchmark::kMicrosecond);
 
 // ---- 2. one LoRA layer: forward + backward -----------------------------------------------------
@@ -170,10 +175,10 @@ void lora_forward_backward(benchmark::State& state, bool with_base) {
     benchmark::ClobberMemory();
   }
   const double fi = double(in), fo = double(out), fr = double(r), fn = double(n);
-  double flops = 2 * fr * fi * fn + 2 * fo * fr * fn              // forward: A x, B (A x)
-                 + 2 * fo * fr * fn + 2 * fo * fr * fn            // dB, B^T dy
-                 + 2 * fr * fi * fn + 2 * fi * fr * fn;           // dA, A^T (B^T dy)
-  if (with_base) flops += 2 * fo * fi * fn + 2 * fi * fo * fn;    // W0 x, W0^T dy
+  double flops = 2 * fr * fi * fn + 2 * fo * fr * fn            // forward: A x, B (A x)
+                 + 2 * fo * fr * fn + 2 * fo * fr * fn          // dB, B^T dy
+                 + 2 * fr * fi * fn + 2 * fi * fr * fn;         // dA, A^T (B^T dy)
+  if (with_base) flops += 2 * fo * fi * fn + 2 * fi * fo * fn;  // W0 x, W0^T dy
   state.SetLabel((with_base ? "W0 " : "no W0 ") + shape(out, in) + ", r=" + std::to_string(r) +
                  ", n=" + std::to_string(n));
   state.counters["GFLOP/s"] = per_second(flops * 1e-9);
@@ -231,8 +236,11 @@ void lora_args_4096_no_base(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_TEMPLATE(BM_frozen_base_forward_backward, float)
     ->ArgNames({"d", "n"})
-    ->Args({768, 32})->Args({768, 128})->Args({768, 512})
-    ->Args({4096, 32})->Args({4096, 128})
+    ->Args({768, 32})
+    ->Args({768, 128})
+    ->Args({768, 512})
+    ->Args({4096, 32})
+    ->Args({4096, 128})
     ->MinTime(0.2)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_lora_forward_backward, float)->Apply(lora_args_768);
@@ -292,8 +300,8 @@ void fedavg_case(benchmark::State& state, bool measure_error) {
     benchmark::DoNotOptimize(s.global.at(kModule).A.data());
     benchmark::ClobberMemory();
   }
-  state.SetLabel("K=" + std::to_string(clients) + ", " + shape(d, d) + ", r=" +
-                 std::to_string(r) + ", " + std::to_string(s.upload_bytes >> 10) + " KiB up");
+  state.SetLabel("K=" + std::to_string(clients) + ", " + shape(d, d) + ", r=" + std::to_string(r) +
+                 ", " + std::to_string(s.upload_bytes >> 10) + " KiB up");
   // Bytes of the uploads (each read at least once), per aggregation.
   state.counters["GB/s"] = per_second(double(s.upload_bytes) * 1e-9);
   if (measure_error) {
@@ -315,8 +323,11 @@ void BM_fedavg_with_error(benchmark::State& state) {
 
 BENCHMARK_TEMPLATE(BM_fedavg, float)
     ->ArgNames({"K", "r"})
-    ->Args({10, 8})->Args({100, 8})->Args({1000, 8})
-    ->Args({10, 16})->Args({100, 16})
+    ->Args({10, 8})
+    ->Args({100, 8})
+    ->Args({1000, 8})
+    ->Args({10, 16})
+    ->Args({100, 16})
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_fedavg, double)
     ->ArgNames({"K", "r"})
@@ -364,7 +375,8 @@ BENCHMARK_TEMPLATE(BM_fedavg_part_merge, float)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_fedavg_with_error, float)
     ->ArgNames({"K", "r"})
-    ->Args({10, 8})->Args({100, 8})
+    ->Args({10, 8})
+    ->Args({100, 8})
     ->Unit(benchmark::kMicrosecond);
 
 // ---- 4. the linear-regression theory problem: one iteration of each method ---------------------
@@ -394,8 +406,8 @@ void theory_iterations(benchmark::State& state, Policy policy, Aggregator aggreg
 
   auto make = [&] {
     rolora::adapter_set<B> initial;
-    initial.insert(th::module_name, {B::from_host(a0.cast<T>()),
-                                     B::zeros(pc.out_dim, pc.rank), T(1)});
+    initial.insert(th::module_name,
+                   {B::from_host(a0.cast<T>()), B::zeros(pc.out_dim, pc.rank), T(1)});
     return rolora::federation<B, Policy, Aggregator>(policy, aggregator, config,
                                                      std::move(initial));
   };
@@ -409,9 +421,8 @@ void theory_iterations(benchmark::State& state, Policy policy, Aggregator aggreg
   }
   state.SetLabel("d=" + std::to_string(pc.dim) + " k=" + std::to_string(pc.out_dim) +
                  " r=" + std::to_string(pc.rank) + " K=" + std::to_string(pc.clients) +
-                 " m=" + std::to_string(pc.samples) + ", " +
-                 std::to_string(rounds_per_iteration) + " round(s) x tau=" +
-                 std::to_string(local_steps));
+                 " m=" + std::to_string(pc.samples) + ", " + std::to_string(rounds_per_iteration) +
+                 " round(s) x tau=" + std::to_string(local_steps));
   state.counters["iter/s"] = per_second(1.0);
 }
 
@@ -435,7 +446,8 @@ BENCHMARK_TEMPLATE(BM_theory_iteration_fedit_tau5, double)->Unit(benchmark::kMic
 BENCHMARK_TEMPLATE(BM_theory_iteration_fedit_tau5, float)->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_theory_iteration_ffa, double)->Unit(benchmark::kMicrosecond);
 
-// ---- 5. the product-level aggregators at LLM scale: K = 50 clients, 4096 x 4096, r = 8 -----------
+// ---- 5. the product-level aggregators at LLM scale: K = 50 clients, 4096 x 4096, r = 8
+// -----------
 
 // One module [4096, 4096], K clients with random A [r, 4096] and B [4096, r] (float), merged by
 // each strategy's merge() alone (no upload check, no error measure). svd_resplit never forms the
@@ -454,8 +466,9 @@ struct product_setup {
                             B::from_host(random_matrix<float>(d, r, 3001)), 1.0f});
     for (std::size_t i = 0; i < clients; ++i) {
       rolora::adapter_set<B> a;
-      a.insert(kModule, {B::from_host(random_matrix<float>(r, d, std::uint32_t(3002 + 2 * i))),
-                         B::from_host(random_matrix<float>(d, r, std::uint32_t(3003 + 2 * i))), 1.0f});
+      a.insert(kModule,
+               {B::from_host(random_matrix<float>(r, d, std::uint32_t(3002 + 2 * i))),
+                B::from_host(random_matrix<float>(d, r, std::uint32_t(3003 + 2 * i))), 1.0f});
       updates.push_back({i, 1.0, std::move(a)});
       weights.push_back(1.0 / double(clients));
     }
@@ -478,15 +491,26 @@ void BM_merge_4096(benchmark::State& state) {
                  shape(d, d) + ", r=" + std::to_string(r));
 }
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::svd_resplit)
-    ->ArgNames({"K", "r"})->Args({50, 8})->Args({10, 8})->Unit(benchmark::kMillisecond);
+    ->ArgNames({"K", "r"})
+    ->Args({50, 8})
+    ->Args({10, 8})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::procrustes)
-    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+    ->ArgNames({"K", "r"})
+    ->Args({50, 8})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::flora_stack)
-    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+    ->ArgNames({"K", "r"})
+    ->Args({50, 8})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::fedex_residual)
-    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+    ->ArgNames({"K", "r"})
+    ->Args({50, 8})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_merge_4096, rolora::fedavg)
-    ->ArgNames({"K", "r"})->Args({50, 8})->Unit(benchmark::kMillisecond);
+    ->ArgNames({"K", "r"})
+    ->Args({50, 8})
+    ->Unit(benchmark::kMillisecond);
 
 // BDCSVD with thin U and V of a dense n x n float matrix (what FlexLoRA's reference code does
 // with torch.linalg.svd on the out x in delta).
@@ -499,7 +523,12 @@ void BM_dense_svd(benchmark::State& state) {
   }
   state.SetLabel("BDCSVD " + shape(n, n) + " float, thin U and V");
 }
-BENCHMARK(BM_dense_svd)->ArgName("n")->Arg(512)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_dense_svd)
+    ->ArgName("n")
+    ->Arg(512)
+    ->Arg(1024)
+    ->Arg(2048)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_dense_svd)->ArgName("n")->Arg(4096)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace

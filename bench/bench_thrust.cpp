@@ -15,24 +15,22 @@
 //
 // Build: cmake -DROLORA_BUILD_BENCHMARKS=ON -DROLORA_ENABLE_THRUST_OMP=ON [-DROLORA_ENABLE_CUDA=ON]
 //        then the targets above; see docs/backends.md for the figures.
-#include <rolora/backend/thrust.hpp>
+#include <benchmark/benchmark.h>
+#include <thrust/reduce.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
-#include <span>
-#include <string>
-#include <vector>
-
-#include <benchmark/benchmark.h>
-#include <thrust/reduce.h>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
 #include <rolora/backend/eigen.hpp>
+#include <rolora/backend/thrust.hpp>
 #include <rolora/core/rng.hpp>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -85,7 +83,8 @@ template <class T>
 void BM_thrust_gemm(benchmark::State& state) {
   using B = tb<T>;
   const index_t m = state.range(0), k = state.range(1), n = state.range(2);
-  const auto a = B::from_host(random_matrix<T>(m, k, 1)), b = B::from_host(random_matrix<T>(k, n, 2));
+  const auto a = B::from_host(random_matrix<T>(m, k, 1)),
+             b = B::from_host(random_matrix<T>(k, n, 2));
   auto c = B::zeros(m, n);
   for (auto _ : state) {
     B::gemm(T(1), a, rolora::op::none, b, rolora::op::none, T(0), c);
@@ -149,12 +148,19 @@ void BM_thrust_bandwidth_read(benchmark::State& state) {
 }
 BENCHMARK(BM_thrust_bandwidth_copy)
     ->ArgName("bytes")
-    ->Arg(480 << 10)->Arg(48000 << 10)->Arg(256 << 20)
-    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->Arg(480 << 10)
+    ->Arg(48000 << 10)
+    ->Arg(256 << 20)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_thrust_bandwidth_read)
     ->ArgName("bytes")
-    ->Arg(480 << 10)->Arg(4800 << 10)->Arg(48000 << 10)->Arg(256 << 20)
-    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->Arg(480 << 10)
+    ->Arg(4800 << 10)
+    ->Arg(48000 << 10)
+    ->Arg(256 << 20)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // ---- one LoRA layer: forward + backward (bench_rolora.cpp's case) ------------------------------
 
@@ -168,7 +174,8 @@ void lora_forward_backward(benchmark::State& state, bool with_base) {
   rolora::lora_adapter<B> l{B::from_host(random_matrix<T>(r, in, 11)),
                             B::from_host(random_matrix<T>(out, r, 12)),
                             static_cast<T>(16.0 / double(r))};
-  const auto x = B::from_host(random_matrix<T>(in, n, 13)), dy = B::from_host(random_matrix<T>(out, n, 14));
+  const auto x = B::from_host(random_matrix<T>(in, n, 13)),
+             dy = B::from_host(random_matrix<T>(out, n, 14));
   typename B::matrix y, dx;
   rolora::lora_cache<B> cache;
   rolora::lora_gradients<B> grads;
@@ -239,17 +246,24 @@ void BM_thrust_fedavg(benchmark::State& state) {
     benchmark::DoNotOptimize(result);
   }
   state.SetLabel(std::string(B::name) + " K=" + std::to_string(clients) + ", " + shape(d, d) +
-                 ", r=" + std::to_string(r) + ", " + std::to_string(upload_bytes >> 10) + " KiB up");
+                 ", r=" + std::to_string(r) + ", " + std::to_string(upload_bytes >> 10) +
+                 " KiB up");
   state.counters["GB/s"] = per_second(double(upload_bytes) * 1e-9);
 }
 BENCHMARK_TEMPLATE(BM_thrust_fedavg, float)
     ->ArgNames({"K", "r"})
-    ->Args({10, 8})->Args({100, 8})->Args({1000, 8})->Args({10, 16})->Args({100, 16})
-    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->Args({10, 8})
+    ->Args({100, 8})
+    ->Args({1000, 8})
+    ->Args({10, 16})
+    ->Args({100, 16})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_thrust_fedavg, double)
     ->ArgNames({"K", "r"})
     ->Args({100, 8})
-    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

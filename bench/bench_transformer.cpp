@@ -12,13 +12,12 @@
 // Build: cmake -DROLORA_BUILD_BENCHMARKS=ON ..., target rolora_bench_transformer, or
 //   g++ -std=c++20 -O3 -march=native -DNDEBUG -Iinclude -I/usr/include/eigen3
 //       bench/bench_transformer.cpp -lbenchmark -lpthread -o /tmp/bt && /tmp/bt
-#include <cstdint>
-#include <vector>
-
 #include <benchmark/benchmark.h>
 
+#include <cstdint>
 #include <rolora/backend/eigen.hpp>
 #include <rolora/nn/transformer.hpp>
+#include <vector>
 
 namespace {
 
@@ -52,7 +51,8 @@ rolora::token_batch random_batch(const rolora::transformer_config& c, index_t n)
 // the lowest trained point, 8 L d for attention, and with full parameters 2 (4 d^2 + 2 d d_ff)
 // more for dW. LoRA skips the dX of layer 0's q, k, v (nothing below trains).
 double step_flops(const rolora::transformer_config& c, index_t n, bool full, index_t head_rows) {
-  const double tokens = double(n * c.max_len), d = double(c.d_model), ff = double(c.d_ff), len = double(c.max_len);
+  const double tokens = double(n * c.max_len), d = double(c.d_model), ff = double(c.d_ff),
+               len = double(c.max_len);
   const double linear = 2 * tokens * (4 * d * d + 2 * d * ff), attention = 4 * tokens * len * d;
   double flops = c.n_layers * (2 * linear + 3 * attention);
   if (full) {
@@ -96,8 +96,8 @@ void BM_lora_step(benchmark::State& state) {
   // measures the steady state, which allocates nothing of note.
   rolora::classification_loss_and_grad(w, adapters, batch, labels, rolora::only_b, grads, ws);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(
-        rolora::classification_loss_and_grad(w, adapters, batch, labels, rolora::only_b, grads, ws));
+    benchmark::DoNotOptimize(rolora::classification_loss_and_grad(w, adapters, batch, labels,
+                                                                  rolora::only_b, grads, ws));
   }
   state.counters["GFLOP/s"] = benchmark::Counter(1e-9 * step_flops(c, kSequences, false, 0),
                                                  benchmark::Counter::kIsIterationInvariantRate);
@@ -115,9 +115,11 @@ void BM_full_mlm_step(benchmark::State& state) {
   for (std::size_t i = 0; i < targets.size(); i += 7) targets[i] = batch.ids[i];  // ~15% masked
   rolora::transformer_workspace<B> ws;
   rolora::mlm_loss_and_grad(w, batch, targets, grads, ws);  // warm-up, as above
-  for (auto _ : state) benchmark::DoNotOptimize(rolora::mlm_loss_and_grad(w, batch, targets, grads, ws));
-  state.counters["GFLOP/s"] = benchmark::Counter(1e-9 * step_flops(c, kSequences, true, c.vocab_size),
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  for (auto _ : state)
+    benchmark::DoNotOptimize(rolora::mlm_loss_and_grad(w, batch, targets, grads, ws));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(1e-9 * step_flops(c, kSequences, true, c.vocab_size),
+                         benchmark::Counter::kIsIterationInvariantRate);
   state.counters["tokens/s"] = benchmark::Counter(double(kSequences * c.max_len),
                                                   benchmark::Counter::kIsIterationInvariantRate);
 }

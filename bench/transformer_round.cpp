@@ -3,16 +3,14 @@
 // tokens with random real lengths, as there). bench/run_round.sh runs both and prints the ratio.
 //
 // Prints one line per timed round and a final `seconds_per_round <median>`.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <string>
-#include <vector>
-
-#include <CLI/CLI.hpp>
-
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
+#include <string>
+#include <vector>
 
 using backend = rolora::eigen_backend<float>;
 
@@ -26,7 +24,8 @@ struct fixed_policy {
 };
 
 int main(int argc, char** argv) {
-  CLI::App app{"Time one federated LoRA round of rolora's transformer (see bench/pytorch_reference.py)."};
+  CLI::App app{
+      "Time one federated LoRA round of rolora's transformer (see bench/pytorch_reference.py)."};
   rolora::transformer_config c;
   c.vocab_size = 259;
   c.pad_id = 256;
@@ -52,7 +51,9 @@ int main(int argc, char** argv) {
   app.add_option("--factors", factors, "factors trained this round: A, B or AB")
       ->check(CLI::IsMember({"A", "B", "AB"}))
       ->capture_default_str();
-  app.add_option("--optimizer", optimizer)->check(CLI::IsMember({"sgd", "adamw"}))->capture_default_str();
+  app.add_option("--optimizer", optimizer)
+      ->check(CLI::IsMember({"sgd", "adamw"}))
+      ->capture_default_str();
   app.add_option("--lr", lr)->capture_default_str();
   app.add_option("--rounds", rounds, "timed rounds (after one warm-up)")->capture_default_str();
   app.add_option("--threads", threads)->capture_default_str();
@@ -75,10 +76,13 @@ int main(int argc, char** argv) {
   initial.add_module_to_save("classifier.weight", model.at("classifier.weight"));
   initial.add_module_to_save("classifier.bias", model.at("classifier.bias"));
   if (factors != "B") {  // an A round needs B != 0 to have a gradient, as after a B round
-    for (auto& [name, a] : initial) a.B = backend::from_host(rolora::host_matrix<float>::Constant(a.out_features(), a.rank(), 0.01f));
+    for (auto& [name, a] : initial)
+      a.B = backend::from_host(
+          rolora::host_matrix<float>::Constant(a.out_features(), a.rank(), 0.01f));
   }
 
-  // Each client: batch * local_steps random sequences, real length uniform in [seq_len / 4, seq_len].
+  // Each client: batch * local_steps random sequences, real length uniform in [seq_len / 4,
+  // seq_len].
   std::vector<rolora::classification_task<backend>> tasks;
   const rolora::random_stream rs(seed, rolora::stream::data, 0xBE7C, 0);
   std::uint64_t k = 0;
@@ -88,7 +92,8 @@ int main(int argc, char** argv) {
     for (std::size_t s = 0; s < batch * local_steps; ++s) {
       const std::size_t length = seq_len / 4 + rs.below(k++, seq_len - seq_len / 4 + 1);
       for (std::size_t j = 0; j < seq_len; ++j) {
-        d.tokens.ids.push_back(j < length ? std::int32_t(rs.below(k++, std::uint64_t(c.pad_id))) : c.pad_id);
+        d.tokens.ids.push_back(j < length ? std::int32_t(rs.below(k++, std::uint64_t(c.pad_id)))
+                                          : c.pad_id);
       }
       d.labels.push_back(std::int32_t(rs.below(k++, std::uint64_t(c.num_classes))));
     }
@@ -106,16 +111,21 @@ int main(int argc, char** argv) {
   } else {
     fc.local_optimizer = rolora::adamw{lr, 0.9, 0.999, 1e-8, 0.01};
   }
-  const rolora::factor_set trained{factors.find('A') != std::string::npos, factors.find('B') != std::string::npos};
-  rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc, initial);
-  std::printf("rolora, %zu threads, %zu trainable scalars\n", threads, initial.num_parameters(trained));
+  const rolora::factor_set trained{factors.find('A') != std::string::npos,
+                                   factors.find('B') != std::string::npos};
+  rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc,
+                                                initial);
+  std::printf("rolora, %zu threads, %zu trainable scalars\n", threads,
+              initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {
     const auto start = std::chrono::steady_clock::now();
     const auto report = fed.run_round(tasks);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (r > 0) times.push_back(seconds);
-    std::printf("round %zu%s: %.3f s, train loss %.4f\n", r, r == 0 ? " (warm-up)" : "", seconds, report.train_loss);
+    std::printf("round %zu%s: %.3f s, train loss %.4f\n", r, r == 0 ? " (warm-up)" : "", seconds,
+                report.train_loss);
   }
   std::sort(times.begin(), times.end());
   std::printf("seconds_per_round %.6f\n", times[times.size() / 2]);

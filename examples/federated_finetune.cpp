@@ -8,6 +8,7 @@
 // accuracy against round and each method's final adapters as a PEFT directory.
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -15,16 +16,13 @@
 #include <exception>
 #include <filesystem>
 #include <map>
-#include <string>
-#include <vector>
-
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-
 #include <rolora/federated/checkpoint.hpp>
 #include <rolora/io/peft.hpp>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
+#include <string>
+#include <vector>
 
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
@@ -61,7 +59,8 @@ struct settings {
 // Learning rates picked on the validation split (docs/results.md says how), per method.
 double default_lr(const std::string& method, const std::string& optimizer) {
   if (optimizer == "sgd") return 0.5;
-  static const std::map<std::string, double> adamw_lr{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}};
+  static const std::map<std::string, double> adamw_lr{
+      {"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}};
   const auto it = adamw_lr.find(method);
   return it != adamw_lr.end() ? it->second : 2e-3;
 }
@@ -88,16 +87,17 @@ double peak_rss_mib() {
 }
 
 template <class Policy, class Aggregator>
-method_result run_method(const std::string& method, Policy policy, Aggregator aggregator, const settings& s,
-                         const ex::spam_task<backend>& data) {
-  method_result result{method, s.lr.count(method) ? s.lr.at(method) : default_lr(method, s.optimizer), {}};
+method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
+                         const settings& s, const ex::spam_task<backend>& data) {
+  method_result result{
+      method, s.lr.count(method) ? s.lr.at(method) : default_lr(method, s.optimizer), {}};
   rolora::lora_config lc;
   lc.r = s.rank;
   lc.lora_alpha = s.lora_alpha;
   lc.target_modules = s.targets;
   // Same adapter initialisation for every method: the seed, not the method, picks it.
-  rolora::adapter_set<backend> initial(rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc,
-                                       s.task.seed);
+  rolora::adapter_set<backend> initial(
+      rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc, s.task.seed);
   if (s.train_head) {  // PEFT's modules_to_save for sequence classification
     initial.add_module_to_save("classifier.weight", data.model.at("classifier.weight"));
     initial.add_module_to_save("classifier.bias", data.model.at("classifier.bias"));
@@ -120,34 +120,37 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
 
   // What a resume must match besides the federation's config and model (checkpoint.hpp).
-  const nlohmann::json identity{{"method", method},
-                                {"clients", s.task.clients},
-                                {"split", s.task.split},
-                                {"dirichlet_alpha", s.task.dirichlet_alpha},
-                                {"max_len", s.task.max_len},
-                                {"model", s.task.checkpoint},
-                                {"targets", s.targets},
-                                {"layers", s.layers},
-                                {"eval_every", s.eval_every},
-                                {"validation", s.evaluate_on_validation}};
+  const nlohmann::json identity{
+      {"method", method},           {"clients", s.task.clients},
+      {"split", s.task.split},      {"dirichlet_alpha", s.task.dirichlet_alpha},
+      {"max_len", s.task.max_len},  {"model", s.task.checkpoint},
+      {"targets", s.targets},       {"layers", s.layers},
+      {"eval_every", s.eval_every}, {"validation", s.evaluate_on_validation}};
   const auto rows_json = [](const std::vector<round_row>& rows) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& r : rows) {  // doubles by their bits: a resumed CSV is byte-identical
-      j.push_back({r.round, r.phase, std::bit_cast<std::uint64_t>(r.train_loss), std::bit_cast<std::uint64_t>(r.eval_loss),
-                   std::bit_cast<std::uint64_t>(r.eval_accuracy), std::bit_cast<std::uint64_t>(r.aggregation_error),
-                   r.total_bytes_up, r.total_bytes_down, std::bit_cast<std::uint64_t>(r.seconds)});
+      j.push_back({r.round, r.phase, std::bit_cast<std::uint64_t>(r.train_loss),
+                   std::bit_cast<std::uint64_t>(r.eval_loss),
+                   std::bit_cast<std::uint64_t>(r.eval_accuracy),
+                   std::bit_cast<std::uint64_t>(r.aggregation_error), r.total_bytes_up,
+                   r.total_bytes_down, std::bit_cast<std::uint64_t>(r.seconds)});
     }
     return j;
   };
-  const auto bits = [](const nlohmann::json& v) { return std::bit_cast<double>(v.template get<std::uint64_t>()); };
-  if (!s.resume_dir.empty() && rolora::has_checkpoint(std::filesystem::path(s.resume_dir) / method)) {
+  const auto bits = [](const nlohmann::json& v) {
+    return std::bit_cast<double>(v.template get<std::uint64_t>());
+  };
+  if (!s.resume_dir.empty() &&
+      rolora::has_checkpoint(std::filesystem::path(s.resume_dir) / method)) {
     const auto from = std::filesystem::path(s.resume_dir) / method;
     for (const auto& r : rolora::load_checkpoint(from, fed.server(), identity).at("rows")) {
-      result.rows.push_back({r.at(0).template get<std::size_t>(), r.at(1).template get<std::string>(), bits(r.at(2)), bits(r.at(3)),
-                             bits(r.at(4)), bits(r.at(5)), r.at(6).template get<std::size_t>(), r.at(7).template get<std::size_t>(),
-                             bits(r.at(8))});
+      result.rows.push_back({r.at(0).template get<std::size_t>(),
+                             r.at(1).template get<std::string>(), bits(r.at(2)), bits(r.at(3)),
+                             bits(r.at(4)), bits(r.at(5)), r.at(6).template get<std::size_t>(),
+                             r.at(7).template get<std::size_t>(), bits(r.at(8))});
     }
-    std::printf("%-8s resumed after round %zu from %s\n", method.c_str(), fed.next_round(), from.c_str());
+    std::printf("%-8s resumed after round %zu from %s\n", method.c_str(), fed.next_round(),
+                from.c_str());
   }
 
   struct progress {
@@ -162,8 +165,15 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
     double elapsed = result.rows.empty() ? 0.0 : result.rows.back().seconds;
     void on_round_end(const rolora::round_report& r, const rolora::adapter_set<backend>& global) {
       elapsed += r.seconds;
-      round_row row{r.round + 1, std::string(r.trained.label()), r.train_loss, -1, -1, r.aggregation_error,
-                    r.total_bytes_up, r.total_bytes_down, elapsed};
+      round_row row{r.round + 1,
+                    std::string(r.trained.label()),
+                    r.train_loss,
+                    -1,
+                    -1,
+                    r.aggregation_error,
+                    r.total_bytes_up,
+                    r.total_bytes_down,
+                    elapsed};
       const bool last = r.round + 1 == s.rounds;
       if (last || (r.round + 1) % s.eval_every == 0) {
         const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
@@ -172,14 +182,17 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
       }
       result.rows.push_back(row);
       char accuracy[16] = "  -   ";
-      if (row.eval_accuracy >= 0) std::snprintf(accuracy, sizeof accuracy, "%.4f", row.eval_accuracy);
-      std::printf("%-8s round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  up %7.2f MB  %6.1f s\n",
-                  result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name, accuracy,
-                  row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
+      if (row.eval_accuracy >= 0)
+        std::snprintf(accuracy, sizeof accuracy, "%.4f", row.eval_accuracy);
+      std::printf(
+          "%-8s round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  up %7.2f MB  "
+          "%6.1f s\n",
+          result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name,
+          accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
       std::fflush(stdout);
       if (!s.checkpoint_dir.empty() && (last || row.round % s.checkpoint_every == 0)) {
-        rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / result.method, fed.server(), identity,
-                                {{"rows", to_json(result.rows)}});
+        rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / result.method,
+                                fed.server(), identity, {{"rows", to_json(result.rows)}});
       }
     }
   } cb{s, data, eval_set, eval_name, result, fed, identity, rows_json};
@@ -194,14 +207,17 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
     // residual), which a PEFT directory cannot hold: it goes next to it, keyed like the weights.
     std::map<std::string, rolora::tensor_data> residuals;
     for (const auto& [name, a] : fed.global()) {
-      if (a.has_residual()) residuals.emplace(name + ".weight", rolora::make_tensor(backend::to_host(a.residual)));
+      if (a.has_residual())
+        residuals.emplace(name + ".weight", rolora::make_tensor(backend::to_host(a.residual)));
     }
-    if (!residuals.empty()) rolora::write_safetensors(dir / "base_weight_residual.safetensors", residuals);
+    if (!residuals.empty())
+      rolora::write_safetensors(dir / "base_weight_residual.safetensors", residuals);
   }
   return result;
 }
 
-method_result run_named(const std::string& m, const settings& s, const ex::spam_task<backend>& data) {
+method_result run_named(const std::string& m, const settings& s,
+                        const ex::spam_task<backend>& data) {
   using namespace rolora;
   if (m == "fedit") return run_method(m, train_both{}, fedavg{}, s, data);
   if (m == "ffa") return run_method(m, freeze_a{}, fedavg{}, s, data);
@@ -218,12 +234,14 @@ void write_csv(const std::string& file, const method_result& r) {
   ex::ensure_parent(file);
   std::FILE* out = std::fopen(file.c_str(), "w");
   if (!out) throw std::runtime_error("cannot write " + file);
-  std::fprintf(out, "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,total_bytes_up,"
-                    "total_bytes_down,seconds\n");
+  std::fprintf(
+      out,
+      "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,total_bytes_up,"
+      "total_bytes_down,seconds\n");
   for (const auto& row : r.rows) {
-    std::fprintf(out, "%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f\n", r.method.c_str(), r.lr, row.round,
-                 row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy, row.aggregation_error,
-                 row.total_bytes_up, row.total_bytes_down, row.seconds);
+    std::fprintf(out, "%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f\n", r.method.c_str(), r.lr,
+                 row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
+                 row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds);
   }
   std::fclose(out);
 }
@@ -239,8 +257,9 @@ int run(settings& s) {
   }
 
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
-  std::printf("\n%-8s %8s %10s %10s %10s %12s %9s\n", "method", "lr", (std::string("final_") + eval_name).c_str(),
-              "best", "final_loss", "MB_up_total", "seconds");
+  std::printf("\n%-8s %8s %10s %10s %10s %12s %9s\n", "method", "lr",
+              (std::string("final_") + eval_name).c_str(), "best", "final_loss", "MB_up_total",
+              "seconds");
   std::vector<ex::series> lines;
   for (const auto& r : results) {
     double best = 0;
@@ -251,17 +270,23 @@ int run(settings& s) {
       line.points.emplace_back(double(row.round), row.eval_accuracy);
     }
     const auto& last = r.rows.back();
-    std::printf("%-8s %8.1e %10.4f %10.4f %10.4f %12.2f %9.1f\n", r.method.c_str(), r.lr, last.eval_accuracy, best,
-                last.eval_loss, double(last.total_bytes_up) / 1e6, r.seconds);
+    std::printf("%-8s %8.1e %10.4f %10.4f %10.4f %12.2f %9.1f\n", r.method.c_str(), r.lr,
+                last.eval_accuracy, best, last.eval_loss, double(last.total_bytes_up) / 1e6,
+                r.seconds);
     lines.push_back(std::move(line));
   }
   std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
   const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
-  ex::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" + s.task.split.kind +
-                  "), rank " + std::to_string(s.rank),
-              "round", std::string(eval_name) + " accuracy", false, "bottom right", "*:*"};
+  ex::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" +
+                  s.task.split.kind + "), rank " + std::to_string(s.rank),
+              "round",
+              std::string(eval_name) + " accuracy",
+              false,
+              "bottom right",
+              "*:*"};
   if (ex::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
-  std::printf("wrote %s/<method>.csv%s\n", s.out.c_str(), s.save_adapters ? " and <method>_adapter/" : "");
+  std::printf("wrote %s/<method>.csv%s\n", s.out.c_str(),
+              s.save_adapters ? " and <method>_adapter/" : "");
   return 0;
 }
 
@@ -273,15 +298,21 @@ int main(int argc, char** argv) {
       "(easy ham / hard ham / spam): FedIT, FFA-LoRA, RoLoRA, ... from the same start."};
   settings s;
   auto& t = s.task;
-  app.add_option("--clients", t.clients, "number of clients")->check(CLI::Range(1, 100000))->capture_default_str();
-  ex::add_split_options(app, t.split, "training e-mails");
-  app.add_option("--methods", s.methods,
-                 "methods to run: fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA), fedsa (FedSA-LoRA), "
-                 "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA)")
-      ->delimiter(',')
-      ->check(CLI::IsMember({"fedit", "ffa", "rolora", "fedsa", "flexlora", "flora", "fedex", "fedrot"}))
+  app.add_option("--clients", t.clients, "number of clients")
+      ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  app.add_option("--rank", s.rank, "LoRA rank r")->check(CLI::Range(1, 1024))->capture_default_str();
+  ex::add_split_options(app, t.split, "training e-mails");
+  app.add_option(
+         "--methods", s.methods,
+         "methods to run: fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA), fedsa (FedSA-LoRA), "
+         "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(
+          {"fedit", "ffa", "rolora", "fedsa", "flexlora", "flora", "fedex", "fedrot"}))
+      ->capture_default_str();
+  app.add_option("--rank", s.rank, "LoRA rank r")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   app.add_option("--lora-alpha", s.lora_alpha, "LoRA alpha (scaling alpha / r)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -289,47 +320,63 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--layers", s.layers, "layers to transform (default: all)")->delimiter(',');
-  app.add_flag("!--freeze-head", s.train_head, "keep the classifier head frozen (default: it trains, "
-                                               "as PEFT's modules_to_save)");
-  app.add_option("--rounds", s.rounds, "communication rounds")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_flag("!--freeze-head", s.train_head,
+               "keep the classifier head frozen (default: it trains, "
+               "as PEFT's modules_to_save)");
+  app.add_option("--rounds", s.rounds, "communication rounds")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   app.add_option("--local-steps", s.local_steps, "local optimizer steps per round")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  app.add_option("--batch", s.batch, "local batch size")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--batch", s.batch, "local batch size")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   app.add_option("--clients-per-round", s.clients_per_round, "clients sampled per round (0: all)")
       ->capture_default_str();
   app.add_option("--optimizer", s.optimizer, "local optimizer")
       ->check(CLI::IsMember({"adamw", "sgd"}))
       ->capture_default_str();
   double lr = 0;
-  auto* lr_opt = app.add_option("--lr", lr, "learning rate for every method (default: tuned per method)")
-                     ->check(CLI::PositiveNumber);
+  auto* lr_opt =
+      app.add_option("--lr", lr, "learning rate for every method (default: tuned per method)")
+          ->check(CLI::PositiveNumber);
   app.add_option("--weight-decay", s.weight_decay, "optimizer weight decay")->capture_default_str();
-  app.add_option("--seed", t.seed, "seed of the split, the adapters, sampling and batching")->capture_default_str();
-  app.add_option("--threads", s.threads, "clients trained in parallel (results do not depend on it)")
+  app.add_option("--seed", t.seed, "seed of the split, the adapters, sampling and batching")
+      ->capture_default_str();
+  app.add_option("--threads", s.threads,
+                 "clients trained in parallel (results do not depend on it)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.add_option("--eval-every", s.eval_every, "evaluate every N rounds")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--eval-every", s.eval_every, "evaluate every N rounds")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   app.add_flag("--validation", s.evaluate_on_validation,
                "evaluate on the validation split (for tuning) instead of the test split");
   app.add_option("--max-len", t.max_len, "bytes per email seen by the model")
       ->check(CLI::Range(8, 4096))
       ->capture_default_str();
-  app.add_option("--data-dir", t.data_dir, "where scripts/fetch_data.sh put the corpus")->capture_default_str();
-  app.add_option("--checkpoint", t.checkpoint, "pretrained model (built here when missing)")->capture_default_str();
-  app.add_option("--pretrain-steps", t.pretrain.steps, "pretraining steps when the checkpoint must be built")
+  app.add_option("--data-dir", t.data_dir, "where scripts/fetch_data.sh put the corpus")
+      ->capture_default_str();
+  app.add_option("--checkpoint", t.checkpoint, "pretrained model (built here when missing)")
+      ->capture_default_str();
+  app.add_option("--pretrain-steps", t.pretrain.steps,
+                 "pretraining steps when the checkpoint must be built")
       ->check(CLI::Range(1, 10000000))
       ->capture_default_str();
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
-  app.add_option("--checkpoint-dir", s.checkpoint_dir,
-                 "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
+  app.add_option(
+         "--checkpoint-dir", s.checkpoint_dir,
+         "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
       ->type_name("DIR");
-  app.add_option("--checkpoint-every", s.checkpoint_every, "rounds between checkpoints (and the last)")
+  app.add_option("--checkpoint-every", s.checkpoint_every,
+                 "rounds between checkpoints (and the last)")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   app.add_option("--resume", s.resume_dir,
-                 "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps checkpointing "
+                 "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps "
+                 "checkpointing "
                  "there unless --checkpoint-dir says elsewhere)")
       ->type_name("DIR");
   CLI11_PARSE(app, argc, argv);

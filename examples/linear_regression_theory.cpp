@@ -1,35 +1,34 @@
 // linear_regression_theory: the linear-regression theory check of the RoLoRA paper (Chen et al.
 // 2024, section 4). Runs RoLoRA, FFA-LoRA and FedIT -- and, on request, FedSA-LoRA, FlexLoRA,
 // FLoRA, FedEx-LoRA and FedRot-LoRA -- on one synthetic federated least-squares problem from the
-// same A0, prints sin theta(A, A*), loss, aggregation error and upload per iteration, then sets the measurements beside the closed-form references: the Theorem 4.5
-// contraction bound (RoLoRA), the Proposition 4.6 loss floor (FFA-LoRA) and the Eckart-Young
-// optimum (all). Optionally writes a CSV, .npy trajectories and a gnuplot plot of sin theta
-// against iteration, and checkpoints every method's server so that a killed run resumes with the
-// same bits. With --data DIR it runs the same methods on your own regression data
-// (client_<i>_X.npy / client_<i>_Y.npy), measured against the empirical rank-r optimum.
+// same A0, prints sin theta(A, A*), loss, aggregation error and upload per iteration, then sets the
+// measurements beside the closed-form references: the Theorem 4.5 contraction bound (RoLoRA), the
+// Proposition 4.6 loss floor (FFA-LoRA) and the Eckart-Young optimum (all). Optionally writes a
+// CSV, .npy trajectories and a gnuplot plot of sin theta against iteration, and checkpoints every
+// method's server so that a killed run resumes with the same bits. With --data DIR it runs the same
+// methods on your own regression data (client_<i>_X.npy / client_<i>_Y.npy), measured against the
+// empirical rank-r optimum.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <bit>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
-#include <stdexcept>
-#include <string>
-#include <vector>
-
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-
 #include <rolora/backend/eigen.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/checkpoint.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>
 #include <rolora/theory/npy_data.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -62,14 +61,22 @@ constexpr double log_floor = 1e-16;    // the plot clamps values below this for 
 
 const char* display_name(th::method m) {
   switch (m) {
-    case th::method::rolora: return "RoLoRA";
-    case th::method::ffa: return "FFA-LoRA";
-    case th::method::fedit: return "FedIT";
-    case th::method::fedsa: return "FedSA-LoRA";
-    case th::method::flexlora: return "FlexLoRA";
-    case th::method::flora: return "FLoRA";
-    case th::method::fedex: return "FedEx-LoRA";
-    case th::method::fedrot: return "FedRot-LoRA";
+    case th::method::rolora:
+      return "RoLoRA";
+    case th::method::ffa:
+      return "FFA-LoRA";
+    case th::method::fedit:
+      return "FedIT";
+    case th::method::fedsa:
+      return "FedSA-LoRA";
+    case th::method::flexlora:
+      return "FlexLoRA";
+    case th::method::flora:
+      return "FLoRA";
+    case th::method::fedex:
+      return "FedEx-LoRA";
+    case th::method::fedrot:
+      return "FedRot-LoRA";
   }
   return "?";
 }
@@ -198,10 +205,12 @@ void write_trajectories(const std::string& dir, const std::vector<method_run>& r
     th::host t(rolora::index_t(run.records.size()), 7);
     for (std::size_t i = 0; i < run.records.size(); ++i) {
       const auto& r = run.records[i];
-      t.row(rolora::index_t(i)) << double(r.iteration), r.sin_theta, r.loss, r.aggregation_error, r.gap_to_optimum,
-          double(r.bytes_up), double(r.bytes_down);
+      t.row(rolora::index_t(i)) << double(r.iteration), r.sin_theta, r.loss, r.aggregation_error,
+          r.gap_to_optimum, double(r.bytes_up), double(r.bytes_down);
     }
-    rolora::save_npy(std::filesystem::path(dir) / (std::string(th::method_name(run.method)) + "_trajectory.npy"), t);
+    rolora::save_npy(
+        std::filesystem::path(dir) / (std::string(th::method_name(run.method)) + "_trajectory.npy"),
+        t);
   }
 }
 
@@ -215,19 +224,27 @@ struct checkpointing {
 
   nlohmann::json identity() const {
     const auto& c = s.problem;
-    return {{"method", th::method_name(method)},
-            {"problem",
-             {{"dim", c.dim}, {"out_dim", c.out_dim}, {"rank", c.rank}, {"clients", c.clients},
-              {"samples", c.samples}, {"noise", c.noise}, {"heterogeneous", c.heterogeneous},
-              {"heterogeneity", c.heterogeneity}, {"seed", c.seed}}},
-            {"eta", s.run.eta},
-            {"local_steps", s.run.local_steps},
-            {"init_angle", s.run.init_angle ? nlohmann::json(*s.run.init_angle) : nlohmann::json()}};
+    return {
+        {"method", th::method_name(method)},
+        {"problem",
+         {{"dim", c.dim},
+          {"out_dim", c.out_dim},
+          {"rank", c.rank},
+          {"clients", c.clients},
+          {"samples", c.samples},
+          {"noise", c.noise},
+          {"heterogeneous", c.heterogeneous},
+          {"heterogeneity", c.heterogeneity},
+          {"seed", c.seed}}},
+        {"eta", s.run.eta},
+        {"local_steps", s.run.local_steps},
+        {"init_angle", s.run.init_angle ? nlohmann::json(*s.run.init_angle) : nlohmann::json()}};
   }
   static nlohmann::json to_json(const history& h) {
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& r : h) {
-      rows.push_back({r.iteration, std::bit_cast<std::uint64_t>(r.sin_theta), std::bit_cast<std::uint64_t>(r.loss),
+      rows.push_back({r.iteration, std::bit_cast<std::uint64_t>(r.sin_theta),
+                      std::bit_cast<std::uint64_t>(r.loss),
                       std::bit_cast<std::uint64_t>(r.aggregation_error),
                       std::bit_cast<std::uint64_t>(r.gap_to_optimum), r.bytes_up, r.bytes_down});
     }
@@ -253,20 +270,21 @@ struct checkpointing {
     const auto user = rolora::load_checkpoint(from, server, identity());
     records = from_json(user.at("records"));
     if (records.empty() || records.size() > s.run.iterations + 1) {
-      throw std::runtime_error("checkpoint " + from.string() + " holds " + std::to_string(records.size()) +
-                               " records; --rounds " + std::to_string(s.run.iterations) + " needs at most " +
+      throw std::runtime_error("checkpoint " + from.string() + " holds " +
+                               std::to_string(records.size()) + " records; --rounds " +
+                               std::to_string(s.run.iterations) + " needs at most " +
                                std::to_string(s.run.iterations + 1));
     }
-    std::printf("%-11s resumed after iteration %zu from %s\n", display_name(method), records.back().iteration,
-                from.c_str());
+    std::printf("%-11s resumed after iteration %zu from %s\n", display_name(method),
+                records.back().iteration, from.c_str());
   }
 
   template <class Server>
   void iteration_done(const Server& server, const history& records) {
     const std::size_t it = records.back().iteration;
     if (!s.checkpoint_dir.empty() && (it % s.checkpoint_every == 0 || it == s.run.iterations)) {
-      rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / th::method_name(method), server,
-                              identity(), {{"records", to_json(records)}});
+      rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / th::method_name(method),
+                              server, identity(), {{"records", to_json(records)}});
     }
     if (s.crash_after != 0 && ++iterations_run == s.crash_after) std::raise(SIGKILL);
   }
@@ -295,14 +313,17 @@ int run_check(const settings& s) {
   }
   auto problem = make_problem(s);
   if (!s.data.empty()) {
-    std::printf("data: %zu clients from %s, d = %td, k = %td, %zu..%zu samples each; reference: the rank-%td minimiser "
-                "of the empirical loss\n",
-                problem.clients.size(), s.data.c_str(), problem.config.dim, problem.config.out_dim,
-                problem.config.samples,
-                std::max_element(problem.clients.begin(), problem.clients.end(),
-                                 [](const auto& a, const auto& b) { return a.num_samples() < b.num_samples(); })
-                    ->num_samples(),
-                problem.config.rank);
+    std::printf(
+        "data: %zu clients from %s, d = %td, k = %td, %zu..%zu samples each; reference: the "
+        "rank-%td minimiser "
+        "of the empirical loss\n",
+        problem.clients.size(), s.data.c_str(), problem.config.dim, problem.config.out_dim,
+        problem.config.samples,
+        std::max_element(
+            problem.clients.begin(), problem.clients.end(),
+            [](const auto& a, const auto& b) { return a.num_samples() < b.num_samples(); })
+            ->num_samples(),
+        problem.config.rank);
   }
   if (!s.write_data.empty()) {
     th::write_client_arrays(s.write_data, problem);
@@ -327,16 +348,20 @@ int run_check(const settings& s) {
       "\nSummary: d = %td, k = %td, r = %td, clients = %zu, m = %zu, eta = %g, tau = %zu, "
       "%s targets, %zu iterations\n",
       c.dim, c.out_dim, c.rank, c.clients, c.samples, s.run.eta, s.run.local_steps,
-      problem.from_data ? "users' data" : c.heterogeneous ? "heterogeneous" : "homogeneous", s.run.iterations);
+      problem.from_data ? "users' data"
+      : c.heterogeneous ? "heterogeneous"
+                        : "homogeneous",
+      s.run.iterations);
   std::printf("%-11s %13s %13s %13s %13s %13s %12s %10s %12s\n", "method", "sin_theta", "loss",
               "gap_to_opt", "optimal_loss", "max_agg_err", "bytes_up", "bytes/iter", "bytes_down");
   for (const auto& run : runs) {
     const auto& last = run.records.back();
     double max_error = 0.0;
     for (const auto& r : run.records) max_error = std::max(max_error, r.aggregation_error);
-    std::printf("%-11s %13.6e %13.6e %13.6e %13.6e %13.6e %12zu %10zu %12zu\n", display_name(run.method),
-                last.sin_theta, last.loss, last.gap_to_optimum, optimum, max_error, last.bytes_up,
-                s.run.iterations ? last.bytes_up / s.run.iterations : 0, last.bytes_down);
+    std::printf("%-11s %13.6e %13.6e %13.6e %13.6e %13.6e %12zu %10zu %12zu\n",
+                display_name(run.method), last.sin_theta, last.loss, last.gap_to_optimum, optimum,
+                max_error, last.bytes_up, s.run.iterations ? last.bytes_up / s.run.iterations : 0,
+                last.bytes_down);
   }
   std::printf(
       "(one iteration: a B round + an A round for RoLoRA, one round for the others; RoLoRA, "
@@ -350,9 +375,10 @@ int run_check(const settings& s) {
     if (run.method == th::method::rolora) {
       std::printf("\nRoLoRA:\n");
       if (problem.from_data) {
-        std::printf("  users' data (Theorem 4.5 does not apply); to the empirical rank-%td optimum:\n"
-                    "  final sin theta %.3e, ||BA - W_opt|| / ||W_opt|| = %.3e, loss - optimal = %.3e\n",
-                    c.rank, h.back().sin_theta, h.back().gap_to_optimum, h.back().loss - optimum);
+        std::printf(
+            "  users' data (Theorem 4.5 does not apply); to the empirical rank-%td optimum:\n"
+            "  final sin theta %.3e, ||BA - W_opt|| / ||W_opt|| = %.3e, loss - optimal = %.3e\n",
+            c.rank, h.back().sin_theta, h.back().gap_to_optimum, h.back().loss - optimum);
         continue;
       }
       if (c.heterogeneous) {
@@ -478,28 +504,36 @@ int main(int argc, char** argv) {
         return ext == ".png" || ext == ".svg" ? std::string()
                                               : "plot file must end in .png or .svg";
       });
-  app.add_option("--data", s.data,
-                 "run on your own data: DIR holds client_0_X.npy [m_0, d], client_0_Y.npy [m_0, k] (or [m_0]), "
-                 "client_1_X.npy, ... (float32/float64, C or Fortran order); --clients, --dim, --out-dim, "
-                 "--samples, --noise and --heterogeneous are then ignored")
+  app.add_option(
+         "--data", s.data,
+         "run on your own data: DIR holds client_0_X.npy [m_0, d], client_0_Y.npy [m_0, k] (or "
+         "[m_0]), "
+         "client_1_X.npy, ... (float32/float64, C or Fortran order); --clients, --dim, --out-dim, "
+         "--samples, --noise and --heterogeneous are then ignored")
       ->type_name("DIR")
       ->check(CLI::ExistingDirectory);
-  app.add_option("--write-data", s.write_data, "write the problem's client data as .npy into DIR (the --data layout)")
+  app.add_option("--write-data", s.write_data,
+                 "write the problem's client data as .npy into DIR (the --data layout)")
       ->type_name("DIR");
-  app.add_option("--npy", s.npy, "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
+  app.add_option(
+         "--npy", s.npy,
+         "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
-  app.add_option("--checkpoint-dir", s.checkpoint_dir,
-                 "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
+  app.add_option(
+         "--checkpoint-dir", s.checkpoint_dir,
+         "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
       ->type_name("DIR");
-  app.add_option("--checkpoint-every", s.checkpoint_every, "iterations between checkpoints (and the last)")
+  app.add_option("--checkpoint-every", s.checkpoint_every,
+                 "iterations between checkpoints (and the last)")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
   app.add_option("--resume", s.resume_dir,
                  "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps "
                  "checkpointing there unless --checkpoint-dir says elsewhere)")
       ->type_name("DIR");
-  app.add_option("--crash-after", s.crash_after, "testing: kill this process with SIGKILL after N iterations")
+  app.add_option("--crash-after", s.crash_after,
+                 "testing: kill this process with SIGKILL after N iterations")
       ->group("");
   CLI11_PARSE(app, argc, argv);
   if (!s.resume_dir.empty() && s.checkpoint_dir.empty()) s.checkpoint_dir = s.resume_dir;

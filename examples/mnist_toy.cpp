@@ -298,8 +298,8 @@ int run(const settings& s) {
       ex::series line{m + " r=" + std::to_string(rank), {}};
       for (std::size_t i = 0; i < r.rows.size(); ++i) {
         const auto& row = r.rows[i];
-        std::fprintf(csv, "%s,%d,%g,%zu,\"%s\",%llu,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%.3f\n", m.c_str(),
-                     rank, r.lr, s.clients, description.c_str(),
+        std::fprintf(csv, "%s,%d,%g,%zu,\"%s\",%llu,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%.3f\n",
+                     m.c_str(), rank, r.lr, s.clients, description.c_str(),
                      static_cast<unsigned long long>(s.seed), row.round, row.phase.c_str(),
                      row.train_loss, row.eval_loss, row.eval_accuracy, row.aggregation_error,
                      row.bytes_up, row.seconds);

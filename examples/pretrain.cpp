@@ -2,14 +2,12 @@
 // masked-byte LM (BERT's 15% masking) on Debian's fortunes and on the SpamAssassin e-mails the
 // corpus split sets aside for it (disjoint from every fine-tuning and test e-mail). Writes the
 // checkpoint (safetensors), a CSV of the loss per step and a plot of it.
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
-#include <string>
-
-#include <CLI/CLI.hpp>
-
 #include <rolora/rolora.hpp>
+#include <string>
 
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
@@ -18,23 +16,32 @@ namespace ex = rolora::examples;
 using backend = rolora::eigen_backend<float>;
 
 int main(int argc, char** argv) {
-  CLI::App app{"Pretrain rolora's small transformer with a masked-byte LM (the base model of "
-               "federated_finetune, which calls the same code when the checkpoint is missing)."};
+  CLI::App app{
+      "Pretrain rolora's small transformer with a masked-byte LM (the base model of "
+      "federated_finetune, which calls the same code when the checkpoint is missing)."};
   ex::spam_task_config c;
   auto& p = c.pretrain;
   std::string out = "results/pretrain";
   bool force = false;
-  app.add_option("--steps", p.steps, "optimizer steps")->check(CLI::Range(1, 10000000))->capture_default_str();
-  app.add_option("--batch", p.batch, "sequences per step")->check(CLI::Range(1, 100000))->capture_default_str();
-  app.add_option("--lr", p.lr, "AdamW peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--seed", p.seed, "seed of the initial weights, batches and masks")->capture_default_str();
+  app.add_option("--steps", p.steps, "optimizer steps")
+      ->check(CLI::Range(1, 10000000))
+      ->capture_default_str();
+  app.add_option("--batch", p.batch, "sequences per step")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--lr", p.lr, "AdamW peak learning rate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--seed", p.seed, "seed of the initial weights, batches and masks")
+      ->capture_default_str();
   app.add_option("--max-len", c.max_len, "window length in tokens (CLS + bytes)")
       ->check(CLI::Range(8, 4096))
       ->capture_default_str();
   app.add_option("--threads", c.threads, "threads (the result does not depend on it)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.add_option("--data-dir", c.data_dir, "where scripts/fetch_data.sh put the corpus")->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "where scripts/fetch_data.sh put the corpus")
+      ->capture_default_str();
   app.add_option("--checkpoint", c.checkpoint, "checkpoint to write")->capture_default_str();
   app.add_option("--out", out, "folder for the loss CSV and plot")->capture_default_str();
   app.add_flag("--force", force, "pretrain even when a matching checkpoint exists");
@@ -42,27 +49,35 @@ int main(int argc, char** argv) {
   try {
     const auto dir = rolora::data::spam_assassin_dir(c.data_dir);
     if (!std::filesystem::is_directory(dir)) {
-      std::fprintf(stderr, "error: no corpus under %s: run `bash scripts/fetch_data.sh` first\n", dir.string().c_str());
+      std::fprintf(stderr, "error: no corpus under %s: run `bash scripts/fetch_data.sh` first\n",
+                   dir.string().c_str());
       return 2;
     }
     const auto config = ex::default_model(c.max_len);
     if (!force && ex::load_checkpoint<backend>(c.checkpoint, config, ex::pretraining_recipe(c))) {
-      std::printf("%s is up to date (same model and recipe); --force pretrains again\n", c.checkpoint.c_str());
+      std::printf("%s is up to date (same model and recipe); --force pretrains again\n",
+                  c.checkpoint.c_str());
       return 0;
     }
     const auto emails = rolora::data::read_spam_assassin(dir);
-    const auto split = rolora::data::split_corpus(rolora::data::labels_of(emails), ex::corpus_seed, ex::corpus_fractions);
-    const auto windows = rolora::data::make_windows(rolora::data::pretraining_documents(emails, split.pretrain), c.max_len);
-    std::printf("corpus: %zu windows of %zu tokens (%.2f MB of text); model: %zu weights\n", windows.count(), c.max_len,
-                double(windows.count() * (c.max_len - 1)) / 1e6, rolora::transformer_weights<backend>(config, 0).num_scalars());
+    const auto split = rolora::data::split_corpus(rolora::data::labels_of(emails), ex::corpus_seed,
+                                                  ex::corpus_fractions);
+    const auto windows = rolora::data::make_windows(
+        rolora::data::pretraining_documents(emails, split.pretrain), c.max_len);
+    std::printf("corpus: %zu windows of %zu tokens (%.2f MB of text); model: %zu weights\n",
+                windows.count(), c.max_len, double(windows.count() * (c.max_len - 1)) / 1e6,
+                rolora::transformer_weights<backend>(config, 0).num_scalars());
     rolora::transformer_weights<backend> w(config, p.seed);
     auto pc = p;
     pc.threads = c.threads;
     const std::size_t per_micro = (pc.batch + pc.micro_batches - 1) / pc.micro_batches;
-    const auto history = ex::pretrain(w, pc, [&](std::size_t step, std::size_t micro, std::size_t n) {
-      const auto b = rolora::data::pretraining_batch(windows, pc.seed, step, micro * per_micro, n);
-      return ex::mlm_batch{rolora::token_batch{rolora::index_t(b.seq_len), b.inputs}, b.targets};
-    });
+    const auto history =
+        ex::pretrain(w, pc, [&](std::size_t step, std::size_t micro, std::size_t n) {
+          const auto b =
+              rolora::data::pretraining_batch(windows, pc.seed, step, micro * per_micro, n);
+          return ex::mlm_batch{rolora::token_batch{rolora::index_t(b.seq_len), b.inputs},
+                               b.targets};
+        });
     ex::save_checkpoint(c.checkpoint, w, ex::pretraining_recipe(c));
     std::printf("wrote %s\n", c.checkpoint.c_str());
 
@@ -78,7 +93,10 @@ int main(int argc, char** argv) {
     }
     std::fclose(f);
     const auto plot = (std::filesystem::path(out) / "pretrain_loss.svg").string();
-    if (ex::draw_chart(plot, {"Pretraining (masked-byte LM)", "step", "cross-entropy (nats)", false, "top right"}, {line})) {
+    if (ex::draw_chart(
+            plot,
+            {"Pretraining (masked-byte LM)", "step", "cross-entropy (nats)", false, "top right"},
+            {line})) {
       std::printf("wrote %s and %s\n", csv.string().c_str(), plot.c_str());
     }
     return 0;

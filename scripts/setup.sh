@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake ccache
+  build-essential cmake ccache clang-format
   libeigen3-dev doctest-dev libxtensor-dev xtl-dev nlohmann-json3-dev libcli11-dev
   libbenchmark-dev gnuplot-nox
   libthrust-dev  # Thrust headers for the Thrust backend's OpenMP flavour (ROLORA_ENABLE_THRUST_OMP)

@@ -20,7 +20,8 @@ TEST_CASE("scaling follows PEFT: alpha / r, alpha / sqrt(r) with rsLoRA, per-mod
   CHECK(c.rank_for("q") == 8);
 }
 
-TEST_CASE_TEMPLATE("make_lora: PEFT shapes, B = 0, A from the init stream", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("make_lora: PEFT shapes, B = 0, A from the init stream", Backend,
+                   ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   const auto l = make_lora<Backend>("q", 48, 64, 4, 2.0, lora_init::kaiming_uniform, 11);
   CHECK(l.rank() == 4);
@@ -39,20 +40,25 @@ TEST_CASE_TEMPLATE("make_lora: PEFT shapes, B = 0, A from the init stream", Back
   // Same seed, same values; float gets the double draws rounded, so the backends agree.
   const auto again = make_lora<Backend>("q", 48, 64, 4, 2.0, lora_init::kaiming_uniform, 11);
   CHECK((Backend::to_host(again.A).array() == a.array()).all());
-  const auto in_double = make_lora<eigen_backend<double>>("q", 48, 64, 4, 2.0, lora_init::kaiming_uniform, 11);
+  const auto in_double =
+      make_lora<eigen_backend<double>>("q", 48, 64, 4, 2.0, lora_init::kaiming_uniform, 11);
   CHECK((in_double.A.template cast<T>().array() == a.array()).all());
   // Gaussian: std 1 / r, as PEFT's init_lora_weights="gaussian".
-  const auto g = Backend::to_host(make_lora<Backend>("q", 8, 4096, 8, 1.0, lora_init::gaussian, 3).A);
+  const auto g =
+      Backend::to_host(make_lora<Backend>("q", 8, 4096, 8, 1.0, lora_init::gaussian, 3).A);
   const double var = g.template cast<double>().squaredNorm() / double(g.size());
   CHECK(std::sqrt(var) == doctest::Approx(1.0 / 8.0).epsilon(0.02));
 }
 
-TEST_CASE_TEMPLATE("impossible ranks are refused with the allowed range", Backend, ROLORA_TEST_BACKENDS) {
-  auto msg = message_of<config_error>([] { make_lora<Backend>("layers.0.q", 16, 8, 0, 1.0, lora_init::gaussian, 0); });
+TEST_CASE_TEMPLATE("impossible ranks are refused with the allowed range", Backend,
+                   ROLORA_TEST_BACKENDS) {
+  auto msg = message_of<config_error>(
+      [] { make_lora<Backend>("layers.0.q", 16, 8, 0, 1.0, lora_init::gaussian, 0); });
   CHECK(msg.find("layers.0.q") != std::string::npos);
   CHECK(msg.find("[1, 8]") != std::string::npos);
   CHECK(msg.find("r = 0") != std::string::npos);
-  msg = message_of<config_error>([] { make_lora<Backend>("v", 16, 8, 9, 1.0, lora_init::gaussian, 0); });
+  msg = message_of<config_error>(
+      [] { make_lora<Backend>("v", 16, 8, 9, 1.0, lora_init::gaussian, 0); });
   CHECK(msg.find("r = 9") != std::string::npos);
 }
 
@@ -73,12 +79,15 @@ TEST_CASE_TEMPLATE("lora_forward computes W0 x + s B (A x)", Backend, ROLORA_TES
   lora_cache<Backend> cache;
   typename Backend::matrix y;
   lora_forward<Backend>(&w0, l, x, cache, y);
-  const auto h = [](const auto& m) -> Eigen::MatrixXd { return Backend::to_host(m).template cast<double>(); };
+  const auto h = [](const auto& m) -> Eigen::MatrixXd {
+    return Backend::to_host(m).template cast<double>();
+  };
   const Eigen::MatrixXd expected = h(w0) * h(x) + double(l.scaling) * h(l.B) * (h(l.A) * h(x));
   CHECK((h(y) - expected).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
   // Without a base weight: the adapter alone.
   lora_forward<Backend>(nullptr, l, x, cache, y);
-  CHECK((h(y) - (expected - h(w0) * h(x))).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
+  CHECK((h(y) - (expected - h(w0) * h(x))).cwiseAbs().maxCoeff() <
+        100 * test::rounding_tolerance<Backend>());
   const auto wrong = test::random_backend_matrix<Backend>(4, 7, 24);
   CHECK_THROWS_AS(lora_forward<Backend>(&w0, l, wrong, cache, y), shape_error);
 }
@@ -123,7 +132,8 @@ TEST_CASE("lora_backward matches central finite differences of L = sum(G .* y)")
   CHECK((only_b_grads.dB - grads.dB).cwiseAbs().maxCoeff() == 0.0);
 }
 
-TEST_CASE_TEMPLATE("merge and unmerge: merged outputs equal adapted outputs", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("merge and unmerge: merged outputs equal adapted outputs", Backend,
+                   ROLORA_TEST_BACKENDS) {
   const auto l = test_adapter<Backend>(6, 5, 2);
   const auto w0 = test::random_backend_matrix<Backend>(6, 5, 41);
   const auto x = test::random_backend_matrix<Backend>(5, 4, 42);
@@ -132,7 +142,8 @@ TEST_CASE_TEMPLATE("merge and unmerge: merged outputs equal adapted outputs", Ba
   lora_forward<Backend>(&w0, l, x, cache, y_adapted);
   auto merged = w0;
   merge_into_base(merged, l);
-  Backend::gemm(typename Backend::scalar(1), merged, op::none, x, op::none, typename Backend::scalar(0), y_merged);
+  Backend::gemm(typename Backend::scalar(1), merged, op::none, x, op::none,
+                typename Backend::scalar(0), y_merged);
   const double tol = 100 * test::rounding_tolerance<Backend>();
   CHECK(test::max_abs_diff<Backend>(y_adapted, y_merged) < tol);
   auto d = w0;
@@ -160,7 +171,8 @@ TEST_CASE_TEMPLATE("adapter_set: one adapter per module, deterministic order and
   CHECK(set.at("fc1").out_features() == 64);
   CHECK(set.num_parameters(only_a) == std::size_t(4 * 32 + 4 * 32 + 2 * 32));
   CHECK(set.num_parameters(only_b) == std::size_t(64 * 4 + 16 * 4 + 16 * 2));
-  CHECK(set.bytes(both_factors) == set.num_parameters(both_factors) * sizeof(typename Backend::scalar));
+  CHECK(set.bytes(both_factors) ==
+        set.num_parameters(both_factors) * sizeof(typename Backend::scalar));
   // Listing order does not matter: the same names give the same adapters.
   const adapter_set<Backend> reordered({{"fc1", 64, 32}, {"q", 16, 32}, {"v", 16, 32}}, c, 99);
   CHECK(test::bit_equal(set, reordered));

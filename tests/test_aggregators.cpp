@@ -1,10 +1,9 @@
 // aggregate/: the product-level strategies (svd_resplit, stack, residual, procrustes), HetLoRA's
 // zero padding and heterogeneous ranks, the adapters' dense residual, and every strategy end to end
 // in a federation on the theory problem.
+#include <Eigen/SVD>
 #include <limits>
 #include <vector>
-
-#include <Eigen/SVD>
 
 #include "test_support.hpp"
 
@@ -35,8 +34,8 @@ struct clients_fixture {
   adapter_set<Backend> global;
   std::vector<client_update<Backend>> updates;
 
-  clients_fixture(std::vector<index_t> ranks, index_t out, index_t in, index_t r, bool with_residual = false,
-                  std::uint32_t tag = 300) {
+  clients_fixture(std::vector<index_t> ranks, index_t out, index_t in, index_t r,
+                  bool with_residual = false, std::uint32_t tag = 300) {
     auto g = make_lora<Backend>("m", out, in, r, 2.0, lora_init::gaussian, 1);
     g.B = test::random_backend_matrix<Backend>(out, r, tag);
     if (with_residual) g.residual = test::random_backend_matrix<Backend>(out, in, tag + 1);
@@ -45,7 +44,8 @@ struct clients_fixture {
       const auto t = std::uint32_t(tag + 10 + 2 * i);
       lora_adapter<Backend> mine{test::random_backend_matrix<Backend>(ranks[i], in, t),
                                  test::random_backend_matrix<Backend>(out, ranks[i], t + 1),
-                                 typename Backend::scalar(2.0 * double(r) / double(ranks[i])), g.residual};
+                                 typename Backend::scalar(2.0 * double(r) / double(ranks[i])),
+                                 g.residual};
       adapter_set<Backend> set;
       set.insert("m", mine);
       updates.push_back({i, double(10 * (i + 1)), std::move(set)});
@@ -78,8 +78,8 @@ hostd random_rotation(index_t r, std::uint32_t tag) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("residual: forward, backward, delta and merge apply the dense correction", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("residual: forward, backward, delta and merge apply the dense correction",
+                   Backend, ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   const double tol = 10 * test::rounding_tolerance<Backend>();
   auto l = make_lora<Backend>("m", 4, 3, 2, 0.5, lora_init::gaussian, 9);
@@ -89,9 +89,12 @@ TEST_CASE_TEMPLATE("residual: forward, backward, delta and merge apply the dense
   const auto w0 = test::random_backend_matrix<Backend>(4, 3, 3);
   const auto x = test::random_backend_matrix<Backend>(3, 5, 4);
   const auto dy = test::random_backend_matrix<Backend>(4, 5, 5);
-  const hostd r = to_double<Backend>(l.residual), xd = to_double<Backend>(x), dyd = to_double<Backend>(dy);
-  const hostd full = to_double<Backend>(w0) + r + 0.5 * to_double<Backend>(l.B) * to_double<Backend>(l.A);
-  CHECK((to_double<Backend>(delta(l)) - (full - to_double<Backend>(w0))).norm() < tol * full.norm());
+  const hostd r = to_double<Backend>(l.residual), xd = to_double<Backend>(x),
+              dyd = to_double<Backend>(dy);
+  const hostd full =
+      to_double<Backend>(w0) + r + 0.5 * to_double<Backend>(l.B) * to_double<Backend>(l.A);
+  CHECK((to_double<Backend>(delta(l)) - (full - to_double<Backend>(w0))).norm() <
+        tol * full.norm());
 
   lora_cache<Backend> cache;
   typename Backend::matrix y, dx;
@@ -99,7 +102,8 @@ TEST_CASE_TEMPLATE("residual: forward, backward, delta and merge apply the dense
   CHECK((to_double<Backend>(y) - full * xd).norm() < tol * (full * xd).norm());
   lora_gradients<Backend> with, without;
   lora_backward<Backend>(&w0, l, x, cache, dy, both_factors, with, &dx);
-  CHECK((to_double<Backend>(dx) - full.transpose() * dyd).norm() < tol * (full.transpose() * dyd).norm());
+  CHECK((to_double<Backend>(dx) - full.transpose() * dyd).norm() <
+        tol * (full.transpose() * dyd).norm());
   lora_cache<Backend> plain_cache;
   lora_forward<Backend>(&w0, plain, x, plain_cache, y);
   lora_backward<Backend>(&w0, plain, x, plain_cache, dy, both_factors, without);
@@ -112,7 +116,8 @@ TEST_CASE_TEMPLATE("residual: forward, backward, delta and merge apply the dense
   unmerge_from_base(merged, l);
   CHECK(test::max_abs_diff<Backend>(merged, w0) < tol * 10);
   l.residual = Backend::zeros(3, 4);
-  CHECK(message_of<shape_error>([&] { delta(l); }).find("residual expected [4, 3]") != std::string::npos);
+  CHECK(message_of<shape_error>([&] { delta(l); }).find("residual expected [4, 3]") !=
+        std::string::npos);
   (void)T{};
 }
 
@@ -120,7 +125,8 @@ TEST_CASE_TEMPLATE("heterogeneous ranks: pad and truncate keep the delta and rou
                    ROLORA_TEST_BACKENDS) {
   const double tol = 10 * test::rounding_tolerance<Backend>();
   lora_adapter<Backend> small{test::random_backend_matrix<Backend>(2, 7, 1),
-                              test::random_backend_matrix<Backend>(5, 2, 2), typename Backend::scalar(8.0 / 2)};
+                              test::random_backend_matrix<Backend>(5, 2, 2),
+                              typename Backend::scalar(8.0 / 2)};
   const double s = scaling_at_rank(8.0 / 2, 2, 4, rank_scaling::alpha_over_r);  // lora_alpha / 4
   CHECK(s == 2.0);
   CHECK(scaling_at_rank(3.0, 4, 1, rank_scaling::alpha_over_sqrt_r) == doctest::Approx(6.0));
@@ -136,9 +142,11 @@ TEST_CASE_TEMPLATE("heterogeneous ranks: pad and truncate keep the delta and rou
   CHECK(test::max_abs_diff<Backend>(back.B, small.B) < tol * 10);
   // Truncation keeps the first components: here s_i B_i A_i = sum of the first two rank-one terms.
   lora_adapter<Backend> big{test::random_backend_matrix<Backend>(4, 7, 3),
-                            test::random_backend_matrix<Backend>(5, 4, 4), typename Backend::scalar(0.5)};
+                            test::random_backend_matrix<Backend>(5, 4, 4),
+                            typename Backend::scalar(0.5)};
   const auto first = truncate_rank(big, 2, 1.0);
-  const hostd expected = 0.5 * to_double<Backend>(big.B).leftCols(2) * to_double<Backend>(big.A).topRows(2);
+  const hostd expected =
+      0.5 * to_double<Backend>(big.B).leftCols(2) * to_double<Backend>(big.A).topRows(2);
   CHECK((delta_of(first) - expected).norm() < tol * expected.norm());
   CHECK_THROWS_AS(pad_rank(big, 3, 1.0), config_error);
   CHECK_THROWS_AS(truncate_rank(big, 5, 1.0), config_error);
@@ -157,13 +165,15 @@ TEST_CASE_TEMPLATE("stack and residual: the global delta is the weighted mean of
       for (auto r : ranks) total += r;
 
       auto g_stack = f.global;
-      const auto rs = aggregate(flora_stack{5, lora_init::gaussian}, g_stack, f.span(), both_factors,
-                                {.round = 4});
+      const auto rs = aggregate(flora_stack{5, lora_init::gaussian}, g_stack, f.span(),
+                                both_factors, {.round = 4});
       const hostd exact = f.mean_delta(rs.weights);
       CHECK((delta_of(g_stack.at("m")) - exact).norm() < tol * exact.norm());
       CHECK(rs.relative_error < tol);
-      CHECK(rs.residual_scalars == std::size_t((9 + 7) * total));  // FLoRA sends the stacked factors
-      // Re-initialised: B = 0, A drawn from the adapter-init stream, sub-stream (module, round + 1).
+      CHECK(rs.residual_scalars ==
+            std::size_t((9 + 7) * total));  // FLoRA sends the stacked factors
+      // Re-initialised: B = 0, A drawn from the adapter-init stream, sub-stream (module, round +
+      // 1).
       CHECK(to_double<Backend>(g_stack.at("m").B).norm() == 0.0);
       const auto fresh = make_lora<Backend>("m", 9, 7, 3, 2.0, lora_init::gaussian, 5, 0, 5);
       CHECK(test::max_abs_diff<Backend>(g_stack.at("m").A, fresh.A) == 0.0);
@@ -187,8 +197,8 @@ TEST_CASE_TEMPLATE("stack and residual: the global delta is the weighted mean of
   }
 }
 
-TEST_CASE_TEMPLATE("svd_resplit: exact when sum r_i <= r, else the best rank-r approximation", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("svd_resplit: exact when sum r_i <= r, else the best rank-r approximation",
+                   Backend, ROLORA_TEST_BACKENDS) {
   const double tol = test::rounding_tolerance<Backend>();
   {  // sum r_i = 4 <= r = 5: nothing to truncate
     clients_fixture<Backend> f({2, 1, 1}, 12, 10, 5);
@@ -200,7 +210,8 @@ TEST_CASE_TEMPLATE("svd_resplit: exact when sum r_i <= r, else the best rank-r a
     CHECK(to_double<Backend>(g.at("m").B).col(4).norm() == 0.0);  // unused component
   }
   // R = 6 <= min(out, in) takes the QR path; R = 16 > 10 the dense one. Both: Eckart-Young.
-  for (const auto& ranks : {std::vector<index_t>{2, 2, 2}, std::vector<index_t>{2, 2, 2, 2, 2, 2, 2, 2}}) {
+  for (const auto& ranks :
+       {std::vector<index_t>{2, 2, 2}, std::vector<index_t>{2, 2, 2, 2, 2, 2, 2, 2}}) {
     CAPTURE(ranks.size());
     clients_fixture<Backend> f(ranks, 12, 10, 2);
     auto g = f.global;
@@ -229,21 +240,27 @@ TEST_CASE_TEMPLATE("svd_resplit: exact when sum r_i <= r, else the best rank-r a
   }
 }
 
-TEST_CASE_TEMPLATE("procrustes: exact on rotated copies, closer than fedavg on rotated noisy copies",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "procrustes: exact on rotated copies, closer than fedavg on rotated noisy copies", Backend,
+    ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   const double tol = test::rounding_tolerance<Backend>();
   const index_t out = 10, in = 8, r = 3;
   for (const double noise : {0.0, 0.1}) {
     CAPTURE(noise);
-    clients_fixture<Backend> f({r, r, r, r, r}, out, in, r);  // the server's factors are the reference
+    clients_fixture<Backend> f({r, r, r, r, r}, out, in,
+                               r);  // the server's factors are the reference
     const hostd b0 = test::random_matrix(out, r, 50), a0 = test::random_matrix(r, in, 51);
     for (std::size_t i = 0; i < f.updates.size(); ++i) {
       const hostd q = random_rotation(r, std::uint32_t(60 + i));
       auto& a = f.updates[i].adapters.at("m");
       a.scaling = T(2);
-      a.B = Backend::from_host(((b0 + test::random_matrix(out, r, std::uint32_t(70 + i), noise)) * q).template cast<T>());
-      a.A = Backend::from_host((q.transpose() * (a0 + test::random_matrix(r, in, std::uint32_t(80 + i), noise))).template cast<T>());
+      a.B =
+          Backend::from_host(((b0 + test::random_matrix(out, r, std::uint32_t(70 + i), noise)) * q)
+                                 .template cast<T>());
+      a.A = Backend::from_host(
+          (q.transpose() * (a0 + test::random_matrix(r, in, std::uint32_t(80 + i), noise)))
+              .template cast<T>());
     }
     auto rotated = f.global, averaged = f.global;
     const auto rp = aggregate(procrustes{}, rotated, f.span(), both_factors);
@@ -252,7 +269,8 @@ TEST_CASE_TEMPLATE("procrustes: exact on rotated copies, closer than fedavg on r
       CHECK(rp.relative_error < 100 * tol);
       // Every client is mapped onto the same factors (B0 R, R^T A0) for one rotation R.
       const hostd b = to_double<Backend>(rotated.at("m").B);
-      CHECK((b * b.transpose() - b0 * b0.transpose()).norm() < 100 * tol * (b0 * b0.transpose()).norm());
+      CHECK((b * b.transpose() - b0 * b0.transpose()).norm() <
+            100 * tol * (b0 * b0.transpose()).norm());
     } else {
       CHECK(rp.relative_error < 0.1);
     }
@@ -261,13 +279,16 @@ TEST_CASE_TEMPLATE("procrustes: exact on rotated copies, closer than fedavg on r
   }
 }
 
-TEST_CASE_TEMPLATE("heterogeneous uploads: accepted only by aggregators that declare it; bad input refused, "
-                   "global unchanged", Backend, ROLORA_TEST_BACKENDS) {
-  static_assert(heterogeneous_rank_aggregator<svd_resplit> && heterogeneous_rank_aggregator<flora_stack> &&
-                heterogeneous_rank_aggregator<fedex_residual> && heterogeneous_rank_aggregator<procrustes> &&
-                heterogeneous_rank_aggregator<padded_fedavg> && !heterogeneous_rank_aggregator<fedavg> &&
-                heterogeneous_rank_aggregator<orthonormalize_a<padded_fedavg>> &&
-                !heterogeneous_rank_aggregator<orthonormalize_a<fedavg>>);
+TEST_CASE_TEMPLATE(
+    "heterogeneous uploads: accepted only by aggregators that declare it; bad input refused, "
+    "global unchanged",
+    Backend, ROLORA_TEST_BACKENDS) {
+  static_assert(
+      heterogeneous_rank_aggregator<svd_resplit> && heterogeneous_rank_aggregator<flora_stack> &&
+      heterogeneous_rank_aggregator<fedex_residual> && heterogeneous_rank_aggregator<procrustes> &&
+      heterogeneous_rank_aggregator<padded_fedavg> && !heterogeneous_rank_aggregator<fedavg> &&
+      heterogeneous_rank_aggregator<orthonormalize_a<padded_fedavg>> &&
+      !heterogeneous_rank_aggregator<orthonormalize_a<fedavg>>);
   using T = typename Backend::scalar;
   clients_fixture<Backend> f({2, 1, 2}, 6, 5, 2);
   auto global = f.global;
@@ -295,18 +316,30 @@ TEST_CASE_TEMPLATE("heterogeneous uploads: accepted only by aggregators that dec
   for (int k = 0; k < 5; ++k) {
     msg = message_of<value_error>([&] {
       switch (k) {
-        case 0: run(svd_resplit{}, ups); break;
-        case 1: run(flora_stack{}, ups); break;
-        case 2: run(fedex_residual{}, ups); break;
-        case 3: run(procrustes{}, ups); break;
-        default: run(padded_fedavg{}, ups); break;
+        case 0:
+          run(svd_resplit{}, ups);
+          break;
+        case 1:
+          run(flora_stack{}, ups);
+          break;
+        case 2:
+          run(fedex_residual{}, ups);
+          break;
+        case 3:
+          run(procrustes{}, ups);
+          break;
+        default:
+          run(padded_fedavg{}, ups);
+          break;
       }
     });
     CHECK(msg.find("module 'm' client 1: lora_B holds non-finite") != std::string::npos);
   }
   ups = f.updates;
   ups[0].adapters.at("m").scaling = T(0);
-  CHECK(message_of<value_error>([&] { run(fedex_residual{}, ups); }).find("scaling must be finite") != std::string::npos);
+  CHECK(message_of<value_error>([&] {
+          run(fedex_residual{}, ups);
+        }).find("scaling must be finite") != std::string::npos);
   CHECK(test::bit_equal(global, before));
   CHECK(!global.at("m").has_residual());
 
@@ -350,7 +383,8 @@ double global_loss(theory::linear_problem<eigen_d>& p, const adapters& a) {
 
 template <class Aggregator>
 std::vector<round_report> run_strategy(Aggregator aggregator, theory::linear_problem<eigen_d>& p,
-                                       federation_config config, adapters* final_state = nullptr, index_t r = 2) {
+                                       federation_config config, adapters* final_state = nullptr,
+                                       index_t r = 2) {
   federation<eigen_d, train_both, Aggregator> fed(train_both{}, aggregator, config, start(r));
   auto reports = fed.run(p.clients);
   if (final_state) *final_state = fed.global();
@@ -359,7 +393,8 @@ std::vector<round_report> run_strategy(Aggregator aggregator, theory::linear_pro
 
 }  // namespace
 
-TEST_CASE("every strategy end to end on the theory problem: loss falls, errors and bytes as claimed") {
+TEST_CASE(
+    "every strategy end to end on the theory problem: loss falls, errors and bytes as claimed") {
   const double tol = test::rounding_tolerance<eigen_d>();
   auto p = problem();
   federation_config config;
@@ -438,9 +473,11 @@ TEST_CASE("heterogeneous ranks in a federation: clients train at their rank, byt
   adapters end;
   run_strategy(padded_fedavg{}, p, config, &end, 4);  // HetLoRA
   CHECK(global_loss(p, end) < 0.5 * initial);
-  for (const auto& r : run_strategy(flora_stack{5}, p, config, &end, 4)) CHECK(r.relative_aggregation_error < 100 * tol);
+  for (const auto& r : run_strategy(flora_stack{5}, p, config, &end, 4))
+    CHECK(r.relative_aggregation_error < 100 * tol);
   CHECK(global_loss(p, end) < 0.5 * initial);
-  for (const auto& r : run_strategy(fedex_residual{}, p, config, &end, 4)) CHECK(r.relative_aggregation_error < 100 * tol);
+  for (const auto& r : run_strategy(fedex_residual{}, p, config, &end, 4))
+    CHECK(r.relative_aggregation_error < 100 * tol);
   CHECK(global_loss(p, end) < 0.5 * initial);
 
   const auto msg = message_of<config_error>(
@@ -448,6 +485,7 @@ TEST_CASE("heterogeneous ranks in a federation: clients train at their rank, byt
   CHECK(msg.find("aggregator 'fedavg' does not accept heterogeneous ranks") != std::string::npos);
   config.client_ranks = {1, 2};
   federation<eigen_d, train_both, svd_resplit> wrong(train_both{}, svd_resplit{}, config, start(4));
-  CHECK(message_of<config_error>([&] { wrong.run_round(p.clients); }).find("client_ranks has 2 entries for 6") !=
-        std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          wrong.run_round(p.clients);
+        }).find("client_ranks has 2 entries for 6") != std::string::npos);
 }

@@ -47,7 +47,7 @@ TEST_CASE("uniform and normal draws have the right moments") {
   CHECK(umax < 1.0);
   CHECK(su / n == doctest::Approx(0.5).epsilon(0.01));
   CHECK(su2 / n - (su / n) * (su / n) == doctest::Approx(1.0 / 12).epsilon(0.02));
-  CHECK(std::abs(sn / n) < 0.01);                      // 4.5 standard errors
+  CHECK(std::abs(sn / n) < 0.01);  // 4.5 standard errors
   CHECK(sn2 / n == doctest::Approx(1.0).epsilon(0.015));
   std::vector<int> counts(5, 0);
   for (int i = 0; i < 50000; ++i) ++counts[s.below(std::uint64_t(i), 5)];
@@ -79,22 +79,27 @@ struct constexpr_name {
 
 TEST_CASE("a name is a constant expression: named_by_constant") {
   static_assert(named_by_constant<constexpr_name> && named_by_constant<fedavg>);
-  static_assert(!named_by_constant<runtime_name> && !named_by_constant<static_but_not_constexpr_name>);
+  static_assert(!named_by_constant<runtime_name> &&
+                !named_by_constant<static_but_not_constexpr_name>);
   static_assert(!named_by_constant<int>);
 }
 
 TEST_CASE("raise takes the message id from the error type") {
-  const auto msg = message_of<config_error>([] { detail::raise<config_error>("r must be >= ", 1); });
+  const auto msg =
+      message_of<config_error>([] { detail::raise<config_error>("r must be >= ", 1); });
   CHECK(msg == "[rolora.config_error] r must be >= 1");
-  CHECK(message_of<value_error>([] { detail::raise<value_error>("x"); }) == "[rolora.value_error] x");
-  CHECK(message_of<shape_error>([] { detail::raise<shape_error>("x"); }) == "[rolora.shape_error] x");
+  CHECK(message_of<value_error>([] { detail::raise<value_error>("x"); }) ==
+        "[rolora.value_error] x");
+  CHECK(message_of<shape_error>([] { detail::raise<shape_error>("x"); }) ==
+        "[rolora.shape_error] x");
 }
 
 TEST_CASE("the library's types model the concepts they claim") {
   static_assert(backend<eigen_backend<float>> && backend<eigen_backend<double>>);
   static_assert(round_aware_aggregator<flora_stack, eigen_backend<double>> &&
                 !round_aware_aggregator<fedavg, eigen_backend<double>>);
-  static_assert(heterogeneous_rank_aggregator<svd_resplit> && !heterogeneous_rank_aggregator<fedavg>);
+  static_assert(heterogeneous_rank_aggregator<svd_resplit> &&
+                !heterogeneous_rank_aggregator<fedavg>);
   static_assert(residual_tracking_aggregator<fedex_residual, eigen_backend<float>> &&
                 !residual_tracking_aggregator<procrustes, eigen_backend<float>>);
   static_assert(backend_factor_reducer<weighted_mean, eigen_backend<float>> &&
@@ -102,9 +107,12 @@ TEST_CASE("the library's types model the concepts they claim") {
   static_assert(update_policy<alternating> && update_policy<fedsa>);
   static_assert(aggregator_for<fedavg, eigen_backend<double>>);
   static_assert(aggregator_for<orthonormalize_a<fedavg>, eigen_backend<float>>);
-  static_assert(client_task<theory::linear_regression_task<eigen_backend<double>>, eigen_backend<double>>);
-  static_assert(closed_form_b_task<theory::linear_regression_task<eigen_backend<double>>, eigen_backend<double>>);
-  static_assert(!backend<int> && !update_policy<int> && !aggregator_for<int, eigen_backend<double>>);
+  static_assert(
+      client_task<theory::linear_regression_task<eigen_backend<double>>, eigen_backend<double>>);
+  static_assert(closed_form_b_task<theory::linear_regression_task<eigen_backend<double>>,
+                                   eigen_backend<double>>);
+  static_assert(!backend<int> && !update_policy<int> &&
+                !aggregator_for<int, eigen_backend<double>>);
 }
 
 TEST_CASE_TEMPLATE("gemm computes alpha op(a) op(b) + beta c for every transposition", Backend,
@@ -114,15 +122,18 @@ TEST_CASE_TEMPLATE("gemm computes alpha op(a) op(b) + beta c for every transposi
   const auto c0 = test::random_matrix<T>(4, 5, 3);
   const host_matrix<T> expected = T(2) * a * b + T(0.5) * c0;
   const host_matrix<T> at = a.transpose(), bt = b.transpose();
-  for (auto [x, ox, y, oy] : {std::tuple{a, op::none, b, op::none}, std::tuple{at, op::transpose, b, op::none},
-                              std::tuple{a, op::none, bt, op::transpose},
-                              std::tuple{at, op::transpose, bt, op::transpose}}) {
+  for (auto [x, ox, y, oy] :
+       {std::tuple{a, op::none, b, op::none}, std::tuple{at, op::transpose, b, op::none},
+        std::tuple{a, op::none, bt, op::transpose},
+        std::tuple{at, op::transpose, bt, op::transpose}}) {
     auto c = Backend::from_host(c0);
     Backend::gemm(T(2), Backend::from_host(x), ox, Backend::from_host(y), oy, T(0.5), c);
-    CHECK((Backend::to_host(c) - expected).cwiseAbs().maxCoeff() < 10 * test::rounding_tolerance<Backend>());
+    CHECK((Backend::to_host(c) - expected).cwiseAbs().maxCoeff() <
+          10 * test::rounding_tolerance<Backend>());
   }
   typename Backend::matrix wrong = Backend::zeros(2, 2);
-  CHECK_THROWS_AS(Backend::gemm(T(1), Backend::from_host(a), op::none, Backend::from_host(b), op::none, T(1), wrong),
+  CHECK_THROWS_AS(Backend::gemm(T(1), Backend::from_host(a), op::none, Backend::from_host(b),
+                                op::none, T(1), wrong),
                   shape_error);
 }
 
@@ -152,9 +163,11 @@ TEST_CASE_TEMPLATE("solve_spd_right solves x g = rhs and rejects a singular g", 
   const auto rhs = test::random_matrix<T>(5, 3, 7);
   auto x = Backend::from_host(rhs);
   Backend::solve_spd_right(Backend::from_host(g), x);
-  CHECK((Backend::to_host(x) * g - rhs).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
+  CHECK((Backend::to_host(x) * g - rhs).cwiseAbs().maxCoeff() <
+        100 * test::rounding_tolerance<Backend>());
   const host_matrix<T> singular = host_matrix<T>::Zero(3, 3);
-  const auto msg = message_of<value_error>([&] { Backend::solve_spd_right(Backend::from_host(singular), x); });
+  const auto msg =
+      message_of<value_error>([&] { Backend::solve_spd_right(Backend::from_host(singular), x); });
   CHECK(msg.find("not positive definite") != std::string::npos);
 }
 
@@ -168,13 +181,15 @@ TEST_CASE_TEMPLATE("adamw_update follows torch.optim.AdamW", Backend, ROLORA_TES
   // Two steps by hand, in double.
   double ph[2] = {1.0, -2.0}, mh[2] = {0, 0}, vh[2] = {0, 0};
   for (int t = 1; t <= 2; ++t) {
-    Backend::adamw_update(pb, Backend::from_host(g), m, v,
-                          {T(lr), T(b1), T(b2), T(eps), T(wd), T(1 - std::pow(b1, t)), T(1 - std::pow(b2, t))});
+    Backend::adamw_update(
+        pb, Backend::from_host(g), m, v,
+        {T(lr), T(b1), T(b2), T(eps), T(wd), T(1 - std::pow(b1, t)), T(1 - std::pow(b2, t))});
     for (int i = 0; i < 2; ++i) {
       ph[i] *= 1 - lr * wd;
       mh[i] = b1 * mh[i] + (1 - b1) * double(g(0, i));
       vh[i] = b2 * vh[i] + (1 - b2) * double(g(0, i)) * double(g(0, i));
-      ph[i] -= lr * (mh[i] / (1 - std::pow(b1, t))) / (std::sqrt(vh[i] / (1 - std::pow(b2, t))) + eps);
+      ph[i] -=
+          lr * (mh[i] / (1 - std::pow(b1, t))) / (std::sqrt(vh[i] / (1 - std::pow(b2, t))) + eps);
     }
   }
   const auto out = Backend::to_host(pb);
@@ -281,7 +296,8 @@ TEST_CASE("partition_dirichlet: any alpha > 0 gives every client its minimum") {
     check_covers(parts, 5000);
     for (const auto& p : parts) CHECK(p.size() >= 240);
     CHECK(moved > 0);
-    const auto msg = message_of<config_error>([&] { partition_dirichlet(labels, 20, 0.01, 1, 251); });
+    const auto msg =
+        message_of<config_error>([&] { partition_dirichlet(labels, 20, 0.01, 1, 251); });
     CHECK(msg.find("at least 251") != std::string::npos);
     CHECK(msg.find("<= 250") != std::string::npos);
   }
@@ -337,10 +353,12 @@ TEST_CASE("partition_classes: each client holds k classes, every class is held")
     check_covers(parts, 30);
     for (const auto& p : parts) CHECK(p.size() == 1);
   }
-  CHECK(message_of<config_error>([&] { partition_classes(labels, 4, 2, 5); }).find("cannot cover all 10") !=
-        std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          partition_classes(labels, 4, 2, 5);
+        }).find("cannot cover all 10") != std::string::npos);
   CHECK_THROWS_AS(partition_classes(labels, 10, 0, 5), config_error);
-  CHECK(message_of<config_error>([&] { partition_classes(labels, 10, 11, 5); }).find("1..10") != std::string::npos);
+  CHECK(message_of<config_error>([&] { partition_classes(labels, 10, 11, 5); }).find("1..10") !=
+        std::string::npos);
 }
 
 TEST_CASE("partition_shards: each client gets its shards of label-sorted data") {

@@ -2,6 +2,8 @@
 // expected text is written out by hand, the byte tokenizer, the seeded corpus split, the
 // pretraining windows and the masked-byte batches; and, when scripts/fetch_data.sh has filled the
 // cache, the real SpamAssassin corpus.
+#include <doctest/doctest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,18 +12,15 @@
 #include <fstream>
 #include <map>
 #include <numeric>
-#include <set>
-#include <string>
-#include <vector>
-
-#include <doctest/doctest.h>
-
-#include "test_skip.hpp"
-
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/data/data.hpp>
 #include <rolora/federated/partition.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "test_skip.hpp"
 
 namespace data = rolora::data;
 using data::byte_tokenizer;
@@ -63,10 +62,12 @@ TEST_CASE("data: header fields are unfolded and the mbox separator is not a head
   CHECK(e.headers[0].name == "Return-Path");
   CHECK(e.headers[1].name == "Received");
   CHECK(e.headers[1].value ==
-        "from mail.example.com (mail.example.com [10.0.0.1])\tby mx.example.org (Postfix) with ESMTP id "
+        "from mail.example.com (mail.example.com [10.0.0.1])\tby mx.example.org (Postfix) with "
+        "ESMTP id "
         "D03E543C36\tfor <you@example.org>; Thu, 22 Aug 2002 07:36:16 -0400 (EDT)");
   CHECK(data::find_header(e.headers, "subject").value() == "Make money  fast, really");
-  CHECK(data::find_header(e.headers, "X-SPAM-STATUS").value() == "Yes, hits=12.3 required=5.0\ttests=BIG_MONEY,CLICK_BELOW");
+  CHECK(data::find_header(e.headers, "X-SPAM-STATUS").value() ==
+        "Yes, hits=12.3 required=5.0\ttests=BIG_MONEY,CLICK_BELOW");
   CHECK_FALSE(data::find_header(e.headers, "Content-Type").has_value());
   CHECK(e.body == "Hello   friend,\n\nclick  here.\n");
 }
@@ -74,7 +75,8 @@ TEST_CASE("data: header fields are unfolded and the mbox separator is not a head
 TEST_CASE("data: email_text keeps the Subject and the body and strips every other header") {
   const std::string text = data::email_text(crlf_message);
   CHECK(text == "Make money fast, really\nHello friend,\nclick here.");
-  for (const char* leak : {"X-Spam", "Received", "Return-Path", "List-Id", "BIG_MONEY", "Postfix", "\r"}) {
+  for (const char* leak :
+       {"X-Spam", "Received", "Return-Path", "List-Id", "BIG_MONEY", "Postfix", "\r"}) {
     CHECK_MESSAGE(text.find(leak) == std::string::npos, leak);
   }
   // No Subject at all: the body alone.
@@ -112,9 +114,11 @@ TEST_CASE("data: multipart/mixed keeps the text parts, decodes them and drops at
       "epilogue that is ignored\n";
   const std::string text = data::email_text(msg);
   CHECK(text ==
-        "Caf\xE9 menu\nSoup du jour: caf\xE9 cr\xE8me, a very long line that is wrapped by a soft line break; 2 + "
+        "Caf\xE9 menu\nSoup du jour: caf\xE9 cr\xE8me, a very long line that is wrapped by a soft "
+        "line break; 2 + "
         "2 = 4.\nSee you at noon.");
-  for (const char* leak : {"Content-Type", "base64", "R0lGOD", "==outer==", "MIME", "epilogue", "X-Spam"}) {
+  for (const char* leak :
+       {"Content-Type", "base64", "R0lGOD", "==outer==", "MIME", "epilogue", "X-Spam"}) {
     CHECK_MESSAGE(text.find(leak) == std::string::npos, leak);
   }
 }
@@ -144,16 +148,19 @@ TEST_CASE("data: multipart/alternative prefers text/plain; HTML is reduced to it
       "Content-Transfer-Encoding: quoted-printable\n"
       "\n"
       "<html><head><style>p {color: red}</style><title>T</title></head>\n"
-      "<body><!-- tracking --><p>Buy&nbsp;now &amp; save</p><table><tr><td>A&#66;</td><td>&#x43;</td></tr></table>\n"
+      "<body><!-- tracking --><p>Buy&nbsp;now &amp; "
+      "save</p><table><tr><td>A&#66;</td><td>&#x43;</td></tr></table>\n"
       "<script>alert(1)</script><a href=3D\"http://x.example\">click</a> 1 &lt; 2</body></html>\n"
       "------=_NextPart_000--\n";
   CHECK(data::email_text(html_only) == "offer\nT\nBuy now & save\nAB C\nclick 1 < 2");
 
   // A text/plain part that is really an HTML document (common in spam) is stripped too.
-  CHECK(data::email_text("Subject: s\nContent-Type: text/plain\n\n  <HTML><BODY>hi<br>there</BODY></HTML>\n") ==
+  CHECK(data::email_text(
+            "Subject: s\nContent-Type: text/plain\n\n  <HTML><BODY>hi<br>there</BODY></HTML>\n") ==
         "s\nhi\nthere");
   // ... but HTML-looking text inside a plain mail stays as written.
-  CHECK(data::email_text("Subject: s\nContent-Type: text/plain\n\nuse <b>bold</b>\n") == "s\nuse <b>bold</b>");
+  CHECK(data::email_text("Subject: s\nContent-Type: text/plain\n\nuse <b>bold</b>\n") ==
+        "s\nuse <b>bold</b>");
 }
 
 TEST_CASE("data: nested multipart, message/rfc822, signatures and a boundary written with blanks") {
@@ -222,7 +229,8 @@ TEST_CASE("data: transfer and header decoders") {
   CHECK(data::decode_encoded_words("=?iso-8859-1?Q?Caf=E9_au_lait?= =?utf-8?B?w6k=?= ok") ==
         "Caf\xE9 au lait\xC3\xA9 ok");
   CHECK(data::decode_encoded_words("plain =?x?Q?a?= and =?bad") == "plain a and =?bad");
-  CHECK(data::html_to_text("a<b>b</b>c &#233;&#8364; &unknown; <3 x") == "abc \xE9\xE2\x82\xAC &unknown; <3 x");
+  CHECK(data::html_to_text("a<b>b</b>c &#233;&#8364; &unknown; <3 x") ==
+        "abc \xE9\xE2\x82\xAC &unknown; <3 x");
   CHECK(data::collapse_whitespace("  a \t b \n\n  c  ") == "a b\nc");
   const auto ct = data::parse_content_type("Text/HTML; Charset=\"utf-8\"; boundary=\"a;b\"");
   CHECK(ct.type == "text");
@@ -234,7 +242,8 @@ TEST_CASE("data: transfer and header decoders") {
 TEST_CASE("data: byte tokenizer pads, truncates and round-trips every byte") {
   static_assert(byte_tokenizer::vocab_size == 259);
   const auto e = data::encode("ab", 5);
-  CHECK(e.ids == std::vector<std::int32_t>{byte_tokenizer::cls, 'a', 'b', byte_tokenizer::pad, byte_tokenizer::pad});
+  CHECK(e.ids == std::vector<std::int32_t>{byte_tokenizer::cls, 'a', 'b', byte_tokenizer::pad,
+                                           byte_tokenizer::pad});
   CHECK(e.length == 3);
   const auto t = data::encode("abcdef", 4);
   CHECK(t.ids == std::vector<std::int32_t>{byte_tokenizer::cls, 'a', 'b', 'c'});
@@ -255,12 +264,14 @@ TEST_CASE("data: byte tokenizer pads, truncates and round-trips every byte") {
   const std::vector<std::size_t> order = {1, 0, 2};
   const auto batch = data::encode_batch(texts, order, 4);
   CHECK(batch.size() == 3);
-  CHECK(batch.ids == std::vector<std::int32_t>{257, 'h', 'e', 'l', 257, 'x', 'y', 256, 257, 256, 256, 256});
+  CHECK(batch.ids ==
+        std::vector<std::int32_t>{257, 'h', 'e', 'l', 257, 'x', 'y', 256, 257, 256, 256, 256});
   CHECK(batch.lengths == std::vector<std::size_t>{4, 3, 1});
 
   CHECK_THROWS_AS(data::encode("a", 0), rolora::config_error);
   const std::vector<std::int32_t> bad = {257, 300};
-  CHECK_THROWS_WITH_AS(data::decode(bad), doctest::Contains("[rolora.data.tokenizer] decode: id 300 at position 1"),
+  CHECK_THROWS_WITH_AS(data::decode(bad),
+                       doctest::Contains("[rolora.data.tokenizer] decode: id 300 at position 1"),
                        rolora::value_error);
   const std::vector<std::size_t> out_of_range = {3};
   CHECK_THROWS_AS(data::encode_batch(texts, out_of_range, 4), rolora::value_error);
@@ -289,7 +300,8 @@ TEST_CASE("data: the corpus split is deterministic, disjoint, covering and strat
     CHECK(std::is_sorted(part->begin(), part->end()));
     for (const std::size_t i : *part) ++seen[i];
   }
-  CHECK(std::all_of(seen.begin(), seen.end(), [](int k) { return k == 1; }));  // disjoint and covering
+  CHECK(std::all_of(seen.begin(), seen.end(),
+                    [](int k) { return k == 1; }));  // disjoint and covering
 
   auto per_class = [&](const std::vector<std::size_t>& part) {
     std::map<int, std::size_t> n;
@@ -317,8 +329,8 @@ TEST_CASE("data: the fine-tuning pool feeds the partitioners and maps back to co
   for (std::size_t c = 0; c < clients.size(); ++c) {
     total += clients[c].size();
     for (std::size_t k = 0; k < clients[c].size(); ++k) {
-      CHECK(pool.count(clients[c][k]) == 1);                         // never a test or pretraining email
-      CHECK(labels[clients[c][k]] == pool_labels[parts[c][k]]);      // the label the partitioner saw
+      CHECK(pool.count(clients[c][k]) == 1);  // never a test or pretraining email
+      CHECK(labels[clients[c][k]] == pool_labels[parts[c][k]]);  // the label the partitioner saw
     }
   }
   CHECK(total == s.finetune.size());
@@ -327,7 +339,8 @@ TEST_CASE("data: the fine-tuning pool feeds the partitioners and maps back to co
 }
 
 TEST_CASE("data: fortunes files and pretraining windows") {
-  CHECK(data::parse_fortunes("a\n%\nb\r\nc\n%\n\n%\n  d  \n") == std::vector<std::string>{"a", "b\nc", "d"});
+  CHECK(data::parse_fortunes("a\n%\nb\r\nc\n%\n\n%\n  d  \n") ==
+        std::vector<std::string>{"a", "b\nc", "d"});
 
   const auto dir = std::filesystem::temp_directory_path() / "rolora_test_fortunes";
   std::filesystem::remove_all(dir);
@@ -342,7 +355,8 @@ TEST_CASE("data: fortunes files and pretraining windows") {
   emails[0].text = "e0";
   emails[2].text = "e2";
   const std::vector<std::size_t> set_aside = {2, 0};
-  CHECK(data::pretraining_documents(emails, set_aside, dir) == std::vector<std::string>{"a1", "z1", "z2", "e2", "e0"});
+  CHECK(data::pretraining_documents(emails, set_aside, dir) ==
+        std::vector<std::string>{"a1", "z1", "z2", "e2", "e0"});
   std::filesystem::remove_all(dir);
   CHECK_THROWS_AS(data::read_fortunes(dir), rolora::error);
 
@@ -350,7 +364,7 @@ TEST_CASE("data: fortunes files and pretraining windows") {
   const auto w = data::make_windows({"abc", "de"}, 3);
   CHECK(w.count() == 3);
   CHECK(w.ids == std::vector<std::int32_t>{257, 'a', 'b', 257, 'c', '\n', 257, 'd', 'e'});
-  CHECK(data::make_windows({"abcd"}, 3).count() == 2);  // "ab", "cd"
+  CHECK(data::make_windows({"abcd"}, 3).count() == 2);   // "ab", "cd"
   CHECK(data::make_windows({"abcde"}, 3).count() == 2);  // the last, short piece is dropped
   CHECK_THROWS_AS(data::make_windows({"abc"}, 1), rolora::config_error);
 }
@@ -362,21 +376,25 @@ std::vector<std::int32_t> padded_batch(std::size_t n, std::size_t len) {
   for (std::size_t s = 0; s < n; ++s) {
     const std::size_t real = 1 + (s * 37) % len;  // 1..len real tokens
     for (std::size_t t = 0; t < len; ++t) {
-      ids[s * len + t] = t == 0 ? byte_tokenizer::cls : (t < real ? std::int32_t((s + 3 * t) % 256) : byte_tokenizer::pad);
+      ids[s * len + t] = t == 0
+                             ? byte_tokenizer::cls
+                             : (t < real ? std::int32_t((s + 3 * t) % 256) : byte_tokenizer::pad);
     }
   }
   return ids;
 }
 }  // namespace
 
-TEST_CASE("data: masked-byte batches follow BERT's 15% / 80-10-10 rates and leave CLS and PAD alone") {
+TEST_CASE(
+    "data: masked-byte batches follow BERT's 15% / 80-10-10 rates and leave CLS and PAD alone") {
   const std::size_t n = 2000, len = 128;
   const auto ids = padded_batch(n, len);
   const auto b = data::mask_tokens(ids, len, 2024, 3);
   REQUIRE(b.inputs.size() == ids.size());
   REQUIRE(b.targets.size() == ids.size());
   double candidates = 0, chosen = 0, masked = 0, random_byte = 0, unchanged = 0;
-  std::size_t wrong = 0;  // positions that break the contract (counted: one CHECK per position is slow)
+  std::size_t wrong =
+      0;  // positions that break the contract (counted: one CHECK per position is slow)
   for (std::size_t i = 0; i < ids.size(); ++i) {
     const bool special = ids[i] == byte_tokenizer::cls || ids[i] == byte_tokenizer::pad;
     candidates += special ? 0 : 1;
@@ -398,10 +416,12 @@ TEST_CASE("data: masked-byte batches follow BERT's 15% / 80-10-10 rates and leav
   CHECK(wrong == 0);
   // Binomial: 4 standard deviations.
   const double rate = chosen / candidates, sd = std::sqrt(0.15 * 0.85 / candidates);
-  MESSAGE("candidates ", candidates, ", chosen rate ", rate, ", mask ", masked / chosen, ", random ", random_byte / chosen,
-          ", unchanged ", unchanged / chosen);
+  MESSAGE("candidates ", candidates, ", chosen rate ", rate, ", mask ", masked / chosen,
+          ", random ", random_byte / chosen, ", unchanged ", unchanged / chosen);
   CHECK(std::abs(rate - 0.15) < 4 * sd);
-  auto near = [&](double count, double p) { return std::abs(count / chosen - p) < 4 * std::sqrt(p * (1 - p) / chosen); };
+  auto near = [&](double count, double p) {
+    return std::abs(count / chosen - p) < 4 * std::sqrt(p * (1 - p) / chosen);
+  };
   CHECK(near(masked, 0.8));
   // A random byte equals the original one time in 256.
   CHECK(near(random_byte, 0.1 * 255.0 / 256.0));
@@ -418,7 +438,8 @@ TEST_CASE("data: masking is a pure function of (seed, step, sequence, position)"
   CHECK(data::mask_tokens(ids, len, 5, 18).targets != b.targets);
   CHECK(data::mask_tokens(ids, len, 6, 17).targets != b.targets);
 
-  // The documented draws: position i is chosen iff uniform(i) < 0.15 on (seed, batching, step, 0xFFFFFF).
+  // The documented draws: position i is chosen iff uniform(i) < 0.15 on (seed, batching, step,
+  // 0xFFFFFF).
   const rolora::random_stream rs(5, rolora::stream::batching, 17, data::masking_substream);
   std::size_t disagree = 0;
   for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -443,7 +464,8 @@ TEST_CASE("data: masking is a pure function of (seed, step, sequence, position)"
 
 TEST_CASE("data: pretraining batches draw windows reproducibly and mask them") {
   std::vector<std::string> docs;
-  for (int k = 0; k < 50; ++k) docs.push_back("document number " + std::to_string(k) + " with some text in it");
+  for (int k = 0; k < 50; ++k)
+    docs.push_back("document number " + std::to_string(k) + " with some text in it");
   const auto w = data::make_windows(docs, 16);
   REQUIRE(w.count() > 20);
   const auto b = data::pretraining_batch(w, 9, 4, 0, 12);
@@ -456,7 +478,8 @@ TEST_CASE("data: pretraining batches draw windows reproducibly and mask them") {
   CHECK(std::equal(tail.targets.begin(), tail.targets.end(), b.targets.begin() + 5 * 16));
   // Undoing the masking gives back one of the windows.
   for (std::size_t s = 0; s < 12; ++s) {
-    std::vector<std::int32_t> original(b.inputs.begin() + std::ptrdiff_t(s * 16), b.inputs.begin() + std::ptrdiff_t(s * 16 + 16));
+    std::vector<std::int32_t> original(b.inputs.begin() + std::ptrdiff_t(s * 16),
+                                       b.inputs.begin() + std::ptrdiff_t(s * 16 + 16));
     for (std::size_t t = 0; t < 16; ++t) {
       if (b.targets[s * 16 + t] != -1) original[t] = b.targets[s * 16 + t];
     }
@@ -472,8 +495,8 @@ TEST_CASE("data: pretraining batches draw windows reproducibly and mask them") {
 
 TEST_CASE("data: the real SpamAssassin corpus has 6046 messages in its five groups") {
   if (!corpus_available()) {
-    ROLORA_SKIP("no SpamAssassin corpus under " << data_cache().string()
-                                                << " (run scripts/fetch_data.sh, or set ROLORA_DATA_DIR)");
+    ROLORA_SKIP("no SpamAssassin corpus under "
+                << data_cache().string() << " (run scripts/fetch_data.sh, or set ROLORA_DATA_DIR)");
   }
   const auto emails = data::read_spam_assassin(data::spam_assassin_dir(data_cache()));
   REQUIRE(emails.size() == 6046);
@@ -483,8 +506,11 @@ TEST_CASE("data: the real SpamAssassin corpus has 6046 messages in its five grou
     ++per_group[e.group];
     ++per_class[e.label];
   }
-  CHECK(per_group == std::map<std::string, std::size_t>{
-                         {"easy-ham-1", 2500}, {"easy-ham-2", 1400}, {"hard-ham-1", 250}, {"spam-1", 500}, {"spam-2", 1396}});
+  CHECK(per_group == std::map<std::string, std::size_t>{{"easy-ham-1", 2500},
+                                                        {"easy-ham-2", 1400},
+                                                        {"hard-ham-1", 250},
+                                                        {"spam-1", 500},
+                                                        {"spam-2", 1396}});
   CHECK(per_class == std::map<int, std::size_t>{{0, 3900}, {1, 250}, {2, 1896}});
   for (const auto& g : data::spam_assassin_groups) CHECK(per_group[std::string(g.name)] == g.count);
   // Every message yields some text, and none starts with a header line.
@@ -506,5 +532,6 @@ TEST_CASE("data: the real SpamAssassin corpus has 6046 messages in its five grou
 
 TEST_CASE("data: a missing corpus directory says how to get it") {
   const auto missing = std::filesystem::temp_directory_path() / "rolora_no_such_corpus";
-  CHECK_THROWS_WITH_AS(data::read_spam_assassin(missing), doctest::Contains("run scripts/fetch_data.sh"), rolora::error);
+  CHECK_THROWS_WITH_AS(data::read_spam_assassin(missing),
+                       doctest::Contains("run scripts/fetch_data.sh"), rolora::error);
 }

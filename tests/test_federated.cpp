@@ -45,7 +45,8 @@ struct upload_fixture {
   adapter_set<Backend> global;
   std::vector<client_update<Backend>> updates;
 
-  upload_fixture(std::size_t clients, factor_set varied, index_t out = 6, index_t in = 5, index_t r = 2) {
+  upload_fixture(std::size_t clients, factor_set varied, index_t out = 6, index_t in = 5,
+                 index_t r = 2) {
     auto l = make_lora<Backend>("m", out, in, r, 2.0, lora_init::gaussian, 1);
     l.B = test::random_backend_matrix<Backend>(out, r, 100);
     global.insert("m", l);
@@ -63,10 +64,12 @@ struct upload_fixture {
 
   // sum_i w_i B_i A_i, formed directly in double.
   Eigen::MatrixXd mean_product(const std::vector<double>& w) const {
-    Eigen::MatrixXd sum = Eigen::MatrixXd::Zero(global.at("m").out_features(), global.at("m").in_features());
+    Eigen::MatrixXd sum =
+        Eigen::MatrixXd::Zero(global.at("m").out_features(), global.at("m").in_features());
     for (std::size_t i = 0; i < updates.size(); ++i) {
       const auto& a = updates[i].adapters.at("m");
-      sum += w[i] * Backend::to_host(a.B).template cast<double>() * Backend::to_host(a.A).template cast<double>();
+      sum += w[i] * Backend::to_host(a.B).template cast<double>() *
+             Backend::to_host(a.A).template cast<double>();
     }
     return sum;
   }
@@ -75,30 +78,37 @@ struct upload_fixture {
 template <class Backend>
 Eigen::MatrixXd product(const adapter_set<Backend>& s) {
   const auto& a = s.at("m");
-  return Backend::to_host(a.B).template cast<double>() * Backend::to_host(a.A).template cast<double>();
+  return Backend::to_host(a.B).template cast<double>() *
+         Backend::to_host(a.A).template cast<double>();
 }
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("fedavg is the weighted mean of exactly the shared factors", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("fedavg is the weighted mean of exactly the shared factors", Backend,
+                   ROLORA_TEST_BACKENDS) {
   upload_fixture<Backend> f(3, both_factors);
   const auto before = f.global;
   auto global = f.global;
-  const auto result = aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::by_samples});
+  const auto result =
+      aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::by_samples});
   CHECK(result.weights == std::vector<double>{10.0 / 60, 20.0 / 60, 30.0 / 60});
   Eigen::MatrixXd mean_b = Eigen::MatrixXd::Zero(6, 2);
   for (std::size_t i = 0; i < 3; ++i)
-    mean_b += result.weights[i] * Backend::to_host(f.updates[i].adapters.at("m").B).template cast<double>();
-  CHECK((Backend::to_host(global.at("m").B).template cast<double>() - mean_b).cwiseAbs().maxCoeff() <
-        10 * test::rounding_tolerance<Backend>());
+    mean_b += result.weights[i] *
+              Backend::to_host(f.updates[i].adapters.at("m").B).template cast<double>();
+  CHECK(
+      (Backend::to_host(global.at("m").B).template cast<double>() - mean_b).cwiseAbs().maxCoeff() <
+      10 * test::rounding_tolerance<Backend>());
   // A was not shared: the server keeps its own, bit for bit.
   CHECK(test::max_abs_diff<Backend>(global.at("m").A, before.at("m").A) == 0.0);
-  const auto uniform = aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::uniform});
+  const auto uniform =
+      aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::uniform});
   CHECK(uniform.weights == std::vector<double>(3, 1.0 / 3));
 }
 
-TEST_CASE_TEMPLATE("exactness: one factor frozen -> mean(B_i) A == mean(B_i A); both trained -> not",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "exactness: one factor frozen -> mean(B_i) A == mean(B_i A); both trained -> not", Backend,
+    ROLORA_TEST_BACKENDS) {
   const double tol = test::rounding_tolerance<Backend>();
   for (factor_set trained : {only_b, only_a}) {  // RoLoRA's B round and A round (FFA: B round)
     upload_fixture<Backend> f(5, trained);
@@ -121,7 +131,8 @@ TEST_CASE_TEMPLATE("exactness: one factor frozen -> mean(B_i) A == mean(B_i A); 
   CHECK(result.relative_error == doctest::Approx(direct / exact.norm()).epsilon(1e3 * tol));
 }
 
-TEST_CASE_TEMPLATE("orthonormalize_a: rows of A orthonormal, product B A unchanged", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("orthonormalize_a: rows of A orthonormal, product B A unchanged", Backend,
+                   ROLORA_TEST_BACKENDS) {
   upload_fixture<Backend> f(4, only_a);
   auto plain = f.global, orth = f.global;
   aggregate(fedavg{}, plain, f.span(), only_a);
@@ -133,14 +144,17 @@ TEST_CASE_TEMPLATE("orthonormalize_a: rows of A orthonormal, product B A unchang
   CHECK(result.relative_error < tol);
 }
 
-TEST_CASE_TEMPLATE("bad uploads are refused with module, client, expected and actual; global unchanged",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "bad uploads are refused with module, client, expected and actual; global unchanged", Backend,
+    ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   upload_fixture<Backend> f(3, both_factors);
   auto global = f.global;
   const auto before = global;
-  auto run = [&](const std::vector<client_update<Backend>>& ups, weighting w = weighting::by_samples) {
-    aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), both_factors, {.client_weighting = w});
+  auto run = [&](const std::vector<client_update<Backend>>& ups,
+                 weighting w = weighting::by_samples) {
+    aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), both_factors,
+              {.client_weighting = w});
   };
 
   auto ups = f.updates;  // wrong shape of lora_B at client 1
@@ -208,9 +222,11 @@ adapter_set<Backend> linear_adapters(index_t d, index_t k, index_t r, std::uint6
 }
 
 template <class Policy, class Backend>
-std::vector<round_report> run_policy(Policy policy, theory::linear_problem<Backend>& p, federation_config config,
+std::vector<round_report> run_policy(Policy policy, theory::linear_problem<Backend>& p,
+                                     federation_config config,
                                      adapter_set<Backend>* final_state = nullptr) {
-  federation<Backend, Policy, fedavg> fed(policy, fedavg{}, config, linear_adapters<Backend>(12, 12, 2));
+  federation<Backend, Policy, fedavg> fed(policy, fedavg{}, config,
+                                          linear_adapters<Backend>(12, 12, 2));
   auto reports = fed.run(p.clients);
   if (final_state) *final_state = fed.global();
   return reports;
@@ -240,8 +256,8 @@ TEST_CASE_TEMPLATE("communication: RoLoRA and FFA-LoRA upload half of what FedIT
   CHECK(rolora_reports[1].shared == only_a);
 }
 
-TEST_CASE_TEMPLATE("federated SGD lowers the loss and every run is exact under alternating", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("federated SGD lowers the loss and every run is exact under alternating",
+                   Backend, ROLORA_TEST_BACKENDS) {
   auto p = small_problem<Backend>();
   federation_config config;
   config.num_rounds = 40;
@@ -250,16 +266,20 @@ TEST_CASE_TEMPLATE("federated SGD lowers the loss and every run is exact under a
   adapter_set<Backend> final_state;
   const auto reports = run_policy(alternating{}, p, config, &final_state);
   double loss = 0;
-  for (std::size_t i = 0; i < p.clients.size(); ++i) loss += p.weights[i] * p.clients[i].loss(final_state);
+  for (std::size_t i = 0; i < p.clients.size(); ++i)
+    loss += p.weights[i] * p.clients[i].loss(final_state);
   CHECK(loss < 0.05 * reports.front().train_loss);
-  for (const auto& r : reports) CHECK(r.relative_aggregation_error < test::rounding_tolerance<Backend>());
+  for (const auto& r : reports)
+    CHECK(r.relative_aggregation_error < test::rounding_tolerance<Backend>());
   double fedit_worst = 0;
-  for (const auto& r : run_policy(train_both{}, p, config)) fedit_worst = std::max(fedit_worst, r.relative_aggregation_error);
+  for (const auto& r : run_policy(train_both{}, p, config))
+    fedit_worst = std::max(fedit_worst, r.relative_aggregation_error);
   CHECK(fedit_worst > 1e-3);
 }
 
-TEST_CASE_TEMPLATE("same seed, same bits: across runs and thread counts, with sampling, dropout and minibatches",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "same seed, same bits: across runs and thread counts, with sampling, dropout and minibatches",
+    Backend, ROLORA_TEST_BACKENDS) {
   auto p = small_problem<Backend>(8);
   federation_config config;
   config.num_rounds = 6;
@@ -286,17 +306,19 @@ TEST_CASE_TEMPLATE("same seed, same bits: across runs and thread counts, with sa
   }
 }
 
-TEST_CASE_TEMPLATE("a round with every client dropped, or a client that diverges, changes nothing", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("a round with every client dropped, or a client that diverges, changes nothing",
+                   Backend, ROLORA_TEST_BACKENDS) {
   auto p = small_problem<Backend>(4);
   federation_config config;
   config.local_optimizer = sgd{0.1};
   config.clients_per_round = 1;
   config.client_dropout = 0.999999;
-  federation<Backend, alternating, fedavg> fed(alternating{}, fedavg{}, config, linear_adapters<Backend>(12, 12, 2));
+  federation<Backend, alternating, fedavg> fed(alternating{}, fedavg{}, config,
+                                               linear_adapters<Backend>(12, 12, 2));
   const auto before = fed.global();
   const auto msg = message_of<value_error>([&] { fed.run_round(p.clients); });
-  CHECK(msg.find("round 0: no client update arrived (1 sampled, all dropped out)") != std::string::npos);
+  CHECK(msg.find("round 0: no client update arrived (1 sampled, all dropped out)") !=
+        std::string::npos);
   CHECK(test::bit_equal(fed.global(), before));
   CHECK(fed.next_round() == 0);
 
@@ -304,21 +326,26 @@ TEST_CASE_TEMPLATE("a round with every client dropped, or a client that diverges
   config.clients_per_round = 0;
   config.local_optimizer = sgd{1e30};  // diverges to inf/NaN
   config.local_steps = 20;
-  federation<Backend, alternating, fedavg> blowup(alternating{}, fedavg{}, config, linear_adapters<Backend>(12, 12, 2));
+  federation<Backend, alternating, fedavg> blowup(alternating{}, fedavg{}, config,
+                                                  linear_adapters<Backend>(12, 12, 2));
   const auto msg2 = message_of<value_error>([&] { blowup.run_round(p.clients); });
   CHECK(msg2.find("module 'linear' client 0: lora_B holds non-finite") != std::string::npos);
   CHECK(test::bit_equal(blowup.global(), before));
 
   config.local_steps = 0;
-  CHECK_THROWS_AS((federation<Backend, alternating, fedavg>(alternating{}, fedavg{}, config, before)), config_error);
+  CHECK_THROWS_AS(
+      (federation<Backend, alternating, fedavg>(alternating{}, fedavg{}, config, before)),
+      config_error);
 }
 
-TEST_CASE_TEMPLATE("callbacks see every round and can stop the run", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("callbacks see every round and can stop the run", Backend,
+                   ROLORA_TEST_BACKENDS) {
   auto p = small_problem<Backend>(3);
   federation_config config;
   config.num_rounds = 10;
   config.local_optimizer = sgd{0.1};
-  federation<Backend, alternating, fedavg> fed(alternating{}, fedavg{}, config, linear_adapters<Backend>(12, 12, 2));
+  federation<Backend, alternating, fedavg> fed(alternating{}, fedavg{}, config,
+                                               linear_adapters<Backend>(12, 12, 2));
   struct counter {
     int begun = 0;
     void on_round_begin(std::size_t) { ++begun; }
@@ -328,7 +355,9 @@ TEST_CASE_TEMPLATE("callbacks see every round and can stop the run", Backend, RO
   } stop;
   struct only_end {
     std::vector<std::size_t> rounds;
-    void on_round_end(const round_report& r, const adapter_set<Backend>&) { rounds.push_back(r.round); }
+    void on_round_end(const round_report& r, const adapter_set<Backend>&) {
+      rounds.push_back(r.round);
+    }
   } log;
   const auto reports = fed.run(p.clients, count, stop, log);
   CHECK(reports.size() == 3);
@@ -338,27 +367,30 @@ TEST_CASE_TEMPLATE("callbacks see every round and can stop the run", Backend, RO
   CHECK(fed.next_round() == 10);
 }
 
-TEST_CASE_TEMPLATE("FedSA: A is shared, each client keeps its own B", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("FedSA: A is shared, each client keeps its own B", Backend,
+                   ROLORA_TEST_BACKENDS) {
   auto p = small_problem<Backend>(3);
   federation_config config;
   config.num_rounds = 3;
   config.local_steps = 2;
   config.local_optimizer = sgd{0.2};
-  federation<Backend, fedsa, fedavg> fed(fedsa{}, fedavg{}, config, linear_adapters<Backend>(12, 12, 2));
+  federation<Backend, fedsa, fedavg> fed(fedsa{}, fedavg{}, config,
+                                         linear_adapters<Backend>(12, 12, 2));
   const auto reports = fed.run(p.clients);
   const auto v0 = fed.client_view(0), v1 = fed.client_view(1);
   CHECK(test::max_abs_diff<Backend>(v0.at("linear").A, fed.global().at("linear").A) == 0.0);
   CHECK(test::max_abs_diff<Backend>(v0.at("linear").A, v1.at("linear").A) == 0.0);
   CHECK(test::max_abs_diff<Backend>(v0.at("linear").B, v1.at("linear").B) > 0.0);
   // The server's B never moves: it is never uploaded.
-  CHECK(test::max_abs_diff<Backend>(fed.global().at("linear").B, linear_adapters<Backend>(12, 12, 2).at("linear").B) == 0.0);
+  CHECK(test::max_abs_diff<Backend>(fed.global().at("linear").B,
+                                    linear_adapters<Backend>(12, 12, 2).at("linear").B) == 0.0);
   CHECK(reports[0].bytes_up_per_client == 12 * 2 * sizeof(typename Backend::scalar));
   CHECK(reports[0].bytes_down_per_client == 12 * 2 * sizeof(typename Backend::scalar));
   CHECK(reports[2].relative_aggregation_error < 1.0);
 }
 
-TEST_CASE_TEMPLATE("optimizer state: reset each round by default, kept per client on request", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("optimizer state: reset each round by default, kept per client on request",
+                   Backend, ROLORA_TEST_BACKENDS) {
   auto p = small_problem<Backend>(3);
   federation_config config;
   config.num_rounds = 3;
@@ -377,8 +409,9 @@ TEST_CASE_TEMPLATE("optimizer state: reset each round by default, kept per clien
   CHECK(test::bit_equal(reset, kept));
 }
 
-TEST_CASE_TEMPLATE("modules to save: averaged by the server, trained by the optimizer, checked, counted",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "modules to save: averaged by the server, trained by the optimizer, checked, counted", Backend,
+    ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   upload_fixture<Backend> f(3, both_factors);
   f.global.add_module_to_save("head", test::random_backend_matrix<Backend>(3, 2, 90));
@@ -394,11 +427,12 @@ TEST_CASE_TEMPLATE("modules to save: averaged by the server, trained by the opti
 
   auto global = f.global;
   const auto before = global;
-  const auto result = aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::by_samples});
+  const auto result =
+      aggregate(fedavg{}, global, f.span(), only_b, {.client_weighting = weighting::by_samples});
   Eigen::MatrixXd mean = Eigen::MatrixXd::Zero(3, 2);
   for (std::size_t i = 0; i < 3; ++i) {
-    mean += result.weights[i] *
-            Backend::to_host(f.updates[i].adapters.modules_to_save().at("head")).template cast<double>();
+    mean += result.weights[i] * Backend::to_host(f.updates[i].adapters.modules_to_save().at("head"))
+                                    .template cast<double>();
   }
   CHECK((Backend::to_host(global.modules_to_save().at("head")).template cast<double>() - mean)
             .cwiseAbs()
@@ -408,9 +442,11 @@ TEST_CASE_TEMPLATE("modules to save: averaged by the server, trained by the opti
   global = before;
   auto ups = f.updates;
   ups[2].adapters.modules_to_save().at("head") = Backend::zeros(2, 3);
-  auto run = [&] { aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), only_b); };
-  CHECK(message_of<shape_error>(run).find("module 'head' client 2: weight expected [3, 2], got [2, 3]") !=
-        std::string::npos);
+  auto run = [&] {
+    aggregate(fedavg{}, global, std::span<const client_update<Backend>>(ups), only_b);
+  };
+  CHECK(message_of<shape_error>(run).find(
+            "module 'head' client 2: weight expected [3, 2], got [2, 3]") != std::string::npos);
   ups = f.updates;
   auto bad = Backend::to_host(ups[1].adapters.modules_to_save().at("head"));
   bad(2, 1) = std::numeric_limits<T>::quiet_NaN();
@@ -419,28 +455,33 @@ TEST_CASE_TEMPLATE("modules to save: averaged by the server, trained by the opti
         std::string::npos);
   ups = f.updates;
   ups[0].adapters.modules_to_save().erase("head");
-  CHECK(message_of<shape_error>(run).find("module to save 'head' client 0: missing") != std::string::npos);
+  CHECK(message_of<shape_error>(run).find("module to save 'head' client 0: missing") !=
+        std::string::npos);
   ups = f.updates;
   ups[1].adapters.add_module_to_save("bias", Backend::zeros(3, 1));
   CHECK(message_of<shape_error>(run).find("module to save 'bias' client 1: not a module") !=
         std::string::npos);
   CHECK(test::bit_equal(global, before));
-  CHECK_THROWS_AS(global.add_module_to_save("m", Backend::zeros(1, 1)), config_error);  // a LoRA name
+  CHECK_THROWS_AS(global.add_module_to_save("m", Backend::zeros(1, 1)),
+                  config_error);  // a LoRA name
 
   // The optimizer steps the head with the factors, and asks for its gradient.
   gradient_set<Backend> grads;
   grads["m"] = {Backend::zeros(2, 5), Backend::zeros(6, 2)};
   optimizer_state<Backend> state;
-  CHECK(message_of<config_error>([&] { state.step(sgd{0.5}, global, grads, only_a); })
-            .find("no gradient for module 'head'") != std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          state.step(sgd{0.5}, global, grads, only_a);
+        }).find("no gradient for module 'head'") != std::string::npos);
   grads.modules_to_save["head"] = Backend::from_host(host_matrix<T>::Constant(3, 2, T(2)));
   const auto head_before = Backend::to_host(global.modules_to_save().at("head"));
   state.step(sgd{0.5}, global, grads, only_a);
-  CHECK((Backend::to_host(global.modules_to_save().at("head")) - head_before).cwiseAbs().maxCoeff() ==
-        doctest::Approx(1.0));
+  CHECK(
+      (Backend::to_host(global.modules_to_save().at("head")) - head_before).cwiseAbs().maxCoeff() ==
+      doctest::Approx(1.0));
   grads.modules_to_save["head"] = Backend::zeros(1, 1);
-  CHECK(message_of<shape_error>([&] { state.step(sgd{0.5}, global, grads, only_a); })
-            .find("gradient expected [3, 2], got [1, 1]") != std::string::npos);
+  CHECK(message_of<shape_error>([&] {
+          state.step(sgd{0.5}, global, grads, only_a);
+        }).find("gradient expected [3, 2], got [1, 1]") != std::string::npos);
 }
 
 TEST_CASE("SGD with momentum and weight decay follows torch.optim.SGD") {
@@ -503,7 +544,8 @@ TEST_CASE_TEMPLATE("factorwise turns a host reducer into an aggregator of the sh
   auto global = f.global;
   aggregate(factorwise<coordinate_max>{}, global, f.span(), only_a);
   auto expected = Backend::to_host(f.updates[0].adapters.at("m").A);
-  for (const auto& u : f.updates) expected = expected.cwiseMax(Backend::to_host(u.adapters.at("m").A));
+  for (const auto& u : f.updates)
+    expected = expected.cwiseMax(Backend::to_host(u.adapters.at("m").A));
   CHECK(test::max_abs_diff<Backend>(global.at("m").A, Backend::from_host(expected)) == 0.0);
   CHECK(test::max_abs_diff<Backend>(global.at("m").B, f.global.at("m").B) == 0.0);  // not shared
 }
@@ -519,24 +561,29 @@ struct breaks_at {  // a valid B-only policy until round From, then (Trains, Sha
 };
 }  // namespace
 
-TEST_CASE("a policy that breaks its contract fails when the round starts, naming policy and round") {
+TEST_CASE(
+    "a policy that breaks its contract fails when the round starts, naming policy and round") {
   using B = eigen_backend<double>;
   auto p = small_problem<B>(3);
   federation_config config;
   config.num_rounds = 4;
   auto run = [&](auto policy) {
-    federation<B, decltype(policy), fedavg> fed(policy, fedavg{}, config, linear_adapters<B>(12, 12, 2));
+    federation<B, decltype(policy), fedavg> fed(policy, fedavg{}, config,
+                                                linear_adapters<B>(12, 12, 2));
     return message_of<config_error>([&] { fed.run(p.clients); });
   };
   CHECK(run(breaks_at<no_factors, no_factors, no_factors, 2>{}) ==
-        "[rolora.config_error] policy 'breaks_at' round 2: trains(t) must name at least one factor, got none");
+        "[rolora.config_error] policy 'breaks_at' round 2: trains(t) must name at least one "
+        "factor, got none");
   CHECK(run(breaks_at<only_b, both_factors, no_factors, 3>{}) ==
-        "[rolora.config_error] policy 'breaks_at' round 3: shares(t) = AB must be within trains(t) = B");
+        "[rolora.config_error] policy 'breaks_at' round 3: shares(t) = AB must be within trains(t) "
+        "= B");
   CHECK(run(breaks_at<both_factors, only_a, only_a, 0>{}) ==
-        "[rolora.config_error] policy 'breaks_at' round 0: keeps_local() = A must be disjoint from shares(t) = A");
+        "[rolora.config_error] policy 'breaks_at' round 0: keeps_local() = A must be disjoint from "
+        "shares(t) = A");
   // The rounds before the broken one ran and committed; the broken one changed nothing.
-  federation<B, breaks_at<no_factors, no_factors, no_factors, 2>, fedavg> fed({}, fedavg{}, config,
-                                                                               linear_adapters<B>(12, 12, 2));
+  federation<B, breaks_at<no_factors, no_factors, no_factors, 2>, fedavg> fed(
+      {}, fedavg{}, config, linear_adapters<B>(12, 12, 2));
   fed.run_round(p.clients);
   fed.run_round(p.clients);
   const auto before = fed.global();
@@ -550,7 +597,9 @@ TEST_CASE("a policy that breaks its contract fails when the round starts, naming
 }
 
 // ---- The shipped callbacks (federated/callbacks.hpp) ----
-TEST_CASE("early_stopping stops after `patience` rounds without improvement, csv_log writes a row per round") {
+TEST_CASE(
+    "early_stopping stops after `patience` rounds without improvement, csv_log writes a row per "
+    "round") {
   using B = eigen_backend<double>;
   const adapter_set<B> none;
   early_stopping<> stop;

@@ -2,6 +2,10 @@
 // conversions, hostile files) and PEFT adapter directories (layout, key names, round trips,
 // mismatch errors); hostile input of every class (non-regular files, deep JSON, duplicate keys,
 // regex keys, numbers out of range).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -10,18 +14,13 @@
 #include <future>
 #include <limits>
 #include <random>
+#include <rolora/io/peft.hpp>
+#include <rolora/io/safetensors.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "test_support.hpp"
-
-#include <rolora/io/peft.hpp>
-#include <rolora/io/safetensors.hpp>
 
 using namespace rolora;
 using rolora::test::message_of;
@@ -36,7 +35,8 @@ class temp_dir {
   temp_dir() {
     static std::atomic<int> counter{0};
     path_ = std::filesystem::temp_directory_path() /
-            ("rolora_test_io_" + std::to_string(std::random_device{}()) + "_" + std::to_string(counter++));
+            ("rolora_test_io_" + std::to_string(std::random_device{}()) + "_" +
+             std::to_string(counter++));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
   }
@@ -87,22 +87,28 @@ std::uint32_t bits_of(float f) { return std::bit_cast<std::uint32_t>(f); }
 TEST_CASE("safetensors: the writer reproduces the reference serializer's bytes") {
   // The vectors of huggingface/safetensors tensor.rs (test_serialization,
   // test_serialization_forced_alignement, test_empty): F32 values 0..5.
-  const bytes_t values = {0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64};
+  const bytes_t values = {0, 0, 0,  0,  0, 0, 128, 63, 0, 0, 0,   64,
+                          0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64};
   const std::vector<float> v = {0, 1, 2, 3, 4, 5};
 
   SUBCASE("64-byte header: no padding needed") {
-    const auto out = serialize_safetensors({{"attn.0", make_tensor<float>(std::span<const float>(v), {1, 2, 3})}});
+    const auto out = serialize_safetensors(
+        {{"attn.0", make_tensor<float>(std::span<const float>(v), {1, 2, 3})}});
     bytes_t expected = {64, 0, 0, 0, 0, 0, 0, 0};
-    const std::string header = R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})";
+    const std::string header =
+        R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})";
     REQUIRE(header.size() == 64);
     expected.insert(expected.end(), header.begin(), header.end());
     expected.insert(expected.end(), values.begin(), values.end());
     CHECK(out == expected);
   }
   SUBCASE("65-byte header: padded with 7 spaces to 72, so the data starts 8-byte aligned") {
-    const auto out = serialize_safetensors({{"attn0", make_tensor<float>(std::span<const float>(v), {1, 1, 2, 3})}});
+    const auto out = serialize_safetensors(
+        {{"attn0", make_tensor<float>(std::span<const float>(v), {1, 1, 2, 3})}});
     bytes_t expected = {72, 0, 0, 0, 0, 0, 0, 0};
-    const std::string header = R"({"attn0":{"dtype":"F32","shape":[1,1,2,3],"data_offsets":[0,24]}})" "       ";
+    const std::string header =
+        R"({"attn0":{"dtype":"F32","shape":[1,1,2,3],"data_offsets":[0,24]}})"
+        "       ";
     REQUIRE(header.size() == 72);
     expected.insert(expected.end(), header.begin(), header.end());
     expected.insert(expected.end(), values.begin(), values.end());
@@ -110,9 +116,11 @@ TEST_CASE("safetensors: the writer reproduces the reference serializer's bytes")
     CHECK((out.size() - values.size()) % 8 == 0);
   }
   SUBCASE("no tensors, with and without metadata") {
-    CHECK(serialize_safetensors({}) == bytes_t{8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '});
+    CHECK(serialize_safetensors({}) ==
+          bytes_t{8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '});
     const auto out = serialize_safetensors({}, {{"framework", "pt"}});
-    CHECK(out == raw_file(R"({"__metadata__":{"framework":"pt"}})" "     "));
+    CHECK(out == raw_file(R"({"__metadata__":{"framework":"pt"}})"
+                          "     "));
     const auto file = parse_safetensors(out);
     CHECK(file.size() == 0);
     CHECK(file.metadata().at("framework") == "pt");
@@ -159,8 +167,9 @@ TEST_CASE("safetensors: a matrix is written row-major as torch's [rows, cols]") 
 
 TEST_CASE("safetensors: F32 and F64 round trips are bit-exact for every shape") {
   temp_dir dir;
-  const float specials[] = {-0.0f, std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(),
-                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  const float specials[] = {
+      -0.0f, std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(),
+      -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
   std::map<std::string, tensor_data> t;
   std::map<std::string, host_matrix<float>> mats;
   const std::pair<index_t, index_t> shapes[] = {{3, 7}, {7, 3}, {1, 1}, {0, 4}, {4, 0}, {16, 5}};
@@ -199,7 +208,8 @@ TEST_CASE("safetensors: F32 and F64 round trips are bit-exact for every shape") 
     const auto v = file.tensor(name);
     again[name] = {v.dtype, v.shape, bytes_t(v.bytes.begin(), v.bytes.end())};
   }
-  CHECK(serialize_safetensors(again, file.metadata()) == read_file_bytes(dir.path() / "x.safetensors"));
+  CHECK(serialize_safetensors(again, file.metadata()) ==
+        read_file_bytes(dir.path() / "x.safetensors"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,9 +220,9 @@ TEST_CASE("F16 and BF16 decode known bit patterns exactly") {
   CHECK(f16_to_float(0x3C00) == 1.0f);
   CHECK(f16_to_float(0xC100) == -2.5f);
   CHECK(f16_to_float(0x7BFF) == 65504.0f);
-  CHECK(f16_to_float(0x0400) == std::ldexp(1.0f, -14));       // smallest normal
-  CHECK(f16_to_float(0x0001) == std::ldexp(1.0f, -24));       // smallest subnormal
-  CHECK(f16_to_float(0x03FF) == std::ldexp(1023.0f, -24));    // largest subnormal
+  CHECK(f16_to_float(0x0400) == std::ldexp(1.0f, -14));     // smallest normal
+  CHECK(f16_to_float(0x0001) == std::ldexp(1.0f, -24));     // smallest subnormal
+  CHECK(f16_to_float(0x03FF) == std::ldexp(1023.0f, -24));  // largest subnormal
   CHECK(std::signbit(f16_to_float(0x8000)));
   CHECK(f16_to_float(0x8000) == 0.0f);
   CHECK(f16_to_float(0x7C00) == std::numeric_limits<float>::infinity());
@@ -222,7 +232,7 @@ TEST_CASE("F16 and BF16 decode known bit patterns exactly") {
   CHECK(bf16_to_float(0x3F80) == 1.0f);
   CHECK(bf16_to_float(0xC020) == -2.5f);
   CHECK(bf16_to_float(0x0001) == std::ldexp(1.0f, -133));
-  CHECK(bf16_to_float(0x7F7F) == std::ldexp(255.0f, 120));    // largest finite, (2 - 2^-7) 2^127
+  CHECK(bf16_to_float(0x7F7F) == std::ldexp(255.0f, 120));  // largest finite, (2 - 2^-7) 2^127
   CHECK(bf16_to_float(0xFF80) == -std::numeric_limits<float>::infinity());
   CHECK(std::isnan(bf16_to_float(0x7FC0)));
 }
@@ -239,19 +249,20 @@ TEST_CASE("F16 and BF16 encode with round-to-nearest-even") {
   CHECK(double_to_f16(65520.0) == 0x7C00);  // the halfway point to 2^16 rounds to infinity
   CHECK(double_to_f16(1e300) == 0x7C00);
   CHECK(double_to_f16(std::ldexp(1.0, -24)) == 0x0001);
-  CHECK(double_to_f16(std::ldexp(1.0, -25)) == 0x0000);            // tie with 0 -> 0
-  CHECK(double_to_f16(std::ldexp(3.0, -26)) == 0x0001);            // 1.5 * 2^-25 -> 2^-24
-  CHECK(double_to_f16(std::ldexp(3.0, -25)) == 0x0002);            // 1.5 ulp tie -> even 2
-  CHECK(double_to_f16(std::ldexp(1023.5, -24)) == 0x0400);         // subnormal carries into the normal range
+  CHECK(double_to_f16(std::ldexp(1.0, -25)) == 0x0000);  // tie with 0 -> 0
+  CHECK(double_to_f16(std::ldexp(3.0, -26)) == 0x0001);  // 1.5 * 2^-25 -> 2^-24
+  CHECK(double_to_f16(std::ldexp(3.0, -25)) == 0x0002);  // 1.5 ulp tie -> even 2
+  CHECK(double_to_f16(std::ldexp(1023.5, -24)) ==
+        0x0400);  // subnormal carries into the normal range
   CHECK(double_to_f16(1e-300) == 0x0000);
   CHECK(double_to_f16(-std::numeric_limits<double>::infinity()) == 0xFC00);
   CHECK(double_to_f16(std::numeric_limits<double>::quiet_NaN()) == 0x7E00);
   CHECK(double_to_bf16(1.0) == 0x3F80);
   CHECK(double_to_bf16(-2.5) == 0xC020);
-  CHECK(double_to_bf16(1.0 + std::ldexp(1.0, -8)) == 0x3F80);      // tie -> even
+  CHECK(double_to_bf16(1.0 + std::ldexp(1.0, -8)) == 0x3F80);  // tie -> even
   CHECK(double_to_bf16(1.0 + 3 * std::ldexp(1.0, -8)) == 0x3F82);
   CHECK(double_to_bf16(std::ldexp(1.0, -133)) == 0x0001);
-  CHECK(double_to_bf16(3.4e38) == 0x7F80);                          // past (2 - 2^-8) 2^127 -> inf
+  CHECK(double_to_bf16(3.4e38) == 0x7F80);  // past (2 - 2^-8) 2^127 -> inf
   CHECK(double_to_bf16(std::ldexp(255.0, 120)) == 0x7F7F);
   CHECK(double_to_bf16(std::numeric_limits<double>::quiet_NaN()) == 0x7FC0);
   CHECK(double_to_bf16(-std::numeric_limits<double>::quiet_NaN()) == 0xFFC0);
@@ -291,15 +302,18 @@ TEST_CASE("F16 and BF16: the encoding is the nearest value, ties to even, for ra
       const double there = double(dec(static_cast<std::uint16_t>(n)));
       if (std::isinf(there) || std::isnan(there)) continue;
       const double d = std::abs(x - there);
-      if (d < here || (d == here && (q & 1))) FAIL_CHECK(what << " of " << x << " is not the nearest-even");
+      if (d < here || (d == here && (q & 1)))
+        FAIL_CHECK(what << " of " << x << " is not the nearest-even");
     }
   };
   for (std::uint64_t k = 0; k < 20000; ++k) {
     // Values spread over the subnormal, normal and near-overflow ranges of both formats.
-    const double mag = std::ldexp(1.0 + rs.uniform(2 * k), int(std::floor(rs.uniform(2 * k + 1) * 60)) - 30);
+    const double mag =
+        std::ldexp(1.0 + rs.uniform(2 * k), int(std::floor(rs.uniform(2 * k + 1) * 60)) - 30);
     const double x = (k & 1) ? -mag : mag;
     const double small = x * std::ldexp(1.0, -10);
-    const double f16_overflow = 65520.0, bf16_overflow = std::ldexp(511.0, 119);  // (2 - 2^-8) 2^127
+    const double f16_overflow = 65520.0,
+                 bf16_overflow = std::ldexp(511.0, 119);  // (2 - 2^-8) 2^127
     check_nearest(x, double_to_f16(x), f16_to_float, f16_overflow, "F16");
     check_nearest(small, double_to_f16(small), f16_to_float, f16_overflow, "F16");
     check_nearest(x, double_to_bf16(x), bf16_to_float, bf16_overflow, "BF16");
@@ -342,56 +356,65 @@ TEST_CASE("safetensors: every kind of broken file is rejected with its own error
   CHECK(parse_error_id({1, 2, 3}) == "safetensors.truncated");
   CHECK(parse_error_id({}) == "safetensors.truncated");
   CHECK(parse_error_id(with_length(100'000'001, "{}")) == "safetensors.header_length");
-  CHECK(parse_error_id(with_length(std::numeric_limits<std::uint64_t>::max(), "{}")) == "safetensors.header_length");
+  CHECK(parse_error_id(with_length(std::numeric_limits<std::uint64_t>::max(), "{}")) ==
+        "safetensors.header_length");
   CHECK(parse_error_id(with_length(100, "{}      ")) == "safetensors.header_length");
   CHECK(parse_error_id(with_length(0, "")) == "safetensors.header_json");
   CHECK(parse_error_id(raw_file("{\"a\":")) == "safetensors.header_json");
   CHECK(parse_error_id(raw_file("{\"\xff\":1}")) == "safetensors.header_json");  // not UTF-8
   CHECK(parse_error_id(raw_file("[1, 2]")) == "safetensors.header_schema");
   CHECK(parse_error_id(raw_file(R"({"a":3})")) == "safetensors.header_schema");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1]}})", four)) == "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1]}})", four)) ==
+        "safetensors.header_schema");
   CHECK(parse_error_id(raw_file(R"({"a":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", four)) ==
         "safetensors.header_schema");
   CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":1,"data_offsets":[0,4]}})", four)) ==
         "safetensors.header_schema");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4.0]}})", four)) ==
-        "safetensors.header_schema");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4.0]}})",
+                                four)) == "safetensors.header_schema");
   CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", four)) ==
         "safetensors.header_schema");
   CHECK(parse_error_id(raw_file(R"({"__metadata__":{"k":1}})")) == "safetensors.header_schema");
   CHECK(parse_error_id(raw_file(R"({"__metadata__":[]})")) == "safetensors.header_schema");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,4]}})", four)) ==
-        "safetensors.dtype");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[-1,2],"data_offsets":[0,4]}})", four)) ==
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,4]}})",
+                                four)) == "safetensors.dtype");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[-1,2],"data_offsets":[0,4]}})",
+                                four)) == "safetensors.shape");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}})",
+                                four)) == "safetensors.shape");
+  CHECK(parse_error_id(raw_file(
+            R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})")) ==
         "safetensors.shape");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}})", four)) ==
-        "safetensors.shape");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})")) ==
-        "safetensors.shape");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})")) ==
+  CHECK(parse_error_id(raw_file(
+            R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})")) ==
         "safetensors.shape");  // 2^62 elements * 4 bytes overflows
-  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,4]}})", four)) == "safetensors.offsets");
-  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[8,0]}})", eight)) == "safetensors.offsets");
-  const auto past = message_of<value_error>(
-      [&] { parse_safetensors(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,8]}})", four)); });
+  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,4]}})", four)) ==
+        "safetensors.offsets");
+  CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[8,0]}})", eight)) ==
+        "safetensors.offsets");
+  const auto past = message_of<value_error>([&] {
+    parse_safetensors(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,8]}})", four));
+  });
   CHECK(past.find("past the end") != std::string::npos);
   CHECK(past.find("'a'") != std::string::npos);
   const bytes_t twelve(12, 0);
   CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,8]},"b":{)" + f32_2 +
-                                R"(,"data_offsets":[4,12]}})",
+                                    R"(,"data_offsets":[4,12]}})",
                                 twelve)) == "safetensors.overlap");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32",)"
-                                R"("shape":[1],"data_offsets":[8,12]}})",
-                                twelve)) == "safetensors.hole");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)) ==
-        "safetensors.hole");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight)) ==
-        "safetensors.trailing_bytes");
+  CHECK(parse_error_id(
+            raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32",)"
+                     R"("shape":[1],"data_offsets":[8,12]}})",
+                     twelve)) == "safetensors.hole");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                                eight)) == "safetensors.hole");
+  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                eight)) == "safetensors.trailing_bytes");
   CHECK(parse_error_id(raw_file("{}", four)) == "safetensors.trailing_bytes");
   CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                                 R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                                 eight)) == "safetensors.duplicate_key");
-  CHECK(parse_error_id(raw_file(R"({"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}})", four)) ==
+  CHECK(parse_error_id(raw_file(
+            R"({"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}})", four)) ==
         "safetensors.duplicate_key");
 
   // What a well-formed file may contain: zero-size tensors anywhere, header padding, F64 and
@@ -403,7 +426,8 @@ TEST_CASE("safetensors: every kind of broken file is rejected with its own error
   CHECK(ok.names() == std::vector<std::string>{"a", "e", "z"});
   CHECK(ok.expect_matrix<float>("e", 2, 0).size() == 0);
   CHECK(parse_safetensors(raw_file(R"({"__metadata__":null})")).metadata().empty());
-  const auto scalar = parse_safetensors(raw_file(R"({"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})", four));
+  const auto scalar =
+      parse_safetensors(raw_file(R"({"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})", four));
   CHECK(to_vector<double>(scalar.tensor("s")) == std::vector<double>{1.0});
 }
 
@@ -412,8 +436,10 @@ TEST_CASE("safetensors: a tensor that is not what the caller expects is a shape_
   const std::vector<std::int32_t> ints = {1, 2};
   tensor_data int_tensor{tensor_dtype::i32, {2}, bytes_t(8, 0)};
   const bytes_t cube(8 * 4, 0);
-  const auto file = parse_safetensors(serialize_safetensors(
-      {{"layer.w", make_tensor(m)}, {"ids", int_tensor}, {"cube", tensor_data{tensor_dtype::f32, {2, 2, 2}, cube}}}));
+  const auto file = parse_safetensors(
+      serialize_safetensors({{"layer.w", make_tensor(m)},
+                             {"ids", int_tensor},
+                             {"cube", tensor_data{tensor_dtype::f32, {2, 2, 2}, cube}}}));
   auto msg = message_of<shape_error>([&] { file.expect_matrix<float>("layer.w", 4, 3); });
   CHECK(msg.find("'layer.w'") != std::string::npos);
   CHECK(msg.find("[4, 3]") != std::string::npos);
@@ -429,10 +455,16 @@ TEST_CASE("safetensors: a tensor that is not what the caller expects is a shape_
   CHECK(file.expect_matrix<float>("layer.w", 3, 4) == m);
 }
 
-TEST_CASE("safetensors: writing refuses inconsistent tensors and reading a missing file is an io error") {
-  CHECK_THROWS_AS(serialize_safetensors({{"a", tensor_data{tensor_dtype::f32, {3}, bytes_t(8, 0)}}}), shape_error);
-  CHECK_THROWS_AS(serialize_safetensors({{"__metadata__", tensor_data{tensor_dtype::f32, {0}, {}}}}), config_error);
-  CHECK_THROWS_AS(serialize_safetensors({{"bad\xff", tensor_data{tensor_dtype::f32, {0}, {}}}}), value_error);
+TEST_CASE(
+    "safetensors: writing refuses inconsistent tensors and reading a missing file is an io error") {
+  CHECK_THROWS_AS(
+      serialize_safetensors({{"a", tensor_data{tensor_dtype::f32, {3}, bytes_t(8, 0)}}}),
+      shape_error);
+  CHECK_THROWS_AS(
+      serialize_safetensors({{"__metadata__", tensor_data{tensor_dtype::f32, {0}, {}}}}),
+      config_error);
+  CHECK_THROWS_AS(serialize_safetensors({{"bad\xff", tensor_data{tensor_dtype::f32, {0}, {}}}}),
+                  value_error);
   temp_dir dir;
   const auto msg = message_of<error>([&] { read_safetensors(dir.path() / "nope.safetensors"); });
   CHECK(msg.find("[rolora.io]") == 0);
@@ -457,16 +489,20 @@ lora_config peft_test_config() {
   return c;
 }
 
-const std::vector<module_shape> peft_test_modules = {{"layers.0.attention.q", 16, 8}, {"layers.0.attention.v", 12, 8}};
-const std::vector<module_shape> peft_test_saved = {{"classifier.weight", 3, 8}, {"classifier.bias", 3, 1}};
+const std::vector<module_shape> peft_test_modules = {{"layers.0.attention.q", 16, 8},
+                                                     {"layers.0.attention.v", 12, 8}};
+const std::vector<module_shape> peft_test_saved = {{"classifier.weight", 3, 8},
+                                                   {"classifier.bias", 3, 1}};
 
 template <class Backend>
 adapter_set<Backend> peft_test_set(const lora_config& c) {
   adapter_set<Backend> set(peft_test_modules, c, 21);
   std::uint32_t tag = 40;
-  for (auto& [name, a] : set) a.B = test::random_backend_matrix<Backend>(a.out_features(), a.rank(), tag++);
+  for (auto& [name, a] : set)
+    a.B = test::random_backend_matrix<Backend>(a.out_features(), a.rank(), tag++);
   for (const auto& s : peft_test_saved) {
-    set.add_module_to_save(s.name, test::random_backend_matrix<Backend>(s.out_features, s.in_features, tag++));
+    set.add_module_to_save(
+        s.name, test::random_backend_matrix<Backend>(s.out_features, s.in_features, tag++));
   }
   return set;
 }
@@ -475,7 +511,9 @@ nlohmann::json read_json(const std::filesystem::path& p) {
   std::ifstream in(p);
   return nlohmann::json::parse(in);
 }
-void write_json(const std::filesystem::path& p, const nlohmann::json& j) { std::ofstream(p) << j.dump(2); }
+void write_json(const std::filesystem::path& p, const nlohmann::json& j) {
+  std::ofstream(p) << j.dump(2);
+}
 
 }  // namespace
 
@@ -492,7 +530,8 @@ TEST_CASE("peft: directory layout, adapter_config.json fields and tensor keys") 
   save_peft_adapter(dir, set, c, o);
 
   std::set<std::string> files;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) files.insert(e.path().filename().string());
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    files.insert(e.path().filename().string());
   CHECK(files == std::set<std::string>{"adapter_config.json", "adapter_model.safetensors"});
 
   const auto cfg = read_json(dir / "adapter_config.json");
@@ -501,7 +540,8 @@ TEST_CASE("peft: directory layout, adapter_config.json fields and tensor keys") 
   CHECK(cfg["lora_alpha"].is_number_integer());
   CHECK(cfg["lora_alpha"] == 8);
   CHECK(cfg["lora_dropout"] == 0.1);
-  CHECK(cfg["target_modules"] == nlohmann::json({"encoder.layers.0.attention.q", "encoder.layers.0.attention.v"}));
+  CHECK(cfg["target_modules"] ==
+        nlohmann::json({"encoder.layers.0.attention.q", "encoder.layers.0.attention.v"}));
   CHECK(cfg["rank_pattern"] == nlohmann::json({{"encoder.layers.0.attention.v", 2}}));
   CHECK(cfg["alpha_pattern"] == nlohmann::json({{"encoder.layers.0.attention.v", 3.5}}));
   CHECK(cfg["modules_to_save"] == nlohmann::json({"encoder.classifier"}));
@@ -517,10 +557,12 @@ TEST_CASE("peft: directory layout, adapter_config.json fields and tensor keys") 
 
   const auto file = read_safetensors(dir / "adapter_model.safetensors");
   CHECK(file.metadata() == std::map<std::string, std::string>{{"format", "pt"}});
-  const std::string q = "base_model.model.encoder.layers.0.attention.q", v = "base_model.model.encoder.layers.0.attention.v";
+  const std::string q = "base_model.model.encoder.layers.0.attention.q",
+                    v = "base_model.model.encoder.layers.0.attention.v";
   CHECK(file.names() == std::vector<std::string>{"base_model.model.encoder.classifier.bias",
-                                                 "base_model.model.encoder.classifier.weight", q + ".lora_A.weight",
-                                                 q + ".lora_B.weight", v + ".lora_A.weight", v + ".lora_B.weight"});
+                                                 "base_model.model.encoder.classifier.weight",
+                                                 q + ".lora_A.weight", q + ".lora_B.weight",
+                                                 v + ".lora_A.weight", v + ".lora_B.weight"});
   auto shape = [&](const std::string& k) { return file.tensor(k).shape; };
   using s = std::vector<std::uint64_t>;
   CHECK(shape(q + ".lora_A.weight") == s{4, 8});   // [r, in]
@@ -534,8 +576,8 @@ TEST_CASE("peft: directory layout, adapter_config.json fields and tensor keys") 
   CHECK(file.expect_matrix<float>(v + ".lora_A.weight", 2, 8) == set.at("layers.0.attention.v").A);
 }
 
-TEST_CASE_TEMPLATE("peft: save -> load round trip is bit-exact and restores the configuration", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("peft: save -> load round trip is bit-exact and restores the configuration",
+                   Backend, ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   temp_dir tmp;
   for (const bool rslora : {false, true}) {
@@ -560,9 +602,11 @@ TEST_CASE_TEMPLATE("peft: save -> load round trip is bit-exact and restores the 
     CHECK(loaded.config.init_lora_weights == c.init_lora_weights);
     CHECK(loaded.config.rank_pattern == c.rank_pattern);
     CHECK(loaded.config.alpha_pattern == c.alpha_pattern);
-    for (const auto& m : peft_test_modules) CHECK(loaded.config.scaling_for(m.name) == c.scaling_for(m.name));
+    for (const auto& m : peft_test_modules)
+      CHECK(loaded.config.scaling_for(m.name) == c.scaling_for(m.name));
     // target_modules are written as the exact module paths.
-    CHECK(loaded.config.target_modules == std::vector<std::string>{"layers.0.attention.q", "layers.0.attention.v"});
+    CHECK(loaded.config.target_modules ==
+          std::vector<std::string>{"layers.0.attention.q", "layers.0.attention.v"});
     CHECK(loaded.task_type == "SEQ_CLS");
     CHECK_FALSE(loaded.base_model_name_or_path.has_value());
     // The same through the shapes of an existing set.
@@ -577,12 +621,14 @@ TEST_CASE_TEMPLATE("peft: save -> load round trip is bit-exact and restores the 
   const auto loaded = load_peft_adapter<Backend>(tmp.path() / "half", set);
   for (const auto& [name, a] : set) {
     const host_matrix<double> h = Backend::to_host(a.B).template cast<double>();
-    CHECK((Backend::to_host(loaded.adapters.at(name).B).template cast<double>() - h).cwiseAbs().maxCoeff() <=
-          std::ldexp(1.0, -11) * h.cwiseAbs().maxCoeff());
+    CHECK((Backend::to_host(loaded.adapters.at(name).B).template cast<double>() - h)
+              .cwiseAbs()
+              .maxCoeff() <= std::ldexp(1.0, -11) * h.cwiseAbs().maxCoeff());
   }
 }
 
-TEST_CASE("peft: rank_pattern keys are matched as PEFT does (suffix regex, first match in file order)") {
+TEST_CASE(
+    "peft: rank_pattern keys are matched as PEFT does (suffix regex, first match in file order)") {
   using B = eigen_backend<float>;
   temp_dir tmp;
   const lora_config c = peft_test_config();
@@ -616,20 +662,23 @@ TEST_CASE("peft: mismatches between the directory and the model are clear errors
   CHECK(msg.find("[rolora.peft.missing_key]") == 0);
   CHECK(msg.find("base_model.model.layers.1.attention.q.lora_A.weight") != std::string::npos);
 
-  msg = message_of<config_error>([&] { load_peft_adapter<B>(dir, {peft_test_modules[0]}, peft_test_saved); });
+  msg = message_of<config_error>(
+      [&] { load_peft_adapter<B>(dir, {peft_test_modules[0]}, peft_test_saved); });
   CHECK(msg.find("[rolora.peft.unexpected_key]") == 0);
   CHECK(msg.find("layers.0.attention.v.lora_A.weight") != std::string::npos);
   msg = message_of<config_error>([&] { load_peft_adapter<B>(dir, peft_test_modules); });
   CHECK(msg.find("classifier.weight") != std::string::npos);
 
   msg = message_of<shape_error>([&] {
-    load_peft_adapter<B>(dir, {{"layers.0.attention.q", 16, 9}, peft_test_modules[1]}, peft_test_saved);
+    load_peft_adapter<B>(dir, {{"layers.0.attention.q", 16, 9}, peft_test_modules[1]},
+                         peft_test_saved);
   });
   CHECK(msg.find("[rolora.peft.shape]") == 0);
   CHECK(msg.find("layers.0.attention.q") != std::string::npos);
   CHECK(msg.find("[4, 9]") != std::string::npos);
   msg = message_of<shape_error>([&] {
-    load_peft_adapter<B>(dir, peft_test_modules, {{"classifier.weight", 3, 8}, {"classifier.bias", 4, 1}});
+    load_peft_adapter<B>(dir, peft_test_modules,
+                         {{"classifier.weight", 3, 8}, {"classifier.bias", 4, 1}});
   });
   CHECK(msg.find("classifier.bias") != std::string::npos);
 
@@ -645,8 +694,14 @@ TEST_CASE("peft: mismatches between the directory and the model are clear errors
   // Configurations rolora cannot honour.
   cfg["r"] = 4;
   for (const auto& [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-           {"peft_type", "IA3"}, {"use_dora", true}, {"fan_in_fan_out", true}, {"bias", "all"},
-           {"init_lora_weights", "pissa"}, {"r", -1}, {"lora_alpha", "big"}, {"rank_pattern", nlohmann::json::array()}}) {
+           {"peft_type", "IA3"},
+           {"use_dora", true},
+           {"fan_in_fan_out", true},
+           {"bias", "all"},
+           {"init_lora_weights", "pissa"},
+           {"r", -1},
+           {"lora_alpha", "big"},
+           {"rank_pattern", nlohmann::json::array()}}) {
     CAPTURE(field);
     auto broken = cfg;
     broken[field] = value;
@@ -706,7 +761,8 @@ bool returns_within(double seconds, Read read, Unblock unblock) {
     read();
     done.set_value();
   });
-  const bool in_time = finished.wait_for(std::chrono::duration<double>(seconds)) == std::future_status::ready;
+  const bool in_time =
+      finished.wait_for(std::chrono::duration<double>(seconds)) == std::future_status::ready;
   if (!in_time) unblock();
   t.join();
   return in_time;
@@ -724,7 +780,9 @@ std::string nested(std::size_t depth) { return std::string(depth, '[') + std::st
 
 }  // namespace
 
-TEST_CASE("io: only regular files are read; a FIFO, a device or a directory is a clear error, never a hang") {
+TEST_CASE(
+    "io: only regular files are read; a FIFO, a device or a directory is a clear error, never a "
+    "hang") {
   temp_dir tmp;
   const auto fifo = tmp.path() / "fifo.safetensors";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
@@ -740,21 +798,26 @@ TEST_CASE("io: only regular files are read; a FIFO, a device or a directory is a
   CHECK(msg.find("FIFO") != std::string::npos);
   CHECK(msg.find("fifo.safetensors") != std::string::npos);
 
-  CHECK(message_of<error>([] { read_file_bytes("/dev/zero"); }).find("a character device, not a regular file") !=
-        std::string::npos);
-  CHECK(message_of<error>([&] { read_safetensors(tmp.path()); }).find("a directory, not a regular file") !=
-        std::string::npos);
+  CHECK(message_of<error>([] {
+          read_file_bytes("/dev/zero");
+        }).find("a character device, not a regular file") != std::string::npos);
+  CHECK(message_of<error>([&] {
+          read_safetensors(tmp.path());
+        }).find("a directory, not a regular file") != std::string::npos);
   std::filesystem::create_symlink("/dev/zero", tmp.path() / "zero.safetensors");
-  CHECK(message_of<error>([&] { read_safetensors(tmp.path() / "zero.safetensors"); }).find("character device") !=
-        std::string::npos);
+  CHECK(message_of<error>([&] {
+          read_safetensors(tmp.path() / "zero.safetensors");
+        }).find("character device") != std::string::npos);
 
   // The size limit: at the limit the file is read, one byte over it is refused, naming both.
-  const bytes_t small = serialize_safetensors({{"w", make_tensor(test::random_matrix<float>(2, 3, 1))}});
+  const bytes_t small =
+      serialize_safetensors({{"w", make_tensor(test::random_matrix<float>(2, 3, 1))}});
   write_file_bytes(tmp.path() / "small.safetensors", small);
   CHECK(read_safetensors(tmp.path() / "small.safetensors", small.size()).size() == 1);
-  msg = message_of<error>([&] { read_safetensors(tmp.path() / "small.safetensors", small.size() - 1); });
-  CHECK(msg.find(std::to_string(small.size()) + " bytes, more than the " + std::to_string(small.size() - 1)) !=
-        std::string::npos);
+  msg = message_of<error>(
+      [&] { read_safetensors(tmp.path() / "small.safetensors", small.size() - 1); });
+  CHECK(msg.find(std::to_string(small.size()) + " bytes, more than the " +
+                 std::to_string(small.size() - 1)) != std::string::npos);
 
   // A PEFT directory whose config is a FIFO or a directory, and a config over the caller's limit.
   using B = eigen_backend<float>;
@@ -764,7 +827,8 @@ TEST_CASE("io: only regular files are read; a FIFO, a device or a directory is a
   save_peft_adapter(dir, set, c);
   peft_options tight;
   tight.max_config_bytes = 10;
-  CHECK(message_of<error>([&] { load_peft_adapter<B>(dir, set, tight); }).find("-byte limit") != std::string::npos);
+  CHECK(message_of<error>([&] { load_peft_adapter<B>(dir, set, tight); }).find("-byte limit") !=
+        std::string::npos);
   std::filesystem::remove(dir / "adapter_config.json");
   REQUIRE(::mkfifo((dir / "adapter_config.json").c_str(), 0600) == 0);
   REQUIRE(returns_within(
@@ -776,26 +840,31 @@ TEST_CASE("io: only regular files are read; a FIFO, a device or a directory is a
   CHECK(msg.find("FIFO") != std::string::npos);
   std::filesystem::remove(dir / "adapter_config.json");
   std::filesystem::create_directory(dir / "adapter_config.json");
-  CHECK(message_of<error>([&] { load_peft_adapter<B>(dir, set); }).find("a directory") != std::string::npos);
+  CHECK(message_of<error>([&] { load_peft_adapter<B>(dir, set); }).find("a directory") !=
+        std::string::npos);
 }
 
 TEST_CASE("io: deeply nested JSON is refused before parsing, and messages quote a bounded prefix") {
   // A million levels: the header, a tensor's field, and adapter_config.json.
   CHECK(parse_error_id(raw_file(nested(1'000'000))) == "safetensors.header_json");
   const auto msg = message_of<value_error>([] {
-    parse_safetensors(raw_file(R"({"a":{"dtype":"F32","shape":)" + nested(1'000'000) + R"(,"data_offsets":[0,0]}})"));
+    parse_safetensors(raw_file(R"({"a":{"dtype":"F32","shape":)" + nested(1'000'000) +
+                               R"(,"data_offsets":[0,0]}})"));
   });
   CAPTURE(msg);
-  CHECK(msg.find("deeper than 64 levels (at byte 90)") != std::string::npos);  // the 63rd '[' of the shape
+  CHECK(msg.find("deeper than 64 levels (at byte 90)") !=
+        std::string::npos);  // the 63rd '[' of the shape
   CHECK(msg.size() < 300);
   // 64 levels are fine for the parser (the schema check then refuses them, quoting a prefix).
   const auto schema = message_of<value_error>([] {
-    parse_safetensors(raw_file(R"({"a":{"dtype":"F32","shape":[)" + nested(61) + R"(],"data_offsets":[0,0]}})"));
+    parse_safetensors(
+        raw_file(R"({"a":{"dtype":"F32","shape":[)" + nested(61) + R"(],"data_offsets":[0,0]}})"));
   });
   CHECK(schema.find("[rolora.safetensors.shape]") == 0);
   CHECK(schema.size() < 400);
   // Brackets inside strings do not count; an escaped quote does not end the string.
-  CHECK(parse_safetensors(raw_file(R"({"__metadata__":{"k":")" + std::string(1000, '[') + R"(\"{"}})"))
+  CHECK(parse_safetensors(
+            raw_file(R"({"__metadata__":{"k":")" + std::string(1000, '[') + R"(\"{"}})"))
             .metadata()
             .at("k")
             .size() == 1002);
@@ -803,7 +872,8 @@ TEST_CASE("io: deeply nested JSON is refused before parsing, and messages quote 
   // Long names and values are cut in messages.
   const std::string long_name(1'000'000, 'n');
   const auto cut = message_of<value_error>([&] {
-    parse_safetensors(raw_file(R"({")" + long_name + R"(":{"dtype":")" + long_name + R"(","shape":[1],"data_offsets":[0,4]}})",
+    parse_safetensors(raw_file(R"({")" + long_name + R"(":{"dtype":")" + long_name +
+                                   R"(","shape":[1],"data_offsets":[0,4]}})",
                                {0, 0, 0, 0}));
   });
   CHECK(cut.find("[rolora.safetensors.dtype]") == 0);
@@ -814,9 +884,14 @@ TEST_CASE("io: deeply nested JSON is refused before parsing, and messages quote 
   const lora_config c = peft_test_config();
   save_peft_adapter(tmp.path(), peft_test_set<B>(c), c);
   auto peft = peft_load_error(tmp.path(), R"({"peft_type":"LORA","r":)" + nested(1'000'000) + "}");
-  CHECK(peft.find("[rolora.peft.config] adapter_config.json: arrays and objects nest deeper than 64") == 0);
-  peft = peft_load_error(tmp.path(), R"({"peft_type":"LORA","target_modules":")" + std::string(1'000'000, 'x') + R"(",)"
-                                     R"("bias":[")" + std::string(1'000'000, 'y') + R"("]})");
+  CHECK(peft.find(
+            "[rolora.peft.config] adapter_config.json: arrays and objects nest deeper than 64") ==
+        0);
+  peft = peft_load_error(tmp.path(), R"({"peft_type":"LORA","target_modules":")" +
+                                         std::string(1'000'000, 'x') +
+                                         R"(",)"
+                                         R"("bias":[")" +
+                                         std::string(1'000'000, 'y') + R"("]})");
   CHECK(peft.find("bias") != std::string::npos);
   CHECK(peft.size() < 400);
 }
@@ -841,7 +916,8 @@ TEST_CASE("peft: rank_pattern / alpha_pattern keys are checked before a regex en
   save_peft_adapter(tmp.path(), set, c);
   const std::string head = R"({"peft_type":"LORA","r":4,"lora_alpha":8,)";
   const auto pattern_error = [&](const std::string& field, const std::string& key) {
-    return peft_load_error(tmp.path(), head + "\"" + field + "\":" + nlohmann::json{{key, 2}}.dump() + "}");
+    return peft_load_error(tmp.path(),
+                           head + "\"" + field + "\":" + nlohmann::json{{key, 2}}.dump() + "}");
   };
   struct refused {
     std::string key, why;
@@ -864,15 +940,17 @@ TEST_CASE("peft: rank_pattern / alpha_pattern keys are checked before a regex en
     CAPTURE(key.substr(0, 40));
     for (const char* field : {"rank_pattern", "alpha_pattern"}) {
       const auto msg = pattern_error(field, key);
-      CHECK(msg.find("[rolora.peft.pattern] adapter_config.json: " + std::string(field) + " key '") == 0);
+      CHECK(msg.find("[rolora.peft.pattern] adapter_config.json: " + std::string(field) +
+                     " key '") == 0);
       CHECK(msg.find(why) != std::string::npos);
       CHECK(msg.size() < 300);
     }
   }
   // What real configs hold still works: suffix paths, classes, (?:...), \d, one bounded count,
   // and a nested quantifier, which the polynomial-time engine runs without backtracking blow-up.
-  for (const std::string key : {"attention\\.v", "layers\\.\\d+\\.attention\\.[v]", "(?:attention)\\.v",
-                                "layers.{1,3}attention.v", "(l|a|y|e|r|s|\\.|\\d|t|n|i|o)*v", "(.*)*v"}) {
+  for (const std::string key :
+       {"attention\\.v", "layers\\.\\d+\\.attention\\.[v]", "(?:attention)\\.v",
+        "layers.{1,3}attention.v", "(l|a|y|e|r|s|\\.|\\d|t|n|i|o)*v", "(.*)*v"}) {
     CAPTURE(key);
     std::ofstream(tmp.path() / "adapter_config.json", std::ios::trunc)
         << head + R"("rank_pattern":)" + nlohmann::json{{key, 2}}.dump() + R"(,"alpha_pattern":)" +
@@ -903,10 +981,13 @@ TEST_CASE("peft: every numeric field is range-checked, naming the field, the val
            {R"("r":4.5})", "r", "4.5", "[1, 1073741824]"},
            {R"("r":2147483648})", "r", "2147483648", "[1, 1073741824]"},
            {R"("r":9})", "r", "= 9", "[1, 8] for module 'layers.0.attention.q' of shape [16, 8]"},
-           {R"("r":4,"rank_pattern":{"attention\\.v":100}})", "rank_pattern['layers.0.attention.v']", "= 100",
+           {R"("r":4,"rank_pattern":{"attention\\.v":100}})",
+            "rank_pattern['layers.0.attention.v']", "= 100",
             "[1, 8] for module 'layers.0.attention.v' of shape [12, 8]"},
-           {R"("r":4,"rank_pattern":{"v":-2}})", "rank_pattern['layers.0.attention.v']", "-2", "[1, 1073741824]"},
-           {R"("r":4,"alpha_pattern":{"v":-3.5}})", "alpha_pattern['layers.0.attention.v']", "-3.5", "(0, 1000000]"},
+           {R"("r":4,"rank_pattern":{"v":-2}})", "rank_pattern['layers.0.attention.v']", "-2",
+            "[1, 1073741824]"},
+           {R"("r":4,"alpha_pattern":{"v":-3.5}})", "alpha_pattern['layers.0.attention.v']", "-3.5",
+            "(0, 1000000]"},
            {R"("lora_dropout":1.5})", "lora_dropout", "1.5", "[0, 1)"},
            {R"("lora_dropout":-0.1})", "lora_dropout", "-0.1", "[0, 1)"}}) {
     CAPTURE(config);

@@ -2,7 +2,6 @@
 // padding invariance, merged vs unmerged LoRA, target_modules selection, weights I/O and errors.
 #include <algorithm>
 #include <functional>
-
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/nn/transformer.hpp>
 
@@ -68,7 +67,8 @@ transformer_weights<Backend> random_weights(const transformer_config& c, std::ui
   transformer_weights<Backend> w(c, 7);
   for (std::size_t p = 0; p < w.size(); ++p) {
     host_matrix<double> h = rnd(w.rows(p), w.cols(p), tag + std::uint32_t(p), 0.4);
-    if (w.name(p).find("ln") != std::string::npos && w.name(p).ends_with(".weight")) h.array() += 1.0;
+    if (w.name(p).find("ln") != std::string::npos && w.name(p).ends_with(".weight"))
+      h.array() += 1.0;
     w.assign(w.name(p), h.cast<typename Backend::scalar>());
   }
   return w;
@@ -78,14 +78,16 @@ token_batch tiny_batch() { return {5, {3, 4, 5, 0, 0, 7, 8, 9, 10, 2}}; }
 const std::vector<std::int32_t> tiny_labels{1, 2};
 
 template <class Backend>
-adapter_set<Backend> random_adapters(const transformer_config& c, const std::vector<std::string>& targets,
+adapter_set<Backend> random_adapters(const transformer_config& c,
+                                     const std::vector<std::string>& targets,
                                      const std::vector<index_t>& layers = {}) {
   lora_config lc;
   lc.r = 2;
   lc.lora_alpha = 3;
   adapter_set<Backend> a(lora_target_modules(c, targets, layers), lc, 5);
   std::uint32_t tag = 300;
-  for (auto& [name, l] : a) l.B = test::random_backend_matrix<Backend>(l.out_features(), l.rank(), tag++, 0.5);
+  for (auto& [name, l] : a)
+    l.B = test::random_backend_matrix<Backend>(l.out_features(), l.rank(), tag++, 0.5);
   return a;
 }
 
@@ -106,7 +108,8 @@ TEST_CASE("layer norm: forward normalises each column, backward matches finite d
     const double mean = x.col(j).mean();
     const double var = (x.col(j).array() - mean).square().mean();
     for (index_t i = 0; i < d; ++i) {
-      CHECK(y(i, j) == doctest::Approx(gamma(i) * (x(i, j) - mean) / std::sqrt(var + eps) + beta(i)).epsilon(1e-12));
+      CHECK(y(i, j) == doctest::Approx(gamma(i) * (x(i, j) - mean) / std::sqrt(var + eps) + beta(i))
+                           .epsilon(1e-12));
     }
   }
   mat dx, dgamma, dbeta;
@@ -125,7 +128,8 @@ TEST_CASE("layer norm: forward normalises each column, backward matches finite d
   CHECK((acc - dx - mat::Ones(d, n)).cwiseAbs().maxCoeff() < 1e-14);
 }
 
-TEST_CASE_TEMPLATE("GELU is the erf form, its derivative matches finite differences", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("GELU is the erf form, its derivative matches finite differences", Backend,
+                   ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   host_matrix<T> x(1, 7);
   x << T(-4), T(-1.5), T(-0.3), T(0), T(0.2), T(1), T(3);
@@ -134,7 +138,8 @@ TEST_CASE_TEMPLATE("GELU is the erf form, its derivative matches finite differen
   const auto hy = Backend::to_host(y);
   for (index_t i = 0; i < x.cols(); ++i) {
     const double v = double(x(0, i));
-    CHECK(double(hy(0, i)) == doctest::Approx(0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))).epsilon(1e-6));
+    CHECK(double(hy(0, i)) ==
+          doctest::Approx(0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))).epsilon(1e-6));
   }
   if constexpr (std::is_same_v<T, double>) {
     mat xm = x, ones = mat::Ones(1, 7), dxm;
@@ -198,7 +203,9 @@ TEST_CASE("masked attention: PAD keys get probability 0, gradients match finite 
   {
     const index_t s = 1, h = 1, j = 2, dh = 3;
     Eigen::VectorXd sc(len);
-    for (index_t i = 0; i < len; ++i) sc(i) = scale * k.col(s * len + i).segment(h * dh, dh).dot(q.col(s * len + j).segment(h * dh, dh));
+    for (index_t i = 0; i < len; ++i)
+      sc(i) = scale *
+              k.col(s * len + i).segment(h * dh, dh).dot(q.col(s * len + j).segment(h * dh, dh));
     Eigen::VectorXd e = (sc.array() - sc.maxCoeff()).exp() * valid.col(s).array();
     e /= e.sum();
     const Eigen::VectorXd c = v.block(h * dh, s * len, dh, len) * e;
@@ -224,7 +231,8 @@ TEST_CASE("masked attention: PAD keys get probability 0, gradients match finite 
 TEST_CASE("linear with LoRA and GELU MLP: dW, db, dA, dB, dx match finite differences") {
   using namespace rolora::detail::nn;
   const index_t d = 5, dff = 7, n = 6, r = 2;
-  mat x = rnd(d, n, 12), w1 = rnd(dff, d, 13), b1 = rnd(dff, 1, 14), w2 = rnd(d, dff, 15), b2 = rnd(d, 1, 16);
+  mat x = rnd(d, n, 12), w1 = rnd(dff, d, 13), b1 = rnd(dff, 1, 14), w2 = rnd(d, dff, 15),
+      b2 = rnd(d, 1, 16);
   lora_adapter<DB> l1{rnd(r, d, 17), rnd(dff, r, 18), 1.5};
   const mat rr = rnd(d, n, 19);
   mat dw1, db1, dw2, db2;
@@ -268,7 +276,8 @@ TEST_CASE("pooling + cross-entropy: mean and first-token pooling, ignored target
       mat pooled, logits, dlogits, dpooled;
       DP::weighted_pool(h, *w, pooled);
       logits.noalias() = wc * pooled;
-      const double loss = DP::softmax_cross_entropy(logits, labels, 0.5, dh ? &dlogits : nullptr) / 2;
+      const double loss =
+          DP::softmax_cross_entropy(logits, labels, 0.5, dh ? &dlogits : nullptr) / 2;
       if (dh) {
         dpooled.noalias() = wc.transpose() * dlogits;
         DP::weighted_pool_backward(dpooled, *w, *dh);
@@ -287,20 +296,25 @@ TEST_CASE("pooling + cross-entropy: mean and first-token pooling, ignored target
   mat z = rnd(classes, 3, 22), dz;
   const std::vector<std::int32_t> t{1, -1, 0};
   const double loss = DP::softmax_cross_entropy(z, t, 1.0, &dz);
-  const auto nll = [&](index_t j, index_t c) { return std::log(z.col(j).array().exp().sum()) - z(c, j); };
+  const auto nll = [&](index_t j, index_t c) {
+    return std::log(z.col(j).array().exp().sum()) - z(c, j);
+  };
   CHECK(loss == doctest::Approx(nll(0, 1) + nll(2, 0)).epsilon(1e-13));
   CHECK(dz.col(1).cwiseAbs().maxCoeff() == 0.0);
-  CHECK(relative_fd_error(z, dz, [&] { return DP::softmax_cross_entropy(z, t, 1.0, nullptr); }) < fd_tolerance);
+  CHECK(relative_fd_error(z, dz, [&] { return DP::softmax_cross_entropy(z, t, 1.0, nullptr); }) <
+        fd_tolerance);
   mat p = z;
   DP::softmax_columns(p);
-  CHECK(p(1, 0) == doctest::Approx(std::exp(z(1, 0)) / z.col(0).array().exp().sum()).epsilon(1e-13));
+  CHECK(p(1, 0) ==
+        doctest::Approx(std::exp(z(1, 0)) / z.col(0).array().exp().sum()).epsilon(1e-13));
 }
 
 // ---------------------------------------------------------------------------------------------
 // The whole model
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("LoRA fine-tuning: adapter factors and modules_to_save gradients match finite differences") {
+TEST_CASE(
+    "LoRA fine-tuning: adapter factors and modules_to_save gradients match finite differences") {
   for (const pooling pool : {pooling::mean, pooling::first}) {
     CAPTURE(int(pool));
     const auto c = tiny_config(pool);
@@ -311,7 +325,8 @@ TEST_CASE("LoRA fine-tuning: adapter factors and modules_to_save gradients match
     const auto batch = tiny_batch();
     transformer_workspace<DB> ws;
     gradient_set<DB> grads;
-    const double loss = classification_loss_and_grad(w, adapters, batch, tiny_labels, both_factors, grads, ws);
+    const double loss =
+        classification_loss_and_grad(w, adapters, batch, tiny_labels, both_factors, grads, ws);
     const auto f = [&] { return classification_loss(w, adapters, batch, tiny_labels, ws); };
     CHECK(loss == doctest::Approx(f()).epsilon(1e-14));
     // Only the adapters and the modules to save get gradients; base weights have no buffers.
@@ -329,7 +344,9 @@ TEST_CASE("LoRA fine-tuning: adapter factors and modules_to_save gradients match
   }
 }
 
-TEST_CASE("LoRA on some layers and modules: only the factors asked for, right even when backward stops early") {
+TEST_CASE(
+    "LoRA on some layers and modules: only the factors asked for, right even when backward stops "
+    "early") {
   const auto c = tiny_config();
   const auto w = random_weights<DB>(c);
   auto adapters = random_adapters<DB>(c, {"v", "fc1"}, {1});
@@ -346,7 +363,8 @@ TEST_CASE("LoRA on some layers and modules: only the factors asked for, right ev
   }
   // Head frozen (not in modules_to_save) and no factor trained: no gradient at all.
   gradient_set<DB> none;
-  const double l0 = classification_loss_and_grad(w, adapters, batch, tiny_labels, no_factors, none, ws);
+  const double l0 =
+      classification_loss_and_grad(w, adapters, batch, tiny_labels, no_factors, none, ws);
   CHECK(l0 == doctest::Approx(f()).epsilon(1e-14));
   CHECK(none.adapters.empty());
   CHECK(none.modules_to_save.empty());
@@ -362,7 +380,8 @@ TEST_CASE("full-parameter gradients (classification and MLM) match finite differ
     transformer_workspace<DB> ws;
     auto grads = w.zeros_like();
     const auto f = [&] {
-      return mlm ? mlm_loss(w, batch, targets, ws) : classification_loss(w, adapter_set<DB>{}, batch, tiny_labels, ws);
+      return mlm ? mlm_loss(w, batch, targets, ws)
+                 : classification_loss(w, adapter_set<DB>{}, batch, tiny_labels, ws);
     };
     // Twice, so that stale gradients from a previous step would show.
     for (int rep = 0; rep < 2; ++rep) {
@@ -380,7 +399,8 @@ TEST_CASE("full-parameter gradients (classification and MLM) match finite differ
       if (w.name(p).ends_with("attention.k.bias")) {
         // Softmax does not see a shift common to all keys' scores: the exact gradient is 0.
         CHECK(grads.value(p).cwiseAbs().maxCoeff() < 1e-14);
-        for (index_t i = 0; i < w.value(p).size(); ++i) CHECK(std::abs(central_difference(f, w.value(p).data()[i])) < 1e-9);
+        for (index_t i = 0; i < w.value(p).size(); ++i)
+          CHECK(std::abs(central_difference(f, w.value(p).data()[i])) < 1e-9);
         continue;
       }
       CHECK(relative_fd_error(w.value(p), grads.value(p), f) < fd_tolerance);
@@ -388,17 +408,20 @@ TEST_CASE("full-parameter gradients (classification and MLM) match finite differ
   }
 }
 
-TEST_CASE_TEMPLATE("padding invariance: appending PAD tokens leaves the logits unchanged", Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("padding invariance: appending PAD tokens leaves the logits unchanged", Backend,
+                   ROLORA_TEST_BACKENDS) {
   for (const pooling pool : {pooling::mean, pooling::first}) {
     auto c = tiny_config(pool);
     c.max_len = 9;
     const auto w = random_weights<Backend>(c);
     const auto adapters = random_adapters<Backend>(c, {"q", "k", "v", "o", "fc1", "fc2"});
     transformer_workspace<Backend> ws;
-    const auto short_logits = Backend::to_host(classification_logits(w, adapters, tiny_batch(), ws));
+    const auto short_logits =
+        Backend::to_host(classification_logits(w, adapters, tiny_batch(), ws));
     const token_batch padded{9, {3, 4, 5, 0, 0, 0, 0, 0, 0, 7, 8, 9, 10, 2, 0, 0, 0, 0}};
     const auto long_logits = Backend::to_host(classification_logits(w, adapters, padded, ws));
-    CHECK((short_logits - long_logits).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
+    CHECK((short_logits - long_logits).cwiseAbs().maxCoeff() <
+          100 * test::rounding_tolerance<Backend>());
     CHECK(short_logits.cwiseAbs().maxCoeff() > 1e-3);
   }
 }
@@ -412,7 +435,8 @@ TEST_CASE_TEMPLATE("merged and unmerged LoRA give the same logits", Backend, ROL
   const auto unmerged = Backend::to_host(classification_logits(w, adapters, batch, ws));
   auto merged_w = w;
   for (const auto& [name, l] : adapters) merge_into_base(merged_w.at(name + ".weight"), l);
-  const auto merged = Backend::to_host(classification_logits(merged_w, adapter_set<Backend>{}, batch, ws));
+  const auto merged =
+      Backend::to_host(classification_logits(merged_w, adapter_set<Backend>{}, batch, ws));
   const auto base = Backend::to_host(classification_logits(w, adapter_set<Backend>{}, batch, ws));
   CHECK((unmerged - merged).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
   CHECK((unmerged - base).cwiseAbs().maxCoeff() > 1e-3);  // the adapters do change the model
@@ -429,12 +453,14 @@ TEST_CASE_TEMPLATE("merged and unmerged LoRA give the same logits", Backend, ROL
   auto with_residual = adapters;
   std::uint32_t tag = 700;
   for (auto& [name, l] : with_residual) {
-    l.residual = test::random_backend_matrix<Backend>(l.out_features(), l.in_features(), tag++, 0.3);
+    l.residual =
+        test::random_backend_matrix<Backend>(l.out_features(), l.in_features(), tag++, 0.3);
   }
   auto merged_r = w;
   for (const auto& [name, l] : with_residual) merge_into_base(merged_r.at(name + ".weight"), l);
   const auto a = Backend::to_host(classification_logits(w, with_residual, batch, ws));
-  const auto b = Backend::to_host(classification_logits(merged_r, adapter_set<Backend>{}, batch, ws));
+  const auto b =
+      Backend::to_host(classification_logits(merged_r, adapter_set<Backend>{}, batch, ws));
   CHECK((a - b).cwiseAbs().maxCoeff() < 100 * test::rounding_tolerance<Backend>());
   CHECK((a - unmerged).cwiseAbs().maxCoeff() > 1e-3);
   with_residual.begin()->second.residual = Backend::zeros(1, 1);
@@ -446,14 +472,16 @@ TEST_CASE("the residual's gradient path: dA, dB and the head match finite differ
   const auto w = random_weights<DB>(c);
   auto adapters = random_adapters<DB>(c, {"all-linear"});
   std::uint32_t tag = 800;
-  for (auto& [name, l] : adapters) l.residual = test::random_backend_matrix<DB>(l.out_features(), l.in_features(), tag++, 0.3);
+  for (auto& [name, l] : adapters)
+    l.residual = test::random_backend_matrix<DB>(l.out_features(), l.in_features(), tag++, 0.3);
   transformer_workspace<DB> ws;
   const auto batch = tiny_batch();
   const std::vector<std::int32_t> labels{0, 2};
   gradient_set<DB> grads;
   classification_loss_and_grad(w, adapters, batch, labels, both_factors, grads, ws);
   auto loss = [&] { return classification_loss(w, adapters, batch, labels, ws); };
-  for (auto& [name, l] : adapters) {  // the lowest layer's gradients pass through every residual above
+  for (auto& [name, l] :
+       adapters) {  // the lowest layer's gradients pass through every residual above
     CHECK(relative_fd_error(l.A, grads[name].dA, loss) < fd_tolerance);
     CHECK(relative_fd_error(l.B, grads[name].dB, loss) < fd_tolerance);
   }
@@ -503,12 +531,15 @@ TEST_CASE("target_modules and layers_to_transform select modules like PEFT") {
   auto msg = message_of<config_error>([&] { lora_target_modules(c, {"q", "query"}); });
   CHECK(msg.find("'query'") != std::string::npos);
   CHECK(msg.find("fc1") != std::string::npos);
-  CHECK(message_of<config_error>([&] { lora_target_modules(c, {"q"}, {3}); }).find("0..2") != std::string::npos);
+  CHECK(message_of<config_error>([&] { lora_target_modules(c, {"q"}, {3}); }).find("0..2") !=
+        std::string::npos);
   CHECK_THROWS_AS(lora_target_modules(c, {}), config_error);
-  CHECK_THROWS_AS(lora_target_modules(c, {"attention"}), config_error);  // not a whole suffix of a linear
+  CHECK_THROWS_AS(lora_target_modules(c, {"attention"}),
+                  config_error);  // not a whole suffix of a linear
 }
 
-TEST_CASE("weights: HF-like names, deterministic BERT-style init, host-map round trip, shape errors") {
+TEST_CASE(
+    "weights: HF-like names, deterministic BERT-style init, host-map round trip, shape errors") {
   transformer_config c = tiny_config();
   c.vocab_size = 300;
   c.d_model = 64;
@@ -528,11 +559,14 @@ TEST_CASE("weights: HF-like names, deterministic BERT-style init, host-map round
   CHECK(!(e.array() == other.at("embeddings.word_embeddings.weight").array()).all());
   // float weights are the double draws rounded.
   const transformer_weights<eigen_backend<float>> wf(c, 42);
-  CHECK((wf.at("layers.0.attention.q.weight").array() == w.at("layers.0.attention.q.weight").cast<float>().array()).all());
+  CHECK((wf.at("layers.0.attention.q.weight").array() ==
+         w.at("layers.0.attention.q.weight").cast<float>().array())
+            .all());
 
   auto map = w.to_host_map();
   const auto back = transformer_weights<DB>::from_host_map(c, map);
-  for (std::size_t p = 0; p < w.size(); ++p) CHECK((back.value(p).array() == w.value(p).array()).all());
+  for (std::size_t p = 0; p < w.size(); ++p)
+    CHECK((back.value(p).array() == w.value(p).array()).all());
   auto bad = map;
   bad["layers.0.attention.q.weight"] = mat::Zero(64, 63);
   auto msg = message_of<shape_error>([&] { transformer_weights<DB>::from_host_map(c, bad); });
@@ -541,16 +575,22 @@ TEST_CASE("weights: HF-like names, deterministic BERT-style init, host-map round
   CHECK(msg.find("[64, 63]") != std::string::npos);
   bad = map;
   bad.erase("final_ln.bias");
-  CHECK(message_of<config_error>([&] { transformer_weights<DB>::from_host_map(c, bad); }).find("missing tensor 'final_ln.bias'") != std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          transformer_weights<DB>::from_host_map(c, bad);
+        }).find("missing tensor 'final_ln.bias'") != std::string::npos);
   bad = map;
   bad["pooler.weight"] = mat::Zero(1, 1);
-  CHECK(message_of<config_error>([&] { transformer_weights<DB>::from_host_map(c, bad); }).find("pooler.weight") != std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          transformer_weights<DB>::from_host_map(c, bad);
+        }).find("pooler.weight") != std::string::npos);
   auto w2 = w;
   CHECK_THROWS_AS(w2.assign("classifier.bias", mat::Zero(4, 1)), shape_error);
   CHECK((w2.at("classifier.bias").array() == w.at("classifier.bias").array()).all());
   auto bad_config = c;
   bad_config.n_heads = 5;
-  CHECK(message_of<config_error>([&] { transformer_weights<DB>(bad_config, 1); }).find("multiple of n_heads") != std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          transformer_weights<DB>(bad_config, 1);
+        }).find("multiple of n_heads") != std::string::npos);
 }
 
 TEST_CASE("bad batches, labels, adapters and modules to save are refused with a clear message") {
@@ -559,34 +599,49 @@ TEST_CASE("bad batches, labels, adapters and modules to save are refused with a 
   transformer_workspace<DB> ws;
   gradient_set<DB> g;
   const adapter_set<DB> none;
-  CHECK(message_of<shape_error>([&] { classification_loss(w, none, token_batch{7, std::vector<std::int32_t>(7, 1)}, std::vector<std::int32_t>{0}, ws); })
-            .find("max_len = 6") != std::string::npos);
-  CHECK_THROWS_AS(classification_loss(w, none, token_batch{5, std::vector<std::int32_t>(7, 1)}, tiny_labels, ws), shape_error);
-  CHECK(message_of<value_error>([&] { classification_loss(w, none, token_batch{5, {1, 2, 3, 4, 11, 1, 2, 3, 4, 5}}, tiny_labels, ws); })
-            .find("id 11") != std::string::npos);
-  CHECK_THROWS_AS(classification_loss(w, none, tiny_batch(), std::vector<std::int32_t>{1}, ws), shape_error);
-  CHECK_THROWS_AS(classification_loss(w, none, tiny_batch(), std::vector<std::int32_t>{1, 3}, ws), value_error);
+  CHECK(message_of<shape_error>([&] {
+          classification_loss(w, none, token_batch{7, std::vector<std::int32_t>(7, 1)},
+                              std::vector<std::int32_t>{0}, ws);
+        }).find("max_len = 6") != std::string::npos);
+  CHECK_THROWS_AS(classification_loss(w, none, token_batch{5, std::vector<std::int32_t>(7, 1)},
+                                      tiny_labels, ws),
+                  shape_error);
+  CHECK(message_of<value_error>([&] {
+          classification_loss(w, none, token_batch{5, {1, 2, 3, 4, 11, 1, 2, 3, 4, 5}}, tiny_labels,
+                              ws);
+        }).find("id 11") != std::string::npos);
+  CHECK_THROWS_AS(classification_loss(w, none, tiny_batch(), std::vector<std::int32_t>{1}, ws),
+                  shape_error);
+  CHECK_THROWS_AS(classification_loss(w, none, tiny_batch(), std::vector<std::int32_t>{1, 3}, ws),
+                  value_error);
   CHECK_THROWS_AS(mlm_loss(w, tiny_batch(), std::vector<std::int32_t>(10, -2), ws), value_error);
 
   adapter_set<DB> wrong;
-  wrong.insert("layers.0.mlp.fc1", make_lora<DB>("x", 6, 8, 2, 1.0, lora_init::gaussian, 1));  // [out, in] swapped
-  auto msg = message_of<shape_error>([&] { classification_loss_and_grad(w, wrong, tiny_batch(), tiny_labels, only_b, g, ws); });
+  wrong.insert("layers.0.mlp.fc1",
+               make_lora<DB>("x", 6, 8, 2, 1.0, lora_init::gaussian, 1));  // [out, in] swapped
+  auto msg = message_of<shape_error>(
+      [&] { classification_loss_and_grad(w, wrong, tiny_batch(), tiny_labels, only_b, g, ws); });
   CHECK(msg.find("[8, 6]") != std::string::npos);
   CHECK(g.adapters.empty());
   adapter_set<DB> unknown;
   unknown.insert("layers.0.ln1", make_lora<DB>("x", 6, 6, 2, 1.0, lora_init::gaussian, 1));
-  CHECK(message_of<config_error>([&] { classification_loss(w, unknown, tiny_batch(), tiny_labels, ws); }).find("not a linear module") != std::string::npos);
+  CHECK(message_of<config_error>([&] {
+          classification_loss(w, unknown, tiny_batch(), tiny_labels, ws);
+        }).find("not a linear module") != std::string::npos);
   adapter_set<DB> saved;
   saved.add_module_to_save("classifier.weight", mat::Zero(2, 6));
   CHECK_THROWS_AS(classification_loss(w, saved, tiny_batch(), tiny_labels, ws), shape_error);
   adapter_set<DB> saved_unknown;
   saved_unknown.add_module_to_save("head.weight", mat::Zero(3, 6));
-  CHECK_THROWS_AS(classification_loss(w, saved_unknown, tiny_batch(), tiny_labels, ws), config_error);
+  CHECK_THROWS_AS(classification_loss(w, saved_unknown, tiny_batch(), tiny_labels, ws),
+                  config_error);
   auto grads = w.zeros_like();
   transformer_config bigger = c;
   bigger.d_ff = 9;
   auto wrong_grads = transformer_weights<DB>(bigger, 1).zeros_like();
-  CHECK_THROWS_AS(mlm_loss_and_grad(w, tiny_batch(), std::vector<std::int32_t>(10, -1), wrong_grads, ws), shape_error);
+  CHECK_THROWS_AS(
+      mlm_loss_and_grad(w, tiny_batch(), std::vector<std::int32_t>(10, -1), wrong_grads, ws),
+      shape_error);
   // No masked position: loss 0 and zero gradients.
   CHECK(mlm_loss_and_grad(w, tiny_batch(), std::vector<std::int32_t>(10, -1), grads, ws) == 0.0);
   CHECK(grads.at("layers.0.mlp.fc1.weight").cwiseAbs().maxCoeff() == 0.0);
@@ -598,7 +653,8 @@ namespace {
 // Sequences whose class is the residue of their second token mod 3, the rest random tokens and
 // random PAD tails: a task the head and adapters can learn over frozen random features.
 template <class Backend>
-labelled_sequences synthetic_sequences(const transformer_config& c, std::size_t n, std::uint32_t tag) {
+labelled_sequences synthetic_sequences(const transformer_config& c, std::size_t n,
+                                       std::uint32_t tag) {
   const random_stream rs(99, stream::data, tag, 0);
   labelled_sequences d;
   d.tokens.seq_len = c.max_len;
@@ -606,8 +662,9 @@ labelled_sequences synthetic_sequences(const transformer_config& c, std::size_t 
   for (std::size_t s = 0; s < n; ++s) {
     const auto length = 2 + rs.below(k++, std::uint64_t(c.max_len - 1));
     for (index_t j = 0; j < c.max_len; ++j) {
-      d.tokens.ids.push_back(std::uint64_t(j) < length ? std::int32_t(1 + rs.below(k++, std::uint64_t(c.vocab_size - 1)))
-                                                       : c.pad_id);
+      d.tokens.ids.push_back(std::uint64_t(j) < length
+                                 ? std::int32_t(1 + rs.below(k++, std::uint64_t(c.vocab_size - 1)))
+                                 : c.pad_id);
     }
     d.labels.push_back(d.tokens.ids[s * std::size_t(c.max_len) + 1] % 3);
   }
@@ -615,8 +672,10 @@ labelled_sequences synthetic_sequences(const transformer_config& c, std::size_t 
 }
 }  // namespace
 
-TEST_CASE_TEMPLATE("federated fine-tuning of the transformer: test loss falls, exactly aggregated, same bits for any thread count",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "federated fine-tuning of the transformer: test loss falls, exactly aggregated, same bits for "
+    "any thread count",
+    Backend, ROLORA_TEST_BACKENDS) {
   auto c = tiny_config();
   c.d_model = 16;
   c.n_heads = 2;
@@ -631,7 +690,8 @@ TEST_CASE_TEMPLATE("federated fine-tuning of the transformer: test loss falls, e
   initial.add_module_to_save("classifier.weight", model.at("classifier.weight"));
   initial.add_module_to_save("classifier.bias", model.at("classifier.bias"));
   std::vector<classification_task<Backend>> tasks;
-  for (std::uint32_t i = 0; i < 4; ++i) tasks.emplace_back(model, synthetic_sequences<Backend>(c, 48, i));
+  for (std::uint32_t i = 0; i < 4; ++i)
+    tasks.emplace_back(model, synthetic_sequences<Backend>(c, 48, i));
   const auto test_set = synthetic_sequences<Backend>(c, 200, 77);
 
   federation_config fc;
@@ -643,15 +703,17 @@ TEST_CASE_TEMPLATE("federated fine-tuning of the transformer: test loss falls, e
     fc.threads = threads;
     federation<Backend, alternating> fed(alternating{}, fedavg{}, fc, initial);
     double worst_error = 0;
-    for (const auto& r : fed.run(tasks)) worst_error = std::max(worst_error, r.relative_aggregation_error);
+    for (const auto& r : fed.run(tasks))
+      worst_error = std::max(worst_error, r.relative_aggregation_error);
     CHECK(worst_error < 100 * test::rounding_tolerance<Backend>());  // RoLoRA: exact every round
     return fed.global();
   };
   const auto one = run(1), two = run(2);
   CHECK(test::bit_equal(one, two));
-  const auto before = evaluate(model, initial, test_set, 1), after = evaluate(model, one, test_set, 3);
-  MESSAGE("test loss " << before.loss << " -> " << after.loss << ", accuracy " << before.accuracy << " -> "
-                       << after.accuracy);
+  const auto before = evaluate(model, initial, test_set, 1),
+             after = evaluate(model, one, test_set, 3);
+  MESSAGE("test loss " << before.loss << " -> " << after.loss << ", accuracy " << before.accuracy
+                       << " -> " << after.accuracy);
   CHECK(after.loss < 0.5 * before.loss);  // measured: 1.105 -> 0.32 (float), 0.20 (double)
   CHECK(after.accuracy > 0.7);            // from 0.295; measured 0.88 (float), 0.92 (double)
   // Evaluation is the same bits whatever the thread count, and agrees with the task's own loss.
@@ -661,6 +723,8 @@ TEST_CASE_TEMPLATE("federated fine-tuning of the transformer: test loss falls, e
   classification_task<Backend> whole(model, test_set);
   CHECK(whole.loss(one) == doctest::Approx(after.loss).epsilon(1e-5));
   // A client without data, or tokens and labels that do not match, are refused.
-  CHECK_THROWS_AS(classification_task<Backend>(model, labelled_sequences{{c.max_len, {}}, {}}), value_error);
-  CHECK_THROWS_AS(classification_task<Backend>(model, labelled_sequences{{c.max_len, {1, 2}}, {0}}), shape_error);
+  CHECK_THROWS_AS(classification_task<Backend>(model, labelled_sequences{{c.max_len, {}}, {}}),
+                  value_error);
+  CHECK_THROWS_AS(classification_task<Backend>(model, labelled_sequences{{c.max_len, {1, 2}}, {0}}),
+                  shape_error);
 }

@@ -2,13 +2,12 @@
 // tolerances, and small helpers. A backend-generic test is written once with
 // TEST_CASE_TEMPLATE(..., Backend, ROLORA_TEST_BACKENDS).
 #pragma once
-#include <cmath>
-#include <cstdint>
-#include <string>
-
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstdint>
 #include <rolora/rolora.hpp>
+#include <string>
 
 // A build that adds backends (the Thrust flavours) defines the list before including this file.
 #ifndef ROLORA_TEST_BACKENDS
@@ -28,7 +27,8 @@ template <class T = double>
 host_matrix<T> random_matrix(index_t rows, index_t cols, std::uint32_t tag, double scale = 1.0) {
   const random_stream rs(12345, stream::data, tag, 7);
   host_matrix<T> m(rows, cols);
-  for (index_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(scale * rs.normal(std::uint64_t(i)));
+  for (index_t i = 0; i < m.size(); ++i)
+    m.data()[i] = static_cast<T>(scale * rs.normal(std::uint64_t(i)));
   return m;
 }
 

@@ -37,8 +37,8 @@ TEST_CASE("subspace distance keeps its digits for tiny angles and matches constr
   CHECK(subspace_distance(ref, ref) < 1e-15);
 }
 
-TEST_CASE_TEMPLATE("linear task: gradients match finite differences, solve_b is least squares", Backend,
-                   ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("linear task: gradients match finite differences, solve_b is least squares",
+                   Backend, ROLORA_TEST_BACKENDS) {
   using T = typename Backend::scalar;
   linear_problem_config c = homogeneous(2, 30);
   c.dim = 6;
@@ -47,7 +47,8 @@ TEST_CASE_TEMPLATE("linear task: gradients match finite differences, solve_b is 
   auto p = make_linear_problem<Backend>(c);
   auto& task = p.clients[0];
   adapter_set<Backend> set;
-  set.insert(module_name, {test::random_backend_matrix<Backend>(2, 6, 3), test::random_backend_matrix<Backend>(4, 2, 4), T(1)});
+  set.insert(module_name, {test::random_backend_matrix<Backend>(2, 6, 3),
+                           test::random_backend_matrix<Backend>(4, 2, 4), T(1)});
   std::vector<std::size_t> batch{0, 3, 7, 8, 20};
   gradient_set<Backend> grads;
   const double value = task.loss_and_grad(set, batch, both_factors, grads);
@@ -82,7 +83,8 @@ TEST_CASE_TEMPLATE("linear task: gradients match finite differences, solve_b is 
   b = Backend::to_host(set.at(module_name).B).template cast<double>();
   const Eigen::MatrixXd z = a * x;
   const Eigen::MatrixXd residual = b * z * z.transpose() - y * z.transpose();
-  CHECK(residual.cwiseAbs().maxCoeff() < (std::is_same_v<T, float> ? 1e-3 : 1e-10) * (y * z.transpose()).cwiseAbs().maxCoeff());
+  CHECK(residual.cwiseAbs().maxCoeff() <
+        (std::is_same_v<T, float> ? 1e-3 : 1e-10) * (y * z.transpose()).cwiseAbs().maxCoeff());
 }
 
 // (1) RoLoRA: sin theta contracts at least as fast as Theorem 4.5's bound, and reaches 1e-6.
@@ -106,8 +108,9 @@ TEST_CASE_TEMPLATE("RoLoRA-linear contracts at least as fast as the Theorem 4.5 
         }
         if (!reached && records[t + 1].sin_theta < 1e-6) reached = t + 1;
       }
-      MESSAGE("rank ", rank, ", delta0 ", delta0, ": bound ", bound, ", worst measured contraction ", worst,
-              ", final sin theta ", records.back().sin_theta, ", below 1e-6 at iteration ", reached);
+      MESSAGE("rank ", rank, ", delta0 ", delta0, ": bound ", bound,
+              ", worst measured contraction ", worst, ", final sin theta ",
+              records.back().sin_theta, ", below 1e-6 at iteration ", reached);
       CHECK(worst <= bound);
       CHECK(worst < 1.0);
       if constexpr (std::is_same_v<typename Backend::scalar, double>) {
@@ -137,7 +140,8 @@ TEST_CASE("FFA-LoRA-linear stalls at the closed-form floor of Proposition 4.6") 
   const double floor_r1 = p.b_star.squaredNorm() * (1 - cos_theta * cos_theta) / 2;
   const double floor = ffa_loss_floor(p, a0);
   CHECK(floor == doctest::Approx(floor_r1).epsilon(1e-12));
-  MESSAGE("FFA floor ", floor, ", final loss ", records.back().loss, ", ratio ", records.back().loss / floor);
+  MESSAGE("FFA floor ", floor, ", final loss ", records.back().loss, ", ratio ",
+          records.back().loss / floor);
   CHECK(records.back().loss == doctest::Approx(floor).epsilon(0.03));
   for (const auto& r : records) {
     CHECK(r.sin_theta == doctest::Approx(records[0].sin_theta).epsilon(1e-12));  // A never moves
@@ -172,8 +176,8 @@ TEST_CASE("heterogeneous targets: RoLoRA reaches the best rank-r approximation, 
     rolora_gap[k] = run_method(p, method::rolora, o).back().gap_to_optimum;
     if (k == 1) fedit_gap = run_method(p, method::fedit, o).back().gap_to_optimum;
   }
-  MESSAGE("gap to Eckart-Young: RoLoRA m=500 ", rolora_gap[0], ", m=8000 ", rolora_gap[1], "; FedIT (tau=5) m=8000 ",
-          fedit_gap);
+  MESSAGE("gap to Eckart-Young: RoLoRA m=500 ", rolora_gap[0], ", m=8000 ", rolora_gap[1],
+          "; FedIT (tau=5) m=8000 ", fedit_gap);
   CHECK(rolora_gap[1] < rolora_gap[0] / 2.5);  // 1/sqrt(m): a factor 4 for 16x the samples
   CHECK(rolora_gap[1] < 0.05);
   CHECK(fedit_gap > 2 * rolora_gap[1]);
@@ -181,8 +185,9 @@ TEST_CASE("heterogeneous targets: RoLoRA reaches the best rank-r approximation, 
 
 // (4) Exactness along whole runs: RoLoRA's and FFA-LoRA's aggregated products equal the mean of
 // the clients' products to rounding; FedIT's do not.
-TEST_CASE_TEMPLATE("aggregation error along whole runs: zero for RoLoRA and FFA-LoRA, not for FedIT",
-                   Backend, ROLORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE(
+    "aggregation error along whole runs: zero for RoLoRA and FFA-LoRA, not for FedIT", Backend,
+    ROLORA_TEST_BACKENDS) {
   auto p = make_linear_problem<Backend>(homogeneous(2, 200));
   method_options o;
   o.iterations = 8;
@@ -229,7 +234,8 @@ TEST_CASE("users' data: the reference is the exact rank-r minimiser of the empir
   CHECK(p.config.samples == 30);
   const auto loss_at = [&](const host& w) {
     double f = 0;
-    for (std::size_t i = 0; i < 3; ++i) f += (ys[i] - w * xs[i]).squaredNorm() / (2.0 * double(xs[i].cols())) / 3.0;
+    for (std::size_t i = 0; i < 3; ++i)
+      f += (ys[i] - w * xs[i]).squaredNorm() / (2.0 * double(xs[i].cols())) / 3.0;
     return f;
   };
   const host& w_opt = p.optimum.matrix;
@@ -238,9 +244,11 @@ TEST_CASE("users' data: the reference is the exact rank-r minimiser of the empir
   // No rank-2 matrix near it does better (first- and second-order optimality along the rank-2
   // manifold), and the unwhitened truncation of the least-squares fit is worse.
   const Eigen::JacobiSVD<host> svd(w_opt, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const host u = svd.matrixU().leftCols(2) * svd.singularValues().head(2).asDiagonal(), v = svd.matrixV().leftCols(2);
+  const host u = svd.matrixU().leftCols(2) * svd.singularValues().head(2).asDiagonal(),
+             v = svd.matrixV().leftCols(2);
   for (std::uint32_t k = 0; k < 8; ++k) {
-    const host du = 1e-3 * test::random_matrix<double>(4, 2, 60 + k), dv = 1e-3 * test::random_matrix<double>(6, 2, 70 + k);
+    const host du = 1e-3 * test::random_matrix<double>(4, 2, 60 + k),
+               dv = 1e-3 * test::random_matrix<double>(6, 2, 70 + k);
     CHECK(loss_at((u + du) * (v + dv).transpose()) >= loss_at(w_opt) - 1e-13);
   }
   CHECK(loss_at(best_rank_r(p.mean_target, 2).matrix) > loss_at(w_opt) + 1e-6);
@@ -262,7 +270,8 @@ TEST_CASE("users' data: the reference is the exact rank-r minimiser of the empir
   }
 
   std::vector<host> collinear{host::Ones(3, 10)}, one_target{host::Ones(1, 10)};
-  const auto msg = test::message_of<config_error>([&] { linear_problem_from_data<backend>(collinear, one_target, 1); });
+  const auto msg = test::message_of<config_error>(
+      [&] { linear_problem_from_data<backend>(collinear, one_target, 1); });
   CHECK(msg.find("do not span all 3 dimensions") != std::string::npos);
   std::vector<host> wrong{host::Ones(1, 9)};
   CHECK_THROWS_AS(linear_problem_from_data<backend>(collinear, wrong, 1), shape_error);

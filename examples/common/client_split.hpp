@@ -53,7 +53,7 @@ inline partition split_among_clients(const std::vector<int>& labels, std::size_t
     d << "iid";
   } else {
     detail::raise<config_error>("split_among_clients: unknown split '", s.kind,
-                               "' (expected iid, dirichlet or classes)");
+                                "' (expected iid, dirichlet or classes)");
   }
   if (moved > 0)
     d << "; " << moved << " samples moved from the largest clients so each has at least 1";

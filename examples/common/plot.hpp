@@ -15,7 +15,7 @@ namespace rolora::examples {
 
 struct series {
   std::string title;
-  std::vector<std::pair<double, double>> points;  // (x, y)
+  std::vector<std::pair<double, double>> points;       // (x, y)
   std::string style = "linespoints lw 2 pt 7 ps 0.6";  // gnuplot "with" clause
 };
 
@@ -64,7 +64,8 @@ inline bool draw_chart(const std::string& file, const chart& c, const std::vecto
   std::FILE* gp = popen("gnuplot", "w");
   if (!gp) throw std::runtime_error("cannot start gnuplot");
   std::fprintf(gp, "set encoding utf8\n");
-  std::fprintf(gp, "set terminal %s size 900,600 enhanced font 'Sans,11'\n", png ? "pngcairo" : "svg");
+  std::fprintf(gp, "set terminal %s size 900,600 enhanced font 'Sans,11'\n",
+               png ? "pngcairo" : "svg");
   std::fprintf(gp, "set output %s\n", gnuplot_string(file).c_str());
   std::fprintf(gp, "set title %s noenhanced\n", gnuplot_string(c.title).c_str());
   std::fprintf(gp, "set xlabel %s noenhanced\nset ylabel %s noenhanced\n",
@@ -74,8 +75,8 @@ inline bool draw_chart(const std::string& file, const chart& c, const std::vecto
                c.yrange.c_str());
   std::string cmd = "plot ";
   for (std::size_t i = 0; i < lines.size(); ++i) {
-    cmd += (i ? ", " : "") + gnuplot_string(data) + " index " + std::to_string(i) + " using 1:2 with " +
-           lines[i].style + " title " + gnuplot_string(lines[i].title);
+    cmd += (i ? ", " : "") + gnuplot_string(data) + " index " + std::to_string(i) +
+           " using 1:2 with " + lines[i].style + " title " + gnuplot_string(lines[i].title);
   }
   std::fprintf(gp, "%s\n", cmd.c_str());
   if (pclose(gp) == 0) return true;

@@ -7,15 +7,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
-#include <string>
-#include <vector>
-
 #include <nlohmann/json.hpp>
-
 #include <rolora/data/data.hpp>
 #include <rolora/federated/partition.hpp>
 #include <rolora/nn/classification_task.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "client_split.hpp"
 #include "pretraining.hpp"
@@ -39,9 +37,9 @@ inline transformer_config default_model(std::size_t max_len) {
 
 struct spam_task_config {
   std::size_t clients = 20;
-  client_split split{};            // iid | dirichlet (label skew) | classes
-  std::uint64_t seed = 0;          // client split (and, in the examples, everything of the run)
-  std::size_t max_len = 128;       // bytes the model sees of each e-mail, CLS included
+  client_split split{};       // iid | dirichlet (label skew) | classes
+  std::uint64_t seed = 0;     // client split (and, in the examples, everything of the run)
+  std::size_t max_len = 128;  // bytes the model sees of each e-mail, CLS included
   std::string data_dir = ".cache/data";
   std::string checkpoint = ".cache/models/pretrained.safetensors";
   std::size_t threads = 2;
@@ -69,7 +67,8 @@ struct spam_task {
   }
 };
 
-inline labelled_sequences encode_emails(const std::vector<std::string>& texts, const std::vector<int>& labels,
+inline labelled_sequences encode_emails(const std::vector<std::string>& texts,
+                                        const std::vector<int>& labels,
                                         const std::vector<std::size_t>& rows, std::size_t max_len) {
   labelled_sequences out;
   out.tokens.seq_len = index_t(max_len);
@@ -81,23 +80,25 @@ inline labelled_sequences encode_emails(const std::vector<std::string>& texts, c
 // How the checkpoint was made: it is rebuilt whenever any of this changes.
 inline std::string pretraining_recipe(const spam_task_config& c) {
   const auto& p = c.pretrain;
-  return nlohmann::json{{"objective", "masked-byte LM, BERT 80/10/10 masking at 15%"},
-                        {"corpus", "Debian fortunes + SpamAssassin e-mails set aside by the corpus split"},
-                        {"corpus_seed", corpus_seed},
-                        {"corpus_fractions", {corpus_fractions.test, corpus_fractions.pretrain}},
-                        {"seq_len", c.max_len},
-                        {"steps", p.steps},
-                        {"batch", p.batch},
-                        {"micro_batches", p.micro_batches},
-                        {"lr", p.lr},
-                        {"warmup_fraction", p.warmup_fraction},
-                        {"weight_decay", p.weight_decay},
-                        {"seed", p.seed}}
+  return nlohmann::json{
+      {"objective", "masked-byte LM, BERT 80/10/10 masking at 15%"},
+      {"corpus", "Debian fortunes + SpamAssassin e-mails set aside by the corpus split"},
+      {"corpus_seed", corpus_seed},
+      {"corpus_fractions", {corpus_fractions.test, corpus_fractions.pretrain}},
+      {"seq_len", c.max_len},
+      {"steps", p.steps},
+      {"batch", p.batch},
+      {"micro_batches", p.micro_batches},
+      {"lr", p.lr},
+      {"warmup_fraction", p.warmup_fraction},
+      {"weight_decay", p.weight_decay},
+      {"seed", p.seed}}
       .dump();
 }
 
 template <nn_backend B>
-transformer_weights<B> pretrained_model(const spam_task_config& c, const std::vector<data::email_record>& emails,
+transformer_weights<B> pretrained_model(const spam_task_config& c,
+                                        const std::vector<data::email_record>& emails,
                                         const data::corpus_split& split) {
   const auto config = default_model(c.max_len);
   const auto recipe = pretraining_recipe(c);
@@ -105,9 +106,10 @@ transformer_weights<B> pretrained_model(const spam_task_config& c, const std::ve
     std::printf("pretrained model: %s\n", c.checkpoint.c_str());
     return std::move(*w);
   }
-  const auto windows = data::make_windows(data::pretraining_documents(emails, split.pretrain), c.max_len);
-  std::printf("pretraining the base model (%zu windows of %zu bytes; once, then read from %s)\n", windows.count(),
-              c.max_len, c.checkpoint.c_str());
+  const auto windows =
+      data::make_windows(data::pretraining_documents(emails, split.pretrain), c.max_len);
+  std::printf("pretraining the base model (%zu windows of %zu bytes; once, then read from %s)\n",
+              windows.count(), c.max_len, c.checkpoint.c_str());
   transformer_weights<B> w(config, c.pretrain.seed);
   auto pc = c.pretrain;
   pc.threads = c.threads;
@@ -125,7 +127,7 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
   const auto dir = data::spam_assassin_dir(c.data_dir);
   if (!std::filesystem::is_directory(dir)) {
     detail::raise<config_error>("no SpamAssassin corpus under ", dir.string(),
-                               ": run `bash scripts/fetch_data.sh` first (or pass --data-dir)");
+                                ": run `bash scripts/fetch_data.sh` first (or pass --data-dir)");
   }
   const auto emails = data::read_spam_assassin(dir);
   const auto labels = data::labels_of(emails);
@@ -140,12 +142,16 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
   for (auto p : held.finetune) train.push_back(split.finetune[p]);
 
   auto model = pretrained_model<B>(c, emails, split);
-  spam_task<B> task{std::move(model), {}, encode_emails(texts, labels, validation, c.max_len),
-                    encode_emails(texts, labels, split.test, c.max_len), {}};
+  spam_task<B> task{std::move(model),
+                    {},
+                    encode_emails(texts, labels, validation, c.max_len),
+                    encode_emails(texts, labels, split.test, c.max_len),
+                    {}};
 
   const auto train_labels = data::gather(labels, train);
   std::string split_description;
-  const partition parts = split_among_clients(train_labels, c.clients, c.split, c.seed, split_description);
+  const partition parts =
+      split_among_clients(train_labels, c.clients, c.split, c.seed, split_description);
   std::size_t smallest = train.size(), largest = 0;
   for (const auto& part : parts) {
     std::vector<std::size_t> rows;
@@ -155,10 +161,10 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
     largest = std::max(largest, rows.size());
   }
   std::ostringstream s;
-  s << "SpamAssassin: " << emails.size() << " e-mails -> " << train.size() << " fine-tuning over " << c.clients
-    << " clients (" << split_description
-    << ", " << smallest << ".." << largest << " each), " << validation.size() << " validation, " << split.test.size()
-    << " test, " << split.pretrain.size() << " set aside for pretraining; " << c.max_len << " bytes per e-mail";
+  s << "SpamAssassin: " << emails.size() << " e-mails -> " << train.size() << " fine-tuning over "
+    << c.clients << " clients (" << split_description << ", " << smallest << ".." << largest
+    << " each), " << validation.size() << " validation, " << split.test.size() << " test, "
+    << split.pretrain.size() << " set aside for pretraining; " << c.max_len << " bytes per e-mail";
   task.summary = s.str();
   return task;
 }

@@ -4,21 +4,9 @@
 // (rolora/nn.hpp), the e-mail data (rolora/data/data.hpp) or file I/O (rolora/io/).
 #pragma once
 
-#include <rolora/version.hpp>
-
-#include <rolora/core/concepts.hpp>
-#include <rolora/core/error.hpp>
-#include <rolora/core/rng.hpp>
-#include <rolora/core/shape.hpp>
-
-#include <rolora/backend/eigen.hpp>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/config.hpp>
 #include <rolora/adapter/lora.hpp>
-
-#include <rolora/policy/policies.hpp>
-
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/factorwise.hpp>
 #include <rolora/aggregate/fedavg.hpp>
@@ -28,7 +16,11 @@
 #include <rolora/aggregate/residual.hpp>
 #include <rolora/aggregate/stack.hpp>
 #include <rolora/aggregate/svd_resplit.hpp>
-
+#include <rolora/backend/eigen.hpp>
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/core/rng.hpp>
+#include <rolora/core/shape.hpp>
 #include <rolora/federated/callbacks.hpp>
 #include <rolora/federated/client.hpp>
 #include <rolora/federated/federation.hpp>
@@ -39,6 +31,7 @@
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/server.hpp>
 #include <rolora/federated/task.hpp>
-
+#include <rolora/policy/policies.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>
+#include <rolora/version.hpp>

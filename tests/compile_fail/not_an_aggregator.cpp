@@ -9,4 +9,5 @@ struct forgetful_aggregator {
              std::span<const double>, rolora::factor_set) const {}
 };
 
-template class rolora::federation<rolora::eigen_backend<float>, rolora::alternating, forgetful_aggregator>;
+template class rolora::federation<rolora::eigen_backend<float>, rolora::alternating,
+                                  forgetful_aggregator>;

@@ -5,7 +5,6 @@
 #include <fstream>
 #include <functional>
 #include <map>
-
 #include <rolora/io/npy.hpp>
 
 #include "fuzz_support.hpp"

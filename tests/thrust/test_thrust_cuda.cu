@@ -6,20 +6,18 @@
 // Tolerances as test_thrust_omp.cpp: GEMM per element within 2 (k + 2) eps_T of
 // |alpha| (|op(a)| |op(b)|)_ij + |beta c0_ij| against a long-double reference.
 #define DOCTEST_CONFIG_IMPLEMENT
-#include <rolora/backend/thrust.hpp>
+#include <doctest/doctest.h>
 
 #include <cstdio>
 #include <cstring>
 #include <limits>
-#include <string>
-#include <vector>
-
-#include <doctest/doctest.h>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/backend/thrust.hpp>
 #include <rolora/core/rng.hpp>
+#include <string>
+#include <vector>
 
 using namespace rolora;
 
@@ -68,14 +66,15 @@ void check_gemm(const host_matrix<T>& c, T alpha, const host_matrix<T>& opa,
 }  // namespace
 
 TEST_CASE("thrust_cuda: failing CUDA and cuBLAS calls name the call, file:line and the error") {
-  const std::string cuda = message_of<device_error>(
-      [] { ROLORA_CUDA_CHECK(cudaError_t(cudaErrorMemoryAllocation)); });
+  const std::string cuda =
+      message_of<device_error>([] { ROLORA_CUDA_CHECK(cudaError_t(cudaErrorMemoryAllocation)); });
   CHECK(cuda.find("[rolora.cuda_error] cudaError_t(cudaErrorMemoryAllocation) failed at ") == 0);
   CHECK(cuda.find("test_thrust_cuda.cu:") != std::string::npos);
   CHECK(cuda.find(": cudaErrorMemoryAllocation (out of memory)") != std::string::npos);
   const std::string blas = message_of<device_error>(
       [] { ROLORA_CUBLAS_CHECK(cublasStatus_t(CUBLAS_STATUS_INVALID_VALUE)); });
-  CHECK(blas.find("[rolora.cublas_error] cublasStatus_t(CUBLAS_STATUS_INVALID_VALUE) failed at ") == 0);
+  CHECK(blas.find("[rolora.cublas_error] cublasStatus_t(CUBLAS_STATUS_INVALID_VALUE) failed at ") ==
+        0);
   CHECK(blas.find(": CUBLAS_STATUS_INVALID_VALUE (") != std::string::npos);
   static_assert(backend<thrust_cuda_backend<float>> && backend<thrust_cuda_backend<double>>);
   CHECK(thrust_cuda_backend<float>::name == "thrust_cuda");
@@ -84,7 +83,8 @@ TEST_CASE("thrust_cuda: failing CUDA and cuBLAS calls name the call, file:line a
 TEST_CASE_TEMPLATE("thrust_cuda: cuBLAS gemm matches a long-double reference [needs device]", T,
                    float, double) {
   using B = thrust_cuda_backend<T>;
-  const std::vector<std::array<index_t, 3>> sizes{{1, 1, 1}, {37, 53, 29}, {129, 257, 97}, {5, 0, 3}};
+  const std::vector<std::array<index_t, 3>> sizes{
+      {1, 1, 1}, {37, 53, 29}, {129, 257, 97}, {5, 0, 3}};
   std::uint32_t tag = 0;
   for (const auto& [m, k, n] : sizes) {
     const host_matrix<T> opa = random_matrix<T>(m, k, ++tag), opb = random_matrix<T>(k, n, ++tag);
@@ -104,8 +104,9 @@ TEST_CASE_TEMPLATE("thrust_cuda: cuBLAS gemm matches a long-double reference [ne
   }
 }
 
-TEST_CASE_TEMPLATE("thrust_cuda: same seed as Eigen: bit-identical adapters, close algebra [needs device]",
-                   T, float, double) {
+TEST_CASE_TEMPLATE(
+    "thrust_cuda: same seed as Eigen: bit-identical adapters, close algebra [needs device]", T,
+    float, double) {
   using B = thrust_cuda_backend<T>;
   using E = eigen_backend<T>;
   lora_config c;
@@ -125,9 +126,11 @@ TEST_CASE_TEMPLATE("thrust_cuda: same seed as Eigen: bit-identical adapters, clo
   E::axpy(T(0.3), x, ey);
   B::scale(T(-2), ty);
   E::scale(T(-2), ey);
-  CHECK((B::to_host(ty) - ey).cwiseAbs().maxCoeff() <= 4 * std::numeric_limits<T>::epsilon() * ey.cwiseAbs().maxCoeff());
+  CHECK((B::to_host(ty) - ey).cwiseAbs().maxCoeff() <=
+        4 * std::numeric_limits<T>::epsilon() * ey.cwiseAbs().maxCoeff());
   const double d = double(B::dot(B::from_host(x), B::from_host(y)));
-  CHECK(d == doctest::Approx(double(E::dot(x, y))).epsilon(std::is_same_v<T, float> ? 1e-4 : 1e-12));
+  CHECK(d ==
+        doctest::Approx(double(E::dot(x, y))).epsilon(std::is_same_v<T, float> ? 1e-4 : 1e-12));
   CHECK(B::all_finite(ty));
   host_matrix<T> bad = x;
   bad(3, 4) = std::numeric_limits<T>::quiet_NaN();
@@ -170,9 +173,11 @@ TEST_CASE("thrust_cuda: fedavg agrees with Eigen [needs device]") {
 
 TEST_CASE("thrust_cuda: running out of device memory says how much was asked for [needs device]") {
   const index_t huge = index_t(1) << 20;  // 2^40 floats: 4 TiB
-  const std::string msg = message_of<device_error>([&] { thrust_cuda_backend<float>::zeros(huge, huge); });
-  CHECK(msg.find("[rolora.out_of_memory] thrust_cuda: allocating a [1048576, 1048576] matrix of float "
-                 "(4398046511104 bytes) failed") == 0);
+  const std::string msg =
+      message_of<device_error>([&] { thrust_cuda_backend<float>::zeros(huge, huge); });
+  CHECK(msg.find(
+            "[rolora.out_of_memory] thrust_cuda: allocating a [1048576, 1048576] matrix of float "
+            "(4398046511104 bytes) failed") == 0);
 }
 
 int main(int argc, char** argv) {
@@ -189,8 +194,9 @@ int main(int argc, char** argv) {
     int devices = 0;
     const cudaError_t status = cudaGetDeviceCount(&devices);
     if (status != cudaSuccess || devices == 0) {
-      std::printf("no CUDA device (cudaGetDeviceCount: %s, %d devices): skipping the device tests\n",
-                  status == cudaSuccess ? "cudaSuccess" : cudaGetErrorName(status), devices);
+      std::printf(
+          "no CUDA device (cudaGetDeviceCount: %s, %d devices): skipping the device tests\n",
+          status == cudaSuccess ? "cudaSuccess" : cudaGetErrorName(status), devices);
       return 77;
     }
   }

@@ -6,20 +6,21 @@
 // + |beta c0_ij|), the classical bound for a sum of k products in T (Higham, Thm 3.5) with a
 // factor 2 of slack; a federated run against Eigen: 1e-4 (float) / 1e-10 (double) relative, the
 // two summation orders compounded over rounds.
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
-#include <omp.h>
-
 #include "test_support.hpp"
 
 using namespace rolora;
 using rolora::test::message_of;
 
-#define ROLORA_THRUST_OMP_TYPES rolora::thrust_omp_backend<float>, rolora::thrust_omp_backend<double>
+#define ROLORA_THRUST_OMP_TYPES \
+  rolora::thrust_omp_backend<float>, rolora::thrust_omp_backend<double>
 
 namespace {
 
@@ -68,8 +69,9 @@ TEST_CASE("thrust_omp: the Thrust backends model the backend concept") {
   CHECK(thrust_backend<float>::name == "thrust_omp");
 }
 
-TEST_CASE_TEMPLATE("thrust_omp: gemm matches a long-double reference for every transposition and odd sizes",
-                   Backend, ROLORA_THRUST_OMP_TYPES) {
+TEST_CASE_TEMPLATE(
+    "thrust_omp: gemm matches a long-double reference for every transposition and odd sizes",
+    Backend, ROLORA_THRUST_OMP_TYPES) {
   using T = typename Backend::scalar;
   // {m, k, n}: tiny, odd, across every tile edge (tile_m 128/64, tile_n 96, tile_k 256), k = 0,
   // and empty results.
@@ -92,8 +94,8 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm matches a long-double reference for every t
         const auto a = Backend::from_host(op_a == op::none ? opa : host_matrix<T>(opa.transpose()));
         const auto b = Backend::from_host(op_b == op::none ? opb : host_matrix<T>(opb.transpose()));
         // beta = 0: c of the wrong shape, full of NaN, is resized and never read.
-        auto c = Backend::from_host(host_matrix<T>::Constant(
-            2, 7, std::numeric_limits<T>::quiet_NaN()));
+        auto c =
+            Backend::from_host(host_matrix<T>::Constant(2, 7, std::numeric_limits<T>::quiet_NaN()));
         Backend::gemm(T(1.5), a, op_a, b, op_b, T(0), c);
         beta0.check(Backend::to_host(c));
         // beta = 1 and beta = -0.75 accumulate into c.
@@ -108,18 +110,22 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm matches a long-double reference for every t
   }
 }
 
-TEST_CASE_TEMPLATE("thrust_omp: gemm and dot give the same bits for 1 and 2 threads and on the cpp system",
-                   Backend, ROLORA_THRUST_OMP_TYPES) {
+TEST_CASE_TEMPLATE(
+    "thrust_omp: gemm and dot give the same bits for 1 and 2 threads and on the cpp system",
+    Backend, ROLORA_THRUST_OMP_TYPES) {
   using T = typename Backend::scalar;
   using Cpp = thrust_cpp_backend<T>;
   // Large enough to run in parallel (m n k > 2^20 multiply-adds, many tiles), odd on purpose.
-  const host_matrix<T> a = test::random_matrix<T>(301, 517, 1), b = test::random_matrix<T>(203, 517, 2);
-  const host_matrix<T> x = test::random_matrix<T>(777, 55, 3), y = test::random_matrix<T>(777, 55, 4);
+  const host_matrix<T> a = test::random_matrix<T>(301, 517, 1),
+                       b = test::random_matrix<T>(203, 517, 2);
+  const host_matrix<T> x = test::random_matrix<T>(777, 55, 3),
+                       y = test::random_matrix<T>(777, 55, 4);
   const int threads_before = omp_get_max_threads();
   auto run = [&](int threads) {
     omp_set_num_threads(threads);
     typename Backend::matrix c;
-    Backend::gemm(T(1), Backend::from_host(a), op::none, Backend::from_host(b), op::transpose, T(0), c);
+    Backend::gemm(T(1), Backend::from_host(a), op::none, Backend::from_host(b), op::transpose, T(0),
+                  c);
     const T d = Backend::dot(Backend::from_host(x), Backend::from_host(y));
     return std::pair{Backend::to_host(c), d};
   };
@@ -136,8 +142,10 @@ TEST_CASE_TEMPLATE("thrust_omp: gemm and dot give the same bits for 1 and 2 thre
   CHECK(d1 == d3);
   CHECK(d1 == Cpp::dot(Cpp::from_host(x), Cpp::from_host(y)));
   gemm_reference(T(1), a, host_matrix<T>(b.transpose()), T(0), c1).check(c1);
-  CHECK(double(d1) == doctest::Approx(double(x.template cast<double>().cwiseProduct(
-                                          y.template cast<double>()).sum())).epsilon(1e-5));
+  CHECK(double(d1) ==
+        doctest::Approx(
+            double(x.template cast<double>().cwiseProduct(y.template cast<double>()).sum()))
+            .epsilon(1e-5));
 }
 
 TEST_CASE_TEMPLATE("thrust_omp: element-wise ops, dot and all_finite agree with Eigen", Backend,
@@ -168,8 +176,13 @@ TEST_CASE_TEMPLATE("thrust_omp: element-wise ops, dot and all_finite agree with 
   auto tp = Backend::from_host(x), tm = Backend::zeros(13, 7), tv = Backend::zeros(13, 7);
   host_matrix<T> ep = x, em = E::zeros(13, 7), ev = E::zeros(13, 7);
   for (int t = 1; t <= 3; ++t) {
-    const adamw_coefficients<T> k{T(0.01), T(0.9), T(0.999), T(1e-8), T(0.1),
-                                  T(1 - std::pow(0.9, t)), T(1 - std::pow(0.999, t))};
+    const adamw_coefficients<T> k{T(0.01),
+                                  T(0.9),
+                                  T(0.999),
+                                  T(1e-8),
+                                  T(0.1),
+                                  T(1 - std::pow(0.9, t)),
+                                  T(1 - std::pow(0.999, t))};
     const host_matrix<T> g = test::random_matrix<T>(13, 7, std::uint32_t(10 + t));
     Backend::adamw_update(tp, Backend::from_host(g), tm, tv, k);
     E::adamw_update(ep, g, em, ev, k);
@@ -243,8 +256,9 @@ std::vector<round_report> run_linear(adapter_set<Backend>* final_state) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("thrust_omp: same seed as Eigen: bit-identical adapters and client sampling, close results",
-                   Backend, ROLORA_THRUST_OMP_TYPES) {
+TEST_CASE_TEMPLATE(
+    "thrust_omp: same seed as Eigen: bit-identical adapters and client sampling, close results",
+    Backend, ROLORA_THRUST_OMP_TYPES) {
   using T = typename Backend::scalar;
   using E = eigen_backend<T>;
   lora_config c;
@@ -271,8 +285,9 @@ TEST_CASE_TEMPLATE("thrust_omp: same seed as Eigen: bit-identical adapters and c
   for (std::size_t r = 0; r < t_reports.size(); ++r) {
     CHECK(t_reports[r].participants == e_reports[r].participants);
     CHECK(t_reports[r].dropped == e_reports[r].dropped);
-    CHECK(t_reports[r].train_loss ==
-          doctest::Approx(e_reports[r].train_loss).epsilon(std::is_same_v<T, float> ? 1e-4 : 1e-10));
+    CHECK(
+        t_reports[r].train_loss ==
+        doctest::Approx(e_reports[r].train_loss).epsilon(std::is_same_v<T, float> ? 1e-4 : 1e-10));
   }
   const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
   for (const auto& [name, l] : e_final) {
@@ -303,10 +318,12 @@ TEST_CASE_TEMPLATE("thrust_omp: errors name what was expected and what came", Ba
   const index_t huge = index_t(1) << 20;
   const std::string bytes = std::to_string((std::uint64_t(1) << 40) * sizeof(T));
   const std::string oom = message_of<device_error>([&] { Backend::zeros(huge, huge); });
-  CHECK(oom.find("[rolora.out_of_memory] thrust_omp: allocating a [1048576, 1048576] matrix of") == 0);
+  CHECK(oom.find("[rolora.out_of_memory] thrust_omp: allocating a [1048576, 1048576] matrix of") ==
+        0);
   CHECK(oom.find("(" + bytes + " bytes) failed") != std::string::npos);
   // More bytes than size_t can count.
-  CHECK(message_of<device_error>([&] { Backend::zeros(huge << 22, huge << 20); })
-            .find("needs more bytes than size_t can count") != std::string::npos);
+  CHECK(message_of<device_error>([&] {
+          Backend::zeros(huge << 22, huge << 20);
+        }).find("needs more bytes than size_t can count") != std::string::npos);
   CHECK(std::is_base_of_v<error, device_error>);
 }

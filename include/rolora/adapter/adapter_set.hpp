@@ -6,13 +6,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
-#include <string>
-#include <vector>
-
 #include <rolora/adapter/config.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <string>
+#include <vector>
 
 namespace rolora {
 
@@ -44,9 +43,9 @@ class adapter_set {
     }
     std::uint32_t k = 0;
     for (const auto& [name, m] : by_name) {
-      modules_.emplace(name, make_lora<Backend>(name, m->out_features, m->in_features,
-                                                config.rank_for(name), config.scaling_for(name),
-                                                config.init_lora_weights, seed, k++));
+      modules_.emplace(
+          name, make_lora<Backend>(name, m->out_features, m->in_features, config.rank_for(name),
+                                   config.scaling_for(name), config.init_lora_weights, seed, k++));
     }
   }
 
@@ -61,8 +60,9 @@ class adapter_set {
   // sample-weighted mean (exact: the model is linear in it).
   void add_module_to_save(const std::string& name, matrix weight) {
     if (Backend::rows(weight) < 1 || Backend::cols(weight) < 1) {
-      detail::raise<config_error>("module to save '", name, "' must be non-empty, got ",
-                                 detail::shape_string(Backend::rows(weight), Backend::cols(weight)));
+      detail::raise<config_error>(
+          "module to save '", name, "' must be non-empty, got ",
+          detail::shape_string(Backend::rows(weight), Backend::cols(weight)));
     }
     if (modules_.count(name) || !saved_.emplace(name, std::move(weight)).second) {
       detail::raise<config_error>("module '", name, "' is already in the set");
@@ -91,7 +91,8 @@ class adapter_set {
       if (which.b) n += static_cast<std::size_t>(a.out_features() * a.rank());
     }
     if (which.any()) {
-      for (const auto& [name, w] : saved_) n += static_cast<std::size_t>(Backend::rows(w) * Backend::cols(w));
+      for (const auto& [name, w] : saved_)
+        n += static_cast<std::size_t>(Backend::rows(w) * Backend::cols(w));
     }
     return n;
   }

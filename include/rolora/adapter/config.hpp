@@ -3,11 +3,10 @@
 #pragma once
 #include <cmath>
 #include <map>
-#include <string>
-#include <vector>
-
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
+#include <string>
+#include <vector>
 
 namespace rolora {
 
@@ -22,8 +21,8 @@ struct lora_config {
   std::vector<std::string> target_modules;
   bool use_rslora = false;
   lora_init init_lora_weights = lora_init::kaiming_uniform;
-  std::map<std::string, index_t> rank_pattern;   // module name -> its own r
-  std::map<std::string, double> alpha_pattern;   // module name -> its own lora_alpha
+  std::map<std::string, index_t> rank_pattern;  // module name -> its own r
+  std::map<std::string, double> alpha_pattern;  // module name -> its own lora_alpha
 
   index_t rank_for(const std::string& module) const {
     const auto it = rank_pattern.find(module);

@@ -12,12 +12,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <string>
-
 #include <rolora/adapter/config.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
+#include <string>
 
 namespace rolora {
 
@@ -42,11 +41,11 @@ struct lora_adapter {
 inline void check_rank(const std::string& what, index_t out, index_t in, index_t r) {
   if (out < 1 || in < 1) {
     detail::raise<config_error>("module '", what, "': base weight must be non-empty, got ",
-                               detail::shape_string(out, in));
+                                detail::shape_string(out, in));
   }
   if (r < 1 || r > std::min(in, out)) {
     detail::raise<config_error>("module '", what, "': rank r must be in [1, min(in, out)] = [1, ",
-                               std::min(in, out), "], got r = ", r);
+                                std::min(in, out), "], got r = ", r);
   }
 }
 
@@ -78,9 +77,9 @@ template <backend Backend>
 void check_residual(const lora_adapter<Backend>& l) {
   if (l.has_residual() && (Backend::rows(l.residual) != l.out_features() ||
                            Backend::cols(l.residual) != l.in_features())) {
-    raise<shape_error>("residual expected ",
-                      shape_string(l.out_features(), l.in_features()), " for this adapter, got ",
-                      shape_string(Backend::rows(l.residual), Backend::cols(l.residual)));
+    raise<shape_error>("residual expected ", shape_string(l.out_features(), l.in_features()),
+                       " for this adapter, got ",
+                       shape_string(Backend::rows(l.residual), Backend::cols(l.residual)));
   }
 }
 }  // namespace detail
@@ -104,9 +103,9 @@ namespace detail {
 template <backend Backend>
 void check_base(const typename Backend::matrix& w0, const lora_adapter<Backend>& l) {
   if (Backend::rows(w0) != l.out_features() || Backend::cols(w0) != l.in_features()) {
-    raise<shape_error>("base weight expected ",
-                      shape_string(l.out_features(), l.in_features()), " for this adapter, got ",
-                      shape_string(Backend::rows(w0), Backend::cols(w0)));
+    raise<shape_error>("base weight expected ", shape_string(l.out_features(), l.in_features()),
+                       " for this adapter, got ",
+                       shape_string(Backend::rows(w0), Backend::cols(w0)));
   }
 }
 }  // namespace detail
@@ -147,8 +146,8 @@ void lora_forward(const typename Backend::matrix* w0, const lora_adapter<Backend
   if (w0) detail::check_base(*w0, l);
   detail::check_residual(l);
   if (Backend::rows(x) != l.in_features()) {
-    detail::raise<shape_error>("lora_forward: x expected [", l.in_features(),
-                              ", n], got ", detail::shape_string(Backend::rows(x), Backend::cols(x)));
+    detail::raise<shape_error>("lora_forward: x expected [", l.in_features(), ", n], got ",
+                               detail::shape_string(Backend::rows(x), Backend::cols(x)));
   }
   Backend::gemm(T(1), l.A, op::none, x, op::none, T(0), cache.ax);  // [r, n]
   if (w0) {

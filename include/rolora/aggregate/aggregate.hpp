@@ -6,14 +6,13 @@
 #include <cmath>
 #include <cstddef>
 #include <map>
-#include <span>
-#include <string>
-#include <vector>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace rolora {
 
@@ -53,13 +52,13 @@ void check_factor(const std::string& module, std::size_t client, const char* fac
                   const typename Backend::matrix& expected, const typename Backend::matrix& got) {
   if (Backend::rows(got) != Backend::rows(expected) ||
       Backend::cols(got) != Backend::cols(expected)) {
-    raise<shape_error>("module '", module, "' client ", client, ": ", factor,
-                      " expected ", shape_string(Backend::rows(expected), Backend::cols(expected)),
-                      ", got ", shape_string(Backend::rows(got), Backend::cols(got)));
+    raise<shape_error>("module '", module, "' client ", client, ": ", factor, " expected ",
+                       shape_string(Backend::rows(expected), Backend::cols(expected)), ", got ",
+                       shape_string(Backend::rows(got), Backend::cols(got)));
   }
   if (!Backend::all_finite(got)) {
     raise<value_error>("module '", module, "' client ", client, ": ", factor,
-                      " holds non-finite values (NaN or inf)");
+                       " holds non-finite values (NaN or inf)");
   }
 }
 
@@ -71,14 +70,15 @@ void check_lower_rank(const std::string& module, std::size_t client,
   const index_t r = global.rank(), r_i = got.rank();
   if (r_i < 1 || r_i > r || got.in_features() != global.in_features()) {
     raise<shape_error>("module '", module, "' client ", client, ": lora_A expected [r_i, ",
-                      global.in_features(), "] with 1 <= r_i <= ", r, ", got ",
-                      shape_string(r_i, got.in_features()));
+                       global.in_features(), "] with 1 <= r_i <= ", r, ", got ",
+                       shape_string(r_i, got.in_features()));
   }
   check_factor<Backend>(module, client, "lora_A", Backend::zeros(r_i, global.in_features()), got.A);
-  check_factor<Backend>(module, client, "lora_B", Backend::zeros(global.out_features(), r_i), got.B);
+  check_factor<Backend>(module, client, "lora_B", Backend::zeros(global.out_features(), r_i),
+                        got.B);
   if (!std::isfinite(double(got.scaling)) || got.scaling == 0) {
     raise<value_error>("module '", module, "' client ", client,
-                      ": scaling must be finite and non-zero, got ", double(got.scaling));
+                       ": scaling must be finite and non-zero, got ", double(got.scaling));
   }
 }
 
@@ -88,22 +88,22 @@ template <backend Backend>
 void check_updates(const adapter_set<Backend>& global,
                    std::span<const client_update<Backend>> updates, bool lower_ranks = false) {
   if (updates.empty()) {
-    raise<value_error>("aggregate: the round has no client update (no client was "
-                                     "sampled, or every sampled client dropped out)");
+    raise<value_error>(
+        "aggregate: the round has no client update (no client was "
+        "sampled, or every sampled client dropped out)");
   }
   for (const auto& u : updates) {
     if (u.adapters.size() != global.size()) {
       for (const auto& [name, a] : u.adapters) {
         if (!global.contains(name)) {
           raise<shape_error>("module '", name, "' client ", u.client,
-                            ": not a module of the global adapters");
+                             ": not a module of the global adapters");
         }
       }
     }
     for (const auto& [name, g] : global) {
       if (!u.adapters.contains(name)) {
-        raise<shape_error>("module '", name, "' client ", u.client,
-                          ": missing from the update");
+        raise<shape_error>("module '", name, "' client ", u.client, ": missing from the update");
       }
       const auto& a = u.adapters.at(name);
       if (lower_ranks) {  // these aggregators read each client's scaling: check it too
@@ -118,7 +118,7 @@ void check_updates(const adapter_set<Backend>& global,
       const auto it = mine.find(name);
       if (it == mine.end()) {
         raise<shape_error>("module to save '", name, "' client ", u.client,
-                          ": missing from the update");
+                           ": missing from the update");
       }
       check_factor<Backend>(name, u.client, "weight", w, it->second);
     }
@@ -126,7 +126,7 @@ void check_updates(const adapter_set<Backend>& global,
       for (const auto& [name, w] : mine) {
         if (!global.modules_to_save().count(name)) {
           raise<shape_error>("module to save '", name, "' client ", u.client,
-                            ": not a module of the global state");
+                             ": not a module of the global state");
         }
       }
     }
@@ -156,7 +156,7 @@ std::vector<double> normalised_weights(std::span<const client_update<Backend>> u
       w[i] = updates[i].num_samples;
       if (!(std::isfinite(w[i]) && w[i] >= 0.0)) {
         raise<value_error>("client ", updates[i].client,
-                          ": sample count must be finite and >= 0, got ", w[i]);
+                           ": sample count must be finite and >= 0, got ", w[i]);
       }
     }
   }
@@ -164,7 +164,7 @@ std::vector<double> normalised_weights(std::span<const client_update<Backend>> u
   for (double x : w) total += x;
   if (!(total > 0.0)) {
     raise<value_error>("aggregate: client weights sum to ", total,
-                      "; at least one update must carry samples");
+                       "; at least one update must carry samples");
   }
   for (double& x : w) x /= total;
   return w;
@@ -188,13 +188,14 @@ std::pair<double, double> module_aggregation_error(const std::string& module,
     const auto& a = updates[i].adapters.at(module);
     Backend::gemm(T(w[i]) * a.scaling, a.B, op::none, a.A, op::none, T(1), mean_delta);
     if (keeps_local.any()) {
-      auto [na, nb] = resize_rank<Backend>(next.A, next.B, double(next.scaling), a.rank(),
-                                           double(a.scaling));
+      auto [na, nb] =
+          resize_rank<Backend>(next.A, next.B, double(next.scaling), a.rank(), double(a.scaling));
       Backend::gemm(T(w[i]) * a.scaling, keeps_local.b ? a.B : nb, op::none,
                     keeps_local.a ? a.A : na, op::none, T(1), after);
     }
   }
-  if (!keeps_local.any()) Backend::gemm(next.scaling, next.B, op::none, next.A, op::none, T(0), after);
+  if (!keeps_local.any())
+    Backend::gemm(next.scaling, next.B, op::none, next.A, op::none, T(0), after);
   if (next.has_residual()) Backend::axpy(T(1), next.residual, after);
   if (before.has_residual()) Backend::axpy(T(-1), before.residual, after);
   const double norm = std::sqrt(double(Backend::dot(mean_delta, mean_delta)));
@@ -243,16 +244,15 @@ aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>&
   for (const auto& [name, a] : next) {
     if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B) ||
         (a.has_residual() && !Backend::all_finite(a.residual))) {
-      detail::raise<value_error>("module '", name, "': aggregator '",
-                                Aggregator::name, "' produced non-finite values");
+      detail::raise<value_error>("module '", name, "': aggregator '", Aggregator::name,
+                                 "' produced non-finite values");
     }
   }
   if (options.measure_error) {
     double err2 = 0.0, norm2 = 0.0;
     for (const auto& [name, a] : next) {
-      const auto [err, norm] =
-          detail::module_aggregation_error(name, updates, w, global.at(name), a,
-                                           options.keeps_local);
+      const auto [err, norm] = detail::module_aggregation_error(name, updates, w, global.at(name),
+                                                                a, options.keeps_local);
       result.module_error[name] = err;
       err2 += err * err;
       norm2 += norm * norm;

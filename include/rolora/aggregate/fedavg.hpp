@@ -1,14 +1,13 @@
 // FedAvg of LoRA factors (McMahan et al. 2017 applied factor-wise): the weighted mean of each
 // uploaded factor. Exact (mean of products) exactly when at most one factor varies across clients.
 #pragma once
-#include <span>
-#include <string_view>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/factorwise.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
+#include <span>
+#include <string_view>
 
 namespace rolora {
 

@@ -3,19 +3,17 @@
 // mean, their stacked rank-R factorisation, and the best rank-r factorisation of a stacked product
 // without ever forming the dense out x in matrix.
 #pragma once
+#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <span>
-#include <string>
-#include <utility>
-
-#include <Eigen/SVD>
-
 #include <rolora/adapter/lora.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
+#include <span>
+#include <string>
+#include <utility>
 
 namespace rolora::detail {
 
@@ -36,7 +34,8 @@ void average_factors(lora_adapter<Backend>& g, const std::string& module,
       if (shared.b) Backend::axpy(T(w[i]), u.B, g.B);  // [out, r]
       continue;
     }
-    const auto [a, b] = resize_rank<Backend>(u.A, u.B, double(u.scaling), g.rank(), double(g.scaling));
+    const auto [a, b] =
+        resize_rank<Backend>(u.A, u.B, double(u.scaling), g.rank(), double(g.scaling));
     if (shared.a) Backend::axpy(T(w[i]), a, g.A);
     if (shared.b) Backend::axpy(T(w[i]), b, g.B);
   }
@@ -44,7 +43,8 @@ void average_factors(lora_adapter<Backend>& g, const std::string& module,
 
 // The clients' deltas of one module as one factorisation of rank R = sum of the ranks r_i of the
 // clients with w_i > 0, at the server's scaling s:
-//   s b a = sum_i w_i s_i B_i A_i,  b = [B_1 ... B_K] [out, R],  a = [c_1 A_1; ...; c_K A_K] [R, in]
+//   s b a = sum_i w_i s_i B_i A_i,  b = [B_1 ... B_K] [out, R],  a = [c_1 A_1; ...; c_K A_K] [R,
+//   in]
 // with c_i = w_i s_i / s (FLoRA's stacking). With `b_transposed`, b holds b^T [R, out] instead
 // (the layout a QR of rows needs). Assembled on the host: one copy of each factor.
 template <backend Backend>
@@ -104,18 +104,22 @@ std::pair<typename Backend::matrix, typename Backend::matrix> best_rank_r_factor
   const index_t rank = Backend::rows(a), out = Backend::cols(bt), in = Backend::cols(a);
   if (rank <= std::min(out, in)) {
     const index_t k = std::min(r, rank);  // components that can be non-zero
-    const hostd lb = Backend::to_host(Backend::orthonormalize_rows(bt)).template cast<double>();  // bt = L_b Q_b^T
-    const hostd la = Backend::to_host(Backend::orthonormalize_rows(a)).template cast<double>();   // a = L_a Q_a^T
-    const hostd core = lb.transpose() * la;                                                        // [R, R]
+    const hostd lb = Backend::to_host(Backend::orthonormalize_rows(bt))
+                         .template cast<double>();  // bt = L_b Q_b^T
+    const hostd la =
+        Backend::to_host(Backend::orthonormalize_rows(a)).template cast<double>();  // a = L_a Q_a^T
+    const hostd core = lb.transpose() * la;                                         // [R, R]
     Eigen::BDCSVD<hostd> svd(core, Eigen::ComputeThinU | Eigen::ComputeThinV);
     const Eigen::VectorXd root = svd.singularValues().head(k).cwiseSqrt();
     host_matrix<T> left = host_matrix<T>::Zero(rank, r);   // U_k sqrt(S_k), padded
     host_matrix<T> right = host_matrix<T>::Zero(r, rank);  // sqrt(S_k) V_k^T, padded
     left.leftCols(k) = (svd.matrixU().leftCols(k) * root.asDiagonal()).template cast<T>();
-    right.topRows(k) = (root.asDiagonal() * svd.matrixV().leftCols(k).transpose()).template cast<T>();
+    right.topRows(k) =
+        (root.asDiagonal() * svd.matrixV().leftCols(k).transpose()).template cast<T>();
     typename Backend::matrix b_new, a_new;
-    Backend::gemm(T(1), bt, op::transpose, Backend::from_host(left), op::none, T(0), b_new);  // [out, r]
-    Backend::gemm(T(1), Backend::from_host(right), op::none, a, op::none, T(0), a_new);       // [r, in]
+    Backend::gemm(T(1), bt, op::transpose, Backend::from_host(left), op::none, T(0),
+                  b_new);                                                                // [out, r]
+    Backend::gemm(T(1), Backend::from_host(right), op::none, a, op::none, T(0), a_new);  // [r, in]
     return {std::move(a_new), std::move(b_new)};
   }
   typename Backend::matrix dense;  // [out, in]
@@ -126,7 +130,8 @@ std::pair<typename Backend::matrix, typename Backend::matrix> best_rank_r_factor
   const Eigen::VectorXd root = svd.singularValues().head(kd).cwiseSqrt();
   host_matrix<T> b_host = host_matrix<T>::Zero(out, r), a_host = host_matrix<T>::Zero(r, in);
   b_host.leftCols(kd) = (svd.matrixU().leftCols(kd) * root.asDiagonal()).template cast<T>();
-  a_host.topRows(kd) = (root.asDiagonal() * svd.matrixV().leftCols(kd).transpose()).template cast<T>();
+  a_host.topRows(kd) =
+      (root.asDiagonal() * svd.matrixV().leftCols(kd).transpose()).template cast<T>();
   return {Backend::from_host(a_host), Backend::from_host(b_host)};
 }
 

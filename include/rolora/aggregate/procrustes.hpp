@@ -11,17 +11,15 @@
 //
 // In a round that shares one factor the factor-wise mean is already exact and is taken as is.
 #pragma once
-#include <cstddef>
-#include <span>
-#include <string_view>
-
 #include <Eigen/SVD>
-
+#include <cstddef>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
+#include <span>
+#include <string_view>
 
 namespace rolora {
 

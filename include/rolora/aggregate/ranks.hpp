@@ -11,12 +11,11 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
-#include <string>
-#include <utility>
-
 #include <rolora/adapter/lora.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <string>
+#include <utility>
 
 namespace rolora {
 
@@ -27,9 +26,12 @@ enum class rank_scaling { alpha_over_r, alpha_over_sqrt_r, fixed };
 
 inline double scaling_at_rank(double s, index_t r, index_t r_i, rank_scaling rule) {
   switch (rule) {
-    case rank_scaling::alpha_over_r: return s * double(r) / double(r_i);
-    case rank_scaling::alpha_over_sqrt_r: return s * std::sqrt(double(r) / double(r_i));
-    case rank_scaling::fixed: return s;
+    case rank_scaling::alpha_over_r:
+      return s * double(r) / double(r_i);
+    case rank_scaling::alpha_over_sqrt_r:
+      return s * std::sqrt(double(r) / double(r_i));
+    case rank_scaling::fixed:
+      return s;
   }
   return s;
 }
@@ -43,8 +45,8 @@ namespace detail {
 // min(r_from, r_to) components: A_to = E^T A, B_to = (s_from / s_to) B E, E = I [r_from, r_to].
 template <backend Backend>
 std::pair<typename Backend::matrix, typename Backend::matrix> resize_rank(
-    const typename Backend::matrix& a, const typename Backend::matrix& b, double s_from, index_t r_to,
-    double s_to) {
+    const typename Backend::matrix& a, const typename Backend::matrix& b, double s_from,
+    index_t r_to, double s_to) {
   using T = typename Backend::scalar;
   const index_t r_from = Backend::rows(a);
   const T c = T(s_from / s_to);
@@ -64,10 +66,10 @@ template <backend Backend>
 void check_target_rank(const char* what, const lora_adapter<Backend>& l, index_t r, double s,
                        bool up) {
   if (r < 1 || (up ? r < l.rank() : r > l.rank()) || !std::isfinite(s) || s == 0.0) {
-    raise<config_error>(what, ": rank ", r, " and scaling ", s,
-                       " cannot hold an adapter of rank ", l.rank(), " (need 1 <= ",
-                       up ? "rank of the adapter <= r" : "r <= rank of the adapter",
-                       " and a finite non-zero scaling)");
+    raise<config_error>(
+        what, ": rank ", r, " and scaling ", s, " cannot hold an adapter of rank ", l.rank(),
+        " (need 1 <= ", up ? "rank of the adapter <= r" : "r <= rank of the adapter",
+        " and a finite non-zero scaling)");
   }
 }
 

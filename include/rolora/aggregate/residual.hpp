@@ -10,13 +10,12 @@
 // In a round that shares one factor the factor-wise mean is already exact: no correction.
 #pragma once
 #include <cstddef>
-#include <span>
-#include <string_view>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
+#include <span>
+#include <string_view>
 
 namespace rolora {
 

@@ -1,5 +1,6 @@
 // FLoRA's aggregation (Wang et al. 2024): stack the clients' factors,
-//   B_stack = [B_1 ... B_K] [out, R],  A_stack = [c_1 A_1; ...; c_K A_K] [R, in],  c_i = w_i s_i / s,
+//   B_stack = [B_1 ... B_K] [out, R],  A_stack = [c_1 A_1; ...; c_K A_K] [R, in],  c_i = w_i s_i /
+//   s,
 // so that s B_stack A_stack = sum_i w_i s_i B_i A_i exactly (any ranks r_i, R = sum_i r_i), merge
 // that product into the base weight -- here the adapters' dense residual, which every client
 // applies -- and re-initialise the adapters: A from the adapter-init stream (sub-stream
@@ -15,15 +16,14 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <span>
-#include <string_view>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/config.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
+#include <span>
+#include <string_view>
 
 namespace rolora {
 
@@ -50,9 +50,9 @@ struct flora_stack {
       const auto st = detail::stack_factors(module, updates, weights, double(g.scaling), false);
       if (!g.has_residual()) g.residual = Backend::zeros(g.out_features(), g.in_features());
       Backend::gemm(g.scaling, st.b, op::none, st.a, op::none, T(1), g.residual);  // [out, in]
-      auto fresh = make_lora<Backend>(module, g.out_features(), g.in_features(), g.rank(),
-                                      double(g.scaling), init, seed, k++,
-                                      static_cast<std::uint32_t>(round + 1));
+      auto fresh =
+          make_lora<Backend>(module, g.out_features(), g.in_features(), g.rank(), double(g.scaling),
+                             init, seed, k++, static_cast<std::uint32_t>(round + 1));
       g.A = std::move(fresh.A);
       g.B = std::move(fresh.B);
     }

@@ -13,13 +13,12 @@
 // factor, the mean of that factor is already the mean of the products (the other is common), and
 // svd_resplit takes it (zero-padded as padded_fedavg).
 #pragma once
-#include <span>
-#include <string_view>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
+#include <span>
+#include <string_view>
 
 namespace rolora {
 
@@ -38,7 +37,8 @@ struct svd_resplit {
         continue;
       }
       auto st = detail::stack_factors(module, updates, weights, double(g.scaling), true);
-      auto [a, b] = detail::best_rank_r_factors<Backend>(std::move(st.b), std::move(st.a), g.rank());
+      auto [a, b] =
+          detail::best_rank_r_factors<Backend>(std::move(st.b), std::move(st.a), g.rank());
       g.A = std::move(a);  // [r, in]
       g.B = std::move(b);  // [out, r]
     }

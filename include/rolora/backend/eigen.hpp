@@ -1,15 +1,13 @@
 // The CPU backend: column-major Eigen matrices, GEMM through Eigen's blocked kernels.
 #pragma once
-#include <cmath>
-#include <string_view>
-
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <Eigen/QR>
-
+#include <cmath>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
+#include <string_view>
 
 namespace rolora {
 
@@ -21,12 +19,12 @@ template <class T>
 host_matrix<T> orthonormalize_rows_host(host_matrix<T>& a) {
   const index_t r = a.rows(), n = a.cols();
   if (r > n) {
-    raise<shape_error>("orthonormalize_rows: a [r, n] needs r <= n, got ",
-                      shape_string(r, n));
+    raise<shape_error>("orthonormalize_rows: a [r, n] needs r <= n, got ", shape_string(r, n));
   }
   Eigen::HouseholderQR<host_matrix<T>> qr(a.transpose());
-  host_matrix<T> q = qr.householderQ() * host_matrix<T>::Identity(n, r);        // [n, r]
-  host_matrix<T> upper = qr.matrixQR().topRows(r).template triangularView<Eigen::Upper>();  // [r, r]
+  host_matrix<T> q = qr.householderQ() * host_matrix<T>::Identity(n, r);  // [n, r]
+  host_matrix<T> upper =
+      qr.matrixQR().topRows(r).template triangularView<Eigen::Upper>();  // [r, r]
   for (index_t j = 0; j < r; ++j) {
     if (upper(j, j) < T(0)) {
       upper.row(j) *= T(-1);
@@ -42,12 +40,13 @@ template <class T>
 void solve_spd_right_host(const host_matrix<T>& g, host_matrix<T>& x) {
   if (g.rows() != g.cols() || x.cols() != g.rows()) {
     raise<shape_error>("solve_spd_right: expected g [n, n] and x [m, n], got g ",
-                      shape_string(g.rows(), g.cols()), " and x ", shape_string(x.rows(), x.cols()));
+                       shape_string(g.rows(), g.cols()), " and x ",
+                       shape_string(x.rows(), x.cols()));
   }
   Eigen::LLT<host_matrix<T>> llt(g);
   if (llt.info() != Eigen::Success) {
     raise<value_error>("solve_spd_right: the ", shape_string(g.rows(), g.cols()),
-                      " matrix is not positive definite (rank-deficient data or factor?)");
+                       " matrix is not positive definite (rank-deficient data or factor?)");
   }
   x = llt.solve(x.transpose()).transpose();  // g symmetric: (g^{-1} x^T)^T = x g^{-1}
 }
@@ -71,14 +70,14 @@ struct eigen_backend {
     const index_t n = op_b == op::none ? b.cols() : b.rows();
     if (k != kb) {
       detail::raise<shape_error>("gemm: inner dimensions differ: op(a) is ",
-                                detail::shape_string(m, k), ", op(b) is ",
-                                detail::shape_string(kb, n));
+                                 detail::shape_string(m, k), ", op(b) is ",
+                                 detail::shape_string(kb, n));
     }
     if (beta == T(0)) {
       c.setZero(m, n);
     } else if (c.rows() != m || c.cols() != n) {
-      detail::raise<shape_error>("gemm: c expected ", detail::shape_string(m, n),
-                                ", got ", detail::shape_string(c.rows(), c.cols()));
+      detail::raise<shape_error>("gemm: c expected ", detail::shape_string(m, n), ", got ",
+                                 detail::shape_string(c.rows(), c.cols()));
     } else if (beta != T(1)) {
       c *= beta;
     }
@@ -126,9 +125,9 @@ struct eigen_backend {
  private:
   static void check_same_shape(const char* what, const matrix& x, const matrix& y) {
     if (x.rows() != y.rows() || x.cols() != y.cols()) {
-      detail::raise<shape_error>(what, ": shapes differ: ",
-                                detail::shape_string(x.rows(), x.cols()), " vs ",
-                                detail::shape_string(y.rows(), y.cols()));
+      detail::raise<shape_error>(what,
+                                 ": shapes differ: ", detail::shape_string(x.rows(), x.cols()),
+                                 " vs ", detail::shape_string(y.rows(), y.cols()));
     }
   }
 };

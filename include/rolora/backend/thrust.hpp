@@ -13,13 +13,6 @@
 // on a copy, so they give eigen_backend's bits for the same input.
 #pragma once
 // First: it picks Thrust's device system before any Thrust header is seen.
-#include <rolora/backend/detail/thrust_system.hpp>
-
-#include <cmath>
-#include <cstddef>
-#include <new>
-#include <string_view>
-
 #include <thrust/copy.h>
 #include <thrust/fill.h>
 #include <thrust/for_each.h>
@@ -28,14 +21,19 @@
 #include <thrust/logical.h>
 #include <thrust/transform.h>
 
+#include <cmath>
+#include <cstddef>
+#include <new>
 #include <rolora/backend/detail/thrust_elementwise.hpp>
 #include <rolora/backend/detail/thrust_error.hpp>
 #include <rolora/backend/detail/thrust_gemm.hpp>
 #include <rolora/backend/detail/thrust_matrix.hpp>
+#include <rolora/backend/detail/thrust_system.hpp>
 #include <rolora/backend/eigen.hpp>  // the host helpers for the small r x r factorisations
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
+#include <string_view>
 
 namespace rolora {
 
@@ -59,14 +57,14 @@ struct thrust_backend {
     const index_t kb = tb ? b.cols() : b.rows(), n = tb ? b.rows() : b.cols();
     if (k != kb) {
       detail::raise<shape_error>("gemm: inner dimensions differ: op(a) is ",
-                                detail::shape_string(m, k), ", op(b) is ",
-                                detail::shape_string(kb, n));
+                                 detail::shape_string(m, k), ", op(b) is ",
+                                 detail::shape_string(kb, n));
     }
     if (beta == T(0)) {
       if (c.rows() != m || c.cols() != n) c = matrix(m, n);
     } else if (c.rows() != m || c.cols() != n) {
-      detail::raise<shape_error>("gemm: c expected ", detail::shape_string(m, n),
-                                ", got ", detail::shape_string(c.rows(), c.cols()));
+      detail::raise<shape_error>("gemm: c expected ", detail::shape_string(m, n), ", got ",
+                                 detail::shape_string(c.rows(), c.cols()));
     }
     if constexpr (detail::thrust_system_traits<System>::is_cuda) {
 #if defined(__CUDACC__)
@@ -162,9 +160,9 @@ struct thrust_backend {
 
   static void check_same_shape(const char* what, const matrix& x, const matrix& y) {
     if (x.rows() != y.rows() || x.cols() != y.cols()) {
-      detail::raise<shape_error>(what, ": shapes differ: ",
-                                detail::shape_string(x.rows(), x.cols()), " vs ",
-                                detail::shape_string(y.rows(), y.cols()));
+      detail::raise<shape_error>(what,
+                                 ": shapes differ: ", detail::shape_string(x.rows(), x.cols()),
+                                 " vs ", detail::shape_string(y.rows(), y.cols()));
     }
   }
 };

@@ -17,17 +17,15 @@
 // type that does not fit fails to compile with a sentence instead of a page of template errors.
 // docs/concepts.md lists the same set with parameter types.
 #pragma once
+#include <Eigen/Core>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <rolora/core/error.hpp>
+#include <rolora/core/shape.hpp>
 #include <span>
 #include <string_view>
 #include <type_traits>
-
-#include <Eigen/Core>
-
-#include <rolora/core/error.hpp>
-#include <rolora/core/shape.hpp>
 
 namespace rolora {
 
@@ -45,12 +43,12 @@ struct adamw_coefficients {
 // `T::name` is a constant expression convertible to std::string_view: a `static constexpr`
 // member. (A non-static member would pass a plain `{ T::name }` check and fail much later.)
 template <class T>
-concept named_by_constant =
-    requires {
-      { T::name } -> std::convertible_to<std::string_view>;
-    } && !std::is_member_pointer_v<decltype(&T::name)> && requires {
-      typename std::integral_constant<std::size_t, std::string_view(T::name).size()>;
-    };
+concept named_by_constant = requires {
+  { T::name } -> std::convertible_to<std::string_view>;
+}
+&&!std::is_member_pointer_v<decltype(&T::name)> && requires {
+  typename std::integral_constant<std::size_t, std::string_view(T::name).size()>;
+};
 
 // ---------------------------------------------------------------------------------------------
 // backend: where matrices live and how the algebra runs on them.
@@ -78,27 +76,28 @@ concept named_by_constant =
 //                               one fused AdamW step on parameter p with gradient g and moments
 // ---------------------------------------------------------------------------------------------
 template <class B>
-concept backend =
-    requires { typename B::scalar; typename B::matrix; } &&
-    std::floating_point<typename B::scalar> && std::copyable<typename B::matrix> &&
-    named_by_constant<B> &&
-    requires(typename B::matrix& m, const typename B::matrix& c, typename B::scalar s,
-             const host_matrix<typename B::scalar>& h,
-             const adamw_coefficients<typename B::scalar>& k, index_t n) {
-      { B::zeros(n, n) } -> std::same_as<typename B::matrix>;
-      { B::rows(c) } -> std::convertible_to<index_t>;
-      { B::cols(c) } -> std::convertible_to<index_t>;
-      B::gemm(s, c, op::none, c, op::transpose, s, m);
-      B::axpy(s, c, m);
-      B::scale(s, m);
-      { B::dot(c, c) } -> std::convertible_to<typename B::scalar>;
-      { B::all_finite(c) } -> std::same_as<bool>;
-      { B::to_host(c) } -> std::same_as<host_matrix<typename B::scalar>>;
-      { B::from_host(h) } -> std::same_as<typename B::matrix>;
-      { B::orthonormalize_rows(m) } -> std::same_as<typename B::matrix>;
-      B::solve_spd_right(c, m);
-      B::adamw_update(m, c, m, m, k);
-    };
+concept backend = requires {
+  typename B::scalar;
+  typename B::matrix;
+}
+&&std::floating_point<typename B::scalar>&& std::copyable<typename B::matrix>&&
+    named_by_constant<B>&& requires(typename B::matrix& m, const typename B::matrix& c,
+                                    typename B::scalar s, const host_matrix<typename B::scalar>& h,
+                                    const adamw_coefficients<typename B::scalar>& k, index_t n) {
+  { B::zeros(n, n) } -> std::same_as<typename B::matrix>;
+  { B::rows(c) } -> std::convertible_to<index_t>;
+  { B::cols(c) } -> std::convertible_to<index_t>;
+  B::gemm(s, c, op::none, c, op::transpose, s, m);
+  B::axpy(s, c, m);
+  B::scale(s, m);
+  { B::dot(c, c) } -> std::convertible_to<typename B::scalar>;
+  { B::all_finite(c) } -> std::same_as<bool>;
+  { B::to_host(c) } -> std::same_as<host_matrix<typename B::scalar>>;
+  { B::from_host(h) } -> std::same_as<typename B::matrix>;
+  { B::orthonormalize_rows(m) } -> std::same_as<typename B::matrix>;
+  B::solve_spd_right(c, m);
+  B::adamw_update(m, c, m, m, k);
+};
 
 // Which LoRA factors a statement is about: trained, uploaded, or kept on the client.
 struct factor_set {
@@ -131,12 +130,12 @@ inline constexpr factor_set both_factors{true, true};
 // The three invariants are values, not types: check_policy_round checks them when a round starts.
 // ---------------------------------------------------------------------------------------------
 template <class P>
-concept update_policy =
-    std::copyable<P> && named_by_constant<P> && requires(const P& p, std::size_t t) {
-      { p.trains(t) } -> std::same_as<factor_set>;
-      { p.shares(t) } -> std::same_as<factor_set>;
-      { p.keeps_local() } -> std::same_as<factor_set>;
-    };
+concept update_policy = std::copyable<P> && named_by_constant<P> &&
+    requires(const P& p, std::size_t t) {
+  { p.trains(t) } -> std::same_as<factor_set>;
+  { p.shares(t) } -> std::same_as<factor_set>;
+  { p.keeps_local() } -> std::same_as<factor_set>;
+};
 
 // The update_policy invariants at round t: trains(t) names a factor, shares(t) is within
 // trains(t), keeps_local() is disjoint from shares(t). Throws config_error naming the policy and
@@ -150,13 +149,14 @@ void check_policy_round(const P& policy, std::size_t t) {
                                 ": trains(t) must name at least one factor, got none");
   }
   if ((shares.a && !trains.a) || (shares.b && !trains.b)) {
-    detail::raise<config_error>("policy '", P::name, "' round ", t, ": shares(t) = ",
-                                shares.label(), " must be within trains(t) = ", trains.label());
+    detail::raise<config_error>("policy '", P::name, "' round ", t,
+                                ": shares(t) = ", shares.label(),
+                                " must be within trains(t) = ", trains.label());
   }
   if ((local.a && shares.a) || (local.b && shares.b)) {
-    detail::raise<config_error>("policy '", P::name, "' round ", t, ": keeps_local() = ",
-                                local.label(), " must be disjoint from shares(t) = ",
-                                shares.label());
+    detail::raise<config_error>("policy '", P::name, "' round ", t,
+                                ": keeps_local() = ", local.label(),
+                                " must be disjoint from shares(t) = ", shares.label());
   }
 }
 
@@ -204,19 +204,19 @@ struct round_report;
 //                               Absent: the residual never changes.
 // ---------------------------------------------------------------------------------------------
 template <class G, class B>
-concept aggregator_for =
-    backend<B> && std::copyable<G> && named_by_constant<G> &&
+concept aggregator_for = backend<B> && std::copyable<G> && named_by_constant<G> &&
     requires(const G& g, const adapter_set<B>& global, std::span<const client_update<B>> updates,
              std::span<const double> weights, factor_set shared) {
-      { g.merge(global, updates, weights, shared) } -> std::same_as<adapter_set<B>>;
-    };
+  { g.merge(global, updates, weights, shared) } -> std::same_as<adapter_set<B>>;
+};
 
 template <class G, class B>
-concept round_aware_aggregator =
-    requires(const G& g, const adapter_set<B>& global, std::span<const client_update<B>> updates,
-             std::span<const double> weights, factor_set shared, std::size_t round) {
-      { g.merge(global, updates, weights, shared, round) } -> std::same_as<adapter_set<B>>;
-    };
+concept round_aware_aggregator = requires(const G& g, const adapter_set<B>& global,
+                                          std::span<const client_update<B>> updates,
+                                          std::span<const double> weights, factor_set shared,
+                                          std::size_t round) {
+  { g.merge(global, updates, weights, shared, round) } -> std::same_as<adapter_set<B>>;
+};
 
 template <class G>
 concept heterogeneous_rank_aggregator = requires {
@@ -224,11 +224,11 @@ concept heterogeneous_rank_aggregator = requires {
 };
 
 template <class G, class B>
-concept residual_tracking_aggregator =
-    requires(const G& g, const adapter_set<B>& global, std::span<const client_update<B>> updates,
-             factor_set shared) {
-      { g.residual_update_scalars(global, updates, shared) } -> std::convertible_to<std::size_t>;
-    };
+concept residual_tracking_aggregator = requires(const G& g, const adapter_set<B>& global,
+                                                std::span<const client_update<B>> updates,
+                                                factor_set shared) {
+  { g.residual_update_scalars(global, updates, shared) } -> std::convertible_to<std::size_t>;
+};
 
 // ---------------------------------------------------------------------------------------------
 // factor_reducer: what factorwise<R> (aggregate/factorwise.hpp) turns into a whole aggregator,
@@ -246,23 +246,21 @@ concept residual_tracking_aggregator =
 // copies come in update order, all shaped like the global factor; weights are the w_i.
 // ---------------------------------------------------------------------------------------------
 template <class R, class B>
-concept backend_factor_reducer =
-    backend<B> && requires(const R& r, std::span<const typename B::matrix* const> copies,
-                           std::span<const double> weights, typename B::matrix& out) {
-      r.template operator()<B>(copies, weights, out);
-    };
+concept backend_factor_reducer = backend<B> &&
+    requires(const R& r, std::span<const typename B::matrix* const> copies,
+             std::span<const double> weights, typename B::matrix& out) {
+  r.template operator()<B>(copies, weights, out);
+};
 
 template <class R, class B>
-concept host_factor_reducer =
-    backend<B> &&
+concept host_factor_reducer = backend<B> &&
     requires(const R& r, std::span<const host_matrix<typename B::scalar>> copies,
              std::span<const double> weights) {
-      { r(copies, weights) } -> std::convertible_to<host_matrix<typename B::scalar>>;
-    };
+  { r(copies, weights) } -> std::convertible_to<host_matrix<typename B::scalar>>;
+};
 
 template <class R, class B>
-concept factor_reducer =
-    named_by_constant<R> && std::copyable<R> &&
+concept factor_reducer = named_by_constant<R> && std::copyable<R> &&
     (backend_factor_reducer<R, B> || host_factor_reducer<R, B>);
 
 // ---------------------------------------------------------------------------------------------
@@ -287,14 +285,13 @@ concept factor_reducer =
 // A task object is used by one thread at a time.
 // ---------------------------------------------------------------------------------------------
 template <class Task, class Backend>
-concept client_task =
-    backend<Backend> && requires(Task& t, const adapter_set<Backend>& adapters,
-                                 std::span<const std::size_t> batch, factor_set trains,
-                                 gradient_set<Backend>& grads) {
-      { t.num_samples() } -> std::convertible_to<std::size_t>;
-      { t.loss(adapters) } -> std::convertible_to<double>;
-      { t.loss_and_grad(adapters, batch, trains, grads) } -> std::convertible_to<double>;
-    };
+concept client_task = backend<Backend> &&
+    requires(Task& t, const adapter_set<Backend>& adapters, std::span<const std::size_t> batch,
+             factor_set trains, gradient_set<Backend>& grads) {
+  { t.num_samples() } -> std::convertible_to<std::size_t>;
+  { t.loss(adapters) } -> std::convertible_to<double>;
+  { t.loss_and_grad(adapters, batch, trains, grads) } -> std::convertible_to<double>;
+};
 
 template <class Task, class Backend>
 concept closed_form_b_task = requires(Task& t, adapter_set<Backend>& adapters) {
@@ -312,13 +309,15 @@ concept closed_form_b_task = requires(Task& t, adapter_set<Backend>& adapters) {
 //                               stops the run after this round
 // ---------------------------------------------------------------------------------------------
 template <class C>
-concept round_begin_callback = requires(C& c, std::size_t round) { c.on_round_begin(round); };
+concept round_begin_callback = requires(C& c, std::size_t round) {
+  c.on_round_begin(round);
+};
 
 template <class C, class B>
-concept round_end_callback =
-    requires(C& c, const round_report& report, const adapter_set<B>& global) {
-      c.on_round_end(report, global);
-    };
+concept round_end_callback = requires(C& c, const round_report& report,
+                                      const adapter_set<B>& global) {
+  c.on_round_end(report, global);
+};
 
 // ---------------------------------------------------------------------------------------------
 // nn_backend: a backend whose nn_primitives<B> specialisation provides the primitives the
@@ -383,25 +382,24 @@ template <class B>
 struct nn_primitives;  // specialised per backend on the nn side
 
 template <class B>
-concept nn_backend =
-    backend<B> &&
+concept nn_backend = backend<B> &&
     requires(typename B::matrix& m, const typename B::matrix& c, typename B::matrix* p,
              typename B::scalar s, index_t i, bool flag, std::span<const std::int32_t> ids) {
-      nn_primitives<B>::set_zero(m, i, i);
-      nn_primitives<B>::add_bias(m, c);
-      nn_primitives<B>::row_sums(c, m);
-      nn_primitives<B>::layer_norm_forward(c, c, c, s, m, m, m);
-      nn_primitives<B>::layer_norm_backward(c, c, c, c, m, flag, p, p);
-      nn_primitives<B>::gelu_forward(c, m);
-      nn_primitives<B>::gelu_backward(c, c, m);
-      nn_primitives<B>::embedding_forward(c, ids, flag, m);
-      nn_primitives<B>::embedding_backward(c, ids, m);
-      nn_primitives<B>::attention_forward(c, c, c, c, i, s, m, m);
-      nn_primitives<B>::attention_backward(c, c, c, c, c, i, s, m, m, m);
-      nn_primitives<B>::weighted_pool(c, c, m);
-      nn_primitives<B>::weighted_pool_backward(c, c, m);
-      nn_primitives<B>::softmax_columns(m);
-      { nn_primitives<B>::softmax_cross_entropy(c, ids, s, p) } -> std::convertible_to<double>;
-    };
+  nn_primitives<B>::set_zero(m, i, i);
+  nn_primitives<B>::add_bias(m, c);
+  nn_primitives<B>::row_sums(c, m);
+  nn_primitives<B>::layer_norm_forward(c, c, c, s, m, m, m);
+  nn_primitives<B>::layer_norm_backward(c, c, c, c, m, flag, p, p);
+  nn_primitives<B>::gelu_forward(c, m);
+  nn_primitives<B>::gelu_backward(c, c, m);
+  nn_primitives<B>::embedding_forward(c, ids, flag, m);
+  nn_primitives<B>::embedding_backward(c, ids, m);
+  nn_primitives<B>::attention_forward(c, c, c, c, i, s, m, m);
+  nn_primitives<B>::attention_backward(c, c, c, c, c, i, s, m, m, m);
+  nn_primitives<B>::weighted_pool(c, c, m);
+  nn_primitives<B>::weighted_pool_backward(c, c, m);
+  nn_primitives<B>::softmax_columns(m);
+  { nn_primitives<B>::softmax_cross_entropy(c, ids, s, p) } -> std::convertible_to<double>;
+};
 
 }  // namespace rolora

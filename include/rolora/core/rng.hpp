@@ -28,7 +28,7 @@ namespace detail {
 
 // One Philox4x32-10 block: 128 counter bits and 64 key bits in, 128 random bits out.
 constexpr std::array<std::uint32_t, 4> philox4x32(std::array<std::uint32_t, 4> ctr,
-                                                 std::array<std::uint32_t, 2> key) {
+                                                  std::array<std::uint32_t, 2> key) {
   constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;
   constexpr std::uint32_t w0 = 0x9E3779B9u, w1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {

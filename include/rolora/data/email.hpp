@@ -16,7 +16,8 @@
 //                                   alternative with text;
 //      other multipart/*         -> the text of every part, in order, parts' MIME headers dropped
 //                                   (a message without Content-Type whose body has a "--X" line
-//                                   followed by "Content-..." is read as multipart with boundary X);
+//                                   followed by "Content-..." is read as multipart with boundary
+//                                   X);
 //      message/rfc822            -> the embedded message's body (its headers dropped too);
 //      anything else (images, application/*, signatures, delivery reports) -> dropped.
 //    Content-Transfer-Encoding quoted-printable and base64 are decoded.
@@ -65,7 +66,9 @@ struct content_type {
 namespace detail {
 
 inline char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
-inline bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+inline bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 inline std::string to_lower(std::string_view s) {
   std::string out(s);
@@ -74,7 +77,8 @@ inline std::string to_lower(std::string_view s) {
 }
 
 inline bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return lower(x) == lower(y); });
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [](char x, char y) { return lower(x) == lower(y); });
 }
 
 inline bool istarts_with(std::string_view s, std::string_view prefix) {
@@ -162,8 +166,9 @@ inline mime_entity parse_entity(std::string_view s) {
     }
     const std::size_t colon = line.find(':');
     const std::string_view name = line.substr(0, colon);
-    const bool valid = colon != std::string_view::npos && colon > 0 &&
-                       std::none_of(name.begin(), name.end(), [](char c) { return detail::is_space(c); });
+    const bool valid =
+        colon != std::string_view::npos && colon > 0 &&
+        std::none_of(name.begin(), name.end(), [](char c) { return detail::is_space(c); });
     in_field = valid;
     if (valid) e.headers.push_back({std::string(name), std::string(line.substr(colon + 1))});
   }
@@ -176,7 +181,8 @@ inline mime_entity parse_entity(std::string_view s) {
 }
 
 // The value of the first header field called `name` (case-insensitive), if any.
-inline std::optional<std::string> find_header(const std::vector<header_field>& headers, std::string_view name) {
+inline std::optional<std::string> find_header(const std::vector<header_field>& headers,
+                                              std::string_view name) {
   for (const auto& h : headers) {
     if (detail::iequals(h.name, name)) return h.value;
   }
@@ -213,7 +219,8 @@ inline content_type parse_content_type(std::string_view value) {
       pos = value.find(';', v);
     } else {
       pos = value.find(';', v);
-      param = std::string(detail::trim(value.substr(v, pos == std::string_view::npos ? value.npos : pos - v)));
+      param = std::string(
+          detail::trim(value.substr(v, pos == std::string_view::npos ? value.npos : pos - v)));
     }
     ct.params.emplace_back(name, std::move(param));
   }
@@ -236,7 +243,8 @@ inline std::string decode_quoted_printable(std::string_view s) {
       i = j;
     } else if (j == s.size()) {
       i = j - 1;
-    } else if (i + 2 < s.size() && detail::hex_value(s[i + 1]) >= 0 && detail::hex_value(s[i + 2]) >= 0) {
+    } else if (i + 2 < s.size() && detail::hex_value(s[i + 1]) >= 0 &&
+               detail::hex_value(s[i + 2]) >= 0) {
       out += static_cast<char>(detail::hex_value(s[i + 1]) * 16 + detail::hex_value(s[i + 2]));
       i += 2;
     } else {
@@ -255,12 +263,18 @@ inline std::string decode_base64(std::string_view s) {
   int bits = 0;
   for (const char c : s) {
     int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '+') v = 62;
-    else if (c == '/') v = 63;
-    else continue;
+    if (c >= 'A' && c <= 'Z')
+      v = c - 'A';
+    else if (c >= 'a' && c <= 'z')
+      v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9')
+      v = c - '0' + 52;
+    else if (c == '+')
+      v = 62;
+    else if (c == '/')
+      v = 63;
+    else
+      continue;
     acc = (acc << 6) | static_cast<std::uint32_t>(v);
     bits += 6;
     if (bits >= 8) {
@@ -321,9 +335,9 @@ inline std::string decode_encoded_words(std::string_view s) {
 // td/th a space), comments and the contents of script and style dropped, the common character
 // entities (&amp; &lt; &gt; &quot; &apos; &nbsp; and numeric ones) decoded.
 inline std::string html_to_text(std::string_view s) {
-  static constexpr std::string_view block_tags[] = {"br", "p", "div", "tr", "li", "ul", "ol", "table",
-                                                    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "blockquote",
-                                                    "pre", "title", "body", "html", "center", "dt", "dd"};
+  static constexpr std::string_view block_tags[] = {
+      "br", "p",  "div", "tr",         "li",  "ul",    "ol",   "table", "h1",     "h2", "h3", "h4",
+      "h5", "h6", "hr",  "blockquote", "pre", "title", "body", "html",  "center", "dt", "dd"};
   std::string out;
   out.reserve(s.size());
   std::size_t i = 0;
@@ -335,8 +349,9 @@ inline std::string html_to_text(std::string_view s) {
         i = end == s.npos ? s.size() : end + 3;
         continue;
       }
-      const bool tag_like = i + 1 < s.size() && (std::isalpha(static_cast<unsigned char>(s[i + 1])) ||
-                                                 s[i + 1] == '/' || s[i + 1] == '!' || s[i + 1] == '?');
+      const bool tag_like =
+          i + 1 < s.size() && (std::isalpha(static_cast<unsigned char>(s[i + 1])) ||
+                               s[i + 1] == '/' || s[i + 1] == '!' || s[i + 1] == '?');
       if (!tag_like) {
         out += c;
         ++i;
@@ -353,7 +368,8 @@ inline std::string html_to_text(std::string_view s) {
         const std::size_t end = detail::ifind(s, "</" + name, i);
         const std::size_t gt = end == s.npos ? s.npos : s.find('>', end);
         i = gt == s.npos ? s.size() : gt + 1;
-      } else if (std::find(std::begin(block_tags), std::end(block_tags), name) != std::end(block_tags)) {
+      } else if (std::find(std::begin(block_tags), std::end(block_tags), name) !=
+                 std::end(block_tags)) {
         out += '\n';
       } else if (name == "td" || name == "th") {
         out += ' ';
@@ -378,13 +394,17 @@ inline std::string html_to_text(std::string_view s) {
           std::uint32_t cp = 0;
           bool ok = ent.size() > (hex ? 2u : 1u);
           for (std::size_t k = hex ? 2 : 1; k < ent.size() && ok; ++k) {
-            const int d = hex ? detail::hex_value(ent[k]) : (std::isdigit(static_cast<unsigned char>(ent[k])) ? ent[k] - '0' : -1);
+            const int d =
+                hex ? detail::hex_value(ent[k])
+                    : (std::isdigit(static_cast<unsigned char>(ent[k])) ? ent[k] - '0' : -1);
             ok = d >= 0 && cp < 0x110000;
             cp = cp * (hex ? 16 : 10) + static_cast<std::uint32_t>(d);
           }
           if (ok && cp < 0x110000) {
-            if (cp < 256) out += static_cast<char>(cp == 0xA0 ? ' ' : cp);
-            else detail::append_utf8(out, cp);
+            if (cp < 256)
+              out += static_cast<char>(cp == 0xA0 ? ' ' : cp);
+            else
+              detail::append_utf8(out, cp);
             done = true;
           }
         }
@@ -420,7 +440,8 @@ inline std::string collapse_whitespace(std::string_view s) {
 namespace detail {
 
 inline std::string decode_transfer(const mime_entity& e) {
-  const std::string cte = to_lower(trim(find_header(e.headers, "Content-Transfer-Encoding").value_or("")));
+  const std::string cte =
+      to_lower(trim(find_header(e.headers, "Content-Transfer-Encoding").value_or("")));
   if (cte == "quoted-printable") return decode_quoted_printable(e.body);
   if (cte == "base64") return decode_base64(e.body);
   return e.body;
@@ -436,9 +457,11 @@ inline std::string without_blanks(std::string_view s) {
 
 // The parts of a multipart body; empty when the boundary never occurs. `loose`: blanks are
 // ignored when matching delimiter lines (some spam writes "--= Boundary" for boundary "=Boundary").
-inline std::vector<std::string_view> split_multipart(std::string_view body, std::string_view boundary, bool loose) {
+inline std::vector<std::string_view> split_multipart(std::string_view body,
+                                                     std::string_view boundary, bool loose) {
   std::vector<std::string_view> parts;
-  const std::string delimiter = loose ? without_blanks("--" + std::string(boundary)) : "--" + std::string(boundary);
+  const std::string delimiter =
+      loose ? without_blanks("--" + std::string(boundary)) : "--" + std::string(boundary);
   if (delimiter.size() <= 2) return parts;
   std::size_t pos = 0, part_start = std::string_view::npos;
   while (pos < body.size()) {
@@ -458,7 +481,8 @@ inline std::vector<std::string_view> split_multipart(std::string_view body, std:
     if (closing) return parts;
     part_start = pos;
   }
-  if (part_start != std::string_view::npos && part_start < body.size()) parts.push_back(body.substr(part_start));
+  if (part_start != std::string_view::npos && part_start < body.size())
+    parts.push_back(body.substr(part_start));
   return parts;
 }
 
@@ -482,8 +506,8 @@ inline std::string guess_boundary(std::string_view body) {
 // Whether a text/plain body is really an HTML document (mislabelled, common in spam).
 inline bool looks_like_html(std::string_view text) {
   const std::string_view t = trim(text);
-  return istarts_with(t, "<html") || istarts_with(t, "<!doctype html") || istarts_with(t, "<head") ||
-         istarts_with(t, "<body");
+  return istarts_with(t, "<html") || istarts_with(t, "<!doctype html") ||
+         istarts_with(t, "<head") || istarts_with(t, "<body");
 }
 
 inline std::string text_of_part(std::string_view raw, int depth) {
@@ -541,7 +565,8 @@ inline std::string entity_text(const mime_entity& e, int depth, bool top_level) 
 // No other header survives.
 inline std::string email_text(std::string_view raw) {
   const mime_entity e = parse_entity(normalize_newlines(raw));
-  const std::string subject = collapse_whitespace(decode_encoded_words(find_header(e.headers, "Subject").value_or("")));
+  const std::string subject =
+      collapse_whitespace(decode_encoded_words(find_header(e.headers, "Subject").value_or("")));
   const std::string body = detail::entity_text(e, 0, true);
   return collapse_whitespace(subject + "\n" + body);
 }

@@ -7,19 +7,19 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <rolora/core/error.hpp>
+#include <rolora/data/email.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <rolora/core/error.hpp>
-#include <rolora/data/email.hpp>
 
 namespace rolora::data {
 
 // The three classes: easy ham (easy-ham-1/2), hard ham (hard-ham-1), spam (spam-1/2).
 enum class email_class : int { easy_ham = 0, hard_ham = 1, spam = 2 };
 inline constexpr int num_email_classes = 3;
-inline constexpr std::array<std::string_view, 3> email_class_names = {"easy_ham", "hard_ham", "spam"};
+inline constexpr std::array<std::string_view, 3> email_class_names = {"easy_ham", "hard_ham",
+                                                                      "spam"};
 
 struct spam_assassin_group {
   std::string_view name;
@@ -67,11 +67,12 @@ inline std::vector<email_record> read_spam_assassin(const std::filesystem::path&
     const fs::path gdir = dir / std::string(g.name);
     if (!fs::is_directory(gdir)) {
       rolora::detail::fail<error>("data.corpus", "expected the group directory ", gdir.string(),
-                          " of the SpamAssassin corpus; run scripts/fetch_data.sh");
+                                  " of the SpamAssassin corpus; run scripts/fetch_data.sh");
     }
     std::vector<fs::path> files;
     for (const auto& entry : fs::directory_iterator(gdir)) {
-      if (entry.is_regular_file() && entry.path().extension() == ".txt") files.push_back(entry.path());
+      if (entry.is_regular_file() && entry.path().extension() == ".txt")
+        files.push_back(entry.path());
     }
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {

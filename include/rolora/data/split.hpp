@@ -7,12 +7,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
-#include <vector>
-
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/federated/partition.hpp>
 #include <rolora/federated/sampling.hpp>
+#include <vector>
 
 namespace rolora::data {
 
@@ -33,26 +32,32 @@ inline constexpr std::uint32_t corpus_split_substream = 0xDA7A00u;
 // For each class c with n_c samples: a seeded shuffle, then round(test * n_c) to test,
 // round(pretrain * n_c) to pretrain, the rest to fine-tuning. Depends only on (labels, seed,
 // fractions).
-inline corpus_split split_corpus(const std::vector<int>& labels, std::uint64_t seed, split_fractions f = {}) {
+inline corpus_split split_corpus(const std::vector<int>& labels, std::uint64_t seed,
+                                 split_fractions f = {}) {
   const bool ok = f.test >= 0.0 && f.pretrain >= 0.0 && f.test + f.pretrain < 1.0;
   if (!ok) {
-    rolora::detail::fail<config_error>("data.split", "split_corpus: need test >= 0, pretrain >= 0 and test + pretrain < 1, got test = ",
-                               f.test, ", pretrain = ", f.pretrain);
+    rolora::detail::fail<config_error>(
+        "data.split",
+        "split_corpus: need test >= 0, pretrain >= 0 and test + pretrain < 1, got test = ", f.test,
+        ", pretrain = ", f.pretrain);
   }
   std::map<int, std::vector<std::size_t>> by_class;
   for (std::size_t i = 0; i < labels.size(); ++i) by_class[labels[i]].push_back(i);
   corpus_split s;
   std::uint32_t class_rank = 0;
   for (auto& [label, members] : by_class) {
-    random_engine rng(random_stream(seed, stream::data_split, 0, corpus_split_substream + class_rank++));
+    random_engine rng(
+        random_stream(seed, stream::data_split, 0, corpus_split_substream + class_rank++));
     partial_shuffle(members, members.size(), rng);
     const double n = static_cast<double>(members.size());
     const auto n_test = static_cast<std::size_t>(std::llround(f.test * n));
-    const auto n_pre = std::min(members.size() - n_test, static_cast<std::size_t>(std::llround(f.pretrain * n)));
+    const auto n_pre =
+        std::min(members.size() - n_test, static_cast<std::size_t>(std::llround(f.pretrain * n)));
     s.test.insert(s.test.end(), members.begin(), members.begin() + std::ptrdiff_t(n_test));
     s.pretrain.insert(s.pretrain.end(), members.begin() + std::ptrdiff_t(n_test),
                       members.begin() + std::ptrdiff_t(n_test + n_pre));
-    s.finetune.insert(s.finetune.end(), members.begin() + std::ptrdiff_t(n_test + n_pre), members.end());
+    s.finetune.insert(s.finetune.end(), members.begin() + std::ptrdiff_t(n_test + n_pre),
+                      members.end());
   }
   std::sort(s.test.begin(), s.test.end());
   std::sort(s.pretrain.begin(), s.pretrain.end());
@@ -68,7 +73,8 @@ std::vector<T> gather(const std::vector<T>& values, const std::vector<std::size_
   out.reserve(indices.size());
   for (const std::size_t i : indices) {
     if (i >= values.size()) {
-      rolora::detail::fail<value_error>("data.split", "gather: index ", i, " is outside the ", values.size(), " values");
+      rolora::detail::fail<value_error>("data.split", "gather: index ", i, " is outside the ",
+                                        values.size(), " values");
     }
     out.push_back(values[i]);
   }

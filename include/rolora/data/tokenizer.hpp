@@ -7,12 +7,11 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <rolora/core/error.hpp>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <rolora/core/error.hpp>
 
 namespace rolora::data {
 
@@ -34,14 +33,16 @@ struct encoded_text {
 // A batch of encoded texts, sequence-major: ids[s * seq_len + t], lengths[s].
 struct encoded_batch {
   std::size_t seq_len = 0;
-  std::vector<std::int32_t> ids;    // [n, seq_len]
+  std::vector<std::int32_t> ids;     // [n, seq_len]
   std::vector<std::size_t> lengths;  // [n]
   std::size_t size() const { return lengths.size(); }
 };
 
 namespace detail {
 inline void check_max_len(std::size_t max_len, const char* who) {
-  if (max_len < 1) rolora::detail::fail<config_error>("data.tokenizer", who, ": max_len must be >= 1 (room for CLS), got 0");
+  if (max_len < 1)
+    rolora::detail::fail<config_error>("data.tokenizer", who,
+                                       ": max_len must be >= 1 (room for CLS), got 0");
 }
 }  // namespace detail
 
@@ -51,7 +52,8 @@ inline std::size_t encode_into(std::string_view text, std::span<std::int32_t> ou
   detail::check_max_len(out.size(), "encode");
   out[0] = byte_tokenizer::cls;
   const std::size_t n = std::min(text.size(), out.size() - 1);
-  for (std::size_t i = 0; i < n; ++i) out[i + 1] = static_cast<std::int32_t>(static_cast<unsigned char>(text[i]));
+  for (std::size_t i = 0; i < n; ++i)
+    out[i + 1] = static_cast<std::int32_t>(static_cast<unsigned char>(text[i]));
   for (std::size_t i = n + 1; i < out.size(); ++i) out[i] = byte_tokenizer::pad;
   return n + 1;
 }
@@ -65,8 +67,8 @@ inline encoded_text encode(std::string_view text, std::size_t max_len) {
 }
 
 // The texts `texts[indices[k]]`, k = 0.., encoded one per row.
-inline encoded_batch encode_batch(const std::vector<std::string>& texts, std::span<const std::size_t> indices,
-                                  std::size_t max_len) {
+inline encoded_batch encode_batch(const std::vector<std::string>& texts,
+                                  std::span<const std::size_t> indices, std::size_t max_len) {
   detail::check_max_len(max_len, "encode_batch");
   encoded_batch b;
   b.seq_len = max_len;
@@ -74,8 +76,9 @@ inline encoded_batch encode_batch(const std::vector<std::string>& texts, std::sp
   b.lengths.resize(indices.size());
   for (std::size_t k = 0; k < indices.size(); ++k) {
     if (indices[k] >= texts.size()) {
-      rolora::detail::fail<value_error>("data.tokenizer", "encode_batch: index ", indices[k], " at position ", k,
-                                " is outside the ", texts.size(), " texts");
+      rolora::detail::fail<value_error>("data.tokenizer", "encode_batch: index ", indices[k],
+                                        " at position ", k, " is outside the ", texts.size(),
+                                        " texts");
     }
     b.lengths[k] = encode_into(texts[indices[k]], std::span(b.ids).subspan(k * max_len, max_len));
   }
@@ -89,7 +92,8 @@ inline std::string decode(std::span<const std::int32_t> ids) {
     const std::int32_t id = ids[i];
     if (id < 0 || id >= byte_tokenizer::vocab_size) {
       rolora::detail::fail<value_error>("data.tokenizer", "decode: id ", id, " at position ", i,
-                                " is outside the vocabulary [0, ", byte_tokenizer::vocab_size, ")");
+                                        " is outside the vocabulary [0, ",
+                                        byte_tokenizer::vocab_size, ")");
     }
     if (id < byte_tokenizer::num_bytes) out += static_cast<char>(static_cast<unsigned char>(id));
   }

@@ -173,7 +173,8 @@ json describe(const Server& server, const json& identity) {
             {"batch_size", c.batch_size},
             {"local_optimizer", describe(c.local_optimizer)},
             {"keep_optimizer_state", c.keep_optimizer_state},
-            {"client_weighting", c.client_weighting == weighting::by_samples ? "by_samples" : "uniform"},
+            {"client_weighting",
+             c.client_weighting == weighting::by_samples ? "by_samples" : "uniform"},
             {"closed_form_b", c.closed_form_b},
             {"measure_aggregation_error", c.measure_aggregation_error},
             {"client_ranks", c.client_ranks},
@@ -296,8 +297,8 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, Server& server,
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   if (!detail::ckpt::sequence_of(name)) {
     detail::raise<value_error>("checkpoint: '", (dir / "latest").string(),
-                              "' must name a ckpt-<number> directory, got '", name.substr(0, 64),
-                              "'");
+                               "' must name a ckpt-<number> directory, got '", name.substr(0, 64),
+                               "'");
   }
   const auto where = dir / name;
   json j;
@@ -306,13 +307,13 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, Server& server,
     j = json::parse(text.begin(), text.end());
     if (j.at("format") != "rolora.checkpoint" || j.at("version") != 1) {
       detail::raise<value_error>("checkpoint: '", where.string(),
-                                "' is not a version 1 rolora checkpoint");
+                                 "' is not a version 1 rolora checkpoint");
     }
     const json now = detail::ckpt::describe(server, identity);
     if (j.at("fingerprint") != detail::ckpt::fingerprint(now.dump())) {
       detail::raise<config_error>("checkpoint '", where.string(),
-                                 "' belongs to another run: it has ",
-                                 detail::ckpt::first_difference(j.at("description"), now));
+                                  "' belongs to another run: it has ",
+                                  detail::ckpt::first_difference(j.at("description"), now));
     }
     const auto file = read_safetensors(where / "server.safetensors");
     typename Server::snapshot s;
@@ -365,7 +366,7 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, Server& server,
     return j.at("user");
   } catch (const json::exception& e) {
     detail::raise<value_error>("checkpoint '", where.string(),
-                              "': server.json is damaged: ", e.what());
+                               "': server.json is damaged: ", e.what());
   }
 }
 

@@ -12,10 +12,6 @@
 #pragma once
 #include <chrono>
 #include <cstddef>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/fedavg.hpp>
 #include <rolora/core/concepts.hpp>
@@ -25,6 +21,9 @@
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/server.hpp>
 #include <rolora/federated/task.hpp>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace rolora {
 
@@ -58,7 +57,9 @@ struct failed_run_error final : Error, failed_run {
 namespace detail {
 template <class Callback, class Backend>
 bool notify_round_end(Callback& cb, const round_report& report, const adapter_set<Backend>& g) {
-  if constexpr (requires { { cb.on_round_end(report, g) } -> std::convertible_to<bool>; }) {
+  if constexpr (requires {
+                  { cb.on_round_end(report, g) } -> std::convertible_to<bool>;
+                }) {
     return static_cast<bool>(cb.on_round_end(report, g));
   } else if constexpr (requires { cb.on_round_end(report, g); }) {
     cb.on_round_end(report, g);
@@ -129,7 +130,8 @@ class federation {
         uploads[i] = train_locally(tasks[c], server_.download(plan, c), server_.config());
       });
       round_report report = server_.complete_round(plan, std::move(uploads));
-      report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      report.seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       return report;
     } catch (const error&) {
       detail::rethrow_in_round(server_.next_round());
@@ -146,7 +148,8 @@ class federation {
       while (server_.next_round() < server_.config().num_rounds) {
         (detail::notify_round_begin(callbacks, server_.next_round()), ...);
         reports.push_back(run_round(tasks));
-        const bool stop = (detail::notify_round_end(callbacks, reports.back(), global()) | ... | false);
+        const bool stop =
+            (detail::notify_round_end(callbacks, reports.back(), global()) | ... | false);
         if (stop) break;
       }
     } catch (const error&) {

@@ -39,14 +39,13 @@ inline std::string to_decimal(double v) {
 template <class Number>
 Number parse_number(const std::map<std::string, std::string>& meta, const std::string& key) {
   const auto it = meta.find(key);
-  if (it == meta.end())
-    raise<value_error>("upload message: metadata '", key, "' is missing");
+  if (it == meta.end()) raise<value_error>("upload message: metadata '", key, "' is missing");
   const std::string& s = it->second;
   Number v{};
   const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
   if (r.ec != std::errc() || r.ptr != s.data() + s.size() || s.empty()) {
     raise<value_error>("upload message: metadata '", key, "' must be a number, got '",
-                      s.substr(0, 40), s.size() > 40 ? "...'" : "'");
+                       s.substr(0, 40), s.size() > 40 ? "...'" : "'");
   }
   return v;
 }
@@ -109,8 +108,8 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   const auto matrix = [&](const std::string& name) {
     const tensor_view t = file.tensor(name);
     if (t.shape.size() != 2) {
-      detail::raise<shape_error>("upload message: tensor '", name,
-                                "' must be 2-D, got ", t.shape_string());
+      detail::raise<shape_error>("upload message: tensor '", name, "' must be 2-D, got ",
+                                 t.shape_string());
     }
     return Backend::from_host(to_host_matrix<T>(t));
   };
@@ -120,8 +119,8 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
       if (!on) continue;
       const std::string key = "lora/" + name + "/" + factor;
       if (!file.contains(key)) {
-        detail::raise<shape_error>("module '", name, "' client ", up.client, ": ",
-                                  factor, " missing from the upload message");
+        detail::raise<shape_error>("module '", name, "' client ", up.client, ": ", factor,
+                                   " missing from the upload message");
       }
       *target = matrix(key);
       ++expected;
@@ -130,7 +129,7 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   for (auto& [name, w] : up.adapters.modules_to_save()) {
     if (!file.contains("save/" + name)) {
       detail::raise<shape_error>("module to save '", name, "' client ", up.client,
-                                ": missing from the upload message");
+                                 ": missing from the upload message");
     }
     w = matrix("save/" + name);
   }
@@ -144,7 +143,7 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
           name.starts_with("save/") && up.adapters.modules_to_save().count(name.substr(5));
       if (!lora && !saved) {
         detail::raise<shape_error>("client ", up.client, ": upload message tensor '",
-                                  name.substr(0, 80), "' is not a factor or module of the round");
+                                   name.substr(0, 80), "' is not a factor or module of the round");
       }
     }
   }

@@ -26,7 +26,8 @@ using flexlora = federation<Backend, train_both, svd_resplit>;  // FlexLoRA (Bai
 template <class Backend>
 using flora = federation<Backend, train_both, flora_stack>;  // FLoRA (Wang et al. 2024)
 template <class Backend>
-using fedex_lora = federation<Backend, train_both, fedex_residual>;  // FedEx-LoRA (Singhal et al. 2025)
+using fedex_lora =
+    federation<Backend, train_both, fedex_residual>;  // FedEx-LoRA (Singhal et al. 2025)
 template <class Backend>
 using fedrot_lora = federation<Backend, train_both, procrustes>;  // FedRot-LoRA
 

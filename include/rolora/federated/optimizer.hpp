@@ -5,13 +5,12 @@
 #include <cmath>
 #include <cstddef>
 #include <map>
-#include <string>
-#include <variant>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <string>
+#include <variant>
 
 namespace rolora {
 
@@ -88,7 +87,8 @@ class optimizer_state {
       const std::string head = last == std::string::npos ? "" : key.substr(0, last);
       const std::string which = last == std::string::npos ? "" : key.substr(last + 1);
       moment_pair* m = nullptr;
-      if (head.starts_with("lora/") && (head.ends_with("/a") || head.ends_with("/b")) && head.size() > 7) {
+      if (head.starts_with("lora/") && (head.ends_with("/a") || head.ends_with("/b")) &&
+          head.size() > 7) {
         auto& mm = s.moments_[head.substr(5, head.size() - 7)];
         m = head.back() == 'a' ? &mm.a : &mm.b;
       } else if (head.starts_with("save/") && head.size() > 5) {
@@ -101,19 +101,20 @@ class optimizer_state {
       m->ready = true;
     }
     const auto complete = [](const moment_pair& m) {
-      return !m.ready || (Backend::rows(m.first) == Backend::rows(m.second) &&
-                          Backend::cols(m.first) == Backend::cols(m.second) && Backend::rows(m.first) > 0);
+      return !m.ready ||
+             (Backend::rows(m.first) == Backend::rows(m.second) &&
+              Backend::cols(m.first) == Backend::cols(m.second) && Backend::rows(m.first) > 0);
     };
     for (const auto& [name, m] : s.moments_) {
       if (!complete(m.a) || !complete(m.b)) {
         detail::raise<value_error>("optimizer state: module '", name,
-                                  "' needs a first and a second moment of one shape");
+                                   "' needs a first and a second moment of one shape");
       }
     }
     for (const auto& [name, m] : s.saved_moments_) {
       if (!complete(m)) {
         detail::raise<value_error>("optimizer state: module to save '", name,
-                                  "' needs a first and a second moment of one shape");
+                                   "' needs a first and a second moment of one shape");
       }
     }
     return s;
@@ -132,8 +133,8 @@ class optimizer_state {
   void update(const optimizer& opt, matrix& p, const matrix& g, moment_pair& m) {
     if (Backend::rows(g) != Backend::rows(p) || Backend::cols(g) != Backend::cols(p)) {
       detail::raise<shape_error>("optimizer: gradient expected ",
-                                detail::shape_string(Backend::rows(p), Backend::cols(p)), ", got ",
-                                detail::shape_string(Backend::rows(g), Backend::cols(g)));
+                                 detail::shape_string(Backend::rows(p), Backend::cols(p)), ", got ",
+                                 detail::shape_string(Backend::rows(g), Backend::cols(g)));
     }
     if (!m.ready) {
       m.first = Backend::zeros(Backend::rows(p), Backend::cols(p));

@@ -8,12 +8,11 @@
 #include <map>
 #include <numeric>
 #include <queue>
-#include <utility>
-#include <vector>
-
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/federated/sampling.hpp>
+#include <utility>
+#include <vector>
 
 namespace rolora {
 
@@ -23,8 +22,8 @@ namespace detail {
 inline void check_clients(std::size_t num_samples, std::size_t num_clients, const char* who) {
   if (num_clients == 0) raise<config_error>(who, ": num_clients must be >= 1, got 0");
   if (num_samples < num_clients) {
-    raise<config_error>(who, ": ", num_samples, " samples cannot give each of ",
-                       num_clients, " clients at least one");
+    raise<config_error>(who, ": ", num_samples, " samples cannot give each of ", num_clients,
+                        " clients at least one");
   }
 }
 
@@ -58,7 +57,8 @@ inline std::vector<double> dirichlet_weights(std::size_t n, double alpha, random
 }
 
 // Cuts `members` into consecutive runs of sizes proportional to `weights`, appended to `parts`.
-inline void cut_by_weights(const std::vector<std::size_t>& members, const std::vector<double>& weights,
+inline void cut_by_weights(const std::vector<std::size_t>& members,
+                           const std::vector<double>& weights,
                            const std::vector<std::size_t>& owners, partition& parts) {
   const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
   double cumulative = 0.0;
@@ -68,7 +68,8 @@ inline void cut_by_weights(const std::vector<std::size_t>& members, const std::v
     const std::size_t hi =
         c + 1 == owners.size()
             ? members.size()
-            : std::min(members.size(), static_cast<std::size_t>(std::llround(cumulative * double(members.size()))));
+            : std::min(members.size(),
+                       static_cast<std::size_t>(std::llround(cumulative * double(members.size()))));
     for (std::size_t k = lo; k < std::max(lo, hi); ++k) parts[owners[c]].push_back(members[k]);
     lo = std::max(lo, hi);
   }
@@ -80,7 +81,8 @@ inline void cut_by_weights(const std::vector<std::size_t>& members, const std::v
 // short the largest holds more than `minimum`, so a donor never drops below the minimum itself.
 // Returns the number of samples moved.
 inline std::size_t top_up(partition& parts, std::size_t minimum) {
-  std::priority_queue<std::pair<std::size_t, std::size_t>> largest;  // (size, -id): top = largest, lowest id
+  std::priority_queue<std::pair<std::size_t, std::size_t>>
+      largest;  // (size, -id): top = largest, lowest id
   const std::size_t n = parts.size();
   for (std::size_t c = 0; c < n; ++c) largest.emplace(parts[c].size(), n - 1 - c);
   std::size_t moved = 0;
@@ -103,11 +105,12 @@ inline std::size_t top_up(partition& parts, std::size_t minimum) {
   return moved;
 }
 
-inline void check_minimum(std::size_t num_samples, std::size_t num_clients, std::size_t minimum, const char* who) {
+inline void check_minimum(std::size_t num_samples, std::size_t num_clients, std::size_t minimum,
+                          const char* who) {
   if (minimum > num_samples / num_clients) {
     raise<config_error>(who, ": ", num_samples, " samples cannot give each of ", num_clients,
-                       " clients at least ", minimum, " (min_per_client must be <= ", num_samples / num_clients,
-                       ")");
+                        " clients at least ", minimum,
+                        " (min_per_client must be <= ", num_samples / num_clients, ")");
   }
 }
 
@@ -145,9 +148,9 @@ inline partition partition_iid(std::size_t num_samples, std::size_t num_clients,
 // `min_per_client` are topped up from the largest clients (detail::top_up, deterministic);
 // `moved` (if given) receives how many samples that moved. min_per_client = 0: no top-up, clients
 // may be empty.
-inline partition partition_dirichlet(const std::vector<int>& labels, std::size_t num_clients, double alpha,
-                                     std::uint64_t seed, std::size_t min_per_client = 1,
-                                     std::size_t* moved = nullptr) {
+inline partition partition_dirichlet(const std::vector<int>& labels, std::size_t num_clients,
+                                     double alpha, std::uint64_t seed,
+                                     std::size_t min_per_client = 1, std::size_t* moved = nullptr) {
   detail::check_clients(labels.size(), num_clients, "partition_dirichlet");
   detail::check_minimum(labels.size(), num_clients, min_per_client, "partition_dirichlet");
   if (!(alpha > 0.0 && std::isfinite(alpha))) {
@@ -159,7 +162,8 @@ inline partition partition_dirichlet(const std::vector<int>& labels, std::size_t
   partition parts(num_clients);
   for (auto [label, members] : detail::by_class(labels)) {
     partial_shuffle(members, members.size(), rng);
-    detail::cut_by_weights(members, detail::dirichlet_weights(num_clients, alpha, rng), everyone, parts);
+    detail::cut_by_weights(members, detail::dirichlet_weights(num_clients, alpha, rng), everyone,
+                           parts);
   }
   const std::size_t n_moved = detail::top_up(parts, min_per_client);
   if (moved) *moved = n_moved;
@@ -182,11 +186,12 @@ inline partition partition_classes(const std::vector<int>& labels, std::size_t n
   const std::size_t num_classes = members.size();
   if (classes_per_client == 0 || classes_per_client > num_classes) {
     detail::raise<config_error>("partition_classes: classes_per_client must be in 1..", num_classes,
-                               " (the classes in the labels), got ", classes_per_client);
+                                " (the classes in the labels), got ", classes_per_client);
   }
   if (num_clients * classes_per_client < num_classes) {
     detail::raise<config_error>("partition_classes: ", num_clients, " clients holding ",
-                               classes_per_client, " classes each cannot cover all ", num_classes, " classes");
+                                classes_per_client, " classes each cannot cover all ", num_classes,
+                                " classes");
   }
   std::vector<std::size_t> perm(num_classes);
   std::iota(perm.begin(), perm.end(), std::size_t{0});
@@ -194,7 +199,8 @@ inline partition partition_classes(const std::vector<int>& labels, std::size_t n
   partial_shuffle(perm, perm.size(), rng);
   std::vector<std::vector<std::size_t>> holders(num_classes);  // class rank -> clients holding it
   for (std::size_t c = 0; c < num_clients; ++c) {
-    for (std::size_t j = 0; j < classes_per_client; ++j) holders[perm[(c * classes_per_client + j) % num_classes]].push_back(c);
+    for (std::size_t j = 0; j < classes_per_client; ++j)
+      holders[perm[(c * classes_per_client + j) % num_classes]].push_back(c);
   }
   partition parts(num_clients);
   std::size_t rank = 0;
@@ -217,8 +223,8 @@ inline partition partition_shards(const std::vector<int>& labels, std::size_t nu
   const std::size_t num_shards = num_clients * shards_per_client;
   if (shards_per_client == 0 || num_shards > labels.size()) {
     detail::raise<config_error>("partition_shards: need 1 <= ", num_clients,
-                               " * shards_per_client <= ", labels.size(), " samples, got shards_per_client = ",
-                               shards_per_client);
+                                " * shards_per_client <= ", labels.size(),
+                                " samples, got shards_per_client = ", shards_per_client);
   }
   std::vector<std::size_t> order(labels.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
@@ -231,7 +237,8 @@ inline partition partition_shards(const std::vector<int>& labels, std::size_t nu
   partition parts(num_clients);
   for (std::size_t k = 0; k < num_shards; ++k) {
     const std::size_t s = shards[k];
-    const std::size_t lo = s * labels.size() / num_shards, hi = (s + 1) * labels.size() / num_shards;
+    const std::size_t lo = s * labels.size() / num_shards,
+                      hi = (s + 1) * labels.size() / num_shards;
     auto& part = parts[k / shards_per_client];
     part.insert(part.end(), order.begin() + std::ptrdiff_t(lo), order.begin() + std::ptrdiff_t(hi));
   }

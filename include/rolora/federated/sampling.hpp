@@ -5,10 +5,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
+#include <rolora/core/rng.hpp>
 #include <span>
 #include <vector>
-
-#include <rolora/core/rng.hpp>
 
 namespace rolora {
 
@@ -29,7 +28,8 @@ inline std::vector<std::size_t> sample_clients(std::uint64_t seed, std::size_t r
   std::vector<std::size_t> ids(num_clients);
   std::iota(ids.begin(), ids.end(), std::size_t{0});
   if (per_round == 0 || per_round >= num_clients) return ids;
-  random_engine rng(random_stream(seed, stream::client_sampling, static_cast<std::uint32_t>(round)));
+  random_engine rng(
+      random_stream(seed, stream::client_sampling, static_cast<std::uint32_t>(round)));
   partial_shuffle(ids, per_round, rng);
   ids.resize(per_round);
   std::sort(ids.begin(), ids.end());

@@ -93,7 +93,7 @@ void check_magnitude(const std::string& module, std::size_t client, const char* 
   const double largest = host.size() ? double(host.cwiseAbs().maxCoeff()) : 0.0;
   if (largest > bound) {
     raise<value_error>("module '", module, "' client ", client, ": ", factor,
-                      " holds an entry of magnitude ", largest, ", above max_abs_entry = ", bound);
+                       " holds an entry of magnitude ", largest, ", above max_abs_entry = ", bound);
   }
 }
 
@@ -138,25 +138,26 @@ class federation_server {
     }
     if (!(config_.client_dropout >= 0.0 && config_.client_dropout < 1.0)) {
       detail::raise<config_error>("federation: client_dropout must be in [0, 1), got ",
-                                 config_.client_dropout);
+                                  config_.client_dropout);
     }
     if (config_.min_clients < 1) {
       detail::raise<config_error>("federation: min_clients must be >= 1, got 0");
     }
     if (!(config_.max_abs_entry > 0.0)) {
       detail::raise<config_error>("federation: max_abs_entry must be > 0, got ",
-                                 config_.max_abs_entry);
+                                  config_.max_abs_entry);
     }
     if (!config_.client_ranks.empty()) {
       if (!heterogeneous_rank_aggregator<Aggregator>) {
-        detail::raise<config_error>("federation: client_ranks is set but aggregator '", Aggregator::name,
-            "' does not accept heterogeneous ranks (use padded_fedavg, "
-            "svd_resplit, stack, residual or procrustes)");
+        detail::raise<config_error>("federation: client_ranks is set but aggregator '",
+                                    Aggregator::name,
+                                    "' does not accept heterogeneous ranks (use padded_fedavg, "
+                                    "svd_resplit, stack, residual or procrustes)");
       }
       for (std::size_t c = 0; c < config_.client_ranks.size(); ++c) {
         if (config_.client_ranks[c] < 1) {
-          detail::raise<config_error>("federation: client_ranks[", c,
-                                     "] must be >= 1, got ", config_.client_ranks[c]);
+          detail::raise<config_error>("federation: client_ranks[", c, "] must be >= 1, got ",
+                                      config_.client_ranks[c]);
         }
       }
     }
@@ -254,12 +255,11 @@ class federation_server {
     if (num_clients == 0) detail::raise<config_error>("federation: no clients");
     if (!clients_.empty() && clients_.size() != num_clients) {
       detail::raise<config_error>("federation: expected ", clients_.size(),
-                                 " clients (as in earlier rounds), got ", num_clients);
+                                  " clients (as in earlier rounds), got ", num_clients);
     }
     if (!config_.client_ranks.empty() && config_.client_ranks.size() != num_clients) {
-      detail::raise<config_error>("federation: client_ranks has ",
-                                 config_.client_ranks.size(), " entries for ", num_clients,
-                                 " clients");
+      detail::raise<config_error>("federation: client_ranks has ", config_.client_ranks.size(),
+                                  " entries for ", num_clients, " clients");
     }
     if (clients_.empty()) clients_.resize(num_clients);
     const std::size_t t = round_;
@@ -273,11 +273,12 @@ class federation_server {
       if (!drops_out(config_.seed, t, c, config_.client_dropout)) plan.reporting.push_back(c);
     }
     if (plan.reporting.empty()) {
-      detail::raise<value_error>("round ", t, ": no client update arrived (",
-                                plan.sampled.size(), " sampled, all dropped out)");
+      detail::raise<value_error>("round ", t, ": no client update arrived (", plan.sampled.size(),
+                                 " sampled, all dropped out)");
     }
     if (plan.reporting.size() < config_.min_clients) {
-      detail::raise<value_error>("round ", t, ": ", plan.reporting.size(), " of ", plan.sampled.size(),
+      detail::raise<value_error>(
+          "round ", t, ": ", plan.reporting.size(), " of ", plan.sampled.size(),
           " sampled clients report back, fewer than min_clients = ", config_.min_clients);
     }
     return plan;
@@ -307,7 +308,7 @@ class federation_server {
   round_report merge(const round_plan& plan, std::vector<client_upload<Backend>> uploads) {
     if (plan.round != round_) {
       detail::raise<config_error>("federation: the plan is for round ", plan.round,
-                                 " but the server is at round ", round_);
+                                  " but the server is at round ", round_);
     }
     round_report report;
     report.round = plan.round;
@@ -332,13 +333,12 @@ class federation_server {
     if (good.size() < config_.min_clients) {
       std::string reasons;
       for (const auto& r : report.rejected) reasons += "; " + r.reason;
-      detail::raise<value_error>(good.size(), " usable update(s) of ",
-                                plan.sampled.size(), " sampled clients (",
-                                plan.sampled.size() - plan.reporting.size(), " dropped out, ",
-                                report.rejected.size(),
-                                " rejected), fewer than "
-                                "min_clients = ",
-                                config_.min_clients, reasons);
+      detail::raise<value_error>(good.size(), " usable update(s) of ", plan.sampled.size(),
+                                 " sampled clients (", plan.sampled.size() - plan.reporting.size(),
+                                 " dropped out, ", report.rejected.size(),
+                                 " rejected), fewer than "
+                                 "min_clients = ",
+                                 config_.min_clients, reasons);
     }
 
     std::vector<client_update<Backend>> updates;
@@ -402,52 +402,50 @@ class federation_server {
     const std::size_t c = u.client;
     if (!std::binary_search(plan.reporting.begin(), plan.reporting.end(), c)) {
       detail::raise<value_error>("client ", c, ": not a client of this round (",
-                                plan.reporting.size(), " reporting of ", clients_.size(), ")");
+                                 plan.reporting.size(), " reporting of ", clients_.size(), ")");
     }
-    if (seen[c])
-      detail::raise<value_error>("client ", c, ": a second upload in the round");
+    if (seen[c]) detail::raise<value_error>("client ", c, ": a second upload in the round");
     seen[c] = true;
     if (u.round != plan.round) {
-      detail::raise<value_error>("client ", c, ": upload for round ", u.round,
-                                ", expected round ", plan.round);
+      detail::raise<value_error>("client ", c, ": upload for round ", u.round, ", expected round ",
+                                 plan.round);
     }
     if (!(std::isfinite(u.num_samples) && u.num_samples >= 1.0)) {
-      detail::raise<value_error>("client ", c,
-                                ": sample count must be finite and >= 1, got ", u.num_samples);
+      detail::raise<value_error>("client ", c, ": sample count must be finite and >= 1, got ",
+                                 u.num_samples);
     }
     const adapters_type expected = client_view(c);
     for (const auto& [name, a] : u.adapters) {
       if (!expected.contains(name)) {
         detail::raise<shape_error>("module '", name, "' client ", c,
-                                  ": not a module of the global adapters");
+                                   ": not a module of the global adapters");
       }
     }
     for (const auto& [name, e] : expected) {
       if (!u.adapters.contains(name)) {
-        detail::raise<shape_error>("module '", name, "' client ", c,
-                                  ": missing from the update");
+        detail::raise<shape_error>("module '", name, "' client ", c, ": missing from the update");
       }
       const auto& a = u.adapters.at(name);
       check_matrix(name, c, "lora_A", e.A, a.A);
       check_matrix(name, c, "lora_B", e.B, a.B);
       if (a.scaling != e.scaling) {
         detail::raise<value_error>("module '", name, "' client ", c, ": scaling ",
-                                  double(a.scaling), ", expected the downloaded ",
-                                  double(e.scaling));
+                                   double(a.scaling), ", expected the downloaded ",
+                                   double(e.scaling));
       }
     }
     const auto& mine = u.adapters.modules_to_save();
     for (const auto& [name, w] : mine) {
       if (!expected.modules_to_save().count(name)) {
         detail::raise<shape_error>("module to save '", name, "' client ", c,
-                                  ": not a module of the global state");
+                                   ": not a module of the global state");
       }
     }
     for (const auto& [name, w] : expected.modules_to_save()) {
       const auto it = mine.find(name);
       if (it == mine.end()) {
         detail::raise<shape_error>("module to save '", name, "' client ", c,
-                                  ": missing from the update");
+                                   ": missing from the update");
       }
       check_matrix(name, c, "weight", w, it->second);
     }

@@ -313,7 +313,8 @@ xt::xarray<T> read_npy(std::string_view bytes) {
 
 template <class T>
 xt::xarray<T> load_npy(const std::filesystem::path& path) {
-  // Regular files only, at most default_max_file_bytes (io/file.hpp): a FIFO or a device is refused.
+  // Regular files only, at most default_max_file_bytes (io/file.hpp): a FIFO or a device is
+  // refused.
   const auto raw = read_file_bytes(path);
   const std::string bytes(raw.begin(), raw.end());
   try {
@@ -369,7 +370,8 @@ std::string npy_bytes(const Eigen::MatrixBase<Derived>& m) {
 template <class A>
 void save_npy(const std::filesystem::path& path, const A& a) {
   const std::string bytes = npy_bytes(a);
-  write_file_bytes(path, std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+  write_file_bytes(path,
+                   std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
 }
 
 // An adapter set as .npy files in `dir`, PEFT's tensor names: <module>.lora_A.npy [r, in],

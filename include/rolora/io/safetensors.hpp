@@ -23,7 +23,13 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/core/shape.hpp>
+#include <rolora/io/file.hpp>
+#include <rolora/io/json.hpp>
 #include <set>
 #include <span>
 #include <string>
@@ -33,20 +39,26 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include <rolora/core/concepts.hpp>
-#include <rolora/core/error.hpp>
-#include <rolora/core/shape.hpp>
-#include <rolora/io/file.hpp>
-#include <rolora/io/json.hpp>
-
 namespace rolora {
 
 // The element types of the safetensors format, in the reference's order (increasing alignment,
 // which is also the order the writer sorts by, descending).
 enum class tensor_dtype : std::uint8_t {
-  boolean, u8, i8, f8_e5m2, f8_e4m3, i16, u16, f16, bf16, i32, u32, f32, f64, i64, u64
+  boolean,
+  u8,
+  i8,
+  f8_e5m2,
+  f8_e4m3,
+  i16,
+  u16,
+  f16,
+  bf16,
+  i32,
+  u32,
+  f32,
+  f64,
+  i64,
+  u64
 };
 
 namespace detail::st {
@@ -57,13 +69,20 @@ struct dtype_entry {
   std::size_t size;
 };
 inline constexpr std::array<dtype_entry, 15> dtype_table{{
-    {tensor_dtype::boolean, "BOOL", 1}, {tensor_dtype::u8, "U8", 1},
-    {tensor_dtype::i8, "I8", 1},        {tensor_dtype::f8_e5m2, "F8_E5M2", 1},
-    {tensor_dtype::f8_e4m3, "F8_E4M3", 1}, {tensor_dtype::i16, "I16", 2},
-    {tensor_dtype::u16, "U16", 2},      {tensor_dtype::f16, "F16", 2},
-    {tensor_dtype::bf16, "BF16", 2},    {tensor_dtype::i32, "I32", 4},
-    {tensor_dtype::u32, "U32", 4},      {tensor_dtype::f32, "F32", 4},
-    {tensor_dtype::f64, "F64", 8},      {tensor_dtype::i64, "I64", 8},
+    {tensor_dtype::boolean, "BOOL", 1},
+    {tensor_dtype::u8, "U8", 1},
+    {tensor_dtype::i8, "I8", 1},
+    {tensor_dtype::f8_e5m2, "F8_E5M2", 1},
+    {tensor_dtype::f8_e4m3, "F8_E4M3", 1},
+    {tensor_dtype::i16, "I16", 2},
+    {tensor_dtype::u16, "U16", 2},
+    {tensor_dtype::f16, "F16", 2},
+    {tensor_dtype::bf16, "BF16", 2},
+    {tensor_dtype::i32, "I32", 4},
+    {tensor_dtype::u32, "U32", 4},
+    {tensor_dtype::f32, "F32", 4},
+    {tensor_dtype::f64, "F64", 8},
+    {tensor_dtype::i64, "I64", 8},
     {tensor_dtype::u64, "U64", 8},
 }};
 
@@ -145,9 +164,10 @@ std::uint16_t encode_half(double v) {
     const std::uint64_t payload = (fraction >> (52 - M)) | (std::uint64_t(1) << (M - 1));
     return static_cast<std::uint16_t>(sign | (max_exponent << M) | payload);
   }
-  if (biased == 0) return sign;  // double zero or subnormal (< 2^-1022): far below half a target ulp
-  const std::uint64_t m = fraction | (std::uint64_t(1) << 52);   // value = m * 2^(e - 52)
-  const std::int64_t te = std::int64_t(biased) - 1023 + bias;     // target biased exponent
+  if (biased == 0)
+    return sign;  // double zero or subnormal (< 2^-1022): far below half a target ulp
+  const std::uint64_t m = fraction | (std::uint64_t(1) << 52);  // value = m * 2^(e - 52)
+  const std::int64_t te = std::int64_t(biased) - 1023 + bias;   // target biased exponent
   // Normal: q = ((te - 1) << M) + m >> (52 - M), the implicit bit lands in the exponent field.
   // Subnormal (te <= 0): q = m >> (53 - M - te), a count of the smallest subnormal.
   const std::int64_t shift = te >= 1 ? 52 - M : 53 - M - te;
@@ -157,7 +177,8 @@ std::uint16_t encode_half(double v) {
   const std::uint64_t half = std::uint64_t(1) << (shift - 1);
   if (rest > half || (rest == half && (q & 1))) ++q;  // a carry into the exponent is correct
   if (te >= 1) {
-    if (te >= std::int64_t(max_exponent)) return static_cast<std::uint16_t>(sign | (max_exponent << M));
+    if (te >= std::int64_t(max_exponent))
+      return static_cast<std::uint16_t>(sign | (max_exponent << M));
     q += std::uint64_t(te - 1) << M;
   }
   if (q >= (max_exponent << M)) return static_cast<std::uint16_t>(sign | (max_exponent << M));
@@ -187,7 +208,8 @@ void store_bits(Bits v, std::uint8_t* p) {
   if constexpr (std::endian::native == std::endian::little) {
     std::memcpy(p, &v, sizeof(Bits));
   } else {
-    for (std::size_t i = 0; i < sizeof(Bits); ++i) p[i] = static_cast<std::uint8_t>(std::uint64_t(v) >> (8 * i));
+    for (std::size_t i = 0; i < sizeof(Bits); ++i)
+      p[i] = static_cast<std::uint8_t>(std::uint64_t(v) >> (8 * i));
   }
 }
 
@@ -196,16 +218,20 @@ template <class T>
 void decode(tensor_dtype d, const std::uint8_t* p, std::size_t n, T* out) {
   switch (d) {
     case tensor_dtype::f16:
-      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(f16_to_float(load_bits<std::uint16_t>(p + 2 * i)));
+      for (std::size_t i = 0; i < n; ++i)
+        out[i] = static_cast<T>(f16_to_float(load_bits<std::uint16_t>(p + 2 * i)));
       break;
     case tensor_dtype::bf16:
-      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(load_bits<std::uint16_t>(p + 2 * i)));
+      for (std::size_t i = 0; i < n; ++i)
+        out[i] = static_cast<T>(bf16_to_float(load_bits<std::uint16_t>(p + 2 * i)));
       break;
     case tensor_dtype::f32:
-      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<float>(load_bits<std::uint32_t>(p + 4 * i)));
+      for (std::size_t i = 0; i < n; ++i)
+        out[i] = static_cast<T>(std::bit_cast<float>(load_bits<std::uint32_t>(p + 4 * i)));
       break;
     default:  // f64
-      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(load_bits<std::uint64_t>(p + 8 * i)));
+      for (std::size_t i = 0; i < n; ++i)
+        out[i] = static_cast<T>(std::bit_cast<double>(load_bits<std::uint64_t>(p + 8 * i)));
       break;
   }
 }
@@ -221,10 +247,12 @@ void encode(tensor_dtype d, const T* in, std::size_t n, std::uint8_t* p) {
       for (std::size_t i = 0; i < n; ++i) store_bits(double_to_bf16(double(in[i])), p + 2 * i);
       break;
     case tensor_dtype::f32:
-      for (std::size_t i = 0; i < n; ++i) store_bits(std::bit_cast<std::uint32_t>(static_cast<float>(in[i])), p + 4 * i);
+      for (std::size_t i = 0; i < n; ++i)
+        store_bits(std::bit_cast<std::uint32_t>(static_cast<float>(in[i])), p + 4 * i);
       break;
     default:  // f64
-      for (std::size_t i = 0; i < n; ++i) store_bits(std::bit_cast<std::uint64_t>(static_cast<double>(in[i])), p + 8 * i);
+      for (std::size_t i = 0; i < n; ++i)
+        store_bits(std::bit_cast<std::uint64_t>(static_cast<double>(in[i])), p + 8 * i);
       break;
   }
 }
@@ -260,8 +288,9 @@ struct tensor_view {
 namespace detail::st {
 inline void require_floating(const tensor_view& t) {
   if (!is_floating(t.dtype)) {
-    raise<shape_error>("tensor '", t.name, "': expected a floating-point dtype (F16, BF16, F32, F64), got ",
-                      dtype_name(t.dtype));
+    raise<shape_error>("tensor '", t.name,
+                       "': expected a floating-point dtype (F16, BF16, F32, F64), got ",
+                       dtype_name(t.dtype));
   }
 }
 }  // namespace detail::st
@@ -283,7 +312,7 @@ template <class T>
 host_matrix<T> to_host_matrix(const tensor_view& t) {
   if (t.shape.size() != 1 && t.shape.size() != 2) {
     detail::raise<shape_error>("tensor '", t.name, "': expected a 1-D or 2-D tensor, got shape ",
-                              t.shape_string());
+                               t.shape_string());
   }
   constexpr auto index_max = static_cast<std::uint64_t>(std::numeric_limits<index_t>::max());
   for (auto d : t.shape) {
@@ -295,7 +324,8 @@ host_matrix<T> to_host_matrix(const tensor_view& t) {
   const auto rows = static_cast<index_t>(t.shape[0]);
   const auto cols = t.shape.size() == 2 ? static_cast<index_t>(t.shape[1]) : index_t(1);
   detail::st::row_major_matrix<T> values(rows, cols);  // the file's layout
-  detail::st::decode(t.dtype, t.bytes.data(), static_cast<std::size_t>(values.size()), values.data());
+  detail::st::decode(t.dtype, t.bytes.data(), static_cast<std::size_t>(values.size()),
+                     values.data());
   return host_matrix<T>(values);  // Eigen transposes the storage, the logical shape stays
 }
 
@@ -319,7 +349,7 @@ class safetensors_file {
     const auto it = entries_.find(name);
     if (it == entries_.end()) {
       detail::raise<shape_error>("tensor '", name, "' is not in the file (it has ", entries_.size(),
-                                " tensors)");
+                                 " tensors)");
     }
     const entry& e = it->second;
     return {name, e.dtype, e.shape,
@@ -331,9 +361,10 @@ class safetensors_file {
   template <class T>
   host_matrix<T> expect_matrix(const std::string& name, index_t rows, index_t cols) const {
     const tensor_view t = tensor(name);
-    if (t.shape.size() != 2 || t.shape[0] != std::uint64_t(rows) || t.shape[1] != std::uint64_t(cols)) {
-      detail::raise<shape_error>("tensor '", name, "': expected shape ", detail::shape_string(rows, cols),
-                                ", got ", t.shape_string());
+    if (t.shape.size() != 2 || t.shape[0] != std::uint64_t(rows) ||
+        t.shape[1] != std::uint64_t(cols)) {
+      detail::raise<shape_error>("tensor '", name, "': expected shape ",
+                                 detail::shape_string(rows, cols), ", got ", t.shape_string());
     }
     return to_host_matrix<T>(t);
   }
@@ -342,7 +373,8 @@ class safetensors_file {
   host_matrix<T> expect_vector(const std::string& name, index_t n) const {
     const tensor_view t = tensor(name);
     if (t.shape.size() != 1 || t.shape[0] != std::uint64_t(n)) {
-      detail::raise<shape_error>("tensor '", name, "': expected shape [", n, "], got ", t.shape_string());
+      detail::raise<shape_error>("tensor '", name, "': expected shape [", n, "], got ",
+                                 t.shape_string());
     }
     return to_host_matrix<T>(t);
   }
@@ -362,32 +394,42 @@ class safetensors_file {
   void parse() {
     using json = nlohmann::json;
     const std::uint64_t file_size = bytes_.size();
-    if (file_size < 8) bad("safetensors.truncated", "the file has ", file_size, " bytes, fewer than the 8-byte header length");
+    if (file_size < 8)
+      bad("safetensors.truncated", "the file has ", file_size,
+          " bytes, fewer than the 8-byte header length");
     const std::uint64_t n = detail::st::load_le(bytes_.data(), 8);
     if (n > detail::st::max_header_bytes) {
-      bad("safetensors.header_length", "header length ", n, " exceeds the ", detail::st::max_header_bytes, "-byte limit");
+      bad("safetensors.header_length", "header length ", n, " exceeds the ",
+          detail::st::max_header_bytes, "-byte limit");
     }
     if (n > file_size - 8) {
-      bad("safetensors.header_length", "header length ", n, " runs past the end of the file (", file_size - 8,
-          " bytes after the length field)");
+      bad("safetensors.header_length", "header length ", n, " runs past the end of the file (",
+          file_size - 8, " bytes after the length field)");
     }
     data_start_ = 8 + n;
     const std::uint64_t buffer_size = file_size - data_start_;
 
     const json header = detail::json_io::parse_json<json>(
-        std::span<const std::uint8_t>(bytes_.data() + 8, n), [](detail::json_io::fault f, const std::string& why) {
-          bad(f == detail::json_io::fault::duplicate_key ? "safetensors.duplicate_key" : "safetensors.header_json",
+        std::span<const std::uint8_t>(bytes_.data() + 8, n),
+        [](detail::json_io::fault f, const std::string& why) {
+          bad(f == detail::json_io::fault::duplicate_key ? "safetensors.duplicate_key"
+                                                         : "safetensors.header_json",
               "the header: ", why);
         });
-    if (!header.is_object()) bad("safetensors.header_schema", "the header must be a JSON object, got ", header.type_name());
+    if (!header.is_object())
+      bad("safetensors.header_schema", "the header must be a JSON object, got ",
+          header.type_name());
 
     for (auto& [key, value] : header.items()) {
       if (key == "__metadata__") {
         if (value.is_null()) continue;  // the reference reads null as "no metadata"
-        if (!value.is_object()) bad("safetensors.header_schema", "__metadata__ must be an object of strings, got ", value.type_name());
+        if (!value.is_object())
+          bad("safetensors.header_schema", "__metadata__ must be an object of strings, got ",
+              value.type_name());
         for (auto& [mk, mv] : value.items()) {
           if (!mv.is_string()) {
-            bad("safetensors.header_schema", "__metadata__['", detail::json_io::bounded_text(mk), "'] must be a string, got ", mv.type_name());
+            bad("safetensors.header_schema", "__metadata__['", detail::json_io::bounded_text(mk),
+                "'] must be a string, got ", mv.type_name());
           }
           metadata_.emplace(mk, mv.template get<std::string>());
         }
@@ -407,67 +449,87 @@ class safetensors_file {
     const std::string* previous = nullptr;
     for (const auto& [name, e] : order) {
       if (e->begin < covered) {
-        bad("safetensors.overlap", "tensor '", detail::json_io::bounded_text(*name), "' [", e->begin, ", ", e->end,
-            ") overlaps tensor '", detail::json_io::bounded_text(*previous),
+        bad("safetensors.overlap", "tensor '", detail::json_io::bounded_text(*name), "' [",
+            e->begin, ", ", e->end, ") overlaps tensor '", detail::json_io::bounded_text(*previous),
             "' which ends at ", covered);
       }
       if (e->begin > covered) {
-        bad("safetensors.hole", "bytes [", covered, ", ", e->begin, ") of the buffer belong to no tensor (before '",
-            detail::json_io::bounded_text(*name), "')");
+        bad("safetensors.hole", "bytes [", covered, ", ", e->begin,
+            ") of the buffer belong to no tensor (before '", detail::json_io::bounded_text(*name),
+            "')");
       }
       covered = e->end;
       previous = name;
     }
     if (covered != buffer_size) {
-      bad("safetensors.trailing_bytes", "the tensors cover ", covered, " bytes but the buffer has ", buffer_size,
-          " (", buffer_size - covered, " trailing bytes)");
+      bad("safetensors.trailing_bytes", "the tensors cover ", covered, " bytes but the buffer has ",
+          buffer_size, " (", buffer_size - covered, " trailing bytes)");
     }
   }
 
-  static entry parse_entry(const std::string& name, const nlohmann::json& value, std::uint64_t buffer_size) {
+  static entry parse_entry(const std::string& name, const nlohmann::json& value,
+                           std::uint64_t buffer_size) {
     const std::string shown = detail::json_io::bounded_text(name);  // names can be megabytes long
-    if (!value.is_object()) bad("safetensors.header_schema", "tensor '", shown, "': expected an object, got ", value.type_name());
+    if (!value.is_object())
+      bad("safetensors.header_schema", "tensor '", shown, "': expected an object, got ",
+          value.type_name());
     for (const char* field : {"dtype", "shape", "data_offsets"}) {
-      if (!value.contains(field)) bad("safetensors.header_schema", "tensor '", shown, "': missing field '", field, "'");
+      if (!value.contains(field))
+        bad("safetensors.header_schema", "tensor '", shown, "': missing field '", field, "'");
     }
     const auto& dt = value.at("dtype");
-    if (!dt.is_string()) bad("safetensors.header_schema", "tensor '", shown, "': dtype must be a string, got ", dt.type_name());
+    if (!dt.is_string())
+      bad("safetensors.header_schema", "tensor '", shown, "': dtype must be a string, got ",
+          dt.type_name());
     const auto dtype = detail::st::parse_dtype(dt.get_ref<const std::string&>());
-    if (!dtype) bad("safetensors.dtype", "tensor '", shown, "': unknown dtype '", detail::json_io::bounded_text(dt.get_ref<const std::string&>()), "'");
+    if (!dtype)
+      bad("safetensors.dtype", "tensor '", shown, "': unknown dtype '",
+          detail::json_io::bounded_text(dt.get_ref<const std::string&>()), "'");
 
     entry e{*dtype, {}, 0, 0};
     const auto& sh = value.at("shape");
-    if (!sh.is_array()) bad("safetensors.header_schema", "tensor '", shown, "': shape must be an array, got ", sh.type_name());
+    if (!sh.is_array())
+      bad("safetensors.header_schema", "tensor '", shown, "': shape must be an array, got ",
+          sh.type_name());
     std::uint64_t numel = 1;
     for (const auto& d : sh) {
       if (!d.is_number_unsigned()) {
-        bad("safetensors.shape", "tensor '", shown, "': shape entries must be non-negative integers, got ", detail::json_io::json_excerpt(d));
+        bad("safetensors.shape", "tensor '", shown,
+            "': shape entries must be non-negative integers, got ",
+            detail::json_io::json_excerpt(d));
       }
       e.shape.push_back(d.get<std::uint64_t>());
       if (!detail::st::checked_mul(numel, e.shape.back(), numel)) {
-        bad("safetensors.shape", "tensor '", shown, "': the element count of shape ", detail::json_io::json_excerpt(sh), " overflows 64 bits");
+        bad("safetensors.shape", "tensor '", shown, "': the element count of shape ",
+            detail::json_io::json_excerpt(sh), " overflows 64 bits");
       }
     }
     std::uint64_t nbytes = 0;
     if (!detail::st::checked_mul(numel, dtype_size(*dtype), nbytes)) {
-      bad("safetensors.shape", "tensor '", shown, "': the byte size of shape ", detail::json_io::json_excerpt(sh), " overflows 64 bits");
+      bad("safetensors.shape", "tensor '", shown, "': the byte size of shape ",
+          detail::json_io::json_excerpt(sh), " overflows 64 bits");
     }
 
     const auto& off = value.at("data_offsets");
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      bad("safetensors.header_schema", "tensor '", shown, "': data_offsets must be [begin, end] with non-negative integers, got ",
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+        !off[1].is_number_unsigned()) {
+      bad("safetensors.header_schema", "tensor '", shown,
+          "': data_offsets must be [begin, end] with non-negative integers, got ",
           detail::json_io::json_excerpt(off));
     }
     e.begin = off[0].get<std::uint64_t>();
     e.end = off[1].get<std::uint64_t>();
-    if (e.end < e.begin) bad("safetensors.offsets", "tensor '", shown, "': data_offsets [", e.begin, ", ", e.end, "] end before they begin");
+    if (e.end < e.begin)
+      bad("safetensors.offsets", "tensor '", shown, "': data_offsets [", e.begin, ", ", e.end,
+          "] end before they begin");
     if (e.end > buffer_size) {
       bad("safetensors.offsets", "tensor '", shown, "': data_offsets [", e.begin, ", ", e.end,
           "] run past the end of the ", buffer_size, "-byte buffer");
     }
     if (e.end - e.begin != nbytes) {
-      bad("safetensors.offsets", "tensor '", shown, "': ", dtype_name(*dtype), " ", detail::json_io::json_excerpt(sh), " needs ", nbytes,
-          " bytes but data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin);
+      bad("safetensors.offsets", "tensor '", shown, "': ", dtype_name(*dtype), " ",
+          detail::json_io::json_excerpt(sh), " needs ", nbytes, " bytes but data_offsets [",
+          e.begin, ", ", e.end, "] span ", e.end - e.begin);
     }
     return e;
   }
@@ -506,16 +568,20 @@ tensor_data make_tensor(std::span<const T> values, std::vector<std::uint64_t> sh
                         tensor_dtype dtype = tensor_dtype::f32) {
   static_assert(std::is_floating_point_v<T>);
   if (!is_floating(dtype)) {
-    detail::raise<config_error>("make_tensor: dtype must be F32, F64, F16 or BF16, got ", dtype_name(dtype));
+    detail::raise<config_error>("make_tensor: dtype must be F32, F64, F16 or BF16, got ",
+                                dtype_name(dtype));
   }
   std::uint64_t numel = 1;
   for (auto d : shape) {
-    if (!detail::st::checked_mul(numel, d, numel)) detail::raise<shape_error>("make_tensor: shape overflows");
+    if (!detail::st::checked_mul(numel, d, numel))
+      detail::raise<shape_error>("make_tensor: shape overflows");
   }
   if (numel != values.size()) {
-    detail::raise<shape_error>("make_tensor: shape holds ", numel, " elements but ", values.size(), " values were given");
+    detail::raise<shape_error>("make_tensor: shape holds ", numel, " elements but ", values.size(),
+                               " values were given");
   }
-  tensor_data t{dtype, std::move(shape), std::vector<std::uint8_t>(values.size() * dtype_size(dtype))};
+  tensor_data t{dtype, std::move(shape),
+                std::vector<std::uint8_t>(values.size() * dtype_size(dtype))};
   detail::st::encode(dtype, values.data(), values.size(), t.bytes.data());
   return t;
 }
@@ -525,33 +591,37 @@ tensor_data make_tensor(std::span<const T> values, std::vector<std::uint64_t> sh
 template <class T>
 tensor_data make_tensor(const host_matrix<T>& m, tensor_dtype dtype = tensor_dtype::f32) {
   const detail::st::row_major_matrix<T> row_major = m;
-  return make_tensor<T>(std::span<const T>(row_major.data(), static_cast<std::size_t>(row_major.size())),
-                        {static_cast<std::uint64_t>(m.rows()), static_cast<std::uint64_t>(m.cols())}, dtype);
+  return make_tensor<T>(
+      std::span<const T>(row_major.data(), static_cast<std::size_t>(row_major.size())),
+      {static_cast<std::uint64_t>(m.rows()), static_cast<std::uint64_t>(m.cols())}, dtype);
 }
 
 // The bytes of a safetensors file holding `tensors` (names are unique by construction) and, when
 // not empty, `metadata` as "__metadata__".
-inline std::vector<std::uint8_t> serialize_safetensors(const std::map<std::string, tensor_data>& tensors,
-                                                       const std::map<std::string, std::string>& metadata = {}) {
+inline std::vector<std::uint8_t> serialize_safetensors(
+    const std::map<std::string, tensor_data>& tensors,
+    const std::map<std::string, std::string>& metadata = {}) {
   using json = nlohmann::json;
   std::vector<std::pair<const std::string*, const tensor_data*>> order;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") detail::raise<config_error>("a tensor cannot be named '__metadata__'");
+    if (name == "__metadata__")
+      detail::raise<config_error>("a tensor cannot be named '__metadata__'");
     std::uint64_t numel = 1;
     for (auto d : t.shape) {
-      if (!detail::st::checked_mul(numel, d, numel)) detail::raise<shape_error>("tensor '", name, "': shape overflows");
+      if (!detail::st::checked_mul(numel, d, numel))
+        detail::raise<shape_error>("tensor '", name, "': shape overflows");
     }
     std::uint64_t nbytes = 0;
     if (!detail::st::checked_mul(numel, dtype_size(t.dtype), nbytes) || nbytes != t.bytes.size()) {
-      detail::raise<shape_error>("tensor '", name, "': ", dtype_name(t.dtype), " of ", numel, " elements needs ",
-                                numel * dtype_size(t.dtype), " bytes, got ", t.bytes.size());
+      detail::raise<shape_error>("tensor '", name, "': ", dtype_name(t.dtype), " of ", numel,
+                                 " elements needs ", numel * dtype_size(t.dtype), " bytes, got ",
+                                 t.bytes.size());
     }
     order.emplace_back(&name, &t);
   }
   // The reference serializer's order: descending dtype, then name.
-  std::stable_sort(order.begin(), order.end(), [](const auto& l, const auto& r) {
-    return l.second->dtype > r.second->dtype;
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& l, const auto& r) { return l.second->dtype > r.second->dtype; });
 
   // Written by hand (not through a JSON object, which would sort "__metadata__" among the names)
   // so that the layout is the reference's: "__metadata__" first, then the tensors in buffer order.
@@ -561,9 +631,9 @@ inline std::vector<std::uint8_t> serialize_safetensors(const std::map<std::strin
     std::uint64_t offset = 0;
     for (const auto& [name, t] : order) {
       if (header.size() > 1) header += ',';
-      header += json(*name).dump() + ":{\"dtype\":\"" + std::string(dtype_name(t->dtype)) + "\",\"shape\":" +
-                json(t->shape).dump() + ",\"data_offsets\":[" + std::to_string(offset) + ',' +
-                std::to_string(offset + t->bytes.size()) + "]}";
+      header += json(*name).dump() + ":{\"dtype\":\"" + std::string(dtype_name(t->dtype)) +
+                "\",\"shape\":" + json(t->shape).dump() + ",\"data_offsets\":[" +
+                std::to_string(offset) + ',' + std::to_string(offset + t->bytes.size()) + "]}";
       offset += t->bytes.size();
     }
   } catch (const json::exception& e) {  // a name or metadata string that is not valid UTF-8
@@ -582,7 +652,8 @@ inline std::vector<std::uint8_t> serialize_safetensors(const std::map<std::strin
   return out;
 }
 
-inline void write_safetensors(const std::filesystem::path& path, const std::map<std::string, tensor_data>& tensors,
+inline void write_safetensors(const std::filesystem::path& path,
+                              const std::map<std::string, tensor_data>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
   const auto bytes = serialize_safetensors(tensors, metadata);
   write_file_bytes(path, bytes);

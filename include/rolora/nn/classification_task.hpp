@@ -8,15 +8,14 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <span>
-#include <vector>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/parallel.hpp>
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/task.hpp>
 #include <rolora/nn/transformer.hpp>
+#include <span>
+#include <vector>
 
 namespace rolora {
 
@@ -35,7 +34,8 @@ struct labelled_sequences {
     out.labels.reserve(rows.size());
     for (const std::size_t r : rows) {
       if (r >= size()) {
-        detail::raise<value_error>("labelled_sequences: row ", r, " out of range [0, ", size(), ")");
+        detail::raise<value_error>("labelled_sequences: row ", r, " out of range [0, ", size(),
+                                   ")");
       }
       const auto first = tokens.ids.begin() + std::ptrdiff_t(r * std::size_t(tokens.seq_len));
       out.tokens.ids.insert(out.tokens.ids.end(), first, first + tokens.seq_len);
@@ -47,8 +47,8 @@ struct labelled_sequences {
   void check() const {
     if (tokens.seq_len < 1 || tokens.ids.size() != labels.size() * std::size_t(tokens.seq_len)) {
       detail::raise<shape_error>("labelled_sequences: expected ", labels.size(), " x ",
-                                tokens.seq_len, " token ids for ", labels.size(), " labels, got ",
-                                tokens.ids.size());
+                                 tokens.seq_len, " token ids for ", labels.size(), " labels, got ",
+                                 tokens.ids.size());
     }
   }
 };
@@ -75,15 +75,17 @@ class classification_task {
       rows.clear();
       for (std::size_t r = first; r < std::min(data_.size(), first + 64); ++r) rows.push_back(r);
       const auto part = data_.select(rows);
-      sum += classification_loss(*model_, adapters, part.tokens, part.labels, workspace()) * double(rows.size());
+      sum += classification_loss(*model_, adapters, part.tokens, part.labels, workspace()) *
+             double(rows.size());
     }
     return sum / double(data_.size());
   }
 
-  double loss_and_grad(const adapter_set<B>& adapters, std::span<const std::size_t> batch, factor_set trains,
-                       gradient_set<B>& grads) {
+  double loss_and_grad(const adapter_set<B>& adapters, std::span<const std::size_t> batch,
+                       factor_set trains, gradient_set<B>& grads) {
     batch_ = data_.select(batch);
-    return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains, grads, workspace());
+    return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains,
+                                        grads, workspace());
   }
 
   // The calling thread's activation buffers, shared by every task (and evaluate) on it.
@@ -109,7 +111,8 @@ struct evaluation {
 // same bits for any `threads`.
 template <nn_backend B>
 evaluation evaluate(const transformer_weights<B>& model, const adapter_set<B>& adapters,
-                    const labelled_sequences& data, std::size_t threads = 1, std::size_t chunk = 64) {
+                    const labelled_sequences& data, std::size_t threads = 1,
+                    std::size_t chunk = 64) {
   data.check();
   const std::size_t n = data.size(), chunks = (n + chunk - 1) / chunk;
   std::vector<double> losses(chunks);
@@ -119,13 +122,14 @@ evaluation evaluate(const transformer_weights<B>& model, const adapter_set<B>& a
     std::vector<std::size_t> rows;
     for (std::size_t r = c * chunk; r < std::min(n, (c + 1) * chunk); ++r) rows.push_back(r);
     const auto part = data.select(rows);
-    const auto logits = B::to_host(classification_logits(model, adapters, part.tokens,
-                                                         classification_task<B>::workspace()));
+    const auto logits = B::to_host(
+        classification_logits(model, adapters, part.tokens, classification_task<B>::workspace()));
     for (index_t s = 0; s < logits.cols(); ++s) {
       const auto col = logits.col(s).template cast<double>();
       index_t best = 0;
       const double top = col.maxCoeff(&best);
-      losses[c] += top + std::log((col.array() - top).exp().sum()) - col(part.labels[std::size_t(s)]);
+      losses[c] +=
+          top + std::log((col.array() - top).exp().sum()) - col(part.labels[std::size_t(s)]);
       out.predictions[rows[std::size_t(s)]] = static_cast<std::int32_t>(best);
     }
   });

@@ -39,7 +39,7 @@ class mlp_weights {
   mlp_weights(std::vector<index_t> widths, std::uint64_t seed) : widths_(std::move(widths)) {
     if (widths_.size() < 2) {
       detail::raise<config_error>("mlp: need at least an input and an output width, got ",
-                                 widths_.size(), " widths");
+                                  widths_.size(), " widths");
     }
     for (std::size_t l = 0; l + 1 < widths_.size(); ++l) {
       const index_t in = widths_[l], out = widths_[l + 1];
@@ -85,8 +85,8 @@ class mlp_weights {
       auto it = checked(name);
       if (B::rows(m) != B::rows(it->second) || B::cols(m) != B::cols(it->second)) {
         detail::raise<shape_error>("mlp: '", name, "' expected ",
-                                  detail::shape_string(B::rows(it->second), B::cols(it->second)),
-                                  ", got ", detail::shape_string(B::rows(m), B::cols(m)));
+                                   detail::shape_string(B::rows(it->second), B::cols(it->second)),
+                                   ", got ", detail::shape_string(B::rows(m), B::cols(m)));
       }
       params_.at(name) = m;
     }
@@ -95,8 +95,7 @@ class mlp_weights {
  private:
   typename std::map<std::string, matrix>::const_iterator checked(const std::string& name) const {
     const auto it = params_.find(name);
-    if (it == params_.end())
-      detail::raise<config_error>("mlp: no parameter '", name, "'");
+    if (it == params_.end()) detail::raise<config_error>("mlp: no parameter '", name, "'");
     return it;
   }
 
@@ -129,15 +128,14 @@ mlp_bindings<B> bind_mlp(const mlp_weights<B>& m, const adapter_set<B>& adapters
                          gradient_set<B>* grads) {
   for (const auto& [name, a] : adapters) {
     if (!m.parameters().count(name + ".weight")) {
-      detail::raise<config_error>("mlp: adapter '", name,
-                                 "' names no layer (fc1.., head)");
+      detail::raise<config_error>("mlp: adapter '", name, "' names no layer (fc1.., head)");
     }
     const auto& w = m.at(name + ".weight");
     if (a.out_features() != B::rows(w) || a.in_features() != B::cols(w)) {
       detail::raise<shape_error>("mlp: adapter '", name, "' is for a ",
-                                detail::shape_string(a.out_features(), a.in_features()),
-                                " weight, the layer's is ",
-                                detail::shape_string(B::rows(w), B::cols(w)));
+                                 detail::shape_string(a.out_features(), a.in_features()),
+                                 " weight, the layer's is ",
+                                 detail::shape_string(B::rows(w), B::cols(w)));
     }
   }
   const bool train = grads && trains.any();
@@ -152,8 +150,7 @@ mlp_bindings<B> bind_mlp(const mlp_weights<B>& m, const adapter_set<B>& adapters
       } else {
         if (B::rows(it->second) != B::rows(m.at(name)) ||
             B::cols(it->second) != B::cols(m.at(name))) {
-          detail::raise<shape_error>("mlp: module to save '", name,
-                                    "' has the wrong shape");
+          detail::raise<shape_error>("mlp: module to save '", name, "' has the wrong shape");
         }
         list->push_back({&it->second, train ? &grads->modules_to_save[name] : nullptr});
       }
@@ -219,15 +216,14 @@ class mlp_task {
       : model_(&model), data_(std::move(data)) {
     if (data_.size() == 0 || std::size_t(data_.x.cols()) != data_.size() ||
         data_.x.rows() != model.widths().front()) {
-      detail::raise<shape_error>("mlp_task: expected features [",
-                                model.widths().front(), ", n] with n = ", data_.size(),
-                                " >= 1 labels, got ",
-                                detail::shape_string(data_.x.rows(), data_.x.cols()));
+      detail::raise<shape_error>("mlp_task: expected features [", model.widths().front(),
+                                 ", n] with n = ", data_.size(), " >= 1 labels, got ",
+                                 detail::shape_string(data_.x.rows(), data_.x.cols()));
     }
     for (const auto y : data_.labels) {
       if (y < 0 || y >= model.widths().back()) {
-        detail::raise<value_error>("mlp_task: label ", y, " outside [0, ",
-                                  model.widths().back(), ")");
+        detail::raise<value_error>("mlp_task: label ", y, " outside [0, ", model.widths().back(),
+                                   ")");
       }
     }
   }
@@ -254,8 +250,8 @@ class mlp_task {
     const auto p = detail::nn::bind_mlp(*model_, adapters, trains, &grads);
     detail::nn::mlp_forward(p, B::from_host(xb), ws);
     const double n = double(batch.size());
-    const double sum =
-        nn_primitives<B>::softmax_cross_entropy(ws.logits, yb, T(1.0 / n), trains.any() ? &ws.dlogits : nullptr);
+    const double sum = nn_primitives<B>::softmax_cross_entropy(
+        ws.logits, yb, T(1.0 / n), trains.any() ? &ws.dlogits : nullptr);
     if (trains.any()) detail::nn::mlp_backward(p, trains, ws);
     return sum / n;
   }

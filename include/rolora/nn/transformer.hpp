@@ -25,11 +25,6 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <span>
-#include <string>
-#include <tuple>
-#include <vector>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/core/concepts.hpp>
@@ -37,6 +32,10 @@
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/nn/nn_backend.hpp>
 #include <rolora/nn/weights.hpp>
+#include <span>
+#include <string>
+#include <tuple>
+#include <vector>
 
 namespace rolora {
 
@@ -44,7 +43,9 @@ namespace rolora {
 struct token_batch {
   index_t seq_len = 0;
   std::vector<std::int32_t> ids;
-  index_t num_sequences() const { return seq_len > 0 ? static_cast<index_t>(ids.size()) / seq_len : 0; }
+  index_t num_sequences() const {
+    return seq_len > 0 ? static_cast<index_t>(ids.size()) / seq_len : 0;
+  }
 };
 
 namespace detail::nn {
@@ -64,10 +65,10 @@ struct lora_binding {
 template <class B>
 struct layer_cache {
   using matrix = typename B::matrix;
-  matrix ln1_xhat, ln1_rstd, y1;  // [d, N], [N, 1], [d, N] (y1 = LN1 h)
-  matrix q, k, v, probs, ctx;     // [d, N] x3, [L, L H n], [d, N]
-  matrix ln2_xhat, ln2_rstd, y2;  // as ln1, on a = h + o(ctx)
-  matrix u, g;                    // [d_ff, N]: fc1 output and GELU(u)
+  matrix ln1_xhat, ln1_rstd, y1;             // [d, N], [N, 1], [d, N] (y1 = LN1 h)
+  matrix q, k, v, probs, ctx;                // [d, N] x3, [L, L H n], [d, N]
+  matrix ln2_xhat, ln2_rstd, y2;             // as ln1, on a = h + o(ctx)
+  matrix u, g;                               // [d_ff, N]: fc1 output and GELU(u)
   std::array<matrix, linears_per_layer> ax;  // [r, N]: A x of each adapted linear
 };
 
@@ -80,14 +81,14 @@ struct transformer_workspace {
   using matrix = typename B::matrix;
   std::vector<matrix> h;  // [d, N] input of layer i; h[n_layers] is the input of final_ln
   std::vector<detail::nn::layer_cache<B>> layers;
-  matrix final_xhat, final_rstd, hf;        // final layer norm: [d, N], [N, 1], [d, N]
-  matrix key_valid, pool_weights;           // [L, n]
-  matrix pooled, logits, dlogits;           // [d, n]; [C, n] or [V, N]
+  matrix final_xhat, final_rstd, hf;  // final layer norm: [d, N], [N, 1], [d, N]
+  matrix key_valid, pool_weights;     // [L, n]
+  matrix pooled, logits, dlogits;     // [d, n]; [C, n] or [V, N]
   matrix dh, dy1, dy2, dg, dq, dk, dv, dctx, dhf, dpooled, lora_t;
-  std::vector<std::int32_t> positions;      // [N]: j for token j of every sequence
+  std::vector<std::int32_t> positions;  // [N]: j for token j of every sequence
   host_matrix<typename B::scalar> key_valid_host, pool_weights_host;
-  std::vector<detail::nn::binding<B>> params;       // per parameter of the weights
-  std::vector<detail::nn::lora_binding<B>> loras;   // per linear module (6 per layer)
+  std::vector<detail::nn::binding<B>> params;      // per parameter of the weights
+  std::vector<detail::nn::lora_binding<B>> loras;  // per linear module (6 per layer)
   factor_set trains;
 };
 
@@ -106,7 +107,8 @@ void linear_forward(const binding<B>& w, const binding<B>& b, const lora_binding
   B::gemm(T(1), *w.value, op::none, x, op::none, T(0), y);
   nn_primitives<B>::add_bias(y, *b.value);
   if (l.adapter) {
-    if (l.adapter->has_residual()) B::gemm(T(1), l.adapter->residual, op::none, x, op::none, T(1), y);
+    if (l.adapter->has_residual())
+      B::gemm(T(1), l.adapter->residual, op::none, x, op::none, T(1), y);
     B::gemm(T(1), l.adapter->A, op::none, x, op::none, T(0), ax);
     B::gemm(l.adapter->scaling, l.adapter->B, op::none, ax, op::none, T(1), y);
   }
@@ -142,17 +144,17 @@ void linear_backward(const binding<B>& w, const binding<B>& b, const lora_bindin
 
 inline void check_batch(const transformer_config& c, const token_batch& batch) {
   if (batch.seq_len < 1 || batch.seq_len > c.max_len) {
-    detail::raise<shape_error>("token_batch: seq_len must be in [1, max_len = ",
-                              c.max_len, "], got ", batch.seq_len);
+    detail::raise<shape_error>("token_batch: seq_len must be in [1, max_len = ", c.max_len,
+                               "], got ", batch.seq_len);
   }
   if (batch.ids.empty() || batch.ids.size() % static_cast<std::size_t>(batch.seq_len) != 0) {
-    detail::raise<shape_error>("token_batch: ids must hold n * seq_len = n * ",
-                              batch.seq_len, " ids with n >= 1, got ", batch.ids.size());
+    detail::raise<shape_error>("token_batch: ids must hold n * seq_len = n * ", batch.seq_len,
+                               " ids with n >= 1, got ", batch.ids.size());
   }
   for (std::size_t i = 0; i < batch.ids.size(); ++i) {
     if (batch.ids[i] < 0 || batch.ids[i] >= c.vocab_size) {
       detail::raise<value_error>("token_batch: id ", batch.ids[i], " at position ", i,
-                                " is outside the vocabulary [0, ", c.vocab_size, ")");
+                                 " is outside the vocabulary [0, ", c.vocab_size, ")");
     }
   }
 }
@@ -166,20 +168,23 @@ void check_targets(std::span<const std::int32_t> targets, std::size_t expected, 
   for (std::size_t i = 0; i < targets.size(); ++i) {
     const bool ok = (targets[i] >= 0 && targets[i] < classes) || (allow_ignore && targets[i] == -1);
     if (!ok) {
-      detail::raise<value_error>(what, ": entry ", i, " = ", targets[i], " is not in [0, ",
-                                classes, ")", allow_ignore ? " or -1 (ignored)" : "");
+      detail::raise<value_error>(what, ": entry ", i, " = ", targets[i], " is not in [0, ", classes,
+                                 ")", allow_ignore ? " or -1 (ignored)" : "");
     }
   }
 }
 
 // Full-parameter bindings: every parameter trains when `grads` is given.
 template <nn_backend B>
-void bind_full(const transformer_weights<B>& w, transformer_weights<B>* grads, transformer_workspace<B>& ws) {
+void bind_full(const transformer_weights<B>& w, transformer_weights<B>* grads,
+               transformer_workspace<B>& ws) {
   if (grads && grads->size() != w.size()) {
-    detail::raise<config_error>("gradients: expected ", w.size(), " parameters, got ", grads->size());
+    detail::raise<config_error>("gradients: expected ", w.size(), " parameters, got ",
+                                grads->size());
   }
   ws.params.assign(w.size(), {});
-  for (std::size_t p = 0; p < w.size(); ++p) ws.params[p] = {&w.value(p), grads ? &grads->value(p) : nullptr};
+  for (std::size_t p = 0; p < w.size(); ++p)
+    ws.params[p] = {&w.value(p), grads ? &grads->value(p) : nullptr};
   ws.loras.assign(static_cast<std::size_t>(w.config().n_layers * linears_per_layer), {});
   ws.trains = no_factors;
 }
@@ -191,24 +196,28 @@ template <nn_backend B>
 void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, factor_set trains,
                gradient_set<B>* grads, transformer_workspace<B>& ws) {
   const index_t n_layers = w.config().n_layers;
-  std::vector<std::tuple<std::size_t, const lora_adapter<B>*, const std::string*>> found;  // linear index
+  std::vector<std::tuple<std::size_t, const lora_adapter<B>*, const std::string*>>
+      found;  // linear index
   for (const auto& [name, a] : adapters) {
     const std::size_t p = w.contains(name + ".weight") ? w.index_of(name + ".weight") : w.size();
     index_t linear = -1;
     if (p < w.size() && index_t(p) >= layer_base(0) && index_t(p) < layer_base(n_layers)) {
-      const index_t layer = (index_t(p) - layer_base(0)) / per_layer, off = (index_t(p) - layer_base(0)) % per_layer;
+      const index_t layer = (index_t(p) - layer_base(0)) / per_layer,
+                    off = (index_t(p) - layer_base(0)) % per_layer;
       for (index_t j = 0; j < linears_per_layer; ++j) {
         if (linear_weight[j] == off) linear = layer * linears_per_layer + j;
       }
     }
     if (linear < 0) {
-      detail::raise<config_error>("adapter '", name, "' is not a linear module of the "
-                                 "model (layers.{i}.attention.{q,k,v,o} or layers.{i}.mlp.{fc1,fc2})");
+      detail::raise<config_error>(
+          "adapter '", name,
+          "' is not a linear module of the "
+          "model (layers.{i}.attention.{q,k,v,o} or layers.{i}.mlp.{fc1,fc2})");
     }
     if (a.out_features() != w.rows(p) || a.in_features() != w.cols(p)) {
-      detail::raise<shape_error>("adapter '", name, "' is for a ",
-                                detail::shape_string(a.out_features(), a.in_features()),
-                                " weight, the model's is ", detail::shape_string(w.rows(p), w.cols(p)));
+      detail::raise<shape_error>(
+          "adapter '", name, "' is for a ", detail::shape_string(a.out_features(), a.in_features()),
+          " weight, the model's is ", detail::shape_string(w.rows(p), w.cols(p)));
     }
     detail::check_residual(a);
     found.emplace_back(std::size_t(linear), &a, &name);
@@ -217,8 +226,8 @@ void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, 
     const std::size_t p = w.index_of(name);
     if (B::rows(m) != w.rows(p) || B::cols(m) != w.cols(p)) {
       detail::raise<shape_error>("module to save '", name, "' expected ",
-                                detail::shape_string(w.rows(p), w.cols(p)), ", got ",
-                                detail::shape_string(B::rows(m), B::cols(m)));
+                                 detail::shape_string(w.rows(p), w.cols(p)), ", got ",
+                                 detail::shape_string(B::rows(m), B::cols(m)));
     }
   }
   const bool train = grads && trains.any();
@@ -228,7 +237,8 @@ void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, 
     ws.params[w.index_of(name)] = {&m, train ? &grads->modules_to_save[name] : nullptr};
   }
   ws.loras.assign(static_cast<std::size_t>(n_layers * linears_per_layer), {});
-  for (const auto& [linear, a, name] : found) ws.loras[linear] = {a, train ? &(*grads)[*name] : nullptr};
+  for (const auto& [linear, a, name] : found)
+    ws.loras[linear] = {a, train ? &(*grads)[*name] : nullptr};
   ws.trains = trains;
 }
 
@@ -260,22 +270,25 @@ void forward(const transformer_config& c, const token_batch& batch, transformer_
     const auto* lo = &ws.loras[std::size_t(i * linears_per_layer)];
     const auto& x = ws.h[std::size_t(i)];
     auto& out = ws.h[std::size_t(i + 1)];
-    nn_primitives<B>::layer_norm_forward(x, *P[p + ln1_w].value, *P[p + ln1_b].value, eps, L.y1, L.ln1_xhat, L.ln1_rstd);
+    nn_primitives<B>::layer_norm_forward(x, *P[p + ln1_w].value, *P[p + ln1_b].value, eps, L.y1,
+                                         L.ln1_xhat, L.ln1_rstd);
     linear_forward<B>(P[p + q_w], P[p + q_b], lo[0], L.y1, L.ax[0], L.q);
     linear_forward<B>(P[p + k_w], P[p + k_b], lo[1], L.y1, L.ax[1], L.k);
     linear_forward<B>(P[p + v_w], P[p + v_b], lo[2], L.y1, L.ax[2], L.v);
-    nn_primitives<B>::attention_forward(L.q, L.k, L.v, ws.key_valid, c.n_heads, scale, L.probs, L.ctx);
+    nn_primitives<B>::attention_forward(L.q, L.k, L.v, ws.key_valid, c.n_heads, scale, L.probs,
+                                        L.ctx);
     linear_forward<B>(P[p + o_w], P[p + o_b], lo[3], L.ctx, L.ax[3], out);
     B::axpy(T(1), x, out);  // a = h + o(ctx), kept in `out` until the MLP adds to it
-    nn_primitives<B>::layer_norm_forward(out, *P[p + ln2_w].value, *P[p + ln2_b].value, eps, L.y2, L.ln2_xhat, L.ln2_rstd);
+    nn_primitives<B>::layer_norm_forward(out, *P[p + ln2_w].value, *P[p + ln2_b].value, eps, L.y2,
+                                         L.ln2_xhat, L.ln2_rstd);
     linear_forward<B>(P[p + fc1_w], P[p + fc1_b], lo[4], L.y2, L.ax[4], L.u);
     nn_primitives<B>::gelu_forward(L.u, L.g);
     linear_forward<B>(P[p + fc2_w], P[p + fc2_b], lo[5], L.g, L.ax[5], ws.dy2);  // dy2 as scratch
     B::axpy(T(1), ws.dy2, out);
   }
   const std::size_t f = std::size_t(final_ln_w(c.n_layers));
-  nn_primitives<B>::layer_norm_forward(ws.h[std::size_t(c.n_layers)], *P[f].value, *P[f + 1].value, eps, ws.hf,
-                        ws.final_xhat, ws.final_rstd);
+  nn_primitives<B>::layer_norm_forward(ws.h[std::size_t(c.n_layers)], *P[f].value, *P[f + 1].value,
+                                       eps, ws.hf, ws.final_xhat, ws.final_rstd);
 }
 
 // The lowest point the backward must reach: -1 when an embedding trains, else the lowest layer
@@ -302,7 +315,8 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
   const index_t lowest = lowest_trainable(c, ws);
   const std::size_t f = std::size_t(final_ln_w(c.n_layers));
   if (lowest == c.n_layers && !P[f].grad && !P[f + 1].grad) return;
-  nn_primitives<B>::layer_norm_backward(ws.dhf, ws.final_xhat, ws.final_rstd, *P[f].value, ws.dh, false, P[f].grad, P[f + 1].grad);
+  nn_primitives<B>::layer_norm_backward(ws.dhf, ws.final_xhat, ws.final_rstd, *P[f].value, ws.dh,
+                                        false, P[f].grad, P[f + 1].grad);
   const T scale = T(1) / std::sqrt(T(c.d_model / c.n_heads));
   for (index_t i = c.n_layers - 1; i >= 0 && i >= lowest; --i) {
     auto& L = ws.layers[std::size_t(i)];
@@ -311,7 +325,8 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
     // Which stages (in backward order fc2, fc1, ln2, o, q/k/v, ln1) have something to train;
     // a stage passes the gradient down only if something below it needs it.
     const auto trains_linear = [&](index_t j) {
-      return P[p + std::size_t(linear_weight[j])].grad || P[p + std::size_t(linear_weight[j]) + 1].grad || lo[j].grad;
+      return P[p + std::size_t(linear_weight[j])].grad ||
+             P[p + std::size_t(linear_weight[j]) + 1].grad || lo[j].grad;
     };
     const bool need_dx = i > lowest;
     const bool ln1 = P[p + ln1_w].grad || P[p + ln1_b].grad;
@@ -325,29 +340,34 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
                        below_fc2 ? &ws.dg : nullptr, false);
     if (!below_fc2) break;
     nn_primitives<B>::gelu_backward(L.u, ws.dg, ws.dg);
-    linear_backward<B>(P[p + fc1_w], P[p + fc1_b], lo[4], ws.trains, L.y2, L.ax[4], ws.dg, ws.lora_t,
-                       below_fc1 ? &ws.dy2 : nullptr, false);
+    linear_backward<B>(P[p + fc1_w], P[p + fc1_b], lo[4], ws.trains, L.y2, L.ax[4], ws.dg,
+                       ws.lora_t, below_fc1 ? &ws.dy2 : nullptr, false);
     if (!below_fc1) break;
     // dL/da = dh (residual) + LN2 backward: accumulated in place, dh now holds dL/da.
-    nn_primitives<B>::layer_norm_backward(ws.dy2, L.ln2_xhat, L.ln2_rstd, *P[p + ln2_w].value, ws.dh, true,
-                           P[p + ln2_w].grad, P[p + ln2_b].grad);
+    nn_primitives<B>::layer_norm_backward(ws.dy2, L.ln2_xhat, L.ln2_rstd, *P[p + ln2_w].value,
+                                          ws.dh, true, P[p + ln2_w].grad, P[p + ln2_b].grad);
     if (!below_ln2) break;
     linear_backward<B>(P[p + o_w], P[p + o_b], lo[3], ws.trains, L.ctx, L.ax[3], ws.dh, ws.lora_t,
                        below_o ? &ws.dctx : nullptr, false);
     if (!below_o) break;
-    nn_primitives<B>::attention_backward(L.q, L.k, L.v, L.probs, ws.dctx, c.n_heads, scale, ws.dq, ws.dk, ws.dv);
+    nn_primitives<B>::attention_backward(L.q, L.k, L.v, L.probs, ws.dctx, c.n_heads, scale, ws.dq,
+                                         ws.dk, ws.dv);
     auto* dy1 = below_qkv ? &ws.dy1 : nullptr;
-    linear_backward<B>(P[p + q_w], P[p + q_b], lo[0], ws.trains, L.y1, L.ax[0], ws.dq, ws.lora_t, dy1, false);
-    linear_backward<B>(P[p + k_w], P[p + k_b], lo[1], ws.trains, L.y1, L.ax[1], ws.dk, ws.lora_t, dy1, true);
-    linear_backward<B>(P[p + v_w], P[p + v_b], lo[2], ws.trains, L.y1, L.ax[2], ws.dv, ws.lora_t, dy1, true);
+    linear_backward<B>(P[p + q_w], P[p + q_b], lo[0], ws.trains, L.y1, L.ax[0], ws.dq, ws.lora_t,
+                       dy1, false);
+    linear_backward<B>(P[p + k_w], P[p + k_b], lo[1], ws.trains, L.y1, L.ax[1], ws.dk, ws.lora_t,
+                       dy1, true);
+    linear_backward<B>(P[p + v_w], P[p + v_b], lo[2], ws.trains, L.y1, L.ax[2], ws.dv, ws.lora_t,
+                       dy1, true);
     if (!below_qkv) break;
     // dL/dh = dL/da (residual) + LN1 backward.
-    nn_primitives<B>::layer_norm_backward(ws.dy1, L.ln1_xhat, L.ln1_rstd, *P[p + ln1_w].value, ws.dh, true,
-                           P[p + ln1_w].grad, P[p + ln1_b].grad);
+    nn_primitives<B>::layer_norm_backward(ws.dy1, L.ln1_xhat, L.ln1_rstd, *P[p + ln1_w].value,
+                                          ws.dh, true, P[p + ln1_w].grad, P[p + ln1_b].grad);
   }
   if (lowest == -1) {
     const std::span<const std::int32_t> ids(batch.ids);
-    if (P[word_embeddings].grad) nn_primitives<B>::embedding_backward(ws.dh, ids, *P[word_embeddings].grad);
+    if (P[word_embeddings].grad)
+      nn_primitives<B>::embedding_backward(ws.dh, ids, *P[word_embeddings].grad);
     if (P[position_embeddings].grad) {
       nn_primitives<B>::set_zero(*P[position_embeddings].grad, c.max_len, c.d_model);
       nn_primitives<B>::embedding_backward(ws.dh, ws.positions, *P[position_embeddings].grad);
@@ -359,7 +379,8 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
 // and, when `grad`, fills the head's gradients and ws.dhf.
 template <nn_backend B>
 double classification_head(const transformer_config& c, const token_batch& batch,
-                           std::span<const std::int32_t> labels, bool grad, transformer_workspace<B>& ws) {
+                           std::span<const std::int32_t> labels, bool grad,
+                           transformer_workspace<B>& ws) {
   using T = typename B::scalar;
   const index_t len = batch.seq_len, n = batch.num_sequences();
   ws.pool_weights_host.setZero(len, n);
@@ -377,7 +398,8 @@ double classification_head(const transformer_config& c, const token_batch& batch
   const lora_binding<B> none{};
   linear_forward<B>(ws.params[cw], ws.params[cw + 1], none, ws.pooled, ws.lora_t, ws.logits);
   if (labels.empty()) return 0.0;
-  const double loss = nn_primitives<B>::softmax_cross_entropy(ws.logits, labels, T(1) / T(n), grad ? &ws.dlogits : nullptr);
+  const double loss = nn_primitives<B>::softmax_cross_entropy(ws.logits, labels, T(1) / T(n),
+                                                              grad ? &ws.dlogits : nullptr);
   if (grad) {
     linear_backward<B>(ws.params[cw], ws.params[cw + 1], none, no_factors, ws.pooled, ws.lora_t,
                        ws.dlogits, ws.lora_t, &ws.dpooled, false);
@@ -399,7 +421,8 @@ double mlm_head(const transformer_config& c, std::span<const std::int32_t> targe
   B::gemm(T(1), *e.value, op::none, ws.hf, op::none, T(0), ws.logits);
   nn_primitives<B>::add_bias(ws.logits, *bias.value);
   const T g = count ? T(1) / T(count) : T(0);
-  const double loss = nn_primitives<B>::softmax_cross_entropy(ws.logits, targets, g, grad ? &ws.dlogits : nullptr);
+  const double loss =
+      nn_primitives<B>::softmax_cross_entropy(ws.logits, targets, g, grad ? &ws.dlogits : nullptr);
   if (grad) {
     if (e.grad) B::gemm(T(1), ws.dlogits, op::none, ws.hf, op::transpose, T(1), *e.grad);
     if (bias.grad) nn_primitives<B>::row_sums(ws.dlogits, *bias.grad);
@@ -413,7 +436,9 @@ double mlm_head(const transformer_config& c, std::span<const std::int32_t> targe
 template <nn_backend B>
 void clear_full_gradients(transformer_weights<B>& grads, bool classification) {
   const auto& c = grads.config();
-  const auto zero = [&](std::size_t p) { nn_primitives<B>::set_zero(grads.value(p), grads.rows(p), grads.cols(p)); };
+  const auto zero = [&](std::size_t p) {
+    nn_primitives<B>::set_zero(grads.value(p), grads.rows(p), grads.cols(p));
+  };
   zero(word_embeddings);
   if (classification) {
     zero(std::size_t(mlm_bias(c.n_layers)));
@@ -426,7 +451,8 @@ void clear_full_gradients(transformer_weights<B>& grads, bool classification) {
 template <nn_backend B>
 void check_same_config(const transformer_weights<B>& w, const transformer_weights<B>& grads) {
   if (grads.size() != w.size() || grads.num_scalars() != w.num_scalars()) {
-    detail::raise<shape_error>("gradients: not shaped like the weights (make them with zeros_like)");
+    detail::raise<shape_error>(
+        "gradients: not shaped like the weights (make them with zeros_like)");
   }
 }
 
@@ -441,8 +467,9 @@ inline const std::vector<std::int32_t> no_labels{};
 // Classification logits [num_classes, n] of the base model with `adapters` applied (an empty
 // adapter_set: the base model).
 template <nn_backend B>
-typename B::matrix classification_logits(const transformer_weights<B>& w, const adapter_set<B>& adapters,
-                                         const token_batch& batch, transformer_workspace<B>& ws) {
+typename B::matrix classification_logits(const transformer_weights<B>& w,
+                                         const adapter_set<B>& adapters, const token_batch& batch,
+                                         transformer_workspace<B>& ws) {
   detail::nn::check_batch(w.config(), batch);
   detail::nn::bind_lora<B>(w, adapters, no_factors, nullptr, ws);
   detail::nn::forward(w.config(), batch, ws);
@@ -452,8 +479,9 @@ typename B::matrix classification_logits(const transformer_weights<B>& w, const 
 
 // Class probabilities [num_classes, n].
 template <nn_backend B>
-typename B::matrix class_probabilities(const transformer_weights<B>& w, const adapter_set<B>& adapters,
-                                       const token_batch& batch, transformer_workspace<B>& ws) {
+typename B::matrix class_probabilities(const transformer_weights<B>& w,
+                                       const adapter_set<B>& adapters, const token_batch& batch,
+                                       transformer_workspace<B>& ws) {
   auto p = classification_logits(w, adapters, batch, ws);
   nn_primitives<B>::softmax_columns(p);
   return p;
@@ -479,7 +507,8 @@ double classification_loss(const transformer_weights<B>& w, const adapter_set<B>
                            const token_batch& batch, std::span<const std::int32_t> labels,
                            transformer_workspace<B>& ws) {
   detail::nn::check_batch(w.config(), batch);
-  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes,
+                            false, "labels");
   detail::nn::bind_lora<B>(w, adapters, no_factors, nullptr, ws);
   detail::nn::forward(w.config(), batch, ws);
   return detail::nn::classification_head(w.config(), batch, labels, false, ws);
@@ -507,9 +536,11 @@ double mlm_loss(const transformer_weights<B>& w, const token_batch& batch,
 template <nn_backend B>
 double classification_loss_and_grad(const transformer_weights<B>& w, const adapter_set<B>& adapters,
                                     const token_batch& batch, std::span<const std::int32_t> labels,
-                                    factor_set trains, gradient_set<B>& grads, transformer_workspace<B>& ws) {
+                                    factor_set trains, gradient_set<B>& grads,
+                                    transformer_workspace<B>& ws) {
   detail::nn::check_batch(w.config(), batch);
-  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes,
+                            false, "labels");
   detail::nn::bind_lora(w, adapters, trains, &grads, ws);
   detail::nn::forward(w.config(), batch, ws);
   const double loss = detail::nn::classification_head(w.config(), batch, labels, trains.any(), ws);
@@ -520,10 +551,11 @@ double classification_loss_and_grad(const transformer_weights<B>& w, const adapt
 // Full-parameter classification step: every parameter's gradient in `grads` (w.zeros_like()).
 template <nn_backend B>
 double classification_loss_and_grad(const transformer_weights<B>& w, const token_batch& batch,
-                                    std::span<const std::int32_t> labels, transformer_weights<B>& grads,
-                                    transformer_workspace<B>& ws) {
+                                    std::span<const std::int32_t> labels,
+                                    transformer_weights<B>& grads, transformer_workspace<B>& ws) {
   detail::nn::check_batch(w.config(), batch);
-  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes, false, "labels");
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), w.config().num_classes,
+                            false, "labels");
   detail::nn::check_same_config(w, grads);
   detail::nn::bind_full(w, &grads, ws);
   detail::nn::clear_full_gradients(grads, true);

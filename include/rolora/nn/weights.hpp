@@ -21,14 +21,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace rolora {
 
@@ -52,7 +51,8 @@ struct transformer_config {
 
   void validate() const {
     const auto positive = [](const char* name, index_t v) {
-      if (v < 1) detail::raise<config_error>("transformer_config: ", name, " must be >= 1, got ", v);
+      if (v < 1)
+        detail::raise<config_error>("transformer_config: ", name, " must be >= 1, got ", v);
     };
     positive("vocab_size", vocab_size);
     positive("max_len", max_len);
@@ -63,15 +63,15 @@ struct transformer_config {
     positive("num_classes", num_classes);
     if (d_model % n_heads != 0) {
       detail::raise<config_error>("transformer_config: d_model = ", d_model,
-                                 " must be a multiple of n_heads = ", n_heads);
+                                  " must be a multiple of n_heads = ", n_heads);
     }
     if (pad_id < 0 || pad_id >= vocab_size) {
       detail::raise<config_error>("transformer_config: pad_id = ", pad_id,
-                                 " must be in [0, vocab_size = ", vocab_size, ")");
+                                  " must be in [0, vocab_size = ", vocab_size, ")");
     }
     if (!(layer_norm_eps > 0.0)) {
       detail::raise<config_error>("transformer_config: layer_norm_eps must be > 0, got ",
-                                 layer_norm_eps);
+                                  layer_norm_eps);
     }
   }
 };
@@ -81,13 +81,28 @@ namespace detail::nn {
 // Per-layer parameters in storage order; the index of layer i's parameter p is
 // layer_base(i) + p.
 enum layer_param : index_t {
-  ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b,
+  ln1_w,
+  ln1_b,
+  q_w,
+  q_b,
+  k_w,
+  k_b,
+  v_w,
+  v_b,
+  o_w,
+  o_b,
+  ln2_w,
+  ln2_b,
+  fc1_w,
+  fc1_b,
+  fc2_w,
+  fc2_b,
   per_layer
 };
 // The linear modules of a layer, in order, with the index of their weight (bias follows).
 inline constexpr const char* linear_short_names[] = {"q", "k", "v", "o", "fc1", "fc2"};
 inline constexpr const char* linear_paths[] = {"attention.q", "attention.k", "attention.v",
-                                               "attention.o", "mlp.fc1", "mlp.fc2"};
+                                               "attention.o", "mlp.fc1",     "mlp.fc2"};
 inline constexpr index_t linear_weight[] = {q_w, k_w, v_w, o_w, fc1_w, fc2_w};
 inline constexpr index_t linears_per_layer = 6;
 
@@ -145,18 +160,19 @@ inline std::vector<parameter_spec> parameter_specs(const transformer_config& c) 
 // fc1, fc2; like PEFT it leaves out the heads), a short name ("q", "fc1"), or any dotted suffix of
 // a module name ("attention.q", "layers.0.mlp.fc2"). `layers_to_transform` empty: every layer.
 // A target that matches no module, or a layer out of range, is a config_error.
-inline std::vector<module_shape> lora_target_modules(const transformer_config& c,
-                                                     const std::vector<std::string>& target_modules,
-                                                     const std::vector<index_t>& layers_to_transform = {}) {
+inline std::vector<module_shape> lora_target_modules(
+    const transformer_config& c, const std::vector<std::string>& target_modules,
+    const std::vector<index_t>& layers_to_transform = {}) {
   c.validate();
   if (target_modules.empty()) {
-    detail::raise<config_error>("target_modules is empty: name modules such as "
-                               "{\"q\", \"v\"} or \"all-linear\"");
+    detail::raise<config_error>(
+        "target_modules is empty: name modules such as "
+        "{\"q\", \"v\"} or \"all-linear\"");
   }
   for (const index_t l : layers_to_transform) {
     if (l < 0 || l >= c.n_layers) {
       detail::raise<config_error>("layers_to_transform: layer ", l,
-                                 " does not exist; the model has layers 0..", c.n_layers - 1);
+                                  " does not exist; the model has layers 0..", c.n_layers - 1);
     }
   }
   const auto matches = [](const std::string& module, const std::string& target) {
@@ -174,18 +190,20 @@ inline std::vector<module_shape> lora_target_modules(const transformer_config& c
   for (const auto& t : target_modules) {
     bool found = false;
     for (index_t i = 0; i < c.n_layers && !found; ++i) {
-      for (index_t j = 0; j < detail::nn::linears_per_layer; ++j) found = found || matches(detail::nn::module_name(i, j), t);
+      for (index_t j = 0; j < detail::nn::linears_per_layer; ++j)
+        found = found || matches(detail::nn::module_name(i, j), t);
     }
     if (!found) {
       detail::raise<config_error>("target module '", t,
-                                 "' matches no linear module; valid: \"all-linear\", q, k, v, o, "
-                                 "fc1, fc2 (or a dotted suffix of layers.{i}.attention.{q,k,v,o}, "
-                                 "layers.{i}.mlp.{fc1,fc2})");
+                                  "' matches no linear module; valid: \"all-linear\", q, k, v, o, "
+                                  "fc1, fc2 (or a dotted suffix of layers.{i}.attention.{q,k,v,o}, "
+                                  "layers.{i}.mlp.{fc1,fc2})");
     }
   }
   for (index_t i = 0; i < c.n_layers; ++i) {
     if (!layers_to_transform.empty() &&
-        std::find(layers_to_transform.begin(), layers_to_transform.end(), i) == layers_to_transform.end()) {
+        std::find(layers_to_transform.begin(), layers_to_transform.end(), i) ==
+            layers_to_transform.end()) {
       continue;
     }
     for (index_t j = 0; j < detail::nn::linears_per_layer; ++j) {
@@ -212,13 +230,15 @@ class transformer_weights {
   // weight 1 and bias 0, biases 0. Parameter p draws element k (column-major) from
   // random_stream(seed, stream::data, p, 0x4E4E) ("NN"), on the host in double, so every backend
   // and scalar type starts from the same numbers (rounded to its scalar).
-  transformer_weights(const transformer_config& config, std::uint64_t seed) : transformer_weights(config) {
+  transformer_weights(const transformer_config& config, std::uint64_t seed)
+      : transformer_weights(config) {
     for (std::size_t p = 0; p < specs_.size(); ++p) {
       const auto& s = specs_[p];
       host_matrix<T> h(s.rows, s.cols);
       if (s.init == detail::nn::init_kind::normal) {
         const random_stream rs(seed, stream::data, static_cast<std::uint32_t>(p), 0x4E4E);
-        for (index_t k = 0; k < h.size(); ++k) h.data()[k] = static_cast<T>(0.02 * rs.normal(std::uint64_t(k)));
+        for (index_t k = 0; k < h.size(); ++k)
+          h.data()[k] = static_cast<T>(0.02 * rs.normal(std::uint64_t(k)));
       } else {
         h.setConstant(s.init == detail::nn::init_kind::ones ? T(1) : T(0));
       }
@@ -234,7 +254,7 @@ class transformer_weights {
     for (const auto& [name, h] : tensors) {
       if (!w.index_.count(name)) {
         detail::raise<config_error>("weights: unexpected tensor '", name,
-                                   "' (not a parameter of this transformer_config)");
+                                    "' (not a parameter of this transformer_config)");
       }
     }
     for (std::size_t p = 0; p < w.specs_.size(); ++p) {
@@ -251,13 +271,15 @@ class transformer_weights {
   // Gradient buffers: the same names and shapes, all zero.
   transformer_weights zeros_like() const {
     transformer_weights g(config_);
-    for (std::size_t p = 0; p < specs_.size(); ++p) g.values_[p] = B::zeros(specs_[p].rows, specs_[p].cols);
+    for (std::size_t p = 0; p < specs_.size(); ++p)
+      g.values_[p] = B::zeros(specs_[p].rows, specs_[p].cols);
     return g;
   }
 
   std::map<std::string, host_matrix<T>> to_host_map() const {
     std::map<std::string, host_matrix<T>> out;
-    for (std::size_t p = 0; p < specs_.size(); ++p) out.emplace(specs_[p].name, B::to_host(values_[p]));
+    for (std::size_t p = 0; p < specs_.size(); ++p)
+      out.emplace(specs_[p].name, B::to_host(values_[p]));
     return out;
   }
 
@@ -302,8 +324,8 @@ class transformer_weights {
   void check_shape(std::size_t p, index_t r, index_t c) const {
     if (r != specs_[p].rows || c != specs_[p].cols) {
       detail::raise<shape_error>("weights: '", specs_[p].name, "' expected ",
-                                detail::shape_string(specs_[p].rows, specs_[p].cols), ", got ",
-                                detail::shape_string(r, c));
+                                 detail::shape_string(specs_[p].rows, specs_[p].cols), ", got ",
+                                 detail::shape_string(r, c));
     }
   }
 

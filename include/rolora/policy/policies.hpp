@@ -4,10 +4,9 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
-#include <string_view>
-
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <string_view>
 
 namespace rolora {
 
@@ -58,16 +57,17 @@ struct alternating {
   // Alternate during the first `fraction` of `num_rounds` rounds, then train only B.
   static alternating then_freeze_a(double fraction, std::size_t num_rounds) {
     if (!(fraction >= 0.0 && fraction <= 1.0)) {
-      detail::raise<config_error>("alternating: fraction of alternating rounds must be in [0, 1], got ",
-                                 fraction);
+      detail::raise<config_error>(
+          "alternating: fraction of alternating rounds must be in [0, 1], got ", fraction);
     }
     return {1, 1, static_cast<std::size_t>(std::llround(fraction * double(num_rounds)))};
   }
 
   factor_set trains(std::size_t t) const {
     if (b_rounds == 0 || a_rounds == 0) {
-      detail::raise<config_error>("alternating: b_rounds and a_rounds must be >= 1, got b_rounds = ",
-                                 b_rounds, ", a_rounds = ", a_rounds);
+      detail::raise<config_error>(
+          "alternating: b_rounds and a_rounds must be >= 1, got b_rounds = ", b_rounds,
+          ", a_rounds = ", a_rounds);
     }
     if (t >= freeze_a_from) return only_b;
     return t % (b_rounds + a_rounds) < b_rounds ? only_b : only_a;

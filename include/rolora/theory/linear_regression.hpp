@@ -7,18 +7,13 @@
 // Loss f_i(A, B) = ||Y_i - B A X_i||_F^2 / (2 m) (samples as columns), global f = sum_i w_i f_i.
 // With isotropic X, the population loss is f_i = ||W*_i - B A||_F^2 / 2 (+ k sigma^2 / 2).
 #pragma once
+#include <Eigen/Eigenvalues>
+#include <Eigen/QR>
+#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <span>
-#include <string>
-#include <vector>
-
-#include <Eigen/Eigenvalues>
-#include <Eigen/QR>
-#include <Eigen/SVD>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
 #include <rolora/backend/eigen.hpp>  // detail::orthonormalize_rows_host
@@ -26,6 +21,9 @@
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/federated/optimizer.hpp>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace rolora::theory {
 
@@ -126,9 +124,9 @@ class linear_regression_task {
   void solve_b(adapter_set<Backend>& adapters) const {
     auto& l = adapters.at(module_name);
     matrix z, gram, rhs;
-    Backend::gemm(l.scaling, l.A, op::none, x_, op::none, T(0), z);     // [r, m]
-    Backend::gemm(T(1), z, op::none, z, op::transpose, T(0), gram);     // [r, r]
-    Backend::gemm(T(1), y_, op::none, z, op::transpose, T(0), rhs);     // [k, r]
+    Backend::gemm(l.scaling, l.A, op::none, x_, op::none, T(0), z);  // [r, m]
+    Backend::gemm(T(1), z, op::none, z, op::transpose, T(0), gram);  // [r, r]
+    Backend::gemm(T(1), y_, op::none, z, op::transpose, T(0), rhs);  // [k, r]
     Backend::solve_spd_right(gram, rhs);
     l.B = std::move(rhs);
   }
@@ -158,27 +156,31 @@ class linear_regression_task {
 template <backend Backend>
 struct linear_problem {
   linear_problem_config config;
-  host a_star;                    // [r, d], orthonormal rows
-  host b_star;                    // [k, r]
-  std::vector<host> targets;      // W*_i [k, d]
-  std::vector<double> weights;    // w_i = m / (K m): uniform, all clients hold m samples
-  host mean_target;               // sum_i w_i W*_i [k, d]
-  low_rank optimum;               // best rank-r approximation of mean_target
+  host a_star;                  // [r, d], orthonormal rows
+  host b_star;                  // [k, r]
+  std::vector<host> targets;    // W*_i [k, d]
+  std::vector<double> weights;  // w_i = m / (K m): uniform, all clients hold m samples
+  host mean_target;             // sum_i w_i W*_i [k, d]
+  low_rank optimum;             // best rank-r approximation of mean_target
   std::vector<linear_regression_task<Backend>> clients;
-  bool from_data = false;         // users' data (linear_problem_from_data): no ground truth, targets empty
+  bool from_data = false;  // users' data (linear_problem_from_data): no ground truth, targets empty
 
   // The reference row space for sin theta: A* (homogeneous) or the optimum's (heterogeneous).
-  const host& reference_rows() const { return config.heterogeneous ? optimum.right_vectors : a_star; }
+  const host& reference_rows() const {
+    return config.heterogeneous ? optimum.right_vectors : a_star;
+  }
 };
 
 inline void check(const linear_problem_config& c) {
   if (c.dim < 1 || c.out_dim < 1 || c.rank < 1 || c.rank > std::min(c.dim, c.out_dim)) {
-    rolora::detail::raise<config_error>("linear problem: need 1 <= rank <= min(dim, out_dim), got rank = ", c.rank,
+    rolora::detail::raise<config_error>(
+        "linear problem: need 1 <= rank <= min(dim, out_dim), got rank = ", c.rank,
         ", dim = ", c.dim, ", out_dim = ", c.out_dim);
   }
   if (c.clients < 1 || std::size_t(c.rank) > c.samples) {
-    rolora::detail::raise<config_error>("linear problem: need >= 1 client and samples >= rank, got ",
-                                       c.clients, " clients, ", c.samples, " samples");
+    rolora::detail::raise<config_error>(
+        "linear problem: need >= 1 client and samples >= rank, got ", c.clients, " clients, ",
+        c.samples, " samples");
   }
   if (!(c.noise >= 0.0) || !(c.heterogeneity >= 0.0)) {
     rolora::detail::raise<config_error>("linear problem: noise and heterogeneity must be >= 0");
@@ -193,9 +195,11 @@ linear_problem<Backend> make_linear_problem(const linear_problem_config& c) {
   const index_t d = c.dim, k = c.out_dim, r = c.rank;
   linear_problem<Backend> p;
   p.config = c;
-  p.a_star = detail::orthonormal_rows(detail::gaussian(r, d, random_stream(c.seed, stream::data, 0, 0)));
-  const host u = detail::orthonormal_rows(detail::gaussian(r, k, random_stream(c.seed, stream::data, 0, 1)))
-                     .transpose();  // [k, r]
+  p.a_star =
+      detail::orthonormal_rows(detail::gaussian(r, d, random_stream(c.seed, stream::data, 0, 0)));
+  const host u =
+      detail::orthonormal_rows(detail::gaussian(r, k, random_stream(c.seed, stream::data, 0, 1)))
+          .transpose();  // [k, r]
   Eigen::VectorXd s(r);
   for (index_t j = 0; j < r; ++j) s(j) = 1.0 - double(j) / (2.0 * double(r));
   p.b_star = u * s.asDiagonal();
@@ -207,14 +211,17 @@ linear_problem<Backend> make_linear_problem(const linear_problem_config& c) {
       const host a_i = detail::orthonormal_rows(
           p.a_star + detail::gaussian(r, d, random_stream(c.seed, stream::data, client, 2),
                                       c.heterogeneity / std::sqrt(double(d))));
-      const host b_i = p.b_star + detail::gaussian(k, r, random_stream(c.seed, stream::data, client, 3),
-                                                   c.heterogeneity / std::sqrt(double(k)));
+      const host b_i =
+          p.b_star + detail::gaussian(k, r, random_stream(c.seed, stream::data, client, 3),
+                                      c.heterogeneity / std::sqrt(double(k)));
       w = b_i * a_i;
     }
-    const host x = detail::gaussian(d, index_t(c.samples), random_stream(c.seed, stream::data, client, 0));
+    const host x =
+        detail::gaussian(d, index_t(c.samples), random_stream(c.seed, stream::data, client, 0));
     host y = w * x;
     if (c.noise > 0.0) {
-      y += detail::gaussian(k, index_t(c.samples), random_stream(c.seed, stream::data, client, 1), c.noise);
+      y += detail::gaussian(k, index_t(c.samples), random_stream(c.seed, stream::data, client, 1),
+                            c.noise);
     }
     p.weights.push_back(1.0 / double(c.clients));
     p.mean_target += w / double(c.clients);
@@ -233,20 +240,22 @@ linear_problem<Backend> make_linear_problem(const linear_problem_config& c) {
 // (Eckart-Young on (W - W_ls) S^1/2) W_opt = [W_ls S^1/2]_r S^-1/2, and its row space is the
 // reference for sin theta. Needs S positive definite: inputs spanning all d directions.
 template <backend Backend>
-linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs, const std::vector<host>& ys, index_t rank) {
+linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs,
+                                                 const std::vector<host>& ys, index_t rank) {
   using rolora::detail::fail;
   if (xs.empty() || xs.size() != ys.size()) {
     raise<config_error>("linear problem from data: need >= 1 client with inputs and targets, got ",
-                       xs.size(), " inputs and ", ys.size(), " targets");
+                        xs.size(), " inputs and ", ys.size(), " targets");
   }
   const index_t d = xs[0].rows(), k = ys[0].rows();
   std::size_t fewest = std::size_t(xs[0].cols());
   for (std::size_t i = 0; i < xs.size(); ++i) {
-    if (xs[i].rows() != d || ys[i].rows() != k || xs[i].cols() != ys[i].cols() || xs[i].cols() == 0) {
+    if (xs[i].rows() != d || ys[i].rows() != k || xs[i].cols() != ys[i].cols() ||
+        xs[i].cols() == 0) {
       raise<shape_error>("linear problem from data: client ", i, " has inputs ",
-                        rolora::detail::shape_string(xs[i].rows(), xs[i].cols()), " and targets ",
-                        rolora::detail::shape_string(ys[i].rows(), ys[i].cols()), ", expected [", d, ", m] and [", k,
-                        ", m] with the same m >= 1 (client 0's d and k)");
+                         rolora::detail::shape_string(xs[i].rows(), xs[i].cols()), " and targets ",
+                         rolora::detail::shape_string(ys[i].rows(), ys[i].cols()), ", expected [",
+                         d, ", m] and [", k, ", m] with the same m >= 1 (client 0's d and k)");
     }
     fewest = std::min(fewest, std::size_t(xs[i].cols()));
   }
@@ -272,12 +281,14 @@ linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs, co
   const auto& lambda = eig.eigenvalues();  // increasing
   if (!(lambda(0) > 1e-12 * std::max(lambda(d - 1), 1e-300))) {
     raise<config_error>("linear problem from data: the inputs do not span all ", d,
-                       " dimensions (smallest eigenvalue of the input covariance ", lambda(0), ", largest ",
-                       lambda(d - 1), "); need more samples than features and no collinear features");
+                        " dimensions (smallest eigenvalue of the input covariance ", lambda(0),
+                        ", largest ", lambda(d - 1),
+                        "); need more samples than features and no collinear features");
   }
   const host& q = eig.eigenvectors();
-  const host root = q * lambda.cwiseSqrt().asDiagonal() * q.transpose();                // S^1/2
-  const host inverse_root = q * lambda.cwiseSqrt().cwiseInverse().asDiagonal() * q.transpose();  // S^-1/2
+  const host root = q * lambda.cwiseSqrt().asDiagonal() * q.transpose();  // S^1/2
+  const host inverse_root =
+      q * lambda.cwiseSqrt().cwiseInverse().asDiagonal() * q.transpose();  // S^-1/2
   const host w_ls = c * inverse_root * inverse_root;
   const low_rank whitened = best_rank_r(host(w_ls * root), rank);
   p.mean_target = w_ls;

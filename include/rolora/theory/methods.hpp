@@ -20,10 +20,6 @@
 #include <cmath>
 #include <cstddef>
 #include <optional>
-#include <string>
-#include <string_view>
-#include <vector>
-
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/fedavg.hpp>
 #include <rolora/aggregate/procrustes.hpp>
@@ -33,36 +29,47 @@
 #include <rolora/federated/federation.hpp>
 #include <rolora/policy/policies.hpp>
 #include <rolora/theory/linear_regression.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
 
 namespace rolora::theory {
 
 enum class method { rolora, ffa, fedit, fedsa, flexlora, flora, fedex, fedrot };
 
-inline constexpr method all_methods[] = {method::rolora,   method::ffa,   method::fedit,
-                                         method::fedsa,    method::flexlora, method::flora,
-                                         method::fedex,    method::fedrot};
+inline constexpr method all_methods[] = {method::rolora, method::ffa,      method::fedit,
+                                         method::fedsa,  method::flexlora, method::flora,
+                                         method::fedex,  method::fedrot};
 
 inline std::string_view method_name(method m) {
   switch (m) {
-    case method::rolora: return "rolora";
-    case method::ffa: return "ffa";
-    case method::fedit: return "fedit";
-    case method::fedsa: return "fedsa";
-    case method::flexlora: return "flexlora";
-    case method::flora: return "flora";
-    case method::fedex: return "fedex";
-    case method::fedrot: return "fedrot";
+    case method::rolora:
+      return "rolora";
+    case method::ffa:
+      return "ffa";
+    case method::fedit:
+      return "fedit";
+    case method::fedsa:
+      return "fedsa";
+    case method::flexlora:
+      return "flexlora";
+    case method::flora:
+      return "flora";
+    case method::fedex:
+      return "fedex";
+    case method::fedrot:
+      return "fedrot";
   }
   return "?";
 }
 
 struct method_options {
   std::size_t iterations = 30;
-  double eta = 0.5;              // gradient step on A (and on B for FedIT)
-  std::size_t local_steps = 1;   // tau
+  double eta = 0.5;                  // gradient step on A (and on B for FedIT)
+  std::size_t local_steps = 1;       // tau
   std::optional<double> init_angle;  // sin theta(A0, reference); default: A0 random
   std::size_t threads = 1;
-  std::uint64_t seed = 0;        // adapter init (A0) and the federation's streams
+  std::uint64_t seed = 0;  // adapter init (A0) and the federation's streams
 };
 
 // The state after each iteration (iteration 0: the initial state).
@@ -86,7 +93,7 @@ inline host initial_a(const host& reference, std::optional<double> init_angle, s
   const double delta = *init_angle;
   if (!(delta >= 0.0 && delta <= 1.0) || 2 * r > d) {
     rolora::detail::raise<config_error>("init_angle must be in [0, 1] and needs 2 r <= d, got ",
-                                       delta, " with r = ", r, ", d = ", d);
+                                        delta, " with r = ", r, ", d = ", d);
   }
   const host q_ref = detail::orthonormal_rows(reference);
   const host u = detail::orthonormal_rows(g - (g * q_ref.transpose()) * q_ref);
@@ -96,7 +103,8 @@ inline host initial_a(const host& reference, std::optional<double> init_angle, s
 namespace detail {
 
 template <backend Backend, class Federation>
-iteration_record measure(const linear_problem<Backend>& p, std::vector<linear_regression_task<Backend>>& clients,
+iteration_record measure(const linear_problem<Backend>& p,
+                         std::vector<linear_regression_task<Backend>>& clients,
                          const Federation& fed, std::size_t iteration) {
   const auto& g = fed.global().at(module_name);
   iteration_record rec;
@@ -105,7 +113,8 @@ iteration_record measure(const linear_problem<Backend>& p, std::vector<linear_re
   for (std::size_t i = 0; i < clients.size(); ++i) {
     const auto view = fed.client_view(i);
     rec.loss += p.weights[i] * clients[i].loss(view);
-    mean_delta += p.weights[i] * Backend::to_host(delta(view.at(module_name))).template cast<double>();
+    mean_delta +=
+        p.weights[i] * Backend::to_host(delta(view.at(module_name))).template cast<double>();
   }
   const host rows = g.has_residual() ? best_rank_r(mean_delta, p.config.rank).right_vectors
                                      : host(Backend::to_host(g.A).template cast<double>());
@@ -121,12 +130,13 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
   using T = typename Backend::scalar;
   adapter_set<Backend> initial;
   const index_t r = p.config.rank;
-  initial.insert(module_name, {Backend::from_host(a0.cast<T>()),
-                               Backend::zeros(p.config.out_dim, r), T(1)});
+  initial.insert(module_name,
+                 {Backend::from_host(a0.cast<T>()), Backend::zeros(p.config.out_dim, r), T(1)});
   config.num_rounds = iterations * rounds_per_iteration;
   federation<Backend, Policy, Aggregator> fed(policy, aggregator, config, std::move(initial));
   std::vector<iteration_record> records{measure(p, p.clients, fed, 0)};
-  if constexpr (requires { hooks.resume(fed.server(), records); }) hooks.resume(fed.server(), records);
+  if constexpr (requires { hooks.resume(fed.server(), records); })
+    hooks.resume(fed.server(), records);
   for (std::size_t it = records.size(); it <= iterations; ++it) {
     double error = 0.0;
     std::size_t up = 0, down = 0;
@@ -171,7 +181,8 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   switch (m) {
     case method::rolora:
       config.closed_form_b = true;
-      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config, 2, o.iterations, a0, hooks);
+      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config, 2, o.iterations, a0,
+                         hooks);
     case method::ffa:
       config.closed_form_b = true;
       return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0, hooks);
@@ -182,8 +193,8 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
     case method::flexlora:
       return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0, hooks);
     case method::flora:
-      return detail::run(p, train_both{}, flora_stack{o.seed, lora_init::kaiming_uniform}, config, 1,
-                         o.iterations, a0, hooks);
+      return detail::run(p, train_both{}, flora_stack{o.seed, lora_init::kaiming_uniform}, config,
+                         1, o.iterations, a0, hooks);
     case method::fedex:
       return detail::run(p, train_both{}, fedex_residual{}, config, 1, o.iterations, a0, hooks);
     case method::fedrot:

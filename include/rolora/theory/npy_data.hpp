@@ -29,29 +29,27 @@ inline client_arrays read_client_arrays(const std::filesystem::path& dir) {
   for (std::size_t i = 0; std::filesystem::exists(client_file(dir, i, 'X')); ++i) {
     const auto x_file = client_file(dir, i, 'X'), y_file = client_file(dir, i, 'Y');
     if (!std::filesystem::exists(y_file)) {
-      rolora::detail::raise<config_error>("found ", x_file.string(), " but not ",
-                                         y_file.string());
+      rolora::detail::raise<config_error>("found ", x_file.string(), " but not ", y_file.string());
     }
     const host x = load_npy_matrix<double>(x_file),
                y = load_npy_matrix<double>(y_file);  // [m, d], [m, k]
     if (x.rows() != y.rows()) {
-      rolora::detail::raise<shape_error>(x_file.string(), " has ", x.rows(),
-                                        " rows (samples) but ", y_file.string(), " has ", y.rows());
+      rolora::detail::raise<shape_error>(x_file.string(), " has ", x.rows(), " rows (samples) but ",
+                                         y_file.string(), " has ", y.rows());
     }
     if (i > 0 && (x.cols() != out.inputs[0].rows() || y.cols() != out.targets[0].rows())) {
-      rolora::detail::raise<shape_error>("client ", i, " has ", x.cols(),
-                                        " features and ", y.cols(),
-                                        " targets per sample, client 0 has ", out.inputs[0].rows(),
-                                        " and ", out.targets[0].rows());
+      rolora::detail::raise<shape_error>("client ", i, " has ", x.cols(), " features and ",
+                                         y.cols(), " targets per sample, client 0 has ",
+                                         out.inputs[0].rows(), " and ", out.targets[0].rows());
     }
     out.inputs.push_back(x.transpose());
     out.targets.push_back(y.transpose());
   }
   if (out.inputs.empty()) {
-    rolora::detail::raise<config_error>("no client data in ", dir.string(),
-                                       ": expected ", client_file(dir, 0, 'X').filename().string(),
-                                       ", ", client_file(dir, 0, 'Y').filename().string(), ", ",
-                                       "client_1_X.npy, ...");
+    rolora::detail::raise<config_error>("no client data in ", dir.string(), ": expected ",
+                                        client_file(dir, 0, 'X').filename().string(), ", ",
+                                        client_file(dir, 0, 'Y').filename().string(), ", ",
+                                        "client_1_X.npy, ...");
   }
   return out;
 }

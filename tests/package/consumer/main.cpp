@@ -1,10 +1,8 @@
 // Downstream consumer used by rolora's packaging tests.
-#include <rolora/rolora.hpp>
-
 #include <Eigen/Dense>
-
 #include <cmath>
 #include <iostream>
+#include <rolora/rolora.hpp>
 #include <string_view>
 
 int main() {

@@ -1,10 +1,6 @@
 // Element-wise work and reductions of the Thrust backend, as functors that run on the host
 // (cpp/omp) or the device (cuda). Internal to rolora/backend/thrust.hpp.
 #pragma once
-#include <cmath>
-#include <cstddef>
-#include <vector>
-
 #include <thrust/copy.h>
 #include <thrust/functional.h>
 #include <thrust/inner_product.h>
@@ -13,8 +9,11 @@
 #include <thrust/transform.h>
 #include <thrust/tuple.h>
 
+#include <cmath>
+#include <cstddef>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/shape.hpp>
+#include <vector>
 
 namespace rolora::detail {
 

@@ -4,9 +4,8 @@
 #pragma once
 #include <cstddef>
 #include <exception>
-#include <string_view>
-
 #include <rolora/core/error.hpp>
+#include <string_view>
 
 #if defined(__CUDACC__)
 #include <cublas_v2.h>

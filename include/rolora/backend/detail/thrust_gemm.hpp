@@ -12,18 +12,17 @@
 //     element of c is the sum over k in increasing order: the same bits for any thread count,
 //     on the cpp and the omp systems alike.
 #pragma once
+#include <thrust/for_each.h>
+#include <thrust/iterator/counting_iterator.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <initializer_list>
 #include <limits>
-#include <type_traits>
-#include <vector>
-
-#include <thrust/for_each.h>
-#include <thrust/iterator/counting_iterator.h>
-
 #include <rolora/backend/detail/thrust_error.hpp>
 #include <rolora/core/shape.hpp>
+#include <type_traits>
+#include <vector>
 
 // (nvcc's front end does not know the GCC pragma; the CUDA flavour does not use this kernel.)
 #if defined(__GNUC__) && !defined(__CUDACC__)
@@ -97,7 +96,7 @@ struct host_gemm_tile {
           T* dst = bp + (jp * kb + kk) * nr;
           for (index_t jj = 0; jj < nr; ++jj) {
             const index_t j = jp * nr + jj;
-            dst[jj] = j >= nb ? T(0)
+            dst[jj] = j >= nb    ? T(0)
                       : !trans_b ? b[(k0 + kk) + (j0 + j) * ldb]
                                  : b[(j0 + j) + (k0 + kk) * ldb];
           }
@@ -194,8 +193,7 @@ class cublas_handle {
 
 inline void check_cublas_extent(index_t extent) {
   if (extent > std::numeric_limits<int>::max()) {
-    raise<shape_error>("thrust_cuda gemm: extent ", extent,
-                      " exceeds cuBLAS's int range");
+    raise<shape_error>("thrust_cuda gemm: extent ", extent, " exceeds cuBLAS's int range");
   }
 }
 

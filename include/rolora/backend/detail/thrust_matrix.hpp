@@ -4,13 +4,12 @@
 #include <cstddef>
 #include <limits>
 #include <new>
-#include <string_view>
-#include <type_traits>
-
 #include <rolora/backend/detail/thrust_error.hpp>
 #include <rolora/backend/detail/thrust_system.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
+#include <string_view>
+#include <type_traits>
 
 namespace rolora {
 
@@ -31,8 +30,8 @@ class thrust_matrix {
     try {
       values_ = vector_type(n, T(0));
     } catch (const std::bad_alloc& e) {
-      detail::fail_allocation(detail::thrust_system_traits<System>::name, rows, cols,
-                              n * sizeof(T), scalar_name(), e);
+      detail::fail_allocation(detail::thrust_system_traits<System>::name, rows, cols, n * sizeof(T),
+                              scalar_name(), e);
     }
   }
 
@@ -40,9 +39,8 @@ class thrust_matrix {
   thrust_matrix(index_t rows, index_t cols, vector_type values)
       : rows_(rows), cols_(cols), values_(std::move(values)) {
     if (checked_size(rows, cols) != values_.size()) {
-      detail::raise<shape_error>("thrust_matrix: ", values_.size(),
-                                " values cannot form a ", detail::shape_string(rows, cols),
-                                " matrix");
+      detail::raise<shape_error>("thrust_matrix: ", values_.size(), " values cannot form a ",
+                                 detail::shape_string(rows, cols), " matrix");
     }
   }
 
@@ -64,7 +62,7 @@ class thrust_matrix {
   static std::size_t checked_size(index_t rows, index_t cols) {
     if (rows < 0 || cols < 0) {
       detail::raise<shape_error>("thrust_matrix: extents must be non-negative, got ",
-                                detail::shape_string(rows, cols));
+                                 detail::shape_string(rows, cols));
     }
     const auto r = static_cast<std::size_t>(rows), c = static_cast<std::size_t>(cols);
     if (c != 0 && r > std::numeric_limits<std::size_t>::max() / sizeof(T) / c) {

@@ -9,7 +9,8 @@
 #pragma once
 
 // Thrust's default device system is CUDA, which needs nvcc. A host compiler that includes this
-// header before any Thrust header gets the OpenMP system when OpenMP is on and the sequential cpp system otherwise.
+// header before any Thrust header gets the OpenMP system when OpenMP is on and the sequential cpp
+// system otherwise.
 #if !defined(THRUST_DEVICE_SYSTEM) && !defined(__CUDACC__)
 #if defined(_OPENMP)
 #define THRUST_DEVICE_SYSTEM THRUST_DEVICE_SYSTEM_OMP
@@ -18,13 +19,13 @@
 #endif
 #endif
 
-#include <string_view>
-#include <type_traits>
-
 #include <thrust/device_vector.h>
 #include <thrust/execution_policy.h>
 #include <thrust/system/cpp/execution_policy.h>
 #include <thrust/system/cpp/vector.h>
+
+#include <string_view>
+#include <type_traits>
 #if defined(_OPENMP)
 #include <thrust/system/omp/vector.h>
 #endif
