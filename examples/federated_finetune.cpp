@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/checkpoint_options.hpp"
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
 
@@ -52,8 +53,7 @@ struct settings {
   std::size_t threads = 2;
   std::string out = "results/finetune";
   bool save_adapters = true;
-  std::string checkpoint_dir, resume_dir;  // server checkpoints of method M in DIR/M/
-  std::size_t checkpoint_every = 1;        // rounds
+  ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
 };
 
 // Learning rates picked on the validation split (docs/results.md says how), per method.
@@ -140,9 +140,9 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const auto bits = [](const nlohmann::json& v) {
     return std::bit_cast<double>(v.template get<std::uint64_t>());
   };
-  if (!s.resume_dir.empty() &&
-      rolora::has_checkpoint(std::filesystem::path(s.resume_dir) / method)) {
-    const auto from = std::filesystem::path(s.resume_dir) / method;
+  if (!s.checkpoint.resume.empty() &&
+      rolora::has_checkpoint(std::filesystem::path(s.checkpoint.resume) / method)) {
+    const auto from = std::filesystem::path(s.checkpoint.resume) / method;
     for (const auto& r : rolora::load_checkpoint(from, fed.server(), identity).at("rows")) {
       result.rows.push_back({r.at(0).template get<std::size_t>(),
                              r.at(1).template get<std::string>(), bits(r.at(2)), bits(r.at(3)),
@@ -190,8 +190,8 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
           result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name,
           accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
       std::fflush(stdout);
-      if (!s.checkpoint_dir.empty() && (last || row.round % s.checkpoint_every == 0)) {
-        rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / result.method,
+      if (!s.checkpoint.dir.empty() && (last || row.round % s.checkpoint.every == 0)) {
+        rolora::save_checkpoint(std::filesystem::path(s.checkpoint.dir) / result.method,
                                 fed.server(), identity, {{"rows", to_json(result.rows)}});
       }
     }
@@ -366,21 +366,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
-  app.add_option(
-         "--checkpoint-dir", s.checkpoint_dir,
-         "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
-      ->type_name("DIR");
-  app.add_option("--checkpoint-every", s.checkpoint_every,
-                 "rounds between checkpoints (and the last)")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--resume", s.resume_dir,
-                 "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps "
-                 "checkpointing "
-                 "there unless --checkpoint-dir says elsewhere)")
-      ->type_name("DIR");
+  ex::add_checkpoint_options(app, s.checkpoint, "rounds");
   CLI11_PARSE(app, argc, argv);
-  if (!s.resume_dir.empty() && s.checkpoint_dir.empty()) s.checkpoint_dir = s.resume_dir;
+  s.checkpoint.finish_parsing();
   if (lr_opt->count() > 0) {
     for (const auto& m : s.methods) s.lr[m] = lr;
   }

@@ -30,8 +30,11 @@
 #include <string>
 #include <vector>
 
+#include "common/checkpoint_options.hpp"
+
 namespace {
 
+namespace ex = rolora::examples;
 namespace th = rolora::theory;
 using backend = rolora::eigen_backend<double>;
 using history = std::vector<th::iteration_record>;
@@ -50,9 +53,8 @@ struct settings {
   std::string write_data;  // export the synthetic problem's client data as .npy
   std::string npy;         // per-method trajectories as <method>_trajectory.npy
   bool quiet = false;
-  std::string checkpoint_dir, resume_dir;  // checkpoints of method M in DIR/M/
-  std::size_t checkpoint_every = 1;        // iterations
-  std::size_t crash_after = 0;             // testing: SIGKILL itself after this many iterations
+  ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
+  std::size_t crash_after = 0;        // testing: SIGKILL itself after this many iterations
 };
 
 constexpr double converged = 1e-6;     // "sin theta went below" threshold in the summary
@@ -264,8 +266,8 @@ struct checkpointing {
 
   template <class Server>
   void resume(Server& server, history& records) {
-    if (s.resume_dir.empty()) return;
-    const auto from = std::filesystem::path(s.resume_dir) / th::method_name(method);
+    if (s.checkpoint.resume.empty()) return;
+    const auto from = std::filesystem::path(s.checkpoint.resume) / th::method_name(method);
     if (!rolora::has_checkpoint(from)) return;  // the run was killed before this method began
     const auto user = rolora::load_checkpoint(from, server, identity());
     records = from_json(user.at("records"));
@@ -282,8 +284,8 @@ struct checkpointing {
   template <class Server>
   void iteration_done(const Server& server, const history& records) {
     const std::size_t it = records.back().iteration;
-    if (!s.checkpoint_dir.empty() && (it % s.checkpoint_every == 0 || it == s.run.iterations)) {
-      rolora::save_checkpoint(std::filesystem::path(s.checkpoint_dir) / th::method_name(method),
+    if (!s.checkpoint.dir.empty() && (it % s.checkpoint.every == 0 || it == s.run.iterations)) {
+      rolora::save_checkpoint(std::filesystem::path(s.checkpoint.dir) / th::method_name(method),
                               server, identity(), {{"records", to_json(records)}});
     }
     if (s.crash_after != 0 && ++iterations_run == s.crash_after) std::raise(SIGKILL);
@@ -520,23 +522,12 @@ int main(int argc, char** argv) {
          "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
-  app.add_option(
-         "--checkpoint-dir", s.checkpoint_dir,
-         "checkpoint each method's server state into DIR/<method>/ (atomic; the newest kept)")
-      ->type_name("DIR");
-  app.add_option("--checkpoint-every", s.checkpoint_every,
-                 "iterations between checkpoints (and the last)")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
-  app.add_option("--resume", s.resume_dir,
-                 "continue a killed run from the checkpoints in DIR (same flags otherwise; keeps "
-                 "checkpointing there unless --checkpoint-dir says elsewhere)")
-      ->type_name("DIR");
+  ex::add_checkpoint_options(app, s.checkpoint, "iterations");
   app.add_option("--crash-after", s.crash_after,
                  "testing: kill this process with SIGKILL after N iterations")
       ->group("");
   CLI11_PARSE(app, argc, argv);
-  if (!s.resume_dir.empty() && s.checkpoint_dir.empty()) s.checkpoint_dir = s.resume_dir;
+  s.checkpoint.finish_parsing();
 
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;
