@@ -12,6 +12,9 @@
 // orthonormalize_rows and solve_spd_right act on small r x r systems and run Eigen's host code
 // on a copy, so they give eigen_backend's bits for the same input.
 #pragma once
+// clang-format off
+#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+// clang-format on
 // First: it picks Thrust's device system before any Thrust header is seen.
 #include <thrust/copy.h>
 #include <thrust/fill.h>
@@ -28,7 +31,6 @@
 #include <rolora/backend/detail/thrust_error.hpp>
 #include <rolora/backend/detail/thrust_gemm.hpp>
 #include <rolora/backend/detail/thrust_matrix.hpp>
-#include <rolora/backend/detail/thrust_system.hpp>
 #include <rolora/backend/eigen.hpp>  // the host helpers for the small r x r factorisations
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>

@@ -242,7 +242,7 @@ linear_problem<Backend> make_linear_problem(const linear_problem_config& c) {
 template <backend Backend>
 linear_problem<Backend> linear_problem_from_data(const std::vector<host>& xs,
                                                  const std::vector<host>& ys, index_t rank) {
-  using rolora::detail::fail;
+  using rolora::detail::raise;
   if (xs.empty() || xs.size() != ys.size()) {
     raise<config_error>("linear problem from data: need >= 1 client with inputs and targets, got ",
                         xs.size(), " inputs and ", ys.size(), " targets");

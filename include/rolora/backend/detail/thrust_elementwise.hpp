@@ -1,6 +1,9 @@
 // Element-wise work and reductions of the Thrust backend, as functors that run on the host
 // (cpp/omp) or the device (cuda). Internal to rolora/backend/thrust.hpp.
 #pragma once
+// clang-format off
+#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+// clang-format on
 #include <thrust/copy.h>
 #include <thrust/functional.h>
 #include <thrust/inner_product.h>

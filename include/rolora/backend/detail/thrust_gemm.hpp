@@ -12,6 +12,9 @@
 //     element of c is the sum over k in increasing order: the same bits for any thread count,
 //     on the cpp and the omp systems alike.
 #pragma once
+// clang-format off
+#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+// clang-format on
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
 
