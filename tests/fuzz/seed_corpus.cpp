@@ -5,6 +5,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <rolora/federated/message.hpp>
 #include <rolora/io/npy.hpp>
 
 #include "fuzz_support.hpp"
@@ -90,12 +91,28 @@ std::vector<bytes_t> npy_seeds() {
   return out;
 }
 
+// Upload messages of a client of the PEFT model, carrying A, B and both.
+std::vector<bytes_t> message_seeds() {
+  client_upload<fuzz::backend_t> up;
+  up.round = 3;
+  up.client = 1;
+  up.num_samples = 40;
+  up.loss = 0.25;
+  up.adapters = fuzz::peft_set(fuzz::peft_config());
+  std::vector<bytes_t> out;
+  for (const factor_set f :
+       {factor_set{true, false}, factor_set{false, true}, factor_set{true, true}})
+    out.push_back(encode_upload(up, f));
+  return out;
+}
+
 // target name (fuzz_<name>.cpp) -> its seeds.
 const std::map<std::string, std::function<std::vector<bytes_t>()>> generators = {
     {"safetensors_parse", safetensors_seeds},
     {"peft_config", peft_config_seeds},
     {"peft_dir", peft_dir_seeds},
     {"npy", npy_seeds},
+    {"message", message_seeds},
 };
 
 }  // namespace
