@@ -27,6 +27,16 @@ const std::string numpy_2x3_f8 =
     "\x00\x00\x00\x00\x00\x00\x18\x40"s;
 
 // A version 1.0 file with the given header dict (padded as numpy pads) and data bytes.
+// A whole file as bytes and back (io/file.hpp), for headers written by hand.
+std::string file_bytes(const std::filesystem::path& path) {
+  const auto raw = read_file_bytes(path);
+  return std::string(raw.begin(), raw.end());
+}
+void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
+  write_file_bytes(path,
+                   std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+}
+
 std::string npy_file(const std::string& dict, const std::string& data) {
   std::string header = dict;
   header += std::string(63 - (10 + header.size()) % 64, ' ') + "\n";
@@ -73,7 +83,7 @@ TEST_CASE("npy: round trips through files, float and double, matrices and N-d ar
   CHECK(load_npy_matrix<double>(dir / "m.npy") == m);
   const Eigen::MatrixXf mf = m.cast<float>();
   save_npy(dir / "mf.npy", mf);
-  CHECK(parse_npy_header(detail::npy::read_file(dir / "mf.npy")).descr() == "<f4");
+  CHECK(parse_npy_header(file_bytes(dir / "mf.npy")).descr() == "<f4");
   CHECK(load_npy_matrix<float>(dir / "mf.npy") == mf);
   CHECK(load_npy_matrix<double>(dir / "mf.npy") == mf.cast<double>());  // f4 -> double exactly
 
@@ -224,10 +234,10 @@ TEST_CASE("npy: theory client data from the project's writer and from numpy's by
   theory::write_client_arrays(dir, problem);
   // A third client as numpy writes it: X the 2x3 float64 array above, Y a float32 vector in
   // Fortran order (1-d: the same bytes), the loader accepts both.
-  detail::npy::write_file(dir / "client_2_X.npy", numpy_2x3_f8);
-  detail::npy::write_file(dir / "client_2_Y.npy",
-                          npy_file("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }",
-                                   f4_bytes({0.5f, -1.5f})));
+  write_bytes(dir / "client_2_X.npy", numpy_2x3_f8);
+  write_bytes(dir / "client_2_Y.npy",
+              npy_file("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }",
+                       f4_bytes({0.5f, -1.5f})));
   const auto arrays = theory::read_client_arrays(dir);
   REQUIRE(arrays.inputs.size() == 3);
   for (std::size_t i = 0; i < 2; ++i) {
@@ -245,7 +255,7 @@ TEST_CASE("npy: theory client data from the project's writer and from numpy's by
   CHECK(p.config.samples == 2);
 
   // Mismatched files say which and how.
-  detail::npy::write_file(
+  write_bytes(
       dir / "client_2_Y.npy",
       npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", f4_bytes({1, 2, 3})));
   CHECK(message_of<shape_error>([&] {
