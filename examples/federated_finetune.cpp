@@ -120,12 +120,17 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
 
   // What a resume must match besides the federation's config and model (checkpoint.hpp).
-  const nlohmann::json identity{
-      {"method", method},           {"clients", s.task.clients},
-      {"split", s.task.split},      {"dirichlet_alpha", s.task.dirichlet_alpha},
-      {"max_len", s.task.max_len},  {"model", s.task.checkpoint},
-      {"targets", s.targets},       {"layers", s.layers},
-      {"eval_every", s.eval_every}, {"validation", s.evaluate_on_validation}};
+  const nlohmann::json identity{{"method", method},
+                                {"clients", s.task.clients},
+                                {"split", s.task.split.kind},
+                                {"dirichlet_alpha", s.task.split.alpha},
+                                {"classes_per_client", s.task.split.classes_per_client},
+                                {"max_len", s.task.max_len},
+                                {"model", s.task.checkpoint},
+                                {"targets", s.targets},
+                                {"layers", s.layers},
+                                {"eval_every", s.eval_every},
+                                {"validation", s.evaluate_on_validation}};
   const auto rows_json = [](const std::vector<round_row>& rows) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& r : rows) {  // doubles by their bits: a resumed CSV is byte-identical
