@@ -573,14 +573,16 @@ TEST_CASE(
     return message_of<config_error>([&] { fed.run(p.clients); });
   };
   CHECK(run(breaks_at<no_factors, no_factors, no_factors, 2>{}) ==
-        "[rolora.config_error] policy 'breaks_at' round 2: trains(t) must name at least one "
+        "[rolora.config_error] round 2: policy 'breaks_at': trains(t) must name at least one "
         "factor, got none");
-  CHECK(run(breaks_at<only_b, both_factors, no_factors, 3>{}) ==
-        "[rolora.config_error] policy 'breaks_at' round 3: shares(t) = AB must be within trains(t) "
-        "= B");
-  CHECK(run(breaks_at<both_factors, only_a, only_a, 0>{}) ==
-        "[rolora.config_error] policy 'breaks_at' round 0: keeps_local() = A must be disjoint from "
-        "shares(t) = A");
+  CHECK(
+      run(breaks_at<only_b, both_factors, no_factors, 3>{}) ==
+      "[rolora.config_error] round 3: policy 'breaks_at': shares(t) = AB must be within trains(t) "
+      "= B");
+  CHECK(
+      run(breaks_at<both_factors, only_a, only_a, 0>{}) ==
+      "[rolora.config_error] round 0: policy 'breaks_at': keeps_local() = A must be disjoint from "
+      "shares(t) = A");
   // The rounds before the broken one ran and committed; the broken one changed nothing.
   federation<B, breaks_at<no_factors, no_factors, no_factors, 2>, fedavg> fed(
       {}, fedavg{}, config, linear_adapters<B>(12, 12, 2));

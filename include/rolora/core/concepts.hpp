@@ -138,24 +138,23 @@ concept update_policy = std::copyable<P> && named_by_constant<P> &&
 };
 
 // The update_policy invariants at round t: trains(t) names a factor, shares(t) is within
-// trains(t), keeps_local() is disjoint from shares(t). Throws config_error naming the policy and
-// the round otherwise. federation calls it when a round starts.
+// trains(t), keeps_local() is disjoint from shares(t). Throws config_error naming the policy
+// otherwise. federation calls it when a round starts; like every error of a round, the message
+// then begins with "round <t>: ".
 template <update_policy P>
 void check_policy_round(const P& policy, std::size_t t) {
   const factor_set trains = policy.trains(t), shares = policy.shares(t);
   const factor_set local = policy.keeps_local();
   if (!trains.any()) {
-    detail::raise<config_error>("policy '", P::name, "' round ", t,
-                                ": trains(t) must name at least one factor, got none");
+    detail::raise<config_error>("policy '", P::name,
+                                "': trains(t) must name at least one factor, got none");
   }
   if ((shares.a && !trains.a) || (shares.b && !trains.b)) {
-    detail::raise<config_error>("policy '", P::name, "' round ", t,
-                                ": shares(t) = ", shares.label(),
+    detail::raise<config_error>("policy '", P::name, "': shares(t) = ", shares.label(),
                                 " must be within trains(t) = ", trains.label());
   }
   if ((local.a && shares.a) || (local.b && shares.b)) {
-    detail::raise<config_error>("policy '", P::name, "' round ", t,
-                                ": keeps_local() = ", local.label(),
+    detail::raise<config_error>("policy '", P::name, "': keeps_local() = ", local.label(),
                                 " must be disjoint from shares(t) = ", shares.label());
   }
 }
