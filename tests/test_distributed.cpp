@@ -414,13 +414,19 @@ TEST_CASE_TEMPLATE(
   CHECK(longer.next_round() == 1);
   CHECK(test::bit_equal(longer.global(), fed.global()));
 
-  // A torn tensor file or a `latest` naming no checkpoint: value_error, nothing changed.
+  // A torn tensor file, a deep server.json or a `latest` naming no checkpoint: value_error,
+  // nothing changed.
   const auto ckpt = dir.path / "ckpt-0";
   std::filesystem::resize_file(ckpt / "server.safetensors",
                                std::filesystem::file_size(ckpt / "server.safetensors") - 3);
   federation<Backend, alternating, fedavg> victim(alternating{}, fedavg{}, c, adapters<Backend>());
   const auto before = victim.global();
   CHECK_THROWS_AS(load_checkpoint(dir.path, victim.server(), identity), value_error);
+  std::ofstream(ckpt / "server.json") << std::string(100000, '[');  // a hostile, deep file
+  CHECK(message_of<value_error>([&] {
+          load_checkpoint(dir.path, victim.server(), identity);
+        }).find("server.json is damaged: arrays and objects nest deeper than 64") !=
+        std::string::npos);
   std::ofstream(dir.path / "latest") << "../../etc\n";
   CHECK(message_of<value_error>([&] {
           load_checkpoint(dir.path, victim.server(), identity);

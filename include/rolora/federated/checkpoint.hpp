@@ -35,6 +35,7 @@
 #include <optional>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/server.hpp>
+#include <rolora/io/json.hpp>
 #include <rolora/io/safetensors.hpp>
 #include <span>
 #include <string>
@@ -304,7 +305,13 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, Server& server,
   json j;
   try {
     const auto text = read_file_bytes(where / "server.json");
-    j = json::parse(text.begin(), text.end());
+    // The project's bounded JSON reader (io/json.hpp): a damaged or hostile file cannot nest the
+    // parser into a stack overflow, and duplicate keys are refused.
+    j = detail::json_io::parse_json<json>(
+        text, [&](detail::json_io::fault, const std::string& why) {
+          detail::raise<value_error>("checkpoint '", where.string(),
+                                     "': server.json is damaged: ", why);
+        });
     if (j.at("format") != "rolora.checkpoint" || j.at("version") != 1) {
       detail::raise<value_error>("checkpoint: '", where.string(),
                                  "' is not a version 1 rolora checkpoint");
