@@ -95,10 +95,15 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   lc.r = s.rank;
   lc.lora_alpha = s.lora_alpha;
   lc.target_modules = s.targets;
-  // Same adapter initialisation for every method: the seed, not the method, picks it.
-  rolora::adapter_set<backend> initial(
-      rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc, s.task.seed);
-  if (s.train_head) {  // PEFT's modules_to_save for sequence classification
+  // Same adapter initialisation for every method: the seed, not the method, picks it. The
+  // control "head" has no adapters: the classifier head alone trains (a federated linear probe).
+  const bool head_only = method == "head";
+  rolora::adapter_set<backend> initial =
+      head_only ? rolora::adapter_set<backend>{}
+                : rolora::adapter_set<backend>(
+                      rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc,
+                      s.task.seed);
+  if (s.train_head || head_only) {  // PEFT's modules_to_save for sequence classification
     initial.add_module_to_save("classifier.weight", data.model.at("classifier.weight"));
     initial.add_module_to_save("classifier.bias", data.model.at("classifier.bias"));
   }
@@ -205,7 +210,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   fed.run(tasks, cb);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  if (s.save_adapters) {
+  if (s.save_adapters && !head_only) {
     const auto dir = std::filesystem::path(s.out) / (method + "_adapter");
     rolora::save_peft_adapter(dir, fed.global(), lc);
     // FLoRA and FedEx-LoRA move part of the update into the base weight (each adapter's
@@ -224,6 +229,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
 method_result run_named(const std::string& m, const settings& s,
                         const ex::spam_task<backend>& data) {
   using namespace rolora;
+  if (m == "head") return run_method(m, train_both{}, fedavg{}, s, data);
   if (m == "fedit") return run_method(m, train_both{}, fedavg{}, s, data);
   if (m == "ffa") return run_method(m, freeze_a{}, fedavg{}, s, data);
   if (m == "rolora") return run_method(m, alternating{}, fedavg{}, s, data);
@@ -310,10 +316,11 @@ int main(int argc, char** argv) {
   app.add_option(
          "--methods", s.methods,
          "methods to run: fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA), fedsa (FedSA-LoRA), "
-         "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA)")
+         "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA); head: "
+         "the control without adapters (the classifier head alone trains, FedAvg)")
       ->delimiter(',')
       ->check(CLI::IsMember(
-          {"fedit", "ffa", "rolora", "fedsa", "flexlora", "flora", "fedex", "fedrot"}))
+          {"fedit", "ffa", "rolora", "fedsa", "flexlora", "flora", "fedex", "fedrot", "head"}))
       ->capture_default_str();
   app.add_option("--rank", s.rank, "LoRA rank r")
       ->check(CLI::Range(1, 1024))
@@ -374,6 +381,10 @@ int main(int argc, char** argv) {
   ex::add_checkpoint_options(app, s.checkpoint, "rounds");
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
+  if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
+    std::fprintf(stderr, "error: --methods head with --freeze-head would train nothing\n");
+    return 2;
+  }
   if (lr_opt->count() > 0) {
     for (const auto& m : s.methods) s.lr[m] = lr;
   }

@@ -1,6 +1,7 @@
 // nn/mlp.hpp: the LoRA MLP's gradients against finite differences, full training through the
 // adapter set's modules to save, and its client task in a federation.
 #include <rolora/nn/mlp.hpp>
+#include <rolora/rolora.hpp>
 
 #include "test_support.hpp"
 
@@ -106,4 +107,36 @@ TEST_CASE(
   CHECK(loss1 == loss2);
   CHECK(acc1 == acc2);
   CHECK(acc1 > 0.9);
+}
+
+TEST_CASE(
+    "federation: the head alone (modules to save, no adapters) trains; nothing at all is refused") {
+  // The head-only control of examples/federated_finetune (--methods head): a federated linear
+  // probe. Two clients, FedAvg of the head; the hidden layer stays as it was.
+  const mlp_weights<mlp_backend> model({8, 16, 4}, 1);
+  std::vector<mlp_task<mlp_backend>> clients;
+  clients.emplace_back(model, toy_data(8, 32, 4, 2));
+  clients.emplace_back(model, toy_data(8, 32, 4, 3));
+  adapter_set<mlp_backend> head;
+  head.add_module_to_save("head.weight", model.at("head.weight"));
+  head.add_module_to_save("head.bias", model.at("head.bias"));
+  federation_config config;
+  config.num_rounds = 5;
+  config.local_steps = 4;
+  config.batch_size = 8;
+  config.local_optimizer = adamw{1e-2, 0.9, 0.999, 1e-8, 0.0};
+  federation<mlp_backend, train_both, fedavg> fed(train_both{}, fedavg{}, config, head);
+  const double before = clients[0].loss(head) + clients[1].loss(head);
+  const auto reports = fed.run(clients);
+  REQUIRE(reports.size() == 5);
+  for (const auto& r : reports) CHECK(r.aggregation_error == 0.0);  // no adapters to misaverage
+  CHECK(fed.global().empty());
+  CHECK(!fed.global().modules_to_save().at("head.weight").isApprox(model.at("head.weight")));
+  CHECK(clients[0].loss(fed.global()) + clients[1].loss(fed.global()) < 0.9 * before);
+  CHECK(reports.back().bytes_up_per_client == (4 * 16 + 4) * sizeof(double));
+
+  const adapter_set<mlp_backend> nothing;
+  CHECK_THROWS_AS(
+      (federation<mlp_backend, train_both, fedavg>(train_both{}, fedavg{}, config, nothing)),
+      config_error);
 }

@@ -130,8 +130,11 @@ class federation_server {
         aggregator_(std::move(aggregator)),
         config_(std::move(config)),
         global_(std::move(initial)) {
-    if (global_.empty()) {
-      detail::raise<config_error>("federation: the initial adapter set is empty");
+    // Adapters, modules to save, or both: modules to save alone is the head-only control (a
+    // federated linear probe); it trains in every round because every policy trains some factor.
+    if (global_.empty() && global_.modules_to_save().empty()) {
+      detail::raise<config_error>(
+          "federation: the initial adapter set is empty (no adapters and no modules to save)");
     }
     if (config_.local_steps == 0) {
       detail::raise<config_error>("federation: local_steps must be >= 1");
