@@ -7,17 +7,25 @@
 #   scripts/results.sh all       the three above
 #   scripts/results.sh robustness  the heterogeneity grid of docs/results.md (not in `all`):
 #                                clients {20, 50, 100} x split {iid, Dirichlet 1.0, 0.3, 0.1} at
-#                                rank 2, each with the head training and with --freeze-head; local
-#                                steps {4, 16} at 50 clients, Dirichlet 0.3, with FlexLoRA and
-#                                FedSA-LoRA too. Cells run in parallel (JOBS, default: the core
-#                                count), one thread each.
+#                                rank 2: head only (no adapters), FedIT, FFA-LoRA, RoLoRA, and the
+#                                three with --freeze-head; local steps {4, 16} at 50 clients,
+#                                Dirichlet 0.3, with FlexLoRA and FedSA-LoRA too. One job per
+#                                (cell, method), JOBS in parallel (default: the core count), one
+#                                thread each; a job whose CSV reaches the last round is skipped.
+#   scripts/results.sh robustness-tune  learning rates for a heterogeneous regime (REGIME, default
+#                                20 clients, Dirichlet 0.1) on the validation split, seed 0
 # Overrides: SEEDS="0 1 2", KS="3 20 50" (clients), RANKS="1 2 4 8", TUNE_GRID="method:lr ...",
-# RKS="20 50 100" and SPLITS="iid dir1.0 dir0.3 dir0.1" (robustness), JOBS, NO_BUILD=1 (skip setup,
-# data and build), EXTRA (arguments added
-# to every run), ROUNDS (30) and EVAL_EVERY (5) for a quick try, TABLE (default results/table). Each run
-# writes $TABLE/<experiment>/<run>/<method>.csv and a `done` marker when it finished; a run with
-# its marker is skipped, so an interrupted grid resumes where it stopped (an unfinished run starts
-# over). scripts/summarize_results.py turns them into the tables of docs/results.md.
+# JOBS, NO_BUILD=1 (skip setup, data and build), EXE (the example, default
+# build/examples/federated_finetune), NICE (19, robustness jobs), EXTRA (arguments added to every
+# run), ROUNDS (30) and EVAL_EVERY (5), TABLE (default results/table). Robustness: RKS="20 50 100",
+# SPLITS="iid dir1.0 dir0.3 dir0.1" (their order is the run order), R_METHODS, R_FROZEN_METHODS,
+# R_FROZEN_SPLITS (the splits with the frozen-head control; default all), R_STEPS="4 16" (the
+# 50-client Dirichlet-0.3 cells; "" skips them), R_LR="method:lr ..." (rates other than the
+# defaults), R_TUNE_GRID="method:lr ...", LIST=1 (print the jobs, run nothing). Each run of
+# tune/clients/ranks writes $TABLE/<experiment>/<run>/<method>.csv and a `done` marker when it
+# finished; a run with its marker is skipped, so an interrupted grid resumes where it stopped (an
+# unfinished run starts over). scripts/summarize_results.py turns them into the tables of
+# docs/results.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,7 +33,7 @@ what="${1:-all}"
 seeds=(${SEEDS:-0 1 2})
 ks=(${KS:-3 20 50})
 ranks=(${RANKS:-1 2 4 8})
-exe=build/examples/federated_finetune
+exe="${EXE:-build/examples/federated_finetune}"
 table="${TABLE:-results/table}"
 common=(--rounds "${ROUNDS:-30}" --eval-every "${EVAL_EVERY:-5}" --no-save ${EXTRA:-})
 
@@ -62,43 +70,97 @@ if [ "$what" = ranks ] || [ "$what" = all ]; then
     for s in "${seeds[@]}"; do run "$table/ranks/r${r}_s${s}" --clients 3 --rank "$r" --seed "$s"; done
   done
 fi
+if [ "$what" = robustness-tune ]; then
+  # Learning rates for a heterogeneous regime (REGIME: its arguments), on the validation split,
+  # seed 0: each method at its IID-tuned default and the neighbours in {1e-3, 2e-3, 5e-3, 1e-2,
+  # 2e-2}; the head-only control at 2e-3 and 1e-2. Runs in parallel; finished runs are skipped.
+  regime="${REGIME:---clients 20 --split dirichlet --alpha 0.1}"
+  grid=(${R_TUNE_GRID:-fedit:2e-3 ffa:1e-2 rolora:5e-3 fedit:1e-3 fedit:5e-3 ffa:5e-3 ffa:2e-2 rolora:2e-3 rolora:1e-2 head:2e-3 head:1e-2})
+  for point in "${grid[@]}"; do
+    m="${point%%:*}" lr="${point#*:}"
+    out="$table/robustness-tune/${m}_lr${lr}"
+    csv="$out/$m.csv"
+    [ -f "$csv" ] && [ "$(tail -n 1 "$csv" | cut -d, -f3)" = "${ROUNDS:-30}" ] && continue
+    echo "$out --methods $m --lr $lr"
+  done | xargs -P "${JOBS:-$(nproc 2>/dev/null || echo 2)}" -L 1 bash -c \
+    'out=$1; shift; mkdir -p "$out"; nice -n "${NICE:-19}" '"$exe ${common[*]}"' --threads 1 \
+       --validation --seed 0 '"$regime"' --out "$out" "$@" > "$out/log.txt" 2>&1 &&
+     echo "done    $out" || echo "FAILED  $out" >&2' _
+  exit 0
+fi
 if [ "$what" = robustness ]; then
-  # One line per cell: <out folder> <arguments>; run_cell skips finished cells.
-  cells=()
+  # One job per (cell, method): results/table/robustness/<cell>/<method>/<method>.csv, where
+  # <cell> is k<clients>_<split>_st<local steps>[_fh]_s<seed> (_fh: --freeze-head). A job whose
+  # CSV already holds the last round is skipped, so the grid resumes where it stopped (an
+  # unfinished job starts over). Jobs are listed cell by cell, the seeds of a cell together, in
+  # the order of RKS and SPLITS, so an interrupted grid leaves whole cells (all seeds), not one
+  # seed of every cell.
+  rounds="${ROUNDS:-30}"
+  jobs=()
+  add() {  # add <cell> <methods> <arguments...>
+    local cell="$1" methods="$2"; shift 2
+    local m lr
+    for m in ${methods//,/ }; do
+      lr=""  # R_LR="method:rate ...": rates other than the example's defaults
+      for point in ${R_LR:-}; do [ "${point%%:*}" = "$m" ] && lr="--lr ${point#*:}"; done
+      jobs+=("$table/robustness/$cell/$m --methods $m $lr $*")
+    done
+  }
+  split_args() {
+    case "$1" in
+      iid) echo "--split iid" ;;
+      dir*) echo "--split dirichlet --alpha ${1#dir}" ;;
+      *) echo "results.sh: unknown split $1 (iid or dir<alpha>)" >&2; exit 2 ;;
+    esac
+  }
+  methods="${R_METHODS:-head,fedit,ffa,rolora}"   # with the head training; head: no adapters
+  frozen="${R_FROZEN_METHODS:-fedit,ffa,rolora}"  # with --freeze-head
   for k in ${RKS:-20 50 100}; do
     for split in ${SPLITS:-iid dir1.0 dir0.3 dir0.1}; do
-      case "$split" in
-        iid) split_args="--split iid" ;;
-        dir*) split_args="--split dirichlet --alpha ${split#dir}" ;;
-        *) echo "results.sh: unknown split $split (iid or dir<alpha>)" >&2; exit 2 ;;
-      esac
       for s in "${seeds[@]}"; do
-        cells+=("$table/robustness/k${k}_${split}_s${s} --clients $k --rank 2 --seed $s $split_args")
-        cells+=("$table/robustness/k${k}_${split}_frozenhead_s${s} --clients $k --rank 2 --seed $s $split_args --freeze-head")
+        add "k${k}_${split}_st4_s${s}" "$methods" --clients "$k" --rank 2 --seed "$s" $(split_args "$split")
       done
+      # R_FROZEN_SPLITS: the splits that get the frozen-head control (default: every split).
+      case " ${R_FROZEN_SPLITS:-$split} " in *" $split "*)
+        for s in "${seeds[@]}"; do
+          add "k${k}_${split}_st4_fh_s${s}" "$frozen" --clients "$k" --rank 2 --seed "$s" \
+              $(split_args "$split") --freeze-head
+        done ;;
+      esac
     done
   done
-  for steps in 4 16; do
+  # Local steps and the other aggregators at 50 clients, Dirichlet 0.3 (R_STEPS="" skips them).
+  for steps in ${R_STEPS-4 16}; do
+    [ "$steps" = 4 ] && extra="${R_EXTRA_METHODS:-flexlora,fedsa}" ||
+      extra="${R_STEPS_METHODS:-fedit,ffa,rolora,flexlora,fedsa}"
     for s in "${seeds[@]}"; do
-      cells+=("$table/robustness/steps${steps}_k50_dir0.3_s${s} --clients 50 --rank 2 --seed $s --split dirichlet --alpha 0.3 --local-steps $steps --methods fedit,ffa,rolora,flexlora,fedsa")
+      add "k50_dir0.3_st${steps}_s${s}" "$extra" --clients 50 --rank 2 --seed "$s" \
+          --split dirichlet --alpha 0.3 --local-steps "$steps"
     done
   done
-  run_cell() {  # run_cell <out folder> <args...>
+  if [ -n "${LIST:-}" ]; then printf '%s\n' "${jobs[@]}"; exit 0; fi  # LIST=1: the jobs only
+  run_job() {  # run_job <out folder> <args...>
     local out="$1"; shift
-    if [ -f "$out/done" ]; then return 0; fi
+    local csv; csv="$out/$(basename "$out").csv"
+    if [ -f "$csv" ] && [ "$(tail -n 1 "$csv" | cut -d, -f3)" = "$ROUNDS_WANTED" ]; then return 0; fi
     mkdir -p "$out"
-    if "$exe" "${common[@]}" --threads 1 --out "$out" "$@" > "$out/log.txt" 2>&1; then
-      touch "$out/done"; echo "done    $out"
+    local t0=$SECONDS
+    if nice -n "${NICE:-19}" "$exe" "${common[@]}" --threads 1 --out "$out" "$@" > "$out/log.txt" 2>&1; then
+      echo "done    $out ($((SECONDS - t0)) s)"
     else
       echo "FAILED  $out (see $out/log.txt)" >&2
     fi
   }
-  export -f run_cell
-  export exe
-  export COMMON="${common[*]}"
-  printf '%s\n' "${cells[@]}" |
-    xargs -P "${JOBS:-$(nproc 2>/dev/null || echo 2)}" -L 1 bash -c 'common=($COMMON); run_cell "$@"' _
-  echo "robustness: $(ls -d "$table"/robustness/*/done 2>/dev/null | wc -l) of ${#cells[@]} cells done"
+  export -f run_job
+  export exe ROUNDS_WANTED="$rounds" COMMON="${common[*]}"
+  printf '%s\n' "${jobs[@]}" |
+    xargs -P "${JOBS:-$(nproc 2>/dev/null || echo 2)}" -L 1 bash -c 'common=($COMMON); run_job "$@"' _
+  complete=0
+  for j in "${jobs[@]}"; do
+    out="${j%% *}"; csv="$out/$(basename "$out").csv"
+    [ -f "$csv" ] && [ "$(tail -n 1 "$csv" | cut -d, -f3)" = "$rounds" ] && complete=$((complete + 1))
+  done
+  echo "robustness: $complete of ${#jobs[@]} runs complete"
   exit 0
 fi
 python3 scripts/summarize_results.py "$table"

@@ -5,6 +5,12 @@ DIR/accuracy_clients_<K>.svg (mean test accuracy against round, +- std over seed
 with gnuplot. Standard library only.
 
     python3 scripts/summarize_results.py [results/table] [--plot docs/img]
+
+The robustness grid (results/table/robustness/<cell>/<method>/<method>.csv, cell =
+k<K>_<split>_st<steps>[_fh]_s<seed>) gives one table row per regime: each method's final test
+accuracy (mean ± std over the seeds whose run is complete), RoLoRA's paired per-seed margins and
+FedIT's median aggregation error; with --plot, DIR/robust_accuracy_<regime>.svg and
+DIR/robust_aggerr_k<K>.svg (FedIT's aggregation error against round, a line per split).
 """
 import csv
 import pathlib
@@ -15,7 +21,9 @@ import sys
 from collections import defaultdict
 
 METHODS = ["fedit", "ffa", "rolora"]
-TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA"}
+TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA", "head": "head only",
+          "flexlora": "FlexLoRA", "fedsa": "FedSA-LoRA"}
+CELL = re.compile(r"k(\d+)_(iid|dir[0-9.]+)_st(\d+)(_fh)?_s(\d+)$")
 
 
 def final_row(path):
@@ -94,6 +102,125 @@ def plot(root, out_dir):
         print(f"wrote {svg}", file=sys.stderr)
 
 
+def robust_tuning(root):
+    rows = []
+    for csv_path in sorted((root / "robustness-tune").glob("*/*.csv")):
+        r = list(csv.DictReader(open(csv_path)))
+        if r:
+            last = final_row(csv_path)
+            rows.append((last["method"], float(last["lr"]), int(r[-1]["round"]), float(last["eval_accuracy"]), float(last["eval_loss"])))
+    if rows:
+        print("\nrobustness-tune: final validation accuracy (%) / loss, seed 0\n")
+        print("| method | lr | rounds | val accuracy | val loss |\n|---|---|---|---|---|")
+        for m, lr, n, acc, loss in sorted(rows):
+            print(f"| {TITLES.get(m, m)} | {lr:g} | {n} | {100 * acc:.1f} | {loss:.3f} |")
+
+
+def robust_runs(root):
+    """(K, split, steps) -> column -> seed -> rows of a complete run; column is the method, with
+    a '+fh' suffix for --freeze-head. A run is complete when its CSV reaches `rounds` (the largest
+    round seen in the grid)."""
+    runs = defaultdict(lambda: defaultdict(dict))
+    found = []
+    for csv_path in sorted((root / "robustness").glob("*/*/*.csv")):
+        match = CELL.match(csv_path.parent.parent.name)
+        if not match:
+            continue
+        rows = list(csv.DictReader(open(csv_path)))
+        if rows:
+            found.append((match, csv_path.parent.name, rows))
+    rounds = max((int(r[-1]["round"]) for _, _, r in found), default=0)
+    for match, method, rows in found:
+        if int(rows[-1]["round"]) != rounds:
+            continue
+        k, split, steps, fh, seed = match.groups()
+        runs[(int(k), split, int(steps))][method + ("+fh" if fh else "")][int(seed)] = rows
+    return runs, rounds
+
+
+def final_accuracy(rows):
+    return float([r for r in rows if float(r["eval_accuracy"]) >= 0][-1]["eval_accuracy"])
+
+
+def split_title(split):
+    return "IID" if split == "iid" else f"Dir {split[3:]}"
+
+
+def robustness(root):
+    runs, rounds = robust_runs(root)
+    if not runs:
+        return
+    columns = ["head", "fedit", "ffa", "rolora", "fedit+fh", "ffa+fh", "rolora+fh", "flexlora", "fedsa"]
+    present = [c for c in columns if any(c in v for v in runs.values())]
+    title = lambda c: TITLES[c.split("+")[0]] + (" (frozen head)" if c.endswith("+fh") else "")
+    print(f"\nrobustness: final test accuracy (%) after {rounds} rounds, mean ± std over seeds\n")
+    print("| clients | split | local steps | " + " | ".join(title(c) for c in present) +
+          " | RoLoRA - FedIT per seed | RoLoRA - FFA-LoRA per seed | FedIT agg. error, median |")
+    print("|---" * (len(present) + 6) + "|")
+    order = {"iid": 0}
+    for key in sorted(runs, key=lambda k: (k[2], k[0], order.get(k[1], 1), -float(k[1][3:] or 0))):
+        k, split, steps = key
+        cells = runs[key]
+        row = [str(k), split_title(split), str(steps)]
+        row += [cell([final_accuracy(r) for _, r in sorted(cells[c].items())]) for c in present]
+        for other in ("fedit", "ffa"):
+            seeds = sorted(set(cells["rolora"]) & set(cells[other]))
+            row.append(" ".join(f"{100 * (final_accuracy(cells['rolora'][s]) - final_accuracy(cells[other][s])):+.1f}"
+                                for s in seeds) or "-")
+        errors = [float(r["aggregation_error"]) for rows in cells["fedit"].values() for r in rows]
+        row.append(f"{statistics.median(errors):.3f}" if errors else "-")
+        print("| " + " | ".join(row) + " |")
+
+
+def gnuplot(script):
+    subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=True)
+
+
+def robust_plots(root, out_dir):
+    runs, rounds = robust_runs(root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def mean_curve(per_seed, field):
+        per_round = defaultdict(list)
+        for rows in per_seed.values():
+            for r in rows:
+                if float(r[field]) >= 0:
+                    per_round[int(r["round"])].append(float(r[field]))
+        return [(k, statistics.mean(v)) for k, v in sorted(per_round.items())]
+
+    for (k, split, steps), cells in sorted(runs.items()):
+        methods = [c for c in ["head", "fedit", "ffa", "rolora", "flexlora", "fedsa", "fedit+fh", "ffa+fh", "rolora+fh"] if c in cells]
+        seeds = max(len(v) for v in cells.values())
+        svg = out_dir / f"robust_accuracy_k{k}_{split}_st{steps}.svg"
+        names = [TITLES[c.split("+")[0]] + (" (frozen head)" if c.endswith("+fh") else "") for c in methods]
+        script = [
+            "set terminal svg size 800,500 enhanced font 'Sans,12'", f"set output '{svg}'",
+            f"set title 'SpamAssassin, {k} clients, {split_title(split)}, {steps} local steps, rank 2: mean over {seeds} seeds' noenhanced",
+            "set xlabel 'round'", "set ylabel 'test accuracy (%)'", "set grid",
+            "set key bottom right box opaque", "set xrange [0:*]",
+            "plot " + ", ".join(f"'-' using 1:2 with linespoints {'dashtype 2 ' if c.endswith('+fh') else ''}title '{n}'"
+                                for c, n in zip(methods, names)),
+        ]
+        for c in methods:
+            script += [f"{x} {100 * y:.3f}" for x, y in mean_curve(cells[c], "eval_accuracy")] + ["e"]
+        gnuplot(script)
+        print(f"wrote {svg}", file=sys.stderr)
+    for k in sorted({key[0] for key in runs}):
+        keys = [key for key in sorted(runs) if key[0] == k and "fedit" in runs[key]]
+        svg = out_dir / f"robust_aggerr_k{k}.svg"
+        script = [
+            "set terminal svg size 800,500 enhanced font 'Sans,12'", f"set output '{svg}'",
+            f"set title 'FedIT aggregation error per round, {k} clients, rank 2 (mean over seeds)' noenhanced",
+            "set xlabel 'round'", "set ylabel '||sum_i w_i s B_i A_i - s B A||_F' noenhanced",
+            "set logscale y", "set grid", "set key top left box opaque", "set xrange [0:*]",
+            "plot " + ", ".join(f"'-' using 1:2 with linespoints title '{split_title(s)}, {st} steps'" for _, s, st in keys),
+        ]
+        for key in keys:
+            script += [f"{x} {y:.6g}" for x, y in mean_curve(runs[key]["fedit"], "aggregation_error")] + ["e"]
+        gnuplot(script)
+        print(f"wrote {svg}", file=sys.stderr)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     plot_dir = None
@@ -105,5 +232,10 @@ if __name__ == "__main__":
     tuning(root)
     table(root, "clients", "clients", r"k(\d+)_s\d+")
     table(root, "ranks", "rank", r"r(\d+)_s\d+")
+    robust_tuning(root)
+    robustness(root)
     if plot_dir:
-        plot(root, plot_dir)
+        if (root / "clients").exists():
+            plot(root, plot_dir)
+        if (root / "robustness").exists():
+            robust_plots(root, plot_dir)
