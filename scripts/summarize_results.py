@@ -4,7 +4,7 @@ docs/results.md: final accuracy per method, mean +- std over seeds. With --plot 
 DIR/accuracy_clients_<K>.svg (mean test accuracy against round, +- std over seeds, per method)
 with gnuplot. Standard library only.
 
-    python3 scripts/summarize_results.py [results/table] [--plot docs/img]
+    python3 scripts/summarize_results.py [results/table] [--plot docs/img] [--runs-csv FILE]
 
 The robustness grid (results/table/robustness/<cell>/<method>/<method>.csv, cell =
 k<K>_<split>_st<steps>[_fh]_s<seed>) gives one table row per regime: each method's final test
@@ -221,6 +221,32 @@ def robust_plots(root, out_dir):
         print(f"wrote {svg}", file=sys.stderr)
 
 
+def robust_csv(root, out):
+    """Every round of every complete robustness and tuning run, one CSV (docs/robustness_runs.csv)."""
+    runs, rounds = robust_runs(root)
+    fields = ["experiment", "clients", "split", "local_steps", "head", "method", "seed", "lr", "round",
+              "train_loss", "eval_loss", "eval_accuracy", "aggregation_error"]
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for (k, split, steps), cells in sorted(runs.items()):
+            for column, per_seed in sorted(cells.items()):
+                method, frozen = column.split("+")[0], column.endswith("+fh")
+                for seed, rows in sorted(per_seed.items()):
+                    for r in rows:
+                        w.writerow(["test", k, split, steps, "frozen" if frozen else "trains", method, seed,
+                                    r["lr"], r["round"], r["train_loss"], r["eval_loss"], r["eval_accuracy"],
+                                    r["aggregation_error"]])
+        for csv_path in sorted((root / "robustness-tune").glob("*/*.csv")):
+            log = (csv_path.parent / "log.txt").read_text() if (csv_path.parent / "log.txt").exists() else ""
+            match = re.search(r"over (\d+) clients \((\w+)(?:, alpha ([0-9.]+))?", log)
+            k, split = (match.group(1), "iid" if match.group(2) == "iid" else f"dir{match.group(3)}") if match else ("", "")
+            for r in csv.DictReader(open(csv_path)):
+                w.writerow(["validation", k, split, 4, "trains", r["method"], 0, r["lr"], r["round"],
+                            r["train_loss"], r["eval_loss"], r["eval_accuracy"], r["aggregation_error"]])
+    print(f"wrote {out}", file=sys.stderr)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     plot_dir = None
@@ -228,12 +254,19 @@ if __name__ == "__main__":
         i = args.index("--plot")
         plot_dir = pathlib.Path(args[i + 1])
         del args[i:i + 2]
+    runs_csv = None
+    if "--runs-csv" in args:
+        i = args.index("--runs-csv")
+        runs_csv = pathlib.Path(args[i + 1])
+        del args[i:i + 2]
     root = pathlib.Path(args[0] if args else "results/table")
     tuning(root)
     table(root, "clients", "clients", r"k(\d+)_s\d+")
     table(root, "ranks", "rank", r"r(\d+)_s\d+")
     robust_tuning(root)
     robustness(root)
+    if runs_csv:
+        robust_csv(root, runs_csv)
     if plot_dir:
         if (root / "clients").exists():
             plot(root, plot_dir)
