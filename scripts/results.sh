@@ -113,8 +113,8 @@ if [ "$what" = robustness ]; then
       *) echo "results.sh: unknown split $1 (iid or dir<alpha>)" >&2; exit 2 ;;
     esac
   }
-  methods="${R_METHODS:-head,fedit,ffa,rolora}"   # with the head training; head: no adapters
-  frozen="${R_FROZEN_METHODS:-fedit,ffa,rolora}"  # with --freeze-head
+  methods="${R_METHODS-head,fedit,ffa,rolora}"    # with the head training; head: no adapters; "": none
+  frozen="${R_FROZEN_METHODS-fedit,ffa,rolora}"   # with --freeze-head; "": none
   for k in ${RKS:-20 50 100}; do
     for split in ${SPLITS:-iid dir1.0 dir0.3 dir0.1}; do
       for s in "${seeds[@]}"; do
