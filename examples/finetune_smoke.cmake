@@ -8,14 +8,14 @@ endif()
 file(REMOVE_RECURSE "${WORK}")
 execute_process(
   COMMAND "${EXE}" --clients 3 --rounds 2 --local-steps 2 --batch 8 --max-len 48 --pretrain-steps 20
-          --methods fedit,ffa,rolora --data-dir "${CORPUS}" --checkpoint "${WORK}/model.safetensors"
+          --methods fedit,ffa,rolora,head --data-dir "${CORPUS}" --checkpoint "${WORK}/model.safetensors"
           --out "${WORK}/out"
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}${err}")
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "federated_finetune failed with ${rc}")
 endif()
-foreach(f model.safetensors out/fedit.csv out/ffa.csv out/rolora.csv
+foreach(f model.safetensors out/fedit.csv out/ffa.csv out/rolora.csv out/head.csv
           out/rolora_adapter/adapter_config.json out/rolora_adapter/adapter_model.safetensors)
   if(NOT EXISTS "${WORK}/${f}")
     message(FATAL_ERROR "federated_finetune did not write ${f}")
