@@ -24,13 +24,13 @@
 #include <string>
 #include <vector>
 
+#include "common/backend_options.hpp"
 #include "common/checkpoint_options.hpp"
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
 
 namespace {
 
-using backend = rolora::eigen_backend<float>;
 namespace ex = rolora::examples;
 
 struct settings {
@@ -54,6 +54,7 @@ struct settings {
   std::string out = "results/finetune";
   bool save_adapters = true;
   ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
+  std::string backend = "eigen";      // --backend (common/backend_options.hpp)
 };
 
 // Learning rates picked on the validation split (docs/results.md says how), per method.
@@ -86,7 +87,7 @@ double peak_rss_mib() {
   return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
-template <class Policy, class Aggregator>
+template <class Policy, class Aggregator, class backend>
 method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
                          const settings& s, const ex::spam_task<backend>& data) {
   method_result result{
@@ -221,6 +222,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   return result;
 }
 
+template <class backend>
 method_result run_named(const std::string& m, const settings& s,
                         const ex::spam_task<backend>& data) {
   using namespace rolora;
@@ -251,10 +253,11 @@ void write_csv(const std::string& file, const method_result& r) {
   std::fclose(out);
 }
 
+template <class backend>
 int run(settings& s) {
   std::filesystem::create_directories(s.out);
   const auto data = ex::load_spam_task<backend>(s.task);
-  std::printf("%s\n", data.summary.c_str());
+  std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(backend::name).c_str());
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
@@ -372,6 +375,7 @@ int main(int argc, char** argv) {
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
   ex::add_checkpoint_options(app, s.checkpoint, "rounds");
+  ex::add_backend_option(app, s.backend);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (lr_opt->count() > 0) {
@@ -379,7 +383,7 @@ int main(int argc, char** argv) {
   }
   t.threads = s.threads;
   try {
-    return run(s);
+    return ex::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); });
   } catch (const rolora::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
