@@ -1,7 +1,8 @@
 // The transformer on the Thrust backend against the Eigen backend (nn/thrust_primitives.hpp),
 // written once and compiled twice: by g++ for thrust_omp (test_nn_thrust_omp.cpp, in CI) and by
 // nvcc for thrust_cuda (test_nn_thrust_cuda.cu, skipped without a device). The includer defines
-//   ROLORA_NN_THRUST_TYPES      the backends to instantiate
+//   ROLORA_NN_THRUST_TYPES      the backends to instantiate (float and double)
+//   ROLORA_NN_THRUST_DOUBLE     the double one (finite differences)
 //   ROLORA_NN_THRUST_SUFFIX     appended to every test name (" [needs device]" under CUDA)
 //   ROLORA_NN_THRUST_REQUIRE()  a statement run first in each test (skips without a device)
 //
@@ -184,7 +185,7 @@ TEST_CASE_TEMPLATE("thrust nn: every primitive agrees with Eigen" ROLORA_NN_THRU
   }
   SUBCASE("embedding gather and scatter-add with repeated ids") {
     const H table = rnd<T>(vocab, d, 5);
-    std::vector<std::int32_t> ids(std::size_t(big_n));
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(big_n));
     for (std::size_t j = 0; j < ids.size(); ++j) ids[j] = std::int32_t((j * 5) % 4);  // repeats
     typename Backend::matrix out, dt = dev(table);
     H oute, dte = table;
@@ -232,7 +233,7 @@ TEST_CASE_TEMPLATE("thrust nn: every primitive agrees with Eigen" ROLORA_NN_THRU
     EP::weighted_pool_backward(dout, w, dhe);
     CHECK(relative_diff(host<Backend>(dh), dhe) <= tol);
     const H z = rnd<T>(classes, big_n, 12, 3.0);
-    std::vector<std::int32_t> t(std::size_t(big_n));
+    std::vector<std::int32_t> t(static_cast<std::size_t>(big_n));
     for (std::size_t j = 0; j < t.size(); ++j) t[j] = j % 3 == 1 ? -1 : std::int32_t(j % 5);
     typename Backend::matrix dz, s = dev(z);
     H dze, se = z;
@@ -248,7 +249,8 @@ TEST_CASE_TEMPLATE("thrust nn: every primitive agrees with Eigen" ROLORA_NN_THRU
 }
 
 TEST_CASE_TEMPLATE(
-    "thrust nn: the model's logits and LoRA, full-parameter and MLM gradients agree with Eigen" ROLORA_NN_THRUST_SUFFIX,
+    "thrust nn: the model's logits and LoRA, full-parameter and MLM gradients agree with "
+    "Eigen" ROLORA_NN_THRUST_SUFFIX,
     Backend, ROLORA_NN_THRUST_TYPES) {
   ROLORA_NN_THRUST_REQUIRE();
   using namespace rolora;
@@ -287,16 +289,19 @@ TEST_CASE_TEMPLATE(
     const std::vector<std::int32_t> targets{-1, 6, -1, -1, -1, 1, -1, -1, 9, 3};
     auto fgt = wt.zeros_like();
     auto fge = we.zeros_like();
-    const double flt = mlm ? mlm_loss_and_grad(wt, tiny_batch(), targets, fgt, wst)
-                           : classification_loss_and_grad(wt, tiny_batch(), tiny_labels(), fgt, wst);
-    const double fle = mlm ? mlm_loss_and_grad(we, tiny_batch(), targets, fge, wse)
-                           : classification_loss_and_grad(we, tiny_batch(), tiny_labels(), fge, wse);
+    const double flt =
+        mlm ? mlm_loss_and_grad(wt, tiny_batch(), targets, fgt, wst)
+            : classification_loss_and_grad(wt, tiny_batch(), tiny_labels(), fgt, wst);
+    const double fle =
+        mlm ? mlm_loss_and_grad(we, tiny_batch(), targets, fge, wse)
+            : classification_loss_and_grad(we, tiny_batch(), tiny_labels(), fge, wse);
     CHECK(std::abs(flt - fle) <= tol * std::abs(fle));
     for (std::size_t p = 0; p < wt.size(); ++p) {
       CAPTURE(wt.name(p));
       const auto ref = fge.value(p);
       const double scale = ref.cwiseAbs().maxCoeff();
-      const double diff = (host<Backend>(fgt.value(p)) - ref).template cast<double>().cwiseAbs().maxCoeff();
+      const double diff =
+          (host<Backend>(fgt.value(p)) - ref).template cast<double>().cwiseAbs().maxCoeff();
       // attention.k.bias has an exact gradient of 0: compare absolutely there.
       CHECK(diff <= tol * std::max(scale, 1.0));
     }
@@ -304,7 +309,7 @@ TEST_CASE_TEMPLATE(
 }
 
 TEST_CASE_TEMPLATE("thrust nn: LoRA gradients match finite differences" ROLORA_NN_THRUST_SUFFIX,
-                   Backend, ROLORA_NN_THRUST_TYPES) {
+                   Backend, ROLORA_NN_THRUST_DOUBLE) {
   ROLORA_NN_THRUST_REQUIRE();
   using namespace rolora;
   using namespace rolora::nn_thrust_test;
@@ -316,7 +321,9 @@ TEST_CASE_TEMPLATE("thrust nn: LoRA gradients match finite differences" ROLORA_N
     transformer_workspace<Backend> ws;
     gradient_set<Backend> grads;
     classification_loss_and_grad(w, adapters, tiny_batch(), tiny_labels(), both_factors, grads, ws);
-    const auto f = [&] { return classification_loss(w, adapters, tiny_batch(), tiny_labels(), ws); };
+    const auto f = [&] {
+      return classification_loss(w, adapters, tiny_batch(), tiny_labels(), ws);
+    };
     // Central differences through host copies (the matrices may live on a device).
     const auto fd_error = [&](typename Backend::matrix& param, const typename Backend::matrix& g) {
       host_matrix<T> h = Backend::to_host(param);

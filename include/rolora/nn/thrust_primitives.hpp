@@ -355,9 +355,9 @@ struct nn_primitives<thrust_backend<T, System>> {
   }
   static void row_sums(const matrix& x, matrix& out) {
     reshape(out, x.rows(), 1);
-    for_each_index(x.rows(), std::size_t(x.size()),
-                   detail::nn_thrust::row_sum_fn<T>{x.data(), nullptr, out.data(), x.rows(),
-                                                    x.cols()});
+    for_each_index(
+        x.rows(), std::size_t(x.size()),
+        detail::nn_thrust::row_sum_fn<T>{x.data(), nullptr, out.data(), x.rows(), x.cols()});
   }
 
   static void layer_norm_forward(const matrix& x, const matrix& gamma, const matrix& beta, T eps,
@@ -366,10 +366,10 @@ struct nn_primitives<thrust_backend<T, System>> {
     reshape(y, d, n);
     reshape(xhat, d, n);
     reshape(rstd, n, 1);
-    for_each_index(n, std::size_t(x.size()),
-                   detail::nn_thrust::layer_norm_forward_fn<T>{x.data(), gamma.data(), beta.data(),
-                                                               eps, y.data(), xhat.data(),
-                                                               rstd.data(), d});
+    for_each_index(
+        n, std::size_t(x.size()),
+        detail::nn_thrust::layer_norm_forward_fn<T>{x.data(), gamma.data(), beta.data(), eps,
+                                                    y.data(), xhat.data(), rstd.data(), d});
   }
 
   static void layer_norm_backward(const matrix& dy, const matrix& xhat, const matrix& rstd,
@@ -377,14 +377,15 @@ struct nn_primitives<thrust_backend<T, System>> {
                                   matrix* dbeta) {
     const index_t d = dy.rows(), n = dy.cols();
     if (!accumulate) reshape(dx, d, n);
-    for_each_index(n, std::size_t(dy.size()),
-                   detail::nn_thrust::layer_norm_backward_fn<T>{dy.data(), xhat.data(), rstd.data(),
-                                                                gamma.data(), dx.data(), d,
-                                                                accumulate});
+    for_each_index(
+        n, std::size_t(dy.size()),
+        detail::nn_thrust::layer_norm_backward_fn<T>{dy.data(), xhat.data(), rstd.data(),
+                                                     gamma.data(), dx.data(), d, accumulate});
     if (dgamma) {
       reshape(*dgamma, d, 1);
-      for_each_index(d, std::size_t(dy.size()),
-                     detail::nn_thrust::row_sum_fn<T>{dy.data(), xhat.data(), dgamma->data(), d, n});
+      for_each_index(
+          d, std::size_t(dy.size()),
+          detail::nn_thrust::row_sum_fn<T>{dy.data(), xhat.data(), dgamma->data(), d, n});
     }
     if (dbeta) row_sums(dy, *dbeta);
   }
@@ -403,9 +404,8 @@ struct nn_primitives<thrust_backend<T, System>> {
   static void gelu_backward(const matrix& x, const matrix& dy, matrix& dx) {
     reshape(dx, x.rows(), x.cols());
     if (use_host_thread(std::size_t(x.size()))) {
-      thrust::transform(thrust::cpp::par, x.values().begin(), x.values().end(),
-                        dy.values().begin(), dx.values().begin(),
-                        detail::nn_thrust::gelu_backward_fn<T>{});
+      thrust::transform(thrust::cpp::par, x.values().begin(), x.values().end(), dy.values().begin(),
+                        dx.values().begin(), detail::nn_thrust::gelu_backward_fn<T>{});
     } else {
       thrust::transform(System{}, x.values().begin(), x.values().end(), dy.values().begin(),
                         dx.values().begin(), detail::nn_thrust::gelu_backward_fn<T>{});
@@ -424,10 +424,10 @@ struct nn_primitives<thrust_backend<T, System>> {
   static void embedding_backward(const matrix& dout, std::span<const std::int32_t> ids,
                                  matrix& dtable) {
     const index_t d = dout.rows();
-    for_each_index(d, std::size_t(dout.size()),
-                   detail::nn_thrust::embedding_backward_fn<T>{dout.data(), ids_on_system(ids),
-                                                               dtable.data(), dtable.rows(), d,
-                                                               dout.cols()});
+    for_each_index(
+        d, std::size_t(dout.size()),
+        detail::nn_thrust::embedding_backward_fn<T>{dout.data(), ids_on_system(ids), dtable.data(),
+                                                    dtable.rows(), d, dout.cols()});
   }
 
   // Per (sequence s, head h): P = masked column softmax of scale K_h^T Q_h, ctx_h = V_h P.
@@ -484,9 +484,9 @@ struct nn_primitives<thrust_backend<T, System>> {
   static void weighted_pool_backward(const matrix& dout, const matrix& w, matrix& dh) {
     const index_t d = dout.rows(), len = w.rows(), n = w.cols();
     reshape(dh, d, len * n);
-    for_each_index(dh.size(), std::size_t(dh.size()),
-                   detail::nn_thrust::pool_backward_fn<T>{dout.data(), w.data(), dh.data(), d,
-                                                          len});
+    for_each_index(
+        dh.size(), std::size_t(dh.size()),
+        detail::nn_thrust::pool_backward_fn<T>{dout.data(), w.data(), dh.data(), d, len});
   }
 
   static void softmax_columns(matrix& x) {
@@ -572,23 +572,23 @@ struct nn_primitives<thrust_backend<T, System>> {
   // (sequence, head) grid has two strides, which one strided batch cannot express). Host
   // systems: the (sequence, head) blocks in parallel, each by the blocked host GEMM.
   template <class PA, class PB>
-  static void batched_gemm(index_t n, index_t heads, T alpha, detail::nn_thrust::strided_blocks<PA> a,
-                           bool ta, detail::nn_thrust::strided_blocks<PB> b, bool tb, index_t m,
-                           index_t nc, index_t k, T beta, detail::nn_thrust::strided_blocks<T*> c) {
+  static void batched_gemm(index_t n, index_t heads, T alpha,
+                           detail::nn_thrust::strided_blocks<PA> a, bool ta,
+                           detail::nn_thrust::strided_blocks<PB> b, bool tb, index_t m, index_t nc,
+                           index_t k, T beta, detail::nn_thrust::strided_blocks<T*> c) {
     const detail::nn_thrust::strided_blocks<const T*> ca{a.p, a.ld, a.stride_s, a.stride_h};
     const detail::nn_thrust::strided_blocks<const T*> cb{b.p, b.ld, b.stride_s, b.stride_h};
     if constexpr (is_cuda) {
 #if defined(__CUDACC__)
       for (index_t h = 0; h < heads; ++h) {
-        detail::cublas_gemm_strided_batched(ca.p + h * ca.stride_h, ca.ld, ca.stride_s, ta,
-                                            cb.p + h * cb.stride_h, cb.ld, cb.stride_s, tb, m, nc,
-                                            k, alpha, beta, c.p + h * c.stride_h, c.ld, c.stride_s,
-                                            n);
+        detail::cublas_gemm_strided_batched(
+            ca.p + h * ca.stride_h, ca.ld, ca.stride_s, ta, cb.p + h * cb.stride_h, cb.ld,
+            cb.stride_s, tb, m, nc, k, alpha, beta, c.p + h * c.stride_h, c.ld, c.stride_s, n);
       }
 #endif
     } else {
-      const detail::nn_thrust::host_block_gemm_fn<T> f{ca, cb, c, ta, tb, m, nc, k, heads, alpha,
-                                                       beta};
+      const detail::nn_thrust::host_block_gemm_fn<T> f{ca, cb, c,     ta,    tb,  m,
+                                                       nc, k,  heads, alpha, beta};
       const thrust::counting_iterator<index_t> first(0);
       if (use_host_thread(std::size_t(n * heads * m * nc * k))) {
         thrust::for_each_n(thrust::cpp::par, first, n * heads, f);
