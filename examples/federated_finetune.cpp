@@ -55,6 +55,7 @@ struct settings {
   bool save_adapters = true;
   ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
   std::string backend = "eigen";      // --backend (common/backend_options.hpp)
+  std::string eval_adapter;           // --eval-adapter: evaluate this PEFT directory, no training
 };
 
 // Learning rates picked on the validation split (docs/results.md says how), per method.
@@ -258,6 +259,23 @@ int run(settings& s) {
   std::filesystem::create_directories(s.out);
   const auto data = ex::load_spam_task<backend>(s.task);
   std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(backend::name).c_str());
+  if (!s.eval_adapter.empty()) {  // a PEFT directory written by any backend, on this one
+    rolora::lora_config lc;
+    lc.r = s.rank;
+    rolora::adapter_set<backend> like(
+        rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc, 0);
+    if (s.train_head) {
+      like.add_module_to_save("classifier.weight", data.model.at("classifier.weight"));
+      like.add_module_to_save("classifier.bias", data.model.at("classifier.bias"));
+    }
+    const auto loaded = rolora::load_peft_adapter<backend>(s.eval_adapter, like);
+    const auto e =
+        rolora::evaluate(data.model, loaded.adapters,
+                         s.evaluate_on_validation ? data.validation : data.test, s.threads);
+    std::printf("%s: %s accuracy %.4f loss %.6f\n", s.eval_adapter.c_str(),
+                s.evaluate_on_validation ? "val" : "test", e.accuracy, e.loss);
+    return 0;
+  }
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
@@ -376,6 +394,9 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
   ex::add_checkpoint_options(app, s.checkpoint, "rounds");
   ex::add_backend_option(app, s.backend);
+  app.add_option("--eval-adapter", s.eval_adapter,
+                 "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
+                 "written here) on the test split and exit");
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (lr_opt->count() > 0) {

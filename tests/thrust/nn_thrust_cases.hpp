@@ -23,6 +23,12 @@
 #include <rolora/aggregate/fedavg.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/federated/federation.hpp>
+#if !defined(__CUDACC__)
+#include <unistd.h>  // getpid
+
+#include <filesystem>
+#include <rolora/io/peft.hpp>
+#endif
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/nn/thrust_primitives.hpp>
 #include <rolora/nn/transformer.hpp>
@@ -397,6 +403,22 @@ TEST_CASE_TEMPLATE(
   CHECK(std::abs(et.loss - ee.loss) <= tol * ee.loss);
   MESSAGE("test loss thrust " << et.loss << " eigen " << ee.loss << ", accuracy " << et.accuracy
                               << " / " << ee.accuracy);
+#if !defined(__CUDACC__)
+  {
+    // The Thrust run's adapters as a PEFT directory, loaded back on Eigen: the same test loss
+    // (to the scalar's rounding) and accuracy.
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("rolora_nn_thrust_peft_" + std::string(Backend::name) + "_" +
+                      std::to_string(sizeof(T)) + "_" + std::to_string(::getpid()));
+    save_peft_adapter(dir, at, lc);
+    const transformer_weights<E> model(c, 3);
+    const auto back = load_peft_adapter<E>(dir, ae).adapters;
+    std::filesystem::remove_all(dir);
+    const auto e = evaluate(model, back, synthetic_sequences(c, 200, 77));
+    CHECK(std::abs(e.loss - et.loss) <= tolerance<T>() * et.loss);
+    CHECK(e.accuracy == et.accuracy);
+  }
+#endif
 #if defined(_OPENMP) && !defined(__CUDACC__)
   // A step big enough for every primitive and GEMM to run in parallel (work above
   // host_parallel_min): the same bits on 1 and 2 OpenMP threads.
