@@ -415,7 +415,7 @@ TEST_CASE_TEMPLATE(
     const auto back = load_peft_adapter<E>(dir, ae).adapters;
     std::filesystem::remove_all(dir);
     const auto e = evaluate(model, back, synthetic_sequences(c, 200, 77));
-    CHECK(std::abs(e.loss - et.loss) <= tolerance<T>() * et.loss);
+    CHECK(std::abs(e.loss - et.loss) <= tol * et.loss);  // measured 2.8e-11 relative (double)
     CHECK(e.accuracy == et.accuracy);
   }
 #endif
