@@ -12,7 +12,13 @@
 #include <string>
 #include <vector>
 
-using backend = rolora::eigen_backend<float>;
+// bench/CMakeLists.txt builds this file once per backend: rolora_transformer_round (Eigen),
+// rolora_transformer_round_thrust_omp and rolora_transformer_round_cuda (nn/thrust_primitives.hpp
+// force-included, ROLORA_ROUND_BACKEND set).
+#ifndef ROLORA_ROUND_BACKEND
+#define ROLORA_ROUND_BACKEND rolora::eigen_backend<float>
+#endif
+using backend = ROLORA_ROUND_BACKEND;
 
 // The factors of the round being timed, every round.
 struct fixed_policy {
@@ -115,8 +121,8 @@ int main(int argc, char** argv) {
                                    factors.find('B') != std::string::npos};
   rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc,
                                                 initial);
-  std::printf("rolora, %zu threads, %zu trainable scalars\n", threads,
-              initial.num_parameters(trained));
+  std::printf("rolora (%s), %zu threads, %zu trainable scalars\n",
+              std::string(backend::name).c_str(), threads, initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {
     const auto start = std::chrono::steady_clock::now();

@@ -24,13 +24,13 @@
 #include <string>
 #include <vector>
 
+#include "common/backend_options.hpp"
 #include "common/checkpoint_options.hpp"
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
 
 namespace {
 
-using backend = rolora::eigen_backend<float>;
 namespace ex = rolora::examples;
 
 struct settings {
@@ -54,6 +54,8 @@ struct settings {
   std::string out = "results/finetune";
   bool save_adapters = true;
   ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
+  std::string backend = "eigen";      // --backend (common/backend_options.hpp)
+  std::string eval_adapter;           // --eval-adapter: evaluate this PEFT directory, no training
 };
 
 // Learning rates picked on the validation split (docs/results.md says how), per method.
@@ -86,7 +88,7 @@ double peak_rss_mib() {
   return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
-template <class Policy, class Aggregator>
+template <class Policy, class Aggregator, class backend>
 method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
                          const settings& s, const ex::spam_task<backend>& data) {
   method_result result{
@@ -226,6 +228,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   return result;
 }
 
+template <class backend>
 method_result run_named(const std::string& m, const settings& s,
                         const ex::spam_task<backend>& data) {
   using namespace rolora;
@@ -257,10 +260,28 @@ void write_csv(const std::string& file, const method_result& r) {
   std::fclose(out);
 }
 
+template <class backend>
 int run(settings& s) {
   std::filesystem::create_directories(s.out);
   const auto data = ex::load_spam_task<backend>(s.task);
-  std::printf("%s\n", data.summary.c_str());
+  std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(backend::name).c_str());
+  if (!s.eval_adapter.empty()) {  // a PEFT directory written by any backend, on this one
+    rolora::lora_config lc;
+    lc.r = s.rank;
+    rolora::adapter_set<backend> like(
+        rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc, 0);
+    if (s.train_head) {
+      like.add_module_to_save("classifier.weight", data.model.at("classifier.weight"));
+      like.add_module_to_save("classifier.bias", data.model.at("classifier.bias"));
+    }
+    const auto loaded = rolora::load_peft_adapter<backend>(s.eval_adapter, like);
+    const auto e =
+        rolora::evaluate(data.model, loaded.adapters,
+                         s.evaluate_on_validation ? data.validation : data.test, s.threads);
+    std::printf("%s: %s accuracy %.4f loss %.6f\n", s.eval_adapter.c_str(),
+                s.evaluate_on_validation ? "val" : "test", e.accuracy, e.loss);
+    return 0;
+  }
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
@@ -379,6 +400,10 @@ int main(int argc, char** argv) {
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
   ex::add_checkpoint_options(app, s.checkpoint, "rounds");
+  ex::add_backend_option(app, s.backend);
+  app.add_option("--eval-adapter", s.eval_adapter,
+                 "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
+                 "written here) on the test split and exit");
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
@@ -390,7 +415,7 @@ int main(int argc, char** argv) {
   }
   t.threads = s.threads;
   try {
-    return run(s);
+    return ex::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); });
   } catch (const rolora::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

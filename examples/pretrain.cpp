@@ -9,11 +9,62 @@
 #include <rolora/rolora.hpp>
 #include <string>
 
+#include "common/backend_options.hpp"
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
 
 namespace ex = rolora::examples;
-using backend = rolora::eigen_backend<float>;
+
+// The whole run on one backend (--backend).
+template <class backend>
+int run(const ex::spam_task_config& c, const std::filesystem::path& dir, const std::string& out,
+        bool force) {
+  const auto& p = c.pretrain;
+  const auto config = ex::default_model(c.max_len);
+  if (!force && ex::load_checkpoint<backend>(c.checkpoint, config, ex::pretraining_recipe(c))) {
+    std::printf("%s is up to date (same model and recipe); --force pretrains again\n",
+                c.checkpoint.c_str());
+    return 0;
+  }
+  const auto emails = rolora::data::read_spam_assassin(dir);
+  const auto split = rolora::data::split_corpus(rolora::data::labels_of(emails), ex::corpus_seed,
+                                                ex::corpus_fractions);
+  const auto windows = rolora::data::make_windows(
+      rolora::data::pretraining_documents(emails, split.pretrain), c.max_len);
+  std::printf("corpus: %zu windows of %zu tokens (%.2f MB of text); model: %zu weights\n",
+              windows.count(), c.max_len, double(windows.count() * (c.max_len - 1)) / 1e6,
+              rolora::transformer_weights<backend>(config, 0).num_scalars());
+  rolora::transformer_weights<backend> w(config, p.seed);
+  auto pc = p;
+  pc.threads = c.threads;
+  const std::size_t per_micro = (pc.batch + pc.micro_batches - 1) / pc.micro_batches;
+  const auto history = ex::pretrain(w, pc, [&](std::size_t step, std::size_t micro, std::size_t n) {
+    const auto b = rolora::data::pretraining_batch(windows, pc.seed, step, micro * per_micro, n);
+    return ex::mlm_batch{rolora::token_batch{rolora::index_t(b.seq_len), b.inputs}, b.targets};
+  });
+  ex::save_checkpoint(c.checkpoint, w, ex::pretraining_recipe(c));
+  std::printf("wrote %s\n", c.checkpoint.c_str());
+
+  const auto csv = std::filesystem::path(out) / "pretrain_loss.csv";
+  ex::ensure_parent(csv.string());
+  std::FILE* f = std::fopen(csv.string().c_str(), "w");
+  if (!f) throw std::runtime_error("cannot write " + csv.string());
+  std::fprintf(f, "step,mlm_loss\n");
+  ex::series line{"masked-byte LM loss", {}, "lines lw 1.5"};
+  for (std::size_t s = 0; s < history.size(); ++s) {
+    std::fprintf(f, "%zu,%.9g\n", s + 1, history[s]);
+    line.points.emplace_back(double(s + 1), history[s]);
+  }
+  std::fclose(f);
+  const auto plot = (std::filesystem::path(out) / "pretrain_loss.svg").string();
+  if (ex::draw_chart(
+          plot,
+          {"Pretraining (masked-byte LM)", "step", "cross-entropy (nats)", false, "top right"},
+          {line})) {
+    std::printf("wrote %s and %s\n", csv.string().c_str(), plot.c_str());
+  }
+  return 0;
+}
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -23,6 +74,7 @@ int main(int argc, char** argv) {
   auto& p = c.pretrain;
   std::string out = "results/pretrain";
   bool force = false;
+  std::string backend_name = "eigen";
   app.add_option("--steps", p.steps, "optimizer steps")
       ->check(CLI::Range(1, 10000000))
       ->capture_default_str();
@@ -45,6 +97,7 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint", c.checkpoint, "checkpoint to write")->capture_default_str();
   app.add_option("--out", out, "folder for the loss CSV and plot")->capture_default_str();
   app.add_flag("--force", force, "pretrain even when a matching checkpoint exists");
+  ex::add_backend_option(app, backend_name);
   CLI11_PARSE(app, argc, argv);
   try {
     const auto dir = rolora::data::spam_assassin_dir(c.data_dir);
@@ -53,53 +106,7 @@ int main(int argc, char** argv) {
                    dir.string().c_str());
       return 2;
     }
-    const auto config = ex::default_model(c.max_len);
-    if (!force && ex::load_checkpoint<backend>(c.checkpoint, config, ex::pretraining_recipe(c))) {
-      std::printf("%s is up to date (same model and recipe); --force pretrains again\n",
-                  c.checkpoint.c_str());
-      return 0;
-    }
-    const auto emails = rolora::data::read_spam_assassin(dir);
-    const auto split = rolora::data::split_corpus(rolora::data::labels_of(emails), ex::corpus_seed,
-                                                  ex::corpus_fractions);
-    const auto windows = rolora::data::make_windows(
-        rolora::data::pretraining_documents(emails, split.pretrain), c.max_len);
-    std::printf("corpus: %zu windows of %zu tokens (%.2f MB of text); model: %zu weights\n",
-                windows.count(), c.max_len, double(windows.count() * (c.max_len - 1)) / 1e6,
-                rolora::transformer_weights<backend>(config, 0).num_scalars());
-    rolora::transformer_weights<backend> w(config, p.seed);
-    auto pc = p;
-    pc.threads = c.threads;
-    const std::size_t per_micro = (pc.batch + pc.micro_batches - 1) / pc.micro_batches;
-    const auto history =
-        ex::pretrain(w, pc, [&](std::size_t step, std::size_t micro, std::size_t n) {
-          const auto b =
-              rolora::data::pretraining_batch(windows, pc.seed, step, micro * per_micro, n);
-          return ex::mlm_batch{rolora::token_batch{rolora::index_t(b.seq_len), b.inputs},
-                               b.targets};
-        });
-    ex::save_checkpoint(c.checkpoint, w, ex::pretraining_recipe(c));
-    std::printf("wrote %s\n", c.checkpoint.c_str());
-
-    const auto csv = std::filesystem::path(out) / "pretrain_loss.csv";
-    ex::ensure_parent(csv.string());
-    std::FILE* f = std::fopen(csv.string().c_str(), "w");
-    if (!f) throw std::runtime_error("cannot write " + csv.string());
-    std::fprintf(f, "step,mlm_loss\n");
-    ex::series line{"masked-byte LM loss", {}, "lines lw 1.5"};
-    for (std::size_t s = 0; s < history.size(); ++s) {
-      std::fprintf(f, "%zu,%.9g\n", s + 1, history[s]);
-      line.points.emplace_back(double(s + 1), history[s]);
-    }
-    std::fclose(f);
-    const auto plot = (std::filesystem::path(out) / "pretrain_loss.svg").string();
-    if (ex::draw_chart(
-            plot,
-            {"Pretraining (masked-byte LM)", "step", "cross-entropy (nats)", false, "top right"},
-            {line})) {
-      std::printf("wrote %s and %s\n", csv.string().c_str(), plot.c_str());
-    }
-    return 0;
+    return ex::with_backend(backend_name, [&]<class B>(B) { return run<B>(c, dir, out, force); });
   } catch (const rolora::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

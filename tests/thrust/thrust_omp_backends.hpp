@@ -2,5 +2,6 @@
 // tests of tests/*.cpp then run on the Thrust OpenMP backend instead of Eigen.
 #pragma once
 #include <rolora/backend/thrust.hpp>
+#include <rolora/nn/thrust_primitives.hpp>  // the nn tests run on it too
 
 #define ROLORA_TEST_BACKENDS rolora::thrust_omp_backend<float>, rolora::thrust_omp_backend<double>

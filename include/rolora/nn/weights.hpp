@@ -175,11 +175,11 @@ inline std::vector<module_shape> lora_target_modules(
                                   " does not exist; the model has layers 0..", c.n_layers - 1);
     }
   }
-  const auto matches = [](const std::string& module, const std::string& target) {
-    return target == "all-linear" || module == target ||
-           (module.size() > target.size() &&
-            module.compare(module.size() - target.size(), target.size(), target) == 0 &&
-            module[module.size() - target.size() - 1] == '.');
+  const auto matches = [](const std::string& name, const std::string& target) {
+    return target == "all-linear" || name == target ||
+           (name.size() > target.size() &&
+            name.compare(name.size() - target.size(), target.size(), target) == 0 &&
+            name[name.size() - target.size() - 1] == '.');
   };
   const auto shape_of = [&](index_t j) -> std::pair<index_t, index_t> {  // [out, in]
     if (j == 4) return {c.d_ff, c.d_model};

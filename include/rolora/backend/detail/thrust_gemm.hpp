@@ -63,6 +63,7 @@ struct host_gemm_tile {
   bool trans_a, trans_b;
   T alpha, beta;
   index_t tiles_m;
+  index_t ldc;  // c's leading dimension (>= m): c may be a block of a larger matrix
 
   void operator()(index_t tile) const {
     const index_t i0 = (tile % tiles_m) * blocking::tile_m;
@@ -114,7 +115,7 @@ struct host_gemm_tile {
 
     // c tile = alpha acc + beta c; with beta == 0, c is never read (it may hold anything).
     for (index_t jj = 0; jj < nb; ++jj) {
-      T* cj = c + i0 + (j0 + jj) * m;
+      T* cj = c + i0 + (j0 + jj) * ldc;
       const T* accj = acc + jj * mp;
       if (beta == T(0)) {
         for (index_t ii = 0; ii < mb; ++ii) cj[ii] = alpha * accj[ii];
@@ -155,15 +156,17 @@ struct host_gemm_tile {
   }
 };
 
-// c [m, n] = alpha op(a) op(b) + beta c on a host system (cpp or omp), c already [m, n].
+// c [m, n] = alpha op(a) op(b) + beta c on a host system (cpp or omp), c already [m, n] with
+// leading dimension ldc (0: m, a whole matrix).
 template <class System, class T>
 void host_gemm(const T* a, index_t lda, bool trans_a, const T* b, index_t ldb, bool trans_b,
-               index_t m, index_t n, index_t k, T alpha, T beta, T* c) {
+               index_t m, index_t n, index_t k, T alpha, T beta, T* c, index_t ldc = 0) {
   using blocking = host_gemm_blocking<T>;
   if (m == 0 || n == 0) return;
   const index_t tiles_m = (m + blocking::tile_m - 1) / blocking::tile_m;
   const index_t tiles_n = (n + blocking::tile_n - 1) / blocking::tile_n;
-  const host_gemm_tile<T> tile{a, b, c, m, n, k, lda, ldb, trans_a, trans_b, alpha, beta, tiles_m};
+  const host_gemm_tile<T> tile{a,   b,       c,       m,     n,    k,       lda,
+                               ldb, trans_a, trans_b, alpha, beta, tiles_m, ldc > 0 ? ldc : m};
   const thrust::counting_iterator<index_t> first(0);
   if (tiles_m * tiles_n == 1 || m * n * k < blocking::serial_work) {
     thrust::for_each_n(thrust::cpp::par, first, tiles_m * tiles_n, tile);
@@ -216,6 +219,30 @@ void cublas_gemm(const T* a, index_t lda, bool trans_a, const T* b, index_t ldb,
   } else {
     ROLORA_CUBLAS_CHECK(cublasDgemm(cublas_handle::get(), oa, ob, im, in, ik, &alpha, a, ila, b,
                                     ilb, &beta, c, im));
+  }
+}
+
+// count products c_i [m, n] = alpha op(a_i) op(b_i) + beta c_i, operand i at pointer + i stride,
+// leading dimensions lda, ldb, ldc (blocks of larger matrices), through one strided batched
+// cuBLAS call (the attention's per-sequence products, nn/thrust_primitives.hpp).
+template <class T>
+void cublas_gemm_strided_batched(const T* a, index_t lda, index_t stride_a, bool trans_a,
+                                 const T* b, index_t ldb, index_t stride_b, bool trans_b, index_t m,
+                                 index_t n, index_t k, T alpha, T beta, T* c, index_t ldc,
+                                 index_t stride_c, index_t count) {
+  if (m == 0 || n == 0 || count == 0) return;
+  for (index_t e : {m, n, k, lda, ldb, ldc, count}) check_cublas_extent(e);
+  const cublasOperation_t oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int ila = int(std::max<index_t>(lda, 1)), ilb = int(std::max<index_t>(ldb, 1));
+  if constexpr (std::is_same_v<T, float>) {
+    ROLORA_CUBLAS_CHECK(cublasSgemmStridedBatched(
+        cublas_handle::get(), oa, ob, int(m), int(n), int(k), &alpha, a, ila, stride_a, b, ilb,
+        stride_b, &beta, c, int(ldc), stride_c, int(count)));
+  } else {
+    ROLORA_CUBLAS_CHECK(cublasDgemmStridedBatched(
+        cublas_handle::get(), oa, ob, int(m), int(n), int(k), &alpha, a, ila, stride_a, b, ilb,
+        stride_b, &beta, c, int(ldc), stride_c, int(count)));
   }
 }
 
