@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# ctest mpi.*: the MPI transport against the in-process federation (docs/distributed.md).
+#   usage: mpi_check.sh MODE HAVE_MPI PATH/TO/linear_regression_theory WORK_DIR
+#   MODE   identical_np3  mpirun -np 3 (2 client ranks, 3 clients), every method: the CSV and each
+#                         method's final server state byte-identical to the in-process run
+#          identical_np4  mpirun -np 4 with 2 clients (a client rank idles), the same
+#          garbage        client 1 uploads garbage: with --on-bad-update drop it is dropped with a
+#                         logged reason and the rounds complete; with fail the job stops
+#          resume         kill -9 of rank 0 mid-run (--crash-after), mpirun --resume: byte-identical
+# Skipped ("rolora-skip:") where mpirun is missing or rolora was built without MPI.
+set -euo pipefail
+mode=$1
+have_mpi=$2
+exe=$3
+work=$4/$mode
+if [ "$have_mpi" != 1 ]; then
+  echo "rolora-skip: rolora was built without MPI (ROLORA_ENABLE_MPI; Debian: libopenmpi-dev)"
+  exit 0
+fi
+if ! command -v mpirun > /dev/null 2>&1; then
+  echo "rolora-skip: mpirun not found (Debian: openmpi-bin)"
+  exit 0
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none  # containers: no CMA between ranks
+mpi() { local np=$1; shift; mpirun --oversubscribe -np "$np" "$exe" --transport mpi "$@"; }
+rm -rf "$work"
+mkdir -p "$work"
+final_state() { echo "$1/$2/$(cat "$1/$2/latest")/server.safetensors"; }
+same() {  # same CSV and final server states as the in-process run in $work/inprocess
+  cmp "$work/inprocess.csv" "$1.csv"
+  for method in "${methods[@]}"; do
+    cmp "$(final_state "$work/inprocess" "$method")" "$(final_state "$1" "$method")"
+  done
+}
+
+case $mode in
+  identical_np3 | identical_np4)
+    np=${mode#identical_np}
+    clients=$((np == 3 ? 3 : 2))
+    flags=(--method every --rounds 4 --dim 16 --out-dim 4 --samples 100 --clients "$clients"
+           --quiet --checkpoint-every 100)
+    methods=(rolora ffa fedit fedsa flexlora flora fedex fedrot)
+    "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
+    mpi "$np" "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" > "$work/mpi.log"
+    same "$work/mpi"
+    echo "mpirun -np $np, $clients clients, 8 methods: CSV and final server states byte-identical"
+    ;;
+  garbage)
+    flags=(--rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet)
+    mpi 3 "${flags[@]}" --on-bad-update drop --garbage-client 1 --csv "$work/drop.csv" \
+      > "$work/drop.log" 2>&1
+    for round in 0 1 5; do
+      if ! grep -q "round $round: client 1 dropped: client 1: .*safetensors" "$work/drop.log"; then
+        echo "FAIL: no logged drop of client 1 in round $round:"
+        cat "$work/drop.log"
+        exit 1
+      fi
+    done
+    [ "$(wc -l < "$work/drop.csv")" -eq 13 ] || { echo "FAIL: the CSV is not complete"; exit 1; }
+    set +e
+    mpi 3 "${flags[@]}" --garbage-client 1 --csv "$work/fail.csv" > "$work/fail.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ] || ! grep -q "round 0: .*client 1" "$work/fail.log" || [ -e "$work/fail.csv" ]; then
+      echo "FAIL: with --on-bad-update fail the job should stop at round 0 (exit $rc):"
+      cat "$work/fail.log"
+      exit 1
+    fi
+    echo "garbage from client 1: dropped with its reason (drop), the job stopped (fail)"
+    ;;
+  resume)
+    flags=(--rounds 8 --dim 20 --out-dim 5 --samples 200 --clients 4 --checkpoint-every 3 --quiet)
+    methods=(rolora ffa fedit)
+    "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
+    set +e
+    mpi 3 "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" --crash-after 5 \
+      > "$work/killed.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ] || [ -e "$work/mpi.csv" ]; then
+      echo "FAIL: rank 0 should have died by SIGKILL after iteration 5 (exit $rc)"
+      exit 1
+    fi
+    mpi 3 "${flags[@]}" --resume "$work/mpi" --csv "$work/mpi.csv" > "$work/resumed.log"
+    grep -q "resumed after iteration 3 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
+    same "$work/mpi"
+    echo "mpirun -np 3 killed after iteration 5, resumed over MPI: byte-identical"
+    ;;
+  *)
+    echo "unknown mode $mode"
+    exit 2
+    ;;
+esac
