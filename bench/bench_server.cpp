@@ -20,8 +20,10 @@ rolora::adapter_set<B> example_adapters() {
   lc.r = 2;
   lc.lora_alpha = 8;
   rolora::adapter_set<B> a(rolora::lora_target_modules(c, {"q", "v"}), lc, 1);
-  a.add_module_to_save("classifier.weight", B::from_host(rolora::host_matrix<float>::Constant(3, 128, 0.01f)));
-  a.add_module_to_save("classifier.bias", B::from_host(rolora::host_matrix<float>::Constant(3, 1, 0.0f)));
+  a.add_module_to_save("classifier.weight",
+                       B::from_host(rolora::host_matrix<float>::Constant(3, 128, 0.01f)));
+  a.add_module_to_save("classifier.bias",
+                       B::from_host(rolora::host_matrix<float>::Constant(3, 1, 0.0f)));
   return a;
 }
 
@@ -64,8 +66,10 @@ void BM_server_round(benchmark::State& state) {
     std::vector<rolora::received_upload<B>> got;
     got.reserve(clients);
     for (std::size_t c = 0; c < clients; ++c) {
-      got.push_back({c, f.messages[c].size(),
-                     rolora::decode_upload<B>(f.messages[c], server.client_view(c)), {}});
+      got.push_back({c,
+                     f.messages[c].size(),
+                     rolora::decode_upload<B>(f.messages[c], server.client_view(c)),
+                     {}});
     }
     benchmark::DoNotOptimize(server.complete_round(f.plan, std::move(got)));
   }

@@ -622,14 +622,13 @@ TEST_CASE_TEMPLATE(
   CHECK(refused("optimizer_steps", "").find("'optimizer_steps' is missing") != std::string::npos);
   CHECK(refused("round", "1", "lora/linear/lora_B").find("has lora_A but no lora_B") !=
         std::string::npos);
-  CHECK(refused("round", "1", "lora/linear/lora_A").find("is not a factor, residual or module") !=
-        std::string::npos);
+  CHECK(refused("round", "1", "lora/linear/lora_A").find("no LoRA module") != std::string::npos);
 }
 
 TEST_CASE("encoded sizes: the wire layout's size is the safetensors writer's, for any name") {
   using Backend = eigen_backend<float>;
-  for (const std::string name :
-       {"linear", "a\"b\\c", "tab\there", std::string("\x01\x1f\x7f"), "ünï/cødé", ""}) {
+  for (const std::string& name : std::vector<std::string>{
+           "linear", "a\"b\\c", "tab\there", "\x01\x1f\x7f", "\xc3\xbcn/c\xc3\xb8", ""}) {
     CAPTURE(name);
     client_upload<Backend> up;
     up.round = 123456;

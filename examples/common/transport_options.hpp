@@ -4,6 +4,7 @@
 // docs/distributed.md. Only rank 0 (or the single process) writes files and prints progress.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 #ifdef ROLORA_HAVE_MPI
@@ -25,6 +27,7 @@ struct transport_options {
   std::string on_bad_update = "fail";
   std::size_t min_clients = 1;
   long garbage_client = -1;  // testing: this client uploads garbage bytes (MPI only)
+  long slow_client = -1;     // testing: this client answers round 0 3 x client_timeout late
 
   // Into a federation_config or theory::method_options.
   template <class Config>
@@ -55,6 +58,9 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
       ->capture_default_str();
   app.add_option("--garbage-client", t.garbage_client, "testing: client C uploads garbage (mpi)")
       ->group("");
+  app.add_option("--slow-client", t.slow_client,
+                 "testing: client C answers round 0 three client timeouts late (mpi)")
+      ->group("");
 }
 
 // The transport a run uses. In-process it is nothing: the federation runs its rounds itself.
@@ -66,10 +72,12 @@ class example_transport {
     session_.emplace(argc, argv);
     mpi::transport_options m;
     m.client_timeout = o.client_timeout;
-    if (o.garbage_client >= 0) {
-      m.tamper = [c = std::size_t(o.garbage_client)](std::size_t client, std::size_t,
-                                                   std::vector<std::uint8_t>& bytes) {
-        if (client == c) bytes.assign(64, 0xab);
+    if (o.garbage_client >= 0 || o.slow_client >= 0) {
+      m.tamper = [o](std::size_t client, std::size_t round, std::vector<std::uint8_t>& bytes) {
+        if (long(client) == o.garbage_client) bytes.assign(64, 0xab);
+        if (long(client) == o.slow_client && round == 0) {
+          std::this_thread::sleep_for(std::chrono::duration<double>(3 * o.client_timeout));
+        }
       };
     }
     try {

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # ctest mpi.*: the MPI transport against the in-process federation (docs/distributed.md).
-#   usage: mpi_check.sh MODE HAVE_MPI PATH/TO/linear_regression_theory WORK_DIR
+#   usage: mpi_check.sh MODE HAVE_MPI PATH/TO/EXAMPLE WORK_DIR [CORPUS_DIR]
 #   MODE   identical_np3  mpirun -np 3 (2 client ranks, 3 clients), every method: the CSV and each
 #                         method's final server state byte-identical to the in-process run
 #          identical_np4  mpirun -np 4 with 2 clients (a client rank idles), the same
 #          garbage        client 1 uploads garbage: with --on-bad-update drop it is dropped with a
 #                         logged reason and the rounds complete; with fail the job stops
+#          timeout        client 1 answers round 0 late (--slow-client, --client-timeout 1): dropped
+#                         from that round with the reason, its late upload discarded by its round
 #          resume         kill -9 of rank 0 mid-run (--crash-after), mpirun --resume: byte-identical
+#          finetune_np3   federated_finetune, a tiny configuration, mpirun -np 3 against in-process:
+#                         CSVs identical but for the wall-time column, adapter files identical
+#                         (skipped without the SpamAssassin corpus in CORPUS_DIR)
 # Skipped ("rolora-skip:") where mpirun is missing or rolora was built without MPI.
 set -euo pipefail
 mode=$1
@@ -15,6 +20,10 @@ exe=$3
 work=$4/$mode
 if [ "$have_mpi" != 1 ]; then
   echo "rolora-skip: rolora was built without MPI (ROLORA_ENABLE_MPI; Debian: libopenmpi-dev)"
+  exit 0
+fi
+if [ "$mode" = finetune_np3 ] && [ ! -d "${5:-}/spam-assassin/data" ]; then
+  echo "rolora-skip: no SpamAssassin corpus under ${5:-} (run scripts/fetch_data.sh)"
   exit 0
 fi
 if ! command -v mpirun > /dev/null 2>&1; then
@@ -69,6 +78,16 @@ case $mode in
     fi
     echo "garbage from client 1: dropped with its reason (drop), the job stopped (fail)"
     ;;
+  timeout)
+    flags=(--method ffa --rounds 4 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet)
+    mpi 3 "${flags[@]}" --client-timeout 1 --slow-client 1 --csv "$work/slow.csv" > "$work/slow.log" 2>&1
+    for line in "round 0: client 1 dropped: no upload within --client-timeout 1 s" \
+                "a late upload of round 0 from client 1 discarded"; do
+      grep -q "$line" "$work/slow.log" || { echo "FAIL: no '$line' in the log:"; cat "$work/slow.log"; exit 1; }
+    done
+    [ "$(wc -l < "$work/slow.csv")" -eq 6 ] || { echo "FAIL: the CSV is not complete"; exit 1; }
+    echo "a client late in round 0: dropped from it, its late upload discarded, the run completed"
+    ;;
   resume)
     flags=(--rounds 8 --dim 20 --out-dim 5 --samples 200 --clients 4 --checkpoint-every 3 --quiet)
     methods=(rolora ffa fedit)
@@ -86,6 +105,18 @@ case $mode in
     grep -q "resumed after iteration 3 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
     same "$work/mpi"
     echo "mpirun -np 3 killed after iteration 5, resumed over MPI: byte-identical"
+    ;;
+  finetune_np3)
+    flags=(--clients 3 --rounds 2 --local-steps 2 --batch 8 --max-len 48 --pretrain-steps 20
+           --methods fedit,rolora --threads 1 --data-dir "$5" --checkpoint "$work/model.safetensors")
+    "$exe" "${flags[@]}" --out "$work/inprocess" > "$work/inprocess.log"
+    mpi 3 "${flags[@]}" --out "$work/mpi" > "$work/mpi.log"
+    for method in fedit rolora; do
+      cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
+      cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
+        "$work/mpi/${method}_adapter/adapter_model.safetensors"
+    done
+    echo "federated_finetune over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
     ;;
   *)
     echo "unknown mode $mode"

@@ -102,6 +102,14 @@ class session {
   bool owner_ = false;
 };
 
+// Where rank 0's time in the last round went, seconds.
+struct round_timing {
+  double send = 0;    // encoding the downloads and posting them
+  double wait = 0;    // waiting for uploads: the clients' training plus the transfers
+  double decode = 0;  // decoding the uploads
+  double merge = 0;   // complete_round: checks, aggregation, commit
+};
+
 struct transport_options {
   double client_timeout = 0.0;  // seconds a round waits for the uploads; 0: for ever
   std::FILE* log = stderr;      // rank 0's drop lines (nullptr: none)
@@ -133,6 +141,7 @@ class transport {
   int size() const { return size_; }
   bool is_server() const { return rank_ == 0; }
   const transport_options& options() const { return options_; }
+  const round_timing& last_round_timing() const { return timing_; }
   // The rank hosting client c: a fixed assignment, round-robin over ranks 1..P-1.
   int host_of(std::size_t client) const { return 1 + int(client % std::size_t(size_ - 1)); }
 
@@ -149,6 +158,13 @@ class transport {
                                           ", this MPI allows ", tag_ub_);
     }
     const auto start = detail::clock::now();
+    timing_ = {};
+    auto lap = start;
+    const auto split = [&](double& into) {
+      const auto now = detail::clock::now();
+      into += std::chrono::duration<double>(now - lap).count();
+      lap = now;
+    };
     try {
       const round_plan plan = server.begin_round(num_clients);
       const bool keep = server.config().keep_optimizer_state;
@@ -161,19 +177,24 @@ class transport {
                                 int(c + 1), comm_, &s.request),
                       "MPI_Isend");
       }
+      split(timing_.send);
 
       std::vector<received_upload<Backend>> got;
       std::vector<std::size_t> waiting = plan.reporting;  // increasing
       std::optional<detail::clock::time_point> deadline;
       if (options_.client_timeout > 0) {
-        deadline = detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(
-                                              std::chrono::duration<double>(options_.client_timeout));
+        deadline =
+            detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(
+                                       std::chrono::duration<double>(options_.client_timeout));
       }
       MPI_Status status;
-      while (!waiting.empty() && detail::poll(comm_, MPI_ANY_SOURCE, MPI_ANY_TAG, status, deadline)) {
+      while (!waiting.empty() &&
+             detail::poll(comm_, MPI_ANY_SOURCE, MPI_ANY_TAG, status, deadline)) {
         auto bytes = detail::receive(comm_, status);
+        split(timing_.wait);
         const int tag = status.MPI_TAG;
-        if (tag < 1 || std::size_t(tag) > num_clients || host_of(std::size_t(tag - 1)) != status.MPI_SOURCE) {
+        if (tag < 1 || std::size_t(tag) > num_clients ||
+            host_of(std::size_t(tag - 1)) != status.MPI_SOURCE) {
           log("round %zu: a message with tag %d from rank %d discarded (no client of it)\n",
               plan.round, tag, status.MPI_SOURCE);
           continue;
@@ -185,6 +206,7 @@ class transport {
         } catch (const error& e) {
           r.error = e.what();
         }
+        split(timing_.decode);
         const auto it = std::lower_bound(waiting.begin(), waiting.end(), c);
         const bool expected = it != waiting.end() && *it == c;
         if (r.upload && r.upload->round < plan.round) {
@@ -206,7 +228,9 @@ class transport {
             c, options_.client_timeout);
         late_.push_back(c);
       }
+      split(timing_.wait);
       round_report report = server.complete_round(plan, std::move(got));
+      split(timing_.merge);
       for (const auto& r : report.rejected) {
         log("round %zu: client %zu dropped: %s\n", plan.round, r.client, r.reason.c_str());
       }
@@ -287,8 +311,8 @@ class transport {
 
   void require_server(const char* what) const {
     if (!is_server()) {
-      rolora::detail::raise<config_error>("MPI transport: ", what, "() is rank 0's, called on rank ",
-                                          rank_);
+      rolora::detail::raise<config_error>("MPI transport: ", what,
+                                          "() is rank 0's, called on rank ", rank_);
     }
   }
   void forget_late(std::size_t client) {
@@ -332,6 +356,7 @@ class transport {
   int rank_ = 0, size_ = 0, tag_ub_ = 32767;
   std::list<pending_send> sends_;
   std::vector<std::size_t> late_;  // clients that timed out and have not answered since
+  round_timing timing_;
 };
 
 // federation::run over MPI: on rank 0 the rounds of `fed` until config.num_rounds or a callback
