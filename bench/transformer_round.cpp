@@ -2,15 +2,23 @@
 // bench/pytorch_reference.py (same flags, same shapes, LoRA placement, batch and steps; random
 // tokens with random real lengths, as there). bench/run_round.sh runs both and prints the ratio.
 //
-// Prints one line per timed round and a final `seconds_per_round <median>`.
+// Prints one line per timed round and a final `seconds_per_round <median>`. With
+// `--transport mpi` (under mpirun, when built with rolora::mpi) rank 0 runs the server and ranks
+// 1..P-1 the clients (docs/distributed.md); `adapters_fnv1a` hashes the final adapters' bits so
+// that runs over both transports can be compared.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <optional>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
 #include <string>
 #include <vector>
+#ifdef ROLORA_HAVE_MPI
+#include <rolora/mpi/transport.hpp>
+#endif
 
 // bench/CMakeLists.txt builds this file once per backend: rolora_transformer_round (Eigen),
 // rolora_transformer_round_thrust_omp and rolora_transformer_round_cuda (nn/thrust_primitives.hpp
@@ -64,7 +72,26 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", rounds, "timed rounds (after one warm-up)")->capture_default_str();
   app.add_option("--threads", threads)->capture_default_str();
   app.add_option("--seed", seed)->capture_default_str();
+  std::string transport = "inprocess";
+  app.add_option("--transport", transport, "inprocess or mpi (under mpirun, P >= 2)")
+      ->check(CLI::IsMember({"inprocess", "mpi"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+#ifdef ROLORA_HAVE_MPI
+  std::optional<rolora::mpi::session> session;
+  std::optional<rolora::mpi::transport> mpi;
+  if (transport == "mpi") {
+    session.emplace(argc, argv);
+    mpi.emplace();
+  }
+  const bool server = !mpi || mpi->is_server();
+#else
+  if (transport == "mpi") {
+    std::fprintf(stderr, "error: built without MPI (-DROLORA_ENABLE_MPI=ON)\n");
+    return 2;
+  }
+  const bool server = true;
+#endif
   c.max_len = rolora::index_t(seq_len);
   c.pad_id = std::min<std::int32_t>(c.pad_id, std::int32_t(c.vocab_size) - 1);
 
@@ -121,18 +148,53 @@ int main(int argc, char** argv) {
                                    factors.find('B') != std::string::npos};
   rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc,
                                                 initial);
-  std::printf("rolora (%s), %zu threads, %zu trainable scalars\n",
-              std::string(backend::name).c_str(), threads, initial.num_parameters(trained));
+#ifdef ROLORA_HAVE_MPI
+  if (!server) {
+    mpi->serve<backend>(tasks, fc);
+    return 0;
+  }
+#endif
+  std::printf("rolora, %zu threads, %zu trainable scalars\n", threads,
+              initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {
     const auto start = std::chrono::steady_clock::now();
+#ifdef ROLORA_HAVE_MPI
+    const auto report = mpi ? mpi->run_round(fed.server(), tasks.size()) : fed.run_round(tasks);
+#else
     const auto report = fed.run_round(tasks);
+#endif
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (r > 0) times.push_back(seconds);
-    std::printf("round %zu%s: %.3f s, train loss %.4f\n", r, r == 0 ? " (warm-up)" : "", seconds,
-                report.train_loss);
+    std::printf("round %zu%s: %.3f s, train loss %.17g, bytes up %zu down %zu\n", r,
+                r == 0 ? " (warm-up)" : "", seconds, report.train_loss, report.bytes_up,
+                report.bytes_down);
+#ifdef ROLORA_HAVE_MPI
+    if (mpi) {
+      const auto& t = mpi->last_round_timing();
+      std::printf("  rank 0: send %.4f s, wait %.4f s, decode %.4f s, merge %.4f s\n", t.send,
+                  t.wait, t.decode, t.merge);
+    }
+#endif
   }
+#ifdef ROLORA_HAVE_MPI
+  if (mpi) mpi->finish();
+#endif
+  std::uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over every factor's and weight's bits
+  const auto mix = [&](const rolora::host_matrix<float>& m) {
+    for (float v : m.reshaped()) {
+      std::uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      for (int b = 0; b < 4; ++b) hash = (hash ^ ((bits >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+    }
+  };
+  for (const auto& [name, a] : fed.global()) {
+    mix(backend::to_host(a.A));
+    mix(backend::to_host(a.B));
+  }
+  for (const auto& [name, w] : fed.global().modules_to_save()) mix(backend::to_host(w));
+  std::printf("adapters_fnv1a %016llx\n", static_cast<unsigned long long>(hash));
   std::sort(times.begin(), times.end());
   std::printf("seconds_per_round %.6f\n", times[times.size() / 2]);
   return 0;

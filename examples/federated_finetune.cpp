@@ -28,6 +28,7 @@
 #include "common/checkpoint_options.hpp"
 #include "common/plot.hpp"
 #include "common/spam_task.hpp"
+#include "common/transport_options.hpp"
 
 namespace {
 
@@ -53,9 +54,11 @@ struct settings {
   std::size_t threads = 2;
   std::string out = "results/finetune";
   bool save_adapters = true;
-  ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
-  std::string backend = "eigen";      // --backend (common/backend_options.hpp)
-  std::string eval_adapter;           // --eval-adapter: evaluate this PEFT directory, no training
+  ex::checkpoint_options checkpoint;         // --checkpoint-dir, --checkpoint-every, --resume
+  ex::transport_options transport;           // --transport, --client-timeout, --on-bad-update, ...
+  ex::example_transport* carrier = nullptr;  // the transport built from it (main)
+  std::string backend = "eigen";             // --backend (common/backend_options.hpp)
+  std::string eval_adapter;  // --eval-adapter: evaluate this PEFT directory, no training
 };
 
 // Learning rates picked on the validation split (docs/results.md says how), per method.
@@ -121,6 +124,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   }
   fc.threads = s.threads;
   fc.seed = s.task.seed;
+  s.transport.apply(fc);
   rolora::federation<backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
   auto tasks = data.client_tasks();
   const auto& eval_set = s.evaluate_on_validation ? data.validation : data.test;
@@ -152,6 +156,10 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const auto bits = [](const nlohmann::json& v) {
     return std::bit_cast<double>(v.template get<std::uint64_t>());
   };
+  if (!s.carrier->is_server()) {  // an MPI client rank: host this rank's clients, nothing else
+    s.carrier->run(fed, tasks);
+    return result;
+  }
   if (!s.checkpoint.resume.empty() &&
       rolora::has_checkpoint(std::filesystem::path(s.checkpoint.resume) / method)) {
     const auto from = std::filesystem::path(s.checkpoint.resume) / method;
@@ -209,7 +217,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
     }
   } cb{s, data, eval_set, eval_name, result, fed, identity, rows_json};
   const auto start = std::chrono::steady_clock::now();
-  fed.run(tasks, cb);
+  s.carrier->run(fed, tasks, cb);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   if (s.save_adapters && !head_only) {
@@ -262,8 +270,15 @@ void write_csv(const std::string& file, const method_result& r) {
 
 template <class backend>
 int run(settings& s) {
-  std::filesystem::create_directories(s.out);
+  // Under MPI rank 0 loads (and builds, when missing) the model before the others read it.
+  if (!s.carrier->is_server()) s.carrier->barrier();
   const auto data = ex::load_spam_task<backend>(s.task);
+  if (s.carrier->is_server()) s.carrier->barrier();
+  if (!s.carrier->is_server()) {
+    for (const auto& m : s.methods) run_named(m, s, data);
+    return 0;
+  }
+  std::filesystem::create_directories(s.out);
   std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(backend::name).c_str());
   if (!s.eval_adapter.empty()) {  // a PEFT directory written by any backend, on this one
     rolora::lora_config lc;
@@ -404,6 +419,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-adapter", s.eval_adapter,
                  "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
                  "written here) on the test split and exit");
+  ex::add_transport_options(app, s.transport);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
@@ -414,13 +430,15 @@ int main(int argc, char** argv) {
     for (const auto& m : s.methods) s.lr[m] = lr;
   }
   t.threads = s.threads;
+  ex::example_transport carrier(argc, argv, s.transport);
+  s.carrier = &carrier;
   try {
     return ex::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); });
   } catch (const rolora::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
+    return carrier.fail(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return carrier.fail(1);
   }
 }

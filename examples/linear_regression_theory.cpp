@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/checkpoint_options.hpp"
+#include "common/transport_options.hpp"
 
 namespace {
 
@@ -55,6 +56,7 @@ struct settings {
   bool quiet = false;
   ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
   std::size_t crash_after = 0;        // testing: SIGKILL itself after this many iterations
+  ex::transport_options transport;    // --transport, --client-timeout, --on-bad-update, ...
 };
 
 constexpr double converged = 1e-6;     // "sin theta went below" threshold in the summary
@@ -223,6 +225,17 @@ struct checkpointing {
   const settings& s;
   th::method method;
   std::size_t& iterations_run;  // in this process, over every method (--crash-after)
+  ex::example_transport& transport;
+
+  // MPI client ranks serve the method's rounds; rank 0 (or the one process) runs them.
+  template <class Task>
+  bool serve_clients(const rolora::federation_config& config, std::vector<Task>& clients) {
+    return transport.serve<backend>(clients, config);
+  }
+  template <class Federation, class Task>
+  rolora::round_report run_round(Federation& fed, std::vector<Task>& clients) {
+    return transport.run_round(fed, clients);
+  }
 
   nlohmann::json identity() const {
     const auto& c = s.problem;
@@ -305,7 +318,7 @@ th::linear_problem<backend> make_problem(const settings& s) {
   return th::linear_problem_from_data<backend>(arrays.inputs, arrays.targets, s.problem.rank);
 }
 
-int run_check(const settings& s) {
+int run_check(const settings& s, ex::example_transport& transport) {
   std::vector<th::method> methods;
   for (auto m : th::all_methods) {
     const bool paper = m == th::method::rolora || m == th::method::ffa || m == th::method::fedit;
@@ -314,6 +327,11 @@ int run_check(const settings& s) {
     }
   }
   auto problem = make_problem(s);
+  if (!transport.is_server()) {  // an MPI client rank: host this rank's clients, method by method
+    std::size_t none = 0;
+    for (auto m : methods) th::run_method(problem, m, s.run, checkpointing{s, m, none, transport});
+    return 0;
+  }
   if (!s.data.empty()) {
     std::printf(
         "data: %zu clients from %s, d = %td, k = %td, %zu..%zu samples each; reference: the "
@@ -340,7 +358,9 @@ int run_check(const settings& s) {
   std::vector<method_run> runs;
   std::size_t iterations_run = 0;
   for (auto m : methods) {
-    runs.push_back({m, th::run_method(problem, m, s.run, checkpointing{s, m, iterations_run})});
+    runs.push_back(
+        {m, th::run_method(problem, m, s.run, checkpointing{s, m, iterations_run, transport})});
+    transport.finish();
     if (!s.quiet) print_progress(runs.back());
   }
 
@@ -523,6 +543,7 @@ int main(int argc, char** argv) {
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
   ex::add_checkpoint_options(app, s.checkpoint, "iterations");
+  ex::add_transport_options(app, s.transport);
   app.add_option("--crash-after", s.crash_after,
                  "testing: kill this process with SIGKILL after N iterations")
       ->group("");
@@ -531,13 +552,15 @@ int main(int argc, char** argv) {
 
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;
+  s.transport.apply(s.run);
+  ex::example_transport transport(argc, argv, s.transport);
   try {
-    return run_check(s);
+    return run_check(s, transport);
   } catch (const rolora::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
+    return transport.fail(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return transport.fail(1);
   }
 }

@@ -13,6 +13,12 @@ using hostd = Eigen::MatrixXd;
 
 namespace {
 
+// Encoded message sizes (federated/wire.hpp): `payload` tensor bytes plus, per message, 8 bytes
+// of header length and a JSON header of at most a few hundred bytes.
+inline bool encoded_bytes(std::size_t bytes, std::size_t payload, std::size_t messages = 1) {
+  return bytes >= payload + 8 * messages && bytes <= payload + 512 * messages;
+}
+
 template <class Backend>
 hostd to_double(const typename Backend::matrix& m) {
   return Backend::to_host(m).template cast<double>();
@@ -411,36 +417,33 @@ TEST_CASE(
   const auto flex = run_strategy(svd_resplit{}, p, config, &end);
   CHECK(global_loss(p, end) < 0.25 * initial);
   CHECK(flex[0].aggregation_error <= fedavg_reports[0].aggregation_error);  // Eckart-Young
-  CHECK(flex[3].bytes_down_per_client == a_bytes + b_bytes);
+  CHECK(encoded_bytes(flex[3].bytes_down_per_client, a_bytes + b_bytes));
   const auto rot = run_strategy(procrustes{}, p, config, &end);
   CHECK(global_loss(p, end) < 0.25 * initial);
-  CHECK(rot[0].bytes_up_per_client == a_bytes + b_bytes);
+  CHECK(encoded_bytes(rot[0].bytes_up_per_client, a_bytes + b_bytes));
 
   const auto fedex = run_strategy(fedex_residual{}, p, config, &end);
   CHECK(global_loss(p, end) < 0.25 * initial);
   for (const auto& r : fedex) CHECK(r.relative_aggregation_error < 100 * tol);
   CHECK(fedex[0].residual_bytes_down == 0);
-  CHECK(fedex[1].bytes_down_per_client == a_bytes + b_bytes + dense);  // the dense correction
-  CHECK(fedex[1].bytes_up_per_client == a_bytes + b_bytes);
+  CHECK(encoded_bytes(fedex[1].bytes_down_per_client, a_bytes + b_bytes + dense));  // + residual
+  CHECK(fedex[1].residual_bytes_down == 6 * dense);
+  CHECK(encoded_bytes(fedex[1].bytes_up_per_client, a_bytes + b_bytes));
 
   const auto flora = run_strategy(flora_stack{5}, p, config, &end);
   CHECK(global_loss(p, end) < 0.25 * initial);
   for (const auto& r : flora) CHECK(r.relative_aggregation_error < 100 * tol);
-  // 6 clients x rank 2 stacked: (8 + 12) 12 = 240 scalars > the dense 8 x 12, so a client is sent
-  // the dense residual increment instead.
+  // Each download carries the dense residual [8, 12] once the first round made one.
+  CHECK(flora[0].residual_bytes_down == 0);
   CHECK(flora[1].residual_bytes_down == 6 * dense);
 
-  // One client per round: the stacked factors of a round are (8 + 12) 2 = 40 scalars; a client
-  // catches up on the rounds it missed, at most the dense 96.
+  // One client per round: the one sampled client downloads the dense residual.
   config.clients_per_round = 1;
   config.num_rounds = 10;
   const auto partial = run_strategy(flora_stack{5}, p, config);
-  std::vector<std::size_t> synced(6, 0);
   for (const auto& r : partial) {
     REQUIRE(r.participants.size() == 1);
-    const std::size_t c = r.participants[0];
-    CHECK(r.residual_bytes_down == std::min<std::size_t>(40 * (r.round - synced[c]), 96) * 8);
-    synced[c] = r.round;
+    CHECK(r.residual_bytes_down == (r.round == 0 ? 0 : dense));
     CHECK(r.relative_aggregation_error < 100 * tol);
   }
 }
@@ -464,7 +467,7 @@ TEST_CASE("heterogeneous ranks in a federation: clients train at their rank, byt
   const auto reports = fed.run(p.clients);
   CHECK(global_loss(p, fed.global()) < 0.25 * initial);
   // Up: A [r_i, 12] + B [8, r_i] per client, r_i = 1, 2, 4, 1, 2, 4.
-  CHECK(reports[0].bytes_up == 2 * (1 + 2 + 4) * (12 + 8) * sizeof(double));
+  CHECK(encoded_bytes(reports[0].bytes_up, 2 * (1 + 2 + 4) * (12 + 8) * sizeof(double), 6));
   // Client 0's view is the best rank-1 approximation of the server's delta (FlexLoRA).
   const hostd server = delta_of(fed.global().at(theory::module_name));
   const hostd mine = delta_of(fed.client_view(0).at(theory::module_name));

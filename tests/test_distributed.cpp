@@ -522,3 +522,164 @@ TEST_CASE_TEMPLATE(
   CHECK(report.rejected[0].reason ==
         "module 'linear' client 1: lora_B holds non-finite values (NaN or inf)");
 }
+
+TEST_CASE_TEMPLATE(
+    "download messages: a bit-exact round trip with residuals, modules to save and kept moments; "
+    "every truncation and malformed field is a rolora error; encoded sizes are exact",
+    Backend, ROLORA_TEST_BACKENDS) {
+  using T = typename Backend::scalar;
+  auto p = four_clients<Backend>();
+  auto initial = adapters<Backend>();
+  host_matrix<T> residual(10, 12), head(3, 2);
+  for (index_t i = 0; i < 10; ++i)
+    for (index_t j = 0; j < 12; ++j) residual(i, j) = T(0.01 * double(i - j));
+  for (index_t i = 0; i < 3; ++i)
+    for (index_t j = 0; j < 2; ++j) head(i, j) = T(double(i + 10 * j) / 3.0);
+  initial.at(theory::module_name).residual = Backend::from_host(residual);
+  auto cfg = config<Backend>(bad_update_policy::drop);
+  cfg.keep_optimizer_state = true;
+  cfg.local_optimizer = adamw{0.01};
+  federation_server<Backend, fedsa, fedavg> s(fedsa{}, fedavg{}, cfg, initial);
+  const std::string m = theory::module_name;
+  // Round 0 gives client 1 moments and a local B; round 1's download carries both.
+  auto run_round = [&] {
+    const round_plan plan = s.begin_round(4);
+    std::vector<client_upload<Backend>> ups;
+    for (std::size_t c : plan.reporting) {
+      auto down = s.download(plan, c);
+      ups.push_back(train_locally(p.clients[c], std::move(down), s.config()));
+    }
+    return s.complete_round(plan, std::move(ups));
+  };
+  const auto r0 = run_round();
+  const round_plan plan = s.begin_round(4);
+  auto down = s.download(plan, 1);
+  REQUIRE(down.optimizer.steps() == 2);
+  CHECK(s.upload_factors(plan) == both_factors);  // A shared, B kept for the client
+  CHECK(s.encoded_download_size(plan, 1) ==
+        encode_download(down, s.upload_factors(plan), true).size());
+  // A module to save with a name JSON must escape travels too.
+  down.adapters.add_module_to_save("head\"\n\x01\xc3\xa9", Backend::from_host(head));
+
+  const auto bytes = encode_download(down, only_a, true);
+  CHECK(bytes.size() == encoded_size(download_layout(down, only_a, true)));
+  const auto back = decode_download<Backend>(bytes);
+  CHECK(back.download.round == 1);
+  CHECK(back.download.client == 1);
+  CHECK(back.download.trains == plan.trains);
+  CHECK(back.uploads == only_a);
+  CHECK(back.keep_optimizer);
+  CHECK(test::bit_equal(back.download.adapters, down.adapters));
+  CHECK(test::max_abs_diff<Backend>(back.download.adapters.at(m).residual,
+                                    down.adapters.at(m).residual) == 0);
+  CHECK(back.download.optimizer.steps() == 2);
+  const auto moments = down.optimizer.buffers();
+  const auto moments_back = back.download.optimizer.buffers();
+  REQUIRE(moments_back.size() == moments.size());
+  for (const auto& [key, value] : moments) {
+    CHECK(test::max_abs_diff<Backend>(moments_back.at(key), value) == 0);
+  }
+  // The upload answering it carries the moments too; its size is what the server counts.
+  const auto up = train_locally(p.clients[1], s.download(plan, 1), s.config());
+  const auto up_bytes = encode_upload(up, s.upload_factors(plan), true);
+  CHECK(up_bytes.size() == s.encoded_upload_size(plan, up));
+  const auto up_back = decode_upload<Backend>(up_bytes, s.download(plan, 1).adapters);
+  CHECK(up_back.optimizer.steps() == up.optimizer.steps());
+  CHECK(test::max_abs_diff<Backend>(up_back.optimizer.buffers().at("lora/" + m + "/b/second"),
+                                    up.optimizer.buffers().at("lora/" + m + "/b/second")) == 0);
+  // The report's bytes are these sizes: round 0 was reported from the same encodings.
+  CHECK(r0.bytes_down_per_client > r0.residual_bytes_down / 4);
+  CHECK(r0.residual_bytes_down == 4 * 10 * 12 * sizeof(T));
+
+  for (std::size_t n = 0; n < bytes.size(); n += (n < 200 ? 1 : 7)) {
+    CAPTURE(n);
+    CHECK_THROWS_AS(decode_download<Backend>(std::span(bytes.data(), n)), error);
+  }
+  const auto file = parse_safetensors(bytes);
+  const auto refused = [&](const std::string& key, const std::string& value,
+                           const std::string& drop_tensor = "") {
+    auto meta = file.metadata();
+    if (value.empty()) {
+      meta.erase(key);
+    } else {
+      meta[key] = value;
+    }
+    std::map<std::string, tensor_data> tensors;
+    for (const auto& name : file.names()) {
+      if (name == drop_tensor) continue;
+      const auto t = file.tensor(name);
+      tensors.emplace(name, tensor_data{t.dtype, t.shape, {t.bytes.begin(), t.bytes.end()}});
+    }
+    return message_of<error>(
+        [&] { decode_download<Backend>(serialize_safetensors(tensors, meta)); });
+  };
+  CHECK(refused("rolora.message", "upload").find("must be 'download'") != std::string::npos);
+  CHECK(refused("round", "x").find("'round' must be a number") != std::string::npos);
+  CHECK(refused("trains", "C").find("'trains' must be A, B, AB or -") != std::string::npos);
+  CHECK(refused("optimizer", "maybe").find("'optimizer' must be keep or fresh") !=
+        std::string::npos);
+  CHECK(refused("scaling/linear", "").find("'scaling/linear' is missing") != std::string::npos);
+  CHECK(refused("optimizer_steps", "").find("'optimizer_steps' is missing") != std::string::npos);
+  CHECK(refused("round", "1", "lora/linear/lora_B").find("has lora_A but no lora_B") !=
+        std::string::npos);
+  CHECK(refused("round", "1", "lora/linear/lora_A").find("no LoRA module") != std::string::npos);
+}
+
+TEST_CASE("encoded sizes: the wire layout's size is the safetensors writer's, for any name") {
+  using Backend = eigen_backend<float>;
+  for (const std::string& name : std::vector<std::string>{
+           "linear", "a\"b\\c", "tab\there", "\x01\x1f\x7f", "\xc3\xbcn/c\xc3\xb8", ""}) {
+    CAPTURE(name);
+    client_upload<Backend> up;
+    up.round = 123456;
+    up.client = 7;
+    up.num_samples = 1.0 / 3.0;
+    up.loss = 1e-300;
+    up.adapters.insert(name, {Backend::zeros(3, 1000), Backend::zeros(7, 3), 0.5f, {}});
+    up.adapters.add_module_to_save(name + "x", Backend::zeros(11, 13));
+    for (factor_set f : {only_a, only_b, both_factors}) {
+      CHECK(encode_upload(up, f).size() == encoded_size(upload_layout(up, f, false)));
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE(
+    "received uploads: an undecodable message or one naming another client is that client's bad "
+    "upload, dropped with its reason; its bytes count",
+    Backend, ROLORA_TEST_BACKENDS) {
+  auto p = four_clients<Backend>();
+  fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
+                          adapters<Backend>());
+  fedit_server<Backend> without(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
+                                adapters<Backend>());
+  const round_plan plan = s.begin_round(4);
+  const round_plan plan2 = without.begin_round(4);
+  std::vector<received_upload<Backend>> got;
+  std::vector<client_upload<Backend>> clean;
+  std::size_t arrived = 0;
+  for (std::size_t c : plan.reporting) {
+    const auto up = train_locally(p.clients[c], s.download(plan, c), s.config());
+    const auto bytes = encode_upload(up, plan.shares);
+    arrived += c == 1 ? 5 : bytes.size();
+    if (c == 1) {
+      got.push_back({c, 5, std::nullopt, "[rolora.value_error] safetensors: too short"});
+    } else if (c == 2) {
+      got.push_back(
+          {c, bytes.size(), decode_upload<Backend>(bytes, s.download(plan, 3).adapters), {}});
+      got.back().upload->client = 3;
+    } else {
+      got.push_back(
+          {c, bytes.size(), decode_upload<Backend>(bytes, s.download(plan, c).adapters), {}});
+      clean.push_back(up);
+    }
+  }
+  const auto report = s.complete_round(plan, std::move(got));
+  CHECK(report.dropped == std::vector<std::size_t>{1, 2});
+  REQUIRE(report.rejected.size() == 2);
+  CHECK(report.rejected[0].reason == "client 1: safetensors: too short");
+  CHECK(report.rejected[1].reason == "client 2: its upload names client 3");
+  const auto clean_report = without.complete_round(plan2, std::move(clean));
+  CHECK(test::bit_equal(s.global(), without.global()));
+  CHECK(report.bytes_up == arrived);
+  CHECK(report.bytes_down == clean_report.bytes_down);
+}

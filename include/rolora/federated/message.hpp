@@ -1,15 +1,10 @@
-// The upload message of a round on the wire: a safetensors file (io/safetensors.hpp) whose
-// __metadata__ says what it is, decoded by the checked safetensors reader. The server never
-// trusts these bytes: decode_upload turns any malformed message into a rolora error, and what it
-// returns still goes through federation_server's hostile-upload checks (shapes, finiteness,
-// magnitude, round, client).
-//
-//   __metadata__  rolora.message = "upload", round, client (decimal), num_samples, loss
-//                 (shortest round-trip decimal), factors = "A" | "B" | "AB" (the LoRA factors it
-//                 carries)
-//   tensors       lora/<module>/lora_A [r_c, in], lora/<module>/lora_B [out, r_c] for the factors
-//                 it carries; save/<name> for each module to save; F32 or F64 (the backend's)
-// Factors a message does not carry are the client's downloaded ones.
+// The messages of a round on the wire: safetensors files (io/safetensors.hpp) whose __metadata__
+// says what they are, laid out as federated/wire.hpp describes (download: server -> client;
+// upload: client -> server), decoded by the checked safetensors reader. Neither side trusts the
+// bytes: decode_download and decode_upload turn any malformed message into a rolora error, and
+// what decode_upload returns still goes through federation_server's hostile-upload checks
+// (shapes, finiteness, magnitude, round, client).
+// Factors an upload does not carry are the client's downloaded ones.
 // Fuzz entry point: decode_upload<eigen_backend<float>>(bytes, reference).
 #pragma once
 #include <charconv>
@@ -18,6 +13,7 @@
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/client.hpp>
+#include <rolora/federated/wire.hpp>
 #include <rolora/io/safetensors.hpp>
 #include <span>
 #include <string>
@@ -30,56 +26,118 @@ namespace rolora {
 
 namespace detail::msg {
 
-inline std::string to_decimal(double v) {
-  char buf[32];
-  const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  return std::string(buf, r.ptr);
-}
-
 template <class Number>
-Number parse_number(const std::map<std::string, std::string>& meta, const std::string& key) {
+Number parse_number(const std::map<std::string, std::string>& meta, const std::string& key,
+                    const char* kind = "upload") {
   const auto it = meta.find(key);
-  if (it == meta.end()) raise<value_error>("upload message: metadata '", key, "' is missing");
+  if (it == meta.end()) raise<value_error>(kind, " message: metadata '", key, "' is missing");
   const std::string& s = it->second;
   Number v{};
   const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
   if (r.ec != std::errc() || r.ptr != s.data() + s.size() || s.empty()) {
-    raise<value_error>("upload message: metadata '", key, "' must be a number, got '",
+    raise<value_error>(kind, " message: metadata '", key, "' must be a number, got '",
                        s.substr(0, 40), s.size() > 40 ? "...'" : "'");
   }
   return v;
 }
 
+// "A", "B", "AB" or "-" (factor_set::label) -> the factor set.
+inline factor_set parse_factors(const std::map<std::string, std::string>& meta,
+                                const std::string& key, const char* kind) {
+  const auto it = meta.find(key);
+  if (it != meta.end()) {
+    for (factor_set f : {no_factors, only_a, only_b, both_factors}) {
+      if (it->second == f.label()) return f;
+    }
+  }
+  raise<value_error>(kind, " message: metadata '", key, "' must be A, B, AB or -");
+}
+
+// The 2-D tensor `name` of `file` on the backend.
+template <backend Backend>
+typename Backend::matrix read_matrix(const safetensors_file& file, const std::string& name,
+                                     const char* kind) {
+  const tensor_view t = file.tensor(name);
+  if (t.shape.size() != 2) {
+    raise<shape_error>(kind, " message: tensor '", name.substr(0, 80), "' must be 2-D, got ",
+                       t.shape_string());
+  }
+  return Backend::from_host(to_host_matrix<typename Backend::scalar>(t));
+}
+
+// The optimizer moments a message carries (tensors optimizer/<buffer>, metadata
+// optimizer_steps), each shaped like the factor or module to save of `params` it belongs to.
+template <backend Backend>
+optimizer_state<Backend> read_moments(const safetensors_file& file,
+                                      const adapter_set<Backend>& params, std::size_t& tensors,
+                                      const char* kind) {
+  const auto steps = parse_number<std::size_t>(file.metadata(), "optimizer_steps", kind);
+  std::map<std::string, typename Backend::matrix> buffers;
+  for (const auto& name : file.names()) {
+    if (!name.starts_with("optimizer/")) continue;
+    const std::string key = name.substr(10);
+    const auto m = read_matrix<Backend>(file, name, kind);
+    // lora/<module>/<a|b>/<first|second> or save/<name>/<first|second>
+    const std::string head =
+        key.substr(0, key.rfind('/') == std::string::npos ? 0 : key.rfind('/'));
+    const typename Backend::matrix* like = nullptr;
+    if (head.starts_with("lora/") && head.size() > 7 &&
+        params.contains(head.substr(5, head.size() - 7))) {
+      const auto& a = params.at(head.substr(5, head.size() - 7));
+      if (head.ends_with("/a")) like = &a.A;
+      if (head.ends_with("/b")) like = &a.B;
+    } else if (head.starts_with("save/") && params.modules_to_save().count(head.substr(5))) {
+      like = &params.modules_to_save().at(head.substr(5));
+    }
+    if (!like) {
+      raise<shape_error>(kind, " message: tensor '", name.substr(0, 80),
+                         "' is the moment of no factor or module of the round");
+    }
+    if (Backend::rows(m) != Backend::rows(*like) || Backend::cols(m) != Backend::cols(*like)) {
+      raise<shape_error>(kind, " message: tensor '", name.substr(0, 80), "' must be ",
+                         shape_string(Backend::rows(*like), Backend::cols(*like)), ", got ",
+                         shape_string(Backend::rows(m), Backend::cols(m)));
+    }
+    buffers.emplace(key, m);
+    ++tensors;
+  }
+  return optimizer_state<Backend>::restore(steps, buffers);
+}
+
 }  // namespace detail::msg
 
-// The bytes of `up` carrying the LoRA factors `factors` (and every module to save).
+// The bytes of `layout` (federated/wire.hpp) as a safetensors file.
 template <backend Backend>
-std::vector<std::uint8_t> encode_upload(const client_upload<Backend>& up, factor_set factors) {
+std::vector<std::uint8_t> encode_layout(const wire_layout<Backend>& layout) {
   const tensor_dtype dtype =
       sizeof(typename Backend::scalar) == 4 ? tensor_dtype::f32 : tensor_dtype::f64;
   std::map<std::string, tensor_data> tensors;
-  for (const auto& [name, a] : up.adapters) {
-    if (factors.a)
-      tensors.emplace("lora/" + name + "/lora_A", make_tensor(Backend::to_host(a.A), dtype));
-    if (factors.b)
-      tensors.emplace("lora/" + name + "/lora_B", make_tensor(Backend::to_host(a.B), dtype));
-  }
-  for (const auto& [name, w] : up.adapters.modules_to_save()) {
-    tensors.emplace("save/" + name, make_tensor(Backend::to_host(w), dtype));
-  }
-  const std::string which = std::string(factors.a ? "A" : "") + (factors.b ? "B" : "");
-  return serialize_safetensors(tensors, {{"rolora.message", "upload"},
-                                         {"round", std::to_string(up.round)},
-                                         {"client", std::to_string(up.client)},
-                                         {"num_samples", detail::msg::to_decimal(up.num_samples)},
-                                         {"loss", detail::msg::to_decimal(up.loss)},
-                                         {"factors", which}});
+  for (const auto& [name, m] : layout.tensors)
+    tensors.emplace(name, make_tensor(Backend::to_host(*m), dtype));
+  return serialize_safetensors(tensors, layout.metadata);
+}
+
+// The bytes of `up` carrying the LoRA factors `factors` (and every module to save), and its
+// optimizer moments when `with_optimizer`. Exactly encoded_size(upload_layout(...)) bytes.
+template <backend Backend>
+std::vector<std::uint8_t> encode_upload(const client_upload<Backend>& up, factor_set factors,
+                                        bool with_optimizer = false) {
+  return encode_layout(upload_layout(up, factors, with_optimizer));
+}
+
+// The bytes of download `d`; `uploads`: the factors the client sends back; `keep_optimizer`:
+// its moments travel. Exactly encoded_size(download_layout(...)) bytes.
+template <backend Backend>
+std::vector<std::uint8_t> encode_download(const client_download<Backend>& d, factor_set uploads,
+                                          bool keep_optimizer) {
+  return encode_layout(download_layout(d, uploads, keep_optimizer));
 }
 
 // The upload `bytes` encode, with the factors they do not carry taken from `reference` (the
 // client's download). value_error / shape_error on anything malformed: not safetensors, another
 // message kind, metadata missing or not a number, a tensor that is not one of reference's
-// modules or factors, a missing tensor, a non-floating or non-2-D tensor.
+// modules or factors, a missing tensor, a non-floating or non-2-D tensor, optimizer moments
+// (metadata optimizer_steps, tensors optimizer/<buffer>) of no factor or of another shape.
 template <backend Backend>
 client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
                                      const adapter_set<Backend>& reference) {
@@ -103,7 +161,7 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   const factor_set factors{f->second.find('A') != std::string::npos,
                            f->second.find('B') != std::string::npos};
 
-  std::size_t expected = reference.modules_to_save().size();
+  std::size_t expected = 0;
   up.adapters = reference;
   const auto matrix = [&](const std::string& name) {
     const tensor_view t = file.tensor(name);
@@ -132,6 +190,10 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
                                  ": missing from the upload message");
     }
     w = matrix("save/" + name);
+    ++expected;
+  }
+  if (meta.count("optimizer_steps")) {
+    up.optimizer = detail::msg::read_moments(file, reference, expected, "upload");
   }
   if (file.size() != expected) {
     for (const auto& name : file.names()) {
@@ -148,6 +210,99 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
     }
   }
   return up;
+}
+
+// A download as the client reads it: what to train, what to upload, whether moments travel.
+template <backend Backend>
+struct decoded_download {
+  client_download<Backend> download;
+  factor_set uploads;  // the factors to send back
+  bool keep_optimizer = false;
+};
+
+// The download `bytes` encode. value_error / shape_error on anything malformed: not safetensors,
+// another message kind, metadata missing or not a number, a module without both factors or its
+// scaling, factors or residual of inconsistent shapes, an unknown tensor, moments of no factor.
+template <backend Backend>
+decoded_download<Backend> decode_download(std::span<const std::uint8_t> bytes) {
+  using T = typename Backend::scalar;
+  using detail::msg::parse_number;
+  constexpr const char* kind = "download";
+  const safetensors_file file =
+      parse_safetensors(std::vector<std::uint8_t>(bytes.begin(), bytes.end()));
+  const auto& meta = file.metadata();
+  const auto what = meta.find("rolora.message");
+  if (what == meta.end() || what->second != "download") {
+    detail::raise<value_error>("download message: metadata 'rolora.message' must be 'download'");
+  }
+  decoded_download<Backend> out;
+  auto& d = out.download;
+  d.round = parse_number<std::size_t>(meta, "round", kind);
+  d.client = parse_number<std::size_t>(meta, "client", kind);
+  d.trains = detail::msg::parse_factors(meta, "trains", kind);
+  out.uploads = detail::msg::parse_factors(meta, "uploads", kind);
+  const auto opt = meta.find("optimizer");
+  if (opt == meta.end() || (opt->second != "keep" && opt->second != "fresh")) {
+    detail::raise<value_error>("download message: metadata 'optimizer' must be keep or fresh");
+  }
+  out.keep_optimizer = opt->second == "keep";
+
+  std::size_t tensors = 0;
+  for (const auto& name : file.names()) {
+    if (!name.starts_with("lora/") || !name.ends_with("/lora_A") || name.size() <= 12) continue;
+    const std::string module = name.substr(5, name.size() - 12);
+    const std::string prefix = "lora/" + module + "/";
+    lora_adapter<Backend> a;
+    a.A = detail::msg::read_matrix<Backend>(file, name, kind);
+    if (!file.contains(prefix + "lora_B")) {
+      detail::raise<shape_error>("download message: module '", module.substr(0, 80),
+                                 "' has lora_A but no lora_B");
+    }
+    a.B = detail::msg::read_matrix<Backend>(file, prefix + "lora_B", kind);
+    a.scaling = parse_number<T>(meta, "scaling/" + module, kind);
+    tensors += 2;
+    if (file.contains(prefix + "residual")) {
+      a.residual = detail::msg::read_matrix<Backend>(file, prefix + "residual", kind);
+      ++tensors;
+    }
+    if (Backend::rows(a.A) < 1 || Backend::cols(a.A) < 1 || Backend::rows(a.B) < 1 ||
+        Backend::cols(a.B) != Backend::rows(a.A) ||
+        (a.has_residual() && (Backend::rows(a.residual) != Backend::rows(a.B) ||
+                              Backend::cols(a.residual) != Backend::cols(a.A)))) {
+      detail::raise<shape_error>(
+          "download message: module '", module.substr(0, 80), "': lora_A ",
+          detail::shape_string(Backend::rows(a.A), Backend::cols(a.A)), ", lora_B ",
+          detail::shape_string(Backend::rows(a.B), Backend::cols(a.B)), " and residual ",
+          detail::shape_string(Backend::rows(a.residual), Backend::cols(a.residual)),
+          " do not fit [r, in], [out, r] and [out, in]");
+    }
+    d.adapters.insert(module, std::move(a));
+  }
+  if (d.adapters.empty()) detail::raise<shape_error>("download message: no LoRA module");
+  for (const auto& name : file.names()) {
+    if (!name.starts_with("save/")) continue;
+    d.adapters.add_module_to_save(name.substr(5),
+                                  detail::msg::read_matrix<Backend>(file, name, kind));
+    ++tensors;
+  }
+  if (out.keep_optimizer) d.optimizer = detail::msg::read_moments(file, d.adapters, tensors, kind);
+  if (file.size() != tensors) {
+    for (const auto& name : file.names()) {
+      const bool ok = name.starts_with("save/") ||
+                      (out.keep_optimizer && name.starts_with("optimizer/")) ||
+                      (name.starts_with("lora/") && [&] {
+                        const auto slash = name.rfind('/');
+                        return slash > 5 && d.adapters.contains(name.substr(5, slash - 5)) &&
+                               (name.ends_with("/lora_A") || name.ends_with("/lora_B") ||
+                                name.ends_with("/residual"));
+                      }());
+      if (!ok) {
+        detail::raise<shape_error>("download message: tensor '", name.substr(0, 80),
+                                   "' is not a factor, residual or module of the round");
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace rolora

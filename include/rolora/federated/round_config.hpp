@@ -60,12 +60,13 @@ struct round_report {
   double train_loss = 0.0;         // sample-weighted mean over participants of their mean step loss
   double aggregation_error = 0.0;  // see aggregation_result::error
   double relative_aggregation_error = 0.0;  // see aggregation_result::relative_error
-  std::size_t bytes_up = 0;                 // this round, every client that uploaded
-  std::size_t bytes_down = 0;               // this round, all sampled clients
-  std::size_t bytes_up_per_client = 0;      // mean over the uploads (exact for equal ranks)
-  std::size_t bytes_down_per_client = 0;    // mean over sampled clients
-  std::size_t residual_bytes_down = 0;  // the part of bytes_down that brings residuals up to date
-  std::size_t total_bytes_up = 0;       // since round 0
+  // Bytes are those of the encoded messages (federated/wire.hpp), in every transport.
+  std::size_t bytes_up = 0;               // this round, every client that uploaded
+  std::size_t bytes_down = 0;             // this round, all sampled clients
+  std::size_t bytes_up_per_client = 0;    // mean over the uploads (exact for equal ranks)
+  std::size_t bytes_down_per_client = 0;  // mean over sampled clients
+  std::size_t residual_bytes_down = 0;    // the part of bytes_down that is dense residuals
+  std::size_t total_bytes_up = 0;         // since round 0
   std::size_t total_bytes_down = 0;
   double seconds = 0.0;
 };

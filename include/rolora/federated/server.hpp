@@ -17,10 +17,12 @@
 // its own scaling (truncate_rank, aggregate/ranks.hpp); the aggregator must accept heterogeneous
 // ranks (padded_fedavg, svd_resplit, stack, residual, procrustes).
 //
-// Communication, per client and round, in uncompressed scalars of the backend: up, the shared
-// factors at the client's rank (+ modules to save); down, the synced factors at its rank (+
-// modules to save) plus what its residuals need to catch up with the rounds since it last
-// downloaded: the aggregator's residual increments of those rounds, at most the dense residual.
+// Communication, per client and round, in bytes of the encoded messages (federated/wire.hpp),
+// whichever transport carries them: down, every sampled client's download (its view at its rank:
+// both factors, the dense residual where the aggregator keeps one, the modules to save, its
+// moments when kept, the metadata); up, every upload from a known client as it arrived (the
+// shared factors and those the server keeps for the client, the modules to save, moments when
+// kept), merged or not.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -35,6 +37,7 @@
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
+#include <rolora/federated/wire.hpp>
 #include <span>
 #include <string>
 #include <string_view>
@@ -105,6 +108,16 @@ struct round_plan {
   factor_set trains, shares;
   std::vector<std::size_t> sampled;    // increasing
   std::vector<std::size_t> reporting;  // sampled minus those that drop out, increasing
+};
+
+// An upload as a transport received it: the client whose channel it came on, its encoded size,
+// and what decoding it gave -- the upload, or why it could not be decoded.
+template <backend Backend>
+struct received_upload {
+  std::size_t client = 0;
+  std::size_t bytes = 0;
+  std::optional<client_upload<Backend>> upload;
+  std::string error;  // when !upload
 };
 
 template <class Backend, class UpdatePolicy, class Aggregator>
@@ -299,16 +312,45 @@ class federation_server {
   // the good ones in client-id order and commits. Throws, changing nothing, when a bad upload
   // meets on_bad_update = fail, when fewer than min_clients good ones remain, or when the
   // aggregator fails.
+  // Each upload counts as the size of its encoding (encoded_upload_size).
   round_report complete_round(const round_plan& plan, std::vector<client_upload<Backend>> uploads) {
+    std::vector<received_upload<Backend>> received;
+    received.reserve(uploads.size());
+    for (auto& u : uploads) {
+      const std::size_t c = u.client, bytes = encoded_upload_size(plan, u);
+      received.push_back({c, bytes, std::move(u), {}});
+    }
+    return complete_round(plan, std::move(received));
+  }
+  // The same for uploads that came as bytes (a transport): an upload that could not be decoded,
+  // or that names another client than the one whose channel it came on, is a bad upload of that
+  // client; each counts as the bytes that came.
+  round_report complete_round(const round_plan& plan,
+                              std::vector<received_upload<Backend>> received) {
     try {
-      return merge(plan, std::move(uploads));
+      return merge(plan, std::move(received));
     } catch (const error&) {
       detail::rethrow_in_round(plan.round);
     }
   }
 
+  // The factors a client of `plan` uploads: the shared ones, and those the server keeps for it
+  // (FedSA's B): clients hold nothing between rounds, so that the server's state is all there is.
+  factor_set upload_factors(const round_plan& plan) const {
+    const factor_set local = policy_.keeps_local();
+    return {plan.shares.a || local.a, plan.shares.b || local.b};
+  }
+  // The size of client `client`'s download of `plan` and of upload `u` as encoded messages.
+  std::size_t encoded_download_size(const round_plan& plan, std::size_t client) const {
+    return encoded_size(download_layout(download(plan, client), upload_factors(plan),
+                                        config_.keep_optimizer_state));
+  }
+  std::size_t encoded_upload_size(const round_plan& plan, const client_upload<Backend>& u) const {
+    return encoded_size(upload_layout(u, upload_factors(plan), config_.keep_optimizer_state));
+  }
+
  private:
-  round_report merge(const round_plan& plan, std::vector<client_upload<Backend>> uploads) {
+  round_report merge(const round_plan& plan, std::vector<received_upload<Backend>> received) {
     if (plan.round != round_) {
       detail::raise<config_error>("federation: the plan is for round ", plan.round,
                                   " but the server is at round ", round_);
@@ -319,18 +361,30 @@ class federation_server {
     report.shared = plan.shares;
     const factor_set local = policy_.keeps_local();
 
+    // What the sampled clients downloaded, counted from the state before the round.
+    std::size_t down = 0;
+    for (std::size_t c : plan.sampled) down += encoded_download_size(plan, c);
+    const std::size_t residual_down = plan.sampled.size() * residual_bytes();
+
     // Hostile input: each upload either passes every check or is refused with its reason.
-    std::stable_sort(uploads.begin(), uploads.end(),
+    std::stable_sort(received.begin(), received.end(),
                      [](const auto& l, const auto& r) { return l.client < r.client; });
     std::vector<client_upload<Backend>> good;
     std::vector<bool> seen(clients_.size(), false);
-    for (auto& u : uploads) {
+    for (auto& r : received) {
       try {
-        check_upload(plan, u, seen);
-        good.push_back(std::move(u));
+        if (!r.upload) {
+          detail::raise<value_error>("client ", r.client, ": ", detail::untagged(r.error));
+        }
+        if (r.upload->client != r.client) {
+          detail::raise<value_error>("client ", r.client, ": its upload names client ",
+                                     r.upload->client);
+        }
+        check_upload(plan, *r.upload, seen);
+        good.push_back(std::move(*r.upload));
       } catch (const error& e) {
         if (config_.on_bad_update == bad_update_policy::fail) throw;
-        report.rejected.push_back({u.client, std::string(detail::untagged(e.what()))});
+        report.rejected.push_back({r.client, std::string(detail::untagged(e.what()))});
       }
     }
     if (good.size() < config_.min_clients) {
@@ -352,13 +406,6 @@ class federation_server {
         {config_.client_weighting, local, config_.measure_aggregation_error, plan.round});
 
     // Committed: the global state changed; now the clients' own state and the report follow.
-    // What the sampled clients downloaded is counted from their state before the round.
-    const factor_set synced{!local.a, !local.b};
-    std::size_t down = 0, residual_down = 0;
-    for (std::size_t c : plan.sampled) {
-      down += client_bytes(c, synced);
-      residual_down += residual_catch_up_bytes(c);
-    }
     double loss = 0.0, samples = 0.0;
     for (std::size_t i = 0; i < good.size(); ++i) {
       auto& client = clients_[good[i].client];
@@ -379,13 +426,13 @@ class federation_server {
     residual_increments_.push_back(result.residual_scalars);
     for (std::size_t c : plan.sampled) clients_[c].residual_synced = plan.round;
     std::size_t uploaded = 0;
-    for (const auto& u : uploads) {  // every upload from a known client counts, merged or not
-      if (u.client < clients_.size()) {
-        report.bytes_up += client_bytes(u.client, report.shared);
+    for (const auto& r : received) {  // every upload from a known client counts, merged or not
+      if (r.client < clients_.size()) {
+        report.bytes_up += r.bytes;
         ++uploaded;
       }
     }
-    report.bytes_down = down + residual_down;
+    report.bytes_down = down;
     report.residual_bytes_down = residual_down;
     report.bytes_up_per_client = uploaded ? report.bytes_up / uploaded : 0;
     report.bytes_down_per_client = report.bytes_down / plan.sampled.size();
@@ -461,33 +508,13 @@ class federation_server {
     detail::check_magnitude<Backend>(module, c, what, got, config_.max_abs_entry);
   }
 
-  // Bytes of the factors `which` at client c's ranks (+ the modules to save when any factor).
-  std::size_t client_bytes(std::size_t c, factor_set which) const {
+  // Bytes of the dense residuals in each download (the same at every client's rank).
+  std::size_t residual_bytes() const {
     std::size_t n = 0;
     for (const auto& [name, a] : global_) {
-      const auto r = std::size_t(rank_of(c, a));
-      if (which.a) n += r * std::size_t(a.in_features());
-      if (which.b) n += std::size_t(a.out_features()) * r;
-    }
-    if (which.any()) {
-      for (const auto& [name, w] : global_.modules_to_save()) {
-        n += std::size_t(Backend::rows(w) * Backend::cols(w));
-      }
+      if (a.has_residual()) n += std::size_t(a.out_features() * a.in_features());
     }
     return n * sizeof(typename Backend::scalar);
-  }
-
-  // Bytes client c needs for its residuals to catch up: the increments of the rounds it missed,
-  // at most the dense residuals themselves.
-  std::size_t residual_catch_up_bytes(std::size_t c) const {
-    std::size_t missed = 0, dense = 0;
-    for (std::size_t k = clients_[c].residual_synced; k < residual_increments_.size(); ++k) {
-      missed += residual_increments_[k];
-    }
-    for (const auto& [name, a] : global_) {
-      if (a.has_residual()) dense += std::size_t(a.out_features() * a.in_features());
-    }
-    return std::min(missed, dense) * sizeof(typename Backend::scalar);
   }
 
   void apply_local(const client_state& client, adapters_type& view) const {

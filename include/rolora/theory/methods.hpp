@@ -70,6 +70,8 @@ struct method_options {
   std::optional<double> init_angle;  // sin theta(A0, reference); default: A0 random
   std::size_t threads = 1;
   std::uint64_t seed = 0;  // adapter init (A0) and the federation's streams
+  bad_update_policy on_bad_update = bad_update_policy::fail;
+  std::size_t min_clients = 1;
 };
 
 // The state after each iteration (iteration 0: the initial state).
@@ -133,6 +135,9 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
   initial.insert(module_name,
                  {Backend::from_host(a0.cast<T>()), Backend::zeros(p.config.out_dim, r), T(1)});
   config.num_rounds = iterations * rounds_per_iteration;
+  if constexpr (requires { hooks.serve_clients(config, p.clients); }) {
+    if (hooks.serve_clients(config, p.clients)) return {};
+  }
   federation<Backend, Policy, Aggregator> fed(policy, aggregator, config, std::move(initial));
   std::vector<iteration_record> records{measure(p, p.clients, fed, 0)};
   if constexpr (requires { hooks.resume(fed.server(), records); })
@@ -141,7 +146,13 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
     double error = 0.0;
     std::size_t up = 0, down = 0;
     for (std::size_t k = 0; k < rounds_per_iteration; ++k) {
-      const auto report = fed.run_round(p.clients);
+      const auto report = [&] {
+        if constexpr (requires { hooks.run_round(fed, p.clients); }) {
+          return hooks.run_round(fed, p.clients);
+        } else {
+          return fed.run_round(p.clients);
+        }
+      }();
       error = std::max(error, report.aggregation_error);
       up = report.total_bytes_up;
       down = report.total_bytes_down;
@@ -168,6 +179,10 @@ struct no_hooks {};
 //                                          federation's server and the records so far (the
 //                                          iterations already in `records` are not run again)
 //   hooks.iteration_done(server, records)  after every iteration
+//   hooks.run_round(federation, clients)   carries one round instead of federation.run_round
+//                                          (a transport, rolora/mpi/transport.hpp) -> round_report
+//   hooks.serve_clients(config, clients)   first: true when this process only hosts clients (an
+//                                          MPI client rank); the run then returns no records
 template <backend Backend, class Hooks = no_hooks>
 std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
                                          const method_options& o, Hooks&& hooks = {}) {
@@ -178,6 +193,8 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   config.threads = o.threads;
   config.seed = o.seed;
   config.client_weighting = weighting::uniform;
+  config.on_bad_update = o.on_bad_update;
+  config.min_clients = o.min_clients;
   switch (m) {
     case method::rolora:
       config.closed_form_b = true;

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# ctest mpi.*: the MPI transport against the in-process federation (docs/distributed.md).
+#   usage: mpi_check.sh MODE HAVE_MPI PATH/TO/EXAMPLE WORK_DIR [CORPUS_DIR]
+#   MODE   identical_np3  mpirun -np 3 (2 client ranks, 3 clients), every method: the CSV and each
+#                         method's final server state byte-identical to the in-process run
+#          identical_np4  mpirun -np 4 with 2 clients (a client rank idles), the same
+#          garbage        client 1 uploads garbage: with --on-bad-update drop it is dropped with a
+#                         logged reason and the rounds complete; with fail the job stops
+#          timeout        client 1 answers round 0 late (--slow-client, --client-timeout 1): dropped
+#                         from that round with the reason, its late upload discarded by its round
+#          resume         kill -9 of rank 0 mid-run (--crash-after), mpirun --resume: byte-identical
+#          finetune_np3   federated_finetune, a tiny configuration, mpirun -np 3 against in-process:
+#                         CSVs identical but for the wall-time column, adapter files identical
+#                         (skipped without the SpamAssassin corpus in CORPUS_DIR)
+# Skipped ("rolora-skip:") where mpirun is missing or rolora was built without MPI.
+set -euo pipefail
+mode=$1
+have_mpi=$2
+exe=$3
+work=$4/$mode
+if [ "$have_mpi" != 1 ]; then
+  echo "rolora-skip: rolora was built without MPI (ROLORA_ENABLE_MPI; Debian: libopenmpi-dev)"
+  exit 0
+fi
+if [ "$mode" = finetune_np3 ] && [ ! -d "${5:-}/spam-assassin/data" ]; then
+  echo "rolora-skip: no SpamAssassin corpus under ${5:-} (run scripts/fetch_data.sh)"
+  exit 0
+fi
+if ! command -v mpirun > /dev/null 2>&1; then
+  echo "rolora-skip: mpirun not found (Debian: openmpi-bin)"
+  exit 0
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none  # containers: no CMA between ranks
+mpi() { local np=$1; shift; mpirun --oversubscribe -np "$np" "$exe" --transport mpi "$@"; }
+rm -rf "$work"
+mkdir -p "$work"
+final_state() { echo "$1/$2/$(cat "$1/$2/latest")/server.safetensors"; }
+same() {  # same CSV and final server states as the in-process run in $work/inprocess
+  cmp "$work/inprocess.csv" "$1.csv"
+  for method in "${methods[@]}"; do
+    cmp "$(final_state "$work/inprocess" "$method")" "$(final_state "$1" "$method")"
+  done
+}
+
+case $mode in
+  identical_np3 | identical_np4)
+    np=${mode#identical_np}
+    clients=$((np == 3 ? 3 : 2))
+    flags=(--method every --rounds 4 --dim 16 --out-dim 4 --samples 100 --clients "$clients"
+           --quiet --checkpoint-every 100)
+    methods=(rolora ffa fedit fedsa flexlora flora fedex fedrot)
+    "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
+    mpi "$np" "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" > "$work/mpi.log"
+    same "$work/mpi"
+    echo "mpirun -np $np, $clients clients, 8 methods: CSV and final server states byte-identical"
+    ;;
+  garbage)
+    flags=(--rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet)
+    mpi 3 "${flags[@]}" --on-bad-update drop --garbage-client 1 --csv "$work/drop.csv" \
+      > "$work/drop.log" 2>&1
+    for round in 0 1 5; do
+      if ! grep -q "round $round: client 1 dropped: client 1: .*safetensors" "$work/drop.log"; then
+        echo "FAIL: no logged drop of client 1 in round $round:"
+        cat "$work/drop.log"
+        exit 1
+      fi
+    done
+    [ "$(wc -l < "$work/drop.csv")" -eq 13 ] || { echo "FAIL: the CSV is not complete"; exit 1; }
+    set +e
+    mpi 3 "${flags[@]}" --garbage-client 1 --csv "$work/fail.csv" > "$work/fail.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ] || ! grep -q "round 0: .*client 1" "$work/fail.log" || [ -e "$work/fail.csv" ]; then
+      echo "FAIL: with --on-bad-update fail the job should stop at round 0 (exit $rc):"
+      cat "$work/fail.log"
+      exit 1
+    fi
+    echo "garbage from client 1: dropped with its reason (drop), the job stopped (fail)"
+    ;;
+  timeout)
+    flags=(--method ffa --rounds 4 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet)
+    mpi 3 "${flags[@]}" --client-timeout 1 --slow-client 1 --csv "$work/slow.csv" > "$work/slow.log" 2>&1
+    for line in "round 0: client 1 dropped: no upload within --client-timeout 1 s" \
+                "a late upload of round 0 from client 1 discarded"; do
+      grep -q "$line" "$work/slow.log" || { echo "FAIL: no '$line' in the log:"; cat "$work/slow.log"; exit 1; }
+    done
+    [ "$(wc -l < "$work/slow.csv")" -eq 6 ] || { echo "FAIL: the CSV is not complete"; exit 1; }
+    echo "a client late in round 0: dropped from it, its late upload discarded, the run completed"
+    ;;
+  resume)
+    flags=(--rounds 8 --dim 20 --out-dim 5 --samples 200 --clients 4 --checkpoint-every 3 --quiet)
+    methods=(rolora ffa fedit)
+    "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
+    set +e
+    mpi 3 "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" --crash-after 5 \
+      > "$work/killed.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ] || [ -e "$work/mpi.csv" ]; then
+      echo "FAIL: rank 0 should have died by SIGKILL after iteration 5 (exit $rc)"
+      exit 1
+    fi
+    mpi 3 "${flags[@]}" --resume "$work/mpi" --csv "$work/mpi.csv" > "$work/resumed.log"
+    grep -q "resumed after iteration 3 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
+    same "$work/mpi"
+    echo "mpirun -np 3 killed after iteration 5, resumed over MPI: byte-identical"
+    ;;
+  finetune_np3)
+    flags=(--clients 3 --rounds 2 --local-steps 2 --batch 8 --max-len 48 --pretrain-steps 20
+           --methods fedit,rolora --threads 1 --data-dir "$5" --checkpoint "$work/model.safetensors")
+    "$exe" "${flags[@]}" --out "$work/inprocess" > "$work/inprocess.log"
+    mpi 3 "${flags[@]}" --out "$work/mpi" > "$work/mpi.log"
+    for method in fedit rolora; do
+      cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
+      cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
+        "$work/mpi/${method}_adapter/adapter_model.safetensors"
+    done
+    echo "federated_finetune over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
+    ;;
+  *)
+    echo "unknown mode $mode"
+    exit 2
+    ;;
+esac
