@@ -2,7 +2,12 @@
 // bench/pytorch_reference.py (same flags, same shapes, LoRA placement, batch and steps; random
 // tokens with random real lengths, as there). bench/run_round.sh runs both and prints the ratio.
 //
-// Prints one line per timed round and a final `seconds_per_round <median>`.
+// Prints one line per timed round and a final `seconds_per_round <median>`. Built as
+// rolora_transformer_round (GEMM provider as configured) and, with oneDNN,
+// rolora_transformer_round_eigen (ROLORA_BENCH_EIGEN_ONLY: Eigen's GEMM only).
+#if defined(ROLORA_BENCH_EIGEN_ONLY)
+#undef ROLORA_WITH_ONEDNN
+#endif
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -115,7 +120,8 @@ int main(int argc, char** argv) {
                                    factors.find('B') != std::string::npos};
   rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc,
                                                 initial);
-  std::printf("rolora, %zu threads, %zu trainable scalars\n", threads,
+  std::printf("rolora, %zu threads, GEMM %s, %zu trainable scalars\n", threads,
+              rolora::detail::onednn_gemm_available ? "oneDNN above 32^3, else Eigen" : "Eigen",
               initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {

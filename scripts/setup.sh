@@ -11,6 +11,7 @@ PACKAGES=(
   clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz, scripts/fuzz.sh)
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
   dataset-fashion-mnist zlib1g-dev  # examples/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
+  libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
