@@ -6,7 +6,8 @@
 //   threads:1  one GEMM at a time on one thread
 //   threads:2  two independent GEMMs at once, one per thread: how a round uses two cores (each
 //              client's GEMMs run on its own thread, so the bits never depend on --threads)
-// GFLOP/s = 2 m n k per GEMM over wall time, summed over threads. The label of the matmul cases
+// GFLOP/s = 2 m n k per GEMM over CPU time (threads:1) or wall time summed over threads
+// (threads:2). The label of the matmul cases
 // names the kernel oneDNN picked (e.g. brg:avx512_core_bf16, gemm:jit, ref: no fast kernel here).
 //
 // Build: -DROLORA_BUILD_BENCHMARKS=ON, target rolora_bench_gemm (only when oneDNN is found).
@@ -25,7 +26,8 @@ namespace {
 using matrix = Eigen::MatrixXf;
 using rolora::index_t;
 
-// c [m, n] = op_a(a) op_b(b), k the inner dimension; op_a = 'T' reads a [k, m], op_b = 'T' b [n, k].
+// c [m, n] = op_a(a) op_b(b), k the inner dimension; op_a = 'T' reads a [k, m], op_b = 'T' b [n,
+// k].
 struct shape {
   index_t m, n, k;
   char op_a, op_b = 'N';
@@ -33,17 +35,25 @@ struct shape {
 // Forward: W x for q/k/v/o ([128,128] x [128,2048]), fc1 ([512,128] x ...), fc2 ([128,512] x
 // ...). Backward input gradients: W^T dy for the same three weights. Attention: one head's scores
 // q_h^T k_h ([32,128]^T x [32,128]).
-const std::vector<shape> shapes = {{128, 2048, 128, 'N'}, {512, 2048, 128, 'N'},
-                                   {128, 2048, 512, 'N'}, {128, 2048, 128, 'T'},
-                                   {128, 2048, 512, 'T'}, {512, 2048, 128, 'T'},
+const std::vector<shape> shapes = {{128, 2048, 128, 'N'},
+                                   {512, 2048, 128, 'N'},
+                                   {128, 2048, 512, 'N'},
+                                   {128, 2048, 128, 'T'},
+                                   {128, 2048, 512, 'T'},
+                                   {512, 2048, 128, 'T'},
                                    {128, 128, 32, 'T'},
                                    // Smaller: attention context v_h p ([32,128] x [128,128]),
                                    // LoRA at r = 2 (A x, B (A x), A^T t, dB = s dy (A x)^T,
                                    // dA = s t x^T), the classifier head; for the crossover.
-                                   {32, 128, 128, 'N'}, {2, 2048, 128, 'N'},
-                                   {128, 2048, 2, 'N'}, {128, 2048, 2, 'T'},
-                                   {128, 2, 2048, 'N', 'T'}, {2, 128, 2048, 'N', 'T'},
-                                   {3, 16, 128, 'N'}, {16, 16, 16, 'N'}, {32, 32, 32, 'N'},
+                                   {32, 128, 128, 'N'},
+                                   {2, 2048, 128, 'N'},
+                                   {128, 2048, 2, 'N'},
+                                   {128, 2048, 2, 'T'},
+                                   {128, 2, 2048, 'N', 'T'},
+                                   {2, 128, 2048, 'N', 'T'},
+                                   {3, 16, 128, 'N'},
+                                   {16, 16, 16, 'N'},
+                                   {32, 32, 32, 'N'},
                                    {64, 64, 64, 'N'}};
 
 struct operands {
@@ -156,16 +166,27 @@ void BM_onednn_matmul(benchmark::State& state) {
   set_counters(state, s, pd.impl_info_str());
 }
 
-void all_shapes(benchmark::internal::Benchmark* b) {
+// One thread: rates per CPU second (the machine is shared; wall time counts other jobs). Two
+// threads: per wall second, the throughput of two GEMMs side by side.
+void one_thread(benchmark::internal::Benchmark* b) {
   for (std::size_t i = 0; i < shapes.size(); ++i) b->Arg(index_t(i));
-  b->Unit(benchmark::kMicrosecond)->UseRealTime()->Threads(1)->Threads(2);
+  b->Unit(benchmark::kMicrosecond)->Threads(1);
+}
+void two_threads(benchmark::internal::Benchmark* b) {
+  for (std::size_t i = 0; i < shapes.size(); ++i) b->Arg(index_t(i));
+  b->Unit(benchmark::kMicrosecond)->Threads(2)->UseRealTime();
 }
 
-BENCHMARK(BM_eigen)->Apply(all_shapes);
-BENCHMARK(BM_onednn_sgemm)->Apply(all_shapes);
-BENCHMARK(BM_provider)->Apply(all_shapes);
-BENCHMARK(BM_onednn_matmul<false>)->Apply(all_shapes);
-BENCHMARK(BM_onednn_matmul<true>)->Apply(all_shapes);
+BENCHMARK(BM_eigen)->Apply(one_thread);
+BENCHMARK(BM_onednn_sgemm)->Apply(one_thread);
+BENCHMARK(BM_provider)->Apply(one_thread);
+BENCHMARK(BM_onednn_matmul<false>)->Apply(one_thread);
+BENCHMARK(BM_onednn_matmul<true>)->Apply(one_thread);
+BENCHMARK(BM_eigen)->Apply(two_threads);
+BENCHMARK(BM_onednn_sgemm)->Apply(two_threads);
+BENCHMARK(BM_provider)->Apply(two_threads);
+BENCHMARK(BM_onednn_matmul<false>)->Apply(two_threads);
+BENCHMARK(BM_onednn_matmul<true>)->Apply(two_threads);
 
 }  // namespace
 

@@ -22,8 +22,10 @@ for pkg in python3-torch libopenblas0-pthread; do
   fi
 done
 
-cmake --preset bench > /dev/null
-cmake --build --preset bench --target rolora_transformer_round -j "$(nproc 2>/dev/null || echo 2)" > /dev/null
+# BUILD_DIR: an existing build tree to use instead of the `bench` preset's build-bench/.
+build="${BUILD_DIR:-build-bench}"
+[ -n "${BUILD_DIR:-}" ] || cmake --preset bench > /dev/null
+cmake --build "$build" --target rolora_transformer_round -j "$(nproc 2>/dev/null || echo 2)" > /dev/null
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
   "flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|amx_bf16)$' | xargs)"
@@ -31,7 +33,7 @@ seconds() { awk '/^seconds_per_round/ {print $2}'; }
 summary=()
 for cores in ${CORES:-1 2}; do
   echo "== $cores core(s), load: $(uptime | sed 's/.*load average: //')"
-  out="$(build-bench/bench/rolora_transformer_round "$@" ${ROLORA_ARGS:-} --threads "$cores")"
+  out="$("$build"/bench/rolora_transformer_round "$@" ${ROLORA_ARGS:-} --threads "$cores")"
   echo "$out"
   ours="$(echo "$out" | seconds)"
   best=""; best_cfg=""

@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
   rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc,
                                                 initial);
   std::printf("rolora, %zu threads, GEMM %s, %zu trainable scalars\n", threads,
-              rolora::detail::onednn_gemm_available ? "oneDNN above 32^3, else Eigen" : "Eigen",
+              rolora::detail::onednn_gemm_available ? "oneDNN above 64^3, else Eigen" : "Eigen",
               initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {

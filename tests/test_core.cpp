@@ -147,7 +147,7 @@ TEST_CASE(
     "on any thread") {
   using B = eigen_backend<float>;
   const index_t m = 96, n = 80, k = 64;
-  CHECK(double(m) * n * k >= 32.0 * 32 * 32);  // really above the crossover when oneDNN is built
+  CHECK(double(m) * n * k >= 64.0 * 64 * 64);  // really above the crossover when oneDNN is built
   const auto a = test::random_matrix<float>(m, k, 11), b = test::random_matrix<float>(k, n, 12);
   const auto c0 = test::random_matrix<float>(m, n, 13);
   const host_matrix<float> at = a.transpose(), bt = b.transpose();

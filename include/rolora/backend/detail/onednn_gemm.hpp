@@ -1,8 +1,8 @@
 // oneDNN as eigen_backend<float>'s GEMM provider (compile time: ROLORA_WITH_ONEDNN, set by the
 // CMake option ROLORA_ENABLE_ONEDNN when Debian's libdnnl-dev is found; docs/backends.md).
 //
-// Without ROLORA_WITH_ONEDNN this header defines `onednn_gemm_available = false` and nothing
-// else, so eigen_backend compiles the same with or without oneDNN installed.
+// Without ROLORA_WITH_ONEDNN `onednn_gemm_available` is false and the functions are stubs that
+// decline, so eigen_backend compiles the same with or without oneDNN installed.
 //
 // Determinism: every call runs on the calling thread only (OpenMP's thread count set to 1 for the
 // call and restored after). A client's GEMMs therefore never depend on how many clients run side
@@ -24,10 +24,11 @@ namespace rolora::detail {
 #if defined(ROLORA_WITH_ONEDNN)
 inline constexpr bool onednn_gemm_available = true;
 
-// oneDNN's fp32 GEMM beats Eigen's from about 32^3 multiply-adds up (bench/bench_gemm.cpp:
-// 1.3 to 2x at the step's shapes and at 32 x 128 x 128 on AVX2; Eigen ahead at 3 x 128 x 16,
-// where oneDNN's call overhead dominates). docs/benchmarks.md has the table.
-inline constexpr double onednn_min_mnk = 32.0 * 32.0 * 32.0;
+// oneDNN's fp32 GEMM is ahead of Eigen's from about 64^3 multiply-adds up (bench/bench_gemm.cpp,
+// one AVX2 core: 1.2 to 1.7x at the step's [128 | 512] x [128 | 512] x 2048 shapes, even at
+// 64^3 and at attention's 128 x 32 x 128; Eigen ahead at 32^3 and below, where oneDNN's call
+// overhead dominates). docs/benchmarks.md has the table.
+inline constexpr double onednn_min_mnk = 64.0 * 64.0 * 64.0;
 
 inline bool onednn_preferred(index_t m, index_t n, index_t k) {
   return m > 0 && n > 0 && k > 0 && double(m) * double(n) * double(k) >= onednn_min_mnk;
@@ -49,6 +50,11 @@ inline bool onednn_sgemm(op op_a, op op_b, index_t m, index_t n, index_t k, floa
 }
 #else
 inline constexpr bool onednn_gemm_available = false;
+inline bool onednn_preferred(index_t, index_t, index_t) { return false; }
+inline bool onednn_sgemm(op, op, index_t, index_t, index_t, float, const float*, index_t,
+                         const float*, index_t, float, float*, index_t) {
+  return false;
+}
 #endif
 
 }  // namespace rolora::detail
