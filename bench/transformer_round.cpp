@@ -5,7 +5,12 @@
 // Prints one line per timed round and a final `seconds_per_round <median>`. With
 // `--transport mpi` (under mpirun, when built with rolora::mpi) rank 0 runs the server and ranks
 // 1..P-1 the clients (docs/distributed.md); `adapters_fnv1a` hashes the final adapters' bits so
-// that runs over both transports can be compared.
+// that runs over both transports can be compared. Built as rolora_transformer_round (GEMM provider
+// as configured) and, with oneDNN, rolora_transformer_round_eigen (ROLORA_BENCH_EIGEN_ONLY: Eigen's
+// GEMM only).
+#if defined(ROLORA_BENCH_EIGEN_ONLY)
+#undef ROLORA_WITH_ONEDNN
+#endif
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -154,7 +159,9 @@ int main(int argc, char** argv) {
     return 0;
   }
 #endif
-  std::printf("rolora, %zu threads, %zu trainable scalars\n", threads,
+  std::printf("rolora (%s), %zu threads, GEMM %s, %zu trainable scalars\n",
+              std::string(backend::name).c_str(), threads,
+              rolora::detail::onednn_gemm_available ? "oneDNN above 64^3, else Eigen" : "Eigen",
               initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {

@@ -12,6 +12,7 @@ PACKAGES=(
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
   dataset-fashion-mnist zlib1g-dev  # examples/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
   libopenmpi-dev openmpi-bin  # the MPI transport (rolora::mpi) and its mpirun tests (label mpi)
+  libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

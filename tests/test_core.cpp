@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 #include <set>
+#include <thread>
 
 #include "test_support.hpp"
 
@@ -135,6 +136,49 @@ TEST_CASE_TEMPLATE("gemm computes alpha op(a) op(b) + beta c for every transposi
   CHECK_THROWS_AS(Backend::gemm(T(1), Backend::from_host(a), op::none, Backend::from_host(b),
                                 op::none, T(1), wrong),
                   shape_error);
+}
+
+// Above oneDNN's crossover (backend/detail/onednn_gemm.hpp) eigen_backend<float> calls oneDNN when
+// built with it, Eigen otherwise: both must match a double-precision product to within
+// |error| <= 1e-6 k (entries N(0, 1), k the inner dimension), beta = 0 must never read c (NaN
+// there), and the bits must not depend on how many threads multiply at once.
+TEST_CASE(
+    "fp32 gemm above the provider crossover: accurate, never reads c at beta 0, same bits "
+    "on any thread") {
+  using B = eigen_backend<float>;
+  const index_t m = 96, n = 80, k = 64;
+  CHECK(double(m) * n * k >= 64.0 * 64 * 64);  // really above the crossover when oneDNN is built
+  const auto a = test::random_matrix<float>(m, k, 11), b = test::random_matrix<float>(k, n, 12);
+  const auto c0 = test::random_matrix<float>(m, n, 13);
+  const host_matrix<float> at = a.transpose(), bt = b.transpose();
+  const Eigen::MatrixXd expected =
+      0.5 * a.cast<double>() * b.cast<double>() - 2.0 * c0.cast<double>();
+  std::vector<host_matrix<float>> serial;
+  for (auto [x, ox, y, oy] :
+       {std::tuple{a, op::none, b, op::none}, std::tuple{at, op::transpose, b, op::none},
+        std::tuple{a, op::none, bt, op::transpose},
+        std::tuple{at, op::transpose, bt, op::transpose}}) {
+    host_matrix<float> c = c0;
+    B::gemm(0.5f, x, ox, y, oy, -2.0f, c);
+    CHECK((c.cast<double>() - expected).cwiseAbs().maxCoeff() <= 1e-6 * k);
+    host_matrix<float> fresh = host_matrix<float>::Constant(m, n, std::nanf(""));
+    B::gemm(1.0f, x, ox, y, oy, 0.0f, fresh);
+    CHECK(fresh.allFinite());
+    CHECK((fresh.cast<double>() - a.cast<double>() * b.cast<double>()).cwiseAbs().maxCoeff() <=
+          1e-6 * k);
+    serial.push_back(fresh);
+  }
+  // Two threads multiplying at once (as two clients of a round do) give the serial bits.
+  std::vector<host_matrix<float>> side(2);
+  {
+    std::vector<std::jthread> pool;
+    for (std::size_t t = 0; t < 2; ++t) {
+      pool.emplace_back([&, t] {
+        for (int rep = 0; rep < 20; ++rep) B::gemm(1.0f, a, op::none, b, op::none, 0.0f, side[t]);
+      });
+    }
+  }
+  for (const auto& s : side) CHECK((s.array() == serial[0].array()).all());
 }
 
 TEST_CASE_TEMPLATE("orthonormalize_rows gives orthonormal rows and the factor that undoes it",

@@ -1,13 +1,17 @@
-// The CPU backend: column-major Eigen matrices, GEMM through Eigen's blocked kernels.
+// The CPU backend: column-major Eigen matrices, GEMM through Eigen's blocked kernels, or through
+// oneDNN for fp32 when built with it (backend/detail/onednn_gemm.hpp; always on the calling
+// thread).
 #pragma once
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <Eigen/QR>
 #include <cmath>
+#include <rolora/backend/detail/onednn_gemm.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
 #include <string_view>
+#include <type_traits>
 
 namespace rolora {
 
@@ -72,6 +76,15 @@ struct eigen_backend {
       detail::raise<shape_error>("gemm: inner dimensions differ: op(a) is ",
                                  detail::shape_string(m, k), ", op(b) is ",
                                  detail::shape_string(kb, n));
+    }
+    if constexpr (detail::onednn_gemm_available && std::is_same_v<T, float>) {
+      if (detail::onednn_preferred(m, n, k) && (beta == T(0) || (c.rows() == m && c.cols() == n))) {
+        if (beta == T(0)) c.resize(m, n);  // beta = 0: c is written, never read (BLAS rule)
+        if (detail::onednn_sgemm(op_a, op_b, m, n, k, alpha, a.data(), a.rows(), b.data(), b.rows(),
+                                 beta, c.data(), m)) {
+          return;
+        }
+      }
     }
     if (beta == T(0)) {
       c.setZero(m, n);

@@ -10,6 +10,7 @@
 #include <rolora/backend/eigen.hpp>
 #include <rolora/core/concepts.hpp>
 #include <span>
+#include <type_traits>
 #include <unsupported/Eigen/SpecialFunctions>  // Array::erf for GELU
 
 namespace rolora {
@@ -88,6 +89,29 @@ struct nn_primitives<eigen_backend<T>> {
       dtable.row(ids[std::size_t(j)]) += dout.col(j).transpose();
   }
 
+  // c = alpha op_a(a) op_b(b) on blocks of column-major matrices (c sized already): the
+  // backend's GEMM provider (oneDNN above its crossover, on this thread) or Eigen.
+  template <class X, class Y, class Z>
+  static void block_gemm(T alpha, const X& a, op op_a, const Y& b, op op_b, Z&& c) {
+    const index_t k = op_a == op::none ? a.cols() : a.rows();
+    if constexpr (std::is_same_v<T, float>) {
+      if (detail::onednn_preferred(c.rows(), c.cols(), k) &&
+          detail::onednn_sgemm(op_a, op_b, c.rows(), c.cols(), k, alpha, a.data(), a.outerStride(),
+                               b.data(), b.outerStride(), T(0), c.data(), c.outerStride())) {
+        return;
+      }
+    }
+    if (op_a == op::none && op_b == op::none) {
+      c.noalias() = alpha * a * b;
+    } else if (op_a == op::none) {
+      c.noalias() = alpha * a * b.transpose();
+    } else if (op_b == op::none) {
+      c.noalias() = alpha * a.transpose() * b;
+    } else {
+      c.noalias() = alpha * a.transpose() * b.transpose();
+    }
+  }
+
   // Masked multi-head self-attention, one small GEMM per sequence and head on strided blocks.
   static void attention_forward(const matrix& q, const matrix& k, const matrix& v,
                                 const matrix& key_valid, index_t n_heads, T scale, matrix& probs,
@@ -104,15 +128,16 @@ struct nn_primitives<eigen_backend<T>> {
       }
       for (index_t h = 0; h < n_heads; ++h) {
         auto p = probs.middleCols((s * n_heads + h) * len, len);  // [L keys, L queries]
-        p.noalias() = scale * k.block(h * dh, s * len, dh, len).transpose() *
-                      q.block(h * dh, s * len, dh, len);
+        block_gemm(scale, k.block(h * dh, s * len, dh, len), op::transpose,
+                   q.block(h * dh, s * len, dh, len), op::none, p);
         for (index_t j = 0; j < len; ++j) {
           auto c = p.col(j).array();
           const T m = (valid > T(0)).select(c, std::numeric_limits<T>::lowest()).maxCoeff();
           c = (c - m).exp() * valid;
           c /= c.sum();
         }
-        ctx.block(h * dh, s * len, dh, len).noalias() = v.block(h * dh, s * len, dh, len) * p;
+        block_gemm(T(1), v.block(h * dh, s * len, dh, len), op::none, p, op::none,
+                   ctx.block(h * dh, s * len, dh, len));
       }
     }
   }
@@ -123,21 +148,23 @@ struct nn_primitives<eigen_backend<T>> {
     dq.resize(d, len * n);
     dk.resize(d, len * n);
     dv.resize(d, len * n);
-    matrix ds(len, len);  // dL/dscores of one (sequence, head)
+    thread_local matrix ds;  // dL/dscores of one (sequence, head), kept: no allocation a step
+    ds.resize(len, len);
     for (index_t s = 0; s < n; ++s) {
       for (index_t h = 0; h < n_heads; ++h) {
         const auto p = probs.middleCols((s * n_heads + h) * len, len);
         const auto dc = dctx.block(h * dh, s * len, dh, len);
-        dv.block(h * dh, s * len, dh, len).noalias() = dc * p.transpose();
-        ds.noalias() = v.block(h * dh, s * len, dh, len).transpose() * dc;  // dL/dp
+        block_gemm(T(1), dc, op::none, p, op::transpose, dv.block(h * dh, s * len, dh, len));
+        block_gemm(T(1), v.block(h * dh, s * len, dh, len), op::transpose, dc, op::none,
+                   ds);  // dL/dp
         for (index_t j = 0; j < len; ++j) {
           const T pd = p.col(j).dot(ds.col(j));
           ds.col(j).array() = p.col(j).array() * (ds.col(j).array() - pd);
         }
-        dq.block(h * dh, s * len, dh, len).noalias() =
-            scale * k.block(h * dh, s * len, dh, len) * ds;
-        dk.block(h * dh, s * len, dh, len).noalias() =
-            scale * q.block(h * dh, s * len, dh, len) * ds.transpose();
+        block_gemm(scale, k.block(h * dh, s * len, dh, len), op::none, ds, op::none,
+                   dq.block(h * dh, s * len, dh, len));
+        block_gemm(scale, q.block(h * dh, s * len, dh, len), op::none, ds, op::transpose,
+                   dk.block(h * dh, s * len, dh, len));
       }
     }
   }
