@@ -91,9 +91,9 @@ double peak_rss_mib() {
   return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
-template <class Policy, class Aggregator, class backend>
+template <class Policy, class Aggregator, class Backend>
 method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
-                         const settings& s, const ex::spam_task<backend>& data) {
+                         const settings& s, const ex::spam_task<Backend>& data) {
   method_result result{
       method, s.lr.count(method) ? s.lr.at(method) : default_lr(method, s.optimizer), {}};
   rolora::lora_config lc;
@@ -103,9 +103,9 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   // Same adapter initialisation for every method: the seed, not the method, picks it. The
   // control "head" has no adapters: the classifier head alone trains (a federated linear probe).
   const bool head_only = method == "head";
-  rolora::adapter_set<backend> initial =
-      head_only ? rolora::adapter_set<backend>{}
-                : rolora::adapter_set<backend>(
+  rolora::adapter_set<Backend> initial =
+      head_only ? rolora::adapter_set<Backend>{}
+                : rolora::adapter_set<Backend>(
                       rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc,
                       s.task.seed);
   if (s.train_head || head_only) {  // PEFT's modules_to_save for sequence classification
@@ -125,7 +125,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   fc.threads = s.threads;
   fc.seed = s.task.seed;
   s.transport.apply(fc);
-  rolora::federation<backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
+  rolora::federation<Backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
   auto tasks = data.client_tasks();
   const auto& eval_set = s.evaluate_on_validation ? data.validation : data.test;
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -175,15 +175,15 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
 
   struct progress {
     const settings& s;
-    const ex::spam_task<backend>& data;
+    const ex::spam_task<Backend>& data;
     const rolora::labelled_sequences& eval_set;
     const char* eval_name;
     method_result& result;
-    const rolora::federation<backend, Policy, Aggregator>& fed;
+    const rolora::federation<Backend, Policy, Aggregator>& fed;
     const nlohmann::json& identity;
     const decltype(rows_json)& to_json;
     double elapsed = result.rows.empty() ? 0.0 : result.rows.back().seconds;
-    void on_round_end(const rolora::round_report& r, const rolora::adapter_set<backend>& global) {
+    void on_round_end(const rolora::round_report& r, const rolora::adapter_set<Backend>& global) {
       elapsed += r.seconds;
       round_row row{r.round + 1,
                     std::string(r.trained.label()),
@@ -228,7 +228,7 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
     std::map<std::string, rolora::tensor_data> residuals;
     for (const auto& [name, a] : fed.global()) {
       if (a.has_residual())
-        residuals.emplace(name + ".weight", rolora::make_tensor(backend::to_host(a.residual)));
+        residuals.emplace(name + ".weight", rolora::make_tensor(Backend::to_host(a.residual)));
     }
     if (!residuals.empty())
       rolora::write_safetensors(dir / "base_weight_residual.safetensors", residuals);
@@ -236,9 +236,9 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   return result;
 }
 
-template <class backend>
+template <class Backend>
 method_result run_named(const std::string& m, const settings& s,
-                        const ex::spam_task<backend>& data) {
+                        const ex::spam_task<Backend>& data) {
   using namespace rolora;
   if (m == "head") return run_method(m, train_both{}, fedavg{}, s, data);
   if (m == "fedit") return run_method(m, train_both{}, fedavg{}, s, data);
@@ -268,28 +268,28 @@ void write_csv(const std::string& file, const method_result& r) {
   std::fclose(out);
 }
 
-template <class backend>
+template <class Backend>
 int run(settings& s) {
   // Under MPI rank 0 loads (and builds, when missing) the model before the others read it.
   if (!s.carrier->is_server()) s.carrier->barrier();
-  const auto data = ex::load_spam_task<backend>(s.task);
+  const auto data = ex::load_spam_task<Backend>(s.task);
   if (s.carrier->is_server()) s.carrier->barrier();
   if (!s.carrier->is_server()) {
     for (const auto& m : s.methods) run_named(m, s, data);
     return 0;
   }
   std::filesystem::create_directories(s.out);
-  std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(backend::name).c_str());
+  std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(Backend::name).c_str());
   if (!s.eval_adapter.empty()) {  // a PEFT directory written by any backend, on this one
     rolora::lora_config lc;
     lc.r = s.rank;
-    rolora::adapter_set<backend> like(
+    rolora::adapter_set<Backend> like(
         rolora::lora_target_modules(data.model.config(), s.targets, s.layers), lc, 0);
     if (s.train_head) {
       like.add_module_to_save("classifier.weight", data.model.at("classifier.weight"));
       like.add_module_to_save("classifier.bias", data.model.at("classifier.bias"));
     }
-    const auto loaded = rolora::load_peft_adapter<backend>(s.eval_adapter, like);
+    const auto loaded = rolora::load_peft_adapter<Backend>(s.eval_adapter, like);
     const auto e =
         rolora::evaluate(data.model, loaded.adapters,
                          s.evaluate_on_validation ? data.validation : data.test, s.threads);

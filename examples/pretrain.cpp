@@ -16,12 +16,12 @@
 namespace ex = rolora::examples;
 
 // The whole run on one backend (--backend).
-template <class backend>
+template <class Backend>
 int run(const ex::spam_task_config& c, const std::filesystem::path& dir, const std::string& out,
         bool force) {
   const auto& p = c.pretrain;
   const auto config = ex::default_model(c.max_len);
-  if (!force && ex::load_checkpoint<backend>(c.checkpoint, config, ex::pretraining_recipe(c))) {
+  if (!force && ex::load_checkpoint<Backend>(c.checkpoint, config, ex::pretraining_recipe(c))) {
     std::printf("%s is up to date (same model and recipe); --force pretrains again\n",
                 c.checkpoint.c_str());
     return 0;
@@ -33,8 +33,8 @@ int run(const ex::spam_task_config& c, const std::filesystem::path& dir, const s
       rolora::data::pretraining_documents(emails, split.pretrain), c.max_len);
   std::printf("corpus: %zu windows of %zu tokens (%.2f MB of text); model: %zu weights\n",
               windows.count(), c.max_len, double(windows.count() * (c.max_len - 1)) / 1e6,
-              rolora::transformer_weights<backend>(config, 0).num_scalars());
-  rolora::transformer_weights<backend> w(config, p.seed);
+              rolora::transformer_weights<Backend>(config, 0).num_scalars());
+  rolora::transformer_weights<Backend> w(config, p.seed);
   auto pc = p;
   pc.threads = c.threads;
   const std::size_t per_micro = (pc.batch + pc.micro_batches - 1) / pc.micro_batches;
