@@ -13,10 +13,16 @@
 
 #if defined(ROLORA_WITH_ONEDNN)
 #include <dnnl.h>
+// The compiler's <omp.h> declares the two calls below (libgomp, linked by CMake); declaring them
+// ourselves would clash with it in a TU that also includes it (Thrust-OMP does).
+#if __has_include(<omp.h>)
+#include <omp.h>
+#else
 extern "C" {
-int omp_get_max_threads(void);  // libgomp (linked by CMake); <omp.h> needs -fopenmp elsewhere
+int omp_get_max_threads(void);
 void omp_set_num_threads(int);
 }
+#endif
 #endif
 
 namespace rolora::detail {
