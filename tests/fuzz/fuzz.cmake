@@ -22,6 +22,7 @@ if(ACTION STREQUAL "build")
   find_program(_ccache ccache)
   if(_ccache)
     set(_launcher "-DCMAKE_CXX_COMPILER_LAUNCHER=${_ccache}")
+    set(ENV{CCACHE_BASEDIR} "${SOURCE_DIR}")  # relative paths: a clone elsewhere hits the cache
   endif()
   execute_process(
     COMMAND "${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/fuzz" -B "${FUZZ_DIR}" "-DCMAKE_CXX_COMPILER=${CXX}"
