@@ -14,6 +14,7 @@
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
 #include <span>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -204,6 +205,13 @@ struct eigen_backend {
         c.middleRows(r0, rb) = beta * c.middleRows(r0, rb) + part;
       }
     }
+  }
+
+  // What frozen_gemm runs on in this process, for logs.
+  static std::string frozen_gemm_path() requires std::same_as<T, float> {
+    if (detail::onednn_bf16_enabled())
+      return "oneDNN bf16 matmul, fp32 accumulation (" + detail::onednn_bf16_kernel() + ")";
+    return "bf16 converted to fp32 in blocks, then the fp32 GEMM (no oneDNN bf16 kernel here)";
   }
 
   static void frozen_gather_rows(const frozen_matrix& table, std::span<const std::int32_t> ids,
