@@ -42,6 +42,19 @@ struct fixed_policy {
   rolora::factor_set keeps_local() const { return rolora::no_factors; }
 };
 
+// --base-precision: the frozen base (every linear's W0, the embeddings) in fp32 or bf16; returns
+// what the header line says about it.
+template <class B>
+std::string hold_base(rolora::transformer_weights<B>& model, const std::string& precision) {
+  if (precision == "fp32") return "fp32";
+  if constexpr (rolora::frozen_bf16_backend<B>) {
+    model.convert_base_to_bf16();
+    return "bf16 (" + B::frozen_gemm_path() + ")";
+  }
+  rolora::detail::raise<rolora::config_error>("--base-precision bf16: backend '", B::name,
+                                              "' cannot hold bf16 matrices (eigen can)");
+}
+
 int main(int argc, char** argv) {
   CLI::App app{
       "Time one federated LoRA round of rolora's transformer (see bench/pytorch_reference.py)."};
@@ -52,7 +65,7 @@ int main(int argc, char** argv) {
   std::size_t seq_len = 128, clients = 20, local_steps = 2, batch = 16, rounds = 3, threads = 2;
   int rank = 2;
   double alpha = 16, lr = 1e-3;
-  std::string targets = "q,v", factors = "B", optimizer = "adamw";
+  std::string targets = "q,v", factors = "B", optimizer = "adamw", base_precision = "fp32";
   std::uint64_t seed = 0;
   app.add_option("--d-model", c.d_model)->capture_default_str();
   app.add_option("--heads", c.n_heads)->capture_default_str();
@@ -75,6 +88,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--lr", lr)->capture_default_str();
   app.add_option("--rounds", rounds, "timed rounds (after one warm-up)")->capture_default_str();
+  app.add_option("--base-precision", base_precision,
+                 "fp32, or bf16: the frozen base (every linear's W0, the embeddings) in bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--threads", threads)->capture_default_str();
   app.add_option("--seed", seed)->capture_default_str();
   std::string transport = "inprocess";
@@ -100,7 +117,14 @@ int main(int argc, char** argv) {
   c.max_len = rolora::index_t(seq_len);
   c.pad_id = std::min<std::int32_t>(c.pad_id, std::int32_t(c.vocab_size) - 1);
 
-  const rolora::transformer_weights<backend> model(c, seed);
+  rolora::transformer_weights<backend> model(c, seed);
+  std::string base;
+  try {
+    base = hold_base(model, base_precision);
+  } catch (const rolora::error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
   std::vector<std::string> target_list;
   for (std::size_t p = 0; p <= targets.size();) {
     const auto q = std::min(targets.find(',', p), targets.size());
@@ -159,10 +183,10 @@ int main(int argc, char** argv) {
     return 0;
   }
 #endif
-  std::printf("rolora (%s), %zu threads, GEMM %s, %zu trainable scalars\n",
+  std::printf("rolora (%s), %zu threads, GEMM %s, base %s, %zu trainable scalars\n",
               std::string(backend::name).c_str(), threads,
               rolora::detail::onednn_gemm_available ? "oneDNN above 64^3, else Eigen" : "Eigen",
-              initial.num_parameters(trained));
+              base.c_str(), initial.num_parameters(trained));
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {
     const auto start = std::chrono::steady_clock::now();

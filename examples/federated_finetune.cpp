@@ -58,6 +58,7 @@ struct settings {
   ex::transport_options transport;           // --transport, --client-timeout, --on-bad-update, ...
   ex::example_transport* carrier = nullptr;  // the transport built from it (main)
   std::string backend = "eigen";             // --backend (common/backend_options.hpp)
+  std::string base_precision = "fp32";       // --base-precision: fp32 or bf16
   std::string eval_adapter;  // --eval-adapter: evaluate this PEFT directory, no training
 };
 
@@ -131,17 +132,18 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
 
   // What a resume must match besides the federation's config and model (checkpoint.hpp).
-  const nlohmann::json identity{{"method", method},
-                                {"clients", s.task.clients},
-                                {"split", s.task.split.kind},
-                                {"dirichlet_alpha", s.task.split.alpha},
-                                {"classes_per_client", s.task.split.classes_per_client},
-                                {"max_len", s.task.max_len},
-                                {"model", s.task.checkpoint},
-                                {"targets", s.targets},
-                                {"layers", s.layers},
-                                {"eval_every", s.eval_every},
-                                {"validation", s.evaluate_on_validation}};
+  nlohmann::json identity{{"method", method},
+                          {"clients", s.task.clients},
+                          {"split", s.task.split.kind},
+                          {"dirichlet_alpha", s.task.split.alpha},
+                          {"classes_per_client", s.task.split.classes_per_client},
+                          {"max_len", s.task.max_len},
+                          {"model", s.task.checkpoint},
+                          {"targets", s.targets},
+                          {"layers", s.layers},
+                          {"eval_every", s.eval_every},
+                          {"validation", s.evaluate_on_validation}};
+  if (s.base_precision != "fp32") identity["base_precision"] = s.base_precision;
   const auto rows_json = [](const std::vector<round_row>& rows) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& r : rows) {  // doubles by their bits: a resumed CSV is byte-identical
@@ -268,18 +270,40 @@ void write_csv(const std::string& file, const method_result& r) {
   std::fclose(out);
 }
 
+// --base-precision bf16: the frozen base (every linear's W0 and the embeddings) held in bf16,
+// converted from the fp32 checkpoint. Returns the log line saying what it holds and costs.
+template <class Backend>
+std::string hold_base(rolora::transformer_weights<Backend>& model, const std::string& precision) {
+  const std::size_t n = model.num_base_scalars();
+  std::string held = "fp32";
+  if (precision == "bf16") {
+    if constexpr (rolora::frozen_bf16_backend<Backend>) {
+      model.convert_base_to_bf16();
+      held = "bf16; frozen GEMMs: " + Backend::frozen_gemm_path();
+    } else {
+      rolora::detail::raise<rolora::config_error>("--base-precision bf16: backend '", Backend::name,
+                                                  "' cannot hold bf16 matrices (eigen can)");
+    }
+  }
+  return "base model: " + std::to_string(n) +
+         " frozen scalars (every linear's W0 and the embeddings): " + std::to_string(4 * n) +
+         " bytes in fp32, " + std::to_string(2 * n) + " in bf16; held in " + held;
+}
+
 template <class Backend>
 int run(settings& s) {
   // Under MPI rank 0 loads (and builds, when missing) the model before the others read it.
   if (!s.carrier->is_server()) s.carrier->barrier();
-  const auto data = ex::load_spam_task<Backend>(s.task);
+  auto data = ex::load_spam_task<Backend>(s.task);
   if (s.carrier->is_server()) s.carrier->barrier();
+  const std::string base = hold_base(data.model, s.base_precision);
   if (!s.carrier->is_server()) {
     for (const auto& m : s.methods) run_named(m, s, data);
     return 0;
   }
   std::filesystem::create_directories(s.out);
-  std::printf("%s\nbackend: %s\n", data.summary.c_str(), std::string(Backend::name).c_str());
+  std::printf("%s\nbackend: %s\n%s\n", data.summary.c_str(), std::string(Backend::name).c_str(),
+              base.c_str());
   if (!s.eval_adapter.empty()) {  // a PEFT directory written by any backend, on this one
     rolora::lora_config lc;
     lc.r = s.rank;
@@ -416,6 +440,15 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
   ex::add_checkpoint_options(app, s.checkpoint, "rounds");
   ex::add_backend_option(app, s.backend);
+  app.add_option("--base-precision", s.base_precision,
+                 "the frozen base model's weights (every linear's W0 and the embeddings): fp32, "
+                 "or bf16 to hold them in half the memory, as QLoRA-style fine-tuning does "
+                 "(read in fp32 and rounded; adapters, gradients, optimizer state, layer norms, "
+                 "biases and the head stay fp32). With bf16 the frozen GEMMs run on oneDNN's "
+                 "bf16 kernel where the CPU has one (AVX512_BF16, AMX), else convert to fp32. "
+                 "Eigen backend only")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--eval-adapter", s.eval_adapter,
                  "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
                  "written here) on the test split and exit");

@@ -728,3 +728,201 @@ TEST_CASE_TEMPLATE(
   CHECK_THROWS_AS(classification_task<Backend>(model, labelled_sequences{{c.max_len, {1, 2}}, {0}}),
                   shape_error);
 }
+
+// ---- A frozen base in bf16 (transformer_weights::convert_base_to_bf16; frozen_bf16_backend) ----
+
+namespace {
+using FB = eigen_backend<float>;
+
+// The frozen GEMM's paths: oneDNN's bf16 matmul where this build and CPU have it, and the
+// conversion path (bf16 -> fp32 blocks, then fp32 GEMM) everywhere; the second is forced here.
+struct bf16_path {
+  bool onednn;
+  explicit bf16_path(bool use_onednn) : onednn(use_onednn), was(detail::onednn_bf16_enabled()) {
+    detail::onednn_bf16_enabled() = use_onednn;
+  }
+  ~bf16_path() { detail::onednn_bf16_enabled() = was; }
+  bf16_path(const bf16_path&) = delete;
+  bf16_path& operator=(const bf16_path&) = delete;
+
+ private:
+  bool was;
+};
+// The paths this machine has: {true, false} with a oneDNN bf16 kernel, else {false}.
+std::vector<bool> bf16_paths() {
+  if (detail::onednn_bf16_kernel().empty()) return {false};
+  return {true, false};
+}
+
+// The fp32 model whose base matrices are w's rounded to bf16: what a bf16 base computes with.
+transformer_weights<FB> rounded_base(const transformer_weights<FB>& w) {
+  auto r = w;
+  for (std::size_t p = 0; p < r.size(); ++p) {
+    if (!detail::nn::parameter_specs(r.config())[p].base_matrix) continue;
+    r.assign(r.name(p), FB::to_matrix(FB::to_frozen(r.value(p))));
+  }
+  return r;
+}
+}  // namespace
+
+TEST_CASE("frozen_gemm: op(W) x + beta c with W in bf16, on each path, against the fp32 GEMM") {
+  // Per element, the oneDNN path rounds x to bf16 (relative error <= 2^-8) and accumulates in
+  // fp32 (<= k 2^-24 relative to sum |w| |x|, twice: it and the reference):
+  // |c - ref| <= (2^-8 + k 2^-23) (|W| |x|)_ij + 2^-23 |beta c0|_ij. The conversion path
+  // multiplies the same fp32 numbers with the same GEMM: the same bits when W is one block; in
+  // blocks of rows (W above frozen_block_scalars) the fp32 part of the bound.
+  struct shape {
+    index_t rows, cols, n;  // W [rows, cols], n columns of x
+  };
+  const index_t tall = FB::frozen_block_scalars / 64 + 3;  // two blocks of rows either way
+  for (const shape s : {shape{40, 24, 7}, shape{128, 512, 33}, shape{tall, 64, 5}}) {
+    const auto w16 = FB::to_frozen(test::random_matrix<float>(s.rows, s.cols, 1, 0.5));
+    const host_matrix<float> w = FB::to_matrix(w16);
+    for (const op o : {op::none, op::transpose}) {
+      const index_t m = o == op::none ? s.rows : s.cols, k = o == op::none ? s.cols : s.rows;
+      const auto x = test::random_matrix<float>(k, s.n, 2);
+      const auto c0 = test::random_matrix<float>(m, s.n, 3);
+      const host_matrix<double> bound_scale =
+          (o == op::none ? w.cwiseAbs() : host_matrix<float>(w.transpose().cwiseAbs()))
+              .cast<double>() *
+          x.cwiseAbs().cast<double>();
+      for (const float beta : {0.0f, 1.0f}) {
+        host_matrix<float> ref = c0;
+        FB::gemm(1.0f, w, o, x, op::none, beta, ref);
+        for (const bool onednn : bf16_paths()) {
+          const bf16_path path(onednn);
+          host_matrix<float> c = c0;
+          FB::frozen_gemm(w16, o, x, beta, c);
+          REQUIRE(c.rows() == m);
+          REQUIRE(c.cols() == s.n);
+          const double per_element = (onednn ? std::ldexp(1.0, -8) : 0.0) + double(k) * 0x1p-23;
+          const host_matrix<double> err = (c - ref).cast<double>().cwiseAbs();
+          CHECK((err.array() <= per_element * bound_scale.array() +
+                                    0x1p-23 * double(beta) * c0.cast<double>().cwiseAbs().array())
+                    .all());
+          if (!onednn && m * k <= FB::frozen_block_scalars) CHECK((c.array() == ref.array()).all());
+        }
+      }
+    }
+  }
+  host_matrix<float> c;
+  CHECK(message_of<shape_error>([&] {
+          FB::frozen_gemm(FB::to_frozen(host_matrix<float>::Ones(4, 3)), op::none,
+                          host_matrix<float>::Ones(4, 2), 0.0f, c);
+        }) ==
+        "[rolora.shape_error] frozen_gemm: inner dimensions differ: op(w) is [4, 3], x is "
+        "[4, 2]");
+}
+
+TEST_CASE("a bf16 base: half the bytes, the logits and LoRA gradients of the rounded fp32 model") {
+  const auto c = tiny_config();
+  const auto w = random_weights<FB>(c);
+  const auto reference = rounded_base(w);
+  auto half = w;
+  half.convert_base_to_bf16();
+  CHECK(half.base_in_bf16());
+
+  // Memory: every linear's W0 and both embeddings, 11 x 6 + 6 x 6 + 2 layers x (4 x 6 x 6 +
+  // 8 x 6 + 6 x 8) = 582 scalars, now 2 bytes each instead of 4; nothing else changes.
+  REQUIRE(w.num_base_scalars() == 582);
+  CHECK(w.stored_bytes() == 4 * w.num_scalars());
+  CHECK(half.stored_bytes() == 4 * (w.num_scalars() - 582) + 2 * 582);
+  CHECK(w.stored_bytes() - half.stored_bytes() == 2 * 582);  // the fp32 copies are gone
+  CHECK(half.in_bf16(half.index_of("embeddings.word_embeddings.weight")));
+  CHECK(half.in_bf16(half.index_of("layers.1.mlp.fc2.weight")));
+  for (const char* kept : {"layers.0.ln1.weight", "layers.0.attention.q.bias", "final_ln.bias",
+                           "classifier.weight", "mlm_head.bias"})
+    CHECK(!half.in_bf16(half.index_of(kept)));
+  // The bf16 values read back exactly; value() refuses a bf16 parameter.
+  CHECK(half.to_host_map().at("layers.0.mlp.fc1.weight") ==
+        reference.to_host_map().at("layers.0.mlp.fc1.weight"));
+  CHECK(message_of<config_error>([&] { half.at("layers.0.attention.q.weight"); }) ==
+        "[rolora.config_error] weights: 'layers.0.attention.q.weight' is held in bf16 "
+        "(convert_base_to_bf16): read it "
+        "with frozen() or to_host_map()");
+
+  const auto adapters = random_adapters<FB>(c, {"all-linear"});
+  auto with_head = adapters;
+  with_head.add_module_to_save("classifier.weight", w.at("classifier.weight"));
+  transformer_workspace<FB> ws;
+  const auto batch = tiny_batch();
+  const auto ref_logits = classification_logits(reference, adapters, batch, ws);
+  gradient_set<FB> ref_grads, grads;
+  classification_loss_and_grad(reference, with_head, batch, tiny_labels, both_factors, ref_grads,
+                               ws);
+  const auto max_abs = [](const host_matrix<float>& m) { return double(m.cwiseAbs().maxCoeff()); };
+  for (const bool onednn : bf16_paths()) {
+    const bf16_path path(onednn);
+    const auto logits = classification_logits(half, adapters, batch, ws);
+    classification_loss_and_grad(half, with_head, batch, tiny_labels, both_factors, grads, ws);
+    const double logit_err = max_abs(logits - ref_logits) / max_abs(ref_logits);
+    double grad_err = 0;
+    for (const auto& [name, g] : ref_grads.adapters) {
+      grad_err = std::max({grad_err, max_abs(grads[name].dA - g.dA) / max_abs(g.dA),
+                           max_abs(grads[name].dB - g.dB) / max_abs(g.dB)});
+    }
+    MESSAGE((onednn ? "oneDNN bf16 path (" + detail::onednn_bf16_kernel() + ")" : "conversion path")
+            << ": logits " << logit_err << ", LoRA gradients " << grad_err
+            << " relative to the rounded fp32 model");
+    if (onednn) {
+      // Every frozen GEMM rounds its input to bf16: 2^-8 relative per element (the bound of the
+      // test above). The logits pass 6 such GEMMs a layer; the gradients twice as many (forward
+      // and backward), amplified by the layer norm and attention Jacobians of this d = 6 model
+      // with O(1) weights. Measured (brg:avx512_core_bf16): logits 0.9 x 2^-8, gradients 0.9 to
+      // 8.5 x 2^-8 (worst: layers.0.mlp.fc2's dB); asserted 4 x 2^-8 and 16 x 2^-8.
+      CHECK(logit_err < 4 * 0x1p-8);
+      CHECK(grad_err < 16 * 0x1p-8);
+    } else {
+      // The same fp32 numbers through the same GEMMs: the same bits.
+      CHECK(logit_err == 0.0);
+      CHECK(grad_err == 0.0);
+    }
+  }
+
+  // Full-parameter training cannot update a bf16 weight: refused, nothing computed; the
+  // full-parameter evaluation (masked LM) still runs on the bf16 base.
+  auto full = w.zeros_like();
+  CHECK(message_of<config_error>(
+            [&] { classification_loss_and_grad(half, batch, tiny_labels, full, ws); })
+            .starts_with("[rolora.config_error] full-parameter training needs the base weights in "
+                         "full precision"));
+  const std::vector<std::int32_t> targets{-1, 4, -1, -1, -1, 8, -1, -1, -1, -1};
+  CHECK_THROWS_AS(mlm_loss_and_grad(half, batch, targets, full, ws), config_error);
+  CHECK(mlm_loss(half, batch, targets, ws) ==
+        doctest::Approx(mlm_loss(reference, batch, targets, ws)).epsilon(0.02));
+}
+
+TEST_CASE("a bf16 base: federated fine-tuning, same bits for any thread count, on each path") {
+  auto c = tiny_config();
+  c.d_model = 16;
+  c.d_ff = 32;
+  c.max_len = 8;
+  c.vocab_size = 13;
+  transformer_weights<FB> model(c, 3);
+  model.convert_base_to_bf16();
+  lora_config lc;
+  lc.r = 2;
+  lc.lora_alpha = 4;
+  adapter_set<FB> initial(lora_target_modules(c, {"all-linear"}), lc, 5);
+  initial.add_module_to_save("classifier.weight", model.at("classifier.weight"));
+  std::vector<classification_task<FB>> tasks;
+  for (std::uint32_t i = 0; i < 4; ++i)
+    tasks.emplace_back(model, synthetic_sequences<FB>(c, 48, i));
+  federation_config fc;
+  fc.num_rounds = 4;
+  fc.local_steps = 2;
+  fc.batch_size = 16;
+  fc.local_optimizer = adamw{0.03};
+  for (const bool onednn : bf16_paths()) {
+    const bf16_path path(onednn);
+    auto run = [&](std::size_t threads) {
+      fc.threads = threads;
+      federation<FB, alternating> fed(alternating{}, fedavg{}, fc, initial);
+      fed.run(tasks);
+      return fed.global();
+    };
+    const auto one = run(1), two = run(2);
+    CHECK(test::bit_equal(one, two));
+    CHECK(!test::bit_equal(one, initial));
+  }
+}

@@ -1,15 +1,20 @@
 // The CPU backend: column-major Eigen matrices, GEMM through Eigen's blocked kernels, or through
 // oneDNN for fp32 when built with it (backend/detail/onednn_gemm.hpp; always on the calling
-// thread).
+// thread). eigen_backend<float> also holds frozen bf16 matrices (frozen_bf16_backend).
 #pragma once
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <Eigen/QR>
+#include <algorithm>
 #include <cmath>
+#include <concepts>
+#include <cstdint>
 #include <rolora/backend/detail/onednn_gemm.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
+#include <span>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -53,6 +58,23 @@ void solve_spd_right_host(const host_matrix<T>& g, host_matrix<T>& x) {
                        " matrix is not positive definite (rank-deficient data or factor?)");
   }
   x = llt.solve(x.transpose()).transpose();  // g symmetric: (g^{-1} x^T)^T = x g^{-1}
+}
+
+// out [cols, N] column j = (or += when accumulate) row ids[j] of table [V, cols], in T: an
+// embedding lookup, from a table of T or of bf16.
+template <class T, class Table>
+void gather_rows(const Table& table, std::span<const std::int32_t> ids, bool accumulate,
+                 host_matrix<T>& out) {
+  const auto n = static_cast<index_t>(ids.size());
+  if (!accumulate) out.resize(table.cols(), n);
+  for (index_t j = 0; j < n; ++j) {
+    const auto row = table.row(ids[std::size_t(j)]).transpose().template cast<T>();
+    if (accumulate) {
+      out.col(j) += row;
+    } else {
+      out.col(j) = row;
+    }
+  }
 }
 
 }  // namespace detail
@@ -124,6 +146,79 @@ struct eigen_backend {
   static matrix orthonormalize_rows(matrix& a) { return detail::orthonormalize_rows_host(a); }
   static void solve_spd_right(const matrix& g, matrix& x) { detail::solve_spd_right_host(g, x); }
 
+  // Frozen bf16 matrices (frozen_bf16_backend, core/concepts.hpp), T = float: a frozen base held
+  // at half the memory. frozen_gemm takes oneDNN's bf16 matmul where the build has oneDNN and the
+  // CPU a bf16 kernel (detail::onednn_bf16_enabled(): activations rounded to bf16 into a
+  // per-thread workspace, fp32 accumulation, on the calling thread); elsewhere it converts w to
+  // fp32 in blocks of at most frozen_block_scalars into a per-thread buffer and runs gemm.
+  using frozen_matrix = host_matrix<Eigen::bfloat16>;
+  static constexpr index_t frozen_block_scalars = index_t(1) << 20;  // 4 MiB of fp32
+
+  static frozen_matrix to_frozen(const matrix& m) requires std::same_as<T, float> {
+    return m.template cast<Eigen::bfloat16>();  // round to nearest even
+  }
+  static matrix to_matrix(const frozen_matrix& f) requires std::same_as<T, float> {
+    return f.template cast<T>();
+  }
+  static index_t rows(const frozen_matrix& f) { return f.rows(); }
+  static index_t cols(const frozen_matrix& f) { return f.cols(); }
+
+  static void frozen_gemm(const frozen_matrix& w, op op_w, const matrix& x, T beta,
+                          matrix& c) requires std::same_as<T, float> {
+    const index_t m = op_w == op::none ? w.rows() : w.cols();
+    const index_t k = op_w == op::none ? w.cols() : w.rows();
+    const index_t n = x.cols();
+    if (x.rows() != k) {
+      detail::raise<shape_error>("frozen_gemm: inner dimensions differ: op(w) is ",
+                                 detail::shape_string(m, k), ", x is ",
+                                 detail::shape_string(x.rows(), n));
+    }
+    if (beta != T(0) && (c.rows() != m || c.cols() != n)) {
+      detail::raise<shape_error>("frozen_gemm: c expected ", detail::shape_string(m, n), ", got ",
+                                 detail::shape_string(c.rows(), c.cols()));
+    }
+    if (beta == T(0)) c.resize(m, n);
+    if (detail::onednn_bf16_enabled() &&
+        detail::onednn_bf16_gemm(op_w, m, n, k, w.data(), w.rows(), x.data(), beta, c.data())) {
+      return;
+    }
+    // Rows [r0, r0 + rb) of op_w(w) at a time: [rb, k] (rows of w) or [k, rb] (columns of w).
+    thread_local matrix block, part;
+    const index_t rows_per_block =
+        std::max<index_t>(1, frozen_block_scalars / std::max<index_t>(k, 1));
+    if (rows_per_block >= m) {
+      block = w.template cast<T>();
+      gemm(T(1), block, op_w, x, op::none, beta, c);
+      return;
+    }
+    for (index_t r0 = 0; r0 < m; r0 += rows_per_block) {
+      const index_t rb = std::min(rows_per_block, m - r0);
+      if (op_w == op::none) {
+        block = w.middleRows(r0, rb).template cast<T>();
+      } else {
+        block = w.middleCols(r0, rb).template cast<T>();
+      }
+      gemm(T(1), block, op_w, x, op::none, T(0), part);  // [rb, n]
+      if (beta == T(0)) {
+        c.middleRows(r0, rb) = part;
+      } else {
+        c.middleRows(r0, rb) = beta * c.middleRows(r0, rb) + part;
+      }
+    }
+  }
+
+  // What frozen_gemm runs on in this process, for logs.
+  static std::string frozen_gemm_path() requires std::same_as<T, float> {
+    if (detail::onednn_bf16_enabled())
+      return "oneDNN bf16 matmul, fp32 accumulation (" + detail::onednn_bf16_kernel() + ")";
+    return "bf16 converted to fp32 in blocks, then the fp32 GEMM (no oneDNN bf16 kernel here)";
+  }
+
+  static void frozen_gather_rows(const frozen_matrix& table, std::span<const std::int32_t> ids,
+                                 bool accumulate, matrix& out) requires std::same_as<T, float> {
+    detail::gather_rows(table, ids, accumulate, out);
+  }
+
   static void adamw_update(matrix& p, const matrix& g, matrix& m, matrix& v,
                            const adamw_coefficients<T>& k) {
     check_same_shape("adamw_update", p, g);
@@ -146,5 +241,7 @@ struct eigen_backend {
 };
 
 static_assert(backend<eigen_backend<float>> && backend<eigen_backend<double>>);
+static_assert(frozen_bf16_backend<eigen_backend<float>> &&
+              !frozen_bf16_backend<eigen_backend<double>>);
 
 }  // namespace rolora

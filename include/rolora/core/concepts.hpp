@@ -1,7 +1,8 @@
 // Every contract of rolora, in one place: the extension points a user implements and the
 // optional members rolora detects on them.
 //
-//   backend               where matrices live and how the algebra runs on them
+//   backend               where matrices live and how the algebra runs on them; optional,
+//                         detected: frozen_bf16_backend (frozen bf16 matrices)
 //   nn_backend            a backend plus the transformer's primitives (nn_primitives<B>)
 //   update_policy         which factors train and travel in round t (+ check_policy_round)
 //   aggregator_for        how the server merges uploads; optional, detected:
@@ -98,6 +99,55 @@ concept backend = requires {
   B::solve_spd_right(c, m);
   B::adamw_update(m, c, m, m, k);
 };
+
+// ---------------------------------------------------------------------------------------------
+// frozen_bf16_backend (optional, detected): a backend that can hold a frozen matrix in bfloat16
+// and multiply it with its own matrices, accumulating in its scalar type. A frozen base in bf16
+// (transformer_weights::convert_base_to_bf16) needs it: half the memory of an fp32 base, and a
+// bf16 GEMM kernel where the hardware has one.
+//
+//   frozen_matrix               owning, movable, column-major bf16 storage
+//   to_frozen(const matrix& m) -> frozen_matrix
+//                               m rounded to bf16 (to nearest, ties to even)
+//   to_matrix(const frozen_matrix& f) -> matrix
+//                               its value in the scalar type (exact)
+//   rows(f), cols(f)            its extents
+//   frozen_gemm(const frozen_matrix& w, op op_w, const matrix& x, scalar beta, matrix& c)
+//                               c = op_w(w) x + beta c, accumulated in the scalar type; x may be
+//                               rounded to bf16 first (what a bf16 GEMM kernel does); c must not
+//                               alias x; when beta == 0, c is resized and its old values never read
+//   frozen_gather_rows(const frozen_matrix& table, ids, bool accumulate, matrix& out)
+//                               out [cols, N] column j = (or += when accumulate) row ids[j] of
+//                               table (an embedding lookup; ids a std::span<const std::int32_t>)
+// eigen_backend<float> models it (backend/eigen.hpp).
+// ---------------------------------------------------------------------------------------------
+template <class B>
+concept frozen_bf16_backend = backend<B> && std::movable<typename B::frozen_matrix> &&
+    requires(const typename B::frozen_matrix& f, const typename B::matrix& c, typename B::matrix& m,
+             typename B::scalar s, std::span<const std::int32_t> ids, bool flag) {
+  { B::to_frozen(c) } -> std::same_as<typename B::frozen_matrix>;
+  { B::to_matrix(f) } -> std::same_as<typename B::matrix>;
+  { B::rows(f) } -> std::convertible_to<index_t>;
+  { B::cols(f) } -> std::convertible_to<index_t>;
+  B::frozen_gemm(f, op::none, c, s, m);
+  B::frozen_gather_rows(f, ids, flag, m);
+};
+
+namespace detail {
+struct no_frozen_matrix {};  // what a backend without frozen_bf16_backend has in its place
+template <class B>
+struct frozen_matrix_of {
+  using type = no_frozen_matrix;
+};
+template <frozen_bf16_backend B>
+struct frozen_matrix_of<B> {
+  using type = typename B::frozen_matrix;
+};
+}  // namespace detail
+
+// B::frozen_matrix when B models frozen_bf16_backend, else an empty placeholder type.
+template <class B>
+using frozen_matrix_t = typename detail::frozen_matrix_of<B>::type;
 
 // Which LoRA factors a statement is about: trained, uploaded, or kept on the client.
 struct factor_set {

@@ -73,15 +73,7 @@ struct nn_primitives<eigen_backend<T>> {
 
   static void embedding_forward(const matrix& table, std::span<const std::int32_t> ids,
                                 bool accumulate, matrix& out) {
-    const auto n = static_cast<index_t>(ids.size());
-    if (!accumulate) out.resize(table.cols(), n);
-    for (index_t j = 0; j < n; ++j) {
-      if (accumulate) {
-        out.col(j) += table.row(ids[std::size_t(j)]).transpose();
-      } else {
-        out.col(j) = table.row(ids[std::size_t(j)]).transpose();
-      }
-    }
+    detail::gather_rows(table, ids, accumulate, out);
   }
   static void embedding_backward(const matrix& dout, std::span<const std::int32_t> ids,
                                  matrix& dtable) {

@@ -9,6 +9,9 @@
 //   classification: logits = classifier(pool(hf)) [C, n], pool = mean over non-PAD or first token
 //   MLM:            logits = word_embeddings hf + mlm_head.bias [V, N]
 // Each linear y = W x + b computes W x + b + s B (A x) when the adapter_set has an adapter for it.
+// With the base held in bf16 (transformer_weights::convert_base_to_bf16) the frozen products
+// W x, W^T dy and the embedding lookups go through the backend's frozen_bf16_backend members;
+// everything else, and all accumulation, stays in the scalar type.
 //
 // Two training modes share one forward and one backward: full-parameter (every weight gets a
 // gradient in a transformer_weights of gradients) and LoRA (base weights frozen and given no
@@ -52,8 +55,9 @@ namespace detail::nn {
 
 template <class B>
 struct binding {
-  const typename B::matrix* value = nullptr;
-  typename B::matrix* grad = nullptr;  // null: frozen
+  const typename B::matrix* value = nullptr;  // null when held in bf16
+  typename B::matrix* grad = nullptr;         // null: frozen
+  const frozen_matrix_t<B>* bf16 = nullptr;   // the value when held in bf16 (frozen)
 };
 template <class B>
 struct lora_binding {
@@ -97,6 +101,26 @@ namespace detail::nn {
 template <class B>
 using matrix_t = typename B::matrix;
 
+// c = op(W) x + beta c for a bound weight W, in the precision it is held in.
+template <nn_backend B>
+void weight_gemm(const binding<B>& w, op op_w, const matrix_t<B>& x, typename B::scalar beta,
+                 matrix_t<B>& c) {
+  if constexpr (frozen_bf16_backend<B>) {
+    if (w.bf16) return B::frozen_gemm(*w.bf16, op_w, x, beta, c);
+  }
+  B::gemm(typename B::scalar(1), *w.value, op_w, x, op::none, beta, c);
+}
+
+// out [d, N] column j = (or +=) row ids[j] of a bound embedding table.
+template <nn_backend B>
+void embedding_forward(const binding<B>& table, std::span<const std::int32_t> ids, bool accumulate,
+                       matrix_t<B>& out) {
+  if constexpr (frozen_bf16_backend<B>) {
+    if (table.bf16) return B::frozen_gather_rows(*table.bf16, ids, accumulate, out);
+  }
+  nn_primitives<B>::embedding_forward(*table.value, ids, accumulate, out);
+}
+
 // y = W x + b (+ residual x + s B (A x)); x [in, N] -> y [out, N]; ax [r, N] is kept for
 // backward. The adapter's residual (FedEx-LoRA, FLoRA: adapter/lora.hpp) is a frozen correction
 // of W.
@@ -104,7 +128,7 @@ template <nn_backend B>
 void linear_forward(const binding<B>& w, const binding<B>& b, const lora_binding<B>& l,
                     const matrix_t<B>& x, matrix_t<B>& ax, matrix_t<B>& y) {
   using T = typename B::scalar;
-  B::gemm(T(1), *w.value, op::none, x, op::none, T(0), y);
+  weight_gemm(w, op::none, x, T(0), y);
   nn_primitives<B>::add_bias(y, *b.value);
   if (l.adapter) {
     if (l.adapter->has_residual())
@@ -134,7 +158,7 @@ void linear_backward(const binding<B>& w, const binding<B>& b, const lora_bindin
     if (grad_a) B::gemm(l.adapter->scaling, t, op::none, x, op::transpose, T(0), l.grad->dA);
   }
   if (dx) {
-    B::gemm(T(1), *w.value, op::transpose, dy, op::none, accumulate_dx ? T(1) : T(0), *dx);
+    weight_gemm(w, op::transpose, dy, accumulate_dx ? T(1) : T(0), *dx);
     if (l.adapter) B::gemm(l.adapter->scaling, l.adapter->A, op::transpose, t, op::none, T(1), *dx);
     if (l.adapter && l.adapter->has_residual()) {
       B::gemm(T(1), l.adapter->residual, op::transpose, dy, op::none, T(1), *dx);
@@ -174,6 +198,15 @@ void check_targets(std::span<const std::int32_t> targets, std::size_t expected, 
   }
 }
 
+// Parameter p, frozen, as held: in T or in bf16.
+template <nn_backend B>
+binding<B> frozen_binding(const transformer_weights<B>& w, std::size_t p) {
+  if constexpr (frozen_bf16_backend<B>) {
+    if (w.in_bf16(p)) return {nullptr, nullptr, &w.frozen(p)};
+  }
+  return {&w.value(p), nullptr};
+}
+
 // Full-parameter bindings: every parameter trains when `grads` is given.
 template <nn_backend B>
 void bind_full(const transformer_weights<B>& w, transformer_weights<B>* grads,
@@ -182,9 +215,16 @@ void bind_full(const transformer_weights<B>& w, transformer_weights<B>* grads,
     detail::raise<config_error>("gradients: expected ", w.size(), " parameters, got ",
                                 grads->size());
   }
+  if (grads && w.base_in_bf16()) {
+    detail::raise<config_error>(
+        "full-parameter training needs the base weights in full precision, these hold their "
+        "linear weights and embeddings in bf16 (convert_base_to_bf16): train adapters (LoRA) on "
+        "a bf16 base, or keep the base in fp32 to train every weight");
+  }
   ws.params.assign(w.size(), {});
-  for (std::size_t p = 0; p < w.size(); ++p)
-    ws.params[p] = {&w.value(p), grads ? &grads->value(p) : nullptr};
+  for (std::size_t p = 0; p < w.size(); ++p) {
+    ws.params[p] = grads ? binding<B>{&w.value(p), &grads->value(p)} : frozen_binding(w, p);
+  }
   ws.loras.assign(static_cast<std::size_t>(w.config().n_layers * linears_per_layer), {});
   ws.trains = no_factors;
 }
@@ -232,7 +272,7 @@ void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, 
   }
   const bool train = grads && trains.any();
   ws.params.assign(w.size(), {});
-  for (std::size_t p = 0; p < w.size(); ++p) ws.params[p] = {&w.value(p), nullptr};
+  for (std::size_t p = 0; p < w.size(); ++p) ws.params[p] = frozen_binding(w, p);
   for (const auto& [name, m] : adapters.modules_to_save()) {
     ws.params[w.index_of(name)] = {&m, train ? &grads->modules_to_save[name] : nullptr};
   }
@@ -260,8 +300,8 @@ void forward(const transformer_config& c, const token_batch& batch, transformer_
   ws.h.resize(std::size_t(c.n_layers + 1));
   ws.layers.resize(std::size_t(c.n_layers));
   const auto& P = ws.params;
-  nn_primitives<B>::embedding_forward(*P[word_embeddings].value, ids, false, ws.h[0]);
-  nn_primitives<B>::embedding_forward(*P[position_embeddings].value, ws.positions, true, ws.h[0]);
+  embedding_forward(P[word_embeddings], ids, false, ws.h[0]);
+  embedding_forward(P[position_embeddings], ws.positions, true, ws.h[0]);
   const T scale = T(1) / std::sqrt(T(c.d_model / c.n_heads));
   const T eps = T(c.layer_norm_eps);
   for (index_t i = 0; i < c.n_layers; ++i) {
@@ -418,7 +458,7 @@ double mlm_head(const transformer_config& c, std::span<const std::int32_t> targe
   for (const auto t : targets) count += t >= 0 ? 1 : 0;
   const auto& e = ws.params[word_embeddings];
   const auto& bias = ws.params[std::size_t(mlm_bias(c.n_layers))];
-  B::gemm(T(1), *e.value, op::none, ws.hf, op::none, T(0), ws.logits);
+  weight_gemm(e, op::none, ws.hf, T(0), ws.logits);
   nn_primitives<B>::add_bias(ws.logits, *bias.value);
   const T g = count ? T(1) / T(count) : T(0);
   const double loss =
@@ -426,7 +466,7 @@ double mlm_head(const transformer_config& c, std::span<const std::int32_t> targe
   if (grad) {
     if (e.grad) B::gemm(T(1), ws.dlogits, op::none, ws.hf, op::transpose, T(1), *e.grad);
     if (bias.grad) nn_primitives<B>::row_sums(ws.dlogits, *bias.grad);
-    B::gemm(T(1), *e.value, op::transpose, ws.dlogits, op::none, T(0), ws.dhf);
+    weight_gemm(e, op::transpose, ws.dlogits, T(0), ws.dhf);
   }
   return count ? loss / double(count) : 0.0;
 }

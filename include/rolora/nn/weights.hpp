@@ -118,6 +118,7 @@ struct parameter_spec {
   std::string name;
   index_t rows, cols;
   init_kind init;
+  bool base_matrix = false;  // a linear's W0 or an embedding: held in bf16 by a bf16 base
 };
 
 inline std::string module_name(index_t layer, index_t j) {
@@ -128,21 +129,21 @@ inline std::string module_name(index_t layer, index_t j) {
 inline std::vector<parameter_spec> parameter_specs(const transformer_config& c) {
   const index_t d = c.d_model;
   std::vector<parameter_spec> s;
-  s.push_back({"embeddings.word_embeddings.weight", c.vocab_size, d, init_kind::normal});
-  s.push_back({"embeddings.position_embeddings.weight", c.max_len, d, init_kind::normal});
+  s.push_back({"embeddings.word_embeddings.weight", c.vocab_size, d, init_kind::normal, true});
+  s.push_back({"embeddings.position_embeddings.weight", c.max_len, d, init_kind::normal, true});
   for (index_t i = 0; i < c.n_layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     s.push_back({p + "ln1.weight", d, 1, init_kind::ones});
     s.push_back({p + "ln1.bias", d, 1, init_kind::zeros});
     for (index_t j = 0; j < 4; ++j) {
-      s.push_back({module_name(i, j) + ".weight", d, d, init_kind::normal});
+      s.push_back({module_name(i, j) + ".weight", d, d, init_kind::normal, true});
       s.push_back({module_name(i, j) + ".bias", d, 1, init_kind::zeros});
     }
     s.push_back({p + "ln2.weight", d, 1, init_kind::ones});
     s.push_back({p + "ln2.bias", d, 1, init_kind::zeros});
-    s.push_back({module_name(i, 4) + ".weight", c.d_ff, d, init_kind::normal});
+    s.push_back({module_name(i, 4) + ".weight", c.d_ff, d, init_kind::normal, true});
     s.push_back({module_name(i, 4) + ".bias", c.d_ff, 1, init_kind::zeros});
-    s.push_back({module_name(i, 5) + ".weight", d, c.d_ff, init_kind::normal});
+    s.push_back({module_name(i, 5) + ".weight", d, c.d_ff, init_kind::normal, true});
     s.push_back({module_name(i, 5) + ".bias", d, 1, init_kind::zeros});
   }
   s.push_back({"final_ln.weight", d, 1, init_kind::ones});
@@ -219,11 +220,13 @@ inline std::vector<module_shape> lora_target_modules(
 }
 
 // All weights of the model, by name, in a fixed storage order (detail::nn::parameter_specs).
-// The same type holds full-parameter gradients (zeros_like).
+// The same type holds full-parameter gradients (zeros_like). After convert_base_to_bf16() it holds
+// the frozen base (every linear's W0, both embeddings) in bf16.
 template <backend B>
 class transformer_weights {
  public:
   using matrix = typename B::matrix;
+  using frozen_matrix = frozen_matrix_t<B>;
   using T = typename B::scalar;
 
   // BERT-style deterministic init: linear weights and embeddings N(0, 0.02^2), layer norms
@@ -276,25 +279,82 @@ class transformer_weights {
     return g;
   }
 
+  // Every parameter by name (a bf16 one exactly as held).
   std::map<std::string, host_matrix<T>> to_host_map() const {
     std::map<std::string, host_matrix<T>> out;
-    for (std::size_t p = 0; p < specs_.size(); ++p)
+    for (std::size_t p = 0; p < specs_.size(); ++p) {
+      if constexpr (frozen_bf16_backend<B>) {
+        if (in_bf16(p)) {
+          out.emplace(specs_[p].name, B::to_host(B::to_matrix(frozen_[p])));
+          continue;
+        }
+      }
       out.emplace(specs_[p].name, B::to_host(values_[p]));
+    }
     return out;
   }
 
-  // Replaces one parameter (shape checked; nothing changes on error).
+  // Replaces one parameter (shape checked; nothing changes on error). A bf16 one is rounded.
   void assign(const std::string& name, const host_matrix<T>& value) {
     const std::size_t p = index_of(name);
     check_shape(p, value.rows(), value.cols());
+    if constexpr (frozen_bf16_backend<B>) {
+      if (in_bf16(p)) {
+        frozen_[p] = B::to_frozen(B::from_host(value));
+        return;
+      }
+    }
     values_[p] = B::from_host(value);
+  }
+
+  // Holds the frozen base in bf16, as QLoRA-style fine-tuning does to fit a bigger base in a
+  // client's memory: every linear's W0 and both embeddings are rounded to bf16 (B::to_frozen) and
+  // their B::matrix copies released, so the base takes half the bytes. Layer norms, biases, the
+  // classifier and mlm_head.bias stay in T, as do adapters, gradients and optimizer state. The
+  // model then multiplies with them through B::frozen_gemm. Afterwards value() and at() of a bf16
+  // parameter throw (frozen() reads it), assign() rounds to bf16, to_host_map() gives the bf16
+  // values exactly, and full-parameter training is refused (a bf16 copy cannot take updates).
+  // There is no way back; a second call does nothing.
+  void convert_base_to_bf16() {
+    static_assert(frozen_bf16_backend<B>,
+                  "transformer_weights::convert_base_to_bf16: the backend does not model "
+                  "rolora::frozen_bf16_backend (it cannot hold a bf16 matrix); "
+                  "eigen_backend<float> does");
+    if constexpr (frozen_bf16_backend<B>) {
+      if (base_in_bf16_) return;
+      frozen_.resize(specs_.size());
+      for (std::size_t p = 0; p < specs_.size(); ++p) {
+        if (!specs_[p].base_matrix) continue;
+        frozen_[p] = B::to_frozen(values_[p]);
+        values_[p] = matrix{};  // releases the T copy
+      }
+      base_in_bf16_ = true;
+    }
+  }
+  bool base_in_bf16() const { return base_in_bf16_; }
+  // Whether parameter p is held in bf16.
+  bool in_bf16(std::size_t p) const { return base_in_bf16_ && specs_[p].base_matrix; }
+  // The bf16 value of parameter p (config_error when it is not held in bf16).
+  const frozen_matrix& frozen(std::size_t p) const {
+    if (!in_bf16(p)) {
+      detail::raise<config_error>("weights: '", specs_[p].name,
+                                  "' is not held in bf16 (value() has it)");
+    }
+    return frozen_[p];
   }
 
   const transformer_config& config() const { return config_; }
   std::size_t size() const { return specs_.size(); }
   const std::string& name(std::size_t p) const { return specs_[p].name; }
-  matrix& value(std::size_t p) { return values_[p]; }
-  const matrix& value(std::size_t p) const { return values_[p]; }
+  // Parameter p in T (config_error when it is held in bf16: frozen() has it).
+  matrix& value(std::size_t p) {
+    check_not_bf16(p);
+    return values_[p];
+  }
+  const matrix& value(std::size_t p) const {
+    check_not_bf16(p);
+    return values_[p];
+  }
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   std::size_t index_of(const std::string& name) const {
     const auto it = index_.find(name);
@@ -303,12 +363,30 @@ class transformer_weights {
     }
     return it->second;
   }
-  matrix& at(const std::string& name) { return values_[index_of(name)]; }
-  const matrix& at(const std::string& name) const { return values_[index_of(name)]; }
+  matrix& at(const std::string& name) { return value(index_of(name)); }
+  const matrix& at(const std::string& name) const { return value(index_of(name)); }
   // Number of scalars in all parameters.
   std::size_t num_scalars() const {
     std::size_t n = 0;
     for (const auto& s : specs_) n += static_cast<std::size_t>(s.rows * s.cols);
+    return n;
+  }
+  // Number of scalars in the frozen base: every linear's W0 and both embeddings.
+  std::size_t num_base_scalars() const {
+    std::size_t n = 0;
+    for (const auto& s : specs_) n += s.base_matrix ? static_cast<std::size_t>(s.rows * s.cols) : 0;
+    return n;
+  }
+  // Bytes of every parameter as held now: sizeof(T) a scalar, 2 a bf16 one.
+  std::size_t stored_bytes() const {
+    std::size_t n = 0;
+    for (std::size_t p = 0; p < specs_.size(); ++p) {
+      n += static_cast<std::size_t>(B::rows(values_[p]) * B::cols(values_[p])) * sizeof(T);
+      if constexpr (frozen_bf16_backend<B>) {
+        if (in_bf16(p))
+          n += static_cast<std::size_t>(B::rows(frozen_[p]) * B::cols(frozen_[p])) * 2;
+      }
+    }
     return n;
   }
   // The expected shape of parameter p.
@@ -321,6 +399,13 @@ class transformer_weights {
     values_.resize(specs_.size());
     for (std::size_t p = 0; p < specs_.size(); ++p) index_.emplace(specs_[p].name, p);
   }
+  void check_not_bf16(std::size_t p) const {
+    if (in_bf16(p)) {
+      detail::raise<config_error>("weights: '", specs_[p].name,
+                                  "' is held in bf16 (convert_base_to_bf16): read it with frozen() "
+                                  "or to_host_map()");
+    }
+  }
   void check_shape(std::size_t p, index_t r, index_t c) const {
     if (r != specs_[p].rows || c != specs_[p].cols) {
       detail::raise<shape_error>("weights: '", specs_[p].name, "' expected ",
@@ -331,7 +416,9 @@ class transformer_weights {
 
   transformer_config config_;
   std::vector<detail::nn::parameter_spec> specs_;
-  std::vector<matrix> values_;
+  std::vector<matrix> values_;         // empty for a parameter held in bf16
+  std::vector<frozen_matrix> frozen_;  // after convert_base_to_bf16: the bf16 base matrices
+  bool base_in_bf16_ = false;
   std::map<std::string, std::size_t> index_;
 };
 
