@@ -100,7 +100,8 @@ struct eigen_backend {
                                  detail::shape_string(kb, n));
     }
     if constexpr (detail::onednn_gemm_available && std::is_same_v<T, float>) {
-      if (detail::onednn_preferred(m, n, k) && (beta == T(0) || (c.rows() == m && c.cols() == n))) {
+      if (detail::onednn_preferred(m, n, k) && detail::onednn_sgemm_enabled() &&
+          (beta == T(0) || (c.rows() == m && c.cols() == n))) {
         if (beta == T(0)) c.resize(m, n);  // beta = 0: c is written, never read (BLAS rule)
         if (detail::onednn_sgemm(op_a, op_b, m, n, k, alpha, a.data(), a.rows(), b.data(), b.rows(),
                                  beta, c.data(), m)) {

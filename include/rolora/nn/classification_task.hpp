@@ -29,7 +29,14 @@ struct labelled_sequences {
   // The sequences at `rows`, in that order.
   labelled_sequences select(std::span<const std::size_t> rows) const {
     labelled_sequences out;
+    select_into(rows, out);
+    return out;
+  }
+  // The same into `out`, whose storage is reused (no allocation once it has held as many).
+  void select_into(std::span<const std::size_t> rows, labelled_sequences& out) const {
     out.tokens.seq_len = tokens.seq_len;
+    out.tokens.ids.clear();
+    out.labels.clear();
     out.tokens.ids.reserve(rows.size() * std::size_t(tokens.seq_len));
     out.labels.reserve(rows.size());
     for (const std::size_t r : rows) {
@@ -41,7 +48,6 @@ struct labelled_sequences {
       out.tokens.ids.insert(out.tokens.ids.end(), first, first + tokens.seq_len);
       out.labels.push_back(labels[r]);
     }
-    return out;
   }
 
   void check() const {
@@ -83,7 +89,7 @@ class classification_task {
 
   double loss_and_grad(const adapter_set<B>& adapters, std::span<const std::size_t> batch,
                        factor_set trains, gradient_set<B>& grads) {
-    batch_ = data_.select(batch);
+    data_.select_into(batch, batch_);
     return classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains,
                                         grads, workspace());
   }

@@ -44,7 +44,8 @@ struct nn_primitives<eigen_backend<T>> {
                                   matrix* dbeta) {
     const index_t d = dy.rows(), n = dy.cols();
     if (!accumulate) dx.resize(d, n);
-    Eigen::Array<T, Eigen::Dynamic, 1> g(d);  // dL/dxhat of one column
+    thread_local Eigen::Array<T, Eigen::Dynamic, 1> g;  // dL/dxhat of one column; kept, so a
+    g.resize(d);                                        // step allocates nothing
     for (index_t j = 0; j < n; ++j) {
       g = dy.col(j).array() * gamma.col(0).array();
       const T m1 = g.mean();

@@ -38,6 +38,7 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace rolora {
@@ -94,12 +95,26 @@ struct transformer_workspace {
   std::vector<detail::nn::binding<B>> params;      // per parameter of the weights
   std::vector<detail::nn::lora_binding<B>> loras;  // per linear module (6 per layer)
   factor_set trains;
+  // Binding's scratch: (linear index, adapter, name) of every adapter, a parameter name.
+  std::vector<std::tuple<std::size_t, const lora_adapter<B>*, const std::string*>> found_adapters;
+  std::string name_buffer;
 };
 
 namespace detail::nn {
 
 template <class B>
 using matrix_t = typename B::matrix;
+
+// dst = host, into dst's storage where the backend's matrix is the host type (no allocation once
+// sized), else through from_host.
+template <nn_backend B>
+void assign_from_host(matrix_t<B>& dst, const host_matrix<typename B::scalar>& host) {
+  if constexpr (std::is_same_v<matrix_t<B>, host_matrix<typename B::scalar>>) {
+    dst = host;
+  } else {
+    dst = B::from_host(host);
+  }
+}
 
 // c = op(W) x + beta c for a bound weight W, in the precision it is held in.
 template <nn_backend B>
@@ -236,10 +251,12 @@ template <nn_backend B>
 void bind_lora(const transformer_weights<B>& w, const adapter_set<B>& adapters, factor_set trains,
                gradient_set<B>* grads, transformer_workspace<B>& ws) {
   const index_t n_layers = w.config().n_layers;
-  std::vector<std::tuple<std::size_t, const lora_adapter<B>*, const std::string*>>
-      found;  // linear index
+  auto& found = ws.found_adapters;  // the workspace's: binding allocates nothing once warmed up
+  found.clear();
   for (const auto& [name, a] : adapters) {
-    const std::size_t p = w.contains(name + ".weight") ? w.index_of(name + ".weight") : w.size();
+    ws.name_buffer.assign(name).append(".weight");
+    const auto& weight = ws.name_buffer;
+    const std::size_t p = w.contains(weight) ? w.index_of(weight) : w.size();
     index_t linear = -1;
     if (p < w.size() && index_t(p) >= layer_base(0) && index_t(p) < layer_base(n_layers)) {
       const index_t layer = (index_t(p) - layer_base(0)) / per_layer,
@@ -296,7 +313,7 @@ void forward(const transformer_config& c, const token_batch& batch, transformer_
       ws.key_valid_host(j, s) = ids[std::size_t(s * len + j)] == c.pad_id ? T(0) : T(1);
     }
   }
-  ws.key_valid = B::from_host(ws.key_valid_host);
+  detail::nn::assign_from_host<B>(ws.key_valid, ws.key_valid_host);
   ws.h.resize(std::size_t(c.n_layers + 1));
   ws.layers.resize(std::size_t(c.n_layers));
   const auto& P = ws.params;
@@ -432,7 +449,7 @@ double classification_head(const transformer_config& c, const token_batch& batch
       if (count > T(0)) ws.pool_weights_host.col(s) = ws.key_valid_host.col(s) / count;
     }
   }
-  ws.pool_weights = B::from_host(ws.pool_weights_host);
+  detail::nn::assign_from_host<B>(ws.pool_weights, ws.pool_weights_host);
   nn_primitives<B>::weighted_pool(ws.hf, ws.pool_weights, ws.pooled);
   const std::size_t cw = std::size_t(classifier_w(c.n_layers));
   const lora_binding<B> none{};

@@ -275,6 +275,14 @@ inline bool onednn_bf16_gemm(op, index_t, index_t, index_t, const void*, index_t
 }
 #endif
 
+// Whether eigen_backend<float>::gemm hands large fp32 GEMMs to oneDNN (true where this build has
+// it); a test sets it to false to run Eigen's kernels (dnnl_sgemm allocates its packing buffers
+// on every call, Eigen's GEMM on the stack or not at all at the step's sizes).
+inline std::atomic<bool>& onednn_sgemm_enabled() {
+  static std::atomic<bool> on{onednn_gemm_available};
+  return on;
+}
+
 // Whether eigen_backend<float>::frozen_gemm tries oneDNN's bf16 path: true where this build has
 // oneDNN and the CPU a bf16 kernel (onednn_bf16_kernel(), probed once); a test sets it to false
 // to run the conversion path.
