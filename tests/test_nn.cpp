@@ -994,9 +994,10 @@ TEST_CASE_TEMPLATE("a warmed-up local step allocates nothing: forward, backward,
         !(detail::onednn_gemm_available && std::is_same_v<typename Backend::scalar, float>))
       continue;
     const sgemm_path path(onednn);
-    MESSAGE("d = 64, 256 tokens, 3 steps, "
-            << std::string(onednn ? "oneDNN" : "Eigen")
-            << " fp32 GEMM: " << count_steps(64, 16, both_factors, false) << " allocations");
+    MESSAGE("d = 64, 256 tokens, 3 steps, " << std::string(onednn ? "oneDNN" : "Eigen") << " GEMM ("
+                                            << sizeof(typename Backend::scalar) * 8
+                                            << "-bit): " << count_steps(64, 16, both_factors, false)
+                                            << " allocations");
   }
   if constexpr (frozen_bf16_backend<Backend>) {
     for (const bool onednn : bf16_paths()) {
