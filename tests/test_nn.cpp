@@ -1,6 +1,7 @@
 // nn/: the transformer's primitives and whole model against central finite differences (double),
 // padding invariance, merged vs unmerged LoRA, target_modules selection, weights I/O and errors.
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/nn/transformer.hpp>
@@ -735,19 +736,22 @@ TEST_CASE_TEMPLATE(
 namespace {
 using FB = eigen_backend<float>;
 
-// The frozen GEMM's paths: oneDNN's bf16 matmul where this build and CPU have it, and the
-// conversion path (bf16 -> fp32 blocks, then fp32 GEMM) everywhere; the second is forced here.
-struct bf16_path {
-  bool onednn;
-  explicit bf16_path(bool use_onednn) : onednn(use_onednn), was(detail::onednn_bf16_enabled()) {
-    detail::onednn_bf16_enabled() = use_onednn;
-  }
-  ~bf16_path() { detail::onednn_bf16_enabled() = was; }
-  bf16_path(const bf16_path&) = delete;
-  bf16_path& operator=(const bf16_path&) = delete;
+// A oneDNN path switch (detail::onednn_bf16_enabled(), detail::onednn_sgemm_enabled()) set for
+// the scope, restored after.
+struct scoped_switch {
+  scoped_switch(std::atomic<bool>& flag, bool on) : flag_(flag), was_(flag) { flag_ = on; }
+  ~scoped_switch() { flag_ = was_; }
+  scoped_switch(const scoped_switch&) = delete;
+  scoped_switch& operator=(const scoped_switch&) = delete;
 
  private:
-  bool was;
+  std::atomic<bool>& flag_;
+  bool was_;
+};
+// The frozen GEMM's paths: oneDNN's bf16 matmul where this build and CPU have it, and the
+// conversion path (bf16 -> fp32 blocks, then fp32 GEMM) everywhere; the second is forced here.
+struct bf16_path : scoped_switch {
+  explicit bf16_path(bool use_onednn) : scoped_switch(detail::onednn_bf16_enabled(), use_onednn) {}
 };
 // The paths this machine has: {true, false} with a oneDNN bf16 kernel, else {false}.
 std::vector<bool> bf16_paths() {
@@ -939,11 +943,6 @@ TEST_CASE_TEMPLATE("a warmed-up local step allocates nothing: forward, backward,
     MESSAGE("rolora-skip: allocations are not counted under AddressSanitizer");
     return;
   }
-  struct sgemm_path {  // oneDNN's fp32 GEMM on or off for the scope
-    bool was = detail::onednn_sgemm_enabled();
-    explicit sgemm_path(bool on) { detail::onednn_sgemm_enabled() = on; }
-    ~sgemm_path() { detail::onednn_sgemm_enabled() = was; }
-  };
   lora_config lc;
   lc.r = 2;
   lc.lora_alpha = 4;
@@ -993,7 +992,7 @@ TEST_CASE_TEMPLATE("a warmed-up local step allocates nothing: forward, backward,
     if (onednn &&
         !(detail::onednn_gemm_available && std::is_same_v<typename Backend::scalar, float>))
       continue;
-    const sgemm_path path(onednn);
+    const scoped_switch path(detail::onednn_sgemm_enabled(), onednn);
     MESSAGE("d = 64, 256 tokens, 3 steps, " << std::string(onednn ? "oneDNN" : "Eigen") << " GEMM ("
                                             << sizeof(typename Backend::scalar) * 8
                                             << "-bit): " << count_steps(64, 16, both_factors, false)
