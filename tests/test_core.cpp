@@ -241,6 +241,55 @@ TEST_CASE_TEMPLATE("adamw_update follows torch.optim.AdamW", Backend, ROLORA_TES
   CHECK(double(out(0, 1)) == doctest::Approx(ph[1]).epsilon(1e-6));
 }
 
+TEST_CASE("parallel_for: every item once, the same thread for the same slot across calls") {
+  const std::size_t n = 7, threads = 3;
+  std::vector<std::thread::id> first(n), second(n);
+  std::vector<int> calls(n, 0);
+  detail::parallel_for(n, threads, [&](std::size_t i) {
+    first[i] = std::this_thread::get_id();
+    ++calls[i];
+  });
+  detail::parallel_for(n, threads, [&](std::size_t i) { second[i] = std::this_thread::get_id(); });
+  CHECK(calls == std::vector<int>(n, 1));
+  // Items i and i + threads share a slot; a slot's thread is kept from call to call, which is
+  // what keeps per-thread workspaces warm across rounds.
+  CHECK(first == second);
+  CHECK(first[0] == std::this_thread::get_id());
+  CHECK(std::set<std::thread::id>(first.begin(), first.end()).size() == threads);
+  for (std::size_t i = 0; i + threads < n; ++i) CHECK(first[i] == first[i + threads]);
+}
+
+TEST_CASE("parallel_for: nested and concurrent calls finish; the lowest item's error is thrown") {
+  std::vector<std::vector<int>> seen(4, std::vector<int>(5, 0));
+  detail::parallel_for(4, 2, [&](std::size_t i) {  // nested: the inner calls get threads of their own
+    detail::parallel_for(5, 2, [&](std::size_t j) { seen[i][j] += 1; });
+  });
+  CHECK(seen == std::vector<std::vector<int>>(4, std::vector<int>(5, 1)));
+  // Two callers at once: one gets the pool, the other runs on threads of its own.
+  std::vector<long> sums(2, 0);
+  {
+    std::vector<std::jthread> callers;
+    for (std::size_t c = 0; c < 2; ++c) {
+      callers.emplace_back([&, c] {
+        std::vector<long> parts(100, 0);
+        for (int repeat = 0; repeat < 50; ++repeat)
+          detail::parallel_for(100, 2, [&](std::size_t i) { parts[i] += long(i); });
+        sums[c] = std::accumulate(parts.begin(), parts.end(), 0L);
+      });
+    }
+  }
+  CHECK(sums == std::vector<long>(2, 50L * 4950));
+  std::vector<int> done(6, 0);
+  auto failing = [&] {
+    detail::parallel_for(6, 2, [&](std::size_t i) {
+      done[i] = 1;
+      if (i == 3 || i == 4) throw std::runtime_error("item " + std::to_string(i));
+    });
+  };
+  CHECK_THROWS_WITH_AS(failing(), "item 3", std::runtime_error);
+  CHECK(done == std::vector<int>(6, 1));  // an error does not stop the other items
+}
+
 TEST_CASE("client sampling is seeded, sorted, without replacement and changes with the round") {
   const auto r0 = sample_clients(9, 0, 50, 10);
   CHECK(r0.size() == 10);
