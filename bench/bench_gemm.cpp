@@ -54,7 +54,12 @@ const std::vector<shape> shapes = {{128, 2048, 128, 'N'},
                                    {3, 16, 128, 'N'},
                                    {16, 16, 16, 'N'},
                                    {32, 32, 32, 'N'},
-                                   {64, 64, 64, 'N'}};
+                                   {64, 64, 64, 'N'},
+                                   // A fused q/k/v projection: [W_q; W_k; W_v] x ([384,128] x
+                                   // [128,2048]) and its input gradient W_qkv^T dqkv, against
+                                   // three of the first and fourth shapes above.
+                                   {384, 2048, 128, 'N'},
+                                   {128, 2048, 384, 'T'}};
 
 struct operands {
   matrix a, b, c;

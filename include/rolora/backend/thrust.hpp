@@ -116,9 +116,14 @@ struct thrust_backend {
     return h;
   }
   static matrix from_host(const host_matrix<T>& h) {
-    matrix m(h.rows(), h.cols());
-    thrust::copy(h.data(), h.data() + h.size(), m.values().begin());
+    matrix m;
+    assign_from_host(m, h);
     return m;
+  }
+  // dst = h, into dst's storage when it already has h's shape (no allocation once sized).
+  static void assign_from_host(matrix& dst, const host_matrix<T>& h) {
+    if (dst.rows() != h.rows() || dst.cols() != h.cols()) dst = matrix(h.rows(), h.cols());
+    thrust::copy(h.data(), h.data() + h.size(), dst.values().begin());
   }
 
   // Small r x r work (r = LoRA rank): Eigen on a host copy, eigen_backend's bits.
