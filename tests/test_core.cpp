@@ -261,7 +261,8 @@ TEST_CASE("parallel_for: every item once, the same thread for the same slot acro
 
 TEST_CASE("parallel_for: nested and concurrent calls finish; the lowest item's error is thrown") {
   std::vector<std::vector<int>> seen(4, std::vector<int>(5, 0));
-  detail::parallel_for(4, 2, [&](std::size_t i) {  // nested: the inner calls get threads of their own
+  // Nested: the inner calls get threads of their own.
+  detail::parallel_for(4, 2, [&](std::size_t i) {
     detail::parallel_for(5, 2, [&](std::size_t j) { seen[i][j] += 1; });
   });
   CHECK(seen == std::vector<std::vector<int>>(4, std::vector<int>(5, 1)));

@@ -935,9 +935,9 @@ TEST_CASE("a bf16 base: federated fine-tuning, same bits for any thread count, o
 // Every backend of the test binary (Eigen; Thrust-OMP, whose device vectors live on the host
 // heap, so the counting malloc sees them too). rolora's own code is held to zero on a model whose
 // GEMMs are small enough for Eigen to block on the stack; at the bigger size Thrust is held to
-// zero as well (its host GEMM packs into per-thread buffers kept across calls), and the GEMM libraries' own allocations are
-// reported: oneDNN's dnnl_sgemm and bf16 matmul allocate packing buffers inside every call,
-// Eigen's GEMM blocks on the heap above EIGEN_STACK_ALLOCATION_LIMIT.
+// zero as well (its host GEMM packs into per-thread buffers kept across calls), and the GEMM
+// libraries' own allocations are reported: oneDNN's dnnl_sgemm and bf16 matmul allocate packing
+// buffers inside every call, Eigen's GEMM blocks on the heap above EIGEN_STACK_ALLOCATION_LIMIT.
 TEST_CASE_TEMPLATE("a warmed-up local step allocates nothing: forward, backward, AdamW", Backend,
                    ROLORA_TEST_BACKENDS) {
   if (!test::alloc_counter::available) {
@@ -1000,9 +1000,9 @@ TEST_CASE_TEMPLATE("a warmed-up local step allocates nothing: forward, backward,
     const std::size_t count = count_steps(64, 16, both_factors, false);
     if constexpr (!on_eigen) CHECK(count == 0);
     const std::string gemm = on_eigen ? (onednn ? "oneDNN" : "Eigen") : "Thrust host";
-    MESSAGE("d = 64, 256 tokens, 3 steps, " << gemm << " GEMM ("
-                                            << sizeof(typename Backend::scalar) * 8
-                                            << "-bit): " << count << " allocations");
+    MESSAGE("d = 64, 256 tokens, 3 steps, "
+            << gemm << " GEMM (" << sizeof(typename Backend::scalar) * 8 << "-bit): " << count
+            << " allocations");
   }
   if constexpr (frozen_bf16_backend<Backend>) {
     for (const bool onednn : bf16_paths()) {
