@@ -9,6 +9,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <map>
 #include <rolora/backend/detail/onednn_gemm.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
@@ -17,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 namespace rolora {
 
@@ -184,16 +186,26 @@ struct eigen_backend {
       return;
     }
     // Rows [r0, r0 + rb) of op_w(w) at a time: [rb, k] (rows of w) or [k, rb] (columns of w).
-    thread_local matrix block, part;
+    // One fp32 buffer per block shape, kept per thread: the few weight shapes of a step then
+    // convert without allocating once warmed up.
+    thread_local std::map<std::pair<index_t, index_t>, matrix> blocks;
+    thread_local matrix part;
+    const auto block_of = [&](index_t rows, index_t cols) -> matrix& {
+      matrix& b = blocks[{rows, cols}];
+      b.resize(rows, cols);
+      return b;
+    };
     const index_t rows_per_block =
         std::max<index_t>(1, frozen_block_scalars / std::max<index_t>(k, 1));
     if (rows_per_block >= m) {
+      matrix& block = block_of(w.rows(), w.cols());
       block = w.template cast<T>();
       gemm(T(1), block, op_w, x, op::none, beta, c);
       return;
     }
     for (index_t r0 = 0; r0 < m; r0 += rows_per_block) {
       const index_t rb = std::min(rows_per_block, m - r0);
+      matrix& block = op_w == op::none ? block_of(rb, w.cols()) : block_of(w.rows(), rb);
       if (op_w == op::none) {
         block = w.middleRows(r0, rb).template cast<T>();
       } else {
