@@ -77,6 +77,7 @@ struct round_row {
   double train_loss, eval_loss, eval_accuracy, aggregation_error;
   std::size_t total_bytes_up, total_bytes_down;
   double seconds;
+  double memory_mib;  // in use where the model runs, after the round (ex::memory_in_use_mib)
 };
 
 struct method_result {
@@ -147,11 +148,11 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   const auto rows_json = [](const std::vector<round_row>& rows) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& r : rows) {  // doubles by their bits: a resumed CSV is byte-identical
-      j.push_back({r.round, r.phase, std::bit_cast<std::uint64_t>(r.train_loss),
-                   std::bit_cast<std::uint64_t>(r.eval_loss),
-                   std::bit_cast<std::uint64_t>(r.eval_accuracy),
-                   std::bit_cast<std::uint64_t>(r.aggregation_error), r.total_bytes_up,
-                   r.total_bytes_down, std::bit_cast<std::uint64_t>(r.seconds)});
+      j.push_back(
+          {r.round, r.phase, std::bit_cast<std::uint64_t>(r.train_loss),
+           std::bit_cast<std::uint64_t>(r.eval_loss), std::bit_cast<std::uint64_t>(r.eval_accuracy),
+           std::bit_cast<std::uint64_t>(r.aggregation_error), r.total_bytes_up, r.total_bytes_down,
+           std::bit_cast<std::uint64_t>(r.seconds), std::bit_cast<std::uint64_t>(r.memory_mib)});
     }
     return j;
   };
@@ -169,7 +170,8 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
       result.rows.push_back({r.at(0).template get<std::size_t>(),
                              r.at(1).template get<std::string>(), bits(r.at(2)), bits(r.at(3)),
                              bits(r.at(4)), bits(r.at(5)), r.at(6).template get<std::size_t>(),
-                             r.at(7).template get<std::size_t>(), bits(r.at(8))});
+                             r.at(7).template get<std::size_t>(), bits(r.at(8)),
+                             r.size() > 9 ? bits(r.at(9)) : -1.0});
     }
     std::printf("%-8s resumed after round %zu from %s\n", method.c_str(), fed.next_round(),
                 from.c_str());
@@ -195,7 +197,8 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
                     r.aggregation_error,
                     r.total_bytes_up,
                     r.total_bytes_down,
-                    elapsed};
+                    elapsed,
+                    ex::memory_in_use_mib(s.backend)};
       const bool last = r.round + 1 == s.rounds;
       if (last || (r.round + 1) % s.eval_every == 0) {
         const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
@@ -208,9 +211,10 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
         std::snprintf(accuracy, sizeof accuracy, "%.4f", row.eval_accuracy);
       std::printf(
           "%-8s round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  up %7.2f MB  "
-          "%6.1f s\n",
+          "%6.1f s  %s %.0f MiB\n",
           result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name,
-          accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed);
+          accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed,
+          s.backend == "cuda" ? "device" : "RSS", row.memory_mib);
       std::fflush(stdout);
       if (!s.checkpoint.dir.empty() && (last || row.round % s.checkpoint.every == 0)) {
         rolora::save_checkpoint(std::filesystem::path(s.checkpoint.dir) / result.method,
@@ -261,11 +265,12 @@ void write_csv(const std::string& file, const method_result& r) {
   std::fprintf(
       out,
       "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,total_bytes_up,"
-      "total_bytes_down,seconds\n");
+      "total_bytes_down,seconds,memory_mib\n");
   for (const auto& row : r.rows) {
-    std::fprintf(out, "%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f\n", r.method.c_str(), r.lr,
-                 row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
-                 row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds);
+    std::fprintf(out, "%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", r.method.c_str(),
+                 r.lr, row.round, row.phase.c_str(), row.train_loss, row.eval_loss,
+                 row.eval_accuracy, row.aggregation_error, row.total_bytes_up, row.total_bytes_down,
+                 row.seconds, row.memory_mib);
   }
   std::fclose(out);
 }

@@ -1,15 +1,17 @@
 // --backend eigen|thrust-omp|cuda for the transformer examples: the flag, and the call of an
 // example's generic body with the chosen backend type (float). The Thrust-OpenMP flavour is
 // compiled in when the build has it (ROLORA_ENABLE_THRUST_OMP: examples/CMakeLists.txt defines
-// ROLORA_EXAMPLES_THRUST_OMP); the CUDA one only when this file is compiled by nvcc, which the
-// examples' build does not do yet: `--backend cuda` then says so (docs/backends.md).
+// ROLORA_EXAMPLES_THRUST_OMP); the CUDA one only when this file is compiled by nvcc (the
+// examples' `<name>_cuda` targets, ROLORA_BUILD_CUDA_EXAMPLES); elsewhere `--backend cuda` says so.
 #pragma once
 #if defined(ROLORA_EXAMPLES_THRUST_OMP) || defined(__CUDACC__)
 // clang-format off
 #include <rolora/nn/thrust_primitives.hpp>  // first Thrust header: it picks the device system
 // clang-format on
 #endif
+#include <unistd.h>
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <rolora/backend/eigen.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/nn/eigen_primitives.hpp>
@@ -47,12 +49,32 @@ int with_backend(const std::string& name, F&& f) {
     return f(thrust_cuda_backend<float>{});
 #else
     detail::raise<config_error>(
-        "--backend cuda: this executable was compiled without CUDA (the examples are built by the "
-        "host compiler; docs/backends.md says how to run the transformer on a GPU)");
+        "--backend cuda: this executable was compiled without CUDA; its nvcc build is "
+        "<name>_cuda (configure with -DROLORA_BUILD_CUDA_EXAMPLES=ON; docs/backends.md)");
 #endif
   }
   detail::raise<config_error>("--backend: unknown backend '", name,
                               "' (eigen, thrust-omp or cuda)");
+}
+
+// MiB in use where the model runs, read after each round: on the CPU backends (eigen,
+// thrust-omp) the process's resident set (/proc/self/statm), on cuda the device's memory in use
+// (cudaMemGetInfo: total - free). -1 when it cannot be read.
+inline double memory_in_use_mib(const std::string& backend) {
+#if defined(__CUDACC__)
+  if (backend == "cuda") {
+    std::size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return -1;
+    return double(total - free) / 1048576.0;
+  }
+#endif
+  (void)backend;
+  long pages = 0, resident = 0;
+  std::FILE* statm = std::fopen("/proc/self/statm", "r");
+  if (!statm) return -1;
+  const bool read = std::fscanf(statm, "%ld %ld", &pages, &resident) == 2;
+  std::fclose(statm);
+  return read ? double(resident) * double(sysconf(_SC_PAGESIZE)) / 1048576.0 : -1;
 }
 
 }  // namespace rolora::examples
