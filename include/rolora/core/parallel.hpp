@@ -7,6 +7,7 @@
 // it warm in the next round instead of faulting fresh pages in a new thread every round.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -28,13 +29,15 @@ class worker_pool {
   // Calls work(k) for every k in [0, threads): k = 0 on the calling thread, the others on the
   // pool's workers k = 1, 2, ... (the same worker for the same k on every call), and returns when
   // all have returned. `work` must not throw. Returns false without calling anything when the
-  // pool is in use by another thread or the caller is one of its workers (nested parallelism):
-  // the caller then runs the work on threads of its own.
+  // pool is in use: by another thread, or by this call's own work (a nested parallel_for); the
+  // caller then runs the work on threads of its own.
   template <class Work>
   bool try_run(std::size_t threads, Work& work) {
-    if (is_worker()) return false;
-    std::unique_lock busy(busy_, std::try_to_lock);
-    if (!busy) return false;
+    if (busy_.exchange(true, std::memory_order_acquire)) return false;
+    struct release {
+      std::atomic<bool>& busy;
+      ~release() { busy.store(false, std::memory_order_release); }
+    } release_when_done{busy_};
     {
       std::lock_guard lock(mutex_);
       while (workers_.size() + 1 < threads) {
@@ -56,13 +59,7 @@ class worker_pool {
  private:
   worker_pool() = default;
 
-  static bool& is_worker() {
-    thread_local bool worker = false;
-    return worker;
-  }
-
   void serve(std::size_t k, std::uint64_t seen) {
-    is_worker() = true;
     std::unique_lock lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return generation_ != seen; });
@@ -75,8 +72,8 @@ class worker_pool {
     }
   }
 
-  std::mutex busy_;   // held by the one caller the pool serves at a time
-  std::mutex mutex_;  // guards everything below
+  std::atomic<bool> busy_{false};  // set while the pool serves a caller
+  std::mutex mutex_;               // guards everything below
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;  // worker k is workers_[k - 1]
   void (*job_)(void*, std::size_t) = nullptr;
