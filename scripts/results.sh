@@ -13,18 +13,20 @@
 #                                (cell, method), JOBS in parallel (default: the core count), one
 #                                thread each; a job whose CSV reaches the last round is skipped.
 #   scripts/results.sh robustness-tune  learning rates for a heterogeneous regime (REGIME, default
-#                                20 clients, Dirichlet 0.1) on the validation split, seed 0
+#                                20 clients, Dirichlet 0.3) on the validation split, seed 0; the
+#                                picks are R_LR's defaults
 # Overrides: SEEDS="0 1 2", KS="3 20 50" (clients), RANKS="1 2 4 8", TUNE_GRID="method:lr ...",
 # JOBS, NO_BUILD=1 (skip setup, data and build), EXE (the example, default
 # build/examples/federated_finetune), NICE (19, robustness jobs), EXTRA (arguments added to every
 # run), ROUNDS (30) and EVAL_EVERY (5), TABLE (default results/table). Robustness: RKS="20 50 100",
 # SPLITS="iid dir1.0 dir0.3 dir0.1" (their order is the run order), R_METHODS, R_FROZEN_METHODS,
 # R_FROZEN_SPLITS (the splits with the frozen-head control; default all), R_STEPS="4 16" (the
-# 50-client Dirichlet-0.3 cells; "" skips them), R_LR="method:lr ..." (rates other than the
-# defaults), R_TUNE_GRID="method:lr ...", LIST=1 (print the jobs, run nothing). Each run of
-# tune/clients/ranks writes $TABLE/<experiment>/<run>/<method>.csv and a `done` marker when it
-# finished; a run with its marker is skipped, so an interrupted grid resumes where it stopped (an
-# unfinished run starts over). scripts/summarize_results.py turns them into the tables of
+# 50-client Dirichlet-0.3 cells; "" skips them), R_LR="method:lr ..." (default: the rates
+# robustness-tune picked, docs/results.md; "": the example's defaults), R_TUNE_GRID="method:lr
+# ...", LIST=1 (print the jobs, run nothing). Each run of tune/clients/ranks writes
+# $TABLE/<experiment>/<run>/<method>.csv and a `done` marker when it finished; a run with its
+# marker is skipped, so an interrupted grid resumes where it stopped (an unfinished run starts
+# over). scripts/summarize_results.py turns them into the tables of
 # docs/results.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -72,10 +74,12 @@ if [ "$what" = ranks ] || [ "$what" = all ]; then
 fi
 if [ "$what" = robustness-tune ]; then
   # Learning rates for a heterogeneous regime (REGIME: its arguments), on the validation split,
-  # seed 0: each method at its IID-tuned default and the neighbours in {1e-3, 2e-3, 5e-3, 1e-2,
-  # 2e-2}; the head-only control at 2e-3 and 1e-2. Runs in parallel; finished runs are skipped.
-  regime="${REGIME:---clients 20 --split dirichlet --alpha 0.1}"
-  grid=(${R_TUNE_GRID:-fedit:2e-3 ffa:1e-2 rolora:5e-3 fedit:1e-3 fedit:5e-3 ffa:5e-3 ffa:2e-2 rolora:2e-3 rolora:1e-2 head:2e-3 head:1e-2})
+  # seed 0: each method's IID-tuned rate and the grid {2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1}
+  # around the best, extended until the best was not at an edge (docs/results.md). Runs in
+  # parallel; finished runs are skipped.
+  regime="${REGIME:---clients 20 --split dirichlet --alpha 0.3}"
+  grid=(${R_TUNE_GRID:-fedit:2e-3 fedit:5e-3 fedit:1e-2 fedit:2e-2 ffa:5e-3 ffa:1e-2 ffa:2e-2 ffa:5e-2 ffa:1e-1
+        rolora:2e-3 rolora:5e-3 rolora:1e-2 rolora:2e-2 head:2e-3 head:5e-3 head:1e-2 head:2e-2 head:5e-2})
   for point in "${grid[@]}"; do
     m="${point%%:*}" lr="${point#*:}"
     out="$table/robustness-tune/${m}_lr${lr}"
@@ -101,8 +105,8 @@ if [ "$what" = robustness ]; then
     local cell="$1" methods="$2"; shift 2
     local m lr
     for m in ${methods//,/ }; do
-      lr=""  # R_LR="method:rate ...": rates other than the example's defaults
-      for point in ${R_LR:-}; do [ "${point%%:*}" = "$m" ] && lr="--lr ${point#*:}"; done
+      lr=""  # R_LR="method:rate ...": robustness-tune's picks (FlexLoRA and FedSA at FedIT's)
+      for point in ${R_LR-fedit:1e-2 ffa:5e-2 rolora:1e-2 head:2e-2 flexlora:1e-2 fedsa:1e-2}; do [ "${point%%:*}" = "$m" ] && lr="--lr ${point#*:}"; done
       jobs+=("$table/robustness/$cell/$m --methods $m $lr $*")
     done
   }
