@@ -102,18 +102,30 @@ def plot(root, out_dir):
         print(f"wrote {svg}", file=sys.stderr)
 
 
+def tuning_regime(csv_path):
+    """(clients, split) of a robustness-tune run, read from its log ("" when the log is gone)."""
+    log_path = csv_path.parent / "log.txt"
+    log = log_path.read_text() if log_path.exists() else ""
+    match = re.search(r"over (\d+) clients \((\w+)(?:, alpha ([0-9.]+))?", log)
+    if not match:
+        return "", ""
+    return match.group(1), "iid" if match.group(2) == "iid" else f"dir{match.group(3)}"
+
+
 def robust_tuning(root):
     rows = []
     for csv_path in sorted((root / "robustness-tune").glob("*/*.csv")):
         r = list(csv.DictReader(open(csv_path)))
         if r:
             last = final_row(csv_path)
-            rows.append((last["method"], float(last["lr"]), int(r[-1]["round"]), float(last["eval_accuracy"]), float(last["eval_loss"])))
+            k, split = tuning_regime(csv_path)
+            rows.append((k, split, last["method"], float(last["lr"]), int(r[-1]["round"]),
+                         float(last["eval_accuracy"]), float(last["eval_loss"])))
     if rows:
         print("\nrobustness-tune: final validation accuracy (%) / loss, seed 0\n")
-        print("| method | lr | rounds | val accuracy | val loss |\n|---|---|---|---|---|")
-        for m, lr, n, acc, loss in sorted(rows):
-            print(f"| {TITLES.get(m, m)} | {lr:g} | {n} | {100 * acc:.1f} | {loss:.3f} |")
+        print("| clients | split | method | lr | rounds | val accuracy | val loss |\n|---|---|---|---|---|---|---|")
+        for k, split, m, lr, n, acc, loss in sorted(rows):
+            print(f"| {k} | {split_title(split) if split else '-'} | {TITLES.get(m, m)} | {lr:g} | {n} | {100 * acc:.1f} | {loss:.3f} |")
 
 
 def robust_runs(root):
@@ -238,9 +250,7 @@ def robust_csv(root, out):
                                     r["lr"], r["round"], r["train_loss"], r["eval_loss"], r["eval_accuracy"],
                                     r["aggregation_error"]])
         for csv_path in sorted((root / "robustness-tune").glob("*/*.csv")):
-            log = (csv_path.parent / "log.txt").read_text() if (csv_path.parent / "log.txt").exists() else ""
-            match = re.search(r"over (\d+) clients \((\w+)(?:, alpha ([0-9.]+))?", log)
-            k, split = (match.group(1), "iid" if match.group(2) == "iid" else f"dir{match.group(3)}") if match else ("", "")
+            k, split = tuning_regime(csv_path)
             for r in csv.DictReader(open(csv_path)):
                 w.writerow(["validation", k, split, 4, "trains", r["method"], 0, r["lr"], r["round"],
                             r["train_loss"], r["eval_loss"], r["eval_accuracy"], r["aggregation_error"]])
