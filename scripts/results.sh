@@ -26,8 +26,7 @@
 # ...", LIST=1 (print the jobs, run nothing). Each run of tune/clients/ranks writes
 # $TABLE/<experiment>/<run>/<method>.csv and a `done` marker when it finished; a run with its
 # marker is skipped, so an interrupted grid resumes where it stopped (an unfinished run starts
-# over). scripts/summarize_results.py turns them into the tables of
-# docs/results.md.
+# over). scripts/summarize_results.py turns them into the tables of docs/results.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -100,13 +99,15 @@ if [ "$what" = robustness ]; then
   # the order of RKS and SPLITS, so an interrupted grid leaves whole cells (all seeds), not one
   # seed of every cell.
   rounds="${ROUNDS:-30}"
+  # R_LR="method:rate ...": robustness-tune's picks (FlexLoRA and FedSA-LoRA at FedIT's rate).
+  rates="${R_LR-fedit:1e-2 ffa:5e-2 rolora:1e-2 head:2e-2 flexlora:1e-2 fedsa:1e-2}"
   jobs=()
   add() {  # add <cell> <methods> <arguments...>
     local cell="$1" methods="$2"; shift 2
     local m lr
     for m in ${methods//,/ }; do
-      lr=""  # R_LR="method:rate ...": robustness-tune's picks (FlexLoRA and FedSA at FedIT's)
-      for point in ${R_LR-fedit:1e-2 ffa:5e-2 rolora:1e-2 head:2e-2 flexlora:1e-2 fedsa:1e-2}; do [ "${point%%:*}" = "$m" ] && lr="--lr ${point#*:}"; done
+      lr=""
+      for point in $rates; do [ "${point%%:*}" = "$m" ] && lr="--lr ${point#*:}"; done
       jobs+=("$table/robustness/$cell/$m --methods $m $lr $*")
     done
   }
