@@ -503,6 +503,15 @@ TEST_CASE_TEMPLATE(
   flat["lora/linear/lora_B"].shape = {20};
   CHECK(message_of<shape_error>([&] { decode(flat, good); }).find("must be 2-D, got [20]") !=
         std::string::npos);
+  // A legal empty tensor of a huge extent is refused by its shape before any conversion (it hung
+  // the server once: the conversion walked its 2^62 empty columns).
+  auto huge = b;
+  huge["lora/linear/lora_B"] = {dtype, {0, std::uint64_t(1) << 62}, {}};
+  CHECK(message_of<shape_error>([&] { decode(huge, good); }) ==
+        "[rolora.shape_error] module 'linear' client 1: lora_B expected " +
+            detail::shape_string(Backend::rows(up.adapters.at(m).B),
+                                 Backend::cols(up.adapters.at(m).B)) +
+            ", got [0, 4611686018427387904]");
 
   // Decoding is not trusting: a NaN that arrives well-formed is still dropped by the server.
   auto poisoned = up;

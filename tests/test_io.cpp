@@ -388,6 +388,13 @@ TEST_CASE("safetensors: every kind of broken file is rejected with its own error
   CHECK(parse_error_id(raw_file(
             R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})")) ==
         "safetensors.shape");  // 2^62 elements * 4 bytes overflows
+  {  // An empty tensor of extent 2^62 is legal; it converts at once, without walking its columns.
+    const auto empty = parse_safetensors(
+        raw_file(R"({"a":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}})"));
+    const auto m = to_host_matrix<float>(empty.tensor("a"));
+    CHECK(m.rows() == 0);
+    CHECK(m.cols() == index_t(1) << 62);
+  }
   CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[0,4]}})", four)) ==
         "safetensors.offsets");
   CHECK(parse_error_id(raw_file(R"({"a":{)" + f32_2 + R"(,"data_offsets":[8,0]}})", eight)) ==

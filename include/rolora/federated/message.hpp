@@ -76,7 +76,6 @@ optimizer_state<Backend> read_moments(const safetensors_file& file,
   for (const auto& name : file.names()) {
     if (!name.starts_with("optimizer/")) continue;
     const std::string key = name.substr(10);
-    const auto m = read_matrix<Backend>(file, name, kind);
     // lora/<module>/<a|b>/<first|second> or save/<name>/<first|second>
     const std::string head =
         key.substr(0, key.rfind('/') == std::string::npos ? 0 : key.rfind('/'));
@@ -93,12 +92,14 @@ optimizer_state<Backend> read_moments(const safetensors_file& file,
       raise<shape_error>(kind, " message: tensor '", name.substr(0, 80),
                          "' is the moment of no factor or module of the round");
     }
-    if (Backend::rows(m) != Backend::rows(*like) || Backend::cols(m) != Backend::cols(*like)) {
+    const tensor_view t = file.tensor(name);  // its shape is checked before any conversion
+    if (t.shape.size() != 2 || t.shape[0] != std::uint64_t(Backend::rows(*like)) ||
+        t.shape[1] != std::uint64_t(Backend::cols(*like))) {
       raise<shape_error>(kind, " message: tensor '", name.substr(0, 80), "' must be ",
                          shape_string(Backend::rows(*like), Backend::cols(*like)), ", got ",
-                         shape_string(Backend::rows(m), Backend::cols(m)));
+                         t.shape_string());
     }
-    buffers.emplace(key, m);
+    buffers.emplace(key, read_matrix<Backend>(file, name, kind));
     ++tensors;
   }
   return optimizer_state<Backend>::restore(steps, buffers);
@@ -163,11 +164,21 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
 
   std::size_t expected = 0;
   up.adapters = reference;
-  const auto matrix = [&](const std::string& name) {
+  // The tensor `name` in the shape of `like` (reference's copy), checked before any conversion:
+  // a legal empty tensor such as [0, 2^62] is refused here, not walked column by column.
+  const auto matrix = [&](const std::string& name, const std::string& module, const char* what,
+                          const typename Backend::matrix& like) {
     const tensor_view t = file.tensor(name);
     if (t.shape.size() != 2) {
       detail::raise<shape_error>("upload message: tensor '", name, "' must be 2-D, got ",
                                  t.shape_string());
+    }
+    if (t.shape[0] != std::uint64_t(Backend::rows(like)) ||
+        t.shape[1] != std::uint64_t(Backend::cols(like))) {
+      detail::raise<shape_error>("module '", module, "' client ", up.client, ": ", what,
+                                 " expected ",
+                                 detail::shape_string(Backend::rows(like), Backend::cols(like)),
+                                 ", got ", t.shape_string());
     }
     return Backend::from_host(to_host_matrix<T>(t));
   };
@@ -180,7 +191,7 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
         detail::raise<shape_error>("module '", name, "' client ", up.client, ": ", factor,
                                    " missing from the upload message");
       }
-      *target = matrix(key);
+      *target = matrix(key, name, factor, *target);
       ++expected;
     }
   }
@@ -189,7 +200,7 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
       detail::raise<shape_error>("module to save '", name, "' client ", up.client,
                                  ": missing from the upload message");
     }
-    w = matrix("save/" + name);
+    w = matrix("save/" + name, name, "weight", w);
     ++expected;
   }
   if (meta.count("optimizer_steps")) {

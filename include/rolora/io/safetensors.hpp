@@ -323,6 +323,9 @@ host_matrix<T> to_host_matrix(const tensor_view& t) {
   detail::st::require_floating(t);
   const auto rows = static_cast<index_t>(t.shape[0]);
   const auto cols = t.shape.size() == 2 ? static_cast<index_t>(t.shape[1]) : index_t(1);
+  // An empty tensor is legal at any extent ([0, 2^62]); the transposing copy below would walk
+  // its 2^62 empty columns, so it is returned without one.
+  if (rows == 0 || cols == 0) return host_matrix<T>(rows, cols);
   detail::st::row_major_matrix<T> values(rows, cols);  // the file's layout
   detail::st::decode(t.dtype, t.bytes.data(), static_cast<std::size_t>(values.size()),
                      values.data());
