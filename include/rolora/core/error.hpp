@@ -2,6 +2,7 @@
 // and impossible configurations throw one of these at run time. Every message names what was
 // expected and what came, prefixed by an id such as "[rolora.shape_error]".
 #pragma once
+#include <concepts>
 #include <cstddef>
 #include <sstream>
 #include <stdexcept>
@@ -48,11 +49,20 @@ std::string concat(Parts&&... parts) {
   return out.str();
 }
 
+}  // namespace detail
+
 // Throws Error with the message "[rolora.<Error::id>] <parts...>": the id is the type's own.
+// Applications and user extensions raise rolora's errors through it, as the library does:
+//   rolora::raise<rolora::config_error>("--rank must be >= 1, got ", rank);
 template <class Error, class... Parts>
+requires std::derived_from<Error, error>
 [[noreturn]] void raise(Parts&&... parts) {
-  throw Error(concat("[rolora.", Error::id, "] ", std::forward<Parts>(parts)...));
+  throw Error(detail::concat("[rolora.", Error::id, "] ", std::forward<Parts>(parts)...));
 }
+
+namespace detail {
+
+using rolora::raise;  // the library's own call sites say detail::raise
 
 // Throws Error with the message "[rolora.<id>] <parts...>", for an id finer than the type's
 // (device_error's "cuda_error", "out_of_memory").
