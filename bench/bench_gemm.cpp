@@ -16,8 +16,8 @@
 
 #include <Eigen/Core>
 #include <dnnl.hpp>
-#include <rolora/backend/detail/onednn_gemm.hpp>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/onednn_gemm.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <string>
 #include <vector>
 

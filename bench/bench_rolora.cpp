@@ -26,7 +26,7 @@
 #include <rolora/aggregate/residual.hpp>
 #include <rolora/aggregate/stack.hpp>
 #include <rolora/aggregate/svd_resplit.hpp>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/core/rng.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/policy/policies.hpp>

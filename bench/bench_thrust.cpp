@@ -25,8 +25,8 @@
 #include <rolora/adapter/lora.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
-#include <rolora/backend/eigen.hpp>
-#include <rolora/backend/thrust.hpp>
+#include <rolora/backend/eigen/backend.hpp>
+#include <rolora/backend/thrust/backend.hpp>
 #include <rolora/core/rng.hpp>
 #include <span>
 #include <string>

@@ -15,7 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/nn/transformer.hpp>
 #include <vector>
 

@@ -26,7 +26,7 @@
 #endif
 
 // bench/CMakeLists.txt builds this file once per backend: rolora_transformer_round (Eigen),
-// rolora_transformer_round_thrust_omp and rolora_transformer_round_cuda (nn/thrust_primitives.hpp
+// rolora_transformer_round_thrust_omp and rolora_transformer_round_cuda (backend/thrust/nn_primitives.hpp
 // force-included, ROLORA_ROUND_BACKEND set).
 #ifndef ROLORA_ROUND_BACKEND
 #define ROLORA_ROUND_BACKEND rolora::eigen_backend<float>

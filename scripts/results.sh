@@ -17,7 +17,7 @@
 #                                picks are R_LR's defaults
 # Overrides: SEEDS="0 1 2", KS="3 20 50" (clients), RANKS="1 2 4 8", TUNE_GRID="method:lr ...",
 # JOBS, NO_BUILD=1 (skip setup, data and build), EXE (the example, default
-# build/examples/federated_finetune), NICE (19, robustness jobs), EXTRA (arguments added to every
+# build/apps/federated_finetune), NICE (19, robustness jobs), EXTRA (arguments added to every
 # run), ROUNDS (30) and EVAL_EVERY (5), TABLE (default results/table). Robustness: RKS="20 50 100",
 # SPLITS="iid dir1.0 dir0.3 dir0.1" (their order is the run order), R_METHODS, R_FROZEN_METHODS,
 # R_FROZEN_SPLITS (the splits with the frozen-head control; default all), R_STEPS="4 16" (the
@@ -34,7 +34,7 @@ what="${1:-all}"
 seeds=(${SEEDS:-0 1 2})
 ks=(${KS:-3 20 50})
 ranks=(${RANKS:-1 2 4 8})
-exe="${EXE:-build/examples/federated_finetune}"
+exe="${EXE:-build/apps/federated_finetune}"
 table="${TABLE:-results/table}"
 common=(--rounds "${ROUNDS:-30}" --eval-every "${EVAL_EVERY:-5}" --no-save ${EXTRA:-})
 

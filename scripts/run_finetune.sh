@@ -10,4 +10,4 @@ bash scripts/setup.sh
 bash scripts/fetch_data.sh
 cmake --preset default
 cmake --build --preset default --target federated_finetune -j "$(nproc 2>/dev/null || echo 2)"
-build/examples/federated_finetune --out results/finetune "$@"
+build/apps/federated_finetune --out results/finetune "$@"

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [ ! -f examples/linear_regression_theory.cpp ]; then
-  echo "run_theory.sh: examples/linear_regression_theory.cpp does not exist yet" >&2
+if [ ! -f apps/linear_regression_theory.cpp ]; then
+  echo "run_theory.sh: apps/linear_regression_theory.cpp does not exist yet" >&2
   exit 1
 fi
 
@@ -13,5 +13,5 @@ bash scripts/setup.sh
 cmake --preset default
 cmake --build --preset default --target linear_regression_theory -j "$(nproc 2>/dev/null || echo 2)"
 mkdir -p results
-build/examples/linear_regression_theory --method all \
+build/apps/linear_regression_theory --method all \
   --csv results/theory.csv --plot results/theory.svg "$@"

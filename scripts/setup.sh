@@ -10,7 +10,7 @@ PACKAGES=(
   libthrust-dev  # Thrust headers for the Thrust backend's OpenMP flavour (ROLORA_ENABLE_THRUST_OMP)
   clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz, scripts/fuzz.sh)
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
-  dataset-fashion-mnist zlib1g-dev  # examples/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
+  dataset-fashion-mnist zlib1g-dev  # apps/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
   libopenmpi-dev openmpi-bin  # the MPI transport (rolora::mpi) and its mpirun tests (label mpi)
   libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )

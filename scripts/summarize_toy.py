@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tables of docs/results.md for examples/mnist_toy: final test accuracy per clients x rank x
+"""Tables of docs/results.md for apps/mnist_toy: final test accuracy per clients x rank x
 method, mean +- std over the seeds found, and the paired per-seed margins of RoLoRA over FedIT
 and FFA-LoRA. Reads <root>/k<clients>_s<seed>/runs.csv of finished runs (a `done` marker)."""
 import csv

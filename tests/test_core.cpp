@@ -138,7 +138,7 @@ TEST_CASE_TEMPLATE("gemm computes alpha op(a) op(b) + beta c for every transposi
                   shape_error);
 }
 
-// Above oneDNN's crossover (backend/detail/onednn_gemm.hpp) eigen_backend<float> calls oneDNN when
+// Above oneDNN's crossover (backend/eigen/onednn_gemm.hpp) eigen_backend<float> calls oneDNN when
 // built with it, Eigen otherwise: both must match a double-precision product to within
 // |error| <= 1e-6 k (entries N(0, 1), k the inner dimension), beta = 0 must never read c (NaN
 // there), and the bits must not depend on how many threads multiply at once.

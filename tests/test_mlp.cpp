@@ -111,7 +111,7 @@ TEST_CASE(
 
 TEST_CASE(
     "federation: the head alone (modules to save, no adapters) trains; nothing at all is refused") {
-  // The head-only control of examples/federated_finetune (--methods head): a federated linear
+  // The head-only control of apps/federated_finetune (--methods head): a federated linear
   // probe. Two clients, FedAvg of the head; the hidden layer stays as it was.
   const mlp_weights<mlp_backend> model({8, 16, 4}, 1);
   std::vector<mlp_task<mlp_backend>> clients;

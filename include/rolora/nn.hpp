@@ -4,7 +4,7 @@
 #pragma once
 
 #include <rolora/nn/classification_task.hpp>
-#include <rolora/nn/eigen_primitives.hpp>
+#include <rolora/backend/eigen/nn_primitives.hpp>
 #include <rolora/nn/mlp.hpp>
 #include <rolora/nn/nn_backend.hpp>
 #include <rolora/nn/transformer.hpp>

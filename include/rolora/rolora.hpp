@@ -16,7 +16,7 @@
 #include <rolora/aggregate/residual.hpp>
 #include <rolora/aggregate/stack.hpp>
 #include <rolora/aggregate/svd_resplit.hpp>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>

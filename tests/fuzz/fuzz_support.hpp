@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/io/peft.hpp>
 #include <rolora/io/safetensors.hpp>
 #include <span>

@@ -14,7 +14,7 @@
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/fedavg.hpp>
-#include <rolora/backend/thrust.hpp>
+#include <rolora/backend/thrust/backend.hpp>
 #include <rolora/core/rng.hpp>
 #include <string>
 #include <vector>

@@ -119,7 +119,7 @@ concept backend = requires {
 //   frozen_gather_rows(const frozen_matrix& table, ids, bool accumulate, matrix& out)
 //                               out [cols, N] column j = (or += when accumulate) row ids[j] of
 //                               table (an embedding lookup; ids a std::span<const std::int32_t>)
-// eigen_backend<float> models it (backend/eigen.hpp).
+// eigen_backend<float> models it (backend/eigen/backend.hpp).
 // ---------------------------------------------------------------------------------------------
 template <class B>
 concept frozen_bf16_backend = backend<B> && std::movable<typename B::frozen_matrix> &&
@@ -370,7 +370,7 @@ concept round_end_callback = requires(C& c, const round_report& report,
 
 // ---------------------------------------------------------------------------------------------
 // nn_backend: a backend whose nn_primitives<B> specialisation provides the primitives the
-// transformer of rolora/nn needs (nn/eigen_primitives.hpp for eigen_backend). They are a
+// transformer of rolora/nn needs (backend/eigen/nn_primitives.hpp for eigen_backend). They are a
 // separate type so that a user of the core compiles none of them. The model checks shapes
 // before it calls a primitive, so primitives may assume them.
 //

@@ -1,6 +1,6 @@
 // A multilayer perceptron classifier with LoRA adapters, and its federated client task: the small
 // non-linear network on which the RoLoRA paper's extended version checks its linear-model insight
-// before language models (examples/mnist_toy.cpp runs it on Fashion-MNIST).
+// before language models (apps/mnist_toy.cpp runs it on Fashion-MNIST).
 //
 // Layers "fc1", ..., "fc{L-1}" and "head", widths {in, hidden..., classes}:
 //   h_0 = x [in, n],  h_l = GELU(W_l h_{l-1} + b_l (+ s B_l A_l h_{l-1})),  logits = head(h_{L-1})

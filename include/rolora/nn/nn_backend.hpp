@@ -1,6 +1,6 @@
 // The nn_backend contract (the transformer's primitives a backend provides through
 // nn_primitives<B>) is declared with every other contract in core/concepts.hpp; the Eigen
-// implementation is nn/eigen_primitives.hpp. This header brings both.
+// implementation is backend/eigen/nn_primitives.hpp. This header brings both.
 #pragma once
 #include <rolora/core/concepts.hpp>
-#include <rolora/nn/eigen_primitives.hpp>
+#include <rolora/backend/eigen/nn_primitives.hpp>

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
-#include <rolora/backend/eigen.hpp>  // detail::orthonormalize_rows_host
+#include <rolora/backend/eigen/backend.hpp>  // detail::orthonormalize_rows_host
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>

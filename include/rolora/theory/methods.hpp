@@ -174,7 +174,7 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
 struct no_hooks {};
 
 // Runs one method on the problem; all methods start from the same A0 (and B0 = 0).
-// Optional hooks, detected (for checkpoints, examples/linear_regression_theory.cpp):
+// Optional hooks, detected (for checkpoints, apps/linear_regression_theory.cpp):
 //   hooks.resume(server, records)          once, before the first iteration: may restore the
 //                                          federation's server and the records so far (the
 //                                          iterations already in `records` are not run again)

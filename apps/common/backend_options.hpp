@@ -1,20 +1,20 @@
 // --backend eigen|thrust-omp|cuda for the transformer examples: the flag, and the call of an
 // example's generic body with the chosen backend type (float). The Thrust-OpenMP flavour is
 // compiled in when the build has it (ROLORA_ENABLE_THRUST_OMP: examples/CMakeLists.txt defines
-// ROLORA_EXAMPLES_THRUST_OMP); the CUDA one only when this file is compiled by nvcc (the
-// examples' `<name>_cuda` targets, ROLORA_BUILD_CUDA_EXAMPLES); elsewhere `--backend cuda` says so.
+// ROLORA_APPS_THRUST_OMP); the CUDA one only when this file is compiled by nvcc (the
+// examples' `<name>_cuda` targets, ROLORA_BUILD_CUDA_APPS); elsewhere `--backend cuda` says so.
 #pragma once
-#if defined(ROLORA_EXAMPLES_THRUST_OMP) || defined(__CUDACC__)
+#if defined(ROLORA_APPS_THRUST_OMP) || defined(__CUDACC__)
 // clang-format off
-#include <rolora/nn/thrust_primitives.hpp>  // first Thrust header: it picks the device system
+#include <rolora/backend/thrust/nn_primitives.hpp>  // first Thrust header: it picks the device system
 // clang-format on
 #endif
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/core/error.hpp>
-#include <rolora/nn/eigen_primitives.hpp>
+#include <rolora/backend/eigen/nn_primitives.hpp>
 #include <string>
 
 namespace rolora::examples {
@@ -32,7 +32,7 @@ template <class F>
 int with_backend(const std::string& name, F&& f) {
   if (name == "eigen") return f(eigen_backend<float>{});
   if (name == "thrust-omp") {
-#if defined(ROLORA_EXAMPLES_THRUST_OMP)
+#if defined(ROLORA_APPS_THRUST_OMP)
     return f(thrust_omp_backend<float>{});
 #else
     detail::raise<config_error>(
@@ -50,7 +50,7 @@ int with_backend(const std::string& name, F&& f) {
 #else
     detail::raise<config_error>(
         "--backend cuda: this executable was compiled without CUDA; its nvcc build is "
-        "<name>_cuda (configure with -DROLORA_BUILD_CUDA_EXAMPLES=ON; docs/backends.md)");
+        "<name>_cuda (configure with -DROLORA_BUILD_CUDA_APPS=ON; docs/backends.md)");
 #endif
   }
   detail::raise<config_error>("--backend: unknown backend '", name,

@@ -1,8 +1,8 @@
 // Element-wise work and reductions of the Thrust backend, as functors that run on the host
-// (cpp/omp) or the device (cuda). Internal to rolora/backend/thrust.hpp.
+// (cpp/omp) or the device (cuda). Internal to rolora/backend/thrust/backend.hpp.
 #pragma once
 // clang-format off
-#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+#include <rolora/backend/thrust/system.hpp>  // first: it picks the Thrust device system
 // clang-format on
 #include <thrust/copy.h>
 #include <thrust/functional.h>

@@ -13,7 +13,7 @@
 // on a copy, so they give eigen_backend's bits for the same input.
 #pragma once
 // clang-format off
-#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+#include <rolora/backend/thrust/system.hpp>  // first: it picks the Thrust device system
 // clang-format on
 // First: it picks Thrust's device system before any Thrust header is seen.
 #include <thrust/copy.h>
@@ -27,11 +27,11 @@
 #include <cmath>
 #include <cstddef>
 #include <new>
-#include <rolora/backend/detail/thrust_elementwise.hpp>
-#include <rolora/backend/detail/thrust_error.hpp>
-#include <rolora/backend/detail/thrust_gemm.hpp>
-#include <rolora/backend/detail/thrust_matrix.hpp>
-#include <rolora/backend/eigen.hpp>  // the host helpers for the small r x r factorisations
+#include <rolora/backend/thrust/elementwise.hpp>
+#include <rolora/backend/thrust/error.hpp>
+#include <rolora/backend/thrust/gemm.hpp>
+#include <rolora/backend/thrust/matrix.hpp>
+#include <rolora/backend/eigen/backend.hpp>  // the host helpers for the small r x r factorisations
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>

@@ -1,5 +1,5 @@
 // The CPU backend: column-major Eigen matrices, GEMM through Eigen's blocked kernels, or through
-// oneDNN for fp32 when built with it (backend/detail/onednn_gemm.hpp; always on the calling
+// oneDNN for fp32 when built with it (backend/eigen/onednn_gemm.hpp; always on the calling
 // thread). eigen_backend<float> also holds frozen bf16 matrices (frozen_bf16_backend).
 #pragma once
 #include <Eigen/Cholesky>
@@ -10,7 +10,7 @@
 #include <concepts>
 #include <cstdint>
 #include <map>
-#include <rolora/backend/detail/onednn_gemm.hpp>
+#include <rolora/backend/eigen/onednn_gemm.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>

@@ -1,6 +1,6 @@
 // The transformer's primitives on the Thrust backend: nn_primitives<thrust_backend<T, System>>,
 // the nn_backend contract (core/concepts.hpp, shapes there) written once for every Thrust system
-// (cpp, omp, cuda). Include it after (or instead of) rolora/backend/thrust.hpp; link
+// (cpp, omp, cuda). Include it after (or instead of) rolora/backend/thrust/backend.hpp; link
 // rolora::thrust_omp or rolora::thrust_cuda.
 //
 // How each primitive runs:
@@ -20,7 +20,7 @@
 // token ids, per-column losses) lives in per-thread buffers that only grow.
 #pragma once
 // clang-format off
-#include <rolora/backend/thrust.hpp>  // first: it picks the Thrust device system
+#include <rolora/backend/thrust/backend.hpp>  // first: it picks the Thrust device system
 // clang-format on
 #include <thrust/copy.h>
 #include <thrust/fill.h>

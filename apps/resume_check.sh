@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest example.theory_resume: kill linear_regression_theory with SIGKILL at two different
+# ctest app.theory_resume: kill linear_regression_theory with SIGKILL at two different
 # iterations (inside the first method, and inside the second after the first finished), resume
 # each with --resume, and compare the CSV and every method's final server state (adapters,
 # client state, byte totals) with an uninterrupted run, byte for byte.

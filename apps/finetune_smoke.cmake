@@ -1,4 +1,4 @@
-# ctest script of example.finetune_smoke: runs federated_finetune briefly and checks its outputs.
+# ctest script of app.finetune_smoke: runs federated_finetune briefly and checks its outputs.
 # Skipped when the corpus is not there: "rolora-skip: <reason>" is the test's SKIP_REGULAR_EXPRESSION
 # (cmake_language(EXIT 77) would need CMake 3.29; Debian 12 has 3.25).
 if(NOT IS_DIRECTORY "${CORPUS}/spam-assassin/data")

@@ -1,6 +1,6 @@
 // Errors of the Thrust backend: device_error, failed allocations that say how many bytes were
 // asked for, and (under CUDA) the one checking macro for CUDA runtime and cuBLAS calls.
-// Internal to rolora/backend/thrust.hpp.
+// Internal to rolora/backend/thrust/backend.hpp.
 #pragma once
 #include <cstddef>
 #include <exception>

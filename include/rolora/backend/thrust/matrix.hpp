@@ -1,13 +1,13 @@
 // The matrix of the Thrust backend: column-major values in a Thrust vector on one system, plus
-// its extents. Internal to rolora/backend/thrust.hpp.
+// its extents. Internal to rolora/backend/thrust/backend.hpp.
 #pragma once
 // clang-format off
-#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+#include <rolora/backend/thrust/system.hpp>  // first: it picks the Thrust device system
 // clang-format on
 #include <cstddef>
 #include <limits>
 #include <new>
-#include <rolora/backend/detail/thrust_error.hpp>
+#include <rolora/backend/thrust/error.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
 #include <string_view>

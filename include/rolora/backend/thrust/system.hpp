@@ -1,5 +1,5 @@
 // Which Thrust system a thrust_backend runs on: the storage type it uses, its name, and whether
-// GEMM goes to cuBLAS. Internal to rolora/backend/thrust.hpp.
+// GEMM goes to cuBLAS. Internal to rolora/backend/thrust/backend.hpp.
 //
 // Systems available in a translation unit:
 //   thrust::system::cpp::tag    always (sequential, host memory)

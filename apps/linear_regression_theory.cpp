@@ -20,7 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/checkpoint.hpp>
 #include <rolora/theory/linear_regression.hpp>

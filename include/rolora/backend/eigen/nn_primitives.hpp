@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <rolora/backend/eigen.hpp>
+#include <rolora/backend/eigen/backend.hpp>
 #include <rolora/core/concepts.hpp>
 #include <span>
 #include <type_traits>

@@ -1,6 +1,6 @@
 // GEMM of the Thrust backend. On the cpp/omp systems: a blocked kernel run as one Thrust
 // for_each over output tiles (in parallel under OpenMP); on CUDA: cuBLAS.
-// Internal to rolora/backend/thrust.hpp.
+// Internal to rolora/backend/thrust/backend.hpp.
 //
 // Host kernel, for c [m, n] = alpha op(a) [m, k] op(b) [k, n] + beta c:
 //   - c is cut into tiles of tile_m x tile_n; each tile is computed by one thread, so the
@@ -13,7 +13,7 @@
 //     on the cpp and the omp systems alike.
 #pragma once
 // clang-format off
-#include <rolora/backend/detail/thrust_system.hpp>  // first: it picks the Thrust device system
+#include <rolora/backend/thrust/system.hpp>  // first: it picks the Thrust device system
 // clang-format on
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
@@ -22,7 +22,7 @@
 #include <cstddef>
 #include <initializer_list>
 #include <limits>
-#include <rolora/backend/detail/thrust_error.hpp>
+#include <rolora/backend/thrust/error.hpp>
 #include <rolora/core/shape.hpp>
 #include <type_traits>
 #include <vector>
@@ -224,7 +224,7 @@ void cublas_gemm(const T* a, index_t lda, bool trans_a, const T* b, index_t ldb,
 
 // count products c_i [m, n] = alpha op(a_i) op(b_i) + beta c_i, operand i at pointer + i stride,
 // leading dimensions lda, ldb, ldc (blocks of larger matrices), through one strided batched
-// cuBLAS call (the attention's per-sequence products, nn/thrust_primitives.hpp).
+// cuBLAS call (the attention's per-sequence products, backend/thrust/nn_primitives.hpp).
 template <class T>
 void cublas_gemm_strided_batched(const T* a, index_t lda, index_t stride_a, bool trans_a,
                                  const T* b, index_t ldb, index_t stride_b, bool trans_b, index_t m,
