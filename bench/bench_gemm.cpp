@@ -14,10 +14,12 @@
 #define EIGEN_DONT_PARALLELIZE  // eigen_backend's GEMM runs on the calling thread
 #include <benchmark/benchmark.h>
 
+#include "bench_common.hpp"
+
 #include <Eigen/Core>
 #include <dnnl.hpp>
-#include <rolora/backend/eigen/onednn_gemm.hpp>
 #include <rolora/backend/eigen/backend.hpp>
+#include <rolora/backend/eigen/onednn_gemm.hpp>
 #include <string>
 #include <vector>
 
@@ -70,8 +72,8 @@ struct operands {
 };
 
 void set_counters(benchmark::State& state, const shape& s, const std::string& kernel = "") {
-  state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * double(s.m) * double(s.n) * double(s.k),
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      rolora::bench::per_second(2e-9 * double(s.m) * double(s.n) * double(s.k));
   state.SetLabel(std::to_string(s.m) + "x" + std::to_string(s.k) + (s.op_a == 'T' ? "^T" : "") +
                  " * " + std::to_string(s.k) + "x" + std::to_string(s.n) +
                  (s.op_b == 'T' ? "^T " : " ") + kernel);

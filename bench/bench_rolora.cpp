@@ -13,6 +13,8 @@
 //             bench/bench_rolora.cpp -lbenchmark -lpthread -o /tmp/rb  &&  /tmp/rb
 #include <benchmark/benchmark.h>
 
+#include "bench_common.hpp"
+
 #include <Eigen/SVD>
 #include <algorithm>
 #include <cstddef>
@@ -40,27 +42,10 @@ namespace {
 
 using rolora::index_t;
 
-constexpr std::uint64_t kSeed = 20240611;
-
-// A [rows, cols] matrix with entries U(-1, 1) from rolora's Philox stream (seed, data, tag):
-// the same bits on every run and every machine.
-template <class T>
-rolora::host_matrix<T> random_matrix(index_t rows, index_t cols, std::uint32_t tag) {
-  const rolora::random_stream rs(kSeed, rolora::stream::data, tag, 0);
-  rolora::host_matrix<T> m(rows, cols);
-  for (index_t i = 0; i < m.size(); ++i) {
-    m.data()[i] = static_cast<T>(2.0 * rs.uniform(std::uint64_t(i)) - 1.0);
-  }
-  return m;
-}
-
-std::string shape(index_t a, index_t b) { return std::to_string(a) + "x" + std::to_string(b); }
-
-// Counter that prints `per_iteration * iterations / seconds`; with per_iteration in units of 1e9
-// it reads directly as GFLOP/s or GB/s.
-benchmark::Counter per_second(double per_iteration) {
-  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
-}
+using rolora::bench::per_second;
+using rolora::bench::random_matrix;
+using rolora::bench::shape;
+constexpr std::uint64_t kSeed = rolora::bench::seed;
 
 // ---- 1. the reference: Eigen GEMM --------------------------------------------------------------
 
@@ -80,12 +65,7 @@ void BM_eigen_gemm(benchmark::State& state) {
 }
 
 void gemm_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"m", "k", "n"});
-  for (index_t s : {256, 768, 1024}) b->Args({s, s, s});    // square
-  for (index_t n : {32, 128, 512}) b->Args({768, 768, n});  // W0 x, in = out = 768
-  for (index_t n : {32, 128}) b->Args({4096, 4096, n});     // W0 x, in = out = 4096
-  b->Args({16, 768, 512});                                  // A x, r = 16
-  b->Args({768, 8, 768});                                   // B A, r = 8 (error measure)
+  rolora::bench::gemm_shapes(b);
   b->Unit(benchmark::kMicrosecond);
 }
 

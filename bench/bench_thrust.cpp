@@ -16,7 +16,9 @@
 // Build: cmake -DROLORA_BUILD_BENCHMARKS=ON -DROLORA_ENABLE_THRUST_OMP=ON [-DROLORA_ENABLE_CUDA=ON]
 //        then the targets above; see docs/backends.md for the figures.
 #include <benchmark/benchmark.h>
+
 #include <thrust/reduce.h>
+#include "bench_common.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -46,32 +48,13 @@ using tb = rolora::thrust_omp_backend<T>;
 void sync() {}
 #endif
 
-constexpr std::uint64_t kSeed = 20240611;
-
-// As bench_rolora.cpp: U(-1, 1) entries from rolora's Philox stream (seed, data, tag).
-template <class T>
-rolora::host_matrix<T> random_matrix(index_t rows, index_t cols, std::uint32_t tag) {
-  const rolora::random_stream rs(kSeed, rolora::stream::data, tag, 0);
-  rolora::host_matrix<T> m(rows, cols);
-  for (index_t i = 0; i < m.size(); ++i) {
-    m.data()[i] = static_cast<T>(2.0 * rs.uniform(std::uint64_t(i)) - 1.0);
-  }
-  return m;
-}
-
-std::string shape(index_t a, index_t b) { return std::to_string(a) + "x" + std::to_string(b); }
-
-benchmark::Counter per_second(double per_iteration) {
-  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
-}
+using rolora::bench::per_second;
+using rolora::bench::random_matrix;
+using rolora::bench::shape;
+constexpr std::uint64_t kSeed = rolora::bench::seed;
 
 void gemm_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"m", "k", "n"});
-  for (index_t s : {256, 768, 1024}) b->Args({s, s, s});
-  for (index_t n : {32, 128, 512}) b->Args({768, 768, n});
-  for (index_t n : {32, 128}) b->Args({4096, 4096, n});
-  b->Args({16, 768, 512});
-  b->Args({768, 8, 768});
+  rolora::bench::gemm_shapes(b);
   b->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 

@@ -14,6 +14,8 @@
 //       bench/bench_transformer.cpp -lbenchmark -lpthread -o /tmp/bt && /tmp/bt
 #include <benchmark/benchmark.h>
 
+#include "bench_common.hpp"
+
 #include <cstdint>
 #include <rolora/backend/eigen/backend.hpp>
 #include <rolora/nn/transformer.hpp>
@@ -74,8 +76,7 @@ void BM_gemm_reference(benchmark::State& state) {
     B::gemm(1.0f, w, rolora::op::none, x, rolora::op::none, 0.0f, y);
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * double(c.d_ff * c.d_model * tokens),
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = rolora::bench::per_second(2e-9 * double(c.d_ff * c.d_model * tokens));
 }
 BENCHMARK(BM_gemm_reference)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -99,10 +100,8 @@ void BM_lora_step(benchmark::State& state) {
     benchmark::DoNotOptimize(rolora::classification_loss_and_grad(w, adapters, batch, labels,
                                                                   rolora::only_b, grads, ws));
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(1e-9 * step_flops(c, kSequences, false, 0),
-                                                 benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["tokens/s"] = benchmark::Counter(double(kSequences * c.max_len),
-                                                  benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = rolora::bench::per_second(1e-9 * step_flops(c, kSequences, false, 0));
+  state.counters["tokens/s"] = rolora::bench::per_second(double(kSequences * c.max_len));
 }
 BENCHMARK(BM_lora_step)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -118,10 +117,8 @@ void BM_full_mlm_step(benchmark::State& state) {
   for (auto _ : state)
     benchmark::DoNotOptimize(rolora::mlm_loss_and_grad(w, batch, targets, grads, ws));
   state.counters["GFLOP/s"] =
-      benchmark::Counter(1e-9 * step_flops(c, kSequences, true, c.vocab_size),
-                         benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["tokens/s"] = benchmark::Counter(double(kSequences * c.max_len),
-                                                  benchmark::Counter::kIsIterationInvariantRate);
+      rolora::bench::per_second(1e-9 * step_flops(c, kSequences, true, c.vocab_size));
+  state.counters["tokens/s"] = rolora::bench::per_second(double(kSequences * c.max_len));
 }
 BENCHMARK(BM_full_mlm_step)->Unit(benchmark::kMillisecond)->UseRealTime();
 
