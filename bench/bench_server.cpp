@@ -40,7 +40,7 @@ struct round_fixture {
     plan = server.begin_round(clients);
     for (std::size_t c : plan.reporting) {
       auto d = server.download(plan, c);
-      rolora::client_upload<B> up{plan.round, c, 10.0 + double(c % 7), 0.5, d.adapters, {}};
+      rolora::client_update<B> up{c, 10.0 + double(c % 7), d.adapters, plan.round, 0.5, {}};
       for (auto& [name, a] : up.adapters) {
         auto h = B::to_host(a.B);
         h.array() += float(c % 13) * 1e-3f;

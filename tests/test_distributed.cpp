@@ -17,6 +17,20 @@ using namespace rolora;
 using rolora::test::message_of;
 
 namespace {
+// The round and client of the rolora error `f` throws as type E (fails the test if it does not).
+template <class E, class F>
+error_context context_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.context();
+  }
+  FAIL("expected an exception");
+  return {};
+}
+}  // namespace
+
+namespace {
 
 template <class Backend>
 theory::linear_problem<Backend> four_clients() {
@@ -52,7 +66,7 @@ federation_config config(bad_update_policy on_bad) {
 template <class Backend>
 using fedit_server = federation_server<Backend, train_both, fedavg>;
 template <class Backend>
-using corruption = std::function<void(client_upload<Backend>&)>;
+using corruption = std::function<void(client_update<Backend>&)>;
 
 // One round composed by hand: the server's plan and downloads, the clients' local training, and
 // client `victim`'s upload corrupted on its way to the server.
@@ -60,7 +74,7 @@ template <class Backend, class Task>
 round_report round_with(fedit_server<Backend>& server, std::vector<Task>& tasks, std::size_t victim,
                         const corruption<Backend>& corrupt) {
   const round_plan plan = server.begin_round(tasks.size());
-  std::vector<client_upload<Backend>> uploads;
+  std::vector<client_update<Backend>> uploads;
   for (std::size_t c : plan.reporting) {
     uploads.push_back(train_locally(tasks[c], server.download(plan, c), server.config()));
     if (c == victim) corrupt(uploads.back());
@@ -87,7 +101,7 @@ std::vector<std::pair<hostile_class, corruption<Backend>>> hostile_uploads() {
   const std::string m = theory::module_name;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
-  using up = client_upload<Backend>;
+  using up = client_update<Backend>;
   return {
       {{"NaN", "lora_B holds non-finite"},
        [=](up& u) { u.adapters.at(m).B = with_entry<Backend>(u.adapters.at(m).B, 3, 1, nan); }},
@@ -200,6 +214,10 @@ TEST_CASE_TEMPLATE(
     CHECK(msg.find(hostile.reason) != std::string::npos);
     CHECK(test::bit_equal(fail.global(), before));
     CHECK(fail.next_round() == 0);
+    // The round and the client are fields of the error, not only words of its message.
+    const auto where = context_of<error>([&] { round_with(fail, p.clients, victim, corrupt); });
+    CHECK(where.round == std::size_t{0});
+    CHECK(where.client == (std::string(hostile.name) == "unknown client" ? 9 : victim));
     // Nothing else changed either: the same round, now clean, gives the clean bits.
     round_with(fail, p.clients, 99, {});
     CHECK(test::bit_equal(fail.global(), clean_once));
@@ -212,7 +230,7 @@ TEST_CASE_TEMPLATE("hostile uploads: a second upload of a client is refused, its
   fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::drop),
                           adapters<Backend>());
   const round_plan plan = s.begin_round(4);
-  std::vector<client_upload<Backend>> uploads;
+  std::vector<client_update<Backend>> uploads;
   for (std::size_t c : plan.reporting)
     uploads.push_back(train_locally(p.clients[c], s.download(plan, c), s.config()));
   auto twice = uploads[1];
@@ -265,6 +283,9 @@ TEST_CASE_TEMPLATE(
         std::string::npos);
   CHECK(test::bit_equal(quorum.global(), before));
   CHECK(quorum.next_round() == 0);
+  const auto quorum_failed = context_of<value_error>([&] { quorum.run_round(tasks); });
+  CHECK(quorum_failed.round == std::size_t{0});
+  CHECK(!quorum_failed.client);  // the round failed, no one client
   strict.min_clients = 0;
   CHECK_THROWS_AS((federation<Backend, train_both, fedavg>(train_both{}, fedavg{}, strict, before)),
                   config_error);
@@ -279,6 +300,9 @@ TEST_CASE_TEMPLATE(
   } catch (const value_error& e) {
     CHECK(std::string(e.what()).find(
               "[rolora.value_error] round 2: module 'linear' client 1: lora_A") == 0);
+    CHECK(e.round() == std::size_t{2});
+    CHECK(e.client() == std::size_t{1});
+    CHECK(e.message().starts_with("module 'linear' client 1: lora_A holds non-finite"));
     const auto* completed = dynamic_cast<const failed_run*>(&e);
     REQUIRE(completed != nullptr);
     REQUIRE(completed->reports.size() == 2);
@@ -517,7 +541,7 @@ TEST_CASE_TEMPLATE(
   auto poisoned = up;
   poisoned.adapters.at(m).B =
       with_entry<Backend>(up.adapters.at(m).B, 1, 1, std::numeric_limits<double>::quiet_NaN());
-  std::vector<client_upload<Backend>> uploads;
+  std::vector<client_update<Backend>> uploads;
   for (std::size_t c : plan.reporting) {
     uploads.push_back(decode_upload<Backend>(
         encode_upload(
@@ -553,7 +577,7 @@ TEST_CASE_TEMPLATE(
   // Round 0 gives client 1 moments and a local B; round 1's download carries both.
   auto run_round = [&] {
     const round_plan plan = s.begin_round(4);
-    std::vector<client_upload<Backend>> ups;
+    std::vector<client_update<Backend>> ups;
     for (std::size_t c : plan.reporting) {
       auto down = s.download(plan, c);
       ups.push_back(train_locally(p.clients[c], std::move(down), s.config()));
@@ -639,7 +663,7 @@ TEST_CASE("encoded sizes: the wire layout's size is the safetensors writer's, fo
   for (const std::string& name : std::vector<std::string>{
            "linear", "a\"b\\c", "tab\there", "\x01\x1f\x7f", "\xc3\xbcn/c\xc3\xb8", ""}) {
     CAPTURE(name);
-    client_upload<Backend> up;
+    client_update<Backend> up;
     up.round = 123456;
     up.client = 7;
     up.num_samples = 1.0 / 3.0;
@@ -664,14 +688,14 @@ TEST_CASE_TEMPLATE(
   const round_plan plan = s.begin_round(4);
   const round_plan plan2 = without.begin_round(4);
   std::vector<received_upload<Backend>> got;
-  std::vector<client_upload<Backend>> clean;
+  std::vector<client_update<Backend>> clean;
   std::size_t arrived = 0;
   for (std::size_t c : plan.reporting) {
     const auto up = train_locally(p.clients[c], s.download(plan, c), s.config());
     const auto bytes = encode_upload(up, plan.shares);
     arrived += c == 1 ? 5 : bytes.size();
     if (c == 1) {
-      got.push_back({c, 5, std::nullopt, "[rolora.value_error] safetensors: too short"});
+      got.push_back({c, 5, std::nullopt, "safetensors: too short"});
     } else if (c == 2) {
       got.push_back(
           {c, bytes.size(), decode_upload<Backend>(bytes, s.download(plan, 3).adapters), {}});
@@ -691,4 +715,49 @@ TEST_CASE_TEMPLATE(
   CHECK(test::bit_equal(s.global(), without.global()));
   CHECK(report.bytes_up == arrived);
   CHECK(report.bytes_down == clean_report.bytes_down);
+}
+
+TEST_CASE_TEMPLATE(
+    "received uploads under on_bad_update = fail: the error names the round and the channel's "
+    "client in its fields and its message",
+    Backend, ROLORA_TEST_BACKENDS) {
+  auto p = four_clients<Backend>();
+  for (const std::size_t bad : {std::size_t{0}, std::size_t{3}}) {
+    CAPTURE(bad);
+    fedit_server<Backend> s(train_both{}, fedavg{}, config<Backend>(bad_update_policy::fail),
+                            adapters<Backend>());
+    round_with(s, p.clients, 99, {});  // round 0 is clean: the failing round is 1
+    const round_plan plan = s.begin_round(4);
+    const auto received = [&](bool undecodable) {
+      std::vector<received_upload<Backend>> got;
+      for (std::size_t c : plan.reporting) {
+        const auto bytes = encode_upload(
+            train_locally(p.clients[c], s.download(plan, c), s.config()), plan.shares);
+        if (c == bad && undecodable) {
+          got.push_back({c, 5, std::nullopt, "safetensors: too short"});
+        } else {
+          got.push_back(
+              {c, bytes.size(), decode_upload<Backend>(bytes, s.download(plan, c).adapters), {}});
+          if (c == bad) got.back().upload->num_samples = -1;
+        }
+      }
+      return got;
+    };
+    const auto before = s.global();
+    try {
+      s.complete_round(plan, received(true));
+      FAIL("expected the round to fail");
+    } catch (const value_error& e) {
+      CHECK(std::string(e.what()) == "[rolora.value_error] round 1: client " + std::to_string(bad) +
+                                         ": safetensors: too short");
+      CHECK(e.round() == std::size_t{1});
+      CHECK(e.client() == bad);
+      CHECK(e.message() == "client " + std::to_string(bad) + ": safetensors: too short");
+    }
+    const auto where = context_of<value_error>([&] { s.complete_round(plan, received(false)); });
+    CHECK(where.round == std::size_t{1});
+    CHECK(where.client == bad);
+    CHECK(test::bit_equal(s.global(), before));
+    CHECK(s.next_round() == 1);
+  }
 }

@@ -167,6 +167,14 @@ TEST_CASE_TEMPLATE(
   ups[1].adapters.at("m").B = Backend::zeros(6, 3);
   auto msg = message_of<shape_error>([&] { run(ups); });
   CHECK(msg.find("module 'm' client 1: lora_B expected [6, 2], got [6, 3]") != std::string::npos);
+  try {  // the client is a field of the error; no round: aggregate() is outside any federation
+    run(ups);
+    FAIL("expected a shape_error");
+  } catch (const shape_error& e) {
+    CHECK(e.client() == std::size_t{1});
+    CHECK(!e.round());
+    CHECK(e.message() == "module 'm' client 1: lora_B expected [6, 2], got [6, 3]");
+  }
 
   ups = f.updates;  // non-finite value at client 2
   auto bad = Backend::to_host(ups[2].adapters.at("m").A);
@@ -328,6 +336,14 @@ TEST_CASE_TEMPLATE("a round with every client dropped, or a client that diverges
   const auto msg = message_of<value_error>([&] { fed.run_round(p.clients); });
   CHECK(msg.find("round 0: no client update arrived (1 sampled, all dropped out)") !=
         std::string::npos);
+  try {
+    fed.run_round(p.clients);
+    FAIL("expected a value_error");
+  } catch (const value_error& e) {
+    CHECK(e.round() == std::size_t{0});
+    CHECK(!e.client());
+    CHECK(e.message() == "no client update arrived (1 sampled, all dropped out)");
+  }
   CHECK(test::bit_equal(fed.global(), before));
   CHECK(fed.next_round() == 0);
 
@@ -339,6 +355,13 @@ TEST_CASE_TEMPLATE("a round with every client dropped, or a client that diverges
                                                   linear_adapters<Backend>(12, 12, 2));
   const auto msg2 = message_of<value_error>([&] { blowup.run_round(p.clients); });
   CHECK(msg2.find("module 'linear' client 0: lora_B holds non-finite") != std::string::npos);
+  try {
+    blowup.run_round(p.clients);
+    FAIL("expected a value_error");
+  } catch (const value_error& e) {
+    CHECK(e.round() == std::size_t{0});
+    CHECK(e.client() == std::size_t{0});
+  }
   CHECK(test::bit_equal(blowup.global(), before));
 
   config.local_steps = 0;
@@ -653,4 +676,42 @@ TEST_CASE(
   CHECK(rows[3].rfind(expected.str(), 0) == 0);
   std::filesystem::remove(file);
   CHECK_THROWS_AS(csv_log(std::filesystem::path("/proc/no/such/dir/x.csv")), rolora::error);
+}
+
+TEST_CASE("errors carry their round and client as fields; what() shows the round after the id") {
+  try {
+    raise<value_error>({.round = 3, .client = 5}, "client ", 5, ": sample count ", -1);
+    FAIL("expected a value_error");
+  } catch (const value_error& e) {
+    CHECK(std::string(e.what()) == "[rolora.value_error] round 3: client 5: sample count -1");
+    CHECK(e.message() == "client 5: sample count -1");
+    CHECK(e.round() == std::size_t{3});
+    CHECK(e.client() == std::size_t{5});
+  }
+  shape_error e(shape_error::id, "module 'm' client 2: lora_A expected [2, 4], got [3, 4]",
+                {.client = 2});
+  CHECK(std::string(e.what()) ==
+        "[rolora.shape_error] module 'm' client 2: lora_A expected [2, 4], got [3, 4]");
+  CHECK(!e.round());
+  e.set_round(12);  // as the error leaves round 12
+  CHECK(std::string(e.what()) ==
+        "[rolora.shape_error] round 12: module 'm' client 2: lora_A expected [2, 4], got [3, 4]");
+  CHECK(e.message() == "module 'm' client 2: lora_A expected [2, 4], got [3, 4]");
+  CHECK(e.round() == std::size_t{12});
+  e.set_round(13);  // a round is named once: the innermost one
+  e.set_client(7);
+  CHECK(e.round() == std::size_t{12});
+  CHECK(e.client() == std::size_t{2});
+  CHECK(std::string(e.what()).find("round 12: module") != std::string::npos);
+  const shape_error copy = e;  // copies keep the fields
+  CHECK(copy.round() == std::size_t{12});
+  CHECK(copy.client() == std::size_t{2});
+  CHECK(copy.message() == e.message());
+  value_error plain("no tag");  // constructed from its text: no id, no context
+  CHECK(plain.message() == "no tag");
+  plain.set_round(1);
+  CHECK(std::string(plain.what()) == "round 1: no tag");
+  CHECK(plain.message() == "no tag");
+  CHECK_THROWS_WITH_AS(raise<config_error>("r must be >= 1, got ", 0),
+                       "[rolora.config_error] r must be >= 1, got 0", config_error);
 }

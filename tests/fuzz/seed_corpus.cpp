@@ -93,7 +93,7 @@ std::vector<bytes_t> npy_seeds() {
 
 // Upload messages of a client of the PEFT model, carrying A, B and both.
 std::vector<bytes_t> message_seeds() {
-  client_upload<fuzz::backend_t> up;
+  client_update<fuzz::backend_t> up;
   up.round = 3;
   up.client = 1;
   up.num_samples = 40;

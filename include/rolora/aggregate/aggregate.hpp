@@ -5,24 +5,33 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <map>
+#include <optional>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
+#include <rolora/federated/optimizer.hpp>
 #include <span>
 #include <string>
 #include <vector>
 
 namespace rolora {
 
-// What a client sends back after local training. In simulation it carries the client's whole
-// adapter set; aggregators read only the factors the policy shares this round.
+// What a client sends back after local training (client -> server, answering the download of
+// round `round`), and what aggregators merge: the one upload type, from train_locally through
+// encode_upload / decode_upload and the server's checks to the aggregator. Aggregators read
+// client, num_samples and the factors of `adapters` the policy shares this round; the server
+// also reads round, loss and optimizer.
 template <backend Backend>
 struct client_update {
-  std::size_t client = 0;    // client id, used in messages
-  double num_samples = 0.0;  // n_i, for sample weighting
-  adapter_set<Backend> adapters;
+  std::size_t client = 0;                   // client id, used in messages
+  double num_samples = 0.0;                 // n_i, for sample weighting
+  adapter_set<Backend> adapters;            // after local training (in simulation: all its factors)
+  std::size_t round = 0;                    // the round it answers
+  double loss = 0.0;                        // mean loss over its local steps
+  optimizer_state<Backend> optimizer = {};  // after local training (kept on request)
 };
 
 // w_i = n_i / sum n (by_samples) or 1 / K (uniform).
@@ -45,92 +54,117 @@ struct aggregation_result {
   std::size_t residual_scalars = 0;
 };
 
+// What check_update holds an update to besides `expected`'s modules and shapes.
+struct update_rules {
+  // Ranks r_i <= r (aggregators that accept heterogeneous ranks): lora_A [r_i, in] and lora_B
+  // [out, r_i] with 1 <= r_i <= r, and a finite non-zero scaling.
+  bool lower_ranks = false;
+  bool same_scaling = false;          // each module's scaling is exactly the expected one
+  std::optional<double> min_samples;  // num_samples finite and >= this (unset: not checked)
+  double max_abs_entry = std::numeric_limits<double>::infinity();  // bound on |entry|
+};
+
 namespace detail {
 
+// `got` is [rows, cols] with finite entries of magnitude at most `bound` (client `at.client`).
 template <backend Backend>
-void check_factor(const std::string& module, std::size_t client, const char* factor,
-                  const typename Backend::matrix& expected, const typename Backend::matrix& got) {
-  if (Backend::rows(got) != Backend::rows(expected) ||
-      Backend::cols(got) != Backend::cols(expected)) {
-    raise<shape_error>("module '", module, "' client ", client, ": ", factor, " expected ",
-                       shape_string(Backend::rows(expected), Backend::cols(expected)), ", got ",
+void check_matrix(const std::string& module, error_context at, const char* what, index_t rows,
+                  index_t cols, const typename Backend::matrix& got, double bound) {
+  if (Backend::rows(got) != rows || Backend::cols(got) != cols) {
+    raise<shape_error>(at, "module '", module, "' client ", *at.client, ": ", what, " expected ",
+                       shape_string(rows, cols), ", got ",
                        shape_string(Backend::rows(got), Backend::cols(got)));
   }
   if (!Backend::all_finite(got)) {
-    raise<value_error>("module '", module, "' client ", client, ": ", factor,
+    raise<value_error>(at, "module '", module, "' client ", *at.client, ": ", what,
                        " holds non-finite values (NaN or inf)");
   }
+  if (bound < std::numeric_limits<double>::infinity()) {
+    const auto host = Backend::to_host(got);
+    const double largest = host.size() ? double(host.cwiseAbs().maxCoeff()) : 0.0;
+    if (largest > bound) {
+      raise<value_error>(at, "module '", module, "' client ", *at.client, ": ", what,
+                         " holds an entry of magnitude ", largest,
+                         ", above max_abs_entry = ", bound);
+    }
+  }
 }
 
-// Client `client` uploaded module `module` at a rank r_i <= r: lora_A [r_i, in], lora_B
-// [out, r_i], finite values and a finite non-zero scaling.
+// The one check of an update, as hostile input: throws (shape_error or value_error naming the
+// module and the client, with the client in error::client()) unless `u` has exactly the modules
+// and modules to save of `expected`, at their shapes (or lower ranks, by `rules`), with finite
+// entries, and the sample count and scalings `rules` asks for.
 template <backend Backend>
-void check_lower_rank(const std::string& module, std::size_t client,
-                      const lora_adapter<Backend>& global, const lora_adapter<Backend>& got) {
-  const index_t r = global.rank(), r_i = got.rank();
-  if (r_i < 1 || r_i > r || got.in_features() != global.in_features()) {
-    raise<shape_error>("module '", module, "' client ", client, ": lora_A expected [r_i, ",
-                       global.in_features(), "] with 1 <= r_i <= ", r, ", got ",
-                       shape_string(r_i, got.in_features()));
+void check_update(const adapter_set<Backend>& expected, const client_update<Backend>& u,
+                  const update_rules& rules) {
+  const std::size_t c = u.client;
+  const error_context at{.client = c};
+  const double bound = rules.max_abs_entry;
+  if (rules.min_samples && !(std::isfinite(u.num_samples) && u.num_samples >= *rules.min_samples)) {
+    raise<value_error>(at, "client ", c,
+                       ": sample count must be finite and >= ", *rules.min_samples, ", got ",
+                       u.num_samples);
   }
-  check_factor<Backend>(module, client, "lora_A", Backend::zeros(r_i, global.in_features()), got.A);
-  check_factor<Backend>(module, client, "lora_B", Backend::zeros(global.out_features(), r_i),
-                        got.B);
-  if (!std::isfinite(double(got.scaling)) || got.scaling == 0) {
-    raise<value_error>("module '", module, "' client ", client,
-                       ": scaling must be finite and non-zero, got ", double(got.scaling));
+  for (const auto& [name, a] : u.adapters) {
+    if (!expected.contains(name)) {
+      raise<shape_error>(at, "module '", name, "' client ", c,
+                         ": not a module of the global adapters");
+    }
+  }
+  for (const auto& [name, e] : expected) {
+    if (!u.adapters.contains(name)) {
+      raise<shape_error>(at, "module '", name, "' client ", c, ": missing from the update");
+    }
+    const auto& a = u.adapters.at(name);
+    index_t r = e.rank();
+    if (rules.lower_ranks) {
+      r = a.rank();
+      if (r < 1 || r > e.rank() || a.in_features() != e.in_features()) {
+        raise<shape_error>(at, "module '", name, "' client ", c, ": lora_A expected [r_i, ",
+                           e.in_features(), "] with 1 <= r_i <= ", e.rank(), ", got ",
+                           shape_string(r, a.in_features()));
+      }
+    }
+    check_matrix<Backend>(name, at, "lora_A", r, e.in_features(), a.A, bound);
+    check_matrix<Backend>(name, at, "lora_B", e.out_features(), r, a.B, bound);
+    if (rules.same_scaling && a.scaling != e.scaling) {
+      raise<value_error>(at, "module '", name, "' client ", c, ": scaling ", double(a.scaling),
+                         ", expected the downloaded ", double(e.scaling));
+    }
+    if (rules.lower_ranks && (!std::isfinite(double(a.scaling)) || a.scaling == 0)) {
+      raise<value_error>(at, "module '", name, "' client ", c,
+                         ": scaling must be finite and non-zero, got ", double(a.scaling));
+    }
+  }
+  const auto& mine = u.adapters.modules_to_save();
+  for (const auto& [name, w] : mine) {
+    if (!expected.modules_to_save().count(name)) {
+      raise<shape_error>(at, "module to save '", name, "' client ", c,
+                         ": not a module of the global state");
+    }
+  }
+  for (const auto& [name, w] : expected.modules_to_save()) {
+    const auto it = mine.find(name);
+    if (it == mine.end()) {
+      raise<shape_error>(at, "module to save '", name, "' client ", c, ": missing from the update");
+    }
+    check_matrix<Backend>(name, at, "weight", Backend::rows(w), Backend::cols(w), it->second,
+                          bound);
   }
 }
 
-// Every update has exactly the modules of `global`, with the same shapes (or, when
-// `lower_ranks` is set, ranks r_i <= r) and finite values.
+// A round's updates for rolora::aggregate: at least one, each passing check_update against the
+// global adapters.
 template <backend Backend>
 void check_updates(const adapter_set<Backend>& global,
-                   std::span<const client_update<Backend>> updates, bool lower_ranks = false) {
+                   std::span<const client_update<Backend>> updates,
+                   const update_rules& rules = {}) {
   if (updates.empty()) {
     raise<value_error>(
         "aggregate: the round has no client update (no client was "
         "sampled, or every sampled client dropped out)");
   }
-  for (const auto& u : updates) {
-    if (u.adapters.size() != global.size()) {
-      for (const auto& [name, a] : u.adapters) {
-        if (!global.contains(name)) {
-          raise<shape_error>("module '", name, "' client ", u.client,
-                             ": not a module of the global adapters");
-        }
-      }
-    }
-    for (const auto& [name, g] : global) {
-      if (!u.adapters.contains(name)) {
-        raise<shape_error>("module '", name, "' client ", u.client, ": missing from the update");
-      }
-      const auto& a = u.adapters.at(name);
-      if (lower_ranks) {  // these aggregators read each client's scaling: check it too
-        check_lower_rank<Backend>(name, u.client, g, a);
-        continue;
-      }
-      check_factor<Backend>(name, u.client, "lora_A", g.A, a.A);
-      check_factor<Backend>(name, u.client, "lora_B", g.B, a.B);
-    }
-    const auto& mine = u.adapters.modules_to_save();
-    for (const auto& [name, w] : global.modules_to_save()) {
-      const auto it = mine.find(name);
-      if (it == mine.end()) {
-        raise<shape_error>("module to save '", name, "' client ", u.client,
-                           ": missing from the update");
-      }
-      check_factor<Backend>(name, u.client, "weight", w, it->second);
-    }
-    if (mine.size() != global.modules_to_save().size()) {
-      for (const auto& [name, w] : mine) {
-        if (!global.modules_to_save().count(name)) {
-          raise<shape_error>("module to save '", name, "' client ", u.client,
-                             ": not a module of the global state");
-        }
-      }
-    }
-  }
+  for (const auto& u : updates) check_update(global, u, rules);
 }
 
 // The sample-weighted mean of the clients' modules to save (PEFT's modules_to_save), in place.
@@ -151,14 +185,8 @@ template <backend Backend>
 std::vector<double> normalised_weights(std::span<const client_update<Backend>> updates,
                                        weighting how) {
   std::vector<double> w(updates.size(), 1.0);
-  if (how == weighting::by_samples) {
-    for (std::size_t i = 0; i < updates.size(); ++i) {
-      w[i] = updates[i].num_samples;
-      if (!(std::isfinite(w[i]) && w[i] >= 0.0)) {
-        raise<value_error>("client ", updates[i].client,
-                           ": sample count must be finite and >= 0, got ", w[i]);
-      }
-    }
+  if (how == weighting::by_samples) {  // each count finite and >= 0: check_update
+    for (std::size_t i = 0; i < updates.size(); ++i) w[i] = updates[i].num_samples;
   }
   double total = 0.0;
   for (double x : w) total += x;
@@ -213,22 +241,15 @@ struct aggregation_options {
   std::size_t round = 0;                // passed to round-aware aggregators
 };
 
-// Runs one server aggregation. On success `global` holds the merged adapters (and, when any factor
-// was shared, the weighted mean of the modules to save); if anything throws
-// (bad shapes, non-finite values, no update, weights summing to 0), `global` is left exactly as
-// it was. `shared` are the factors the clients uploaded.
+namespace detail {
+
+// rolora::aggregate on updates already checked (check_updates, or the server's checks).
 template <backend Backend, class Aggregator>
-aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>& global,
-                             std::span<const client_update<Backend>> updates, factor_set shared,
-                             const aggregation_options& options = {}) {
-  static_assert(aggregator_for<Aggregator, Backend>,
-                "rolora::aggregate: the Aggregator type does not model rolora::aggregator_for: it "
-                "needs `static constexpr std::string_view name` and a const member "
-                "`adapter_set<B> merge(const adapter_set<B>&, std::span<const client_update<B>>, "
-                "std::span<const double>, factor_set) const` (see core/concepts.hpp)");
-  detail::check_updates(global, updates, heterogeneous_rank_aggregator<Aggregator>);
+aggregation_result merge_checked(const Aggregator& aggregator, adapter_set<Backend>& global,
+                                 std::span<const client_update<Backend>> updates, factor_set shared,
+                                 const aggregation_options& options) {
   aggregation_result result;
-  result.weights = detail::normalised_weights(updates, options.client_weighting);
+  result.weights = normalised_weights(updates, options.client_weighting);
   const std::span<const double> w(result.weights);
   adapter_set<Backend> next = [&] {
     if constexpr (round_aware_aggregator<Aggregator, Backend>) {
@@ -240,19 +261,19 @@ aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>&
   if constexpr (residual_tracking_aggregator<Aggregator, Backend>) {
     result.residual_scalars = aggregator.residual_update_scalars(global, updates, shared);
   }
-  if (shared.any()) detail::average_modules_to_save(next, updates, result.weights);
+  if (shared.any()) average_modules_to_save(next, updates, result.weights);
   for (const auto& [name, a] : next) {
     if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B) ||
         (a.has_residual() && !Backend::all_finite(a.residual))) {
-      detail::raise<value_error>("module '", name, "': aggregator '", Aggregator::name,
-                                 "' produced non-finite values");
+      raise<value_error>("module '", name, "': aggregator '", Aggregator::name,
+                         "' produced non-finite values");
     }
   }
   if (options.measure_error) {
     double err2 = 0.0, norm2 = 0.0;
     for (const auto& [name, a] : next) {
-      const auto [err, norm] = detail::module_aggregation_error(name, updates, w, global.at(name),
-                                                                a, options.keeps_local);
+      const auto [err, norm] =
+          module_aggregation_error(name, updates, w, global.at(name), a, options.keeps_local);
       result.module_error[name] = err;
       err2 += err * err;
       norm2 += norm * norm;
@@ -262,6 +283,30 @@ aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>&
   }
   global = std::move(next);
   return result;
+}
+
+}  // namespace detail
+
+// Runs one server aggregation. On success `global` holds the merged adapters (and, when any factor
+// was shared, the weighted mean of the modules to save); if anything throws
+// (bad shapes, non-finite values, no update, weights summing to 0), `global` is left exactly as
+// it was. `shared` are the factors the clients uploaded. Each update passes detail::check_update
+// against `global` (heterogeneous-rank aggregators: at ranks r_i <= r; weighting by samples:
+// counts finite and >= 0).
+template <backend Backend, class Aggregator>
+aggregation_result aggregate(const Aggregator& aggregator, adapter_set<Backend>& global,
+                             std::span<const client_update<Backend>> updates, factor_set shared,
+                             const aggregation_options& options = {}) {
+  static_assert(aggregator_for<Aggregator, Backend>,
+                "rolora::aggregate: the Aggregator type does not model rolora::aggregator_for: it "
+                "needs `static constexpr std::string_view name` and a const member "
+                "`adapter_set<B> merge(const adapter_set<B>&, std::span<const client_update<B>>, "
+                "std::span<const double>, factor_set) const` (see core/concepts.hpp)");
+  update_rules rules;
+  rules.lower_ranks = heterogeneous_rank_aggregator<Aggregator>;
+  if (options.client_weighting == weighting::by_samples) rules.min_samples = 0.0;
+  detail::check_updates(global, updates, rules);
+  return detail::merge_checked(aggregator, global, updates, shared, options);
 }
 
 }  // namespace rolora

@@ -224,8 +224,10 @@ struct round_report;
 //   merge(const adapter_set<B>& global, std::span<const client_update<B>> updates,
 //         std::span<const double> weights, factor_set shared) -> adapter_set<B>
 //                               returns the next global adapters. `updates` are the clients'
-//                               adapters after local training, already checked by the caller
-//                               (same modules and shapes as `global`, finite values); `weights`
+//                               uploads (client_update, aggregate/aggregate.hpp: the one upload
+//                               type, as the server decoded it) with their adapters after local
+//                               training, already checked by the caller (detail::check_update:
+//                               same modules and shapes as `global`, finite values); `weights`
 //                               are non-negative and sum to 1; `shared` names the factors the
 //                               clients uploaded this round: the merge must read only those from
 //                               the updates and keep the others as they are in `global`.

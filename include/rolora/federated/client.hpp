@@ -3,11 +3,12 @@
 // A client_download is what the server sends client c in round t: the adapters as c uses them
 // (the global ones at c's rank, with the factors c keeps local) and the factors to train. The
 // client trains them for `local_steps` steps on its own data (or solves B exactly, when the task
-// can and the config asks) and answers with a client_upload: the trained adapters, its sample
+// can and the config asks) and answers with a client_update: the trained adapters, its sample
 // count and its mean step loss. The server (federated/server.hpp) treats every upload as hostile.
 #pragma once
 #include <cstddef>
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/aggregate.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/round_config.hpp>
@@ -26,31 +27,23 @@ struct client_download {
   optimizer_state<Backend> optimizer;  // its kept moments (fresh unless keep_optimizer_state)
 };
 
-// Client -> server, answering the download of the same round.
-template <backend Backend>
-struct client_upload {
-  std::size_t round = 0;
-  std::size_t client = 0;
-  double num_samples = 0.0;            // n_i
-  double loss = 0.0;                   // mean loss over its local steps
-  adapter_set<Backend> adapters;       // after local training; the server reads the shared factors
-  optimizer_state<Backend> optimizer;  // after local training (kept by the server on request)
-};
+// Client -> server is a client_update (aggregate/aggregate.hpp): the one upload type, which the
+// aggregators merge.
 
 // Local training of one client: a pure function of the download, the task's data and the
 // config's seed, so where and on which thread it runs changes no bit.
 template <class Backend, class Task>
-client_upload<Backend> train_locally(Task& task, client_download<Backend> download,
+client_update<Backend> train_locally(Task& task, client_download<Backend> download,
                                      const federation_config& config) {
   static_assert(client_task<Task, Backend>,
                 "rolora::train_locally: the Task type does not model rolora::client_task: it needs "
                 "num_samples(), loss(adapters) and loss_and_grad(adapters, batch, trains, grads) "
                 "(see federated/task.hpp)");
-  client_upload<Backend> up{download.round,
-                            download.client,
+  client_update<Backend> up{download.client,
                             double(task.num_samples()),
-                            0.0,
                             std::move(download.adapters),
+                            download.round,
+                            0.0,
                             std::move(download.optimizer)};
   if constexpr (closed_form_b_task<Task, Backend>) {
     if (config.closed_form_b && download.trains == only_b) {

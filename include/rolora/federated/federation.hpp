@@ -124,7 +124,7 @@ class federation {
       const round_plan plan = server_.begin_round(tasks.size());
       // Each client's upload depends only on its download, data and streams, so the thread count
       // changes no bit.
-      std::vector<client_upload<Backend>> uploads(plan.reporting.size());
+      std::vector<client_update<Backend>> uploads(plan.reporting.size());
       detail::parallel_for(plan.reporting.size(), server_.config().threads, [&](std::size_t i) {
         const std::size_t c = plan.reporting[i];
         uploads[i] = train_locally(tasks[c], server_.download(plan, c), server_.config());

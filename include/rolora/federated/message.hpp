@@ -2,8 +2,9 @@
 // says what they are, laid out as federated/wire.hpp describes (download: server -> client;
 // upload: client -> server), decoded by the checked safetensors reader. Neither side trusts the
 // bytes: decode_download and decode_upload turn any malformed message into a rolora error, and
-// what decode_upload returns still goes through federation_server's hostile-upload checks
-// (shapes, finiteness, magnitude, round, client).
+// what decode_upload returns -- a client_update, the type the aggregators merge -- still goes
+// through federation_server's hostile-upload checks (shapes, finiteness, magnitude, round,
+// client). Errors about a named client carry it in error::client().
 // Factors an upload does not carry are the client's downloaded ones.
 // Fuzz entry point: decode_upload<eigen_backend<float>>(bytes, reference).
 #pragma once
@@ -121,7 +122,7 @@ std::vector<std::uint8_t> encode_layout(const wire_layout<Backend>& layout) {
 // The bytes of `up` carrying the LoRA factors `factors` (and every module to save), and its
 // optimizer moments when `with_optimizer`. Exactly encoded_size(upload_layout(...)) bytes.
 template <backend Backend>
-std::vector<std::uint8_t> encode_upload(const client_upload<Backend>& up, factor_set factors,
+std::vector<std::uint8_t> encode_upload(const client_update<Backend>& up, factor_set factors,
                                         bool with_optimizer = false) {
   return encode_layout(upload_layout(up, factors, with_optimizer));
 }
@@ -140,7 +141,7 @@ std::vector<std::uint8_t> encode_download(const client_download<Backend>& d, fac
 // modules or factors, a missing tensor, a non-floating or non-2-D tensor, optimizer moments
 // (metadata optimizer_steps, tensors optimizer/<buffer>) of no factor or of another shape.
 template <backend Backend>
-client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
+client_update<Backend> decode_upload(std::span<const std::uint8_t> bytes,
                                      const adapter_set<Backend>& reference) {
   using T = typename Backend::scalar;
   const safetensors_file file =
@@ -150,7 +151,7 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   if (kind == meta.end() || kind->second != "upload") {
     detail::raise<value_error>("upload message: metadata 'rolora.message' must be 'upload'");
   }
-  client_upload<Backend> up;
+  client_update<Backend> up;
   up.round = detail::msg::parse_number<std::size_t>(meta, "round");
   up.client = detail::msg::parse_number<std::size_t>(meta, "client");
   up.num_samples = detail::msg::parse_number<double>(meta, "num_samples");
@@ -175,8 +176,8 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
     }
     if (t.shape[0] != std::uint64_t(Backend::rows(like)) ||
         t.shape[1] != std::uint64_t(Backend::cols(like))) {
-      detail::raise<shape_error>("module '", module, "' client ", up.client, ": ", what,
-                                 " expected ",
+      detail::raise<shape_error>({.client = up.client}, "module '", module, "' client ", up.client,
+                                 ": ", what, " expected ",
                                  detail::shape_string(Backend::rows(like), Backend::cols(like)),
                                  ", got ", t.shape_string());
     }
@@ -188,8 +189,8 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
       if (!on) continue;
       const std::string key = "lora/" + name + "/" + factor;
       if (!file.contains(key)) {
-        detail::raise<shape_error>("module '", name, "' client ", up.client, ": ", factor,
-                                   " missing from the upload message");
+        detail::raise<shape_error>({.client = up.client}, "module '", name, "' client ", up.client,
+                                   ": ", factor, " missing from the upload message");
       }
       *target = matrix(key, name, factor, *target);
       ++expected;
@@ -197,8 +198,8 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   }
   for (auto& [name, w] : up.adapters.modules_to_save()) {
     if (!file.contains("save/" + name)) {
-      detail::raise<shape_error>("module to save '", name, "' client ", up.client,
-                                 ": missing from the upload message");
+      detail::raise<shape_error>({.client = up.client}, "module to save '", name, "' client ",
+                                 up.client, ": missing from the upload message");
     }
     w = matrix("save/" + name, name, "weight", w);
     ++expected;
@@ -215,8 +216,9 @@ client_upload<Backend> decode_upload(std::span<const std::uint8_t> bytes,
       const bool saved =
           name.starts_with("save/") && up.adapters.modules_to_save().count(name.substr(5));
       if (!lora && !saved) {
-        detail::raise<shape_error>("client ", up.client, ": upload message tensor '",
-                                   name.substr(0, 80), "' is not a factor or module of the round");
+        detail::raise<shape_error>({.client = up.client}, "client ", up.client,
+                                   ": upload message tensor '", name.substr(0, 80),
+                                   "' is not a factor or module of the round");
       }
     }
   }

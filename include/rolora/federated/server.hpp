@@ -5,12 +5,13 @@
 // increments of past rounds and the byte totals. One round t is three steps:
 //   begin_round(num_clients)   sample the clients (seeded by (seed, t)) and their dropouts
 //   download(plan, c)          what client c receives: its view of the global adapters
-//   complete_round(plan, ups)  check every upload as hostile input, drop or fail the bad ones,
-//                              merge the others in client-id order, commit, report
+//   complete_round(plan, ups)  validate: check every upload as hostile input (one check,
+//                              detail::check_update), drop or fail the bad ones; aggregate: merge
+//                              the others in client-id order; commit; account: report
 // The client side is federated/client.hpp; federated/federation.hpp composes both in-process.
 // A round that fails (every client gone, a bad upload under on_bad_update = fail, fewer than
-// min_clients usable updates, an aggregator error) throws an error naming the round and changes
-// nothing.
+// min_clients usable updates, an aggregator error) throws an error naming the round (its
+// error::round(), and a bad upload's client in error::client()) and changes nothing.
 //
 // Heterogeneous ranks (federation_config::client_ranks): client c trains every module at rank
 // r_c = min(client_ranks[c], r), downloading the first r_c components of the server's adapters at
@@ -48,15 +49,6 @@ namespace rolora {
 
 namespace detail {
 
-// "[rolora.<id>] <what>" -> "[rolora.<id>] round <t>: <what>" (unchanged when it names a round).
-inline std::string in_round(std::string_view message, std::size_t round) {
-  const std::size_t tag =
-      message.starts_with("[rolora.") ? message.find("] ") : std::string_view::npos;
-  const std::size_t at = tag == std::string_view::npos ? 0 : tag + 2;
-  if (message.substr(at).starts_with("round ")) return std::string(message);
-  return concat(message.substr(0, at), "round ", round, ": ", message.substr(at));
-}
-
 // Rethrows the rolora error in flight as remake(e), e seen as its rolora type (shape_error,
 // value_error, config_error, or error for any other).
 template <class Remake>
@@ -74,29 +66,14 @@ template <class Remake>
   }
 }
 
-// Rethrows the rolora error in flight as the same type with the round in its message.
+// Rethrows the rolora error in flight, the same object, naming round `round` (error::round(),
+// and "round <t>: " in what()) unless it names a round already.
 [[noreturn]] inline void rethrow_in_round(std::size_t round) {
-  rethrow_remade([round](const auto& e) {
-    return std::remove_cvref_t<decltype(e)>(in_round(e.what(), round));
-  });
-}
-
-// The message of a rolora error without its "[rolora.<id>] " tag.
-inline std::string_view untagged(std::string_view message) {
-  const std::size_t tag =
-      message.starts_with("[rolora.") ? message.find("] ") : std::string_view::npos;
-  return tag == std::string_view::npos ? message : message.substr(tag + 2);
-}
-
-// Every entry of `m` is at most `bound` in magnitude (NaN passes: check_factor rejects it first).
-template <backend Backend>
-void check_magnitude(const std::string& module, std::size_t client, const char* factor,
-                     const typename Backend::matrix& m, double bound) {
-  const auto host = Backend::to_host(m);
-  const double largest = host.size() ? double(host.cwiseAbs().maxCoeff()) : 0.0;
-  if (largest > bound) {
-    raise<value_error>("module '", module, "' client ", client, ": ", factor,
-                       " holds an entry of magnitude ", largest, ", above max_abs_entry = ", bound);
+  try {
+    throw;
+  } catch (error& e) {
+    e.set_round(round);
+    throw;
   }
 }
 
@@ -111,12 +88,13 @@ struct round_plan {
 };
 
 // An upload as a transport received it: the client whose channel it came on, its encoded size,
-// and what decoding it gave -- the upload, or why it could not be decoded.
+// and what decoding it gave -- the update, or why it could not be decoded (the decoding error's
+// error::message(), which the server's refusal quotes after "client <c>: ").
 template <backend Backend>
 struct received_upload {
   std::size_t client = 0;
   std::size_t bytes = 0;
-  std::optional<client_upload<Backend>> upload;
+  std::optional<client_update<Backend>> upload;
   std::string error;  // when !upload
 };
 
@@ -289,12 +267,12 @@ class federation_server {
       if (!drops_out(config_.seed, t, c, config_.client_dropout)) plan.reporting.push_back(c);
     }
     if (plan.reporting.empty()) {
-      detail::raise<value_error>("round ", t, ": no client update arrived (", plan.sampled.size(),
+      detail::raise<value_error>({.round = t}, "no client update arrived (", plan.sampled.size(),
                                  " sampled, all dropped out)");
     }
     if (plan.reporting.size() < config_.min_clients) {
       detail::raise<value_error>(
-          "round ", t, ": ", plan.reporting.size(), " of ", plan.sampled.size(),
+          {.round = t}, plan.reporting.size(), " of ", plan.sampled.size(),
           " sampled clients report back, fewer than min_clients = ", config_.min_clients);
     }
     return plan;
@@ -311,9 +289,10 @@ class federation_server {
   // Checks the uploads of `plan`'s round (any order; at most one per reporting client), merges
   // the good ones in client-id order and commits. Throws, changing nothing, when a bad upload
   // meets on_bad_update = fail, when fewer than min_clients good ones remain, or when the
-  // aggregator fails.
+  // aggregator fails; the error names the round (error::round()) and, for a bad upload, the
+  // client (error::client()).
   // Each upload counts as the size of its encoding (encoded_upload_size).
-  round_report complete_round(const round_plan& plan, std::vector<client_upload<Backend>> uploads) {
+  round_report complete_round(const round_plan& plan, std::vector<client_update<Backend>> uploads) {
     std::vector<received_upload<Backend>> received;
     received.reserve(uploads.size());
     for (auto& u : uploads) {
@@ -328,7 +307,17 @@ class federation_server {
   round_report complete_round(const round_plan& plan,
                               std::vector<received_upload<Backend>> received) {
     try {
-      return merge(plan, std::move(received));
+      if (plan.round != round_) {
+        detail::raise<config_error>("federation: the plan is for round ", plan.round,
+                                    " but the server is at round ", round_);
+      }
+      round_report report = report_of(plan);
+      std::vector<client_update<Backend>> good = validate(plan, received, report.rejected);
+      const traffic sent = downloads_of(plan);  // from the state before the round
+      const aggregation_result merged = aggregate_round(plan, good);
+      commit(plan, good, merged);  // from here on nothing throws but std::bad_alloc
+      account(plan, good, merged, received, sent, report);
+      return report;
     } catch (const error&) {
       detail::rethrow_in_round(plan.round);
     }
@@ -345,75 +334,127 @@ class federation_server {
     return encoded_size(download_layout(download(plan, client), upload_factors(plan),
                                         config_.keep_optimizer_state));
   }
-  std::size_t encoded_upload_size(const round_plan& plan, const client_upload<Backend>& u) const {
+  std::size_t encoded_upload_size(const round_plan& plan, const client_update<Backend>& u) const {
     return encoded_size(upload_layout(u, upload_factors(plan), config_.keep_optimizer_state));
   }
 
  private:
-  round_report merge(const round_plan& plan, std::vector<received_upload<Backend>> received) {
-    if (plan.round != round_) {
-      detail::raise<config_error>("federation: the plan is for round ", plan.round,
-                                  " but the server is at round ", round_);
-    }
+  // What the sampled clients of a round download, in bytes (all of it, and its dense residuals).
+  struct traffic {
+    std::size_t down = 0, residual_down = 0;
+  };
+
+  static round_report report_of(const round_plan& plan) {
     round_report report;
     report.round = plan.round;
     report.trained = plan.trains;
     report.shared = plan.shares;
-    const factor_set local = policy_.keeps_local();
+    return report;
+  }
 
-    // What the sampled clients downloaded, counted from the state before the round.
-    std::size_t down = 0;
-    for (std::size_t c : plan.sampled) down += encoded_download_size(plan, c);
-    const std::size_t residual_down = plan.sampled.size() * residual_bytes();
-
-    // Hostile input: each upload either passes every check or is refused with its reason.
+  // Validate: the uploads that pass every check, in client-id order. A bad one fails the round
+  // (on_bad_update = fail) or is dropped with its reason in `rejected`; fewer than min_clients
+  // good ones fail the round, naming the reasons.
+  std::vector<client_update<Backend>> validate(const round_plan& plan,
+                                               std::vector<received_upload<Backend>>& received,
+                                               std::vector<rejected_update>& rejected) const {
     std::stable_sort(received.begin(), received.end(),
                      [](const auto& l, const auto& r) { return l.client < r.client; });
-    std::vector<client_upload<Backend>> good;
+    std::vector<client_update<Backend>> good;
     std::vector<bool> seen(clients_.size(), false);
     for (auto& r : received) {
       try {
-        if (!r.upload) {
-          detail::raise<value_error>("client ", r.client, ": ", detail::untagged(r.error));
-        }
-        if (r.upload->client != r.client) {
-          detail::raise<value_error>("client ", r.client, ": its upload names client ",
-                                     r.upload->client);
-        }
-        check_upload(plan, *r.upload, seen);
+        check_received(plan, r, seen);
         good.push_back(std::move(*r.upload));
       } catch (const error& e) {
         if (config_.on_bad_update == bad_update_policy::fail) throw;
-        report.rejected.push_back({r.client, std::string(detail::untagged(e.what()))});
+        rejected.push_back({r.client, std::string(e.message())});
       }
     }
     if (good.size() < config_.min_clients) {
       std::string reasons;
-      for (const auto& r : report.rejected) reasons += "; " + r.reason;
+      for (const auto& r : rejected) reasons += "; " + r.reason;
       detail::raise<value_error>(good.size(), " usable update(s) of ", plan.sampled.size(),
                                  " sampled clients (", plan.sampled.size() - plan.reporting.size(),
-                                 " dropped out, ", report.rejected.size(),
+                                 " dropped out, ", rejected.size(),
                                  " rejected), fewer than "
                                  "min_clients = ",
                                  config_.min_clients, reasons);
     }
+    return good;
+  }
 
-    std::vector<client_update<Backend>> updates;
-    updates.reserve(good.size());
-    for (auto& u : good) updates.push_back({u.client, u.num_samples, std::move(u.adapters)});
-    const auto result = aggregate(
-        aggregator_, global_, std::span<const client_update<Backend>>(updates), plan.shares,
-        {config_.client_weighting, local, config_.measure_aggregation_error, plan.round});
+  // Throws (value_error or shape_error naming the client, in error::client() too) unless `r`
+  // decoded to an upload that names the client of its channel, a reporting client not seen
+  // before, answers `plan`'s round and passes detail::check_update against the client's
+  // download: its modules, shapes and scalings, a sample count >= 1, every entry finite and
+  // within max_abs_entry.
+  void check_received(const round_plan& plan, const received_upload<Backend>& r,
+                      std::vector<bool>& seen) const {
+    const std::size_t c = r.client;
+    const error_context at{.client = c};
+    if (!r.upload) detail::raise<value_error>(at, "client ", c, ": ", r.error);
+    const client_update<Backend>& u = *r.upload;
+    if (u.client != c) {
+      detail::raise<value_error>(at, "client ", c, ": its upload names client ", u.client);
+    }
+    if (!std::binary_search(plan.reporting.begin(), plan.reporting.end(), c)) {
+      detail::raise<value_error>(at, "client ", c, ": not a client of this round (",
+                                 plan.reporting.size(), " reporting of ", clients_.size(), ")");
+    }
+    if (seen[c]) detail::raise<value_error>(at, "client ", c, ": a second upload in the round");
+    seen[c] = true;
+    if (u.round != plan.round) {
+      detail::raise<value_error>(at, "client ", c, ": upload for round ", u.round,
+                                 ", expected round ", plan.round);
+    }
+    detail::check_update(client_view(c), u,
+                         {.lower_ranks = false,
+                          .same_scaling = true,
+                          .min_samples = 1.0,
+                          .max_abs_entry = config_.max_abs_entry});
+  }
 
-    // Committed: the global state changed; now the clients' own state and the report follow.
+  traffic downloads_of(const round_plan& plan) const {
+    traffic t;
+    for (std::size_t c : plan.sampled) t.down += encoded_download_size(plan, c);
+    t.residual_down = plan.sampled.size() * residual_bytes();
+    return t;
+  }
+
+  // Aggregate: the checked uploads merged into the global adapters (all or nothing).
+  aggregation_result aggregate_round(const round_plan& plan,
+                                     const std::vector<client_update<Backend>>& good) {
+    return detail::merge_checked(aggregator_, global_,
+                                 std::span<const client_update<Backend>>(good), plan.shares,
+                                 {config_.client_weighting, policy_.keeps_local(),
+                                  config_.measure_aggregation_error, plan.round});
+  }
+
+  // Commit: each participant's kept factors and moments, the residual increments, the round.
+  void commit(const round_plan& plan, std::vector<client_update<Backend>>& good,
+              const aggregation_result& merged) {
+    const bool keeps_local = policy_.keeps_local().any();
+    for (auto& u : good) {
+      auto& client = clients_[u.client];
+      if (keeps_local) client.local = std::move(u.adapters);
+      if (config_.keep_optimizer_state) client.optimizer = std::move(u.optimizer);
+    }
+    residual_increments_.push_back(merged.residual_scalars);
+    for (std::size_t c : plan.sampled) clients_[c].residual_synced = plan.round;
+    ++round_;
+  }
+
+  // Account: who took part, the loss, the aggregation error and the bytes of the round.
+  void account(const round_plan& plan, const std::vector<client_update<Backend>>& good,
+               const aggregation_result& merged,
+               const std::vector<received_upload<Backend>>& received, const traffic& sent,
+               round_report& report) {
     double loss = 0.0, samples = 0.0;
-    for (std::size_t i = 0; i < good.size(); ++i) {
-      auto& client = clients_[good[i].client];
-      if (local.any()) client.local = std::move(updates[i].adapters);
-      if (config_.keep_optimizer_state) client.optimizer = std::move(good[i].optimizer);
-      loss += good[i].loss * updates[i].num_samples;
-      samples += updates[i].num_samples;
-      report.participants.push_back(good[i].client);
+    for (const auto& u : good) {
+      loss += u.loss * u.num_samples;
+      samples += u.num_samples;
+      report.participants.push_back(u.client);
     }
     for (std::size_t c : plan.sampled) {
       if (!std::binary_search(report.participants.begin(), report.participants.end(), c)) {
@@ -421,10 +462,8 @@ class federation_server {
       }
     }
     report.train_loss = loss / samples;
-    report.aggregation_error = result.error;
-    report.relative_aggregation_error = result.relative_error;
-    residual_increments_.push_back(result.residual_scalars);
-    for (std::size_t c : plan.sampled) clients_[c].residual_synced = plan.round;
+    report.aggregation_error = merged.error;
+    report.relative_aggregation_error = merged.relative_error;
     std::size_t uploaded = 0;
     for (const auto& r : received) {  // every upload from a known client counts, merged or not
       if (r.client < clients_.size()) {
@@ -432,80 +471,14 @@ class federation_server {
         ++uploaded;
       }
     }
-    report.bytes_down = down;
-    report.residual_bytes_down = residual_down;
+    report.bytes_down = sent.down;
+    report.residual_bytes_down = sent.residual_down;
     report.bytes_up_per_client = uploaded ? report.bytes_up / uploaded : 0;
     report.bytes_down_per_client = report.bytes_down / plan.sampled.size();
     total_up_ += report.bytes_up;
     total_down_ += report.bytes_down;
     report.total_bytes_up = total_up_;
     report.total_bytes_down = total_down_;
-    ++round_;
-    return report;
-  }
-
-  // Throws (shape_error or value_error naming the client) unless `u` answers `plan` from a
-  // reporting client not seen before, with a positive sample count and exactly the modules,
-  // shapes and scalings it downloaded, every entry finite and within max_abs_entry.
-  void check_upload(const round_plan& plan, const client_upload<Backend>& u,
-                    std::vector<bool>& seen) const {
-    const std::size_t c = u.client;
-    if (!std::binary_search(plan.reporting.begin(), plan.reporting.end(), c)) {
-      detail::raise<value_error>("client ", c, ": not a client of this round (",
-                                 plan.reporting.size(), " reporting of ", clients_.size(), ")");
-    }
-    if (seen[c]) detail::raise<value_error>("client ", c, ": a second upload in the round");
-    seen[c] = true;
-    if (u.round != plan.round) {
-      detail::raise<value_error>("client ", c, ": upload for round ", u.round, ", expected round ",
-                                 plan.round);
-    }
-    if (!(std::isfinite(u.num_samples) && u.num_samples >= 1.0)) {
-      detail::raise<value_error>("client ", c, ": sample count must be finite and >= 1, got ",
-                                 u.num_samples);
-    }
-    const adapters_type expected = client_view(c);
-    for (const auto& [name, a] : u.adapters) {
-      if (!expected.contains(name)) {
-        detail::raise<shape_error>("module '", name, "' client ", c,
-                                   ": not a module of the global adapters");
-      }
-    }
-    for (const auto& [name, e] : expected) {
-      if (!u.adapters.contains(name)) {
-        detail::raise<shape_error>("module '", name, "' client ", c, ": missing from the update");
-      }
-      const auto& a = u.adapters.at(name);
-      check_matrix(name, c, "lora_A", e.A, a.A);
-      check_matrix(name, c, "lora_B", e.B, a.B);
-      if (a.scaling != e.scaling) {
-        detail::raise<value_error>("module '", name, "' client ", c, ": scaling ",
-                                   double(a.scaling), ", expected the downloaded ",
-                                   double(e.scaling));
-      }
-    }
-    const auto& mine = u.adapters.modules_to_save();
-    for (const auto& [name, w] : mine) {
-      if (!expected.modules_to_save().count(name)) {
-        detail::raise<shape_error>("module to save '", name, "' client ", c,
-                                   ": not a module of the global state");
-      }
-    }
-    for (const auto& [name, w] : expected.modules_to_save()) {
-      const auto it = mine.find(name);
-      if (it == mine.end()) {
-        detail::raise<shape_error>("module to save '", name, "' client ", c,
-                                   ": missing from the update");
-      }
-      check_matrix(name, c, "weight", w, it->second);
-    }
-  }
-
-  void check_matrix(const std::string& module, std::size_t c, const char* what,
-                    const typename Backend::matrix& expected,
-                    const typename Backend::matrix& got) const {
-    detail::check_factor<Backend>(module, c, what, expected, got);  // shape, then finite
-    detail::check_magnitude<Backend>(module, c, what, got, config_.max_abs_entry);
   }
 
   // Bytes of the dense residuals in each download (the same at every client's rank).

@@ -144,7 +144,7 @@ wire_layout<Backend> download_layout(const client_download<Backend>& d, factor_s
 // What client `up.client` sends back: the LoRA factors `factors` (and every module to save), and
 // its optimizer moments when `with_optimizer`.
 template <backend Backend>
-wire_layout<Backend> upload_layout(const client_upload<Backend>& up, factor_set factors,
+wire_layout<Backend> upload_layout(const client_update<Backend>& up, factor_set factors,
                                    bool with_optimizer) {
   wire_layout<Backend> w;
   w.metadata = {{"rolora.message", "upload"},

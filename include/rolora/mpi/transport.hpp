@@ -204,7 +204,7 @@ class transport {
         try {
           r.upload = decode_upload<Backend>(bytes, server.client_view(c));
         } catch (const error& e) {
-          r.error = e.what();
+          r.error = e.message();
         }
         split(timing_.decode);
         const auto it = std::lower_bound(waiting.begin(), waiting.end(), c);
