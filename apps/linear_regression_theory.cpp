@@ -18,11 +18,11 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <rolora/backend/eigen/backend.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/checkpoint.hpp>
+#include <rolora/federated/methods.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <rolora/theory/methods.hpp>
 #include <rolora/theory/npy_data.hpp>
@@ -30,7 +30,9 @@
 #include <string>
 #include <vector>
 
-#include "common/checkpoint_options.hpp"
+#include "common/options.hpp"
+#include "common/plot.hpp"
+#include "common/report.hpp"
 #include "common/transport_options.hpp"
 
 namespace {
@@ -63,27 +65,8 @@ constexpr double converged = 1e-6;     // "sin theta went below" threshold in th
 constexpr double noise_floor = 1e-12;  // contractions measured only while sin theta is above
 constexpr double log_floor = 1e-16;    // the plot clamps values below this for the log axis
 
-const char* display_name(th::method m) {
-  switch (m) {
-    case th::method::rolora:
-      return "RoLoRA";
-    case th::method::ffa:
-      return "FFA-LoRA";
-    case th::method::fedit:
-      return "FedIT";
-    case th::method::fedsa:
-      return "FedSA-LoRA";
-    case th::method::flexlora:
-      return "FlexLoRA";
-    case th::method::flora:
-      return "FLoRA";
-    case th::method::fedex:
-      return "FedEx-LoRA";
-    case th::method::fedrot:
-      return "FedRot-LoRA";
-  }
-  return "?";
-}
+// "RoLoRA" for th::method::rolora: the registry's title (rolora/federated/methods.hpp).
+const char* display_name(th::method m) { return rolora::method_title(th::method_name(m)).data(); }
 
 // Worst and geometric-mean per-iteration contraction sin_{t+1} / sin_t over the iterations that
 // start above the noise floor.
@@ -104,101 +87,48 @@ contraction measure_contraction(const history& h) {
   return c;
 }
 
-void ensure_parent(const std::string& file) {
-  const auto parent = std::filesystem::path(file).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
-}
-
 void write_csv(const std::string& file, const std::vector<method_run>& runs) {
-  ensure_parent(file);
-  std::FILE* out = std::fopen(file.c_str(), "w");
-  if (!out) throw std::runtime_error("cannot write " + file);
-  std::fprintf(out,
-               "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up,"
-               "bytes_down\n");
+  ex::csv_file csv(file,
+                   "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up,"
+                   "bytes_down");
   for (const auto& run : runs) {
     for (const auto& r : run.records) {
-      std::fprintf(out, "%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n",
-                   std::string(th::method_name(run.method)).c_str(), r.iteration, r.sin_theta,
-                   r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up, r.bytes_down);
+      csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n",
+              std::string(th::method_name(run.method)).c_str(), r.iteration, r.sin_theta, r.loss,
+              r.aggregation_error, r.gap_to_optimum, r.bytes_up, r.bytes_down);
     }
   }
-  std::fclose(out);
 }
 
-// A gnuplot single-quoted string ('' stands for a quote inside).
-std::string gnuplot_string(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("''") : std::string(1, c);
-  return q + "'";
-}
-
-// Writes FILE.dat (one gnuplot data block per method) and draws it with gnuplot into FILE;
-// false when gnuplot is missing or fails.
+// sin theta against iteration for every method (clamped to 1e-16 for the log axis), and the
+// Theorem 4.5 bound when it applies; false when gnuplot is missing or fails (common/plot.hpp).
 bool write_plot(const std::string& file, const std::vector<method_run>& runs, const settings& s,
                 const th::linear_problem_config& c, double bound_rate, bool draw_bound) {
-  ensure_parent(file);
-  const std::string data = file + ".dat";
-  std::ofstream dat(data);
-  if (!dat) throw std::runtime_error("cannot write " + data);
-  dat.precision(17);
-  std::vector<std::string> titles;
+  std::vector<ex::series> lines;
   for (const auto& run : runs) {
-    dat << "# " << display_name(run.method) << ": iteration sin_theta (clamped to 1e-16)\n";
-    for (const auto& r : run.records) {
-      dat << r.iteration << ' ' << std::max(r.sin_theta, log_floor) << '\n';
-    }
-    dat << "\n\n";
-    titles.push_back(display_name(run.method));
+    ex::series line{display_name(run.method), {}};
+    for (const auto& r : run.records)
+      line.points.emplace_back(double(r.iteration), std::max(r.sin_theta, log_floor));
+    lines.push_back(std::move(line));
   }
   if (draw_bound) {
     const double sin0 = runs.front().records.front().sin_theta;
-    dat << "# Theorem 4.5 bound: sin_0 * rate^t, rate = " << bound_rate << '\n';
-    for (std::size_t t = 0; t <= s.run.iterations; ++t) {
-      dat << t << ' ' << std::max(sin0 * std::pow(bound_rate, double(t)), log_floor) << '\n';
-    }
-    titles.push_back("Theorem 4.5 bound");
+    ex::series bound{"Theorem 4.5 bound", {}, "lines dashtype 2 lw 2 lc rgb 'gray40'"};
+    for (std::size_t t = 0; t <= s.run.iterations; ++t)
+      bound.points.emplace_back(double(t),
+                                std::max(sin0 * std::pow(bound_rate, double(t)), log_floor));
+    lines.push_back(std::move(bound));
   }
-  dat.close();
-
-  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
-    std::fprintf(stderr,
-                 "warning: gnuplot not found, plot not drawn (data in %s); install it with "
-                 "`apt-get install gnuplot-nox`\n",
-                 data.c_str());
-    return false;
-  }
-  const bool png = std::filesystem::path(file).extension() == ".png";
-  std::FILE* gp = popen("gnuplot", "w");
-  if (!gp) throw std::runtime_error("cannot start gnuplot");
-  std::fprintf(gp, "set encoding utf8\n");
-  std::fprintf(gp, "set terminal %s size 900,600 enhanced font 'Sans,11'\n",
-               png ? "pngcairo" : "svg");
-  std::fprintf(gp, "set output %s\n", gnuplot_string(file).c_str());
-  std::fprintf(gp,
-               "set title 'Federated linear regression: d = %td, k = %td, r = %td, clients = %zu, "
-               "m = %zu, η = %g%s' noenhanced\n",
-               c.dim, c.out_dim, c.rank, c.clients, c.samples, s.run.eta,
-               c.heterogeneous ? ", heterogeneous" : "");
-  std::fprintf(gp,
-               "set xlabel 'iteration'\nset ylabel 'sin θ(A, A*) (subspace distance)' "
-               "noenhanced\n");
-  std::fprintf(gp,
-               "set logscale y\nset format y '10^{%%L}'\nset grid\nset key bottom left box opaque "
-               "noenhanced\nset xrange [0:%zu]\nset yrange [*:2]\n",
-               s.run.iterations);
-  std::string cmd = "plot ";
-  for (std::size_t i = 0; i < titles.size(); ++i) {
-    const bool bound = draw_bound && i + 1 == titles.size();
-    cmd += (i ? ", " : "") + gnuplot_string(data) + " index " + std::to_string(i) +
-           " using 1:2 with " +
-           (bound ? "lines dashtype 2 lw 2 lc rgb 'gray40'" : "linespoints lw 2 pt 7 ps 0.6") +
-           " title " + gnuplot_string(titles[i]);
-  }
-  std::fprintf(gp, "%s\n", cmd.c_str());
-  if (pclose(gp) == 0) return true;
-  std::fprintf(stderr, "warning: gnuplot failed to draw %s\n", file.c_str());
-  return false;
+  char title[256];
+  std::snprintf(title, sizeof title,
+                "Federated linear regression: d = %td, k = %td, r = %td, clients = %zu, m = %zu, "
+                "η = %g%s",
+                c.dim, c.out_dim, c.rank, c.clients, c.samples, s.run.eta,
+                c.heterogeneous ? ", heterogeneous" : "");
+  return ex::draw_chart(file,
+                        {title, "iteration", "sin θ(A, A*) (subspace distance)", true,
+                         "bottom left", "*:2", "0:" + std::to_string(s.run.iterations)},
+                        lines);
 }
 
 // One [iterations + 1, 7] float64 array per method: iteration, sin_theta, loss,
@@ -468,14 +398,14 @@ int main(int argc, char** argv) {
   settings s;
   auto& c = s.problem;
   double init_angle = 0.0;
+  ex::shared_options shared(app);
+  std::vector<std::string> method_choices{"all", "every"};
+  for (auto m : th::all_methods) method_choices.emplace_back(th::method_name(m));
   app.add_option("--method", s.method,
                  "method to run: all = the paper's three (rolora, ffa, fedit), every = all eight")
-      ->check(CLI::IsMember({"rolora", "ffa", "fedit", "fedsa", "flexlora", "flora", "fedex",
-                             "fedrot", "all", "every"}))
+      ->check(CLI::IsMember(method_choices))
       ->capture_default_str();
-  app.add_option("--clients", c.clients, "number of clients K")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
+  shared.clients(c.clients, "number of clients K");
   app.add_option("--rank", c.rank, "rank r of the targets and of the adapter")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
@@ -490,19 +420,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000000))
       ->capture_default_str();
   s.run.iterations = 50;  // enough for sin theta < 1e-6 from a random A0 at the default eta
-  app.add_option("--rounds", s.run.iterations,
-                 "number of iterations; one iteration = one B round + one A round for RoLoRA, "
-                 "one round for the other methods")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
+  shared.rounds(s.run.iterations,
+                "number of iterations; one iteration = one B round + one A round for RoLoRA, "
+                "one round for the other methods");
   app.add_option("--eta", s.run.eta, "gradient step size")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--local-steps", s.run.local_steps,
-                 "local gradient steps tau per round (FedIT and the other two-factor methods: on "
-                 "both factors, RoLoRA: on A)")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
+  shared.local_steps(s.run.local_steps,
+                     "local gradient steps tau per round (FedIT and the other two-factor methods: "
+                     "on both factors, RoLoRA: on A)");
   app.add_flag("--heterogeneous", c.heterogeneous, "give each client its own target W*_i");
   app.add_option("--heterogeneity", c.heterogeneity, "how far W*_i strays from B* A*")
       ->check(CLI::NonNegativeNumber)
@@ -513,10 +439,8 @@ int main(int argc, char** argv) {
   auto* angle = app.add_option("--init-angle", init_angle,
                                "sin theta of A0 to the reference rows (default: random A0)")
                     ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--seed", c.seed, "seed of the data and of A0")->capture_default_str();
-  app.add_option("--threads", s.run.threads, "clients trained in parallel")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
+  shared.seed(c.seed, "seed of the data and of A0");
+  shared.threads(s.run.threads, "clients trained in parallel");
   app.add_option("--csv", s.csv, "write the per-iteration records as CSV to FILE")
       ->type_name("FILE");
   app.add_option("--plot", s.plot, "draw sin theta vs iteration with gnuplot into FILE (.png/.svg)")
@@ -542,7 +466,7 @@ int main(int argc, char** argv) {
          "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
-  ex::add_checkpoint_options(app, s.checkpoint, "iterations");
+  shared.checkpoint(s.checkpoint, "iterations");
   ex::add_transport_options(app, s.transport);
   app.add_option("--crash-after", s.crash_after,
                  "testing: kill this process with SIGKILL after N iterations")

@@ -16,6 +16,7 @@
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <rolora/federated/methods.hpp>
 #include <rolora/io/npy.hpp>
 #include <rolora/nn/mlp.hpp>
 #include <rolora/rolora.hpp>
@@ -23,9 +24,10 @@
 #include <string>
 #include <vector>
 
-#include "common/client_split.hpp"
 #include "common/fashion_mnist.hpp"
+#include "common/options.hpp"
 #include "common/plot.hpp"
+#include "common/report.hpp"
 
 namespace {
 
@@ -52,7 +54,8 @@ struct settings {
   std::size_t rounds = 30;
   std::size_t local_steps = 5;
   std::size_t batch = 32;
-  std::map<std::string, double> lr;
+  // AdamW rates of docs/results.md, picked on the validation split at 10 clients.
+  ex::learning_rates lr{{{"fedit", 1e-2}, {"ffa", 1e-1}, {"rolora", 3e-2}}, 1e-2};
   std::size_t eval_every = 5;
   bool validation = false;
   std::uint64_t seed = 0;
@@ -60,12 +63,6 @@ struct settings {
   std::string out = "results/mnist_toy";
   bool save_adapters = false;
 };
-
-// The learning rates of docs/results.md (AdamW), picked on the validation split at 10 clients.
-double default_lr(const std::string& method) {
-  static const std::map<std::string, double> lr{{"fedit", 1e-2}, {"ffa", 1e-1}, {"rolora", 3e-2}};
-  return lr.count(method) ? lr.at(method) : 1e-2;
-}
 
 features columns(const ex::image_set& s, const std::vector<std::size_t>& rows) {
   features out{rolora::host_matrix<float>(s.x.rows(), rolora::index_t(rows.size())), {}};
@@ -98,8 +95,8 @@ rolora::mlp_weights<backend> pretrained(const settings& s, const features& data)
     for (auto& [name, w] : params.modules_to_save()) {
       const auto m = rolora::load_npy_matrix<float>(dir / (name + ".npy"));
       if (m.rows() != w.rows() || m.cols() != w.cols()) {
-        rolora::detail::fail<rolora::shape_error>("shape_error", "cached ", name,
-                                                  " has the wrong shape; delete ", dir.string());
+        rolora::raise<rolora::shape_error>("cached ", name, " has the wrong shape; delete ",
+                                           dir.string());
       }
       w = m;
     }
@@ -142,26 +139,18 @@ rolora::mlp_weights<backend> pretrained(const settings& s, const features& data)
   return model;
 }
 
-struct run_row {
-  std::size_t round;
-  std::string phase;
-  double train_loss, eval_loss, eval_accuracy, aggregation_error;
-  std::size_t bytes_up;
-  double seconds;
-};
-
 struct run_result {
   std::string method;
   int rank;
   double lr;
-  std::vector<run_row> rows;
+  std::vector<ex::round_row> rows;
 };
 
-template <class Policy>
-run_result run_method(const std::string& method, Policy policy, int rank, const settings& s,
-                      const rolora::mlp_weights<backend>& model,
+template <class Policy, class Aggregator>
+run_result run_method(const std::string& method, Policy policy, Aggregator aggregator, int rank,
+                      const settings& s, const rolora::mlp_weights<backend>& model,
                       const std::vector<features>& clients, const features& eval_set) {
-  run_result result{method, rank, s.lr.count(method) ? s.lr.at(method) : default_lr(method), {}};
+  run_result result{method, rank, s.lr(method), {}};
   rolora::lora_config lc;
   lc.r = rank;
   lc.lora_alpha = s.lora_alpha > 0 ? s.lora_alpha : double(rank);
@@ -178,43 +167,22 @@ run_result run_method(const std::string& method, Policy policy, int rank, const 
   fc.local_optimizer = rolora::adamw{result.lr, 0.9, 0.999, 1e-8, 0.0};
   fc.threads = s.threads;
   fc.seed = s.seed;
-  rolora::federation<backend, Policy, rolora::fedavg> fed(policy, rolora::fedavg{}, fc, initial);
+  rolora::federation<backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
   std::vector<rolora::mlp_task<backend>> tasks;
   for (const auto& c : clients) tasks.emplace_back(model, c);
 
-  struct progress {
-    const settings& s;
-    const rolora::mlp_weights<backend>& model;
-    const features& eval_set;
-    run_result& result;
-    double elapsed = 0;
-    void on_round_end(const rolora::round_report& r, const rolora::adapter_set<backend>& global) {
-      elapsed += r.seconds;
-      run_row row{r.round + 1,
-                  std::string(r.trained.label()),
-                  r.train_loss,
-                  -1,
-                  -1,
-                  r.aggregation_error,
-                  r.total_bytes_up,
-                  elapsed};
-      if (r.round + 1 == s.rounds || (r.round + 1) % s.eval_every == 0) {
-        std::tie(row.eval_loss, row.eval_accuracy) =
-            rolora::evaluate_mlp(model, global, eval_set, s.threads);
-      }
-      result.rows.push_back(row);
-      char accuracy[16] = "  -   ";
-      if (row.eval_accuracy >= 0)
-        std::snprintf(accuracy, sizeof accuracy, "%.4f", row.eval_accuracy);
-      std::printf(
-          "%-7s r=%-2d round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  %6.1f "
-          "s\n",
-          result.method.c_str(), result.rank, row.round, s.rounds, row.phase.c_str(),
-          row.train_loss, s.validation ? "val" : "test", accuracy, row.aggregation_error, elapsed);
-      std::fflush(stdout);
-    }
-  } cb{s, model, eval_set, result};
+  ex::round_progress<backend> cb;
+  char label[64];
+  std::snprintf(label, sizeof label, "%-7s r=%-2d", method.c_str(), rank);
+  cb.label = label;
+  cb.rounds = s.rounds;
+  cb.eval_every = s.eval_every;
+  cb.eval_name = s.validation ? "val" : "test";
+  cb.evaluate = [&](const rolora::adapter_set<backend>& global) {
+    return rolora::evaluate_mlp(model, global, eval_set, s.threads);
+  };
   fed.run(tasks, cb);
+  result.rows = std::move(cb.rows);
   if (s.save_adapters) {
     rolora::save_adapters_npy(
         std::filesystem::path(s.out) / (method + "_r" + std::to_string(rank) + "_adapter"),
@@ -223,12 +191,13 @@ run_result run_method(const std::string& method, Policy policy, int rank, const 
   return result;
 }
 
+// The paper's three methods (--methods), by name through rolora::visit_method.
 run_result run_named(const std::string& m, int rank, const settings& s,
                      const rolora::mlp_weights<backend>& model,
                      const std::vector<features>& clients, const features& eval_set) {
-  if (m == "fedit") return run_method(m, rolora::train_both{}, rank, s, model, clients, eval_set);
-  if (m == "ffa") return run_method(m, rolora::freeze_a{}, rank, s, model, clients, eval_set);
-  return run_method(m, rolora::alternating{}, rank, s, model, clients, eval_set);
+  return rolora::visit_method(m, [&](auto policy, auto aggregator) {
+    return run_method(m, policy, aggregator, rank, s, model, clients, eval_set);
+  });
 }
 
 int run(const settings& s) {
@@ -282,12 +251,9 @@ int run(const settings& s) {
       tune_rows.size(), s.clients, description.c_str(), smallest, largest, eval_set.size(),
       s.validation ? "validation" : "test");
 
-  const auto csv_path = std::filesystem::path(s.out) / "runs.csv";
-  std::FILE* csv = std::fopen(csv_path.c_str(), "w");
-  if (!csv) rolora::detail::fail<rolora::value_error>("io", "cannot write ", csv_path.string());
-  std::fprintf(csv,
-               "method,rank,lr,clients,split,seed,round,phase,train_loss,eval_loss,eval_accuracy,"
-               "aggregation_error,bytes_up,seconds\n");
+  ex::csv_file csv(std::filesystem::path(s.out) / "runs.csv",
+                   "method,rank,lr,clients,split,seed,round,phase,train_loss,eval_loss,"
+                   "eval_accuracy,aggregation_error,bytes_up,seconds");
   std::map<int, std::vector<ex::series>> curves;
   std::vector<run_result> results;
   for (const int rank : s.ranks) {
@@ -295,25 +261,21 @@ int run(const settings& s) {
       results.push_back(run_named(m, rank, s, model, clients, eval_set));
       const auto& r = results.back();
       rolora::host_matrix<double> trajectory(rolora::index_t(r.rows.size()), 6);
-      ex::series line{m + " r=" + std::to_string(rank), {}};
       for (std::size_t i = 0; i < r.rows.size(); ++i) {
         const auto& row = r.rows[i];
-        std::fprintf(csv, "%s,%d,%g,%zu,\"%s\",%llu,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%.3f\n",
-                     m.c_str(), rank, r.lr, s.clients, description.c_str(),
-                     static_cast<unsigned long long>(s.seed), row.round, row.phase.c_str(),
-                     row.train_loss, row.eval_loss, row.eval_accuracy, row.aggregation_error,
-                     row.bytes_up, row.seconds);
+        csv.row("%s,%d,%g,%zu,\"%s\",%llu,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%.3f\n", m.c_str(), rank,
+                r.lr, s.clients, description.c_str(), static_cast<unsigned long long>(s.seed),
+                row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
+                row.aggregation_error, row.total_bytes_up, row.seconds);
         trajectory.row(rolora::index_t(i)) << double(row.round), row.train_loss, row.eval_loss,
-            row.eval_accuracy, row.aggregation_error, double(row.bytes_up);
-        if (row.eval_accuracy >= 0) line.points.emplace_back(double(row.round), row.eval_accuracy);
+            row.eval_accuracy, row.aggregation_error, double(row.total_bytes_up);
       }
-      std::fflush(csv);
+      csv.flush();
       rolora::save_npy(std::filesystem::path(s.out) / (m + "_r" + std::to_string(rank) + ".npy"),
                        trajectory);
-      curves[rank].push_back(std::move(line));
+      curves[rank].push_back(ex::accuracy_curve(m + " r=" + std::to_string(rank), r.rows));
     }
   }
-  std::fclose(csv);
 
   std::printf(
       "\nfinal %s accuracy (pretrained model: %.4f), %zu clients, %s, %zu rounds x %zu local "
@@ -346,7 +308,7 @@ int run(const settings& s) {
       "wrote %s and <method>_r<rank>.npy (round, train_loss, eval_loss, eval_accuracy, "
       "aggregation_error, "
       "bytes_up); %.1f s in all\n",
-      csv_path.c_str(),
+      csv.path().c_str(),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;
 }
@@ -371,17 +333,13 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-epochs", s.pretrain_epochs, "epochs of central pretraining")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  app.add_option("--clients", s.clients, "number of clients")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  ex::add_split_options(app, s.split, "fine-tuning images");
+  ex::shared_options shared(app);
+  shared.clients(s.clients);
+  shared.split(s.split, "fine-tuning images");
   app.add_option("--max-train", s.max_train,
                  "use only the first N fine-tuning images (0: all 27000)")
       ->capture_default_str();
-  app.add_option("--methods", s.methods, "fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA)")
-      ->delimiter(',')
-      ->check(CLI::IsMember({"fedit", "ffa", "rolora"}))
-      ->capture_default_str();
+  shared.methods(s.methods, true, {}, "");
   app.add_option("--ranks", s.ranks, "LoRA ranks to run")
       ->delimiter(',')
       ->check(CLI::Range(1, 256))
@@ -392,41 +350,24 @@ int main(int argc, char** argv) {
                "also train the head's base weights (modules_to_save)");
   app.add_option("--lora-alpha", s.lora_alpha, "LoRA alpha (0: alpha = r, scaling 1)")
       ->capture_default_str();
-  app.add_option("--rounds", s.rounds, "communication rounds")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--local-steps", s.local_steps, "local AdamW steps per round")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--batch", s.batch, "local batch size")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  double lr = 0;
-  auto* lr_opt = app.add_option("--lr", lr,
-                                "learning rate for every method (default: per method, tuned on the "
-                                "validation split: fedit 1e-2, ffa 1e-1, rolora 3e-2)")
-                     ->check(CLI::PositiveNumber);
-  app.add_option("--eval-every", s.eval_every, "evaluate every N rounds")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_flag("--validation", s.validation,
-               "evaluate on the held-out rotated training images instead of test");
-  app.add_option("--seed", s.seed, "seed of the split, the adapters, sampling and batching")
-      ->capture_default_str();
+  shared.rounds(s.rounds);
+  shared.local_steps(s.local_steps, "local AdamW steps per round");
+  shared.batch(s.batch);
+  shared.lr(s.lr,
+            "learning rate for every method (default: per method, tuned on the validation split: "
+            "fedit 1e-2, ffa 1e-1, rolora 3e-2)");
+  shared.eval_every(s.eval_every);
+  shared.validation(s.validation,
+                    "evaluate on the held-out rotated training images instead of test");
+  shared.seed(s.seed);
   app.add_option("--pretrain-seed", s.pretrain_seed, "seed of the pretrained model")
       ->capture_default_str();
-  app.add_option("--threads", s.threads,
-                 "clients trained in parallel (results do not depend on it)")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
-  app.add_option("--out", s.out, "output folder")->capture_default_str();
+  shared.threads(s.threads);
+  shared.out(s.out);
   app.add_flag(
       "--save-adapters", s.save_adapters,
       "write each run's final adapters as <method>_r<rank>_adapter/<module>.lora_{A,B}.npy");
   CLI11_PARSE(app, argc, argv);
-  if (lr_opt->count() > 0) {
-    for (const auto& m : s.methods) s.lr[m] = lr;
-  }
   try {
     if (!std::filesystem::exists(std::filesystem::path(s.data_dir) /
                                  "train-images-idx3-ubyte.gz")) {

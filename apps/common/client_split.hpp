@@ -4,6 +4,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <rolora/core/error.hpp>
 #include <rolora/federated/partition.hpp>
 #include <sstream>
 #include <string>
@@ -34,7 +35,7 @@ inline void add_split_options(CLI::App& app, client_split& s, const std::string&
 }
 
 // Every client gets at least one sample; `description` says how the split was made, including
-// how many samples were moved to reach that minimum (partition.hpp, detail::top_up).
+// how many samples were moved to reach that minimum (rolora/federated/partition.hpp).
 inline partition split_among_clients(const std::vector<int>& labels, std::size_t clients,
                                      const client_split& s, std::uint64_t seed,
                                      std::string& description) {
@@ -52,8 +53,8 @@ inline partition split_among_clients(const std::vector<int>& labels, std::size_t
     parts = partition_iid(labels.size(), clients, seed);
     d << "iid";
   } else {
-    detail::raise<config_error>("split_among_clients: unknown split '", s.kind,
-                                "' (expected iid, dirichlet or classes)");
+    raise<config_error>("split_among_clients: unknown split '", s.kind,
+                        "' (expected iid, dirichlet or classes)");
   }
   if (moved > 0)
     d << "; " << moved << " samples moved from the largest clients so each has at least 1";

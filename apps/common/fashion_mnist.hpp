@@ -13,9 +13,17 @@
 #include <rolora/core/error.hpp>
 #include <rolora/io/npy.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace rolora::examples {
+
+// A file that is not the IDX data it should be (or cannot be read): "[rolora.idx_error] ...".
+class idx_error : public value_error {
+ public:
+  using value_error::value_error;
+  static constexpr std::string_view id = "idx_error";
+};
 
 inline constexpr const char* fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
 inline constexpr std::array<const char*, 10> fashion_mnist_classes{
@@ -26,7 +34,7 @@ inline constexpr std::array<const char*, 10> fashion_mnist_classes{
 inline std::string read_gzip(const std::filesystem::path& path, std::size_t limit = std::size_t(1)
                                                                                     << 28) {
   gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) detail::fail<value_error>("idx.io", "cannot open ", path.string());
+  if (!f) raise<idx_error>("cannot open ", path.string());
   std::string out;
   char buffer[1 << 16];
   for (;;) {
@@ -35,14 +43,13 @@ inline std::string read_gzip(const std::filesystem::path& path, std::size_t limi
       int code = 0;
       const std::string why = gzerror(f, &code);
       gzclose(f);
-      detail::fail<value_error>("idx.gzip", path.string(), ": ", why);
+      raise<idx_error>(path.string(), ": ", why);
     }
     if (n == 0) break;
     out.append(buffer, std::size_t(n));
     if (out.size() > limit) {
       gzclose(f);
-      detail::fail<value_error>("idx.size", path.string(), " decompresses to more than ", limit,
-                                " bytes");
+      raise<idx_error>(path.string(), " decompresses to more than ", limit, " bytes");
     }
   }
   gzclose(f);
@@ -58,13 +65,11 @@ struct idx_array {
 inline idx_array parse_idx(const std::string& bytes, const std::string& what) {
   if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0 ||
       static_cast<unsigned char>(bytes[2]) != 0x08) {
-    detail::fail<value_error>("idx.magic", what,
-                              ": expected an IDX file of unsigned bytes (00 00 08 ..)");
+    raise<idx_error>(what, ": expected an IDX file of unsigned bytes (00 00 08 ..)");
   }
   const std::size_t dims = static_cast<unsigned char>(bytes[3]);
   if (dims < 1 || dims > 4 || bytes.size() < 4 + 4 * dims) {
-    detail::fail<value_error>("idx.header", what,
-                              ": expected 1..4 dimensions and their sizes, got ", dims);
+    raise<idx_error>(what, ": expected 1..4 dimensions and their sizes, got ", dims);
   }
   idx_array out;
   std::size_t count = 1;
@@ -74,15 +79,14 @@ inline idx_array parse_idx(const std::string& bytes, const std::string& what) {
       n = (n << 8) | static_cast<unsigned char>(bytes[4 + 4 * d + k]);
     out.shape.push_back(n);
     if (n != 0 && count > bytes.size() / n) {
-      detail::fail<value_error>("idx.size", what,
-                                ": the shape asks for more bytes than the file holds");
+      raise<idx_error>(what, ": the shape asks for more bytes than the file holds");
     }
     count *= n;
   }
   const std::size_t offset = 4 + 4 * dims;
   if (bytes.size() - offset != count) {
-    detail::fail<value_error>("idx.size", what, ": the shape needs ", count,
-                              " data bytes, the file has ", bytes.size() - offset);
+    raise<idx_error>(what, ": the shape needs ", count, " data bytes, the file has ",
+                     bytes.size() - offset);
   }
   out.data.assign(bytes.begin() + std::ptrdiff_t(offset), bytes.end());
   return out;
@@ -110,8 +114,7 @@ inline image_set load_fashion_mnist(const std::string& split, const std::filesys
     const auto img = parse_idx(read_gzip(gz("images")), gz("images").string());
     const auto lab = parse_idx(read_gzip(gz("labels")), gz("labels").string());
     if (img.shape.size() != 3 || lab.shape.size() != 1 || img.shape[0] != lab.shape[0]) {
-      detail::fail<value_error>("idx.shape", split,
-                                ": expected images [n, rows, cols] and labels [n] with the same n");
+      raise<idx_error>(split, ": expected images [n, rows, cols] and labels [n] with the same n");
     }
     xt::xarray<std::uint8_t> img_u8 = xt::adapt(img.data, img.shape),
                              lab_u8 = xt::adapt(lab.data, lab.shape);
@@ -123,8 +126,7 @@ inline image_set load_fashion_mnist(const std::string& split, const std::filesys
   }
   if (images.dimension() != 3 || labels.dimension() != 1 ||
       images.shape()[0] != labels.shape()[0]) {
-    detail::fail<value_error>("idx.shape", images_npy.string(),
-                              ": expected images [n, rows, cols] and labels [n]");
+    raise<idx_error>(images_npy.string(), ": expected images [n, rows, cols] and labels [n]");
   }
   const auto n = index_t(images.shape()[0]),
              pixels = index_t(images.shape()[1] * images.shape()[2]);
@@ -133,8 +135,7 @@ inline image_set load_fashion_mnist(const std::string& split, const std::filesys
     for (index_t p = 0; p < pixels; ++p)
       out.x(p, i) = images.data()[std::size_t(i * pixels + p)] / 255.0f;
     const float y = labels(std::size_t(i));
-    if (!(y >= 0 && y <= 9))
-      detail::fail<value_error>("idx.label", split, ": label ", y, " outside 0..9");
+    if (!(y >= 0 && y <= 9)) raise<idx_error>(split, ": label ", y, " outside 0..9");
     out.labels.push_back(std::int32_t(y));
   }
   return out;

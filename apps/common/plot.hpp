@@ -1,4 +1,4 @@
-// Line charts for the examples, drawn by gnuplot (Debian's gnuplot-nox) into PNG or SVG.
+// Line charts for the applications, drawn by gnuplot (Debian's gnuplot-nox) into PNG or SVG.
 // The data go to FILE.dat next to the picture, one gnuplot data block per series, so a chart can
 // be redrawn or read without the program.
 #pragma once
@@ -24,6 +24,7 @@ struct chart {
   bool log_y = false;
   std::string key = "bottom right";  // gnuplot legend position
   std::string yrange = "*:*";        // gnuplot range, e.g. "0:1"
+  std::string xrange = "*:*";
 };
 
 inline void ensure_parent(const std::string& file) {
@@ -71,8 +72,8 @@ inline bool draw_chart(const std::string& file, const chart& c, const std::vecto
   std::fprintf(gp, "set xlabel %s noenhanced\nset ylabel %s noenhanced\n",
                gnuplot_string(c.xlabel).c_str(), gnuplot_string(c.ylabel).c_str());
   if (c.log_y) std::fprintf(gp, "set logscale y\nset format y '10^{%%L}'\n");
-  std::fprintf(gp, "set grid\nset key %s box opaque noenhanced\nset yrange [%s]\n", c.key.c_str(),
-               c.yrange.c_str());
+  std::fprintf(gp, "set grid\nset key %s box opaque noenhanced\nset xrange [%s]\nset yrange [%s]\n",
+               c.key.c_str(), c.xrange.c_str(), c.yrange.c_str());
   std::string cmd = "plot ";
   for (std::size_t i = 0; i < lines.size(); ++i) {
     cmd += (i ? ", " : "") + gnuplot_string(data) + " index " + std::to_string(i) +
