@@ -7,6 +7,7 @@
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/config.hpp>
 #include <rolora/adapter/lora.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/factorwise.hpp>
 #include <rolora/aggregate/fedavg.hpp>
@@ -25,7 +26,6 @@
 #include <rolora/federated/client.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/federated/methods.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/partition.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>

@@ -9,10 +9,10 @@
 #include <map>
 #include <optional>
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <span>
 #include <string>
 #include <vector>

@@ -8,9 +8,9 @@
 #pragma once
 #include <cstddef>
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/core/concepts.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/task.hpp>

@@ -4,10 +4,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <string>
 #include <vector>
 

@@ -30,12 +30,12 @@
 #include <cstddef>
 #include <optional>
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/client.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/wire.hpp>

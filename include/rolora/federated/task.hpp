@@ -2,5 +2,5 @@
 // core/concepts.hpp), with what it needs: adapter sets and gradient sets.
 #pragma once
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/core/concepts.hpp>
-#include <rolora/federated/optimizer.hpp>

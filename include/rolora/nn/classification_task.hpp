@@ -9,9 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/parallel.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <rolora/federated/task.hpp>
 #include <rolora/nn/transformer.hpp>
 #include <span>

@@ -17,10 +17,10 @@
 #include <cstdint>
 #include <map>
 #include <rolora/adapter/adapter_set.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/parallel.hpp>
 #include <rolora/core/rng.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <rolora/nn/transformer.hpp>
 #include <span>
 #include <string>

@@ -30,9 +30,9 @@
 #include <cstdint>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <rolora/nn/nn_backend.hpp>
 #include <rolora/nn/weights.hpp>
 #include <span>

@@ -16,11 +16,11 @@
 #include <cstdint>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/lora.hpp>
+#include <rolora/adapter/optimizer.hpp>
 #include <rolora/backend/eigen/backend.hpp>  // detail::orthonormalize_rows_host
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
-#include <rolora/federated/optimizer.hpp>
 #include <span>
 #include <string>
 #include <vector>
