@@ -1,8 +1,8 @@
 # Checked excerpts: every line `<!-- excerpt: examples/X.cpp -->` in docs/*.md must be followed by
 # a ```cpp block holding exactly the part of examples/X.cpp between its line `// BEGIN ...` and
-# its next line `// END ...` (the marker lines themselves left out). The example is the source:
-# this script fails naming each doc block that differs from its example, and with -D UPDATE=ON
-# rewrites those blocks from the examples instead.
+# its next line `// END ...` (the marker lines left out, the part dedented by the BEGIN line's
+# indentation). The example is the source: this script fails naming each doc block that differs
+# from its example, and with -D UPDATE=ON rewrites those blocks from the examples instead.
 #   cmake [-D UPDATE=ON] -P examples/docs_excerpt.cmake
 cmake_minimum_required(VERSION 3.21)  # the policies of the project, in script mode too
 get_filename_component(_root "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
@@ -16,21 +16,24 @@ function(_excerpt_of name out)
     message(FATAL_ERROR "an excerpt names examples/${name}, which does not exist")
   endif()
   file(READ "${_file}" _code)
-  string(FIND "${_code}" "\n// BEGIN" _begin)
-  if(_begin EQUAL -1)
+  string(REGEX MATCH "\n[ ]*// BEGIN[^\n]*\n" _line "${_code}")
+  if(NOT _line)
     message(FATAL_ERROR "examples/${name}: no `// BEGIN` line")
   endif()
-  string(SUBSTRING "${_code}" ${_begin} -1 _code)
-  string(SUBSTRING "${_code}" 1 -1 _code)  # past the newline before BEGIN
-  string(FIND "${_code}" "\n" _eol)
-  math(EXPR _eol "${_eol} + 1")
-  string(SUBSTRING "${_code}" ${_eol} -1 _code)  # past the BEGIN line
-  string(FIND "${_code}" "\n// END" _end)
-  if(_end EQUAL -1)
+  string(REGEX MATCH "^\n[ ]*" _indent "${_line}")  # the BEGIN line's indentation
+  string(FIND "${_code}" "${_line}" _begin)
+  string(LENGTH "${_line}" _skip)
+  math(EXPR _begin "${_begin} + ${_skip}")
+  string(SUBSTRING "${_code}" ${_begin} -1 _code)  # from the line after BEGIN
+  string(REGEX MATCH "\n[ ]*// END" _line "${_code}")
+  if(NOT _line)
     message(FATAL_ERROR "examples/${name}: no `// END` line after its `// BEGIN` line")
   endif()
+  string(FIND "${_code}" "${_line}" _end)
   math(EXPR _end "${_end} + 1")
-  string(SUBSTRING "${_code}" 0 ${_end} _code)
+  string(SUBSTRING "${_code}" 0 ${_end} _code)  # up to the END line
+  string(REPLACE "${_indent}" "\n" _code "\n${_code}")  # dedented by BEGIN's indentation
+  string(SUBSTRING "${_code}" 1 -1 _code)
   set(${out} "${_code}" PARENT_SCOPE)
 endfunction()
 
