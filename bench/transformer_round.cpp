@@ -17,17 +17,15 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <rolora/federated/transports.hpp>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
 #include <string>
 #include <vector>
-#ifdef ROLORA_HAVE_MPI
-#include <rolora/mpi/transport.hpp>
-#endif
 
 // bench/CMakeLists.txt builds this file once per backend: rolora_transformer_round (Eigen),
-// rolora_transformer_round_thrust_omp and rolora_transformer_round_cuda (backend/thrust/nn_primitives.hpp
-// force-included, ROLORA_ROUND_BACKEND set).
+// rolora_transformer_round_thrust_omp and rolora_transformer_round_cuda
+// (backend/thrust/nn_primitives.hpp force-included, ROLORA_ROUND_BACKEND set).
 #ifndef ROLORA_ROUND_BACKEND
 #define ROLORA_ROUND_BACKEND rolora::eigen_backend<float>
 #endif
@@ -99,21 +97,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"inprocess", "mpi"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-#ifdef ROLORA_HAVE_MPI
-  std::optional<rolora::mpi::session> session;
-  std::optional<rolora::mpi::transport> mpi;
-  if (transport == "mpi") {
-    session.emplace(argc, argv);
-    mpi.emplace();
-  }
-  const bool server = !mpi || mpi->is_server();
-#else
-  if (transport == "mpi") {
-    std::fprintf(stderr, "error: built without MPI (-DROLORA_ENABLE_MPI=ON)\n");
+  std::optional<rolora::transport_by_name> carrier;  // rolora/federated/transports.hpp
+  try {
+    carrier.emplace(transport, argc, argv);
+  } catch (const rolora::error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
   }
-  const bool server = true;
-#endif
+  const bool server = carrier->is_server();
   c.max_len = rolora::index_t(seq_len);
   c.pad_id = std::min<std::int32_t>(c.pad_id, std::int32_t(c.vocab_size) - 1);
 
@@ -177,12 +168,10 @@ int main(int argc, char** argv) {
                                    factors.find('B') != std::string::npos};
   rolora::federation<backend, fixed_policy> fed(fixed_policy{trained}, rolora::fedavg{}, fc,
                                                 initial);
-#ifdef ROLORA_HAVE_MPI
   if (!server) {
-    mpi->serve<backend>(tasks, fc);
+    carrier->visit([&](auto& t) { t.template serve<backend>(tasks, fc); });
     return 0;
   }
-#endif
   std::printf("rolora (%s), %zu threads, GEMM %s, base %s, %zu trainable scalars\n",
               std::string(backend::name).c_str(), threads,
               rolora::detail::onednn_gemm_available ? "oneDNN above 64^3, else Eigen" : "Eigen",
@@ -190,28 +179,23 @@ int main(int argc, char** argv) {
   std::vector<double> times;
   for (std::size_t r = 0; r <= rounds; ++r) {
     const auto start = std::chrono::steady_clock::now();
-#ifdef ROLORA_HAVE_MPI
-    const auto report = mpi ? mpi->run_round(fed.server(), tasks.size()) : fed.run_round(tasks);
-#else
-    const auto report = fed.run_round(tasks);
-#endif
+    const auto report =
+        carrier->visit([&](auto& t) { return rolora::run_round(t, fed.server(), tasks); });
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (r > 0) times.push_back(seconds);
     std::printf("round %zu%s: %.3f s, train loss %.17g, bytes up %zu down %zu\n", r,
                 r == 0 ? " (warm-up)" : "", seconds, report.train_loss, report.bytes_up,
                 report.bytes_down);
-#ifdef ROLORA_HAVE_MPI
-    if (mpi) {
-      const auto& t = mpi->last_round_timing();
-      std::printf("  rank 0: send %.4f s, wait %.4f s, decode %.4f s, merge %.4f s\n", t.send,
-                  t.wait, t.decode, t.merge);
-    }
-#endif
+    carrier->visit([](auto& t) {
+      if constexpr (requires { t.last_round_timing(); }) {  // MPI
+        const auto& s = t.last_round_timing();
+        std::printf("  rank 0: send %.4f s, wait %.4f s, decode %.4f s, merge %.4f s\n", s.send,
+                    s.wait, s.decode, s.merge);
+      }
+    });
   }
-#ifdef ROLORA_HAVE_MPI
-  if (mpi) mpi->finish();
-#endif
+  carrier->visit([](auto& t) { t.finish(); });
   std::uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over every factor's and weight's bits
   const auto mix = [&](const rolora::host_matrix<float>& m) {
     for (float v : m.reshaped()) {

@@ -717,6 +717,157 @@ TEST_CASE_TEMPLATE(
   CHECK(report.bytes_down == clean_report.bytes_down);
 }
 
+namespace {
+
+// A round_transport written here, to show that the one round loop (rolora::run) is all a
+// transport needs: the clients train in this process one after the other, in decreasing id
+// order, and every message goes through its encoding both ways (the MPI transport's bytes,
+// without MPI). It counts what the loop calls.
+template <class Backend>
+struct loopback_transport {
+  std::size_t exchanges = 0, rounds_finished = 0, finishes = 0;
+
+  bool is_server() const { return true; }
+  template <class Server, class Task>
+  std::vector<received_upload<Backend>> exchange(Server& server, const round_plan& plan,
+                                                 std::vector<Task>& tasks) {
+    ++exchanges;
+    std::vector<received_upload<Backend>> got;
+    for (auto it = plan.reporting.rbegin(); it != plan.reporting.rend(); ++it) {
+      const std::size_t c = *it;
+      auto d = decode_download<Backend>(encode_download(server.download(plan, c),
+                                                        server.upload_factors(plan),
+                                                        server.config().keep_optimizer_state));
+      const auto bytes =
+          encode_upload(train_locally(tasks[c], std::move(d.download), server.config()), d.uploads,
+                        d.keep_optimizer);
+      got.push_back({c, bytes.size(), decode_upload<Backend>(bytes, server.client_view(c)), {}});
+    }
+    return got;
+  }
+  template <class B, class Task>
+  void serve(std::vector<Task>&, const federation_config&) {}
+  void finish_round(const round_plan&, round_report&) { ++rounds_finished; }
+  void finish() { ++finishes; }
+};
+
+// The loopback transport, which hears from nobody from round `silent_from` on.
+template <class Backend>
+struct silent_transport : loopback_transport<Backend> {
+  std::size_t silent_from = 1;
+  template <class Server, class Task>
+  std::vector<received_upload<Backend>> exchange(Server& server, const round_plan& plan,
+                                                 std::vector<Task>& tasks) {
+    if (plan.round >= silent_from) return {};
+    return loopback_transport<Backend>::exchange(server, plan, tasks);
+  }
+};
+
+struct round_log {
+  std::vector<std::size_t> begun;
+  std::size_t stop_after = 1000;
+  void on_round_begin(std::size_t t) { begun.push_back(t); }
+  template <class Global>
+  bool on_round_end(const round_report& r, const Global&) {
+    return r.round + 1 == stop_after;
+  }
+};
+
+struct not_a_transport {
+  bool is_server() const { return true; }
+  void finish() {}
+};
+
+template <class Backend, class Policy>
+void check_loopback(Policy policy, const federation_config& c) {
+  CAPTURE(Policy::name);
+  auto p = four_clients<Backend>();
+  using fed = federation<Backend, Policy, fedavg>;
+  fed reference(policy, fedavg{}, c, adapters<Backend>());
+  round_log in_process_log;
+  const auto expected = reference.run(p.clients, in_process_log);
+
+  fed carried(policy, fedavg{}, c, adapters<Backend>());
+  loopback_transport<Backend> transport;
+  round_log log;
+  const auto reports = rolora::run(transport, carried, p.clients, log);
+  REQUIRE(reports.size() == expected.size());
+  for (std::size_t i = 0; i < reports.size(); ++i) CHECK(same_report(reports[i], expected[i]));
+  CHECK(test::bit_equal(carried.global(), reference.global()));
+  for (std::size_t client = 0; client < p.clients.size(); ++client) {
+    CHECK(test::bit_equal(carried.client_view(client), reference.client_view(client)));
+  }
+  CHECK(log.begun == in_process_log.begun);
+  CHECK(transport.exchanges == c.num_rounds);
+  CHECK(transport.rounds_finished == c.num_rounds);
+  CHECK(transport.finishes == 1);
+
+  // A callback stops the run after round 1: two rounds, then finish().
+  fed stopped(policy, fedavg{}, c, adapters<Backend>());
+  loopback_transport<Backend> second;
+  round_log stopper;
+  stopper.stop_after = 2;
+  CHECK(rolora::run(second, stopped.server(), p.clients, stopper).size() == 2);
+  CHECK(stopped.next_round() == 2);
+  CHECK(second.finishes == 1);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE(
+    "transports: a transport written in a test runs through the one round loop with the "
+    "in-process bits, reports and callbacks; a failing round keeps the earlier reports",
+    Backend, ROLORA_TEST_BACKENDS) {
+  using task = theory::linear_regression_task<Backend>;
+  static_assert(round_transport<in_process, fedit_server<Backend>, task>);
+  static_assert(round_transport<loopback_transport<Backend>, fedit_server<Backend>, task>);
+  static_assert(!round_transport<not_a_transport, fedit_server<Backend>, task>);
+
+  federation_config c = config<Backend>(bad_update_policy::fail);
+  c.num_rounds = 4;
+  c.clients_per_round = 3;
+  c.client_dropout = 0.2;
+  c.batch_size = 16;
+  c.local_optimizer = adamw{0.05};
+  c.keep_optimizer_state = true;
+  c.seed = 4;
+  check_loopback<Backend>(fedsa{}, c);  // local B and kept moments travel both ways
+  check_loopback<Backend>(alternating{}, c);
+  c.keep_optimizer_state = false;
+  c.clients_per_round = 0;
+  c.client_dropout = 0.0;
+  check_loopback<Backend>(train_both{}, c);
+
+  // No upload arrives in round 1: the error names it, the server stays after round 0, the
+  // report of round 0 comes with the error, and finish() is not called.
+  auto p = four_clients<Backend>();
+  federation<Backend, train_both, fedavg> fed(train_both{}, fedavg{}, c, adapters<Backend>());
+  silent_transport<Backend> silent;
+  round_report round0;
+  try {
+    rolora::run(silent, fed, p.clients, [&] {
+      struct keep {
+        round_report& into;
+        void on_round_end(const round_report& r, const adapter_set<Backend>&) { into = r; }
+      };
+      return keep{round0};
+    }());
+    FAIL("expected round 1 to fail");
+  } catch (const error& e) {
+    CHECK(std::string(e.what()).find("round 1: ") != std::string::npos);
+    const auto* completed = dynamic_cast<const failed_run*>(&e);
+    REQUIRE(completed != nullptr);
+    REQUIRE(completed->reports.size() == 1);
+    CHECK(same_report(completed->reports[0], round0));
+  }
+  CHECK(silent.finishes == 0);
+  CHECK(silent.rounds_finished == 1);
+  CHECK(fed.next_round() == 1);
+  federation<Backend, train_both, fedavg> one(train_both{}, fedavg{}, c, adapters<Backend>());
+  one.run_round(p.clients);
+  CHECK(test::bit_equal(fed.global(), one.global()));
+}
+
 TEST_CASE_TEMPLATE(
     "received uploads under on_bad_update = fail: the error names the round and the channel's "
     "client in its fields and its message",

@@ -1,7 +1,9 @@
-// The examples' transport options (--transport inprocess|mpi, --client-timeout, --on-bad-update,
-// --min-clients) and the transport they choose: the in-process federation, or the MPI transport
-// (rolora/mpi/transport.hpp; rank 0 the server, ranks 1..P-1 the clients), see
-// docs/distributed.md. Only rank 0 (or the single process) writes files and prints progress.
+// The applications' transport options (--transport inprocess|mpi, --client-timeout,
+// --on-bad-update, --min-clients) and the transport they choose by name through
+// rolora::transport_by_name (rolora/federated/transports.hpp): the in-process one, or MPI (rank 0
+// the server, ranks 1..P-1 the clients), see docs/distributed.md. Every round runs through the
+// library's one loop, rolora::run / rolora::run_round. Only rank 0 (or the single process) writes
+// files and prints progress.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -11,13 +13,11 @@
 #include <optional>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
+#include <rolora/federated/transports.hpp>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
-#ifdef ROLORA_HAVE_MPI
-#include <rolora/mpi/transport.hpp>
-#endif
 
 namespace rolora::examples {
 
@@ -41,7 +41,8 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
   app.add_option("--transport", t.kind,
                  "how clients and server talk: inprocess (threads) or mpi (under mpirun -np P, "
                  "P >= 2: rank 0 the server, ranks 1..P-1 the clients)")
-      ->check(CLI::IsMember({"inprocess", "mpi"}))
+      ->check(CLI::IsMember(
+          std::vector<std::string>(rolora::transport_names.begin(), rolora::transport_names.end())))
       ->capture_default_str();
   app.add_option("--client-timeout", t.client_timeout,
                  "mpi: seconds a round waits for the uploads; a client late or silent is dropped "
@@ -63,14 +64,57 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
       ->group("");
 }
 
-// The transport a run uses. In-process it is nothing: the federation runs its rounds itself.
+// The transport a run uses, chosen by name (rolora::transport_by_name); what the applications
+// call on it is the same for every transport.
 class example_transport {
  public:
-  example_transport(int& argc, char**& argv, const transport_options& o) {
-    if (o.kind != "mpi") return;
-#ifdef ROLORA_HAVE_MPI
-    session_.emplace(argc, argv);
-    mpi::transport_options m;
+  // A transport that cannot be had (no MPI in this build, fewer than 2 ranks) ends the program
+  // with the error and exit code 2.
+  example_transport(int& argc, char**& argv, const transport_options& o)
+      : t_(make(argc, argv, o)) {}
+
+  // Rank 0 under MPI, always in-process: the one that prints and writes.
+  bool is_server() const { return t_.is_server(); }
+
+  // rolora::run over this transport (client ranks serve and get no reports).
+  template <class Federation, class Task, class... Callbacks>
+  std::vector<round_report> run(Federation& fed, std::vector<Task>& tasks,
+                                Callbacks&&... callbacks) {
+    return t_.visit([&](auto& t) { return rolora::run(t, fed, tasks, callbacks...); });
+  }
+  // One round of `fed` (rank 0 or in-process): rolora::run_round.
+  template <class Federation, class Task>
+  round_report run_round(Federation& fed, std::vector<Task>& tasks) {
+    return t_.visit([&](auto& t) { return rolora::run_round(t, fed.server(), tasks); });
+  }
+  // Client ranks: serve `tasks` until rank 0's finish(); false (nothing done) elsewhere.
+  template <class Backend, class Task>
+  bool serve(std::vector<Task>& tasks, const federation_config& config) {
+    if (is_server()) return false;
+    t_.visit([&](auto& t) { t.template serve<Backend>(tasks, config); });
+    return true;
+  }
+  // Rank 0: this federation is over.
+  void finish() {
+    if (is_server()) t_.visit([](auto& t) { t.finish(); });
+  }
+  // Waits for every process of the job (a no-op in-process).
+  void barrier() {
+    t_.visit([](auto& t) {
+      if constexpr (requires { t.barrier(); }) t.barrier();
+    });
+  }
+  // After an error: under MPI the whole job ends (the other ranks may be waiting on this one).
+  int fail(int code) {
+    return t_.visit([code](auto& t) {
+      if constexpr (requires { t.abort(code); }) return t.abort(code);
+      return code;
+    });
+  }
+
+ private:
+  static rolora::transport_by_name make(int& argc, char**& argv, const transport_options& o) {
+    rolora::transport_options m;
     m.client_timeout = o.client_timeout;
     if (o.garbage_client >= 0 || o.slow_client >= 0) {
       m.tamper = [o](std::size_t client, std::size_t round, std::vector<std::uint8_t>& bytes) {
@@ -81,97 +125,14 @@ class example_transport {
       };
     }
     try {
-      mpi_.emplace(MPI_COMM_WORLD, std::move(m));
+      return rolora::transport_by_name(o.kind, argc, argv, std::move(m));
     } catch (const error& e) {
-      std::fprintf(stderr, "error: %s\n", e.what());
-      session_.reset();  // every rank sees the same size: all leave
+      std::fprintf(stderr, "error: --transport %s: %s\n", o.kind.c_str(), e.what());
       std::exit(2);
     }
-#else
-    (void)argc;
-    (void)argv;
-    std::fprintf(stderr,
-                 "error: --transport mpi: this build has no MPI transport (configure with "
-                 "-DROLORA_ENABLE_MPI=ON; Debian: libopenmpi-dev openmpi-bin)\n");
-    std::exit(2);
-#endif
   }
 
-  bool mpi() const {
-#ifdef ROLORA_HAVE_MPI
-    return mpi_.has_value();
-#else
-    return false;
-#endif
-  }
-  // Rank 0 under MPI, always in-process: the one that prints and writes.
-  bool is_server() const {
-#ifdef ROLORA_HAVE_MPI
-    return !mpi_ || mpi_->is_server();
-#else
-    return true;
-#endif
-  }
-
-  // federation::run over this transport (client ranks serve and get no reports).
-  template <class Federation, class Task, class... Callbacks>
-  std::vector<round_report> run(Federation& fed, std::vector<Task>& tasks,
-                                Callbacks&&... callbacks) {
-#ifdef ROLORA_HAVE_MPI
-    if (mpi_) return mpi::run(*mpi_, fed, tasks, std::forward<Callbacks>(callbacks)...);
-#endif
-    return fed.run(tasks, std::forward<Callbacks>(callbacks)...);
-  }
-  // One round of `fed` (rank 0 or in-process).
-  template <class Federation, class Task>
-  round_report run_round(Federation& fed, std::vector<Task>& tasks) {
-#ifdef ROLORA_HAVE_MPI
-    if (mpi_) return mpi_->run_round(fed.server(), tasks.size());
-#endif
-    return fed.run_round(tasks);
-  }
-  // Client ranks: serve `tasks` until rank 0's finish(); false (nothing done) elsewhere.
-  template <class Backend, class Task>
-  bool serve(std::vector<Task>& tasks, const federation_config& config) {
-#ifdef ROLORA_HAVE_MPI
-    if (mpi_ && !mpi_->is_server()) {
-      mpi_->serve<Backend>(tasks, config);
-      return true;
-    }
-#else
-    (void)tasks;
-    (void)config;
-#endif
-    return false;
-  }
-  // Rank 0: this federation is over.
-  void finish() {
-#ifdef ROLORA_HAVE_MPI
-    if (mpi_ && mpi_->is_server()) mpi_->finish();
-#endif
-  }
-  void barrier() {
-#ifdef ROLORA_HAVE_MPI
-    if (mpi_) MPI_Barrier(MPI_COMM_WORLD);
-#endif
-  }
-  // After an error: under MPI the whole job ends (the other ranks may be waiting on this one).
-  int fail(int code) {
-#ifdef ROLORA_HAVE_MPI
-    if (mpi_) {
-      std::fflush(stdout);
-      std::fflush(stderr);
-      MPI_Abort(MPI_COMM_WORLD, code);
-    }
-#endif
-    return code;
-  }
-
- private:
-#ifdef ROLORA_HAVE_MPI
-  std::optional<mpi::session> session_;
-  std::optional<mpi::transport> mpi_;  // destroyed before the session
-#endif
+  rolora::transport_by_name t_;
 };
 
 }  // namespace rolora::examples

@@ -12,6 +12,8 @@
 //   client_task           a client's data and loss; optional, detected: closed_form_b_task
 //   round_begin_callback, round_end_callback
 //                         what federation::run calls around each round (each optional)
+//   round_transport       how a round's downloads reach the clients and their uploads come
+//                         back (in_process, mpi::transport); optional, detected: finish_round
 //
 // Each concept lists every member a type must provide and what it must mean. Templates that take
 // such a type check it with a static_assert whose message says which contract is not met, so a
@@ -27,6 +29,7 @@
 #include <span>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 namespace rolora {
 
@@ -368,6 +371,50 @@ template <class C, class B>
 concept round_end_callback = requires(C& c, const round_report& report,
                                       const adapter_set<B>& global) {
   c.on_round_end(report, global);
+};
+
+// ---------------------------------------------------------------------------------------------
+// round_transport: how the rounds of a federation reach its clients. The one round loop,
+// rolora::run_round and rolora::run (federated/federation.hpp), is written once over it; the
+// server's state, sampling, checks and merge are the loop's, never the transport's. Models:
+// rolora::in_process (threads of this process, the default) and rolora::mpi::transport.
+//
+// A transport T, for a server type S (federation_server<...>) and a client_task type Task, has
+//   is_server() const -> bool   whether this process holds the server and runs the rounds
+//                               (in-process: always); false: it only hosts clients (serve)
+//   exchange(S& server, const round_plan& plan, std::vector<Task>& tasks) -> uploads
+//                               on the server's process, during round plan.round: deliver
+//                               server.download(plan, c) to every client c of plan.reporting,
+//                               have it trained there (train_locally(tasks[c], download,
+//                               server.config())) and return the uploads that came back, in any
+//                               order, as a value server.complete_round(plan, uploads) accepts.
+//                               A client not heard from is left out; one that sent something
+//                               undecodable is a bad upload of that client. It must not change
+//                               the server (complete_round checks, merges and commits), and it
+//                               must give the same upload bits as train_locally in this process.
+//   serve<typename S::backend_type>(std::vector<Task>& tasks, const federation_config& config)
+//                               on a client-only process: answer the downloads of the clients it
+//                               hosts until the server's process calls finish()
+//   finish()                    on the server's process, once after the last round: the
+//                               federation is over (client processes' serve returns)
+// Optional, detected:
+//   finish_round(const round_plan& plan, round_report& report)
+//                               after complete_round, before report.seconds is set: what the
+//                               transport adds to the report (MPI: the clients it timed out, in
+//                               dropped and rejected) and logs
+// A transport is used by one thread at a time; the loop catches and re-throws its errors with
+// the round's name, and calls nothing after a failed round (not even finish()).
+// ---------------------------------------------------------------------------------------------
+struct round_plan;
+struct federation_config;
+
+template <class T, class Server, class Task>
+concept round_transport = requires(T& t, const T& ct, Server& server, const round_plan& plan,
+                                   std::vector<Task>& tasks, const federation_config& config) {
+  { ct.is_server() } -> std::convertible_to<bool>;
+  { server.complete_round(plan, t.exchange(server, plan, tasks)) } -> std::same_as<round_report>;
+  t.template serve<typename Server::backend_type>(tasks, config);
+  t.finish();
 };
 
 // ---------------------------------------------------------------------------------------------

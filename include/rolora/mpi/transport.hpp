@@ -1,18 +1,21 @@
-// The MPI transport of a federation (target rolora::mpi; needs an MPI library and nlohmann-json):
-// rank 0 is the server, ranks 1..P-1 host the clients, client c on rank 1 + c mod (P - 1). Every
-// rank builds the same tasks from the same flags; only rank 0 holds the server's state, client
-// ranks keep nothing between rounds (what a client keeps -- FedSA's B, its moments -- comes down
-// in its download), so a checkpoint of rank 0 is the whole job's.
+// The MPI transport of a federation (target rolora::mpi; needs an MPI library and nlohmann-json),
+// a model of rolora::round_transport (core/concepts.hpp): the round loop is rolora::run /
+// rolora::run_round (federated/federation.hpp), the same as in-process. Rank 0 is the server,
+// ranks 1..P-1 host the clients, client c on rank 1 + c mod (P - 1). Every rank builds the same
+// tasks from the same flags; only rank 0 holds the server's state, client ranks keep nothing
+// between rounds (what a client keeps -- FedSA's B, its moments -- comes down in its download),
+// so a checkpoint of rank 0 is the whole job's.
 //
-// One round on rank 0 (run_round): begin_round -> one download message per reporting client,
-// sent without waiting (MPI_Isend, tag 1 + c) -> uploads collected as they come (MPI_Iprobe
-// with a sleep between polls, so that an idle rank leaves its core to the others) until every
+// One round on rank 0 (exchange, then finish_round): one download message per reporting client,
+// sent without waiting (MPI_Isend, tag 1 + c) -> uploads collected as they come (MPI_Iprobe with
+// a sleep between polls, so that an idle rank leaves its core to the others) until every
 // reporting client answered or `client_timeout` passed -> each decoded as hostile input (an
 // undecodable one is that client's bad upload; one of a past round is discarded by its round
-// number) -> federation_server::complete_round merges in client-id order whatever the arrival
-// order. A client that does not answer in time is dropped from the round, logged with its id and
-// the reason. Client ranks (serve): wait for a download, train with train_locally, answer with
-// the upload message, until rank 0 says the federation is over (tag 0; finish()).
+// number) -> the loop's federation_server::complete_round merges in client-id order whatever the
+// arrival order -> finish_round adds the clients that did not answer in time to the report
+// (dropped from the round) and logs every drop with the client's id and the reason. Client ranks
+// (serve): wait for a download, train with train_locally, answer with the upload message, until
+// rank 0 says the federation is over (tag 0; finish()).
 // Messages: federated/message.hpp (download and upload, safetensors). A dead rank aborts the MPI
 // job (MPI's own fault model): checkpoints (federated/checkpoint.hpp) are the answer to that.
 #pragma once
@@ -110,12 +113,8 @@ struct round_timing {
   double merge = 0;   // complete_round: checks, aggregation, commit
 };
 
-struct transport_options {
-  double client_timeout = 0.0;  // seconds a round waits for the uploads; 0: for ever
-  std::FILE* log = stderr;      // rank 0's drop lines (nullptr: none)
-  // Testing: called on a client rank with each upload's bytes before they are sent.
-  std::function<void(std::size_t client, std::size_t round, std::vector<std::uint8_t>&)> tamper;
-};
+// client_timeout, log and tamper (federated/federation.hpp).
+using transport_options = rolora::transport_options;
 
 class transport {
  public:
@@ -145,105 +144,102 @@ class transport {
   // The rank hosting client c: a fixed assignment, round-robin over ranks 1..P-1.
   int host_of(std::size_t client) const { return 1 + int(client % std::size_t(size_ - 1)); }
 
-  // Rank 0: round server.next_round() over `num_clients` clients hosted on ranks 1..P-1. The
-  // report is federation_server::complete_round's; timed-out clients are in `dropped` and, with
-  // their reason, in `rejected`. Errors name the round; the server changes only on success.
-  template <class Server>
-  round_report run_round(Server& server, std::size_t num_clients) {
+  // Rank 0, inside rolora::run_round: delivers the downloads of `plan` to the ranks hosting its
+  // reporting clients and returns what came back within client_timeout, decoded as hostile input
+  // (an undecodable upload is that client's bad upload). The clients that did not answer are
+  // remembered for finish_round. Changes nothing in the server.
+  template <class Server, class Task>
+  std::vector<received_upload<typename Server::backend_type>> exchange(Server& server,
+                                                                       const round_plan& plan,
+                                                                       std::vector<Task>& tasks) {
     using Backend = typename Server::backend_type;
-    require_server("run_round");
+    require_server("exchange");
+    const std::size_t num_clients = tasks.size();
     if (num_clients + 1 > std::size_t(tag_ub_)) {
       rolora::detail::raise<config_error>("MPI transport: ", num_clients,
                                           " clients need tags up to ", num_clients,
                                           ", this MPI allows ", tag_ub_);
     }
-    const auto start = detail::clock::now();
     timing_ = {};
-    auto lap = start;
-    const auto split = [&](double& into) {
-      const auto now = detail::clock::now();
-      into += std::chrono::duration<double>(now - lap).count();
-      lap = now;
-    };
-    try {
-      const round_plan plan = server.begin_round(num_clients);
-      const bool keep = server.config().keep_optimizer_state;
-      release_sends(false);
-      for (std::size_t c : plan.reporting) {
-        sends_.emplace_back();
-        auto& s = sends_.back();
-        s.bytes = encode_download(server.download(plan, c), server.upload_factors(plan), keep);
-        detail::check(MPI_Isend(s.bytes.data(), int(s.bytes.size()), MPI_BYTE, host_of(c),
-                                int(c + 1), comm_, &s.request),
-                      "MPI_Isend");
-      }
-      split(timing_.send);
-
-      std::vector<received_upload<Backend>> got;
-      std::vector<std::size_t> waiting = plan.reporting;  // increasing
-      std::optional<detail::clock::time_point> deadline;
-      if (options_.client_timeout > 0) {
-        deadline =
-            detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(
-                                       std::chrono::duration<double>(options_.client_timeout));
-      }
-      MPI_Status status;
-      while (!waiting.empty() &&
-             detail::poll(comm_, MPI_ANY_SOURCE, MPI_ANY_TAG, status, deadline)) {
-        auto bytes = detail::receive(comm_, status);
-        split(timing_.wait);
-        const int tag = status.MPI_TAG;
-        if (tag < 1 || std::size_t(tag) > num_clients ||
-            host_of(std::size_t(tag - 1)) != status.MPI_SOURCE) {
-          log("round %zu: a message with tag %d from rank %d discarded (no client of it)\n",
-              plan.round, tag, status.MPI_SOURCE);
-          continue;
-        }
-        const std::size_t c = std::size_t(tag - 1);
-        received_upload<Backend> r{c, bytes.size(), std::nullopt, {}};
-        try {
-          r.upload = decode_upload<Backend>(bytes, server.client_view(c));
-        } catch (const error& e) {
-          r.error = e.message();
-        }
-        split(timing_.decode);
-        const auto it = std::lower_bound(waiting.begin(), waiting.end(), c);
-        const bool expected = it != waiting.end() && *it == c;
-        if (r.upload && r.upload->round < plan.round) {
-          log("round %zu: a late upload of round %zu from client %zu discarded\n", plan.round,
-              r.upload->round, c);
-          forget_late(c);
-          continue;
-        }
-        if (!r.upload && !expected) {
-          log("round %zu: an undecodable message from client %zu, not awaited, discarded\n",
-              plan.round, c);
-          continue;
-        }
-        if (expected) waiting.erase(it);
-        got.push_back(std::move(r));  // unexpected but decodable: the server refuses it
-      }
-      for (std::size_t c : waiting) {
-        log("round %zu: client %zu dropped: no upload within --client-timeout %g s\n", plan.round,
-            c, options_.client_timeout);
-        late_.push_back(c);
-      }
-      split(timing_.wait);
-      round_report report = server.complete_round(plan, std::move(got));
-      split(timing_.merge);
-      for (const auto& r : report.rejected) {
-        log("round %zu: client %zu dropped: %s\n", plan.round, r.client, r.reason.c_str());
-      }
-      for (std::size_t c : waiting) {
-        report.rejected.push_back({c, concat_timeout()});
-      }
-      std::sort(report.rejected.begin(), report.rejected.end(),
-                [](const auto& a, const auto& b) { return a.client < b.client; });
-      report.seconds = std::chrono::duration<double>(detail::clock::now() - start).count();
-      return report;
-    } catch (const error&) {
-      rolora::detail::rethrow_in_round(server.next_round());
+    lap_ = detail::clock::now();
+    timed_out_.clear();
+    const bool keep = server.config().keep_optimizer_state;
+    release_sends(false);
+    for (std::size_t c : plan.reporting) {
+      sends_.emplace_back();
+      auto& s = sends_.back();
+      s.bytes = encode_download(server.download(plan, c), server.upload_factors(plan), keep);
+      detail::check(MPI_Isend(s.bytes.data(), int(s.bytes.size()), MPI_BYTE, host_of(c), int(c + 1),
+                              comm_, &s.request),
+                    "MPI_Isend");
     }
+    split(timing_.send);
+
+    std::vector<received_upload<Backend>> got;
+    std::vector<std::size_t> waiting = plan.reporting;  // increasing
+    std::optional<detail::clock::time_point> deadline;
+    if (options_.client_timeout > 0) {
+      deadline = detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(
+                                            std::chrono::duration<double>(options_.client_timeout));
+    }
+    MPI_Status status;
+    while (!waiting.empty() && detail::poll(comm_, MPI_ANY_SOURCE, MPI_ANY_TAG, status, deadline)) {
+      auto bytes = detail::receive(comm_, status);
+      split(timing_.wait);
+      const int tag = status.MPI_TAG;
+      if (tag < 1 || std::size_t(tag) > num_clients ||
+          host_of(std::size_t(tag - 1)) != status.MPI_SOURCE) {
+        log("round %zu: a message with tag %d from rank %d discarded (no client of it)\n",
+            plan.round, tag, status.MPI_SOURCE);
+        continue;
+      }
+      const std::size_t c = std::size_t(tag - 1);
+      received_upload<Backend> r{c, bytes.size(), std::nullopt, {}};
+      try {
+        r.upload = decode_upload<Backend>(bytes, server.client_view(c));
+      } catch (const error& e) {
+        r.error = e.message();
+      }
+      split(timing_.decode);
+      const auto it = std::lower_bound(waiting.begin(), waiting.end(), c);
+      const bool expected = it != waiting.end() && *it == c;
+      if (r.upload && r.upload->round < plan.round) {
+        log("round %zu: a late upload of round %zu from client %zu discarded\n", plan.round,
+            r.upload->round, c);
+        forget_late(c);
+        continue;
+      }
+      if (!r.upload && !expected) {
+        log("round %zu: an undecodable message from client %zu, not awaited, discarded\n",
+            plan.round, c);
+        continue;
+      }
+      if (expected) waiting.erase(it);
+      got.push_back(std::move(r));  // unexpected but decodable: the server refuses it
+    }
+    for (std::size_t c : waiting) {
+      log("round %zu: client %zu dropped: no upload within --client-timeout %g s\n", plan.round, c,
+          options_.client_timeout);
+      late_.push_back(c);
+    }
+    timed_out_ = std::move(waiting);
+    split(timing_.wait);
+    return got;
+  }
+
+  // Rank 0, inside rolora::run_round after complete_round: logs the clients the server dropped
+  // and adds those that timed out to `report` (dropped from the round, in `rejected` with their
+  // reason, which is sorted by client).
+  void finish_round(const round_plan& plan, round_report& report) {
+    split(timing_.merge);
+    for (const auto& r : report.rejected) {
+      log("round %zu: client %zu dropped: %s\n", plan.round, r.client, r.reason.c_str());
+    }
+    for (std::size_t c : timed_out_) {
+      report.rejected.push_back({c, concat_timeout()});
+    }
+    std::sort(report.rejected.begin(), report.rejected.end(),
+              [](const auto& a, const auto& b) { return a.client < b.client; });
   }
 
   // Rank 0: the federation is over; every client rank's serve() returns. The uploads of clients
@@ -264,6 +260,17 @@ class transport {
     }
     late_.clear();
     release_sends(true);
+  }
+
+  // Every rank: waits until every rank of the communicator is here.
+  void barrier() { detail::check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  // After an error on any rank: ends the whole job (the other ranks may be waiting on this one),
+  // stdout and stderr flushed first. Returns `code` only where MPI_Abort returns.
+  int abort(int code) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(comm_, code);
+    return code;
   }
 
   // Ranks 1..P-1: answers each download for a client it hosts (tasks[c]) with the upload of
@@ -343,6 +350,13 @@ class transport {
     }
   }
 
+  // Adds the time since the last split to `into`.
+  void split(double& into) {
+    const auto now = detail::clock::now();
+    into += std::chrono::duration<double>(now - lap_).count();
+    lap_ = now;
+  }
+
   template <class... Args>
   void log(const char* format, Args... args) const {
     if (options_.log) {
@@ -355,35 +369,10 @@ class transport {
   transport_options options_;
   int rank_ = 0, size_ = 0, tag_ub_ = 32767;
   std::list<pending_send> sends_;
-  std::vector<std::size_t> late_;  // clients that timed out and have not answered since
+  std::vector<std::size_t> late_;       // clients that timed out and have not answered since
+  std::vector<std::size_t> timed_out_;  // those of the last exchange
   round_timing timing_;
+  detail::clock::time_point lap_{};
 };
-
-// federation::run over MPI: on rank 0 the rounds of `fed` until config.num_rounds or a callback
-// stops them (callbacks as federation::run's), then finish(); on the other ranks, serve `tasks`.
-// Returns the reports (rank 0) or nothing (client ranks).
-template <class Federation, class Task, class... Callbacks>
-std::vector<round_report> run(transport& t, Federation& fed, std::vector<Task>& tasks,
-                              Callbacks&&... callbacks) {
-  using Backend = typename Federation::backend_type;
-  if (!t.is_server()) {
-    t.serve<Backend>(tasks, fed.config());
-    return {};
-  }
-  std::vector<round_report> reports;
-  try {
-    while (fed.next_round() < fed.config().num_rounds) {
-      (rolora::detail::notify_round_begin(callbacks, fed.next_round()), ...);
-      reports.push_back(t.run_round(fed.server(), tasks.size()));
-      const bool stop =
-          (rolora::detail::notify_round_end(callbacks, reports.back(), fed.global()) | ... | false);
-      if (stop) break;
-    }
-  } catch (const error&) {
-    rolora::detail::rethrow_with_reports(std::move(reports));
-  }
-  t.finish();
-  return reports;
-}
 
 }  // namespace rolora::mpi
