@@ -10,7 +10,6 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -18,15 +17,18 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <rolora/federated/checkpoint.hpp>
+#include <rolora/federated/methods.hpp>
 #include <rolora/io/peft.hpp>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/backend_options.hpp"
-#include "common/checkpoint_options.hpp"
+#include "common/options.hpp"
 #include "common/plot.hpp"
+#include "common/report.hpp"
 #include "common/spam_task.hpp"
 #include "common/transport_options.hpp"
 
@@ -47,7 +49,8 @@ struct settings {
   std::vector<rolora::index_t> layers;
   bool train_head = true;
   std::string optimizer = "adamw";
-  std::map<std::string, double> lr;  // per method; missing: the tuned default
+  // Picked on the validation split (docs/results.md says how); --optimizer sgd: 0.5 for all.
+  ex::learning_rates lr{{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}}, 2e-3};
   double weight_decay = 0.0;
   std::size_t eval_every = 2;  // one test evaluation costs half a round at 20 clients
   bool evaluate_on_validation = false;
@@ -62,28 +65,10 @@ struct settings {
   std::string eval_adapter;  // --eval-adapter: evaluate this PEFT directory, no training
 };
 
-// Learning rates picked on the validation split (docs/results.md says how), per method.
-double default_lr(const std::string& method, const std::string& optimizer) {
-  if (optimizer == "sgd") return 0.5;
-  static const std::map<std::string, double> adamw_lr{
-      {"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}};
-  const auto it = adamw_lr.find(method);
-  return it != adamw_lr.end() ? it->second : 2e-3;
-}
-
-struct round_row {
-  std::size_t round;
-  std::string phase;
-  double train_loss, eval_loss, eval_accuracy, aggregation_error;
-  std::size_t total_bytes_up, total_bytes_down;
-  double seconds;
-  double memory_mib;  // in use where the model runs, after the round (ex::memory_in_use_mib)
-};
-
 struct method_result {
   std::string method;
   double lr;
-  std::vector<round_row> rows;
+  std::vector<ex::round_row> rows;
   double seconds = 0;
 };
 
@@ -96,8 +81,7 @@ double peak_rss_mib() {
 template <class Policy, class Aggregator, class Backend>
 method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
                          const settings& s, const ex::spam_task<Backend>& data) {
-  method_result result{
-      method, s.lr.count(method) ? s.lr.at(method) : default_lr(method, s.optimizer), {}};
+  method_result result{method, s.lr(method), {}};
   rolora::lora_config lc;
   lc.r = s.rank;
   lc.lora_alpha = s.lora_alpha;
@@ -145,20 +129,6 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
                           {"eval_every", s.eval_every},
                           {"validation", s.evaluate_on_validation}};
   if (s.base_precision != "fp32") identity["base_precision"] = s.base_precision;
-  const auto rows_json = [](const std::vector<round_row>& rows) {
-    nlohmann::json j = nlohmann::json::array();
-    for (const auto& r : rows) {  // doubles by their bits: a resumed CSV is byte-identical
-      j.push_back(
-          {r.round, r.phase, std::bit_cast<std::uint64_t>(r.train_loss),
-           std::bit_cast<std::uint64_t>(r.eval_loss), std::bit_cast<std::uint64_t>(r.eval_accuracy),
-           std::bit_cast<std::uint64_t>(r.aggregation_error), r.total_bytes_up, r.total_bytes_down,
-           std::bit_cast<std::uint64_t>(r.seconds), std::bit_cast<std::uint64_t>(r.memory_mib)});
-    }
-    return j;
-  };
-  const auto bits = [](const nlohmann::json& v) {
-    return std::bit_cast<double>(v.template get<std::uint64_t>());
-  };
   if (!s.carrier->is_server()) {  // an MPI client rank: host this rank's clients, nothing else
     s.carrier->run(fed, tasks);
     return result;
@@ -166,64 +136,35 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   if (!s.checkpoint.resume.empty() &&
       rolora::has_checkpoint(std::filesystem::path(s.checkpoint.resume) / method)) {
     const auto from = std::filesystem::path(s.checkpoint.resume) / method;
-    for (const auto& r : rolora::load_checkpoint(from, fed.server(), identity).at("rows")) {
-      result.rows.push_back({r.at(0).template get<std::size_t>(),
-                             r.at(1).template get<std::string>(), bits(r.at(2)), bits(r.at(3)),
-                             bits(r.at(4)), bits(r.at(5)), r.at(6).template get<std::size_t>(),
-                             r.at(7).template get<std::size_t>(), bits(r.at(8)),
-                             r.size() > 9 ? bits(r.at(9)) : -1.0});
-    }
+    result.rows =
+        ex::rows_from_json(rolora::load_checkpoint(from, fed.server(), identity).at("rows"));
     std::printf("%-8s resumed after round %zu from %s\n", method.c_str(), fed.next_round(),
                 from.c_str());
   }
 
-  struct progress {
-    const settings& s;
-    const ex::spam_task<Backend>& data;
-    const rolora::labelled_sequences& eval_set;
-    const char* eval_name;
-    method_result& result;
-    const rolora::federation<Backend, Policy, Aggregator>& fed;
-    const nlohmann::json& identity;
-    const decltype(rows_json)& to_json;
-    double elapsed = result.rows.empty() ? 0.0 : result.rows.back().seconds;
-    void on_round_end(const rolora::round_report& r, const rolora::adapter_set<Backend>& global) {
-      elapsed += r.seconds;
-      round_row row{r.round + 1,
-                    std::string(r.trained.label()),
-                    r.train_loss,
-                    -1,
-                    -1,
-                    r.aggregation_error,
-                    r.total_bytes_up,
-                    r.total_bytes_down,
-                    elapsed,
-                    ex::memory_in_use_mib(s.backend)};
-      const bool last = r.round + 1 == s.rounds;
-      if (last || (r.round + 1) % s.eval_every == 0) {
-        const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
-        row.eval_loss = e.loss;
-        row.eval_accuracy = e.accuracy;
-      }
-      result.rows.push_back(row);
-      char accuracy[16] = "  -   ";
-      if (row.eval_accuracy >= 0)
-        std::snprintf(accuracy, sizeof accuracy, "%.4f", row.eval_accuracy);
-      std::printf(
-          "%-8s round %3zu/%zu  phase %-2s  train loss %.4f  %s acc %s  agg err %.1e  up %7.2f MB  "
-          "%6.1f s  %s %.0f MiB\n",
-          result.method.c_str(), row.round, s.rounds, row.phase.c_str(), row.train_loss, eval_name,
-          accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, elapsed,
-          s.backend == "cuda" ? "device" : "RSS", row.memory_mib);
-      std::fflush(stdout);
-      if (!s.checkpoint.dir.empty() && (last || row.round % s.checkpoint.every == 0)) {
-        rolora::save_checkpoint(std::filesystem::path(s.checkpoint.dir) / result.method,
-                                fed.server(), identity, {{"rows", to_json(result.rows)}});
-      }
+  ex::round_progress<Backend> cb;
+  char label[64];
+  std::snprintf(label, sizeof label, "%-8s", method.c_str());
+  cb.label = label;
+  cb.rounds = s.rounds;
+  cb.eval_every = s.eval_every;
+  cb.eval_name = eval_name;
+  cb.evaluate = [&](const rolora::adapter_set<Backend>& global) {
+    const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
+    return std::pair{e.loss, e.accuracy};
+  };
+  cb.memory_mib = [&] { return ex::memory_in_use_mib(s.backend); };
+  cb.memory_name = s.backend == "cuda" ? "device" : "RSS";
+  cb.after = [&](const std::vector<ex::round_row>& rows, bool last) {
+    if (!s.checkpoint.dir.empty() && (last || rows.back().round % s.checkpoint.every == 0)) {
+      rolora::save_checkpoint(std::filesystem::path(s.checkpoint.dir) / method, fed.server(),
+                              identity, {{"rows", ex::rows_to_json(rows)}});
     }
-  } cb{s, data, eval_set, eval_name, result, fed, identity, rows_json};
+  };
+  cb.rows = std::move(result.rows);
   const auto start = std::chrono::steady_clock::now();
   s.carrier->run(fed, tasks, cb);
+  result.rows = std::move(cb.rows);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   if (s.save_adapters && !head_only) {
@@ -242,37 +183,26 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   return result;
 }
 
+// `m`: a name of rolora::method_list, or "head", the control without adapters (FedIT's parts:
+// only the classifier head trains).
 template <class Backend>
 method_result run_named(const std::string& m, const settings& s,
                         const ex::spam_task<Backend>& data) {
-  using namespace rolora;
-  if (m == "head") return run_method(m, train_both{}, fedavg{}, s, data);
-  if (m == "fedit") return run_method(m, train_both{}, fedavg{}, s, data);
-  if (m == "ffa") return run_method(m, freeze_a{}, fedavg{}, s, data);
-  if (m == "rolora") return run_method(m, alternating{}, fedavg{}, s, data);
-  if (m == "fedsa") return run_method(m, fedsa{}, fedavg{}, s, data);
-  if (m == "flexlora") return run_method(m, train_both{}, svd_resplit{}, s, data);
-  if (m == "flora") return run_method(m, train_both{}, flora_stack{}, s, data);
-  if (m == "fedex") return run_method(m, train_both{}, fedex_residual{}, s, data);
-  if (m == "fedrot") return run_method(m, train_both{}, procrustes{}, s, data);
-  detail::raise<config_error>("unknown method '", m, "'");
+  return rolora::visit_method(m == "head" ? "fedit" : m, [&](auto policy, auto aggregator) {
+    return run_method(m, policy, aggregator, s, data);
+  });
 }
 
-void write_csv(const std::string& file, const method_result& r) {
-  ex::ensure_parent(file);
-  std::FILE* out = std::fopen(file.c_str(), "w");
-  if (!out) throw std::runtime_error("cannot write " + file);
-  std::fprintf(
-      out,
-      "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,total_bytes_up,"
-      "total_bytes_down,seconds,memory_mib\n");
+void write_csv(const std::filesystem::path& file, const method_result& r) {
+  ex::csv_file csv(file,
+                   "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,"
+                   "total_bytes_up,total_bytes_down,seconds,memory_mib");
   for (const auto& row : r.rows) {
-    std::fprintf(out, "%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", r.method.c_str(),
-                 r.lr, row.round, row.phase.c_str(), row.train_loss, row.eval_loss,
-                 row.eval_accuracy, row.aggregation_error, row.total_bytes_up, row.total_bytes_down,
-                 row.seconds, row.memory_mib);
+    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", r.method.c_str(), r.lr,
+            row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
+            row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
+            row.memory_mib);
   }
-  std::fclose(out);
 }
 
 // --base-precision bf16: the frozen base (every linear's W0 and the embeddings) held in bf16,
@@ -286,8 +216,8 @@ std::string hold_base(rolora::transformer_weights<Backend>& model, const std::st
       model.convert_base_to_bf16();
       held = "bf16; frozen GEMMs: " + Backend::frozen_gemm_path();
     } else {
-      rolora::detail::raise<rolora::config_error>("--base-precision bf16: backend '", Backend::name,
-                                                  "' cannot hold bf16 matrices (eigen can)");
+      rolora::raise<rolora::config_error>("--base-precision bf16: backend '", Backend::name,
+                                          "' cannot hold bf16 matrices (eigen can)");
     }
   }
   return "base model: " + std::to_string(n) +
@@ -329,7 +259,7 @@ int run(settings& s) {
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
-    write_csv((std::filesystem::path(s.out) / (m + ".csv")).string(), results.back());
+    write_csv(std::filesystem::path(s.out) / (m + ".csv"), results.back());
   }
 
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -339,17 +269,12 @@ int run(settings& s) {
   std::vector<ex::series> lines;
   for (const auto& r : results) {
     double best = 0;
-    ex::series line{r.method, {}};
-    for (const auto& row : r.rows) {
-      if (row.eval_accuracy < 0) continue;
-      best = std::max(best, row.eval_accuracy);
-      line.points.emplace_back(double(row.round), row.eval_accuracy);
-    }
+    for (const auto& row : r.rows) best = std::max(best, row.eval_accuracy);
     const auto& last = r.rows.back();
     std::printf("%-8s %8.1e %10.4f %10.4f %10.4f %12.2f %9.1f\n", r.method.c_str(), r.lr,
                 last.eval_accuracy, best, last.eval_loss, double(last.total_bytes_up) / 1e6,
                 r.seconds);
-    lines.push_back(std::move(line));
+    lines.push_back(ex::accuracy_curve(r.method, r.rows));
   }
   std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
   const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
@@ -374,19 +299,11 @@ int main(int argc, char** argv) {
       "(easy ham / hard ham / spam): FedIT, FFA-LoRA, RoLoRA, ... from the same start."};
   settings s;
   auto& t = s.task;
-  app.add_option("--clients", t.clients, "number of clients")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  ex::add_split_options(app, t.split, "training e-mails");
-  app.add_option(
-         "--methods", s.methods,
-         "methods to run: fedit (FedIT), ffa (FFA-LoRA), rolora (RoLoRA), fedsa (FedSA-LoRA), "
-         "flexlora (FlexLoRA), flora (FLoRA), fedex (FedEx-LoRA), fedrot (FedRot-LoRA); head: "
-         "the control without adapters (the classifier head alone trains, FedAvg)")
-      ->delimiter(',')
-      ->check(CLI::IsMember(
-          {"fedit", "ffa", "rolora", "fedsa", "flexlora", "flora", "fedex", "fedrot", "head"}))
-      ->capture_default_str();
+  ex::shared_options shared(app);
+  shared.clients(t.clients);
+  shared.split(t.split, "training e-mails");
+  shared.methods(s.methods, false, {"head"},
+                 "head: the control without adapters (the classifier head alone trains, FedAvg)");
   app.add_option("--rank", s.rank, "LoRA rank r")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
@@ -400,50 +317,29 @@ int main(int argc, char** argv) {
   app.add_flag("!--freeze-head", s.train_head,
                "keep the classifier head frozen (default: it trains, "
                "as PEFT's modules_to_save)");
-  app.add_option("--rounds", s.rounds, "communication rounds")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--local-steps", s.local_steps, "local optimizer steps per round")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--batch", s.batch, "local batch size")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--clients-per-round", s.clients_per_round, "clients sampled per round (0: all)")
-      ->capture_default_str();
+  shared.rounds(s.rounds);
+  shared.local_steps(s.local_steps);
+  shared.batch(s.batch);
+  shared.clients_per_round(s.clients_per_round);
   app.add_option("--optimizer", s.optimizer, "local optimizer")
       ->check(CLI::IsMember({"adamw", "sgd"}))
       ->capture_default_str();
-  double lr = 0;
-  auto* lr_opt =
-      app.add_option("--lr", lr, "learning rate for every method (default: tuned per method)")
-          ->check(CLI::PositiveNumber);
+  shared.lr(s.lr, "learning rate for every method (default: tuned per method)");
   app.add_option("--weight-decay", s.weight_decay, "optimizer weight decay")->capture_default_str();
-  app.add_option("--seed", t.seed, "seed of the split, the adapters, sampling and batching")
-      ->capture_default_str();
-  app.add_option("--threads", s.threads,
-                 "clients trained in parallel (results do not depend on it)")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
-  app.add_option("--eval-every", s.eval_every, "evaluate every N rounds")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_flag("--validation", s.evaluate_on_validation,
-               "evaluate on the validation split (for tuning) instead of the test split");
-  app.add_option("--max-len", t.max_len, "bytes per email seen by the model")
-      ->check(CLI::Range(8, 4096))
-      ->capture_default_str();
-  app.add_option("--data-dir", t.data_dir, "where scripts/fetch_data.sh put the corpus")
-      ->capture_default_str();
-  app.add_option("--checkpoint", t.checkpoint, "pretrained model (built here when missing)")
-      ->capture_default_str();
+  shared.seed(t.seed);
+  shared.threads(s.threads);
+  shared.eval_every(s.eval_every);
+  shared.validation(s.evaluate_on_validation,
+                    "evaluate on the validation split (for tuning) instead of the test split");
+  ex::add_corpus_options(app, t, "bytes per email seen by the model",
+                         "pretrained model (built here when missing)");
   app.add_option("--pretrain-steps", t.pretrain.steps,
                  "pretraining steps when the checkpoint must be built")
       ->check(CLI::Range(1, 10000000))
       ->capture_default_str();
-  app.add_option("--out", s.out, "output folder")->capture_default_str();
+  shared.out(s.out);
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
-  ex::add_checkpoint_options(app, s.checkpoint, "rounds");
+  shared.checkpoint(s.checkpoint, "rounds");
   ex::add_backend_option(app, s.backend);
   app.add_option("--base-precision", s.base_precision,
                  "the frozen base model's weights (every linear's W0 and the embeddings): fp32, "
@@ -464,9 +360,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: --methods head with --freeze-head would train nothing\n");
     return 2;
   }
-  if (lr_opt->count() > 0) {
-    for (const auto& m : s.methods) s.lr[m] = lr;
-  }
+  if (s.optimizer == "sgd") s.lr = {{}, 0.5, s.lr.all};  // one rate for every method
   t.threads = s.threads;
   ex::example_transport carrier(argc, argv, s.transport);
   s.carrier = &carrier;

@@ -10,7 +10,9 @@
 #include <string>
 
 #include "common/backend_options.hpp"
+#include "common/options.hpp"
 #include "common/plot.hpp"
+#include "common/report.hpp"
 #include "common/spam_task.hpp"
 
 namespace ex = rolora::examples;
@@ -45,23 +47,21 @@ int run(const ex::spam_task_config& c, const std::filesystem::path& dir, const s
   ex::save_checkpoint(c.checkpoint, w, ex::pretraining_recipe(c));
   std::printf("wrote %s\n", c.checkpoint.c_str());
 
-  const auto csv = std::filesystem::path(out) / "pretrain_loss.csv";
-  ex::ensure_parent(csv.string());
-  std::FILE* f = std::fopen(csv.string().c_str(), "w");
-  if (!f) throw std::runtime_error("cannot write " + csv.string());
-  std::fprintf(f, "step,mlm_loss\n");
+  const auto csv_path = std::filesystem::path(out) / "pretrain_loss.csv";
   ex::series line{"masked-byte LM loss", {}, "lines lw 1.5"};
-  for (std::size_t s = 0; s < history.size(); ++s) {
-    std::fprintf(f, "%zu,%.9g\n", s + 1, history[s]);
-    line.points.emplace_back(double(s + 1), history[s]);
+  {
+    ex::csv_file csv(csv_path, "step,mlm_loss");
+    for (std::size_t s = 0; s < history.size(); ++s) {
+      csv.row("%zu,%.9g\n", s + 1, history[s]);
+      line.points.emplace_back(double(s + 1), history[s]);
+    }
   }
-  std::fclose(f);
   const auto plot = (std::filesystem::path(out) / "pretrain_loss.svg").string();
   if (ex::draw_chart(
           plot,
           {"Pretraining (masked-byte LM)", "step", "cross-entropy (nats)", false, "top right"},
           {line})) {
-    std::printf("wrote %s and %s\n", csv.string().c_str(), plot.c_str());
+    std::printf("wrote %s and %s\n", csv_path.c_str(), plot.c_str());
   }
   return 0;
 }
@@ -75,27 +75,16 @@ int main(int argc, char** argv) {
   std::string out = "results/pretrain";
   bool force = false;
   std::string backend_name = "eigen";
+  ex::shared_options shared(app);
   app.add_option("--steps", p.steps, "optimizer steps")
       ->check(CLI::Range(1, 10000000))
       ->capture_default_str();
-  app.add_option("--batch", p.batch, "sequences per step")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  app.add_option("--lr", p.lr, "AdamW peak learning rate")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--seed", p.seed, "seed of the initial weights, batches and masks")
-      ->capture_default_str();
-  app.add_option("--max-len", c.max_len, "window length in tokens (CLS + bytes)")
-      ->check(CLI::Range(8, 4096))
-      ->capture_default_str();
-  app.add_option("--threads", c.threads, "threads (the result does not depend on it)")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
-  app.add_option("--data-dir", c.data_dir, "where scripts/fetch_data.sh put the corpus")
-      ->capture_default_str();
-  app.add_option("--checkpoint", c.checkpoint, "checkpoint to write")->capture_default_str();
-  app.add_option("--out", out, "folder for the loss CSV and plot")->capture_default_str();
+  shared.batch(p.batch, "sequences per step");
+  shared.lr(p.lr, "AdamW peak learning rate");
+  shared.seed(p.seed, "seed of the initial weights, batches and masks");
+  ex::add_corpus_options(app, c, "window length in tokens (CLS + bytes)", "checkpoint to write");
+  shared.threads(c.threads, "threads (the result does not depend on it)");
+  shared.out(out, "folder for the loss CSV and plot");
   app.add_flag("--force", force, "pretrain even when a matching checkpoint exists");
   ex::add_backend_option(app, backend_name);
   CLI11_PARSE(app, argc, argv);

@@ -1,6 +1,6 @@
 // --backend eigen|thrust-omp|cuda for the transformer examples: the flag, and the call of an
 // example's generic body with the chosen backend type (float). The Thrust-OpenMP flavour is
-// compiled in when the build has it (ROLORA_ENABLE_THRUST_OMP: examples/CMakeLists.txt defines
+// compiled in when the build has it (ROLORA_ENABLE_THRUST_OMP: apps/CMakeLists.txt defines
 // ROLORA_APPS_THRUST_OMP); the CUDA one only when this file is compiled by nvcc (the
 // examples' `<name>_cuda` targets, ROLORA_BUILD_CUDA_APPS); elsewhere `--backend cuda` says so.
 #pragma once
@@ -13,8 +13,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <rolora/backend/eigen/backend.hpp>
-#include <rolora/core/error.hpp>
 #include <rolora/backend/eigen/nn_primitives.hpp>
+#include <rolora/core/error.hpp>
 #include <string>
 
 namespace rolora::examples {
@@ -35,7 +35,7 @@ int with_backend(const std::string& name, F&& f) {
 #if defined(ROLORA_APPS_THRUST_OMP)
     return f(thrust_omp_backend<float>{});
 #else
-    detail::raise<config_error>(
+    raise<config_error>(
         "--backend thrust-omp: this build has no Thrust-OpenMP flavour (configure with "
         "-DROLORA_ENABLE_THRUST_OMP=ON and install libthrust-dev)");
 #endif
@@ -44,17 +44,16 @@ int with_backend(const std::string& name, F&& f) {
 #if defined(__CUDACC__)
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-      detail::raise<config_error>("--backend cuda: no CUDA device is visible to this process");
+      raise<config_error>("--backend cuda: no CUDA device is visible to this process");
     }
     return f(thrust_cuda_backend<float>{});
 #else
-    detail::raise<config_error>(
+    raise<config_error>(
         "--backend cuda: this executable was compiled without CUDA; its nvcc build is "
         "<name>_cuda (configure with -DROLORA_BUILD_CUDA_APPS=ON; docs/backends.md)");
 #endif
   }
-  detail::raise<config_error>("--backend: unknown backend '", name,
-                              "' (eigen, thrust-omp or cuda)");
+  raise<config_error>("--backend: unknown backend '", name, "' (eigen, thrust-omp or cuda)");
 }
 
 // MiB in use where the model runs, read after each round: on the CPU backends (eigen,

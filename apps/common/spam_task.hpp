@@ -3,6 +3,7 @@
 // pretrained model (read from its checkpoint, or pretrained here when missing), and the clients'
 // tokenised data.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -78,6 +79,18 @@ inline labelled_sequences encode_emails(const std::vector<std::string>& texts,
 }
 
 // How the checkpoint was made: it is rebuilt whenever any of this changes.
+// --max-len, --data-dir, --checkpoint: the corpus and the base model, for federated_finetune
+// (which reads the checkpoint, or builds it) and pretrain (which writes it).
+inline void add_corpus_options(CLI::App& app, spam_task_config& c, const std::string& max_len_help,
+                               const std::string& checkpoint_help) {
+  app.add_option("--max-len", c.max_len, max_len_help)
+      ->check(CLI::Range(8, 4096))
+      ->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "where scripts/fetch_data.sh put the corpus")
+      ->capture_default_str();
+  app.add_option("--checkpoint", c.checkpoint, checkpoint_help)->capture_default_str();
+}
+
 inline std::string pretraining_recipe(const spam_task_config& c) {
   const auto& p = c.pretrain;
   return nlohmann::json{
@@ -126,8 +139,8 @@ template <nn_backend B>
 spam_task<B> load_spam_task(const spam_task_config& c) {
   const auto dir = data::spam_assassin_dir(c.data_dir);
   if (!std::filesystem::is_directory(dir)) {
-    detail::raise<config_error>("no SpamAssassin corpus under ", dir.string(),
-                                ": run `bash scripts/fetch_data.sh` first (or pass --data-dir)");
+    raise<config_error>("no SpamAssassin corpus under ", dir.string(),
+                        ": run `bash scripts/fetch_data.sh` first (or pass --data-dir)");
   }
   const auto emails = data::read_spam_assassin(dir);
   const auto labels = data::labels_of(emails);
