@@ -78,7 +78,7 @@ std::vector<double> pretrain(transformer_weights<B>& w, const pretraining_config
   full_adamw<B> opt(w);
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t step = 0; step < pc.steps; ++step) {
-    detail::parallel_for(micro, pc.threads, [&](std::size_t m) {
+    rolora::parallel_for(micro, pc.threads, [&](std::size_t m) {
       const std::size_t n = pc.batch / micro + (m < pc.batch % micro ? 1 : 0);
       const auto b = source(step, m, n);
       masked[m] = 0;

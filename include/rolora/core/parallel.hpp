@@ -110,3 +110,9 @@ void parallel_for(std::size_t n, std::size_t threads, F&& fn) {
 }
 
 }  // namespace rolora::detail
+
+namespace rolora {
+// Public: applications run their own independent items (micro-batches, evaluation chunks) on
+// the same kept pool, with the same guarantee (the thread count changes no bit).
+using detail::parallel_for;
+}  // namespace rolora
