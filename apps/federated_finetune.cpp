@@ -34,10 +34,10 @@
 
 namespace {
 
-namespace ex = rolora::examples;
+namespace apps = rolora::apps;
 
 struct settings {
-  ex::spam_task_config task;
+  apps::spam_task_config task;
   std::vector<std::string> methods{"fedit", "ffa", "rolora"};
   std::size_t rounds = 20;  // docs/results.md runs 30
   std::size_t local_steps = 4;
@@ -50,25 +50,25 @@ struct settings {
   bool train_head = true;
   std::string optimizer = "adamw";
   // Picked on the validation split (docs/results.md says how); --optimizer sgd: 0.5 for all.
-  ex::learning_rates lr{{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}}, 2e-3};
+  apps::learning_rates lr{{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}}, 2e-3};
   double weight_decay = 0.0;
   std::size_t eval_every = 2;  // one test evaluation costs half a round at 20 clients
   bool evaluate_on_validation = false;
   std::size_t threads = 2;
   std::string out = "results/finetune";
   bool save_adapters = true;
-  ex::checkpoint_options checkpoint;         // --checkpoint-dir, --checkpoint-every, --resume
-  ex::transport_options transport;           // --transport, --client-timeout, --on-bad-update, ...
-  ex::example_transport* carrier = nullptr;  // the transport built from it (main)
-  std::string backend = "eigen";             // --backend (common/backend_options.hpp)
-  std::string base_precision = "fp32";       // --base-precision: fp32 or bf16
+  apps::checkpoint_options checkpoint;     // --checkpoint-dir, --checkpoint-every, --resume
+  apps::transport_options transport;       // --transport, --client-timeout, --on-bad-update, ...
+  apps::app_transport* carrier = nullptr;  // the transport built from it (main)
+  std::string backend = "eigen";           // --backend (common/backend_options.hpp)
+  std::string base_precision = "fp32";     // --base-precision: fp32 or bf16
   std::string eval_adapter;  // --eval-adapter: evaluate this PEFT directory, no training
 };
 
 struct method_result {
   std::string method;
   double lr;
-  std::vector<ex::round_row> rows;
+  std::vector<apps::round_row> rows;
   double seconds = 0;
 };
 
@@ -80,7 +80,7 @@ double peak_rss_mib() {
 
 template <class Policy, class Aggregator, class Backend>
 method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
-                         const settings& s, const ex::spam_task<Backend>& data) {
+                         const settings& s, const apps::spam_task<Backend>& data) {
   method_result result{method, s.lr(method), {}};
   rolora::lora_config lc;
   lc.r = s.rank;
@@ -137,12 +137,12 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
       rolora::has_checkpoint(std::filesystem::path(s.checkpoint.resume) / method)) {
     const auto from = std::filesystem::path(s.checkpoint.resume) / method;
     result.rows =
-        ex::rows_from_json(rolora::load_checkpoint(from, fed.server(), identity).at("rows"));
+        apps::rows_from_json(rolora::load_checkpoint(from, fed.server(), identity).at("rows"));
     std::printf("%-8s resumed after round %zu from %s\n", method.c_str(), fed.next_round(),
                 from.c_str());
   }
 
-  ex::round_progress<Backend> cb;
+  apps::round_progress<Backend> cb;
   char label[64];
   std::snprintf(label, sizeof label, "%-8s", method.c_str());
   cb.label = label;
@@ -153,12 +153,12 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
     const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
     return std::pair{e.loss, e.accuracy};
   };
-  cb.memory_mib = [&] { return ex::memory_in_use_mib(s.backend); };
+  cb.memory_mib = [&] { return apps::memory_in_use_mib(s.backend); };
   cb.memory_name = s.backend == "cuda" ? "device" : "RSS";
-  cb.after = [&](const std::vector<ex::round_row>& rows, bool last) {
+  cb.after = [&](const std::vector<apps::round_row>& rows, bool last) {
     if (!s.checkpoint.dir.empty() && (last || rows.back().round % s.checkpoint.every == 0)) {
       rolora::save_checkpoint(std::filesystem::path(s.checkpoint.dir) / method, fed.server(),
-                              identity, {{"rows", ex::rows_to_json(rows)}});
+                              identity, {{"rows", apps::rows_to_json(rows)}});
     }
   };
   cb.rows = std::move(result.rows);
@@ -187,16 +187,16 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
 // only the classifier head trains).
 template <class Backend>
 method_result run_named(const std::string& m, const settings& s,
-                        const ex::spam_task<Backend>& data) {
+                        const apps::spam_task<Backend>& data) {
   return rolora::visit_method(m == "head" ? "fedit" : m, [&](auto policy, auto aggregator) {
     return run_method(m, policy, aggregator, s, data);
   });
 }
 
 void write_csv(const std::filesystem::path& file, const method_result& r) {
-  ex::csv_file csv(file,
-                   "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,"
-                   "total_bytes_up,total_bytes_down,seconds,memory_mib");
+  apps::csv_file csv(file,
+                     "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,"
+                     "total_bytes_up,total_bytes_down,seconds,memory_mib");
   for (const auto& row : r.rows) {
     csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", r.method.c_str(), r.lr,
             row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
@@ -229,7 +229,7 @@ template <class Backend>
 int run(settings& s) {
   // Under MPI rank 0 loads (and builds, when missing) the model before the others read it.
   if (!s.carrier->is_server()) s.carrier->barrier();
-  auto data = ex::load_spam_task<Backend>(s.task);
+  auto data = apps::load_spam_task<Backend>(s.task);
   if (s.carrier->is_server()) s.carrier->barrier();
   const std::string base = hold_base(data.model, s.base_precision);
   if (!s.carrier->is_server()) {
@@ -266,7 +266,7 @@ int run(settings& s) {
   std::printf("\n%-8s %8s %10s %10s %10s %12s %9s\n", "method", "lr",
               (std::string("final_") + eval_name).c_str(), "best", "final_loss", "MB_up_total",
               "seconds");
-  std::vector<ex::series> lines;
+  std::vector<apps::series> lines;
   for (const auto& r : results) {
     double best = 0;
     for (const auto& row : r.rows) best = std::max(best, row.eval_accuracy);
@@ -274,18 +274,18 @@ int run(settings& s) {
     std::printf("%-8s %8.1e %10.4f %10.4f %10.4f %12.2f %9.1f\n", r.method.c_str(), r.lr,
                 last.eval_accuracy, best, last.eval_loss, double(last.total_bytes_up) / 1e6,
                 r.seconds);
-    lines.push_back(ex::accuracy_curve(r.method, r.rows));
+    lines.push_back(apps::accuracy_curve(r.method, r.rows));
   }
   std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
   const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
-  ex::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" +
-                  s.task.split.kind + "), rank " + std::to_string(s.rank),
-              "round",
-              std::string(eval_name) + " accuracy",
-              false,
-              "bottom right",
-              "*:*"};
-  if (ex::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
+  apps::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" +
+                    s.task.split.kind + "), rank " + std::to_string(s.rank),
+                "round",
+                std::string(eval_name) + " accuracy",
+                false,
+                "bottom right",
+                "*:*"};
+  if (apps::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
   std::printf("wrote %s/<method>.csv%s\n", s.out.c_str(),
               s.save_adapters ? " and <method>_adapter/" : "");
   return 0;
@@ -299,7 +299,7 @@ int main(int argc, char** argv) {
       "(easy ham / hard ham / spam): FedIT, FFA-LoRA, RoLoRA, ... from the same start."};
   settings s;
   auto& t = s.task;
-  ex::shared_options shared(app);
+  apps::shared_options shared(app);
   shared.clients(t.clients);
   shared.split(t.split, "training e-mails");
   shared.methods(s.methods, false, {"head"},
@@ -331,8 +331,8 @@ int main(int argc, char** argv) {
   shared.eval_every(s.eval_every);
   shared.validation(s.evaluate_on_validation,
                     "evaluate on the validation split (for tuning) instead of the test split");
-  ex::add_corpus_options(app, t, "bytes per email seen by the model",
-                         "pretrained model (built here when missing)");
+  apps::add_corpus_options(app, t, "bytes per email seen by the model",
+                           "pretrained model (built here when missing)");
   app.add_option("--pretrain-steps", t.pretrain.steps,
                  "pretraining steps when the checkpoint must be built")
       ->check(CLI::Range(1, 10000000))
@@ -340,7 +340,7 @@ int main(int argc, char** argv) {
   shared.out(s.out);
   app.add_flag("!--no-save", s.save_adapters, "do not write the PEFT adapter directories");
   shared.checkpoint(s.checkpoint, "rounds");
-  ex::add_backend_option(app, s.backend);
+  apps::add_backend_option(app, s.backend);
   app.add_option("--base-precision", s.base_precision,
                  "the frozen base model's weights (every linear's W0 and the embeddings): fp32, "
                  "or bf16 to hold them in half the memory, as QLoRA-style fine-tuning does "
@@ -353,7 +353,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-adapter", s.eval_adapter,
                  "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
                  "written here) on the test split and exit");
-  ex::add_transport_options(app, s.transport);
+  apps::add_transport_options(app, s.transport);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
@@ -362,10 +362,10 @@ int main(int argc, char** argv) {
   }
   if (s.optimizer == "sgd") s.lr = {{}, 0.5, s.lr.all};  // one rate for every method
   t.threads = s.threads;
-  ex::example_transport carrier(argc, argv, s.transport);
+  apps::app_transport carrier(argc, argv, s.transport);
   s.carrier = &carrier;
   try {
-    return ex::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); });
+    return apps::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); });
   } catch (const rolora::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return carrier.fail(2);

@@ -37,7 +37,7 @@
 
 namespace {
 
-namespace ex = rolora::examples;
+namespace apps = rolora::apps;
 namespace th = rolora::theory;
 using backend = rolora::eigen_backend<double>;
 using history = std::vector<th::iteration_record>;
@@ -56,9 +56,9 @@ struct settings {
   std::string write_data;  // export the synthetic problem's client data as .npy
   std::string npy;         // per-method trajectories as <method>_trajectory.npy
   bool quiet = false;
-  ex::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
-  std::size_t crash_after = 0;        // testing: SIGKILL itself after this many iterations
-  ex::transport_options transport;    // --transport, --client-timeout, --on-bad-update, ...
+  apps::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
+  std::size_t crash_after = 0;          // testing: SIGKILL itself after this many iterations
+  apps::transport_options transport;    // --transport, --client-timeout, --on-bad-update, ...
 };
 
 constexpr double converged = 1e-6;     // "sin theta went below" threshold in the summary
@@ -88,9 +88,9 @@ contraction measure_contraction(const history& h) {
 }
 
 void write_csv(const std::string& file, const std::vector<method_run>& runs) {
-  ex::csv_file csv(file,
-                   "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up,"
-                   "bytes_down");
+  apps::csv_file csv(file,
+                     "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up,"
+                     "bytes_down");
   for (const auto& run : runs) {
     for (const auto& r : run.records) {
       csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n",
@@ -104,16 +104,16 @@ void write_csv(const std::string& file, const std::vector<method_run>& runs) {
 // Theorem 4.5 bound when it applies; false when gnuplot is missing or fails (common/plot.hpp).
 bool write_plot(const std::string& file, const std::vector<method_run>& runs, const settings& s,
                 const th::linear_problem_config& c, double bound_rate, bool draw_bound) {
-  std::vector<ex::series> lines;
+  std::vector<apps::series> lines;
   for (const auto& run : runs) {
-    ex::series line{display_name(run.method), {}};
+    apps::series line{display_name(run.method), {}};
     for (const auto& r : run.records)
       line.points.emplace_back(double(r.iteration), std::max(r.sin_theta, log_floor));
     lines.push_back(std::move(line));
   }
   if (draw_bound) {
     const double sin0 = runs.front().records.front().sin_theta;
-    ex::series bound{"Theorem 4.5 bound", {}, "lines dashtype 2 lw 2 lc rgb 'gray40'"};
+    apps::series bound{"Theorem 4.5 bound", {}, "lines dashtype 2 lw 2 lc rgb 'gray40'"};
     for (std::size_t t = 0; t <= s.run.iterations; ++t)
       bound.points.emplace_back(double(t),
                                 std::max(sin0 * std::pow(bound_rate, double(t)), log_floor));
@@ -125,10 +125,10 @@ bool write_plot(const std::string& file, const std::vector<method_run>& runs, co
                 "η = %g%s",
                 c.dim, c.out_dim, c.rank, c.clients, c.samples, s.run.eta,
                 c.heterogeneous ? ", heterogeneous" : "");
-  return ex::draw_chart(file,
-                        {title, "iteration", "sin θ(A, A*) (subspace distance)", true,
-                         "bottom left", "*:2", "0:" + std::to_string(s.run.iterations)},
-                        lines);
+  return apps::draw_chart(file,
+                          {title, "iteration", "sin θ(A, A*) (subspace distance)", true,
+                           "bottom left", "*:2", "0:" + std::to_string(s.run.iterations)},
+                          lines);
 }
 
 // One [iterations + 1, 7] float64 array per method: iteration, sin_theta, loss,
@@ -155,7 +155,7 @@ struct checkpointing {
   const settings& s;
   th::method method;
   std::size_t& iterations_run;  // in this process, over every method (--crash-after)
-  ex::example_transport& transport;
+  apps::app_transport& transport;
 
   // MPI client ranks serve the method's rounds; rank 0 (or the one process) runs them.
   template <class Task>
@@ -248,7 +248,7 @@ th::linear_problem<backend> make_problem(const settings& s) {
   return th::linear_problem_from_data<backend>(arrays.inputs, arrays.targets, s.problem.rank);
 }
 
-int run_check(const settings& s, ex::example_transport& transport) {
+int run_check(const settings& s, apps::app_transport& transport) {
   std::vector<th::method> methods;
   for (auto m : th::all_methods) {
     const bool paper = m == th::method::rolora || m == th::method::ffa || m == th::method::fedit;
@@ -398,7 +398,7 @@ int main(int argc, char** argv) {
   settings s;
   auto& c = s.problem;
   double init_angle = 0.0;
-  ex::shared_options shared(app);
+  apps::shared_options shared(app);
   std::vector<std::string> method_choices{"all", "every"};
   for (auto m : th::all_methods) method_choices.emplace_back(th::method_name(m));
   app.add_option("--method", s.method,
@@ -467,7 +467,7 @@ int main(int argc, char** argv) {
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
   shared.checkpoint(s.checkpoint, "iterations");
-  ex::add_transport_options(app, s.transport);
+  apps::add_transport_options(app, s.transport);
   app.add_option("--crash-after", s.crash_after,
                  "testing: kill this process with SIGKILL after N iterations")
       ->group("");
@@ -477,7 +477,7 @@ int main(int argc, char** argv) {
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;
   s.transport.apply(s.run);
-  ex::example_transport transport(argc, argv, s.transport);
+  apps::app_transport transport(argc, argv, s.transport);
   try {
     return run_check(s, transport);
   } catch (const rolora::error& e) {

@@ -32,11 +32,11 @@
 namespace {
 
 using backend = rolora::eigen_backend<float>;
-namespace ex = rolora::examples;
+namespace apps = rolora::apps;
 using features = rolora::labelled_features<float>;
 
 struct settings {
-  std::string data_dir = ex::fashion_mnist_dir;
+  std::string data_dir = apps::fashion_mnist_dir;
   std::string cache = ".cache/fashion-mnist";
   std::vector<rolora::index_t> hidden{256, 256};
   std::size_t pretrain_epochs = 2;
@@ -44,7 +44,7 @@ struct settings {
   double pretrain_lr = 1e-3;
   std::uint64_t pretrain_seed = 0;  // fixed: every fine-tuning seed starts from the same model
   std::size_t clients = 10;
-  ex::client_split split{"dirichlet", 0.3, 2};
+  apps::client_split split{"dirichlet", 0.3, 2};
   std::size_t max_train = 0;  // 0: the whole fine-tuning half
   std::vector<std::string> methods{"fedit", "ffa", "rolora"};
   std::vector<int> ranks{1, 2, 4};
@@ -55,7 +55,7 @@ struct settings {
   std::size_t local_steps = 5;
   std::size_t batch = 32;
   // AdamW rates of docs/results.md, picked on the validation split at 10 clients.
-  ex::learning_rates lr{{{"fedit", 1e-2}, {"ffa", 1e-1}, {"rolora", 3e-2}}, 1e-2};
+  apps::learning_rates lr{{{"fedit", 1e-2}, {"ffa", 1e-1}, {"rolora", 3e-2}}, 1e-2};
   std::size_t eval_every = 5;
   bool validation = false;
   std::uint64_t seed = 0;
@@ -64,7 +64,7 @@ struct settings {
   bool save_adapters = false;
 };
 
-features columns(const ex::image_set& s, const std::vector<std::size_t>& rows) {
+features columns(const apps::image_set& s, const std::vector<std::size_t>& rows) {
   features out{rolora::host_matrix<float>(s.x.rows(), rolora::index_t(rows.size())), {}};
   for (std::size_t j = 0; j < rows.size(); ++j) {
     out.x.col(rolora::index_t(j)) = s.x.col(rolora::index_t(rows[j]));
@@ -143,7 +143,7 @@ struct run_result {
   std::string method;
   int rank;
   double lr;
-  std::vector<ex::round_row> rows;
+  std::vector<apps::round_row> rows;
 };
 
 template <class Policy, class Aggregator>
@@ -171,7 +171,7 @@ run_result run_method(const std::string& method, Policy policy, Aggregator aggre
   std::vector<rolora::mlp_task<backend>> tasks;
   for (const auto& c : clients) tasks.emplace_back(model, c);
 
-  ex::round_progress<backend> cb;
+  apps::round_progress<backend> cb;
   char label[64];
   std::snprintf(label, sizeof label, "%-7s r=%-2d", method.c_str(), rank);
   cb.label = label;
@@ -203,8 +203,8 @@ run_result run_named(const std::string& m, int rank, const settings& s,
 int run(const settings& s) {
   std::filesystem::create_directories(s.out);
   const auto start = std::chrono::steady_clock::now();
-  const auto train = ex::load_fashion_mnist("train", s.data_dir, s.cache);
-  const auto test = ex::load_fashion_mnist("t10k", s.data_dir, s.cache);
+  const auto train = apps::load_fashion_mnist("train", s.data_dir, s.cache);
+  const auto test = apps::load_fashion_mnist("t10k", s.data_dir, s.cache);
 
   // Pretraining: the even-numbered training images, upright. Fine-tuning: the odd-numbered ones,
   // rotated; a tenth of them (every tenth) held out for validation.
@@ -217,9 +217,9 @@ int run(const settings& s) {
     }
   }
   if (s.max_train > 0 && s.max_train < tune_rows.size()) tune_rows.resize(s.max_train);
-  const ex::image_set rotated_train{ex::rotate_quarter(train.x), train.labels};
+  const apps::image_set rotated_train{apps::rotate_quarter(train.x), train.labels};
   const features upright_test{test.x, test.labels};
-  const features rotated_test{ex::rotate_quarter(test.x), test.labels};
+  const features rotated_test{apps::rotate_quarter(test.x), test.labels};
   const features validation = columns(rotated_train, val_rows);
   const features& eval_set = s.validation ? validation : rotated_test;
 
@@ -235,7 +235,8 @@ int run(const settings& s) {
   std::vector<int> tune_labels;
   for (auto r : tune_rows) tune_labels.push_back(train.labels[r]);
   std::string description;
-  const auto parts = ex::split_among_clients(tune_labels, s.clients, s.split, s.seed, description);
+  const auto parts =
+      apps::split_among_clients(tune_labels, s.clients, s.split, s.seed, description);
   std::vector<features> clients;
   std::size_t smallest = tune_rows.size(), largest = 0;
   for (const auto& part : parts) {
@@ -251,10 +252,10 @@ int run(const settings& s) {
       tune_rows.size(), s.clients, description.c_str(), smallest, largest, eval_set.size(),
       s.validation ? "validation" : "test");
 
-  ex::csv_file csv(std::filesystem::path(s.out) / "runs.csv",
-                   "method,rank,lr,clients,split,seed,round,phase,train_loss,eval_loss,"
-                   "eval_accuracy,aggregation_error,bytes_up,seconds");
-  std::map<int, std::vector<ex::series>> curves;
+  apps::csv_file csv(std::filesystem::path(s.out) / "runs.csv",
+                     "method,rank,lr,clients,split,seed,round,phase,train_loss,eval_loss,"
+                     "eval_accuracy,aggregation_error,bytes_up,seconds");
+  std::map<int, std::vector<apps::series>> curves;
   std::vector<run_result> results;
   for (const int rank : s.ranks) {
     for (const auto& m : s.methods) {
@@ -273,7 +274,7 @@ int run(const settings& s) {
       csv.flush();
       rolora::save_npy(std::filesystem::path(s.out) / (m + "_r" + std::to_string(rank) + ".npy"),
                        trajectory);
-      curves[rank].push_back(ex::accuracy_curve(m + " r=" + std::to_string(rank), r.rows));
+      curves[rank].push_back(apps::accuracy_curve(m + " r=" + std::to_string(rank), r.rows));
     }
   }
 
@@ -295,14 +296,14 @@ int run(const settings& s) {
   for (const auto& [rank, lines] : curves) {
     const auto plot =
         (std::filesystem::path(s.out) / ("accuracy_r" + std::to_string(rank) + ".svg")).string();
-    ex::chart c{"Fashion-MNIST rotated, MLP + LoRA rank " + std::to_string(rank) + ", " +
-                    std::to_string(s.clients) + " clients (" + description + ")",
-                "round",
-                std::string(s.validation ? "validation" : "test") + " accuracy",
-                false,
-                "bottom right",
-                "*:*"};
-    if (ex::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
+    apps::chart c{"Fashion-MNIST rotated, MLP + LoRA rank " + std::to_string(rank) + ", " +
+                      std::to_string(s.clients) + " clients (" + description + ")",
+                  "round",
+                  std::string(s.validation ? "validation" : "test") + " accuracy",
+                  false,
+                  "bottom right",
+                  "*:*"};
+    if (apps::draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
   }
   std::printf(
       "wrote %s and <method>_r<rank>.npy (round, train_loss, eval_loss, eval_accuracy, "
@@ -333,7 +334,7 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-epochs", s.pretrain_epochs, "epochs of central pretraining")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  ex::shared_options shared(app);
+  apps::shared_options shared(app);
   shared.clients(s.clients);
   shared.split(s.split, "fine-tuning images");
   app.add_option("--max-train", s.max_train,

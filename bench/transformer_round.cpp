@@ -17,9 +17,9 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
-#include <rolora/federated/transports.hpp>
 #include <rolora/nn/classification_task.hpp>
 #include <rolora/rolora.hpp>
+#include <rolora/transports.hpp>
 #include <string>
 #include <vector>
 
@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"inprocess", "mpi"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  std::optional<rolora::transport_by_name> carrier;  // rolora/federated/transports.hpp
+  std::optional<rolora::transport_by_name> carrier;  // rolora/transports.hpp
   try {
     carrier.emplace(transport, argc, argv);
   } catch (const rolora::error& e) {

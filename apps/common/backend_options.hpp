@@ -1,8 +1,8 @@
-// --backend eigen|thrust-omp|cuda for the transformer examples: the flag, and the call of an
-// example's generic body with the chosen backend type (float). The Thrust-OpenMP flavour is
+// --backend eigen|thrust-omp|cuda for the transformer applications: the flag, and the call of an
+// application's generic body with the chosen backend type (float). The Thrust-OpenMP flavour is
 // compiled in when the build has it (ROLORA_ENABLE_THRUST_OMP: apps/CMakeLists.txt defines
 // ROLORA_APPS_THRUST_OMP); the CUDA one only when this file is compiled by nvcc (the
-// examples' `<name>_cuda` targets, ROLORA_BUILD_CUDA_APPS); elsewhere `--backend cuda` says so.
+// applications' `<name>_cuda` targets, ROLORA_BUILD_CUDA_APPS); elsewhere `--backend cuda` says so.
 #pragma once
 #if defined(ROLORA_APPS_THRUST_OMP) || defined(__CUDACC__)
 // clang-format off
@@ -17,7 +17,7 @@
 #include <rolora/core/error.hpp>
 #include <string>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 inline void add_backend_option(CLI::App& app, std::string& backend) {
   app.add_option("--backend", backend,
@@ -76,4 +76,4 @@ inline double memory_in_use_mib(const std::string& backend) {
   return read ? double(resident) * double(sysconf(_SC_PAGESIZE)) / 1048576.0 : -1;
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

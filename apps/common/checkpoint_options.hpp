@@ -1,11 +1,12 @@
-// The examples' checkpoint options (--checkpoint-dir, --checkpoint-every, --resume): each method's
-// server state in DIR/<method>/ (rolora/federated/checkpoint.hpp), see docs/distributed.md.
+// The applications' checkpoint options (--checkpoint-dir, --checkpoint-every, --resume): each
+// method's server state in DIR/<method>/ (rolora/federated/checkpoint.hpp), see
+// docs/distributed.md.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cstddef>
 #include <string>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 struct checkpoint_options {
   std::string dir, resume;  // checkpoints of method M in DIR/M/
@@ -17,7 +18,7 @@ struct checkpoint_options {
   }
 };
 
-// `unit`: what the example counts ("rounds", "iterations").
+// `unit`: what the application counts ("rounds", "iterations").
 inline void add_checkpoint_options(CLI::App& app, checkpoint_options& c, const std::string& unit) {
   app.add_option(
          "--checkpoint-dir", c.dir,
@@ -32,4 +33,4 @@ inline void add_checkpoint_options(CLI::App& app, checkpoint_options& c, const s
       ->type_name("DIR");
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

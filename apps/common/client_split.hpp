@@ -1,4 +1,4 @@
-// How the examples split labelled training data among clients: the command-line options
+// How the applications split labelled training data among clients: the command-line options
 // (--split, --alpha, --classes-per-client) and the partition they name, with a one-line
 // description for the log.
 #pragma once
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 struct client_split {
   std::string kind = "iid";  // iid | dirichlet (label skew) | classes (k classes per client)
@@ -62,4 +62,4 @@ inline partition split_among_clients(const std::vector<int>& labels, std::size_t
   return parts;
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 // A file that is not the IDX data it should be (or cannot be read): "[rolora.idx_error] ...".
 class idx_error : public value_error {
@@ -152,4 +152,4 @@ inline host_matrix<float> rotate_quarter(const host_matrix<float>& x, index_t si
   return out;
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

@@ -17,7 +17,7 @@
 #include "checkpoint_options.hpp"
 #include "client_split.hpp"
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 // Local learning rates: --lr for every method, else the rate tuned for the method on the
 // validation split (docs/results.md), else `otherwise`.
@@ -117,4 +117,4 @@ class shared_options {
   CLI::App& app_;
 };
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 struct series {
   std::string title;
@@ -85,4 +85,4 @@ inline bool draw_chart(const std::string& file, const chart& c, const std::vecto
   return false;
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

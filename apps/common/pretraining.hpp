@@ -1,5 +1,5 @@
 // Masked-byte LM pretraining of the transformer and its checkpoint file, shared by the pretrain
-// and federated_finetune examples (the latter builds the checkpoint on first use).
+// and federated_finetune applications (the latter builds the checkpoint on first use).
 //
 // Deterministic: each step's batch is cut into a fixed number of micro-batches whatever the
 // thread count; threads only run them side by side, and their gradients are added in
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 struct pretraining_config {
   std::size_t steps = 1500;
@@ -170,4 +170,4 @@ std::optional<transformer_weights<B>> load_checkpoint(const std::filesystem::pat
   return transformer_weights<B>::from_host_map(config, tensors);
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

@@ -20,7 +20,7 @@
 
 #include "plot.hpp"
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 struct round_row {
   std::size_t round = 0;  // 1-based
@@ -138,4 +138,4 @@ class csv_file {
   std::FILE* out_ = nullptr;
 };
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

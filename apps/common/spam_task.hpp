@@ -1,4 +1,4 @@
-// The federated SpamAssassin task of the examples: the corpus split (fixed, so the test e-mails
+// The federated SpamAssassin task of the applications: the corpus split (fixed, so the test e-mails
 // and the e-mails set aside for pretraining are the same for every fine-tuning seed), the
 // pretrained model (read from its checkpoint, or pretrained here when missing), and the clients'
 // tokenised data.
@@ -19,9 +19,9 @@
 #include "client_split.hpp"
 #include "pretraining.hpp"
 
-namespace rolora::examples {
+namespace rolora::apps {
 
-// The model every example and benchmark uses unless told otherwise.
+// The model every application and benchmark uses unless told otherwise.
 inline transformer_config default_model(std::size_t max_len) {
   transformer_config c;
   c.vocab_size = data::byte_tokenizer::vocab_size;
@@ -39,7 +39,7 @@ inline transformer_config default_model(std::size_t max_len) {
 struct spam_task_config {
   std::size_t clients = 20;
   client_split split{};       // iid | dirichlet (label skew) | classes
-  std::uint64_t seed = 0;     // client split (and, in the examples, everything of the run)
+  std::uint64_t seed = 0;     // client split (and, in the applications, everything of the run)
   std::size_t max_len = 128;  // bytes the model sees of each e-mail, CLS included
   std::string data_dir = ".cache/data";
   std::string checkpoint = ".cache/models/pretrained.safetensors";
@@ -182,4 +182,4 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
   return task;
 }
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

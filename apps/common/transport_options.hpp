@@ -1,6 +1,6 @@
 // The applications' transport options (--transport inprocess|mpi, --client-timeout,
 // --on-bad-update, --min-clients) and the transport they choose by name through
-// rolora::transport_by_name (rolora/federated/transports.hpp): the in-process one, or MPI (rank 0
+// rolora::transport_by_name (rolora/transports.hpp): the in-process one, or MPI (rank 0
 // the server, ranks 1..P-1 the clients), see docs/distributed.md. Every round runs through the
 // library's one loop, rolora::run / rolora::run_round. Only rank 0 (or the single process) writes
 // files and prints progress.
@@ -13,13 +13,13 @@
 #include <optional>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
-#include <rolora/federated/transports.hpp>
+#include <rolora/transports.hpp>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
-namespace rolora::examples {
+namespace rolora::apps {
 
 struct transport_options {
   std::string kind = "inprocess";
@@ -66,12 +66,11 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
 
 // The transport a run uses, chosen by name (rolora::transport_by_name); what the applications
 // call on it is the same for every transport.
-class example_transport {
+class app_transport {
  public:
   // A transport that cannot be had (no MPI in this build, fewer than 2 ranks) ends the program
   // with the error and exit code 2.
-  example_transport(int& argc, char**& argv, const transport_options& o)
-      : t_(make(argc, argv, o)) {}
+  app_transport(int& argc, char**& argv, const transport_options& o) : t_(make(argc, argv, o)) {}
 
   // Rank 0 under MPI, always in-process: the one that prints and writes.
   bool is_server() const { return t_.is_server(); }
@@ -135,4 +134,4 @@ class example_transport {
   rolora::transport_by_name t_;
 };
 
-}  // namespace rolora::examples
+}  // namespace rolora::apps

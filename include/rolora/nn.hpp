@@ -3,8 +3,8 @@
 // rolora/rolora.hpp so that a user of the adapter algebra compiles no transformer code.
 #pragma once
 
-#include <rolora/nn/classification_task.hpp>
 #include <rolora/backend/eigen/nn_primitives.hpp>
+#include <rolora/nn/classification_task.hpp>
 #include <rolora/nn/mlp.hpp>
 #include <rolora/nn/nn_backend.hpp>
 #include <rolora/nn/transformer.hpp>

@@ -1,6 +1,7 @@
-// The transformer on the Thrust backend against the Eigen backend (backend/thrust/nn_primitives.hpp),
-// written once and compiled twice: by g++ for thrust_omp (test_nn_thrust_omp.cpp, in CI) and by
-// nvcc for thrust_cuda (test_nn_thrust_cuda.cu, skipped without a device). The includer defines
+// The transformer on the Thrust backend against the Eigen backend
+// (backend/thrust/nn_primitives.hpp), written once and compiled twice: by g++ for thrust_omp
+// (test_nn_thrust_omp.cpp, in CI) and by nvcc for thrust_cuda (test_nn_thrust_cuda.cu, skipped
+// without a device). The includer defines
 //   ROLORA_NN_THRUST_TYPES      the backends to instantiate (float and double)
 //   ROLORA_NN_THRUST_DOUBLE     the double one (finite differences)
 //   ROLORA_NN_THRUST_SUFFIX     appended to every test name (" [needs device]" under CUDA)
@@ -29,8 +30,8 @@
 #include <filesystem>
 #include <rolora/io/peft.hpp>
 #endif
-#include <rolora/nn/classification_task.hpp>
 #include <rolora/backend/thrust/nn_primitives.hpp>
+#include <rolora/nn/classification_task.hpp>
 #include <rolora/nn/transformer.hpp>
 #include <rolora/policy/policies.hpp>
 #include <string>

@@ -180,7 +180,8 @@ struct no_hooks {};
 //                                          iterations already in `records` are not run again)
 //   hooks.iteration_done(server, records)  after every iteration
 //   hooks.run_round(federation, clients)   carries one round instead of federation.run_round
-//                                          (a transport, rolora/mpi/transport.hpp) -> round_report
+//                                          (e.g. rolora::run_round over a transport of
+//                                          rolora/transports.hpp) -> round_report
 //   hooks.serve_clients(config, clients)   first: true when this process only hosts clients (an
 //                                          MPI client rank); the run then returns no records
 template <backend Backend, class Hooks = no_hooks>

@@ -27,11 +27,11 @@
 #include <cmath>
 #include <cstddef>
 #include <new>
+#include <rolora/backend/eigen/backend.hpp>  // the host helpers for the small r x r factorisations
 #include <rolora/backend/thrust/elementwise.hpp>
 #include <rolora/backend/thrust/error.hpp>
 #include <rolora/backend/thrust/gemm.hpp>
 #include <rolora/backend/thrust/matrix.hpp>
-#include <rolora/backend/eigen/backend.hpp>  // the host helpers for the small r x r factorisations
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/shape.hpp>
