@@ -98,7 +98,7 @@ template <backend Backend>
 void check_update(const adapter_set<Backend>& expected, const client_update<Backend>& u,
                   const update_rules& rules) {
   const std::size_t c = u.client;
-  const error_context at{.client = c};
+  const error_context at = error_context::of_client(c);
   const double bound = rules.max_abs_entry;
   if (rules.min_samples && !(std::isfinite(u.num_samples) && u.num_samples >= *rules.min_samples)) {
     raise<value_error>(at, "client ", c,

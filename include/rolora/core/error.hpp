@@ -20,6 +20,11 @@ namespace rolora {
 struct error_context {
   std::optional<std::size_t> round = std::nullopt;
   std::optional<std::size_t> client = std::nullopt;
+
+  // Named forms for call sites (nvcc's front end refuses designated initialisers in a braced
+  // argument of raise<E>(where, parts...)).
+  static error_context of_round(std::size_t t) { return {t, std::nullopt}; }
+  static error_context of_client(std::size_t c) { return {std::nullopt, c}; }
 };
 
 // Base of every exception rolora throws. Each derived type names its message id in `id`.
@@ -121,7 +126,7 @@ requires std::derived_from<Error, error>
 }
 // The same, about round and/or client `where` (the error's round() and client()); a round shows
 // in the message as "[rolora.<id>] round <t>: <parts...>":
-//   rolora::raise<rolora::value_error>({.round = t}, "no client update arrived");
+//   rolora::raise<rolora::value_error>(rolora::error_context::of_round(t), "no client update");
 template <class Error, class... Parts>
 requires std::derived_from<Error, error>
 [[noreturn]] void raise(error_context where, Parts&&... parts) {

@@ -176,8 +176,8 @@ client_update<Backend> decode_upload(std::span<const std::uint8_t> bytes,
     }
     if (t.shape[0] != std::uint64_t(Backend::rows(like)) ||
         t.shape[1] != std::uint64_t(Backend::cols(like))) {
-      detail::raise<shape_error>({.client = up.client}, "module '", module, "' client ", up.client,
-                                 ": ", what, " expected ",
+      detail::raise<shape_error>(error_context::of_client(up.client), "module '", module,
+                                 "' client ", up.client, ": ", what, " expected ",
                                  detail::shape_string(Backend::rows(like), Backend::cols(like)),
                                  ", got ", t.shape_string());
     }
@@ -189,8 +189,9 @@ client_update<Backend> decode_upload(std::span<const std::uint8_t> bytes,
       if (!on) continue;
       const std::string key = "lora/" + name + "/" + factor;
       if (!file.contains(key)) {
-        detail::raise<shape_error>({.client = up.client}, "module '", name, "' client ", up.client,
-                                   ": ", factor, " missing from the upload message");
+        detail::raise<shape_error>(error_context::of_client(up.client), "module '", name,
+                                   "' client ", up.client, ": ", factor,
+                                   " missing from the upload message");
       }
       *target = matrix(key, name, factor, *target);
       ++expected;
@@ -198,8 +199,8 @@ client_update<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   }
   for (auto& [name, w] : up.adapters.modules_to_save()) {
     if (!file.contains("save/" + name)) {
-      detail::raise<shape_error>({.client = up.client}, "module to save '", name, "' client ",
-                                 up.client, ": missing from the upload message");
+      detail::raise<shape_error>(error_context::of_client(up.client), "module to save '", name,
+                                 "' client ", up.client, ": missing from the upload message");
     }
     w = matrix("save/" + name, name, "weight", w);
     ++expected;
@@ -216,7 +217,7 @@ client_update<Backend> decode_upload(std::span<const std::uint8_t> bytes,
       const bool saved =
           name.starts_with("save/") && up.adapters.modules_to_save().count(name.substr(5));
       if (!lora && !saved) {
-        detail::raise<shape_error>({.client = up.client}, "client ", up.client,
+        detail::raise<shape_error>(error_context::of_client(up.client), "client ", up.client,
                                    ": upload message tensor '", name.substr(0, 80),
                                    "' is not a factor or module of the round");
       }

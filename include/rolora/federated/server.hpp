@@ -267,12 +267,12 @@ class federation_server {
       if (!drops_out(config_.seed, t, c, config_.client_dropout)) plan.reporting.push_back(c);
     }
     if (plan.reporting.empty()) {
-      detail::raise<value_error>({.round = t}, "no client update arrived (", plan.sampled.size(),
-                                 " sampled, all dropped out)");
+      detail::raise<value_error>(error_context::of_round(t), "no client update arrived (",
+                                 plan.sampled.size(), " sampled, all dropped out)");
     }
     if (plan.reporting.size() < config_.min_clients) {
       detail::raise<value_error>(
-          {.round = t}, plan.reporting.size(), " of ", plan.sampled.size(),
+          error_context::of_round(t), plan.reporting.size(), " of ", plan.sampled.size(),
           " sampled clients report back, fewer than min_clients = ", config_.min_clients);
     }
     return plan;
@@ -392,7 +392,7 @@ class federation_server {
   void check_received(const round_plan& plan, const received_upload<Backend>& r,
                       std::vector<bool>& seen) const {
     const std::size_t c = r.client;
-    const error_context at{.client = c};
+    const error_context at = error_context::of_client(c);
     if (!r.upload) detail::raise<value_error>(at, "client ", c, ": ", r.error);
     const client_update<Backend>& u = *r.upload;
     if (u.client != c) {
