@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/backend_options.hpp"
+#include "common/exit_code.hpp"
 #include "common/options.hpp"
 #include "common/plot.hpp"
 #include "common/report.hpp"
@@ -364,13 +365,7 @@ int main(int argc, char** argv) {
   t.threads = s.threads;
   apps::app_transport carrier(argc, argv, s.transport);
   s.carrier = &carrier;
-  try {
-    return apps::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); });
-  } catch (const rolora::error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return carrier.fail(2);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return carrier.fail(1);
-  }
+  return apps::exit_code_of(
+      [&] { return apps::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); }); },
+      [&](int code) { return carrier.fail(code); });
 }

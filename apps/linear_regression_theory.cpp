@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "common/exit_code.hpp"
 #include "common/options.hpp"
 #include "common/plot.hpp"
 #include "common/report.hpp"
@@ -478,13 +479,6 @@ int main(int argc, char** argv) {
   if (angle->count() > 0) s.run.init_angle = init_angle;
   s.transport.apply(s.run);
   apps::app_transport transport(argc, argv, s.transport);
-  try {
-    return run_check(s, transport);
-  } catch (const rolora::error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return transport.fail(2);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return transport.fail(1);
-  }
+  return apps::exit_code_of([&] { return run_check(s, transport); },
+                            [&](int code) { return transport.fail(code); });
 }

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/exit_code.hpp"
 #include "common/fashion_mnist.hpp"
 #include "common/options.hpp"
 #include "common/plot.hpp"
@@ -369,7 +370,7 @@ int main(int argc, char** argv) {
       "--save-adapters", s.save_adapters,
       "write each run's final adapters as <method>_r<rank>_adapter/<module>.lora_{A,B}.npy");
   CLI11_PARSE(app, argc, argv);
-  try {
+  return apps::exit_code_of([&] {
     if (!std::filesystem::exists(std::filesystem::path(s.data_dir) /
                                  "train-images-idx3-ubyte.gz")) {
       std::fprintf(
@@ -379,11 +380,5 @@ int main(int argc, char** argv) {
       return 77;  // ctest's SKIP_RETURN_CODE
     }
     return run(s);
-  } catch (const rolora::error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

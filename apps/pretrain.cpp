@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/backend_options.hpp"
+#include "common/exit_code.hpp"
 #include "common/options.hpp"
 #include "common/plot.hpp"
 #include "common/report.hpp"
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
   app.add_flag("--force", force, "pretrain even when a matching checkpoint exists");
   apps::add_backend_option(app, backend_name);
   CLI11_PARSE(app, argc, argv);
-  try {
+  return apps::exit_code_of([&] {
     const auto dir = rolora::data::spam_assassin_dir(c.data_dir);
     if (!std::filesystem::is_directory(dir)) {
       std::fprintf(stderr, "error: no corpus under %s: run `bash scripts/fetch_data.sh` first\n",
@@ -99,11 +100,5 @@ int main(int argc, char** argv) {
       return 2;
     }
     return apps::with_backend(backend_name, [&]<class B>(B) { return run<B>(c, dir, out, force); });
-  } catch (const rolora::error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

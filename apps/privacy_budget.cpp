@@ -16,6 +16,10 @@
 #include <rolora/privacy/accountant.hpp>
 #include <vector>
 
+#include "common/exit_code.hpp"
+
+namespace apps = rolora::apps;
+
 int main(int argc, char** argv) {
   CLI::App app{
       "Privacy budget of the Poisson-subsampled Gaussian mechanism (DP-SGD, DP-FedAvg) by RDP "
@@ -44,7 +48,7 @@ int main(int argc, char** argv) {
                  "relative width of the bisection bracket of --target-epsilon")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  try {
+  return apps::exit_code_of([&] {
     if (!noise && !target) {
       rolora::raise<rolora::config_error>(
           "give --noise-multiplier (to get epsilon) or --target-epsilon (to get the noise "
@@ -60,11 +64,5 @@ int main(int argc, char** argv) {
       std::printf("epsilon %.9g order %.9g\n", e.epsilon, e.order);
     }
     return 0;
-  } catch (const rolora::error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -63,6 +63,21 @@ federation_config config(bad_update_policy on_bad) {
   return c;
 }
 
+// Every per-client stream at work at once: client sampling, dropout, minibatches, kept AdamW
+// moments. What resuming and transports must reproduce bit for bit.
+template <class Backend>
+federation_config streams_config(std::size_t rounds) {
+  federation_config c = config<Backend>(bad_update_policy::fail);
+  c.num_rounds = rounds;
+  c.clients_per_round = 3;
+  c.client_dropout = 0.2;
+  c.batch_size = 16;
+  c.local_optimizer = adamw{0.05};
+  c.keep_optimizer_state = true;
+  c.seed = 4;
+  return c;
+}
+
 template <class Backend>
 using fedit_server = federation_server<Backend, train_both, fedavg>;
 template <class Backend>
@@ -374,14 +389,7 @@ TEST_CASE_TEMPLATE(
     "checkpoint and resume: the bits of an uninterrupted run, for local factors, kept moments, "
     "residuals, sampling and dropout",
     Backend, ROLORA_TEST_BACKENDS) {
-  federation_config c = config<Backend>(bad_update_policy::fail);
-  c.num_rounds = 6;
-  c.clients_per_round = 3;
-  c.client_dropout = 0.2;
-  c.batch_size = 16;
-  c.local_optimizer = adamw{0.05};
-  c.keep_optimizer_state = true;
-  c.seed = 4;
+  federation_config c = streams_config<Backend>(6);
   check_resume<Backend>(fedsa{}, fedavg{}, c, 2, "fedsa");
   check_resume<Backend>(alternating{}, fedavg{}, c, 3, "alternating");
   c.keep_optimizer_state = false;
@@ -823,14 +831,7 @@ TEST_CASE_TEMPLATE(
   static_assert(round_transport<loopback_transport<Backend>, fedit_server<Backend>, task>);
   static_assert(!round_transport<not_a_transport, fedit_server<Backend>, task>);
 
-  federation_config c = config<Backend>(bad_update_policy::fail);
-  c.num_rounds = 4;
-  c.clients_per_round = 3;
-  c.client_dropout = 0.2;
-  c.batch_size = 16;
-  c.local_optimizer = adamw{0.05};
-  c.keep_optimizer_state = true;
-  c.seed = 4;
+  federation_config c = streams_config<Backend>(4);
   check_loopback<Backend>(fedsa{}, c);  // local B and kept moments travel both ways
   check_loopback<Backend>(alternating{}, c);
   c.keep_optimizer_state = false;
