@@ -1,0 +1,380 @@
+// Hugging Face families (rolora/models): the tiny checkpoints of tests/data/hf_tiny, written with
+// their PyTorch reference by tests/models/make_tiny_checkpoints.py, load and match PyTorch's
+// logits (1e-4 relative per tensor in float) and LoRA and head gradients (1e-3); gradients of
+// every linear role against central differences; what the loader and config parser refuse.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <rolora/io/safetensors.hpp>
+#include <rolora/models/hf_model.hpp>
+#include <string>
+
+#include "test_support.hpp"
+
+namespace models = rolora::models;
+using rolora::host_matrix;
+using rolora::index_t;
+
+namespace {
+
+std::filesystem::path tiny_dir(const std::string& name) {
+  return std::filesystem::path(__FILE__).parent_path() / "data" / "hf_tiny" / name;
+}
+
+std::vector<std::int32_t> read_ints(const rolora::safetensors_file& f, const std::string& name) {
+  const auto t = f.tensor(name);
+  REQUIRE(t.dtype == rolora::tensor_dtype::i64);
+  std::vector<std::int32_t> out(t.numel());
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    std::int64_t v;
+    std::memcpy(&v, t.bytes.data() + 8 * i, 8);
+    out[i] = static_cast<std::int32_t>(v);
+  }
+  return out;
+}
+
+// max|a - b| / max|b| over one tensor, both given in the same element order.
+template <class A, class B>
+double relative_error(const A& a, const B& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (index_t i = 0; i < index_t(a.size()); ++i) {
+    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
+    den = std::max(den, std::abs(double(b.data()[i])));
+  }
+  return num / den;
+}
+
+// A matrix's elements in PyTorch's (row-major) order: ours are column-major.
+template <class T>
+host_matrix<T> row_major(const host_matrix<T>& m) {
+  return m.transpose();
+}
+
+constexpr std::string_view peft_prefix = "base_model.model.";
+
+// The reference's batch, adapters (scaling lora_alpha / r = 2) and, for encoders, the whole head
+// as modules to save.
+template <class T>
+struct reference_case {
+  models::hf_model<T> model;
+  rolora::safetensors_file ref;
+  models::hf_batch batch;
+  std::vector<std::int32_t> labels;
+  rolora::adapter_set<rolora::eigen_backend<T>> adapters;
+
+  explicit reference_case(const std::string& name)
+      : model(models::load_hf_model<T>(tiny_dir(name))),
+        ref(rolora::read_safetensors(tiny_dir(name) / "reference.safetensors")) {
+    const auto ids = ref.tensor("input_ids");
+    batch.seq_len = static_cast<index_t>(ids.shape[1]);
+    batch.ids = read_ints(ref, "input_ids");
+    for (const auto m : read_ints(ref, "attention_mask")) batch.attention_mask.push_back(m != 0);
+    if (ref.contains("token_type_ids")) batch.token_types = read_ints(ref, "token_type_ids");
+    labels = read_ints(ref, "labels");
+    for (const auto& key : ref.names()) {
+      const std::string suffix = ".lora_A.weight";
+      if (key.rfind(peft_prefix, 0) != 0 || key.size() < suffix.size() ||
+          key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        continue;
+      }
+      const std::string module =
+          key.substr(peft_prefix.size(), key.size() - peft_prefix.size() - suffix.size());
+      const std::string b_key = std::string(peft_prefix) + module + ".lora_B.weight";
+      rolora::lora_adapter<rolora::eigen_backend<T>> a;
+      a.A = rolora::to_host_matrix<T>(ref.tensor(key));
+      a.B = rolora::to_host_matrix<T>(ref.tensor(b_key));
+      a.scaling = T(2);
+      adapters.insert(module, a);
+    }
+    REQUIRE(adapters.size() == 2 * std::size_t(model.config.num_layers));
+    if (models::is_encoder(model.config.kind)) {
+      for (const auto& [name, lin] : model.head) {
+        adapters.add_module_to_save(name + ".weight", lin.weight);
+        adapters.add_module_to_save(name + ".bias", lin.bias);
+      }
+    }
+  }
+
+  host_matrix<T> expected(const std::string& name) const {
+    const auto v = rolora::to_vector<T>(ref.tensor(name));
+    return Eigen::Map<const host_matrix<T>>(v.data(), index_t(v.size()), 1);
+  }
+};
+
+template <class T>
+void check_against_pytorch(const std::string& name, double logit_tol, double grad_tol) {
+  CAPTURE(name);
+  reference_case<T> c(name);
+  models::hf_workspace<T> ws;
+  rolora::gradient_set<rolora::eigen_backend<T>> grads;
+  const bool encoder = models::is_encoder(c.model.config.kind);
+  const double loss =
+      encoder ? models::classification_loss_and_grad(c.model, c.adapters, c.batch, c.labels,
+                                                     {true, true}, &grads, ws)
+              : models::causal_lm_loss_and_grad(c.model, c.adapters, c.batch, c.labels,
+                                                {true, true}, &grads, ws);
+  const double expected_loss = c.expected("loss")(0, 0);
+  CHECK(std::abs(loss - expected_loss) <= logit_tol * std::abs(expected_loss));
+  // Ours: [C, n] / [V, n L] column-major; PyTorch's [n, C] / [n, L, V] row-major: the same order.
+  CHECK(relative_error(ws.logits, c.expected("logits")) <= logit_tol);
+  std::size_t compared = 0;
+  for (const auto& [module, g] : grads.adapters) {
+    CAPTURE(module);
+    const std::string key = "grad." + std::string(peft_prefix) + module;
+    CHECK(relative_error(row_major(g.dA), c.expected(key + ".lora_A.weight")) <= grad_tol);
+    CHECK(relative_error(row_major(g.dB), c.expected(key + ".lora_B.weight")) <= grad_tol);
+    compared += 2;
+  }
+  for (const auto& [param, g] : grads.modules_to_save) {
+    CAPTURE(param);
+    if (param.rfind("bert.pooler", 0) == 0) continue;
+    CHECK(relative_error(row_major(g), c.expected("grad." + param)) <= grad_tol);
+    ++compared;
+  }
+  CHECK(compared == c.adapters.size() * 2 + c.adapters.modules_to_save().size());
+}
+
+}  // namespace
+
+TEST_CASE("hf models: the tiny checkpoints match PyTorch's logits and LoRA gradients") {
+  for (const char* name : {"bert", "bert_fp16", "roberta", "llama", "llama_bf16", "llama3_scaled",
+                           "qwen2", "qwen2_sharded"}) {
+    check_against_pytorch<float>(name, 1e-4, 1e-3);
+    // The reference is stored in float32: in double the difference is its rounding.
+    check_against_pytorch<double>(name, 1e-6, 1e-5);
+  }
+}
+
+TEST_CASE("hf models: a sharded checkpoint loads the same weights as the single file") {
+  const auto one = models::load_hf_model<float>(tiny_dir("qwen2"));
+  const auto two = models::load_hf_model<float>(tiny_dir("qwen2_sharded"));
+  CHECK(one.embed_tokens == two.embed_tokens);
+  CHECK(one.lm_head.weight == two.lm_head.weight);
+  CHECK(one.layers[1].linears[2].bias == two.layers[1].linears[2].bias);
+  CHECK(one.bytes() == two.bytes());
+}
+
+namespace {
+
+models::hf_config tiny_config(models::family kind) {
+  models::hf_config c;
+  c.kind = kind;
+  c.vocab_size = 23;
+  c.hidden_size = 16;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = models::is_encoder(kind) ? 4 : 2;
+  c.head_dim = 4;
+  c.intermediate_size = 24;
+  c.max_position_embeddings = 16;
+  c.type_vocab_size = 2;
+  c.pad_token_id = kind == models::family::roberta ? 1 : 0;
+  c.num_labels = 3;
+  c.tie_word_embeddings = kind == models::family::llama;
+  c.qkv_bias = kind == models::family::qwen2;
+  if (kind == models::family::llama) c.rope_scaling = models::llama3_rope_scaling{4, 1, 4, 8};
+  return c;
+}
+
+// Loss of the batch under `adapters` (double, no gradients).
+double loss_of(const models::hf_model<double>& m,
+               const rolora::adapter_set<rolora::eigen_backend<double>>& a,
+               const models::hf_batch& batch, const std::vector<std::int32_t>& labels) {
+  models::hf_workspace<double> ws;
+  return models::is_encoder(m.config.kind)
+             ? models::classification_loss_and_grad(m, a, batch, labels, {}, nullptr, ws)
+             : models::causal_lm_loss_and_grad(m, a, batch, labels, {}, nullptr, ws);
+}
+
+}  // namespace
+
+TEST_CASE("hf models: gradients of LoRA on every linear role match central differences") {
+  using backend = rolora::eigen_backend<double>;
+  for (const auto kind : {models::family::bert, models::family::roberta, models::family::llama,
+                          models::family::qwen2}) {
+    CAPTURE(models::family_name(kind));
+    const auto model = models::random_hf_model<double>(tiny_config(kind), 7);
+    rolora::lora_config lora;
+    lora.r = 2;
+    lora.lora_alpha = 4;
+    rolora::adapter_set<backend> adapters(models::adaptable_modules(model), lora, 11);
+    std::uint32_t tag = 0;
+    for (auto& [name, a] : adapters) a.B = rolora::test::random_matrix(a.B.rows(), 2, ++tag, 0.3);
+    models::hf_batch batch;
+    batch.seq_len = 5;
+    batch.ids = {3, 4, 5, 6, 7, 8, 9, 10, 11, 2, 12, 13, 14, 2, 2};
+    batch.attention_mask = {1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0};
+    if (kind == models::family::roberta) batch.ids = {3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 12, 13, 14, 1, 1};
+    if (kind == models::family::bert) batch.token_types = {0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0};
+    const bool encoder = models::is_encoder(kind);
+    std::vector<std::int32_t> labels =
+        encoder ? std::vector<std::int32_t>{2, 0, 1}
+                : std::vector<std::int32_t>{3, 4, 5, 6, 7, 8, 9, 10, 11, -100, 12, 13, 14, -100, -100};
+    if (encoder) {
+      for (const auto& [name, lin] : model.head) {
+        adapters.add_module_to_save(name + ".weight", lin.weight);
+        adapters.add_module_to_save(name + ".bias", lin.bias);
+      }
+    }
+    models::hf_workspace<double> ws;
+    rolora::gradient_set<backend> grads;
+    if (encoder) {
+      models::classification_loss_and_grad(model, adapters, batch, labels, {true, true}, &grads, ws);
+    } else {
+      models::causal_lm_loss_and_grad(model, adapters, batch, labels, {true, true}, &grads, ws);
+    }
+    const double h = 1e-5;
+    auto numeric = [&](double& x) {
+      const double keep = x;
+      x = keep + h;
+      const double up = loss_of(model, adapters, batch, labels);
+      x = keep - h;
+      const double down = loss_of(model, adapters, batch, labels);
+      x = keep;
+      return (up - down) / (2 * h);
+    };
+    double worst = 0;
+    for (auto& [name, a] : adapters) {
+      CAPTURE(name);
+      const auto& g = grads.adapters.at(name);
+      for (const index_t i : {index_t(0), a.A.size() - 1}) {
+        const double num = numeric(a.A.data()[i]);
+        CHECK(g.dA.data()[i] == doctest::Approx(num).epsilon(1e-5).scale(1e-5));
+        worst = std::max(worst, std::abs(g.dA.data()[i] - num));
+      }
+      for (const index_t i : {index_t(0), a.B.size() - 1}) {
+        const double num = numeric(a.B.data()[i]);
+        CHECK(g.dB.data()[i] == doctest::Approx(num).epsilon(1e-5).scale(1e-5));
+      }
+    }
+    for (auto& [name, w] : adapters.modules_to_save()) {
+      CAPTURE(name);
+      const double num = numeric(w.data()[0]);
+      CHECK(grads.modules_to_save.at(name).data()[0] == doctest::Approx(num).epsilon(1e-5).scale(1e-5));
+    }
+    MESSAGE("worst |analytic - central difference| of dA: " << worst);
+  }
+}
+
+TEST_CASE("hf models: frozen factors get no gradient and the backward stops at the lowest adapter") {
+  using backend = rolora::eigen_backend<double>;
+  const auto model = models::random_hf_model<double>(tiny_config(models::family::llama), 3);
+  rolora::lora_config lora;
+  lora.r = 2;
+  // Only layer 1's v_proj carries an adapter: training B changes no other gradient.
+  rolora::adapter_set<backend> adapters({{models::linear_name(models::family::llama, 1, 2), 8, 16}},
+                                        lora, 5);
+  models::hf_batch batch{4, {1, 5, 6, 7, 1, 8, 9, 2}, {1, 1, 1, 1, 1, 1, 1, 0}, {}};
+  const std::vector<std::int32_t> labels{1, 5, 6, 7, 1, 8, 9, -100};
+  models::hf_workspace<double> ws;
+  rolora::gradient_set<backend> grads;
+  models::causal_lm_loss_and_grad(model, adapters, batch, labels, rolora::only_b, &grads, ws);
+  REQUIRE(grads.adapters.size() == 1);
+  const auto& g = grads.adapters.begin()->second;
+  CHECK(g.dA.size() == 0);
+  CHECK(g.dB.rows() == 8);
+  CHECK(g.dB.norm() > 0);  // B = 0 at init, so only B's gradient is nonzero
+}
+
+namespace {
+
+struct temp_model_dir {
+  std::filesystem::path path;
+  explicit temp_model_dir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / ("rolora_test_models_" + name)) {
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~temp_model_dir() { std::filesystem::remove_all(path); }
+  void write(const std::string& file, const std::string& text) const {
+    std::ofstream(path / file) << text;
+  }
+};
+
+std::string config_with(const std::string& source, const std::string& field,
+                        const std::string& value) {
+  std::ifstream in(tiny_dir(source) / "config.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto at = text.find("\"" + field + "\":");
+  if (at == std::string::npos) return text.substr(0, 1) + "\n  \"" + field + "\": " + value + "," + text.substr(1);
+  const auto end = text.find_first_of(",\n}", text.find(':', at) + 2);
+  return text.substr(0, text.find(':', at) + 2) + value + text.substr(end);
+}
+
+}  // namespace
+
+TEST_CASE("hf models: configs rolora does not implement are refused by field and value") {
+  const auto refused = [](const std::string& source, const std::string& field,
+                          const std::string& value, const std::string& expected) {
+    CAPTURE(field);
+    const auto bytes = config_with(source, field, value);
+    const std::vector<std::uint8_t> data(bytes.begin(), bytes.end());
+    CHECK_THROWS_WITH_AS(models::parse_hf_config(data, "x/config.json"),
+                         doctest::Contains(expected.c_str()), rolora::config_error);
+  };
+  refused("llama", "model_type", "\"mistral\"", "field 'model_type' = \"mistral\" is not a family");
+  refused("llama", "rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4.0}",
+          "type 'yarn' is not implemented");
+  refused("llama", "hidden_act", "\"gelu\"", "'hidden_act' = \"gelu\" is not implemented");
+  refused("llama", "num_key_value_heads", "3", "must divide num_attention_heads = 4");
+  refused("llama", "mlp_bias", "true", "'mlp_bias' = true is not implemented");
+  refused("qwen2", "use_sliding_window", "true", "'use_sliding_window' = true");
+  refused("bert", "position_embedding_type", "\"relative_key\"", "absolute positions only");
+  refused("bert", "hidden_size", "\"64\"", "'hidden_size' must be an integer");
+  refused("roberta", "num_hidden_layers", "0", "'num_hidden_layers' must be in [1, 2^31]");
+  const std::string broken = "{\"model_type\": \"bert\",";
+  CHECK_THROWS_WITH_AS(models::parse_hf_config(std::vector<std::uint8_t>(broken.begin(), broken.end()),
+                                               "x/config.json"),
+                       doctest::Contains("x/config.json: not valid JSON"), rolora::config_error);
+  // A field the family needs and has no default for.
+  auto text = config_with("llama", "vocab_size", "null");
+  CHECK_THROWS_WITH_AS(models::parse_hf_config(std::vector<std::uint8_t>(text.begin(), text.end()),
+                                               "x/config.json"),
+                       doctest::Contains("'vocab_size' is missing"), rolora::config_error);
+}
+
+TEST_CASE("hf models: a missing or misshapen tensor or a hostile shard map names file and tensor") {
+  const temp_model_dir dir("broken");
+  std::filesystem::copy_file(tiny_dir("llama") / "config.json", dir.path / "config.json");
+  // Every tensor of the tiny Llama but one, and one of the wrong shape.
+  const auto source = rolora::read_safetensors(tiny_dir("llama") / "model.safetensors");
+  std::map<std::string, rolora::tensor_data> tensors;
+  for (const auto& name : source.names()) {
+    if (name == "model.layers.1.mlp.up_proj.weight") continue;
+    const auto t = source.tensor(name);
+    const auto values = rolora::to_vector<float>(t);
+    tensors.emplace(name, rolora::make_tensor(std::span<const float>(values), t.shape));
+  }
+  const std::vector<float> ones(64, 1.0f);
+  tensors["model.layers.0.input_layernorm.weight"] =
+      rolora::make_tensor(std::span<const float>(ones), {8, 8});
+  rolora::write_safetensors(dir.path / "model.safetensors", tensors);
+  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
+                       doctest::Contains("model.safetensors: tensor 'model.layers.0.input_layernorm.weight': "
+                                         "expected shape [64], got [8, 8]"),
+                       rolora::shape_error);
+  tensors["model.layers.0.input_layernorm.weight"] =
+      rolora::make_tensor(std::span<const float>(ones), {64});
+  rolora::write_safetensors(dir.path / "model.safetensors", tensors);
+  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
+                       doctest::Contains("'model.layers.1.mlp.up_proj.weight' is not in the file"),
+                       rolora::shape_error);
+
+  // A shard map that points out of the directory, and one that lacks a tensor.
+  std::filesystem::remove(dir.path / "model.safetensors");
+  dir.write("model.safetensors.index.json",
+            R"({"weight_map": {"model.embed_tokens.weight": "../model.safetensors"}})");
+  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
+                       doctest::Contains("is not a file name in"), rolora::config_error);
+  dir.write("model.safetensors.index.json",
+            R"({"weight_map": {"model.embed_tokens.weight": "a.safetensors"}})");
+  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
+                       doctest::Contains("'model.layers.0.self_attn.q_proj.weight' is not in weight_map"),
+                       rolora::shape_error);
+  std::filesystem::remove(dir.path / "model.safetensors.index.json");
+  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
+                       doctest::Contains("no model.safetensors"), rolora::config_error);
+}
