@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <fstream>
 #include <rolora/io/safetensors.hpp>
-#include <rolora/models/hf_model.hpp>
+#include <rolora/io/peft.hpp>
+#include <rolora/models/hf_task.hpp>
+#include <rolora/rolora.hpp>
 #include <string>
 
 #include "test_support.hpp"
@@ -377,4 +379,128 @@ TEST_CASE("hf models: a missing or misshapen tensor or a hostile shard map names
   std::filesystem::remove(dir.path / "model.safetensors.index.json");
   CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
                        doctest::Contains("no model.safetensors"), rolora::config_error);
+}
+
+namespace {
+
+// Six clients of four sequences each: random ids and a class (encoders), or one counting
+// sequence per client to learn to continue (decoders).
+std::vector<models::hf_task<float>> random_clients(const models::hf_model<float>& model) {
+  std::vector<models::hf_task<float>> clients;
+  const auto& c = model.config;
+  const bool encoder = models::is_encoder(c.kind);
+  for (std::uint32_t k = 0; k < 6; ++k) {
+    const rolora::random_stream rs(5, rolora::stream::data, k);
+    models::hf_examples ex;
+    ex.tokens.seq_len = 6;
+    for (std::uint64_t i = 0; i < 24; ++i) {
+      ex.tokens.ids.push_back(encoder ? 3 + std::int32_t(rs.uniform(i) * double(c.vocab_size - 3))
+                                      : std::int32_t(3 + k + 2 * (i % 6)));
+    }
+    ex.tokens.attention_mask.assign(24, 1);
+    if (encoder) {
+      for (int s = 0; s < 4; ++s) ex.labels.push_back(std::int32_t((k + std::uint32_t(s)) % 3));
+    } else {
+      ex.labels = ex.tokens.ids;
+    }
+    clients.emplace_back(model, std::move(ex));
+  }
+  return clients;
+}
+
+}  // namespace
+
+TEST_CASE("hf models: RoLoRA rounds on each tiny model learn, and PEFT keeps the adapters") {
+  using backend = rolora::eigen_backend<float>;
+  for (const std::string name : {"bert", "roberta", "llama", "qwen2"}) {
+    CAPTURE(name);
+    const auto model = models::load_hf_model<float>(tiny_dir(name));
+    const bool encoder = models::is_encoder(model.config.kind);
+    auto clients = random_clients(model);
+    rolora::lora_config lora;
+    lora.r = 4, lora.lora_alpha = 8;
+    models::lora_target_spec targets;
+    targets.target_modules = {"all-linear"};
+    targets.layers_to_transform = {1};
+    const auto modules = models::lora_targets(model, targets);
+    CHECK(modules.size() == models::linears_per_layer(model.config.kind));
+    rolora::adapter_set<backend> start(modules, lora, 3);
+    if (encoder) models::add_head_to_save(model, start);
+    rolora::federation_config config;
+    config.num_rounds = 6, config.local_steps = 4;
+    config.local_optimizer = rolora::adamw{.lr = 0.01};
+    rolora::federation<backend, rolora::alternating, rolora::fedavg> fed({}, {}, config, start);
+    double before = 0, after = 0;
+    for (auto& t : clients) before += t.loss(start);
+    fed.run(clients);
+    for (auto& t : clients) after += t.loss(fed.global());
+    MESSAGE(name << ": mean client loss " << before / 6 << " -> " << after / 6);
+    CHECK(after < 0.9 * before);
+
+    const temp_model_dir dir("peft_" + name);
+    rolora::peft_options options;
+    options.base_model_name_or_path = tiny_dir(name).string();
+    options.task_type = encoder ? "SEQ_CLS" : "CAUSAL_LM";
+    rolora::save_peft_adapter(dir.path / "adapter", fed.global(), lora, options);
+    const auto loaded = rolora::load_peft_adapter<backend>(dir.path / "adapter", fed.global());
+    CHECK(loaded.task_type == options.task_type);
+    models::hf_workspace<float> ws1, ws2;
+    const auto& batch = clients[0].data().tokens;
+    const host_matrix<float> ours =
+        encoder ? models::classification_logits(model, fed.global(), batch, ws1)
+                : models::causal_lm_logits(model, fed.global(), batch, ws1);
+    const host_matrix<float> theirs =
+        encoder ? models::classification_logits(model, loaded.adapters, batch, ws2)
+                : models::causal_lm_logits(model, loaded.adapters, batch, ws2);
+    CHECK(ours == theirs);
+  }
+}
+
+TEST_CASE("hf models: a PEFT adapter trained in Python loads as a federation's starting point") {
+  using backend = rolora::eigen_backend<float>;
+  for (const char* name : {"bert", "llama"}) {
+    CAPTURE(name);
+    reference_case<float> c(name);
+    rolora::lora_config lora;
+    lora.r = 4;
+    rolora::adapter_set<backend> like(models::lora_targets(c.model, {}), lora, 1);
+    if (models::is_encoder(c.model.config.kind)) models::add_head_to_save(c.model, like);
+    const auto peft = rolora::load_peft_adapter<backend>(tiny_dir(std::string(name) + "_peft"), like);
+    CHECK(peft.adapters.size() == c.adapters.size());
+    for (const auto& [module, a] : c.adapters) {
+      CHECK(peft.adapters.at(module).A == a.A);
+      CHECK(peft.adapters.at(module).B == a.B);
+      CHECK(peft.adapters.at(module).scaling == a.scaling);
+    }
+    models::hf_workspace<float> ws;
+    const auto& logits = models::is_encoder(c.model.config.kind)
+                             ? models::classification_logits(c.model, peft.adapters, c.batch, ws)
+                             : models::causal_lm_logits(c.model, peft.adapters, c.batch, ws);
+    CHECK(relative_error(logits, c.expected("logits")) <= 1e-4);
+  }
+}
+
+TEST_CASE("hf models: PEFT target specs select modules as PEFT does, and refuse what matches nothing") {
+  const auto model = models::random_hf_model<float>(tiny_config(models::family::qwen2), 1);
+  models::lora_target_spec spec;
+  CHECK(models::lora_targets(model, spec).size() == 4);  // q_proj, v_proj in 2 layers
+  spec.target_modules = {"self_attn.o_proj", "down_proj"};
+  const auto picked = models::lora_targets(model, spec);
+  REQUIRE(picked.size() == 4);
+  CHECK(picked[0].name == "model.layers.0.self_attn.o_proj");
+  CHECK(picked[1].name == "model.layers.0.mlp.down_proj");
+  spec.target_modules = {"proj"};  // a suffix, but not a whole name component
+  CHECK_THROWS_WITH_AS(models::lora_targets(model, spec),
+                       doctest::Contains("'proj' matches no linear of qwen2"),
+                       rolora::config_error);
+  spec.target_modules.clear();
+  spec.target_regex = R"(.*layers\.1\.self_attn\.(k|v)_proj)";
+  const auto by_regex = models::lora_targets(model, spec);
+  REQUIRE(by_regex.size() == 2);
+  CHECK(by_regex[1].name == "model.layers.1.self_attn.v_proj");
+  CHECK(by_regex[1].out_features == 8);  // 2 kv heads x head_dim 4
+  spec.target_regex.reset();
+  spec.layers_to_transform = {2};
+  CHECK_THROWS_WITH_AS(models::lora_targets(model, spec), doctest::Contains("layer 2 outside [0, 2)"),
+                       rolora::config_error);
 }
