@@ -8,6 +8,7 @@
 #   3 aggregate/              merging client updates
 #   4 io/                     safetensors, PEFT, .npy
 #   4 privacy/                the RDP accountant (standard library only); DP wrappers to come
+#   4 tokenizers/             Hugging Face tokenizer.json (core errors, io's file and JSON readers)
 #   5 federated/              server, client, messages, the round loop, checkpoints
 #   6 mpi/, theory/, nn/, data/   transports and applications of the federation
 #   6 models/                 Hugging Face families: config, checkpoint loading, forward/backward
@@ -17,7 +18,7 @@ get_filename_component(_root "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 set(_inc "${_root}/include")
 
 function(layer_of header out)  # header: "rolora/area/..." -> its layer number
-  set(_layers core:0 version.hpp:0 backend:1 adapter:2 policy:2 aggregate:3 io:4 privacy:4
+  set(_layers core:0 version.hpp:0 backend:1 adapter:2 policy:2 aggregate:3 io:4 privacy:4 tokenizers:4
               federated:5 mpi:6 theory:6 nn:6 data:6 models:6 rolora.hpp:7 nn.hpp:7 transports.hpp:7)
   string(REGEX REPLACE "^rolora/([^/]+).*$" "\\1" _area "${header}")
   if(header MATCHES "^rolora/[^/]+$")  # a top-level file: its own name is the key
