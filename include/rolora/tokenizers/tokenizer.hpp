@@ -1018,13 +1018,36 @@ class tokenizer {
       }
       return bytes;
     }
-    if (decoder_ == "WordPiece") {
+    if (decoder_ == "WordPiece") {  // the reference's WordPiece decoder, with its cleanup
       std::string out;
       for (std::size_t i = 0; i < tokens.size(); ++i) {
-        if (tokens[i].starts_with(wordpiece_prefix_))
-          out += tokens[i].substr(wordpiece_prefix_.size());
-        else
-          out += (i > 0 ? " " : "") + tokens[i];
+        std::string t = tokens[i];
+        if (i > 0) {
+          if (t.starts_with(wordpiece_prefix_))
+            t.erase(0, wordpiece_prefix_.size());
+          else
+            t.insert(0, " ");
+        }
+        if (wordpiece_cleanup_) {
+          for (const auto& [from, to] :
+               std::initializer_list<std::pair<std::string_view, std::string_view>>{
+                   {" .", "."},
+                   {" ?", "?"},
+                   {" !", "!"},
+                   {" ,", ","},
+                   {" ' ", "'"},
+                   {" n't", "n't"},
+                   {" 'm", "'m"},
+                   {" do not", " don't"},
+                   {" 's", "'s"},
+                   {" 've", "'ve"},
+                   {" 're", "'re"}}) {
+            for (std::size_t at = t.find(from); at != std::string::npos;
+                 at = t.find(from, at + to.size()))
+              t.replace(at, from.size(), to);
+          }
+        }
+        out += t;
       }
       return out;
     }
@@ -1064,6 +1087,9 @@ class tokenizer {
     if (has(j, "decoder") && j.at("decoder").is_object() && j.at("decoder").contains("type") &&
         j.at("decoder").at("type").is_string()) {
       decoder_ = j.at("decoder").at("type").get<std::string>();
+      if (decoder_ == "WordPiece" && j.at("decoder").contains("cleanup") &&
+          j.at("decoder").at("cleanup").is_boolean())
+        wordpiece_cleanup_ = j.at("decoder").at("cleanup").get<bool>();
       if (decoder_ == "WordPiece" && j.at("decoder").contains("prefix") &&
           j.at("decoder").at("prefix").is_string())
         wordpiece_prefix_ = j.at("decoder").at("prefix").get<std::string>();
@@ -1222,6 +1248,7 @@ class tokenizer {
   special_ids specials_;
   std::string decoder_;
   std::string wordpiece_prefix_ = "##";
+  bool wordpiece_cleanup_ = true;
 };
 
 }  // namespace rolora::tokenizers
