@@ -12,6 +12,7 @@ PACKAGES=(
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
   dataset-fashion-mnist zlib1g-dev  # apps/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
   libopenmpi-dev openmpi-bin  # the MPI transport (rolora::mpi) and its mpirun tests (label mpi)
+  nodejs npm  # the tokenizer tests' reference library (tests/tokenizers, npm ci; skipped without)
   libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )
 
