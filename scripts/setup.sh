@@ -12,7 +12,6 @@ PACKAGES=(
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
   dataset-fashion-mnist zlib1g-dev  # apps/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
   libopenmpi-dev openmpi-bin  # the MPI transport (rolora::mpi) and its mpirun tests (label mpi)
-  nodejs npm  # the tokenizer tests' reference library (tests/tokenizers, npm ci; skipped without)
   libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )
 
@@ -27,6 +26,14 @@ for pkg in "${PACKAGES[@]}"; do
     missing+=("$pkg")
   fi
 done
+
+# Node and npm for the tokenizer tests' reference library (tests/tokenizers, npm ci; the tests
+# skip without). Checked by command, not by package: a Node from elsewhere (NodeSource's nodejs
+# bundles npm and conflicts with Debian's npm package) serves as well.
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+  PACKAGES+=(nodejs npm)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "setup.sh: all dependencies present"
