@@ -27,6 +27,9 @@
 
 #include "common/backend_options.hpp"
 #include "common/exit_code.hpp"
+#ifndef ROLORA_APPS_NO_HF_MODELS
+#include "common/hf_finetune.hpp"
+#endif
 #include "common/options.hpp"
 #include "common/plot.hpp"
 #include "common/report.hpp"
@@ -64,6 +67,7 @@ struct settings {
   std::string backend = "eigen";           // --backend (common/backend_options.hpp)
   std::string base_precision = "fp32";     // --base-precision: fp32 or bf16
   std::string eval_adapter;  // --eval-adapter: evaluate this PEFT directory, no training
+  apps::hf_finetune_settings hf;  // --model DIR and its data flags (apps/hf_finetune.cpp)
 };
 
 struct method_result {
@@ -332,7 +336,8 @@ int main(int argc, char** argv) {
   shared.eval_every(s.eval_every);
   shared.validation(s.evaluate_on_validation,
                     "evaluate on the validation split (for tuning) instead of the test split");
-  apps::add_corpus_options(app, t, "bytes per email seen by the model",
+  apps::add_corpus_options(app, t, "bytes per email seen by the built-in model; with --model, tokens per sequence "
+                           "(truncated and padded)",
                            "pretrained model (built here when missing)");
   app.add_option("--pretrain-steps", t.pretrain.steps,
                  "pretraining steps when the checkpoint must be built")
@@ -355,6 +360,32 @@ int main(int argc, char** argv) {
                  "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
                  "written here) on the test split and exit");
   apps::add_transport_options(app, s.transport);
+  auto* model_opt =
+      app.add_option("--model", s.hf.model_dir,
+                     "a Hugging Face model directory (config.json, model.safetensors or its "
+                     "shards, tokenizer.json): BERT, RoBERTa (classification) or Llama, Qwen2, "
+                     "SmolLM (causal LM) instead of the built-in model on the SpamAssassin mail; "
+                     "needs --train and --test (docs/models.md). It cannot be combined with "
+                     "--checkpoint (the built-in model's file)")
+          ->check(CLI::ExistingDirectory);
+  app.add_option("--train", s.hf.train_file, "--model: training data (.csv, .tsv or .jsonl)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--test", s.hf.test_file, "--model: test data (.csv, .tsv or .jsonl)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--text-columns", s.hf.text_columns,
+                 "--model: the text column, or two for pairs (default: sentence1,sentence2, "
+                 "question,sentence, premise,hypothesis, sentence or text, whichever exist; "
+                 "decoders: instruction,input,output (Alpaca: loss on the output) or one text)")
+      ->delimiter(',');
+  app.add_option("--label-column", s.hf.label_column, "--model: the class column (encoders)")
+      ->capture_default_str();
+  app.add_option("--max-examples", s.hf.max_examples,
+                 "--model: use the first N rows of each file (0: all)")
+      ->capture_default_str();
+  app.add_option("--init-adapter", s.hf.init_adapter,
+                 "--model: start every method from this PEFT adapter directory (trained in "
+                 "Python or here) instead of a fresh initialisation")
+      ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
@@ -365,6 +396,39 @@ int main(int argc, char** argv) {
   t.threads = s.threads;
   apps::app_transport carrier(argc, argv, s.transport);
   s.carrier = &carrier;
+  if (*model_opt) {
+#ifdef ROLORA_APPS_NO_HF_MODELS
+    std::fprintf(stderr, "error: --model: this build has no Hugging Face models (use the CPU build)\n");
+    return 2;
+#else
+    if (app.count("--checkpoint")) {
+      std::fprintf(stderr, "error: --model and --checkpoint name two base models; give one\n");
+      return 2;
+    }
+    if (s.hf.train_file.empty() || s.hf.test_file.empty()) {
+      std::fprintf(stderr, "error: --model needs --train FILE and --test FILE\n");
+      return 2;
+    }
+    if (s.base_precision != "fp32" || s.backend != "eigen" || !s.eval_adapter.empty() ||
+        std::count(s.methods.begin(), s.methods.end(), "head")) {
+      std::fprintf(stderr, "error: --model runs on --backend eigen in fp32, without "
+                           "--eval-adapter and --methods head\n");
+      return 2;
+    }
+    auto& h = s.hf;
+    h.methods = s.methods;
+    h.clients = t.clients, h.rounds = s.rounds, h.local_steps = s.local_steps, h.batch = s.batch;
+    h.clients_per_round = s.clients_per_round, h.threads = s.threads, h.eval_every = s.eval_every;
+    h.max_len = t.max_len, h.split = t.split, h.seed = t.seed, h.rank = s.rank, h.lora_alpha = s.lora_alpha;
+    if (app.count("--targets")) h.targets = s.targets;
+    h.layers.assign(s.layers.begin(), s.layers.end());
+    h.train_head = s.train_head, h.optimizer = s.optimizer, h.lr = s.lr;
+    h.weight_decay = s.weight_decay, h.out = s.out, h.save_adapters = s.save_adapters;
+    h.checkpoint = s.checkpoint, h.carrier = &carrier;
+    return apps::exit_code_of([&] { return apps::run_hf_finetune(h); },
+                              [&](int code) { return carrier.fail(code); });
+#endif
+  }
   return apps::exit_code_of(
       [&] { return apps::with_backend(s.backend, [&]<class B>(B) { return run<B>(s); }); },
       [&](int code) { return carrier.fail(code); });
