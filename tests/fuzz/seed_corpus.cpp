@@ -107,7 +107,45 @@ std::vector<bytes_t> message_seeds() {
 }
 
 // target name (fuzz_<name>.cpp) -> its seeds.
+// Configs of the four families, one with Llama 3's rope_scaling.
+std::vector<bytes_t> hf_config_seeds() {
+  const std::string common = R"("hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 128, "max_position_embeddings": 64, "vocab_size": 100)";
+  return {text_bytes(R"({"model_type": "bert", "type_vocab_size": 2, "num_labels": 3, )" + common + "}"),
+          text_bytes(R"({"model_type": "roberta", "pad_token_id": 1, )" + common + "}"),
+          text_bytes(R"({"model_type": "llama", "num_key_value_heads": 2, "rope_scaling":
+              {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 48}, )" + common + "}"),
+          text_bytes(R"({"model_type": "qwen2", "tie_word_embeddings": true, )" + common + "}")};
+}
+
+// A WordPiece (BERT) and a BPE (byte-level, RoBERTa-style) tokenizer.json.
+std::vector<bytes_t> tokenizer_json_seeds() {
+  return {text_bytes(R"({"added_tokens": [{"id": 0, "content": "[UNK]", "special": true,
+    "single_word": false, "lstrip": false, "rstrip": false, "normalized": false},
+    {"id": 1, "content": "[CLS]", "special": true, "single_word": false, "lstrip": false,
+    "rstrip": false, "normalized": false}, {"id": 2, "content": "[SEP]", "special": true,
+    "single_word": false, "lstrip": false, "rstrip": false, "normalized": false}],
+    "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+    "strip_accents": null, "lowercase": true}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+    "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 2], "cls": ["[CLS]", 1]},
+    "decoder": null, "model": {"type": "WordPiece", "unk_token": "[UNK]",
+    "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
+    "vocab": {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "un": 3, "##aff": 4, "##able": 5, "a": 6}}})"),
+          text_bytes(R"({"added_tokens": [], "normalizer": null,
+    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+    "use_regex": true}, "post_processor": {"type": "RobertaProcessing", "sep": ["</s>", 2],
+    "cls": ["<s>", 1], "trim_offsets": true, "add_prefix_space": false}, "decoder": null,
+    "model": {"type": "BPE", "dropout": null, "unk_token": null,
+    "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+    "byte_fallback": false, "ignore_merges": false,
+    "vocab": {"<s>": 1, "</s>": 2, "H": 3, "e": 4, "l": 5, "o": 6, "He": 7, "ll": 8},
+    "merges": ["H e", "l l"]}})")};
+}
+
 const std::map<std::string, std::function<std::vector<bytes_t>()>> generators = {
+    {"hf_config", hf_config_seeds},
+    {"tokenizer_json", tokenizer_json_seeds},
     {"safetensors_parse", safetensors_seeds},
     {"peft_config", peft_config_seeds},
     {"peft_dir", peft_dir_seeds},
