@@ -133,11 +133,24 @@ struct linear_binding {
   lora_gradients<backend_t<T>>* grad = nullptr;  // null: frozen
 };
 
+// c = op(w) x + beta c for a frozen weight held in T (w) or in bf16 (w_bf16, w empty).
+template <class T>
+void frozen_product(const matrix_t<T>& w, const bf16_matrix& w_bf16, op op_w,
+                    const matrix_t<T>& x, T beta, matrix_t<T>& c) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.size() == 0) {
+      backend_t<T>::frozen_gemm(w_bf16, op_w, x, beta, c);
+      return;
+    }
+  }
+  backend_t<T>::gemm(T(1), w, op_w, x, op::none, beta, c);
+}
+
 template <class T>
 void linear_forward(const linear_binding<T>& l, const matrix_t<T>& x, matrix_t<T>& ax,
                     matrix_t<T>& y) {
   using B = backend_t<T>;
-  B::gemm(T(1), l.base->weight, op::none, x, op::none, T(0), y);
+  frozen_product(l.base->weight, l.base->weight_bf16, op::none, x, T(0), y);
   if (l.base->has_bias()) y.colwise() += l.base->bias.col(0);
   if (l.adapter) {
     B::gemm(T(1), l.adapter->A, op::none, x, op::none, T(0), ax);
@@ -161,7 +174,7 @@ void linear_backward(const linear_binding<T>& l, factor_set trains, const matrix
     if (trains.a) B::gemm(l.adapter->scaling, bt_dy, op::none, x, op::transpose, T(0), l.grad->dA);
   }
   if (!dx) return;
-  B::gemm(T(1), l.base->weight, op::transpose, dy, op::none, beta, *dx);
+  frozen_product(l.base->weight, l.base->weight_bf16, op::transpose, dy, beta, *dx);
   if (l.adapter) {
     B::gemm(l.adapter->scaling, l.adapter->A, op::transpose, bt_dy, op::none, T(1), *dx);
     if (l.adapter->has_residual()) {
@@ -360,6 +373,26 @@ void key_valid_of(const hf_batch& batch, matrix_t<T>& key_valid) {
   }
 }
 
+// out = embed_tokens[ids] as columns [d, n].
+template <class T>
+void embed(const hf_model<T>& model, std::span<const std::int32_t> ids, matrix_t<T>& out) {
+  if (model.base_in_bf16()) {
+    rolora::detail::gather_rows(model.embed_tokens_bf16, ids, false, out);
+  } else {
+    rolora::detail::gather_rows(model.embed_tokens, ids, false, out);
+  }
+}
+
+// c = op(lm_head) x: logits [V, N] from hidden states, or (op::transpose) back.
+template <class T>
+void output_product(const hf_model<T>& model, op op_w, const matrix_t<T>& x, matrix_t<T>& c) {
+  if (model.config.tie_word_embeddings) {
+    frozen_product(model.embed_tokens, model.embed_tokens_bf16, op_w, x, T(0), c);
+  } else {
+    frozen_product(model.lm_head.weight, model.lm_head.weight_bf16, op_w, x, T(0), c);
+  }
+}
+
 // ----- encoders ------------------------------------------------------------------------------
 
 template <class T>
@@ -387,7 +420,7 @@ void encoder_forward(const hf_model<T>& model, const adapter_set<backend_t<T>>& 
     }
   }
   auto& h = ws.tmp;
-  rolora::detail::gather_rows(model.embed_tokens, batch.ids, false, h);
+  embed(model, batch.ids, h);
   rolora::detail::gather_rows(model.position_embeddings, ws.positions, true, h);
   if (batch.token_types.empty()) {
     h.colwise() += model.token_type_embeddings.row(0).transpose();
@@ -507,7 +540,6 @@ void encoder_backward(const hf_model<T>& model, const adapter_set<backend_t<T>>&
 template <class T>
 void decoder_forward(const hf_model<T>& model, const adapter_set<backend_t<T>>& adapters,
                      const hf_batch& batch, hf_workspace<T>& ws) {
-  using B = backend_t<T>;
   const hf_config& c = model.config;
   batch.check(c);
   const index_t len = batch.seq_len;
@@ -525,7 +557,7 @@ void decoder_forward(const hf_model<T>& model, const adapter_set<backend_t<T>>& 
     }
   }
   ws.layers.resize(std::size_t(c.num_layers));
-  rolora::detail::gather_rows(model.embed_tokens, batch.ids, false, ws.layers[0].x);
+  embed(model, batch.ids, ws.layers[0].x);
   for (index_t i = 0; i < c.num_layers; ++i) {
     auto& L = ws.layers[std::size_t(i)];
     const auto& W = model.layers[std::size_t(i)];
@@ -549,19 +581,18 @@ void decoder_forward(const hf_model<T>& model, const adapter_set<backend_t<T>>& 
     out += L.h2;
   }
   rms_norm_forward(ws.top, model.final_norm_weight, eps, ws.hf, ws.final_xhat, ws.final_rstd);
-  B::gemm(T(1), model.output_embeddings(), op::none, ws.hf, op::none, T(0), ws.logits);
+  output_product(model, op::none, ws.hf, ws.logits);
 }
 
 template <class T>
 void decoder_backward(const hf_model<T>& model, const adapter_set<backend_t<T>>& adapters,
                       const hf_batch& batch, factor_set trains, gradient_set<backend_t<T>>& grads,
                       hf_workspace<T>& ws) {
-  using B = backend_t<T>;
   const hf_config& c = model.config;
   const index_t len = batch.seq_len;
   const index_t lowest = lowest_trained_layer(model, adapters, trains);
   if (lowest >= c.num_layers) return;
-  B::gemm(T(1), model.output_embeddings(), op::transpose, ws.dlogits, op::none, T(0), ws.dy);
+  output_product(model, op::transpose, ws.dlogits, ws.dy);
   rms_norm_backward(ws.dy, ws.final_xhat, ws.final_rstd, model.final_norm_weight, ws.dx, false);
   for (index_t i = c.num_layers - 1; i >= lowest; --i) {
     auto& L = ws.layers[std::size_t(i)];
@@ -694,8 +725,8 @@ std::vector<module_shape> adaptable_modules(const hf_model<T>& model) {
   std::vector<module_shape> out;
   for (index_t i = 0; i < model.config.num_layers; ++i) {
     for (std::size_t r = 0; r < linears_per_layer(model.config.kind); ++r) {
-      const auto& w = model.layers[std::size_t(i)].linears[r].weight;
-      out.push_back({linear_name(model.config.kind, i, r), w.rows(), w.cols()});
+      const auto& w = model.layers[std::size_t(i)].linears[r];
+      out.push_back({linear_name(model.config.kind, i, r), w.out_features(), w.in_features()});
     }
   }
   return out;

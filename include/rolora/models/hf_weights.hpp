@@ -15,6 +15,7 @@
 // `initialised` lists those tensors so that the caller trains them (PEFT's modules_to_save).
 #pragma once
 #include <array>
+#include <concepts>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -31,12 +32,25 @@
 
 namespace rolora::models {
 
-// A linear layer y = W x + b: weight [out, in], bias [out, 1] or empty (0 x 0) for none.
+// A frozen matrix held in bf16 (hf_model::hold_base_in_bf16): half the memory of fp32.
+using bf16_matrix = host_matrix<Eigen::bfloat16>;
+
+// A linear layer y = W x + b: weight [out, in] (in T, or in bf16 as weight_bf16 with weight
+// empty), bias [out, 1] or empty (0 x 0) for none.
 template <class T>
 struct hf_linear {
   host_matrix<T> weight;
   host_matrix<T> bias;
+  bf16_matrix weight_bf16;
   bool has_bias() const { return bias.size() != 0; }
+  index_t out_features() const { return weight.size() ? weight.rows() : weight_bf16.rows(); }
+  index_t in_features() const { return weight.size() ? weight.cols() : weight_bf16.cols(); }
+  // Moves the weight to bf16 (round to nearest even).
+  void hold_in_bf16() {
+    if (weight.size() == 0) return;
+    weight_bf16 = weight.template cast<Eigen::bfloat16>();
+    weight = host_matrix<T>();
+  }
 };
 
 // The linears of one layer, in this order (roles):
@@ -76,7 +90,8 @@ struct hf_layer {
 template <class T>
 struct hf_model {
   hf_config config;
-  host_matrix<T> embed_tokens;           // [V, d]
+  host_matrix<T> embed_tokens;           // [V, d] (empty when held in bf16)
+  bf16_matrix embed_tokens_bf16;         // [V, d] when held in bf16
   host_matrix<T> position_embeddings;    // [P, d] (encoders)
   host_matrix<T> token_type_embeddings;  // [types, d] (encoders)
   host_matrix<T> embed_norm_weight, embed_norm_bias;  // [d, 1] (encoders)
@@ -89,27 +104,43 @@ struct hf_model {
   hf_linear<T> lm_head;  // [V, d] (untied decoders; tied ones use embed_tokens)
   std::vector<std::string> initialised;  // tensors not in the checkpoint, initialised here
 
-  const host_matrix<T>& output_embeddings() const {
-    return config.tie_word_embeddings ? embed_tokens : lm_head.weight;
+  // The frozen base in bf16: every layer's linears, the token embeddings and an untied lm_head
+  // (the bulk of the weights); norms, biases, positions, the pooler and the head stay in T. The
+  // frozen products then run on eigen_backend<float>::frozen_gemm (oneDNN's bf16 matmul where
+  // the CPU has one). T = float only.
+  void hold_base_in_bf16() requires std::same_as<T, float> {
+    for (auto& l : layers) {
+      for (auto& lin : l.linears) lin.hold_in_bf16();
+    }
+    lm_head.hold_in_bf16();
+    if (embed_tokens.size()) {
+      embed_tokens_bf16 = embed_tokens.template cast<Eigen::bfloat16>();
+      embed_tokens = host_matrix<T>();
+    }
   }
+  bool base_in_bf16() const { return embed_tokens_bf16.size() != 0; }
   // Names of the head modules in forward order (encoders).
   std::vector<std::string> head_modules() const {
     if (config.kind == family::bert) return {"classifier"};
     return {"classifier.dense", "classifier.out_proj"};
   }
-  // Bytes of the frozen weights.
+  // Bytes of the frozen weights as held.
   std::size_t bytes() const {
     std::size_t n = std::size_t(embed_tokens.size() + position_embeddings.size() +
                                 token_type_embeddings.size() + embed_norm_weight.size() +
                                 embed_norm_bias.size() + final_norm_weight.size() +
                                 pooler.weight.size() + pooler.bias.size() + lm_head.weight.size());
+    std::size_t half = std::size_t(embed_tokens_bf16.size() + lm_head.weight_bf16.size());
     for (const auto& l : layers) {
-      for (const auto& lin : l.linears) n += std::size_t(lin.weight.size() + lin.bias.size());
+      for (const auto& lin : l.linears) {
+        n += std::size_t(lin.weight.size() + lin.bias.size());
+        half += std::size_t(lin.weight_bf16.size());
+      }
       n += std::size_t(l.norm1_weight.size() + l.norm1_bias.size() + l.norm2_weight.size() +
                        l.norm2_bias.size());
     }
     for (const auto& [name, lin] : head) n += std::size_t(lin.weight.size() + lin.bias.size());
-    return n * sizeof(T);
+    return n * sizeof(T) + half * 2;
   }
 };
 
