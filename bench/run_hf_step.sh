@@ -4,7 +4,8 @@
 # in the same run on the same machine, on 1 and on 2 cores. docs/benchmarks.md ("Hugging Face
 # shapes: one LoRA step") has the results.
 #
-# rolora: --threads = cores, one independent step per thread (one client per core, as a
+# rolora: fp32 and --base-precision bf16 (the frozen base in bf16, against autocast bf16);
+# --threads = cores, one independent step per thread (one client per core, as a
 # federation runs them). PyTorch: every configuration that does not oversubscribe the cores
 # (torch threads x OPENBLAS_NUM_THREADS <= cores), and on 2 cores also two 1-thread processes side
 # by side (two clients, as rolora); the fastest is compared. OpenBLAS's kernel: Debian's 0.3.21
@@ -64,6 +65,12 @@ for model in ${MODELS:-roberta-base smollm2-135m}; do
     ours="$(echo "$out" | field tokens_per_s)"
     ours_rss="$(echo "$out" | field peak_rss_mib)"
     floor="$(echo "$out" | sed -n 's/.*-> \([0-9.]*\)% of GEMM floor.*/\1/p')"
+    # The same with the frozen base in bf16 (hf_model::hold_base_in_bf16).
+    out="$("$step_bin" --model "$model" --threads "$cores" --steps "$steps" --base-precision bf16)"
+    echo "$out" | grep -v 's in the step$' | sed 's/^/  [rolora bf16 base] /'
+    ours16="$(echo "$out" | field tokens_per_s)"
+    ours16_rss="$(echo "$out" | field peak_rss_mib)"
+    floor16="$(echo "$out" | sed -n 's/.*-> \([0-9.]*\)% of GEMM floor.*/\1/p')"
     declare -A best=() best_cfg=() best_rss=()
     for prec in fp32 bf16; do
       for t in 1 2; do
@@ -97,13 +104,15 @@ for model in ${MODELS:-roberta-base smollm2-135m}; do
     summary+=("$(printf '| %s | %s | %s | %s (%s) | %.2fx | %s / %s | %s%% |' "$model" "$cores" \
       "$ours" "${best[fp32]}" "${best_cfg[fp32]}" "$(awk -v a="$ours" -v b="${best[fp32]}" 'BEGIN {print a / b}')" \
       "$ours_rss" "${best_rss[fp32]}" "$floor")")
-    summary+=("$(printf '| %s | %s | bf16 base: not available | %s (%s, autocast bf16) | - | - / %s | - |' \
-      "$model" "$cores" "${best[bf16]}" "${best_cfg[bf16]}" "${best_rss[bf16]}")")
+    summary+=("$(printf '| %s | %s | bf16 base: %s | %s (%s, autocast bf16) | %.2fx | %s / %s | %s%% (bf16 frozen rates) |' \
+      "$model" "$cores" "$ours16" "${best[bf16]}" "${best_cfg[bf16]}" \
+      "$(awk -v a="$ours16" -v b="${best[bf16]}" 'BEGIN {print a / b}')" "$ours16_rss" \
+      "${best_rss[bf16]}" "$floor16")")
     echo "  load after: $(load)"
   done
 done
 echo
 echo "OpenBLAS kernel kept: the faster of unset / SkylakeX per model (above); rolora GEMM: oneDNN sgemm"
-echo "| model | cores | rolora fp32 tokens/s | PyTorch fastest tokens/s (config) | rolora / PyTorch | peak RSS MiB rolora / PyTorch | rolora % of GEMM floor |"
+echo "| model | cores | rolora tokens/s | PyTorch fastest tokens/s (config) | rolora / PyTorch | peak RSS MiB rolora / PyTorch | rolora % of GEMM floor |"
 echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${summary[@]}"
