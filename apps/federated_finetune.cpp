@@ -353,8 +353,9 @@ int main(int argc, char** argv) {
                  "(read in fp32 and rounded; adapters, gradients, optimizer state, layer norms, "
                  "biases and the head stay fp32). With bf16 the frozen GEMMs run on oneDNN's "
                  "bf16 kernel where the CPU has one (AVX512_BF16, AMX), else convert to fp32. "
-                 "Eigen backend only")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
+                 "Eigen backend only. auto (--model only, its default): time both GEMMs at the "
+                 "model's shapes once, take the faster, say which and cache the answer")
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}))
       ->capture_default_str();
   app.add_option("--eval-adapter", s.eval_adapter,
                  "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
@@ -388,6 +389,11 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
+  if (s.base_precision == "auto" && s.hf.model_dir.empty()) {
+    std::fprintf(stderr, "error: --base-precision auto is for --model; the built-in model takes "
+                         "fp32 or bf16\n");
+    return 2;
+  }
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
     std::fprintf(stderr, "error: --methods head with --freeze-head would train nothing\n");
     return 2;
@@ -409,10 +415,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: --model needs --train FILE and --test FILE\n");
       return 2;
     }
-    if (s.base_precision != "fp32" || s.backend != "eigen" || !s.eval_adapter.empty() ||
+    if (s.backend != "eigen" || !s.eval_adapter.empty() ||
         std::count(s.methods.begin(), s.methods.end(), "head")) {
-      std::fprintf(stderr, "error: --model runs on --backend eigen in fp32, without "
-                           "--eval-adapter and --methods head\n");
+      std::fprintf(stderr, "error: --model runs on --backend eigen, without --eval-adapter and "
+                           "--methods head\n");
       return 2;
     }
     auto& h = s.hf;
@@ -425,6 +431,7 @@ int main(int argc, char** argv) {
     h.train_head = s.train_head, h.optimizer = s.optimizer, h.lr = s.lr;
     h.weight_decay = s.weight_decay, h.out = s.out, h.save_adapters = s.save_adapters;
     h.checkpoint = s.checkpoint, h.carrier = &carrier;
+    h.base_precision = app.count("--base-precision") ? s.base_precision : "auto";
     return apps::exit_code_of([&] { return apps::run_hf_finetune(h); },
                               [&](int code) { return carrier.fail(code); });
 #endif

@@ -8,7 +8,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <rolora/data/text_table.hpp>
@@ -30,7 +32,15 @@ namespace rolora::apps {
 namespace {
 
 using backend = eigen_backend<float>;
+using models::bf16_matrix;
 using models::hf_examples;
+
+// A deterministic [rows, cols] matrix for the precision probe.
+host_matrix<float> test_matrix(index_t rows, index_t cols) {
+  host_matrix<float> m(rows, cols);
+  for (index_t i = 0; i < m.size(); ++i) m.data()[i] = float((i * 7919) % 1000) / 1000.0f - 0.5f;
+  return m;
+}
 
 double peak_rss_mib() {
   rusage u{};
@@ -236,6 +246,66 @@ std::pair<double, double> evaluate(const models::hf_model<float>& model,
   return {n > 0 ? l / n : 0.0, n > 0 ? r / n : 0.0};
 }
 
+// --base-precision auto: one fp32 GEMM and one bf16 frozen GEMM at the model's widest linear
+// ([intermediate, hidden] on 512 tokens), best of 5 each; the faster wins. The answer is cached
+// per CPU model and shape in $XDG_CACHE_HOME/rolora (else ~/.cache/rolora)/base_precision.json.
+std::string probe_base_precision(const models::hf_config& c, std::string& why) {
+  std::string cpu = "unknown CPU";
+  {
+    std::ifstream info("/proc/cpuinfo");
+    for (std::string line; std::getline(info, line);) {
+      if (line.rfind("model name", 0) == 0) {
+        cpu = line.substr(line.find(':') + 2);
+        break;
+      }
+    }
+  }
+  const index_t m = c.intermediate_size, k = c.hidden_size, n = 512;
+  const std::string key = cpu + " | " + std::to_string(m) + "x" + std::to_string(k) + "x" +
+                          std::to_string(n);
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  const std::filesystem::path dir = xdg && *xdg   ? std::filesystem::path(xdg) / "rolora"
+                                    : home && *home ? std::filesystem::path(home) / ".cache/rolora"
+                                                    : std::filesystem::path(".cache/rolora");
+  const auto file = dir / "base_precision.json";
+  nlohmann::json cache = nlohmann::json::object();
+  try {
+    if (std::ifstream in(file); in) cache = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    cache = nlohmann::json::object();  // a broken cache is measured again
+  }
+  if (cache.is_object() && cache.contains(key) && cache[key].is_object() &&
+      cache[key].value("choice", "") != "") {
+    why = cache[key].value("why", "") + " (cached in " + file.string() + ")";
+    return cache[key].value("choice", "fp32");
+  }
+  const auto w = test_matrix(m, k), x = test_matrix(k, n);
+  const bf16_matrix w16 = w.cast<Eigen::bfloat16>();
+  host_matrix<float> y;
+  auto best_of = [&](auto&& gemm) {
+    double best = 1e30;
+    for (int r = 0; r < 5; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      gemm();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return 2.0 * double(m) * double(k) * double(n) / best / 1e9;  // GFLOP/s
+  };
+  const double fp32 = best_of([&] { backend::gemm(1.0f, w, op::none, x, op::none, 0.0f, y); });
+  const double bf16 = best_of([&] { backend::frozen_gemm(w16, op::none, x, 0.0f, y); });
+  const std::string choice = bf16 > fp32 ? "bf16" : "fp32";
+  char text[256];
+  std::snprintf(text, sizeof text, "bf16 GEMM %.0f GFLOP/s (%s) vs fp32 %.0f GFLOP/s at [%ld x %ld] x %ld",
+                bf16, backend::frozen_gemm_path().c_str(), fp32, long(m), long(k), long(n));
+  why = text;
+  cache[key] = {{"choice", choice}, {"why", why}};
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (std::ofstream out(file); out) out << cache.dump(2) << "\n";
+  return choice;
+}
+
 struct method_run {
   std::string method;
   double lr = 0;
@@ -246,7 +316,8 @@ struct method_run {
 template <class Policy, class Aggregator>
 method_run run_method(const std::string& method, Policy policy, Aggregator aggregator,
                       const hf_finetune_settings& s, const models::hf_model<float>& model,
-                      const prepared_data& d, const std::vector<std::vector<std::size_t>>& parts) {
+                      const prepared_data& d, const std::vector<std::vector<std::size_t>>& parts,
+                      const std::string& precision) {
   method_run result{method, s.lr(method), {}, 0};
   lora_config lc;
   lc.r = s.rank;
@@ -282,7 +353,7 @@ method_run run_method(const std::string& method, Policy policy, Aggregator aggre
                           {"max_len", s.max_len},   {"clients", s.clients},
                           {"split", s.split.kind},  {"dirichlet_alpha", s.split.alpha},
                           {"targets", lc.target_modules}, {"eval_every", s.eval_every},
-                          {"init_adapter", s.init_adapter}};
+                          {"init_adapter", s.init_adapter}, {"base_precision", precision}};
   if (!s.carrier->is_server()) {
     s.carrier->run(fed, tasks);
     return result;
@@ -328,7 +399,10 @@ method_run run_method(const std::string& method, Policy policy, Aggregator aggre
 
 int run_hf_finetune(const hf_finetune_settings& s) {
   const auto load_start = std::chrono::steady_clock::now();
-  const auto model = models::load_hf_model<float>(s.model_dir, s.seed);
+  auto model = models::load_hf_model<float>(s.model_dir, s.seed);
+  std::string precision = s.base_precision, why = "as asked";
+  if (precision == "auto") precision = probe_base_precision(model.config, why);
+  if (precision == "bf16") model.hold_base_in_bf16();
   const auto tok = tokenizers::tokenizer::from_directory(s.model_dir);
   if (tok.vocab_size() > std::size_t(model.config.vocab_size)) {
     raise<config_error>(s.model_dir, ": the tokenizer has ", tok.vocab_size(),
@@ -340,18 +414,19 @@ int run_hf_finetune(const hf_finetune_settings& s) {
   const bool encoder = is_encoder(model.config.kind);
   if (s.carrier->is_server()) {
     std::filesystem::create_directories(s.out);
-    std::printf("model: %s (%s, %ld layers, d %ld, %.1f MB of frozen fp32 weights; loaded in "
-                "%.1f s)%s\n%s\n%zu clients, split %s\n",
+    std::printf("model: %s (%s, %ld layers, d %ld, %.1f MB of frozen weights; loaded in "
+                "%.1f s)%s\nbase precision: %s (%s)\n%s\n%zu clients, split %s\n",
                 s.model_dir.c_str(), model.config.architecture.c_str(), long(model.config.num_layers),
                 long(model.config.hidden_size), double(model.bytes()) / 1e6,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
                 model.initialised.empty() ? "" : "; new classification head (not in the checkpoint)",
-                d.summary.c_str(), s.clients, split_description.c_str());
+                precision.c_str(), why.c_str(), d.summary.c_str(), s.clients,
+                split_description.c_str());
   }
   std::vector<method_run> results;
   for (const auto& m : s.methods) {
     results.push_back(visit_method(m, [&](auto policy, auto aggregator) {
-      return run_method(m, policy, aggregator, s, model, d, parts);
+      return run_method(m, policy, aggregator, s, model, d, parts, precision);
     }));
     if (!s.carrier->is_server()) continue;
     csv_file csv(std::filesystem::path(s.out) / (m + ".csv"),

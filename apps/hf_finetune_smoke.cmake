@@ -6,6 +6,7 @@
 #         -D WORK=<dir> -D "ARGS=..." -P hf_finetune_smoke.cmake
 cmake_minimum_required(VERSION 3.21)  # the binary header below is read under current policies
 file(REMOVE_RECURSE "${WORK}")
+set(ENV{XDG_CACHE_HOME} "${WORK}/cache")  # --base-precision auto caches its probe there
 separate_arguments(_args UNIX_COMMAND "${ARGS}")
 set(_common --model "${MODEL}" --train "${TRAIN}" --test "${TEST}" --clients 3 --local-steps 2
             --batch 4 --threads 2 ${_args})
@@ -35,9 +36,14 @@ if(NOT out MATCHES "rolora +round +2/2 +phase A .*agg err [0-9.]+e-(0[6-9]|[1-9]
   message(FATAL_ERROR "RoLoRA's A round did not report an exact aggregation")
 endif()
 
-# The adapters written above as the starting point of another federation.
+if(NOT EXISTS "${WORK}/cache/rolora/base_precision.json" OR
+   NOT out MATCHES "base precision: (fp32|bf16) \\(bf16 GEMM [0-9]+ GFLOP/s")
+  message(FATAL_ERROR "--base-precision auto (the default with --model) did not probe and cache")
+endif()
+
+# The adapters written above as the starting point of another federation, on a bf16 base.
 execute_process(COMMAND "${EXE}" ${_common} --methods rolora --rounds 1 --out "${WORK}/second"
-                        --init-adapter "${WORK}/first/rolora_adapter"
+                        --init-adapter "${WORK}/first/rolora_adapter" --base-precision bf16
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}${err}")
 if(NOT rc EQUAL 0)

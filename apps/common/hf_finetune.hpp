@@ -26,6 +26,7 @@ struct hf_finetune_settings {
   std::size_t max_len = 128;              // --max-len: tokens per sequence after truncation
   std::size_t max_examples = 0;           // --max-examples: first N rows of each file (0: all)
   std::string init_adapter;               // --init-adapter: a PEFT directory to start from
+  std::string base_precision = "auto";    // --base-precision: fp32, bf16 or auto (a probe)
   // Shared with the built-in model (federated_finetune.cpp's settings).
   std::vector<std::string> methods;
   std::size_t clients = 0, rounds = 0, local_steps = 0, batch = 0, clients_per_round = 0;
