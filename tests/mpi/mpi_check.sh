@@ -12,6 +12,8 @@
 #          finetune_np3   federated_finetune, a tiny configuration, mpirun -np 3 against in-process:
 #                         CSVs identical but for the wall-time column, adapter files identical
 #                         (skipped without the SpamAssassin corpus in CORPUS_DIR)
+#          finetune_hf_np3  the same with --model on the tiny BERT of tests/data/hf_tiny (the
+#                         fifth argument is that directory)
 # Skipped ("rolora-skip:") where mpirun is missing or rolora was built without MPI.
 set -euo pipefail
 mode=$1
@@ -117,6 +119,19 @@ case $mode in
         "$work/mpi/${method}_adapter/adapter_model.safetensors"
     done
     echo "federated_finetune over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
+    ;;
+  finetune_hf_np3)  # $5: tests/data/hf_tiny
+    flags=(--model "$5/bert" --train "$5/app/classify_train.csv" --test "$5/app/classify_test.csv"
+           --max-len 24 --clients 3 --rounds 2 --local-steps 2 --batch 4 --methods fedit,rolora
+           --threads 1 --base-precision fp32)
+    "$exe" "${flags[@]}" --out "$work/inprocess" > "$work/inprocess.log"
+    mpi 3 "${flags[@]}" --out "$work/mpi" > "$work/mpi.log"
+    for method in fedit rolora; do
+      cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
+      cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
+        "$work/mpi/${method}_adapter/adapter_model.safetensors"
+    done
+    echo "federated_finetune --model (tiny BERT) over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
     ;;
   *)
     echo "unknown mode $mode"
