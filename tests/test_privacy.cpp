@@ -9,13 +9,27 @@
 // is the one docs/privacy.md states.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
+#include <rolora/aggregate/fedavg.hpp>
+#include <rolora/aggregate/procrustes.hpp>
+#include <rolora/aggregate/residual.hpp>
+#include <rolora/aggregate/stack.hpp>
+#include <rolora/aggregate/svd_resplit.hpp>
+#include <rolora/federated/checkpoint.hpp>
+#include <rolora/federated/federation.hpp>
+#include <rolora/policy/policies.hpp>
 #include <rolora/privacy/accountant.hpp>
+#include <rolora/privacy/client_dp.hpp>
+#include <rolora/theory/linear_regression.hpp>
 #include <string>
 #include <vector>
+
+#include "test_support.hpp"
 
 using namespace rolora;
 using namespace rolora::privacy;
@@ -422,4 +436,394 @@ TEST_CASE("privacy: bad inputs are refused with what was expected and what came"
   // A target below what the orders can certify at this delta.
   CHECK(refusal([] { noise_multiplier_for(1e-3, 1e-9, 1, 10); }).find("can certify") !=
         std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client-level DP (privacy/client_dp.hpp): DP-FedAvg with fixed and adaptive clipping in the
+// federation.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+using dp_backend = eigen_backend<double>;
+using dset = adapter_set<dp_backend>;
+
+// One module [out 6, in 5] at rank 2 and one module to save [3, 4], all entries from `tag`.
+dset dp_adapters(std::uint32_t tag, double scale = 1.0) {
+  dset s;
+  s.insert("m",
+           {test::random_matrix(2, 5, tag, scale), test::random_matrix(6, 2, tag + 1, scale), 1.0});
+  s.add_module_to_save("head", test::random_matrix(3, 4, tag + 2, scale));
+  return s;
+}
+
+// reference + scale * (a random direction): a client's trained adapters.
+dset moved(const dset& reference, std::uint32_t tag, double scale) {
+  dset t = reference;
+  auto& a = t.at("m");
+  a.A += test::random_matrix(2, 5, tag, scale);
+  a.B += test::random_matrix(6, 2, tag + 1, scale);
+  t.modules_to_save().at("head") += test::random_matrix(3, 4, tag + 2, scale);
+  return t;
+}
+
+struct dp_scratch {
+  std::filesystem::path path;
+  explicit dp_scratch(const std::string& name)
+      : path(std::filesystem::temp_directory_path() /
+             ("rolora_dp_" + name + "_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path);
+  }
+  ~dp_scratch() { std::filesystem::remove_all(path); }
+};
+
+// A small homogeneous linear-regression problem whose clients hold different sample counts.
+theory::linear_problem<dp_backend> dp_problem(std::size_t clients) {
+  theory::linear_problem_config c;
+  c.dim = 8;
+  c.out_dim = 6;
+  c.rank = 2;
+  c.clients = clients;
+  c.samples = 40;
+  c.noise = 0.01;
+  c.seed = 11;
+  auto p = theory::make_linear_problem<dp_backend>(c);
+  for (std::size_t i = 0; i < p.clients.size(); ++i) {  // 40, 30, 20, ... samples: counts differ
+    const auto n = std::max<index_t>(10, 40 - 10 * index_t(i % 4));
+    auto& t = p.clients[i];
+    const host_matrix<double> x = t.inputs(), y = t.targets();  // [d, m], [k, m]
+    t = theory::linear_regression_task<dp_backend>(x.leftCols(n), y.leftCols(n));
+  }
+  return p;
+}
+
+dset linear_start() {
+  lora_config c;
+  c.r = 2;
+  c.lora_alpha = 2;
+  return dset({{theory::module_name, 6, 8}}, c, 5);
+}
+
+federation_config dp_config(std::size_t rounds) {
+  federation_config c;
+  c.num_rounds = rounds;
+  c.local_steps = 2;
+  c.local_optimizer = sgd{0.1, 0.0, 0.0};
+  c.client_weighting = weighting::uniform;
+  c.seed = 21;
+  return c;
+}
+
+using dp_fedit = federation<dp_backend, train_both, fedavg, privacy::client_dp>;
+
+// A robust reducer (the middle copy): not a mean, so not composable with client DP.
+struct coordinate_median {
+  static constexpr std::string_view name = "coordinate_median";
+  template <class T>
+  host_matrix<T> operator()(std::span<const host_matrix<T>> copies, std::span<const double>) const {
+    return copies[copies.size() / 2];
+  }
+};
+
+}  // namespace
+
+TEST_CASE("client DP: the clip bounds each update by C and leaves shorter ones untouched") {
+  const dset reference = dp_adapters(100);
+  for (const factor_set factors : {both_factors, only_a, only_b}) {
+    for (const double scale : {0.01, 0.3, 3.0}) {
+      CAPTURE(scale);
+      const dset trained = moved(reference, 200, scale);
+      dset clipped = trained;
+      const privacy::clip_request request{1.0, factors};
+      const auto r = privacy::clip_update(reference, clipped, request);
+      const double after = privacy::update_norm(reference, clipped, factors).first;
+      CHECK(r.norm == privacy::update_norm(reference, trained, factors).first);
+      CHECK(after <= 1.0 * (1 + 1e-12));
+      if (r.norm <= 1.0) {
+        CHECK_FALSE(r.clipped);
+        CHECK(test::bit_equal(clipped, trained));  // untouched, bit for bit
+      } else {
+        CHECK(r.clipped);
+        CHECK(after == doctest::Approx(1.0).epsilon(1e-12));
+        // The direction is kept: (clipped - ref) = (C / norm) (trained - ref).
+        const double s = 1.0 / r.norm;
+        const auto& ca = clipped.at("m");
+        const auto& ta = trained.at("m");
+        const auto& ra = reference.at("m");
+        if (factors.a) CHECK((ca.A - ra.A - s * (ta.A - ra.A)).cwiseAbs().maxCoeff() < 1e-14);
+        if (factors.b) CHECK((ca.B - ra.B - s * (ta.B - ra.B)).cwiseAbs().maxCoeff() < 1e-14);
+      }
+      // A factor outside the request is never touched (FFA-LoRA's A, RoLoRA's frozen one).
+      if (!factors.a) CHECK((clipped.at("m").A.array() == trained.at("m").A.array()).all());
+      if (!factors.b) CHECK((clipped.at("m").B.array() == trained.at("m").B.array()).all());
+    }
+  }
+}
+
+TEST_CASE("client DP: the noise has mean 0 and standard deviation z C / qN per coordinate") {
+  // No update (an empty Poisson round): the result is G + N(0, (z C)^2) / qN, coordinate-wise.
+  dset global;
+  global.insert("m", {host_matrix<double>::Zero(40, 300), host_matrix<double>::Zero(200, 40), 1.0});
+  const double z = 1.5, c = 2.0, expected = 0.1 * 50;  // q = 0.1, N = 50
+  const privacy::noised_round r{c, z, expected, 7, 3};
+  const auto mean =
+      privacy::noised_mean(global, std::span<const client_update<dp_backend>>(), both_factors, r);
+  std::vector<double> v;
+  for (const auto* m : {&mean.adapters.at("m").A, &mean.adapters.at("m").B})
+    for (index_t i = 0; i < m->size(); ++i) v.push_back(m->data()[i]);
+  double sum = 0, sq = 0;
+  for (double x : v) sum += x, sq += x * x;
+  const double n = double(v.size()), mu = sum / n, sd = std::sqrt(sq / n - mu * mu);
+  const double want = z * c / expected;  // 0.6
+  CAPTURE(mu);
+  CAPTURE(sd);
+  CHECK(std::fabs(mu) < 4 * want / std::sqrt(n));             // 4 standard errors
+  CHECK(std::fabs(sd - want) < 4 * want / std::sqrt(2 * n));  // of the sample std
+  // Not the realised count (0, or 1 when it is floored) and not z C alone.
+  CHECK(std::fabs(sd - z * c) > 0.5);
+  // Another round or seed draws other noise; the same round and seed the same bits.
+  const auto again =
+      privacy::noised_mean(global, std::span<const client_update<dp_backend>>(), both_factors, r);
+  CHECK(test::bit_equal(again.adapters, mean.adapters));
+  const auto other = privacy::noised_mean(global, std::span<const client_update<dp_backend>>(),
+                                          both_factors, {c, z, expected, 7, 4});
+  CHECK_FALSE(test::bit_equal(other.adapters, mean.adapters));
+}
+
+TEST_CASE(
+    "client DP: the sum is divided by the expected count qN, not the realised count or the "
+    "samples") {
+  const dset global = dp_adapters(300);
+  std::vector<client_update<dp_backend>> ups;
+  for (std::size_t i = 0; i < 3; ++i) {
+    client_update<dp_backend> u;
+    u.client = i;
+    u.num_samples = double(10 * (i + 1) * (i + 1));  // 10, 40, 90: the counts differ
+    u.adapters = moved(global, 400 + 10 * std::uint32_t(i), 0.1);
+    ups.push_back(u);
+  }
+  const double expected = 5.0;  // q = 0.5, N = 10, 3 came
+  dset merged = global;
+  privacy::merge_noised(fedavg{}, merged, std::span<const client_update<dp_backend>>(ups),
+                        both_factors, {}, {1.0, 0.0, expected, 1, 0});
+  host_matrix<double> want_a = global.at("m").A, uniform = want_a, by_samples = want_a;
+  for (const auto& u : ups) {
+    want_a += (u.adapters.at("m").A - global.at("m").A) / expected;
+    uniform += (u.adapters.at("m").A - global.at("m").A) / 3.0;
+    by_samples += (u.adapters.at("m").A - global.at("m").A) * (u.num_samples / 140.0);
+  }
+  CHECK((merged.at("m").A - want_a).cwiseAbs().maxCoeff() < 1e-14);
+  CHECK((merged.at("m").A - uniform).cwiseAbs().maxCoeff() > 1e-3);
+  CHECK((merged.at("m").A - by_samples).cwiseAbs().maxCoeff() > 1e-3);
+  host_matrix<double> want_head = global.modules_to_save().at("head");
+  for (const auto& u : ups)
+    want_head +=
+        (u.adapters.modules_to_save().at("head") - global.modules_to_save().at("head")) / expected;
+  CHECK((merged.modules_to_save().at("head") - want_head).cwiseAbs().maxCoeff() < 1e-14);
+}
+
+TEST_CASE("client DP: weighting by sample counts is refused, and so are other bad settings") {
+  auto p = dp_problem(4);  // 40, 30, 20, 10 samples
+  REQUIRE(p.clients[0].num_samples() != p.clients[1].num_samples());
+  federation_config by_samples = dp_config(2);
+  by_samples.client_weighting = weighting::by_samples;
+  const auto why = test::message_of<config_error>(
+      [&] { dp_fedit(train_both{}, fedavg{}, by_samples, linear_start(), {}); });
+  CHECK(why.find("client_weighting = uniform") != std::string::npos);
+  CHECK(why.find("sample counts") != std::string::npos);
+  // With uniform weighting the same clients run.
+  dp_fedit ok(train_both{}, fedavg{}, dp_config(1), linear_start(),
+              {.clip_norm = 1.0, .noise_multiplier = 0.5, .sampling_rate = 1.0});
+  CHECK(ok.run(p.clients).size() == 1);
+  federation_config quorum = dp_config(2);
+  quorum.min_clients = 2;
+  CHECK(test::message_of<config_error>([&] {
+          dp_fedit(train_both{}, fedavg{}, quorum, linear_start(), {});
+        }).find("min_clients = 1") != std::string::npos);
+  CHECK(test::message_of<config_error>([&] {
+          dp_fedit(train_both{}, fedavg{}, dp_config(1), linear_start(), {.clip_norm = 0.0});
+        }).find("clip_norm") != std::string::npos);
+  // Adaptive clipping with z >= 2 sigma_b has no z': refused before the first round.
+  dp_fedit bad_bits(
+      train_both{}, fedavg{}, dp_config(1), linear_start(),
+      {.noise_multiplier = 1.0, .adaptive = privacy::adaptive_clipping{0.5, 0.2, 0.4}});
+  CHECK(test::message_of<config_error>([&] {
+          bad_bits.run(p.clients);
+        }).find("noise_multiplier < 2 sigma_b") != std::string::npos);
+  CHECK(bad_bits.next_round() == 0);
+  // z' = (z^-2 - (2 sigma_b)^-2)^(-1/2).
+  const privacy::client_dp adaptive{.noise_multiplier = 1.0,
+                                    .adaptive = privacy::adaptive_clipping{0.5, 0.2, 1.0}};
+  CHECK(adaptive.update_noise_multiplier(10, 0) == doctest::Approx(1.0 / std::sqrt(1.0 - 0.25)));
+}
+
+TEST_CASE("client DP: the server refuses an update above the clip norm") {
+  auto p = dp_problem(3);
+  dp_fedit fed(train_both{}, fedavg{}, dp_config(1), linear_start(),
+               {.clip_norm = 1e-3, .noise_multiplier = 0.0, .sampling_rate = 1.0});
+  auto& server = fed.server();
+  const auto plan = server.begin_round(3);
+  std::vector<client_update<dp_backend>> ups;
+  for (std::size_t c : plan.reporting) {
+    auto d = server.download(plan, c);
+    d.clip.reset();  // a client that does not clip
+    ups.push_back(train_locally(p.clients[c], d, server.config()));
+  }
+  const auto why =
+      test::message_of<value_error>([&] { server.complete_round(plan, std::move(ups)); });
+  CHECK(why.find("above the clip norm") != std::string::npos);
+  CHECK(server.next_round() == 0);
+}
+
+TEST_CASE(
+    "client DP: a Poisson round that samples nobody is a round: accounted, noised, not a failure") {
+  auto p = dp_problem(6);
+  const privacy::client_dp dp{.clip_norm = 0.5, .noise_multiplier = 1.0, .sampling_rate = 0.05};
+  dp_fedit fed(train_both{}, fedavg{}, dp_config(30), linear_start(), dp);
+  std::size_t empty = 0;
+  double last_epsilon = 0.0;
+  for (std::size_t t = 0; t < 30; ++t) {
+    const dset before = fed.global();
+    const auto report = fed.run_round(p.clients);
+    REQUIRE(report.epsilon);
+    CHECK(*report.epsilon > last_epsilon);  // every round is composed, empty or not
+    last_epsilon = *report.epsilon;
+    if (report.participants.empty()) {
+      ++empty;
+      CHECK(report.train_loss != report.train_loss);       // NaN: nobody trained
+      CHECK_FALSE(test::bit_equal(fed.global(), before));  // the model plus noise
+    }
+  }
+  CHECK(empty >= 10);  // (0.95)^6 = 74% of rounds are empty
+  CHECK(fed.server().privacy_state().rounds == 30);
+  CHECK(last_epsilon ==
+        doctest::Approx(subsampled_gaussian_epsilon(0.05, 1.0, 30, 1e-5).epsilon).epsilon(1e-12));
+}
+
+TEST_CASE(
+    "client DP: adaptive clipping grows C when most updates are clipped and shrinks it when few "
+    "are") {
+  auto p = dp_problem(8);
+  const auto clip_after_round = [&](double c0) {
+    privacy::client_dp dp{.clip_norm = c0, .noise_multiplier = 0.0, .sampling_rate = 1.0};
+    dp.adaptive = privacy::adaptive_clipping{0.5, 0.2, 1e-3};
+    dp_fedit fed(train_both{}, fedavg{}, dp_config(1), linear_start(), dp);
+    const auto report = fed.run_round(p.clients);
+    CHECK(*report.clip_norm == c0);
+    return fed.server().privacy_state().clip_norm;
+  };
+  // C tiny: every update is clipped, b~ ~ 0 < gamma: C grows by exp(0.2 * 0.5).
+  const double tiny = 1e-6, grown = clip_after_round(tiny);
+  CHECK(grown > tiny);
+  const double b0 = 1e-3 * privacy::clip_bit_noise(21, 0) / 8.0;
+  CHECK(grown == doctest::Approx(tiny * std::exp(-0.2 * (b0 - 0.5))).epsilon(1e-12));
+  // C huge: no update is clipped, b~ ~ 1 > gamma: C shrinks by exp(-0.2 * 0.5).
+  const double huge = 1e6, shrunk = clip_after_round(huge);
+  CHECK(shrunk < huge);
+  CHECK(shrunk == doctest::Approx(huge * std::exp(-0.2 * (1.0 + b0 - 0.5))).epsilon(1e-12));
+}
+
+TEST_CASE("client DP: a federation stops before the round that would exceed its budget") {
+  auto p = dp_problem(6);
+  const double q = 0.5, z = 1.0, delta = 1e-5;
+  const double e3 = subsampled_gaussian_epsilon(q, z, 3, delta).epsilon;
+  const double e4 = subsampled_gaussian_epsilon(q, z, 4, delta).epsilon;
+  REQUIRE(e3 < e4);
+  const double target = (e3 + e4) / 2;
+  dp_fedit fed(train_both{}, fedavg{}, dp_config(10), linear_start(),
+               {.clip_norm = 1.0,
+                .noise_multiplier = z,
+                .sampling_rate = q,
+                .target_epsilon = target,
+                .delta = delta});
+  std::vector<round_report> done;
+  std::string why;
+  try {
+    fed.run(p.clients);
+    FAIL("the budget did not stop the run");
+  } catch (const privacy_budget_exceeded& e) {
+    why = e.what();
+    done = dynamic_cast<const failed_run&>(e).reports;
+    CHECK(e.round() == std::optional<std::size_t>(3));
+  }
+  REQUIRE(done.size() == 3);
+  CHECK(fed.next_round() == 3);  // round 3 never ran
+  CHECK(*done.back().epsilon == doctest::Approx(e3).epsilon(1e-12));
+  CHECK(*done.back().epsilon <= target);
+  CHECK(why.find("[rolora.privacy_budget_exceeded] round 3") != std::string::npos);
+  CHECK(why.find("spent epsilon") != std::string::npos);
+  CHECK(why.find("target epsilon") != std::string::npos);
+}
+
+TEST_CASE("client DP: same bits for any thread count and across a checkpoint and resume") {
+  auto p = dp_problem(6);
+  privacy::client_dp dp{.clip_norm = 0.05, .noise_multiplier = 0.8, .sampling_rate = 0.6};
+  dp.adaptive = privacy::adaptive_clipping{0.5, 0.3, 0.5};
+  auto one = dp_config(6), two = dp_config(6);
+  two.threads = 2;
+  dp_fedit straight(train_both{}, fedavg{}, one, linear_start(), dp);
+  const auto all = straight.run(p.clients);
+  dp_fedit parallel(train_both{}, fedavg{}, two, linear_start(), dp);
+  const auto par = parallel.run(p.clients);
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    CHECK(par[i].train_loss == all[i].train_loss);
+    CHECK(*par[i].epsilon == *all[i].epsilon);
+  }
+  CHECK(test::bit_equal(parallel.global(), straight.global()));
+  CHECK(parallel.server().privacy_state().clip_norm == straight.server().privacy_state().clip_norm);
+
+  dp_scratch dir("resume");
+  dp_fedit first(train_both{}, fedavg{}, one, linear_start(), dp);
+  for (int t = 0; t < 3; ++t) first.run_round(p.clients);
+  save_checkpoint(dir.path, first.server());
+  dp_fedit resumed(train_both{}, fedavg{}, one, linear_start(), dp);
+  load_checkpoint(dir.path, resumed.server());
+  CHECK(resumed.server().privacy_state().rounds == 3);
+  CHECK(resumed.server().privacy_state().clip_norm == first.server().privacy_state().clip_norm);
+  const auto rest = resumed.run(p.clients);
+  REQUIRE(rest.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(*rest[i].epsilon == *all[3 + i].epsilon);  // the same spent budget, bit for bit
+    CHECK(*rest[i].clip_norm == *all[3 + i].clip_norm);
+    CHECK(rest[i].participants == all[3 + i].participants);
+  }
+  CHECK(test::bit_equal(resumed.global(), straight.global()));
+  CHECK(resumed.server().privacy_state().clip_norm == straight.server().privacy_state().clip_norm);
+  // Other DP parameters belong to another run: refused, naming the difference.
+  privacy::client_dp other = dp;
+  other.noise_multiplier = 0.9;
+  dp_fedit wrong(train_both{}, fedavg{}, one, linear_start(), other);
+  const auto why =
+      test::message_of<config_error>([&] { load_checkpoint(dir.path, wrong.server()); });
+  CHECK(why.find("privacy.noise_multiplier") != std::string::npos);
+  CHECK(wrong.next_round() == 0);
+  // A federation without DP cannot resume a DP checkpoint either.
+  federation<dp_backend, train_both, fedavg> plain(train_both{}, fedavg{}, one, linear_start());
+  CHECK_THROWS_AS(load_checkpoint(dir.path, plain.server()), config_error);
+}
+
+TEST_CASE(
+    "client DP composes with means of factors only (median, stacking, SVD, residual refused)") {
+  static_assert(mean_of_factors_aggregator<fedavg>);
+  static_assert(mean_of_factors_aggregator<orthonormalize_a<fedavg>>);
+  static_assert(!mean_of_factors_aggregator<factorwise<coordinate_median>>);
+  static_assert(!mean_of_factors_aggregator<orthonormalize_a<factorwise<coordinate_median>>>);
+  static_assert(!mean_of_factors_aggregator<flora_stack>);
+  static_assert(!mean_of_factors_aggregator<svd_resplit>);
+  static_assert(!mean_of_factors_aggregator<fedex_residual>);
+  static_assert(!mean_of_factors_aggregator<procrustes>);
+  static_assert(!mean_of_factors_aggregator<padded_fedavg>);
+  // RoLoRA (alternating, orthonormalised A) and FFA-LoRA (B only) run under DP: the factor that
+  // trains is the one clipped; the frozen one never changes.
+  auto p = dp_problem(4);
+  const privacy::client_dp dp{.clip_norm = 0.2, .noise_multiplier = 0.3, .sampling_rate = 1.0};
+  federation<dp_backend, freeze_a, fedavg, privacy::client_dp> ffa(
+      freeze_a{}, fedavg{}, dp_config(3), linear_start(), dp);
+  ffa.run(p.clients);
+  CHECK((ffa.global().at(theory::module_name).A.array() ==
+         linear_start().at(theory::module_name).A.array())
+            .all());
+  federation<dp_backend, alternating, orthonormalize_a<fedavg>, privacy::client_dp> rolora(
+      alternating{}, orthonormalize_a<fedavg>{}, dp_config(4), linear_start(), dp);
+  CHECK(rolora.run(p.clients).size() == 4);
 }

@@ -32,6 +32,8 @@ struct client_update {
   std::size_t round = 0;                    // the round it answers
   double loss = 0.0;                        // mean loss over its local steps
   optimizer_state<Backend> optimizer = {};  // after local training (kept on request)
+  // Client-level DP: whether the client's clip scaled its change (adaptive clipping's bit).
+  bool clipped = false;
 };
 
 // w_i = n_i / sum n (by_samples) or 1 / K (uniform).

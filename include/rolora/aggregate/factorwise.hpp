@@ -26,13 +26,19 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace rolora {
 
+struct weighted_mean;
+
 template <class Reduce>
 struct factorwise {
   static constexpr std::string_view name = Reduce::name;
+  // A mean of the uploaded factors (mean_of_factors_aggregator, client-level DP) only for the
+  // weighted mean; a median or trimmed mean is not.
+  static constexpr bool mean_of_factors = std::is_same_v<Reduce, weighted_mean>;
   Reduce reduce{};
 
   template <backend Backend>

@@ -42,6 +42,8 @@ template <class Inner = fedavg>
 struct orthonormalize_a {
   static constexpr std::string_view name = "orthonormalize_a";
   static constexpr bool accepts_heterogeneous_ranks = heterogeneous_rank_aggregator<Inner>;
+  // Post-processing of the inner merge: a mean of factors when the inner one is (client DP).
+  static constexpr bool mean_of_factors = mean_of_factors_aggregator<Inner>;
   Inner inner{};
 
   template <backend Backend>

@@ -277,6 +277,15 @@ concept heterogeneous_rank_aggregator = requires {
   requires bool(G::accepts_heterogeneous_ranks);
 };
 
+// mean_of_factors_aggregator: merge of a single update (weight 1) returns that update's shared
+// factors, possibly post-processed (orthonormalize_a), so that client-level DP can hand it the
+// noised mean of the clipped updates (privacy/client_dp.hpp). Declared, not inferred:
+//   static constexpr bool mean_of_factors = true
+template <class G>
+concept mean_of_factors_aggregator = requires {
+  requires bool(G::mean_of_factors);
+};
+
 template <class G, class B>
 concept residual_tracking_aggregator = requires(const G& g, const adapter_set<B>& global,
                                                 std::span<const client_update<B>> updates,

@@ -105,6 +105,15 @@ class config_error : public error {
   static constexpr std::string_view id = "config_error";
 };
 
+// A differentially private federation that would spend more than its target (epsilon, delta) in
+// its next round: it stops before that round (nothing changes); the message names the epsilon
+// spent so far, the epsilon the round would bring it to, and the target (privacy/client_dp.hpp).
+class privacy_budget_exceeded : public error {
+ public:
+  using error::error;
+  static constexpr std::string_view id = "privacy_budget_exceeded";
+};
+
 namespace detail {
 
 template <class... Parts>

@@ -22,6 +22,8 @@ enum class stream : std::uint32_t {
   client_sampling = 4,  // which clients take part in a round
   batching = 5,         // minibatch selection during local steps
   dropout = 6,          // client dropout and LoRA dropout
+  dp_noise = 7,         // differential privacy: the Gaussian noise of a round (seeded, for
+                        // experiments: whoever knows the seed can subtract it; docs/privacy.md)
 };
 
 namespace detail {

@@ -3,8 +3,9 @@
 //
 //   DIR/latest                      "ckpt-<seq>": the complete checkpoint to resume from
 //   DIR/ckpt-<seq>/server.json      round, RNG position, byte totals, residual increments, per
-//                                   client bookkeeping, the description a resume must match (and
-//                                   its FNV-1a fingerprint), the caller's own JSON ("user")
+//                                   client bookkeeping, client DP's state (rounds accounted, C),
+//                                   the description a resume must match (and its FNV-1a
+//                                   fingerprint), the caller's own JSON ("user")
 //   DIR/ckpt-<seq>/server.safetensors
 //                                   tensors in the backend's precision (F32/F64, exact):
 //                                   global/<module>/{lora_A,lora_B,residual}, global_save/<name>,
@@ -18,13 +19,14 @@
 // keyed by (seed, round, client) (federated/sampling.hpp), so no generator state needs saving.
 // A resume is refused (config_error naming the first difference) unless backend, policy and
 // aggregator names, every federation_config field that changes bits (all but num_rounds and
-// threads), the model's modules and shapes, and the caller's `identity` JSON (data, method
-// hyper-parameters, anything else the run depends on) are those of the checkpoint.
-// POSIX only (open/fsync/rename).
+// threads), client DP's parameters (clip norm, noise, sampling, adaptive clipping, budget), the
+// model's modules and shapes, and the caller's `identity` JSON (data, method hyper-parameters,
+// anything else the run depends on) are those of the checkpoint. POSIX only (open/fsync/rename).
 #pragma once
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -164,28 +166,47 @@ json describe(const Server& server, const json& identity) {
   for (const auto& [name, w] : server.global().modules_to_save()) {
     saved[name] = {{"rows", Backend::rows(w)}, {"cols", Backend::cols(w)}};
   }
-  return {{"backend", std::string(Backend::name)},
-          {"policy", std::string(std::remove_cvref_t<decltype(server.policy())>::name)},
-          {"aggregator", std::string(std::remove_cvref_t<decltype(server.aggregator())>::name)},
-          {"config",
-           {{"clients_per_round", c.clients_per_round},
-            {"client_dropout", c.client_dropout},
-            {"local_steps", c.local_steps},
-            {"batch_size", c.batch_size},
-            {"local_optimizer", describe(c.local_optimizer)},
-            {"keep_optimizer_state", c.keep_optimizer_state},
-            {"client_weighting",
-             c.client_weighting == weighting::by_samples ? "by_samples" : "uniform"},
-            {"closed_form_b", c.closed_form_b},
-            {"measure_aggregation_error", c.measure_aggregation_error},
-            {"client_ranks", c.client_ranks},
-            {"client_rank_scaling", int(c.client_rank_scaling)},
-            {"on_bad_update", c.on_bad_update == bad_update_policy::drop ? "drop" : "fail"},
-            {"min_clients", c.min_clients},
-            {"max_abs_entry", c.max_abs_entry},
-            {"seed", c.seed}}},
-          {"model", {{"adapters", model}, {"modules_to_save", saved}}},
-          {"identity", identity}};
+  json d = {{"backend", std::string(Backend::name)},
+            {"policy", std::string(std::remove_cvref_t<decltype(server.policy())>::name)},
+            {"aggregator", std::string(std::remove_cvref_t<decltype(server.aggregator())>::name)},
+            {"config",
+             {{"clients_per_round", c.clients_per_round},
+              {"client_dropout", c.client_dropout},
+              {"local_steps", c.local_steps},
+              {"batch_size", c.batch_size},
+              {"local_optimizer", describe(c.local_optimizer)},
+              {"keep_optimizer_state", c.keep_optimizer_state},
+              {"client_weighting",
+               c.client_weighting == weighting::by_samples ? "by_samples" : "uniform"},
+              {"closed_form_b", c.closed_form_b},
+              {"measure_aggregation_error", c.measure_aggregation_error},
+              {"client_ranks", c.client_ranks},
+              {"client_rank_scaling", int(c.client_rank_scaling)},
+              {"on_bad_update", c.on_bad_update == bad_update_policy::drop ? "drop" : "fail"},
+              {"min_clients", c.min_clients},
+              {"max_abs_entry", c.max_abs_entry},
+              {"seed", c.seed}}},
+            {"model", {{"adapters", model}, {"modules_to_save", saved}}},
+            {"identity", identity}};
+  if constexpr (requires { server.privacy().clip_norm; }) {  // client-level DP's parameters
+    const auto& p = server.privacy();
+    json adaptive = nullptr;
+    if (p.adaptive) {
+      adaptive = {{"target_unclipped_quantile", p.adaptive->target_unclipped_quantile},
+                  {"learning_rate", p.adaptive->learning_rate},
+                  {"bit_noise", p.adaptive->bit_noise}};
+    }
+    d["privacy"] = {
+        {"mechanism", std::string(p.name)},
+        {"clip_norm", p.clip_norm},
+        {"noise_multiplier", p.noise_multiplier},
+        {"sampling", p.sampling == privacy::client_sampling::poisson ? "poisson" : "fixed"},
+        {"sampling_rate", p.sampling_rate},
+        {"adaptive", adaptive},
+        {"target_epsilon", p.target_epsilon ? json(*p.target_epsilon) : json(nullptr)},
+        {"delta", p.delta}};
+  }
+  return d;
 }
 
 template <class Backend>
@@ -227,6 +248,10 @@ void save_checkpoint(const std::filesystem::path& dir, const Server& server,
   j["fingerprint"] = detail::ckpt::fingerprint(description.dump());
   j["bytes"] = {{"total_up", state.total_bytes_up}, {"total_down", state.total_bytes_down}};
   j["residual_increments"] = state.residual_increments;
+  if constexpr (requires { state.privacy.clip_norm; }) {  // the accountant's state and C, exact
+    j["privacy"] = {{"rounds", state.privacy.rounds},
+                    {"clip_norm_bits", std::bit_cast<std::uint64_t>(state.privacy.clip_norm)}};
+  }
   std::map<std::string, tensor_data> tensors;
   for (const auto& [name, a] : state.global) {
     j["scaling"][name] = double(a.scaling);
@@ -328,6 +353,11 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, Server& server,
     s.total_bytes_up = j.at("bytes").at("total_up").get<std::size_t>();
     s.total_bytes_down = j.at("bytes").at("total_down").get<std::size_t>();
     s.residual_increments = j.at("residual_increments").get<std::vector<std::size_t>>();
+    if constexpr (requires { s.privacy.clip_norm; }) {
+      s.privacy.rounds = j.at("privacy").at("rounds").get<std::size_t>();
+      s.privacy.clip_norm =
+          std::bit_cast<double>(j.at("privacy").at("clip_norm_bits").get<std::uint64_t>());
+    }
     s.global = server.global();  // names, shapes and what the file does not hold
     for (auto& [module, a] : s.global) {
       const std::string p = "global/" + module + "/";

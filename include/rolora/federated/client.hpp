@@ -7,6 +7,7 @@
 // count and its mean step loss. The server (federated/server.hpp) treats every upload as hostile.
 #pragma once
 #include <cstddef>
+#include <optional>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/aggregate.hpp>
@@ -14,6 +15,7 @@
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/task.hpp>
+#include <rolora/privacy/client_dp.hpp>
 
 namespace rolora {
 
@@ -25,6 +27,9 @@ struct client_download {
   factor_set trains;                   // the factors to train this round
   adapter_set<Backend> adapters;       // global at the client's rank, with its local factors
   optimizer_state<Backend> optimizer;  // its kept moments (fresh unless keep_optimizer_state)
+  // Client-level DP (privacy/client_dp.hpp): the clip norm and the factors whose change the
+  // client clips before uploading; unset without DP.
+  std::optional<privacy::clip_request> clip = std::nullopt;
 };
 
 // Client -> server is a client_update (aggregate/aggregate.hpp): the one upload type, which the
@@ -39,6 +44,14 @@ client_update<Backend> train_locally(Task& task, client_download<Backend> downlo
                 "rolora::train_locally: the Task type does not model rolora::client_task: it needs "
                 "num_samples(), loss(adapters) and loss_and_grad(adapters, batch, trains, grads) "
                 "(see federated/task.hpp)");
+  // DP: the last step of the upload is the clip of the change from the download.
+  std::optional<adapter_set<Backend>> reference;
+  if (download.clip) reference = download.adapters;
+  const auto clipped = [&](client_update<Backend>& up) {
+    if (reference)
+      up.clipped = privacy::clip_update(*reference, up.adapters, *download.clip).clipped;
+    return std::move(up);
+  };
   client_update<Backend> up{download.client,
                             double(task.num_samples()),
                             std::move(download.adapters),
@@ -49,7 +62,7 @@ client_update<Backend> train_locally(Task& task, client_download<Backend> downlo
     if (config.closed_form_b && download.trains == only_b) {
       task.solve_b(up.adapters);
       up.loss = task.loss(up.adapters);
-      return up;
+      return clipped(up);
     }
   }
   batch_sampler batches(config.seed, download.round, download.client, task.num_samples(),
@@ -61,7 +74,7 @@ client_update<Backend> train_locally(Task& task, client_download<Backend> downlo
     up.optimizer.step(config.local_optimizer, up.adapters, grads, download.trains);
   }
   up.loss = loss / double(config.local_steps);
-  return up;
+  return clipped(up);
 }
 
 }  // namespace rolora

@@ -191,7 +191,9 @@ std::vector<round_report> run(Transport& transport, Federation& fed, std::vector
   return reports;
 }
 
-template <class Backend, class UpdatePolicy, class Aggregator = fedavg>
+// Privacy: no_privacy, or privacy::client_dp for client-level differential privacy
+// (privacy/client_dp.hpp; only with an aggregator that is a mean of factors).
+template <class Backend, class UpdatePolicy, class Aggregator = fedavg, class Privacy = no_privacy>
 class federation {
   static_assert(backend<Backend>,
                 "rolora::federation: the Backend type does not model rolora::backend; use "
@@ -211,11 +213,12 @@ class federation {
  public:
   using backend_type = Backend;
   using adapters_type = adapter_set<Backend>;
-  using server_type = federation_server<Backend, UpdatePolicy, Aggregator>;
+  using server_type = federation_server<Backend, UpdatePolicy, Aggregator, Privacy>;
 
   federation(UpdatePolicy policy, Aggregator aggregator, federation_config config,
-             adapters_type initial)
-      : server_(std::move(policy), std::move(aggregator), std::move(config), std::move(initial)) {}
+             adapters_type initial, Privacy privacy = {})
+      : server_(std::move(policy), std::move(aggregator), std::move(config), std::move(initial),
+                std::move(privacy)) {}
 
   const adapters_type& global() const { return server_.global(); }
   const federation_config& config() const { return server_.config(); }

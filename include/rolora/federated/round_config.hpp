@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <rolora/adapter/optimizer.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/ranks.hpp>
@@ -69,6 +70,10 @@ struct round_report {
   std::size_t total_bytes_up = 0;         // since round 0
   std::size_t total_bytes_down = 0;
   double seconds = 0.0;
+  // Client-level DP only (privacy/client_dp.hpp): epsilon spent after this round (at the
+  // configured delta) and the clip norm C the round used.
+  std::optional<double> epsilon = std::nullopt;
+  std::optional<double> clip_norm = std::nullopt;
 };
 
 }  // namespace rolora

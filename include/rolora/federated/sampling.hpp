@@ -36,6 +36,20 @@ inline std::vector<std::size_t> sample_clients(std::uint64_t seed, std::size_t r
   return ids;
 }
 
+// Poisson sampling (differential privacy's assumption, privacy/accountant.hpp): each of the
+// `num_clients` clients takes part in round `round` independently with probability `rate`, in
+// increasing order. May return no client at all (with rate 0.01 and 100 clients, 37% of rounds).
+// Sub-stream 1 of the client-sampling stream (sample_clients draws from sub-stream 0).
+inline std::vector<std::size_t> poisson_sample_clients(std::uint64_t seed, std::size_t round,
+                                                       std::size_t num_clients, double rate) {
+  std::vector<std::size_t> ids;
+  const random_stream rs(seed, stream::client_sampling, static_cast<std::uint32_t>(round), 1);
+  for (std::size_t c = 0; c < num_clients; ++c) {
+    if (rs.uniform(c) < rate) ids.push_back(c);
+  }
+  return ids;
+}
+
 // Whether client `client` fails to report in round `round`, with probability `rate`.
 inline bool drops_out(std::uint64_t seed, std::size_t round, std::size_t client, double rate) {
   if (rate <= 0.0) return false;

@@ -39,6 +39,7 @@
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
 #include <rolora/federated/wire.hpp>
+#include <rolora/privacy/client_dp.hpp>
 #include <span>
 #include <string>
 #include <string_view>
@@ -50,7 +51,7 @@ namespace rolora {
 namespace detail {
 
 // Rethrows the rolora error in flight as remake(e), e seen as its rolora type (shape_error,
-// value_error, config_error, or error for any other).
+// value_error, config_error, privacy_budget_exceeded, or error for any other).
 template <class Remake>
 [[noreturn]] void rethrow_remade(Remake&& remake) {
   try {
@@ -60,6 +61,8 @@ template <class Remake>
   } catch (const value_error& e) {
     throw remake(e);
   } catch (const config_error& e) {
+    throw remake(e);
+  } catch (const privacy_budget_exceeded& e) {
     throw remake(e);
   } catch (const error& e) {
     throw remake(e);
@@ -98,11 +101,25 @@ struct received_upload {
   std::string error;  // when !upload
 };
 
-template <class Backend, class UpdatePolicy, class Aggregator>
+// Privacy: no_privacy (the default) or privacy::client_dp, client-level differential privacy
+// (privacy/client_dp.hpp): the client clips (federated/client.hpp), the server samples, checks
+// the clip, noises the mean around the aggregator, adapts C and keeps the budget.
+template <class Backend, class UpdatePolicy, class Aggregator, class Privacy = no_privacy>
 class federation_server {
   static_assert(backend<Backend> && update_policy<UpdatePolicy> &&
                     aggregator_for<Aggregator, Backend>,
                 "rolora::federation_server: see the requirements stated by rolora::federation");
+  static_assert(std::is_same_v<Privacy, no_privacy> || std::is_same_v<Privacy, privacy::client_dp>,
+                "rolora::federation: Privacy must be rolora::no_privacy or "
+                "rolora::privacy::client_dp");
+  static constexpr bool client_level_dp = std::is_same_v<Privacy, privacy::client_dp>;
+  static_assert(
+      !client_level_dp || mean_of_factors_aggregator<Aggregator>,
+      "rolora::federation: client-level DP (privacy::client_dp) needs an aggregator whose "
+      "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>): "
+      "FLoRA's stacking, FlexLoRA's SVD, FedEx-LoRA's residual, FedRot-LoRA's rotations "
+      "and median or trimmed-mean reducers are not, so clipping the uploads would not "
+      "bound what one client changes");
 
  public:
   using backend_type = Backend;
@@ -116,11 +133,12 @@ class federation_server {
   };
 
   federation_server(UpdatePolicy policy, Aggregator aggregator, federation_config config,
-                    adapters_type initial)
+                    adapters_type initial, Privacy privacy = {})
       : policy_(std::move(policy)),
         aggregator_(std::move(aggregator)),
         config_(std::move(config)),
-        global_(std::move(initial)) {
+        global_(std::move(initial)),
+        privacy_(std::move(privacy)) {
     // Adapters, modules to save, or both: modules to save alone is the head-only control (a
     // federated linear probe); it trains in every round because every policy trains some factor.
     if (global_.empty() && global_.modules_to_save().empty()) {
@@ -155,6 +173,7 @@ class federation_server {
         }
       }
     }
+    if constexpr (client_level_dp) check_privacy();
   }
 
   const adapters_type& global() const { return global_; }
@@ -162,6 +181,8 @@ class federation_server {
   const UpdatePolicy& policy() const { return policy_; }
   const Aggregator& aggregator() const { return aggregator_; }
   std::size_t next_round() const { return round_; }
+  const Privacy& privacy() const { return privacy_; }
+  const typename Privacy::state& privacy_state() const { return privacy_state_; }
   // Per client, once the first round fixed their number (empty before).
   const std::vector<client_state>& clients() const { return clients_; }
 
@@ -172,9 +193,11 @@ class federation_server {
     std::vector<client_state> clients;
     std::vector<std::size_t> residual_increments;  // one per completed round
     std::size_t total_bytes_up = 0, total_bytes_down = 0;
+    typename Privacy::state privacy{};  // client DP: C and the rounds the accountant composed
   };
   snapshot save() const {
-    return {round_, global_, clients_, residual_increments_, total_up_, total_down_};
+    return {round_,    global_,     clients_,      residual_increments_,
+            total_up_, total_down_, privacy_state_};
   }
   // Continues from `s`: value_error, changing nothing, unless its global adapters have this
   // server's modules at their shapes and its history is consistent with its round.
@@ -217,12 +240,20 @@ class federation_server {
       if (c.residual_synced > s.round)
         mismatch("a client synced to round ", c.residual_synced, " > ", s.round);
     }
+    if constexpr (client_level_dp) {
+      if (s.privacy.rounds != s.round || !(s.privacy.clip_norm > 0.0) ||
+          !std::isfinite(s.privacy.clip_norm)) {
+        mismatch("the privacy state (", s.privacy.rounds, " rounds accounted, clip norm ",
+                 s.privacy.clip_norm, ") does not fit ", s.round, " completed rounds");
+      }
+    }
     round_ = s.round;
     global_ = std::move(s.global);
     clients_ = std::move(s.clients);
     residual_increments_ = std::move(s.residual_increments);
     total_up_ = s.total_bytes_up;
     total_down_ = s.total_bytes_down;
+    privacy_state_ = s.privacy;
   }
 
   // A client's adapters as it would use them: the global ones at its rank, with its local factors.
@@ -258,14 +289,17 @@ class federation_server {
     if (clients_.empty()) clients_.resize(num_clients);
     const std::size_t t = round_;
     check_policy_round(policy_, t);
-    round_plan plan{t,
-                    policy_.trains(t),
-                    policy_.shares(t),
-                    sample_clients(config_.seed, t, num_clients, config_.clients_per_round),
-                    {}};
+    if constexpr (client_level_dp) {
+      check_budget(t);
+      (void)privacy_.update_noise_multiplier(num_clients, config_.clients_per_round);  // z < 2 sb
+    }
+    round_plan plan{t, policy_.trains(t), policy_.shares(t), sample(t, num_clients), {}};
     for (std::size_t c : plan.sampled) {
       if (!drops_out(config_.seed, t, c, config_.client_dropout)) plan.reporting.push_back(c);
     }
+    // Under client DP a round with no participant is a round (the mean gets its noise), and
+    // min_clients is 1: how many come back does not decide whether the mechanism runs.
+    if (client_level_dp) return plan;
     if (plan.reporting.empty()) {
       detail::raise<value_error>(error_context::of_round(t), "no client update arrived (",
                                  plan.sampled.size(), " sampled, all dropped out)");
@@ -283,6 +317,8 @@ class federation_server {
     client_download<Backend> d{plan.round, client, plan.trains, client_view(client), {}};
     if (config_.keep_optimizer_state && client < clients_.size())
       d.optimizer = clients_[client].optimizer;
+    if constexpr (client_level_dp)
+      d.clip = privacy::clip_request{privacy_state_.clip_norm, plan.shares};
     return d;
   }
 
@@ -315,7 +351,9 @@ class federation_server {
       std::vector<client_update<Backend>> good = validate(plan, received, report.rejected);
       const traffic sent = downloads_of(plan);  // from the state before the round
       const aggregation_result merged = aggregate_round(plan, good);
-      commit(plan, good, merged);  // from here on nothing throws but std::bad_alloc
+      const typename Privacy::state privacy_after = next_privacy_state(plan, good);
+      if constexpr (client_level_dp) report.clip_norm = privacy_state_.clip_norm;  // this round's
+      commit(plan, good, merged, privacy_after);  // from here on nothing throws but bad_alloc
       account(plan, good, merged, received, sent, report);
       return report;
     } catch (const error&) {
@@ -371,7 +409,7 @@ class federation_server {
         rejected.push_back({r.client, std::string(e.message())});
       }
     }
-    if (good.size() < config_.min_clients) {
+    if (!client_level_dp && good.size() < config_.min_clients) {
       std::string reasons;
       for (const auto& r : rejected) reasons += "; " + r.reason;
       detail::raise<value_error>(good.size(), " usable update(s) of ", plan.sampled.size(),
@@ -413,6 +451,15 @@ class federation_server {
                           .same_scaling = true,
                           .min_samples = 1.0,
                           .max_abs_entry = config_.max_abs_entry});
+    if constexpr (client_level_dp) {  // the clip is the client's: checked, never trusted
+      const double limit = privacy_state_.clip_norm;
+      const auto [norm, reference] = privacy::update_norm(client_view(c), u.adapters, plan.shares);
+      if (!(norm <= limit + privacy::clip_tolerance<Backend>(limit, reference))) {
+        detail::raise<value_error>(at, "client ", c, ": its update has L2 norm ", norm,
+                                   ", above the clip norm ", limit,
+                                   " (client-level DP: the client must clip before uploading)");
+      }
+    }
   }
 
   traffic downloads_of(const round_plan& plan) const {
@@ -425,6 +472,13 @@ class federation_server {
   // Aggregate: the checked uploads merged into the global adapters (all or nothing).
   aggregation_result aggregate_round(const round_plan& plan,
                                      const std::vector<client_update<Backend>>& good) {
+    if constexpr (client_level_dp) {
+      return privacy::merge_noised(aggregator_, global_,
+                                   std::span<const client_update<Backend>>(good), plan.shares,
+                                   {config_.client_weighting, policy_.keeps_local(),
+                                    config_.measure_aggregation_error, plan.round},
+                                   noised_round_of(plan));
+    }
     return detail::merge_checked(aggregator_, global_,
                                  std::span<const client_update<Backend>>(good), plan.shares,
                                  {config_.client_weighting, policy_.keeps_local(),
@@ -433,7 +487,8 @@ class federation_server {
 
   // Commit: each participant's kept factors and moments, the residual increments, the round.
   void commit(const round_plan& plan, std::vector<client_update<Backend>>& good,
-              const aggregation_result& merged) {
+              const aggregation_result& merged, const typename Privacy::state& privacy_after) {
+    privacy_state_ = privacy_after;
     const bool keeps_local = policy_.keeps_local().any();
     for (auto& u : good) {
       auto& client = clients_[u.client];
@@ -461,7 +516,7 @@ class federation_server {
         report.dropped.push_back(c);
       }
     }
-    report.train_loss = loss / samples;
+    report.train_loss = samples > 0.0 ? loss / samples : std::nan("");  // NaN: nobody (DP)
     report.aggregation_error = merged.error;
     report.relative_aggregation_error = merged.relative_error;
     std::size_t uploaded = 0;
@@ -474,7 +529,11 @@ class federation_server {
     report.bytes_down = sent.down;
     report.residual_bytes_down = sent.residual_down;
     report.bytes_up_per_client = uploaded ? report.bytes_up / uploaded : 0;
-    report.bytes_down_per_client = report.bytes_down / plan.sampled.size();
+    report.bytes_down_per_client =
+        plan.sampled.empty() ? 0 : report.bytes_down / plan.sampled.size();
+    if constexpr (client_level_dp) {
+      report.epsilon = accountant().epsilon(privacy_state_.rounds, privacy_.delta).epsilon;
+    }
     total_up_ += report.bytes_up;
     total_down_ += report.bytes_down;
     report.total_bytes_up = total_up_;
@@ -500,10 +559,89 @@ class federation_server {
     }
   }
 
+  // Client-level DP (privacy/client_dp.hpp) ---------------------------------------------------
+
+  void check_privacy() {
+    privacy_.check();
+    if (config_.client_weighting != weighting::uniform) {
+      detail::raise<config_error>(
+          "federation: client-level DP needs client_weighting = uniform: weighting by sample "
+          "counts lets one client's count move every other client's weight, so the sum no longer "
+          "changes by at most the clip norm when one client joins or leaves, and the counts "
+          "themselves leak");
+    }
+    if (config_.min_clients != 1) {
+      detail::raise<config_error>("federation: client-level DP needs min_clients = 1 (got ",
+                                  config_.min_clients,
+                                  "): a round runs the mechanism whoever comes back, even nobody");
+    }
+    if (!config_.client_ranks.empty()) {
+      detail::raise<config_error>(
+          "federation: client-level DP does not take heterogeneous client_ranks");
+    }
+    privacy_state_.clip_norm = privacy_.clip_norm;
+  }
+
+  // The round's clients: Poisson sampling under client DP with sampling = poisson, else the
+  // fixed number clients_per_round.
+  std::vector<std::size_t> sample(std::size_t t, std::size_t num_clients) const {
+    if constexpr (client_level_dp) {
+      if (privacy_.sampling == privacy::client_sampling::poisson)
+        return poisson_sample_clients(config_.seed, t, num_clients, privacy_.sampling_rate);
+    }
+    return sample_clients(config_.seed, t, num_clients, config_.clients_per_round);
+  }
+
+  const privacy::round_accountant& accountant() const {
+    if (!accountant_) {
+      accountant_.emplace(privacy_.accounting_rate(clients_.size(), config_.clients_per_round),
+                          privacy_.noise_multiplier);
+    }
+    return *accountant_;
+  }
+
+  // Fail closed: round t may run only if the epsilon after it stays within the target.
+  void check_budget(std::size_t t) const {
+    if (!privacy_.target_epsilon) return;
+    const double after = accountant().epsilon(privacy_state_.rounds + 1, privacy_.delta).epsilon;
+    if (after > *privacy_.target_epsilon) {
+      const double spent = accountant().epsilon(privacy_state_.rounds, privacy_.delta).epsilon;
+      detail::raise<privacy_budget_exceeded>(
+          error_context::of_round(t), "privacy budget: ", privacy_state_.rounds,
+          " rounds spent epsilon ", spent, " of the target epsilon ", *privacy_.target_epsilon,
+          " at delta ", privacy_.delta, "; round ", t, " would bring it to ", after,
+          ", so the federation stops before it");
+    }
+  }
+
+  privacy::noised_round noised_round_of(const round_plan& plan) const {
+    const std::size_t n = clients_.size(), m = config_.clients_per_round;
+    return {privacy_state_.clip_norm, privacy_.update_noise_multiplier(n, m),
+            privacy_.expected_participants(n, m), config_.seed, plan.round};
+  }
+
+  typename Privacy::state next_privacy_state(
+      const round_plan& plan, const std::vector<client_update<Backend>>& good) const {
+    if constexpr (client_level_dp) {
+      const std::size_t n = clients_.size(), m = config_.clients_per_round;
+      privacy::client_dp_state next = privacy_state_;
+      next.rounds += 1;
+      next.clip_norm = privacy::next_clip_norm(
+          privacy_, privacy_state_.clip_norm, std::span<const client_update<Backend>>(good),
+          privacy_.expected_participants(n, m), privacy_.bit_noise(n, m), config_.seed, plan.round);
+      return next;
+    } else {
+      return privacy_state_;
+    }
+  }
+
   UpdatePolicy policy_;
   Aggregator aggregator_;
   federation_config config_;
   adapters_type global_;
+  Privacy privacy_;
+  typename Privacy::state privacy_state_{};
+  mutable std::optional<privacy::round_accountant> accountant_;  // built once N is known
   std::vector<client_state> clients_;
   std::vector<std::size_t> residual_increments_;  // per round: aggregation_result::residual_scalars
   std::size_t round_ = 0;

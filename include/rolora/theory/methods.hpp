@@ -28,6 +28,7 @@
 #include <rolora/aggregate/svd_resplit.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/policy/policies.hpp>
+#include <rolora/privacy/client_dp.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <string>
 #include <string_view>
@@ -72,7 +73,13 @@ struct method_options {
   std::uint64_t seed = 0;  // adapter init (A0) and the federation's streams
   bad_update_policy on_bad_update = bad_update_policy::fail;
   std::size_t min_clients = 1;
+  // Client-level DP (privacy/client_dp.hpp): every method whose aggregate is a mean of factors
+  // (RoLoRA, FFA-LoRA, FedIT, FedSA-LoRA's A); the others are refused with a config_error.
+  std::optional<privacy::client_dp> dp = std::nullopt;
 };
+
+// Rounds per iteration: 2 for RoLoRA (a B round and an A round), 1 for the others.
+inline std::size_t rounds_per_iteration(method m) { return m == method::rolora ? 2 : 1; }
 
 // The state after each iteration (iteration 0: the initial state).
 struct iteration_record {
@@ -83,6 +90,7 @@ struct iteration_record {
   double gap_to_optimum = 0.0;     // ||B A - optimum||_F / ||optimum||_F
   std::size_t bytes_up = 0;        // cumulative upload, all clients
   std::size_t bytes_down = 0;      // cumulative download, all clients (residual updates included)
+  std::optional<double> epsilon = std::nullopt;  // client DP: spent after the iteration's rounds
 };
 
 // A0 [r, d]: orthonormal rows, random, or at sin theta = init_angle from `reference` (every
@@ -125,10 +133,11 @@ iteration_record measure(const linear_problem<Backend>& p,
   return rec;
 }
 
-template <backend Backend, class Policy, class Aggregator, class Hooks>
-std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Aggregator aggregator,
-                                  federation_config config, std::size_t rounds_per_iteration,
-                                  std::size_t iterations, const host& a0, Hooks& hooks) {
+template <backend Backend, class Policy, class Aggregator, class Privacy, class Hooks>
+std::vector<iteration_record> run_with(linear_problem<Backend>& p, Policy policy,
+                                       Aggregator aggregator, federation_config config,
+                                       std::size_t rounds_per_iteration, std::size_t iterations,
+                                       const host& a0, Hooks& hooks, Privacy privacy) {
   using T = typename Backend::scalar;
   adapter_set<Backend> initial;
   const index_t r = p.config.rank;
@@ -138,13 +147,15 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
   if constexpr (requires { hooks.serve_clients(config, p.clients); }) {
     if (hooks.serve_clients(config, p.clients)) return {};
   }
-  federation<Backend, Policy, Aggregator> fed(policy, aggregator, config, std::move(initial));
+  federation<Backend, Policy, Aggregator, Privacy> fed(policy, aggregator, config,
+                                                       std::move(initial), std::move(privacy));
   std::vector<iteration_record> records{measure(p, p.clients, fed, 0)};
   if constexpr (requires { hooks.resume(fed.server(), records); })
     hooks.resume(fed.server(), records);
   for (std::size_t it = records.size(); it <= iterations; ++it) {
     double error = 0.0;
     std::size_t up = 0, down = 0;
+    std::optional<double> epsilon;
     for (std::size_t k = 0; k < rounds_per_iteration; ++k) {
       const auto report = [&] {
         if constexpr (requires { hooks.run_round(fed, p.clients); }) {
@@ -156,17 +167,39 @@ std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Agg
       error = std::max(error, report.aggregation_error);
       up = report.total_bytes_up;
       down = report.total_bytes_down;
+      epsilon = report.epsilon;
     }
     auto rec = measure(p, p.clients, fed, it);
     rec.aggregation_error = error;
     rec.bytes_up = up;
     rec.bytes_down = down;
+    rec.epsilon = epsilon;
     records.push_back(rec);
     if constexpr (requires { hooks.iteration_done(fed.server(), records); }) {
       hooks.iteration_done(fed.server(), records);
     }
   }
   return records;
+}
+
+// Without DP, or with client-level DP where the aggregator is a mean of factors.
+template <backend Backend, class Policy, class Aggregator, class Hooks>
+std::vector<iteration_record> run(linear_problem<Backend>& p, Policy policy, Aggregator aggregator,
+                                  federation_config config, std::size_t rounds_per_iteration,
+                                  std::size_t iterations, const host& a0, Hooks& hooks,
+                                  const std::optional<privacy::client_dp>& dp) {
+  if (!dp) {
+    return run_with(p, policy, aggregator, config, rounds_per_iteration, iterations, a0, hooks,
+                    no_privacy{});
+  }
+  if constexpr (mean_of_factors_aggregator<Aggregator>) {
+    return run_with(p, policy, aggregator, config, rounds_per_iteration, iterations, a0, hooks,
+                    *dp);
+  } else {
+    rolora::detail::raise<config_error>(
+        "client-level DP needs an aggregator whose result is a mean of the uploaded factors; '",
+        Aggregator::name, "' is not (docs/privacy.md: what composes with DP)");
+  }
 }
 
 }  // namespace detail
@@ -199,24 +232,25 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   switch (m) {
     case method::rolora:
       config.closed_form_b = true;
-      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config, 2, o.iterations, a0,
-                         hooks);
+      return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config,
+                         rounds_per_iteration(m), o.iterations, a0, hooks, o.dp);
     case method::ffa:
       config.closed_form_b = true;
-      return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0, hooks);
+      return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0, hooks, o.dp);
     case method::fedit:
-      return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0, hooks);
+      return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0, hooks, o.dp);
     case method::fedsa:
-      return detail::run(p, fedsa{}, fedavg{}, config, 1, o.iterations, a0, hooks);
+      return detail::run(p, fedsa{}, fedavg{}, config, 1, o.iterations, a0, hooks, o.dp);
     case method::flexlora:
-      return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0, hooks);
+      return detail::run(p, train_both{}, svd_resplit{}, config, 1, o.iterations, a0, hooks, o.dp);
     case method::flora:
       return detail::run(p, train_both{}, flora_stack{o.seed, lora_init::kaiming_uniform}, config,
-                         1, o.iterations, a0, hooks);
+                         1, o.iterations, a0, hooks, o.dp);
     case method::fedex:
-      return detail::run(p, train_both{}, fedex_residual{}, config, 1, o.iterations, a0, hooks);
+      return detail::run(p, train_both{}, fedex_residual{}, config, 1, o.iterations, a0, hooks,
+                         o.dp);
     case method::fedrot:
-      return detail::run(p, train_both{}, procrustes{}, config, 1, o.iterations, a0, hooks);
+      return detail::run(p, train_both{}, procrustes{}, config, 1, o.iterations, a0, hooks, o.dp);
   }
   return {};
 }
