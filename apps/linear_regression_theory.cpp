@@ -60,6 +60,7 @@ struct settings {
   apps::checkpoint_options checkpoint;  // --checkpoint-dir, --checkpoint-every, --resume
   std::size_t crash_after = 0;          // testing: SIGKILL itself after this many iterations
   apps::transport_options transport;    // --transport, --client-timeout, --on-bad-update, ...
+  apps::dp_settings dp;                 // --dp client, --clip-norm, --noise-multiplier, ...
 };
 
 constexpr double converged = 1e-6;     // "sin theta went below" threshold in the summary
@@ -88,15 +89,24 @@ contraction measure_contraction(const history& h) {
   return c;
 }
 
-void write_csv(const std::string& file, const std::vector<method_run>& runs) {
-  apps::csv_file csv(file,
-                     "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,bytes_up,"
-                     "bytes_down");
+// With client-level DP, one more column: epsilon, spent after the iteration (0 at iteration 0).
+void write_csv(const std::string& file, const std::vector<method_run>& runs, bool dp) {
+  apps::csv_file csv(file, dp ? "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,"
+                                "bytes_up,bytes_down,epsilon"
+                              : "method,iteration,sin_theta,loss,aggregation_error,gap_to_optimum,"
+                                "bytes_up,bytes_down");
   for (const auto& run : runs) {
     for (const auto& r : run.records) {
-      csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n",
-              std::string(th::method_name(run.method)).c_str(), r.iteration, r.sin_theta, r.loss,
-              r.aggregation_error, r.gap_to_optimum, r.bytes_up, r.bytes_down);
+      const std::string method(th::method_name(run.method));
+      if (dp) {
+        csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu,%.17g\n", method.c_str(), r.iteration,
+                r.sin_theta, r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up,
+                r.bytes_down, r.epsilon.value_or(0.0));
+      } else {
+        csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n", method.c_str(), r.iteration,
+                r.sin_theta, r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up,
+                r.bytes_down);
+      }
     }
   }
 }
@@ -193,6 +203,7 @@ struct checkpointing {
                       std::bit_cast<std::uint64_t>(r.loss),
                       std::bit_cast<std::uint64_t>(r.aggregation_error),
                       std::bit_cast<std::uint64_t>(r.gap_to_optimum), r.bytes_up, r.bytes_down});
+      if (r.epsilon) rows.back().push_back(std::bit_cast<std::uint64_t>(*r.epsilon));
     }
     return rows;
   }
@@ -204,6 +215,7 @@ struct checkpointing {
                    std::bit_cast<double>(r.at(3).get<std::uint64_t>()),
                    std::bit_cast<double>(r.at(4).get<std::uint64_t>()), r.at(5).get<std::size_t>(),
                    r.at(6).get<std::size_t>()});
+      if (r.size() > 7) h.back().epsilon = std::bit_cast<double>(r.at(7).get<std::uint64_t>());
     }
     return h;
   }
@@ -236,11 +248,21 @@ struct checkpointing {
   }
 };
 
-void print_progress(const method_run& run) {
+void print_progress(const method_run& run, bool dp) {
   for (const auto& r : run.records) {
-    std::printf("%-11s %5zu %13.6e %13.6e %13.6e %12zu\n", display_name(run.method), r.iteration,
+    std::printf("%-11s %5zu %13.6e %13.6e %13.6e %12zu", display_name(run.method), r.iteration,
                 r.sin_theta, r.loss, r.aggregation_error, r.bytes_up);
+    if (dp) std::printf(" %10.4f", r.epsilon.value_or(0.0));
+    std::printf("\n");
   }
+}
+
+// The method's options: client DP's noise, when asked for by --target-epsilon alone, is the
+// smallest that meets it over this method's rounds (RoLoRA: 2 per iteration).
+th::method_options options_for(const settings& s, th::method m) {
+  th::method_options o = s.run;
+  if (s.dp.on()) o.dp = s.dp.to_client_dp(s.run.iterations * th::rounds_per_iteration(m));
+  return o;
 }
 
 th::linear_problem<backend> make_problem(const settings& s) {
@@ -257,10 +279,22 @@ int run_check(const settings& s, apps::app_transport& transport) {
       methods.push_back(m);
     }
   }
+  if (s.dp.on()) {  // refused before any round, in one line
+    for (auto m : methods) {
+      if (m != th::method::rolora && m != th::method::ffa && m != th::method::fedit &&
+          m != th::method::fedsa) {
+        rolora::raise<rolora::config_error>(
+            "--dp client: ", th::method_name(m),
+            "'s aggregate is not a mean of the uploaded factors, so clipping does not bound one "
+            "client's influence; use rolora, ffa, fedit or fedsa (docs/privacy.md)");
+      }
+    }
+  }
   auto problem = make_problem(s);
   if (!transport.is_server()) {  // an MPI client rank: host this rank's clients, method by method
     std::size_t none = 0;
-    for (auto m : methods) th::run_method(problem, m, s.run, checkpointing{s, m, none, transport});
+    for (auto m : methods)
+      th::run_method(problem, m, options_for(s, m), checkpointing{s, m, none, transport});
     return 0;
   }
   if (!s.data.empty()) {
@@ -283,16 +317,16 @@ int run_check(const settings& s, apps::app_transport& transport) {
   const auto a0 = th::initial_a(problem.reference_rows(), s.run.init_angle, s.run.seed);
 
   if (!s.quiet) {
-    std::printf("%-11s %5s %13s %13s %13s %12s\n", "method", "iter", "sin_theta", "loss",
-                "agg_error", "bytes_up");
+    std::printf("%-11s %5s %13s %13s %13s %12s%s\n", "method", "iter", "sin_theta", "loss",
+                "agg_error", "bytes_up", s.dp.on() ? "    epsilon" : "");
   }
   std::vector<method_run> runs;
   std::size_t iterations_run = 0;
   for (auto m : methods) {
-    runs.push_back(
-        {m, th::run_method(problem, m, s.run, checkpointing{s, m, iterations_run, transport})});
+    runs.push_back({m, th::run_method(problem, m, options_for(s, m),
+                                      checkpointing{s, m, iterations_run, transport})});
     transport.finish();
-    if (!s.quiet) print_progress(runs.back());
+    if (!s.quiet) print_progress(runs.back(), s.dp.on());
   }
 
   const auto& c = problem.config;
@@ -315,6 +349,18 @@ int run_check(const settings& s, apps::app_transport& transport) {
                 display_name(run.method), last.sin_theta, last.loss, last.gap_to_optimum, optimum,
                 max_error, last.bytes_up, s.run.iterations ? last.bytes_up / s.run.iterations : 0,
                 last.bytes_down);
+  }
+  if (s.dp.on()) {
+    for (const auto& run : runs) {
+      const auto o = options_for(s, run.method);
+      std::printf(
+          "privacy: %-11s epsilon %.9g (client-level DP, delta %g, q %g, z %.9g, %zu rounds, "
+          "clip norm %g%s)\n",
+          display_name(run.method), run.records.back().epsilon.value_or(0.0), o.dp->delta,
+          o.dp->sampling_rate, o.dp->noise_multiplier,
+          s.run.iterations * th::rounds_per_iteration(run.method), o.dp->clip_norm,
+          o.dp->adaptive ? ", adaptive" : "");
+    }
   }
   std::printf(
       "(one iteration: a B round + an A round for RoLoRA, one round for the others; RoLoRA, "
@@ -373,7 +419,7 @@ int run_check(const settings& s, apps::app_transport& transport) {
   }
 
   if (!s.csv.empty()) {
-    write_csv(s.csv, runs);
+    write_csv(s.csv, runs, s.dp.on());
     std::printf("\nwrote %s\n", s.csv.c_str());
   }
   if (!s.plot.empty()) {
@@ -468,6 +514,7 @@ int main(int argc, char** argv) {
       ->type_name("DIR");
   app.add_flag("--quiet", s.quiet, "print only the summary");
   shared.checkpoint(s.checkpoint, "iterations");
+  shared.client_dp(s.dp);
   apps::add_transport_options(app, s.transport);
   app.add_option("--crash-after", s.crash_after,
                  "testing: kill this process with SIGKILL after N iterations")

@@ -10,6 +10,8 @@
 #include <map>
 #include <optional>
 #include <rolora/federated/methods.hpp>
+#include <rolora/privacy/accountant.hpp>
+#include <rolora/privacy/client_dp.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,6 +32,44 @@ struct learning_rates {
     if (all) return *all;
     const auto it = tuned.find(method);
     return it != tuned.end() ? it->second : otherwise;
+  }
+};
+
+// Client-level differential privacy as the flags set it (--dp client and the rest); to_client_dp
+// turns it into the federation's privacy::client_dp for a run of `rounds` rounds.
+struct dp_settings {
+  std::string mode = "none";               // --dp: none | client
+  double clip_norm = 1.0;                  // --clip-norm
+  std::optional<double> noise_multiplier;  // --noise-multiplier (else from --target-epsilon)
+  std::optional<double> target_epsilon;    // --target-epsilon: the budget, fail-closed
+  double delta = 1e-5;                     // --delta
+  double sampling_rate = 1.0;              // --sampling-rate: Poisson q
+  bool adaptive_clip = false;              // --adaptive-clip
+  double clip_quantile = 0.5;              // --clip-quantile: gamma
+  double clip_lr = 0.2;                    // --clip-lr: eta_C
+  double clip_bit_noise = 0.0;             // --clip-bit-noise: sigma_b (0: qN / 20)
+
+  bool on() const { return mode == "client"; }
+  // config_error when neither or an unusable pair of --noise-multiplier / --target-epsilon.
+  privacy::client_dp to_client_dp(std::size_t rounds) const {
+    privacy::client_dp dp;
+    dp.clip_norm = clip_norm;
+    dp.sampling = privacy::client_sampling::poisson;
+    dp.sampling_rate = sampling_rate;
+    dp.delta = delta;
+    dp.target_epsilon = target_epsilon;
+    if (adaptive_clip)
+      dp.adaptive = privacy::adaptive_clipping{clip_quantile, clip_lr, clip_bit_noise};
+    if (noise_multiplier) {
+      dp.noise_multiplier = *noise_multiplier;
+    } else if (target_epsilon) {
+      dp.noise_multiplier =
+          privacy::noise_multiplier_for(*target_epsilon, delta, sampling_rate, rounds);
+    } else {
+      raise<config_error>("--dp client needs --noise-multiplier or --target-epsilon");
+    }
+    dp.check();
+    return dp;
   }
 };
 
@@ -107,6 +147,88 @@ class shared_options {
   }
   CLI::Option* out(std::string& dir, const std::string& help = "output folder") {
     return app_.add_option("--out", dir, help)->capture_default_str();
+  }
+  // Client-level differential privacy (privacy/client_dp.hpp, docs/privacy.md).
+  CLI::Option* dp(dp_settings& d) {
+    return app_
+        .add_option("--dp", d.mode,
+                    "differential privacy: none, or client (DP-FedAvg: each client's update "
+                    "clipped, Gaussian noise on the sum, divided by the expected count qN)")
+        ->check(CLI::IsMember({"none", "client"}))
+        ->capture_default_str();
+  }
+  CLI::Option* clip_norm(dp_settings& d) {
+    return app_.add_option("--clip-norm", d.clip_norm, "DP: L2 clip norm C of a client's update")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+  }
+  CLI::Option* noise_multiplier(dp_settings& d) {
+    return app_
+        .add_option_function<double>(
+            "--noise-multiplier", [&d](double z) { d.noise_multiplier = z; },
+            "DP: noise multiplier z (noise std z C on the sum); default: the smallest z that "
+            "meets --target-epsilon over the run's rounds")
+        ->check(CLI::NonNegativeNumber);
+  }
+  CLI::Option* target_epsilon(dp_settings& d) {
+    return app_
+        .add_option_function<double>(
+            "--target-epsilon", [&d](double e) { d.target_epsilon = e; },
+            "DP: the budget; the run stops before a round that would exceed it")
+        ->check(CLI::PositiveNumber);
+  }
+  CLI::Option* delta(dp_settings& d) {
+    return app_.add_option("--delta", d.delta, "DP: delta of the (epsilon, delta) guarantee")
+        ->check(CLI::Range(1e-300, 0.5))
+        ->capture_default_str();
+  }
+  CLI::Option* sampling_rate(dp_settings& d) {
+    return app_
+        .add_option("--sampling-rate", d.sampling_rate,
+                    "DP: Poisson client sampling rate q (each client joins a round with "
+                    "probability q; a round may have nobody)")
+        ->check(CLI::Range(1e-9, 1.0))
+        ->capture_default_str();
+  }
+  CLI::Option* adaptive_clip(dp_settings& d) {
+    return app_.add_flag("--adaptive-clip", d.adaptive_clip,
+                         "DP: adaptive clipping (Andrew et al. 2021): C follows the "
+                         "--clip-quantile of the update norms");
+  }
+  CLI::Option* clip_quantile(dp_settings& d) {
+    return app_
+        .add_option("--clip-quantile", d.clip_quantile,
+                    "DP, adaptive clipping: target fraction gamma of unclipped updates")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
+  }
+  CLI::Option* clip_lr(dp_settings& d) {
+    return app_
+        .add_option("--clip-lr", d.clip_lr,
+                    "DP, adaptive clipping: rate eta of C <- C exp(-eta (b - gamma))")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+  }
+  CLI::Option* clip_bit_noise(dp_settings& d) {
+    return app_
+        .add_option("--clip-bit-noise", d.clip_bit_noise,
+                    "DP, adaptive clipping: noise std sigma_b on the count of unclipped updates "
+                    "(0: qN / 20); needs z < 2 sigma_b")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+  }
+  // Every DP flag above, for a driver that supports client-level DP.
+  void client_dp(dp_settings& d) {
+    dp(d);
+    clip_norm(d);
+    noise_multiplier(d);
+    target_epsilon(d);
+    delta(d);
+    sampling_rate(d);
+    adaptive_clip(d);
+    clip_quantile(d);
+    clip_lr(d);
+    clip_bit_noise(d);
   }
   // --checkpoint-dir, --checkpoint-every, --resume; `unit`: "rounds" or "iterations".
   void checkpoint(checkpoint_options& c, const std::string& unit) {
