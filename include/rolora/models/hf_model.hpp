@@ -199,23 +199,18 @@ void attention_forward(const matrix_t<T>& q, const matrix_t<T>& k, const matrix_
       auto p = probs.middleCols((s * heads + h) * len, len);  // [L keys, L queries]
       prims<T>::block_gemm(scale, k.block(g * head_dim, s * len, head_dim, len), op::transpose,
                            q.block(h * head_dim, s * len, head_dim, len), op::none, p);
-      for (index_t j = 0; j < len; ++j) {
+      for (index_t j = 0; j < len; ++j) {  // softmax over the allowed keys of query j
         const index_t keys = causal ? j + 1 : len;
-        T top = std::numeric_limits<T>::lowest();
-        bool any = false;
-        for (index_t i = 0; i < keys; ++i) {
-          if (key_valid(i, s) > T(0)) {
-            top = std::max(top, p(i, j));
-            any = true;
-          }
+        auto scores = p.col(j).head(keys).array();
+        const auto allowed = key_valid.col(s).head(keys).array() > T(0);
+        const T top = allowed.select(scores, std::numeric_limits<T>::lowest()).maxCoeff();
+        p.col(j).tail(len - keys).setZero();
+        if (!allowed.any()) {
+          scores.setZero();
+          continue;
         }
-        T sum = T(0);
-        for (index_t i = 0; i < len; ++i) {
-          const bool allowed = any && i < keys && key_valid(i, s) > T(0);
-          p(i, j) = allowed ? std::exp(p(i, j) - top) : T(0);
-          sum += p(i, j);
-        }
-        if (sum > T(0)) p.col(j) /= sum;
+        scores = allowed.select((scores - top).exp(), T(0));
+        scores /= scores.sum();
       }
       prims<T>::block_gemm(T(1), v.block(g * head_dim, s * len, head_dim, len), op::none, p,
                            op::none, ctx.block(h * head_dim, s * len, head_dim, len));
@@ -231,15 +226,23 @@ void attention_backward(const matrix_t<T>& q, const matrix_t<T>& k, const matrix
   const index_t len = probs.rows(), n = q.cols() / len, group = heads / kv_heads;
   const T scale = T(1) / std::sqrt(T(head_dim));
   dq.resize(q.rows(), q.cols());
-  dk.setZero(k.rows(), k.cols());
-  dv.setZero(v.rows(), v.cols());
+  dk.resize(k.rows(), k.cols());  // every block is written by its group's first query head
+  dv.resize(v.rows(), v.cols());
   ds.resize(len, len);
   for (index_t s = 0; s < n; ++s) {
     for (index_t h = 0; h < heads; ++h) {
       const index_t g = h / group;
       const auto p = probs.middleCols((s * heads + h) * len, len);
       const auto dc = dctx.block(h * head_dim, s * len, head_dim, len);
-      dv.block(g * head_dim, s * len, head_dim, len).noalias() += dc * p.transpose();
+      // dv, dk of key/value head g: written by its first query head, added by the others.
+      auto dv_g = dv.block(g * head_dim, s * len, head_dim, len);
+      auto dk_g = dk.block(g * head_dim, s * len, head_dim, len);
+      const bool first = h % group == 0;
+      if (first) {
+        prims<T>::block_gemm(T(1), dc, op::none, p, op::transpose, dv_g);
+      } else {
+        dv_g.noalias() += dc * p.transpose();
+      }
       prims<T>::block_gemm(T(1), v.block(g * head_dim, s * len, head_dim, len), op::transpose, dc,
                            op::none, ds);  // dL/dp [L keys, L queries]
       for (index_t j = 0; j < len; ++j) {
@@ -248,8 +251,12 @@ void attention_backward(const matrix_t<T>& q, const matrix_t<T>& k, const matrix
       }
       prims<T>::block_gemm(scale, k.block(g * head_dim, s * len, head_dim, len), op::none, ds,
                            op::none, dq.block(h * head_dim, s * len, head_dim, len));
-      dk.block(g * head_dim, s * len, head_dim, len).noalias() +=
-          scale * q.block(h * head_dim, s * len, head_dim, len) * ds.transpose();
+      if (first) {
+        prims<T>::block_gemm(scale, q.block(h * head_dim, s * len, head_dim, len), op::none, ds,
+                             op::transpose, dk_g);
+      } else {
+        dk_g.noalias() += scale * q.block(h * head_dim, s * len, head_dim, len) * ds.transpose();
+      }
     }
   }
 }
