@@ -380,6 +380,9 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--label-column", s.hf.label_column, "--model: the class column (encoders)")
       ->capture_default_str();
+  app.add_option("--split-column", s.hf.split_column,
+                 "--model: --split dirichlet / classes on this column (e.g. a category) instead "
+                 "of the class; decoders need it for a non-iid split");
   app.add_option("--max-examples", s.hf.max_examples,
                  "--model: use the first N rows of each file (0: all)")
       ->capture_default_str();

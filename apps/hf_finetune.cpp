@@ -109,7 +109,8 @@ std::map<std::string, std::int32_t> label_ids(const data::text_table& t, std::si
 
 struct prepared_data {
   hf_examples train, test;
-  std::vector<int> train_labels;  // classification labels, or 0 (the split's input)
+  std::vector<int> train_labels;  // what --split partitions on: the class, the --split-column
+                                  // group, or 0
   std::map<std::string, std::int32_t> classes;
   std::string summary;
 };
@@ -196,6 +197,15 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
     if (out.size() == 0) raise<value_error>(file, ": no examples");
   };
   encode_file(train, s.train_file, d.train, &d.train_labels);
+  if (!s.split_column.empty()) {  // Dirichlet / classes on a user column, e.g. a category
+    const auto column = train.column(s.split_column);
+    const auto groups = label_ids(train, column);
+    d.train_labels.clear();
+    for (const auto& row : train.rows) d.train_labels.push_back(groups.at(row[column]));
+  } else if (!encoder && s.split.kind != "iid") {
+    raise<config_error>("--split ", s.split.kind, " needs a label: a decoder's data are split by "
+                        "--split-column (e.g. a category column)");
+  }
   encode_file(test, s.test_file, d.test, nullptr);
   std::string cols;
   for (const auto& c : columns) cols += (cols.empty() ? "" : ",") + c;

@@ -23,6 +23,7 @@ struct hf_finetune_settings {
   std::vector<std::string> text_columns;  // --text-columns (default: the first that exists of
                                           // sentence, text, or sentence1,sentence2, ...)
   std::string label_column = "label";     // --label-column (classification)
+  std::string split_column;               // --split-column: split on this column, not the label
   std::size_t max_len = 128;              // --max-len: tokens per sequence after truncation
   std::size_t max_examples = 0;           // --max-examples: first N rows of each file (0: all)
   std::string init_adapter;               // --init-adapter: a PEFT directory to start from
