@@ -66,7 +66,7 @@ struct settings {
   apps::app_transport* carrier = nullptr;  // the transport built from it (main)
   std::string backend = "eigen";           // --backend (common/backend_options.hpp)
   std::string base_precision = "fp32";     // --base-precision: fp32 or bf16
-  std::string eval_adapter;  // --eval-adapter: evaluate this PEFT directory, no training
+  std::string eval_adapter;       // --eval-adapter: evaluate this PEFT directory, no training
   apps::hf_finetune_settings hf;  // --model DIR and its data flags (apps/hf_finetune.cpp)
 };
 
@@ -336,9 +336,11 @@ int main(int argc, char** argv) {
   shared.eval_every(s.eval_every);
   shared.validation(s.evaluate_on_validation,
                     "evaluate on the validation split (for tuning) instead of the test split");
-  apps::add_corpus_options(app, t, "bytes per email seen by the built-in model; with --model, tokens per sequence "
-                           "(truncated and padded)",
-                           "pretrained model (built here when missing)");
+  apps::add_corpus_options(
+      app, t,
+      "bytes per email seen by the built-in model; with --model, tokens per sequence "
+      "(truncated and padded)",
+      "pretrained model (built here when missing)");
   app.add_option("--pretrain-steps", t.pretrain.steps,
                  "pretraining steps when the checkpoint must be built")
       ->check(CLI::Range(1, 10000000))
@@ -393,8 +395,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (s.base_precision == "auto" && s.hf.model_dir.empty()) {
-    std::fprintf(stderr, "error: --base-precision auto is for --model; the built-in model takes "
-                         "fp32 or bf16\n");
+    std::fprintf(stderr,
+                 "error: --base-precision auto is for --model; the built-in model takes "
+                 "fp32 or bf16\n");
     return 2;
   }
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
@@ -407,7 +410,8 @@ int main(int argc, char** argv) {
   s.carrier = &carrier;
   if (*model_opt) {
 #ifdef ROLORA_APPS_NO_HF_MODELS
-    std::fprintf(stderr, "error: --model: this build has no Hugging Face models (use the CPU build)\n");
+    std::fprintf(stderr,
+                 "error: --model: this build has no Hugging Face models (use the CPU build)\n");
     return 2;
 #else
     if (app.count("--checkpoint")) {
@@ -420,15 +424,17 @@ int main(int argc, char** argv) {
     }
     if (s.backend != "eigen" || !s.eval_adapter.empty() ||
         std::count(s.methods.begin(), s.methods.end(), "head")) {
-      std::fprintf(stderr, "error: --model runs on --backend eigen, without --eval-adapter and "
-                           "--methods head\n");
+      std::fprintf(stderr,
+                   "error: --model runs on --backend eigen, without --eval-adapter and "
+                   "--methods head\n");
       return 2;
     }
     auto& h = s.hf;
     h.methods = s.methods;
     h.clients = t.clients, h.rounds = s.rounds, h.local_steps = s.local_steps, h.batch = s.batch;
     h.clients_per_round = s.clients_per_round, h.threads = s.threads, h.eval_every = s.eval_every;
-    h.max_len = t.max_len, h.split = t.split, h.seed = t.seed, h.rank = s.rank, h.lora_alpha = s.lora_alpha;
+    h.max_len = t.max_len, h.split = t.split, h.seed = t.seed, h.rank = s.rank,
+    h.lora_alpha = s.lora_alpha;
     if (app.count("--targets")) h.targets = s.targets;
     h.layers.assign(s.layers.begin(), s.layers.end());
     h.train_head = s.train_head, h.optimizer = s.optimizer, h.lr = s.lr;

@@ -69,7 +69,8 @@ struct sequence_builder {
   index_t max_len;
   std::int32_t pad;
 
-  void add(std::vector<std::int32_t> ids, std::vector<std::int32_t> labels, hf_examples& out) const {
+  void add(std::vector<std::int32_t> ids, std::vector<std::int32_t> labels,
+           hf_examples& out) const {
     const auto len = std::size_t(max_len);
     if (ids.size() > len) {
       const bool keep_last = tok.is_special(ids.back());
@@ -87,7 +88,8 @@ struct sequence_builder {
         out.tokens.token_types.push_back(real && sep_seen > 0);
         if (real && tok.specials().sep && ids[j] == *tok.specials().sep) ++sep_seen;
       }
-      if (!is_encoder(config.kind)) out.labels.push_back(real && j < labels.size() ? labels[j] : -100);
+      if (!is_encoder(config.kind))
+        out.labels.push_back(real && j < labels.size() ? labels[j] : -100);
     }
   }
 };
@@ -124,16 +126,20 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
     if (s.max_examples && t->rows.size() > s.max_examples) t->rows.resize(s.max_examples);
   }
   const bool encoder = is_encoder(config.kind);
-  const auto pad = tok.specials().pad ? *tok.specials().pad
+  const auto pad = tok.specials().pad   ? *tok.specials().pad
                    : tok.specials().eos ? *tok.specials().eos
-                                         : std::int32_t(config.pad_token_id);
+                                        : std::int32_t(config.pad_token_id);
   const sequence_builder build{tok, config, index_t(s.max_len), pad};
   auto columns = s.text_columns;
   if (columns.empty()) {
-    for (const auto& candidates : std::vector<std::vector<std::string>>{
-             {"instruction", "input", "output"}, {"sentence1", "sentence2"},
-             {"question", "sentence"}, {"question1", "question2"}, {"premise", "hypothesis"},
-             {"sentence"}, {"text"}}) {
+    for (const auto& candidates :
+         std::vector<std::vector<std::string>>{{"instruction", "input", "output"},
+                                               {"sentence1", "sentence2"},
+                                               {"question", "sentence"},
+                                               {"question1", "question2"},
+                                               {"premise", "hypothesis"},
+                                               {"sentence"},
+                                               {"text"}}) {
       bool all = true;
       for (const auto& c : candidates) all = all && train.has_column(c);
       if (all) {
@@ -151,8 +157,10 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
                         columns.size(), " columns");
   }
   if (!encoder && !alpaca && columns.size() != 1) {
-    raise<config_error>("--text-columns: a decoder learns one text column or the Alpaca columns "
-                        "instruction,input,output, got ", columns.size(), " columns");
+    raise<config_error>(
+        "--text-columns: a decoder learns one text column or the Alpaca columns "
+        "instruction,input,output, got ",
+        columns.size(), " columns");
   }
   if (encoder) d.classes = label_ids(train, train.column(s.label_column));
   if (encoder && index_t(d.classes.size()) > config.num_labels) {
@@ -173,8 +181,9 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
           raise<value_error>(file, ": label '", row[label_col], "' is not a class of ",
                              s.train_file);
         }
-        build.add(col.size() == 1 ? tok.encode(row[col[0]]) : tok.encode_pair(row[col[0]], row[col[1]]),
-                  {}, out);
+        build.add(
+            col.size() == 1 ? tok.encode(row[col[0]]) : tok.encode_pair(row[col[0]], row[col[1]]),
+            {}, out);
         out.labels.push_back(it->second);
         if (labels) labels->push_back(it->second);
       } else if (alpaca) {  // loss on the response only
@@ -203,7 +212,8 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
     d.train_labels.clear();
     for (const auto& row : train.rows) d.train_labels.push_back(groups.at(row[column]));
   } else if (!encoder && s.split.kind != "iid") {
-    raise<config_error>("--split ", s.split.kind, " needs a label: a decoder's data are split by "
+    raise<config_error>("--split ", s.split.kind,
+                        " needs a label: a decoder's data are split by "
                         "--split-column (e.g. a category column)");
   }
   encode_file(test, s.test_file, d.test, nullptr);
@@ -227,7 +237,8 @@ std::pair<double, double> evaluate(const models::hf_model<float>& model,
   std::vector<double> loss(chunks), right(chunks), count(chunks);
   detail::parallel_for(chunks, threads, [&](std::size_t c) {
     std::vector<std::size_t> rows;
-    for (std::size_t r = c * chunk; r < std::min(data.size(), (c + 1) * chunk); ++r) rows.push_back(r);
+    for (std::size_t r = c * chunk; r < std::min(data.size(), (c + 1) * chunk); ++r)
+      rows.push_back(r);
     const auto part = data.select(rows);
     auto& ws = models::hf_task<float>::workspace();
     std::vector<std::int32_t> targets = part.labels;
@@ -271,11 +282,11 @@ std::string probe_base_precision(const models::hf_config& c, std::string& why) {
     }
   }
   const index_t m = c.intermediate_size, k = c.hidden_size, n = 512;
-  const std::string key = cpu + " | " + std::to_string(m) + "x" + std::to_string(k) + "x" +
-                          std::to_string(n);
+  const std::string key =
+      cpu + " | " + std::to_string(m) + "x" + std::to_string(k) + "x" + std::to_string(n);
   const char* xdg = std::getenv("XDG_CACHE_HOME");
   const char* home = std::getenv("HOME");
-  const std::filesystem::path dir = xdg && *xdg   ? std::filesystem::path(xdg) / "rolora"
+  const std::filesystem::path dir = xdg && *xdg     ? std::filesystem::path(xdg) / "rolora"
                                     : home && *home ? std::filesystem::path(home) / ".cache/rolora"
                                                     : std::filesystem::path(".cache/rolora");
   const auto file = dir / "base_precision.json";
@@ -298,7 +309,8 @@ std::string probe_base_precision(const models::hf_config& c, std::string& why) {
     for (int r = 0; r < 5; ++r) {
       const auto t0 = std::chrono::steady_clock::now();
       gemm();
-      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      best = std::min(best,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     return 2.0 * double(m) * double(k) * double(n) / best / 1e9;  // GFLOP/s
   };
@@ -306,8 +318,9 @@ std::string probe_base_precision(const models::hf_config& c, std::string& why) {
   const double bf16 = best_of([&] { backend::frozen_gemm(w16, op::none, x, 0.0f, y); });
   const std::string choice = bf16 > fp32 ? "bf16" : "fp32";
   char text[256];
-  std::snprintf(text, sizeof text, "bf16 GEMM %.0f GFLOP/s (%s) vs fp32 %.0f GFLOP/s at [%ld x %ld] x %ld",
-                bf16, backend::frozen_gemm_path().c_str(), fp32, long(m), long(k), long(n));
+  std::snprintf(text, sizeof text,
+                "bf16 GEMM %.0f GFLOP/s (%s) vs fp32 %.0f GFLOP/s at [%ld x %ld] x %ld", bf16,
+                backend::frozen_gemm_path().c_str(), fp32, long(m), long(k), long(n));
   why = text;
   cache[key] = {{"choice", choice}, {"why", why}};
   std::error_code ec;
@@ -340,7 +353,8 @@ method_run run_method(const std::string& method, Policy policy, Aggregator aggre
   adapter_set<backend> initial(modules, lc, s.seed);
   const bool encoder = is_encoder(model.config.kind);
   if (encoder && s.train_head) models::add_head_to_save(model, initial);
-  if (!s.init_adapter.empty()) initial = load_peft_adapter<backend>(s.init_adapter, initial).adapters;
+  if (!s.init_adapter.empty())
+    initial = load_peft_adapter<backend>(s.init_adapter, initial).adapters;
 
   federation_config fc;
   fc.num_rounds = s.rounds;
@@ -358,12 +372,18 @@ method_run run_method(const std::string& method, Policy policy, Aggregator aggre
   std::vector<models::hf_task<float>> tasks;
   for (const auto& rows : parts) tasks.emplace_back(model, d.train.select(rows));
 
-  nlohmann::json identity{{"method", method},       {"model", s.model_dir},
-                          {"train", s.train_file},  {"test", s.test_file},
-                          {"max_len", s.max_len},   {"clients", s.clients},
-                          {"split", s.split.kind},  {"dirichlet_alpha", s.split.alpha},
-                          {"targets", lc.target_modules}, {"eval_every", s.eval_every},
-                          {"init_adapter", s.init_adapter}, {"base_precision", precision}};
+  nlohmann::json identity{{"method", method},
+                          {"model", s.model_dir},
+                          {"train", s.train_file},
+                          {"test", s.test_file},
+                          {"max_len", s.max_len},
+                          {"clients", s.clients},
+                          {"split", s.split.kind},
+                          {"dirichlet_alpha", s.split.alpha},
+                          {"targets", lc.target_modules},
+                          {"eval_every", s.eval_every},
+                          {"init_adapter", s.init_adapter},
+                          {"base_precision", precision}};
   if (!s.carrier->is_server()) {
     s.carrier->run(fed, tasks);
     return result;
@@ -420,18 +440,19 @@ int run_hf_finetune(const hf_finetune_settings& s) {
   }
   const auto d = prepare(s, model.config, tok);
   std::string split_description;
-  const auto parts = split_among_clients(d.train_labels, s.clients, s.split, s.seed, split_description);
+  const auto parts =
+      split_among_clients(d.train_labels, s.clients, s.split, s.seed, split_description);
   const bool encoder = is_encoder(model.config.kind);
   if (s.carrier->is_server()) {
     std::filesystem::create_directories(s.out);
-    std::printf("model: %s (%s, %ld layers, d %ld, %.1f MB of frozen weights; loaded in "
-                "%.1f s)%s\nbase precision: %s (%s)\n%s\n%zu clients, split %s\n",
-                s.model_dir.c_str(), model.config.architecture.c_str(), long(model.config.num_layers),
-                long(model.config.hidden_size), double(model.bytes()) / 1e6,
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
-                model.initialised.empty() ? "" : "; new classification head (not in the checkpoint)",
-                precision.c_str(), why.c_str(), d.summary.c_str(), s.clients,
-                split_description.c_str());
+    std::printf(
+        "model: %s (%s, %ld layers, d %ld, %.1f MB of frozen weights; loaded in "
+        "%.1f s)%s\nbase precision: %s (%s)\n%s\n%zu clients, split %s\n",
+        s.model_dir.c_str(), model.config.architecture.c_str(), long(model.config.num_layers),
+        long(model.config.hidden_size), double(model.bytes()) / 1e6,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
+        model.initialised.empty() ? "" : "; new classification head (not in the checkpoint)",
+        precision.c_str(), why.c_str(), d.summary.c_str(), s.clients, split_description.c_str());
   }
   std::vector<method_run> results;
   for (const auto& m : s.methods) {
@@ -443,10 +464,10 @@ int run_hf_finetune(const hf_finetune_settings& s) {
                  "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,"
                  "total_bytes_up,total_bytes_down,seconds,memory_mib");
     for (const auto& row : results.back().rows) {
-      csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", m.c_str(),
-              results.back().lr, row.round, row.phase.c_str(), row.train_loss, row.eval_loss,
-              row.eval_accuracy, row.aggregation_error, row.total_bytes_up, row.total_bytes_down,
-              row.seconds, row.memory_mib);
+      csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", m.c_str(), results.back().lr,
+              row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
+              row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
+              row.memory_mib);
     }
   }
   if (!s.carrier->is_server()) return 0;
@@ -464,16 +485,20 @@ int run_hf_finetune(const hf_finetune_settings& s) {
     lines.push_back(accuracy_curve(r.method, r.rows));
   }
   const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
-  const chart c{"Federated LoRA fine-tuning of " + std::filesystem::path(s.model_dir).filename().string() +
-                    ", " + std::to_string(s.clients) + " clients (" + s.split.kind + ")",
-                "round", encoder ? "test accuracy" : "test next-token accuracy", false,
-                "bottom right", "*:*"};
+  const chart c{"Federated LoRA fine-tuning of " +
+                    std::filesystem::path(s.model_dir).filename().string() + ", " +
+                    std::to_string(s.clients) + " clients (" + s.split.kind + ")",
+                "round",
+                encoder ? "test accuracy" : "test next-token accuracy",
+                false,
+                "bottom right",
+                "*:*"};
   if (draw_chart(plot, c, lines)) std::printf("wrote %s\n", plot.c_str());
   std::printf("peak RSS %.1f MiB (frozen weights %.1f MiB)\n", peak_rss_mib(),
               double(model.bytes()) / (1 << 20));
-  std::printf("wrote %s/<method>.csv%s\n", s.out.c_str(),
-              s.save_adapters ? " and <method>_adapter/ (PEFT, on the model's own module names)"
-                              : "");
+  std::printf(
+      "wrote %s/<method>.csv%s\n", s.out.c_str(),
+      s.save_adapters ? " and <method>_adapter/ (PEFT, on the model's own module names)" : "");
   return 0;
 }
 

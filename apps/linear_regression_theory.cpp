@@ -522,8 +522,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
   if (s.dp.on() && s.transport.kind != "inprocess") {
-    std::fprintf(stderr, "error: --dp client runs in process only for now: the download message "
-                         "does not carry the clip norm to remote clients yet\n");
+    std::fprintf(stderr,
+                 "error: --dp client runs in process only for now: the download message "
+                 "does not carry the clip norm to remote clients yet\n");
     return 2;
   }
 

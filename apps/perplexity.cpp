@@ -59,8 +59,9 @@ int run(const std::string& model_dir, const std::string& text_file, std::size_t 
         const std::string& adapter_dir) {
   const auto model = models::load_hf_model<float>(model_dir);
   if (models::is_encoder(model.config.kind)) {
-    rolora::raise<rolora::config_error>(model_dir, ": ", models::family_name(model.config.kind),
-                                        " is an encoder; perplexity needs a decoder (llama, qwen2)");
+    rolora::raise<rolora::config_error>(
+        model_dir, ": ", models::family_name(model.config.kind),
+        " is an encoder; perplexity needs a decoder (llama, qwen2)");
   }
   const auto tok = rolora::tokenizers::tokenizer::from_directory(model_dir);
   const rolora::adapter_set<backend> adapters =
@@ -77,8 +78,8 @@ int run(const std::string& model_dir, const std::string& text_file, std::size_t 
     if (ids.size() < 2) continue;  // nothing to predict
     models::hf_batch batch{rolora::index_t(ids.size()), ids, {}, {}};
     std::size_t predicted = 0;
-    const double nll = models::causal_lm_loss_and_grad(model, adapters, batch, ids, {}, nullptr,
-                                                       ws, &predicted);
+    const double nll =
+        models::causal_lm_loss_and_grad(model, adapters, batch, ids, {}, nullptr, ws, &predicted);
     sum += nll * double(predicted);
     tokens += predicted;
   }
@@ -91,8 +92,9 @@ int run(const std::string& model_dir, const std::string& text_file, std::size_t 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Mean next-token negative log-likelihood and perplexity of a decoder on a text file "
-               "(one sequence per line), with or without a PEFT adapter."};
+  CLI::App app{
+      "Mean next-token negative log-likelihood and perplexity of a decoder on a text file "
+      "(one sequence per line), with or without a PEFT adapter."};
   std::string model_dir, text_file, adapter_dir;
   std::size_t max_len = 1024;
   app.add_option("--model", model_dir, "a Hugging Face model directory (llama, qwen2)")
@@ -107,5 +109,6 @@ int main(int argc, char** argv) {
   app.add_option("--adapter", adapter_dir, "a PEFT adapter directory to apply")
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
-  return rolora::apps::exit_code_of([&] { return run(model_dir, text_file, max_len, adapter_dir); });
+  return rolora::apps::exit_code_of(
+      [&] { return run(model_dir, text_file, max_len, adapter_dir); });
 }

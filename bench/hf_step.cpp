@@ -116,9 +116,9 @@ std::vector<gemm_call> step_gemms(const models::hf_config& c, index_t n, index_t
   if (encoder) {
     roles = {{d, d}, {d, d}, {d, d}, {d, d}, {c.intermediate_size, d}, {d, c.intermediate_size}};
   } else {
-    roles = {{c.num_heads * hd, d},      {c.kv_dim(), d}, {c.kv_dim(), d},
-             {d, c.num_heads * hd},      {c.intermediate_size, d},
-             {c.intermediate_size, d},   {d, c.intermediate_size}};
+    roles = {{c.num_heads * hd, d},   {c.kv_dim(), d},          {c.kv_dim(), d},
+             {d, c.num_heads * hd},   {c.intermediate_size, d}, {c.intermediate_size, d},
+             {d, c.intermediate_size}};
   }
   const double layers = double(L);
   for (std::size_t role = 0; role < roles.size(); ++role) {
@@ -192,8 +192,9 @@ long minor_faults() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Time one LoRA training step of a Hugging Face-shaped model with random weights "
-               "(see bench/pytorch_hf_step.py, bench/run_hf_step.sh)."};
+  CLI::App app{
+      "Time one LoRA training step of a Hugging Face-shaped model with random weights "
+      "(see bench/pytorch_hf_step.py, bench/run_hf_step.sh)."};
   std::string model_name = "roberta-base";
   std::size_t threads = 1, steps = 3;
   index_t batch_size = 8, seq_len = 128, rank = 8;
@@ -276,27 +277,27 @@ int main(int argc, char** argv) {
   }
   const double tokens = double(batch_size * seq_len);
 
-  std::printf("rolora hf_step: %s (%s, %lld layers, hidden %lld, vocab %lld), LoRA r %lld alpha %g "
-              "on q, v (%zu modules, %zu trainable scalars), batch %lld x %lld tokens, %s loss\n",
-              model_name.c_str(), std::string(models::family_name(config.kind)).c_str(),
-              (long long)config.num_layers, (long long)config.hidden_size,
-              (long long)config.vocab_size, (long long)rank, alpha, adapters.size(),
-              adapters.num_parameters({true, true}), (long long)batch_size, (long long)seq_len,
-              encoder ? "classification" : "causal LM");
-  std::printf("threads %zu (one independent step per thread, as one client per thread), GEMM %s, "
-              "base %s, model bytes %zu (%.1f MiB), "
-              "random weights in %.1f s\n",
-              threads,
-              rolora::detail::onednn_gemm_available ? "oneDNN sgemm above 64^3, else Eigen"
-                                                    : "Eigen",
-              base.c_str(), model.bytes(), double(model.bytes()) / 1048576.0, build_s);
+  std::printf(
+      "rolora hf_step: %s (%s, %lld layers, hidden %lld, vocab %lld), LoRA r %lld alpha %g "
+      "on q, v (%zu modules, %zu trainable scalars), batch %lld x %lld tokens, %s loss\n",
+      model_name.c_str(), std::string(models::family_name(config.kind)).c_str(),
+      (long long)config.num_layers, (long long)config.hidden_size, (long long)config.vocab_size,
+      (long long)rank, alpha, adapters.size(), adapters.num_parameters({true, true}),
+      (long long)batch_size, (long long)seq_len, encoder ? "classification" : "causal LM");
+  std::printf(
+      "threads %zu (one independent step per thread, as one client per thread), GEMM %s, "
+      "base %s, model bytes %zu (%.1f MiB), "
+      "random weights in %.1f s\n",
+      threads,
+      rolora::detail::onednn_gemm_available ? "oneDNN sgemm above 64^3, else Eigen" : "Eigen",
+      base.c_str(), model.bytes(), double(model.bytes()) / 1048576.0, build_s);
   std::fflush(stdout);
 
   // One step of one client.
   auto step = [&](models::hf_workspace<float>& ws, rolora::gradient_set<backend>& grads) {
     if (encoder) {
       return models::classification_loss_and_grad(model, adapters, batch, labels, {true, true},
-                                                   &grads, ws);
+                                                  &grads, ws);
     }
     return models::causal_lm_loss_and_grad(model, adapters, batch, labels, {true, true}, &grads,
                                            ws);
@@ -342,15 +343,18 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   std::printf("seconds_per_step best %.4f median %.4f (per client)\n", best, median);
-  std::printf("tokens_per_s %.1f (aggregate over %zu thread(s): %zu x %zu steps x %.0f tokens in "
-              "%.3f s)\n",
-              tokens_per_s, threads, threads, steps, tokens, wall);
-  std::printf("minor page faults per timed step %.0f (fresh pages: malloc'd and freed memory "
-              "given back to the kernel and touched again)\n",
-              faults_per_step);
-  std::printf("peak_rss_mib %.1f (model %.1f MiB; the rest: %zu workspace(s), activations, "
-              "logits, gradients)\n",
-              double(rss) / 1024.0, double(model.bytes()) / 1048576.0, threads);
+  std::printf(
+      "tokens_per_s %.1f (aggregate over %zu thread(s): %zu x %zu steps x %.0f tokens in "
+      "%.3f s)\n",
+      tokens_per_s, threads, threads, steps, tokens, wall);
+  std::printf(
+      "minor page faults per timed step %.0f (fresh pages: malloc'd and freed memory "
+      "given back to the kernel and touched again)\n",
+      faults_per_step);
+  std::printf(
+      "peak_rss_mib %.1f (model %.1f MiB; the rest: %zu workspace(s), activations, "
+      "logits, gradients)\n",
+      double(rss) / 1024.0, double(model.bytes()) / 1048576.0, threads);
   std::fflush(stdout);
   if (!breakdown) return 0;
 
@@ -369,7 +373,8 @@ int main(int argc, char** argv) {
   }
   double flops = 0, floor_s = 0, proj_floor_s = 0, attn_floor_s = 0, lora_floor_s = 0,
          head_floor_s = 0;
-  std::printf("GEMM shapes (c [m, n] = op(a) op(b), k inner), one thread, this run, best of 3 rounds:\n");
+  std::printf(
+      "GEMM shapes (c [m, n] = op(a) op(b), k inner), one thread, this run, best of 3 rounds:\n");
   for (const auto& g : gemms) {
     const auto key = std::make_tuple(g.m, g.n, g.k, int(g.op_a), int(g.op_b));
     const auto it = rate_cache.find(key);
@@ -391,11 +396,12 @@ int main(int argc, char** argv) {
                 g.op_a == op::none ? "N" : "T", g.op_b == op::none ? "N" : "T", g.count,
                 f / it->second * 1e-9, s);
   }
-  std::printf("gemm_flops %.1f GFLOP per step; gemm_floor_s %.4f (projections %.4f, LoRA %.4f, "
-              "attention %.4f, lm_head %.4f); one client's step %.4f s best -> %.1f%% of GEMM "
-              "floor (GEMMs at %.1f GFLOP/s in the step's time vs %.1f at the floor)\n",
-              flops * 1e-9, floor_s, proj_floor_s, lora_floor_s, attn_floor_s, head_floor_s, best,
-              100.0 * floor_s / best, flops / best * 1e-9, flops / floor_s * 1e-9);
+  std::printf(
+      "gemm_flops %.1f GFLOP per step; gemm_floor_s %.4f (projections %.4f, LoRA %.4f, "
+      "attention %.4f, lm_head %.4f); one client's step %.4f s best -> %.1f%% of GEMM "
+      "floor (GEMMs at %.1f GFLOP/s in the step's time vs %.1f at the floor)\n",
+      flops * 1e-9, floor_s, proj_floor_s, lora_floor_s, attn_floor_s, head_floor_s, best,
+      100.0 * floor_s / best, flops / best * 1e-9, flops / floor_s * 1e-9);
 
   // ---- Where one step goes: the models code's parts on one layer's buffers, x layers ----------
   namespace hf = rolora::models::detail::hf;
@@ -412,10 +418,11 @@ int main(int argc, char** argv) {
         hf::attention_forward(L.q, L.k, L.v, ws.key_valid, config.num_heads, kv_heads,
                               config.head_dim, !encoder, probs, ctx);
       });
-  part["attention backward"] = layers * best_of(reps, [&] {
-    hf::attention_backward(L.q, L.k, L.v, L.probs, L.ctx, config.num_heads, kv_heads,
-                           config.head_dim, ds, dq, dk, dv);
-  });
+  part["attention backward"] =
+      layers * best_of(reps, [&] {
+        hf::attention_backward(L.q, L.k, L.v, L.probs, L.ctx, config.num_heads, kv_heads,
+                               config.head_dim, ds, dq, dk, dv);
+      });
   const auto& W = model.layers[ws.layers.size() / 2];
   if (encoder) {
     const float eps = float(config.layer_norm_eps);
@@ -437,11 +444,9 @@ int main(int argc, char** argv) {
     const float eps = float(config.rms_norm_eps);
     part["RMSNorm x2 (fwd+bwd)"] =
         2 * layers *
-        (best_of(reps,
-                 [&] { hf::rms_norm_forward(L.x, W.norm1_weight, eps, y, xhat, rstd); }) +
-         best_of(reps, [&] {
-           hf::rms_norm_backward(L.x, L.xhat1, L.rstd1, W.norm1_weight, dx, false);
-         }));
+        (best_of(reps, [&] { hf::rms_norm_forward(L.x, W.norm1_weight, eps, y, xhat, rstd); }) +
+         best_of(reps,
+                 [&] { hf::rms_norm_backward(L.x, L.xhat1, L.rstd1, W.norm1_weight, dx, false); }));
     matrix q = L.q, kk = L.k;
     part["rotary q, k (fwd+bwd)"] =
         2 * layers * best_of(reps, [&] {
@@ -451,18 +456,16 @@ int main(int argc, char** argv) {
         });
     // The SwiGLU expressions of decoder_forward / decoder_backward.
     part["SwiGLU (fwd+bwd)"] =
-        layers * (best_of(reps,
-                          [&] {
-                            y = (L.u.array() / (1.0f + (-L.u.array()).exp()) * L.g.array())
-                                    .matrix();
-                          }) +
-                  best_of(reps, [&] {
-                    const auto& dm = L.m;
-                    const auto sig = (1.0f / (1.0f + (-L.u.array()).exp())).eval();
-                    du = (dm.array() * L.g.array() * sig * (1.0f + L.u.array() * (1.0f - sig)))
-                             .matrix();
-                    dg = (dm.array() * L.u.array() * sig).matrix();
-                  }));
+        layers *
+        (best_of(
+             reps,
+             [&] { y = (L.u.array() / (1.0f + (-L.u.array()).exp()) * L.g.array()).matrix(); }) +
+         best_of(reps, [&] {
+           const auto& dm = L.m;
+           const auto sig = (1.0f / (1.0f + (-L.u.array()).exp())).eval();
+           du = (dm.array() * L.g.array() * sig * (1.0f + L.u.array() * (1.0f - sig))).matrix();
+           dg = (dm.array() * L.u.array() * sig).matrix();
+         }));
   }
   {
     std::vector<std::int32_t> predicted;
@@ -480,20 +483,22 @@ int main(int argc, char** argv) {
   }
   double parts = 0;
   for (const auto& [name, s] : part) parts += s;
-  std::printf("breakdown of one step (%.4f s best; parts timed on one layer's buffers x %lld "
-              "layers, one thread, after the run):\n",
-              best, (long long)config.num_layers);
+  std::printf(
+      "breakdown of one step (%.4f s best; parts timed on one layer's buffers x %lld "
+      "layers, one thread, after the run):\n",
+      best, (long long)config.num_layers);
   const double gemm_left = best - parts;
   std::printf("  %-48s %.4f s %5.1f%%  (their floor %.4f s, at %.1f%% of it)\n",
-              "projection/LoRA/lm_head GEMMs + rest (by difference)", gemm_left, 100 * gemm_left / best,
-              floor_s - attn_floor_s, 100 * (floor_s - attn_floor_s) / gemm_left);
+              "projection/LoRA/lm_head GEMMs + rest (by difference)", gemm_left,
+              100 * gemm_left / best, floor_s - attn_floor_s,
+              100 * (floor_s - attn_floor_s) / gemm_left);
   for (const auto& [name, s] : part) {
-    std::printf("  %-48s %.4f s %5.1f%%%s\n", name.c_str(), s, 100 * s / best,
-                name.rfind("attention forward", 0) == 0
-                    ? (" (attention's 6 GEMMs, fwd+bwd, floor " + std::to_string(attn_floor_s) +
-                       " s)")
-                          .c_str()
-                    : "");
+    std::printf(
+        "  %-48s %.4f s %5.1f%%%s\n", name.c_str(), s, 100 * s / best,
+        name.rfind("attention forward", 0) == 0
+            ? (" (attention's 6 GEMMs, fwd+bwd, floor " + std::to_string(attn_floor_s) + " s)")
+                  .c_str()
+            : "");
   }
   return 0;
 }

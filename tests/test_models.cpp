@@ -7,8 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <rolora/io/safetensors.hpp>
 #include <rolora/io/peft.hpp>
+#include <rolora/io/safetensors.hpp>
 #include <rolora/models/hf_task.hpp>
 #include <rolora/rolora.hpp>
 #include <string>
@@ -118,11 +118,11 @@ void check_against_pytorch(const std::string& name, double logit_tol, double gra
   models::hf_workspace<T> ws;
   rolora::gradient_set<rolora::eigen_backend<T>> grads;
   const bool encoder = models::is_encoder(c.model.config.kind);
-  const double loss =
-      encoder ? models::classification_loss_and_grad(c.model, c.adapters, c.batch, c.labels,
-                                                     {true, true}, &grads, ws)
-              : models::causal_lm_loss_and_grad(c.model, c.adapters, c.batch, c.labels,
-                                                {true, true}, &grads, ws);
+  const double loss = encoder
+                          ? models::classification_loss_and_grad(c.model, c.adapters, c.batch,
+                                                                 c.labels, {true, true}, &grads, ws)
+                          : models::causal_lm_loss_and_grad(c.model, c.adapters, c.batch, c.labels,
+                                                            {true, true}, &grads, ws);
   const double expected_loss = c.expected("loss")(0, 0);
   CHECK(std::abs(loss - expected_loss) <= logit_tol * std::abs(expected_loss));
   // Ours: [C, n] / [V, n L] column-major; PyTorch's [n, C] / [n, L, V] row-major: the same order.
@@ -226,12 +226,15 @@ TEST_CASE("hf models: gradients of LoRA on every linear role match central diffe
     batch.seq_len = 5;
     batch.ids = {3, 4, 5, 6, 7, 8, 9, 10, 11, 2, 12, 13, 14, 2, 2};
     batch.attention_mask = {1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0};
-    if (kind == models::family::roberta) batch.ids = {3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 12, 13, 14, 1, 1};
-    if (kind == models::family::bert) batch.token_types = {0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0};
+    if (kind == models::family::roberta)
+      batch.ids = {3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 12, 13, 14, 1, 1};
+    if (kind == models::family::bert)
+      batch.token_types = {0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0};
     const bool encoder = models::is_encoder(kind);
     std::vector<std::int32_t> labels =
-        encoder ? std::vector<std::int32_t>{2, 0, 1}
-                : std::vector<std::int32_t>{3, 4, 5, 6, 7, 8, 9, 10, 11, -100, 12, 13, 14, -100, -100};
+        encoder
+            ? std::vector<std::int32_t>{2, 0, 1}
+            : std::vector<std::int32_t>{3, 4, 5, 6, 7, 8, 9, 10, 11, -100, 12, 13, 14, -100, -100};
     if (encoder) {
       for (const auto& [name, lin] : model.head) {
         adapters.add_module_to_save(name + ".weight", lin.weight);
@@ -241,7 +244,8 @@ TEST_CASE("hf models: gradients of LoRA on every linear role match central diffe
     models::hf_workspace<double> ws;
     rolora::gradient_set<backend> grads;
     if (encoder) {
-      models::classification_loss_and_grad(model, adapters, batch, labels, {true, true}, &grads, ws);
+      models::classification_loss_and_grad(model, adapters, batch, labels, {true, true}, &grads,
+                                           ws);
     } else {
       models::causal_lm_loss_and_grad(model, adapters, batch, labels, {true, true}, &grads, ws);
     }
@@ -272,13 +276,15 @@ TEST_CASE("hf models: gradients of LoRA on every linear role match central diffe
     for (auto& [name, w] : adapters.modules_to_save()) {
       CAPTURE(name);
       const double num = numeric(w.data()[0]);
-      CHECK(grads.modules_to_save.at(name).data()[0] == doctest::Approx(num).epsilon(1e-5).scale(1e-5));
+      CHECK(grads.modules_to_save.at(name).data()[0] ==
+            doctest::Approx(num).epsilon(1e-5).scale(1e-5));
     }
     MESSAGE("worst |analytic - central difference| of dA: " << worst);
   }
 }
 
-TEST_CASE("hf models: frozen factors get no gradient and the backward stops at the lowest adapter") {
+TEST_CASE(
+    "hf models: frozen factors get no gradient and the backward stops at the lowest adapter") {
   using backend = rolora::eigen_backend<double>;
   const auto model = models::random_hf_model<double>(tiny_config(models::family::llama), 3);
   rolora::lora_config lora;
@@ -318,7 +324,8 @@ std::string config_with(const std::string& source, const std::string& field,
   std::ifstream in(tiny_dir(source) / "config.json");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const auto at = text.find("\"" + field + "\":");
-  if (at == std::string::npos) return text.substr(0, 1) + "\n  \"" + field + "\": " + value + "," + text.substr(1);
+  if (at == std::string::npos)
+    return text.substr(0, 1) + "\n  \"" + field + "\": " + value + "," + text.substr(1);
   const auto end = text.find_first_of(",\n}", text.find(':', at) + 2);
   return text.substr(0, text.find(':', at) + 2) + value + text.substr(end);
 }
@@ -345,14 +352,15 @@ TEST_CASE("hf models: configs rolora does not implement are refused by field and
   refused("bert", "hidden_size", "\"64\"", "'hidden_size' must be an integer");
   refused("roberta", "num_hidden_layers", "0", "'num_hidden_layers' must be in [1, 2^31]");
   const std::string broken = "{\"model_type\": \"bert\",";
-  CHECK_THROWS_WITH_AS(models::parse_hf_config(std::vector<std::uint8_t>(broken.begin(), broken.end()),
-                                               "x/config.json"),
-                       doctest::Contains("x/config.json: not valid JSON"), rolora::config_error);
+  CHECK_THROWS_WITH_AS(
+      models::parse_hf_config(std::vector<std::uint8_t>(broken.begin(), broken.end()),
+                              "x/config.json"),
+      doctest::Contains("x/config.json: not valid JSON"), rolora::config_error);
   // A field the family needs and has no default for.
   auto text = config_with("llama", "vocab_size", "null");
-  CHECK_THROWS_WITH_AS(models::parse_hf_config(std::vector<std::uint8_t>(text.begin(), text.end()),
-                                               "x/config.json"),
-                       doctest::Contains("'vocab_size' is missing"), rolora::config_error);
+  CHECK_THROWS_WITH_AS(
+      models::parse_hf_config(std::vector<std::uint8_t>(text.begin(), text.end()), "x/config.json"),
+      doctest::Contains("'vocab_size' is missing"), rolora::config_error);
 }
 
 TEST_CASE("hf models: a missing or misshapen tensor or a hostile shard map names file and tensor") {
@@ -371,10 +379,11 @@ TEST_CASE("hf models: a missing or misshapen tensor or a hostile shard map names
   tensors["model.layers.0.input_layernorm.weight"] =
       rolora::make_tensor(std::span<const float>(ones), {8, 8});
   rolora::write_safetensors(dir.path / "model.safetensors", tensors);
-  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
-                       doctest::Contains("model.safetensors: tensor 'model.layers.0.input_layernorm.weight': "
-                                         "expected shape [64], got [8, 8]"),
-                       rolora::shape_error);
+  CHECK_THROWS_WITH_AS(
+      models::load_hf_model<float>(dir.path),
+      doctest::Contains("model.safetensors: tensor 'model.layers.0.input_layernorm.weight': "
+                        "expected shape [64], got [8, 8]"),
+      rolora::shape_error);
   tensors["model.layers.0.input_layernorm.weight"] =
       rolora::make_tensor(std::span<const float>(ones), {64});
   rolora::write_safetensors(dir.path / "model.safetensors", tensors);
@@ -390,9 +399,10 @@ TEST_CASE("hf models: a missing or misshapen tensor or a hostile shard map names
                        doctest::Contains("is not a file name in"), rolora::config_error);
   dir.write("model.safetensors.index.json",
             R"({"weight_map": {"model.embed_tokens.weight": "a.safetensors"}})");
-  CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
-                       doctest::Contains("'model.layers.0.self_attn.q_proj.weight' is not in weight_map"),
-                       rolora::shape_error);
+  CHECK_THROWS_WITH_AS(
+      models::load_hf_model<float>(dir.path),
+      doctest::Contains("'model.layers.0.self_attn.q_proj.weight' is not in weight_map"),
+      rolora::shape_error);
   std::filesystem::remove(dir.path / "model.safetensors.index.json");
   CHECK_THROWS_WITH_AS(models::load_hf_model<float>(dir.path),
                        doctest::Contains("no model.safetensors"), rolora::config_error);
@@ -482,7 +492,8 @@ TEST_CASE("hf models: a PEFT adapter trained in Python loads as a federation's s
     lora.r = 4;
     rolora::adapter_set<backend> like(models::lora_targets(c.model, {}), lora, 1);
     if (models::is_encoder(c.model.config.kind)) models::add_head_to_save(c.model, like);
-    const auto peft = rolora::load_peft_adapter<backend>(tiny_dir(std::string(name) + "_peft"), like);
+    const auto peft =
+        rolora::load_peft_adapter<backend>(tiny_dir(std::string(name) + "_peft"), like);
     CHECK(peft.adapters.size() == c.adapters.size());
     for (const auto& [module, a] : c.adapters) {
       CHECK(peft.adapters.at(module).A == a.A);
@@ -497,7 +508,8 @@ TEST_CASE("hf models: a PEFT adapter trained in Python loads as a federation's s
   }
 }
 
-TEST_CASE("hf models: PEFT target specs select modules as PEFT does, and refuse what matches nothing") {
+TEST_CASE(
+    "hf models: PEFT target specs select modules as PEFT does, and refuse what matches nothing") {
   const auto model = models::random_hf_model<float>(tiny_config(models::family::qwen2), 1);
   models::lora_target_spec spec;
   CHECK(models::lora_targets(model, spec).size() == 4);  // q_proj, v_proj in 2 layers
@@ -518,6 +530,6 @@ TEST_CASE("hf models: PEFT target specs select modules as PEFT does, and refuse 
   CHECK(by_regex[1].out_features == 8);  // 2 kv heads x head_dim 4
   spec.target_regex.reset();
   spec.layers_to_transform = {2};
-  CHECK_THROWS_WITH_AS(models::lora_targets(model, spec), doctest::Contains("layer 2 outside [0, 2)"),
-                       rolora::config_error);
+  CHECK_THROWS_WITH_AS(models::lora_targets(model, spec),
+                       doctest::Contains("layer 2 outside [0, 2)"), rolora::config_error);
 }

@@ -17,9 +17,9 @@ namespace rolora::apps {
 class app_transport;
 
 struct hf_finetune_settings {
-  std::string model_dir;   // --model: config.json, safetensors, tokenizer.json
-  std::string train_file;  // --train: .csv, .tsv, .jsonl
-  std::string test_file;   // --test
+  std::string model_dir;                  // --model: config.json, safetensors, tokenizer.json
+  std::string train_file;                 // --train: .csv, .tsv, .jsonl
+  std::string test_file;                  // --test
   std::vector<std::string> text_columns;  // --text-columns (default: the first that exists of
                                           // sentence, text, or sentence1,sentence2, ...)
   std::string label_column = "label";     // --label-column (classification)

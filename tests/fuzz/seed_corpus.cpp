@@ -111,11 +111,13 @@ std::vector<bytes_t> message_seeds() {
 std::vector<bytes_t> hf_config_seeds() {
   const std::string common = R"("hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
     "intermediate_size": 128, "max_position_embeddings": 64, "vocab_size": 100)";
-  return {text_bytes(R"({"model_type": "bert", "type_vocab_size": 2, "num_labels": 3, )" + common + "}"),
+  return {text_bytes(R"({"model_type": "bert", "type_vocab_size": 2, "num_labels": 3, )" + common +
+                     "}"),
           text_bytes(R"({"model_type": "roberta", "pad_token_id": 1, )" + common + "}"),
           text_bytes(R"({"model_type": "llama", "num_key_value_heads": 2, "rope_scaling":
               {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 48}, )" + common + "}"),
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 48}, )" +
+                     common + "}"),
           text_bytes(R"({"model_type": "qwen2", "tie_word_embeddings": true, )" + common + "}")};
 }
 

@@ -97,7 +97,7 @@ inline std::vector<std::vector<std::string>> split_records(std::string_view text
   }
   if (in_quotes) {
     rolora::detail::raise<value_error>(file.string(), ": a quoted field opened before line ", line,
-                       " is not closed");
+                                       " is not closed");
   }
   if (!field.empty() || !record.empty()) end_record();
   return records;
@@ -112,7 +112,8 @@ inline text_table delimited(std::string_view text, char delimiter, bool quoted,
   for (std::size_t r = 1; r < records.size(); ++r) {
     if (records[r].size() != t.columns.size()) {
       rolora::detail::raise<value_error>(file.string(), ": record ", r, " (after the header) has ",
-                         records[r].size(), " fields, the header ", t.columns.size());
+                                         records[r].size(), " fields, the header ",
+                                         t.columns.size());
     }
     t.rows.push_back(std::move(records[r]));
   }
@@ -132,21 +133,25 @@ inline text_table json_lines(std::string_view text, const std::filesystem::path&
     try {
       j = nlohmann::json::parse(body);
     } catch (const nlohmann::json::exception& e) {
-      rolora::detail::raise<value_error>(file.string(), ": line ", line, " is not JSON: ", e.what());
+      rolora::detail::raise<value_error>(file.string(), ": line ", line,
+                                         " is not JSON: ", e.what());
     }
-    if (!j.is_object()) rolora::detail::raise<value_error>(file.string(), ": line ", line, " is not an object");
+    if (!j.is_object())
+      rolora::detail::raise<value_error>(file.string(), ": line ", line, " is not an object");
     if (t.columns.empty()) {
       for (const auto& [key, value] : j.items()) t.columns.push_back(key);
     }
     std::vector<std::string> row;
     for (const auto& c : t.columns) {
       const auto it = j.find(c);
-      if (it == j.end()) rolora::detail::raise<value_error>(file.string(), ": line ", line, " has no '", c, "'");
+      if (it == j.end())
+        rolora::detail::raise<value_error>(file.string(), ": line ", line, " has no '", c, "'");
       row.push_back(it->is_string() ? it->get<std::string>() : it->dump());
     }
     t.rows.push_back(std::move(row));
   }
-  if (t.columns.empty()) rolora::detail::raise<value_error>(file.string(), ": no JSON object in the file");
+  if (t.columns.empty())
+    rolora::detail::raise<value_error>(file.string(), ": no JSON object in the file");
   return t;
 }
 
@@ -157,8 +162,8 @@ inline text_table read_text_table(const std::filesystem::path& file,
                                   std::uint64_t max_bytes = std::uint64_t(4) << 30) {
   const auto ext = file.extension().string();
   if (ext != ".csv" && ext != ".tsv" && ext != ".jsonl" && ext != ".json") {
-    rolora::detail::raise<config_error>(file.string(),
-                                ": unknown table format (expected .csv, .tsv, .jsonl or .json)");
+    rolora::detail::raise<config_error>(
+        file.string(), ": unknown table format (expected .csv, .tsv, .jsonl or .json)");
   }
   const auto bytes = read_file_bytes(file, max_bytes);
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());

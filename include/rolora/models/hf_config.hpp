@@ -30,10 +30,14 @@ enum class family { bert, roberta, llama, qwen2 };
 
 inline std::string_view family_name(family f) {
   switch (f) {
-    case family::bert: return "bert";
-    case family::roberta: return "roberta";
-    case family::llama: return "llama";
-    case family::qwen2: return "qwen2";
+    case family::bert:
+      return "bert";
+    case family::roberta:
+      return "roberta";
+    case family::llama:
+      return "llama";
+    case family::qwen2:
+      return "qwen2";
   }
   return "?";
 }
@@ -68,8 +72,8 @@ struct hf_config {
   double rope_theta = 10000.0;
   std::optional<llama3_rope_scaling> rope_scaling;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // q, k and v projections have biases (Qwen2; Llama's attention_bias)
-  bool o_bias = false;    // o_proj has a bias (Llama's attention_bias)
+  bool qkv_bias = false;    // q, k and v projections have biases (Qwen2; Llama's attention_bias)
+  bool o_bias = false;      // o_proj has a bias (Llama's attention_bias)
   std::string torch_dtype;  // as written ("float32", "bfloat16", ...), informational
 
   index_t kv_dim() const { return num_kv_heads * head_dim; }
@@ -203,8 +207,8 @@ inline hf_config parse_hf_config(std::span<const std::uint8_t> text,
     refuse(file, "model_type",
            "= \"" + type + "\" is not a family rolora implements (bert, roberta, llama, qwen2)");
   }
-  if (const json* a = find(j, "architectures"); a && a->is_array() && !a->empty() &&
-                                                (*a)[0].is_string()) {
+  if (const json* a = find(j, "architectures");
+      a && a->is_array() && !a->empty() && (*a)[0].is_string()) {
     c.architecture = (*a)[0].get<std::string>();
   }
   c.torch_dtype = get_string(file, j, "torch_dtype", std::string("float32"));
@@ -218,8 +222,8 @@ inline hf_config parse_hf_config(std::span<const std::uint8_t> text,
   if (is_encoder(c.kind)) {
     if (c.hidden_size % c.num_heads != 0) {
       refuse(file, "num_attention_heads",
-             "= " + std::to_string(c.num_heads) + " must divide hidden_size = " +
-                 std::to_string(c.hidden_size));
+             "= " + std::to_string(c.num_heads) +
+                 " must divide hidden_size = " + std::to_string(c.hidden_size));
     }
     c.num_kv_heads = c.num_heads;
     c.head_dim = c.hidden_size / c.num_heads;
@@ -227,8 +231,8 @@ inline hf_config parse_hf_config(std::span<const std::uint8_t> text,
     c.layer_norm_eps = get_double(file, j, "layer_norm_eps", 1e-12);
     c.pad_token_id = get_index(file, j, "pad_token_id", index_t(c.kind == family::roberta), 0);
     if (c.pad_token_id >= c.vocab_size) {
-      refuse(file, "pad_token_id", "must be below vocab_size, got " +
-                                       std::to_string(c.pad_token_id));
+      refuse(file, "pad_token_id",
+             "must be below vocab_size, got " + std::to_string(c.pad_token_id));
     }
     if (const json* labels = find(j, "id2label"); labels && labels->is_object()) {
       c.num_labels = static_cast<index_t>(labels->size());
@@ -247,8 +251,8 @@ inline hf_config parse_hf_config(std::span<const std::uint8_t> text,
              "= \"" + problem + "\" is not implemented (single_label_classification)");
     }
     if (c.num_labels < 2) {
-      refuse(file, "num_labels", "must be >= 2 for classification, got " +
-                                     std::to_string(c.num_labels));
+      refuse(file, "num_labels",
+             "must be >= 2 for classification, got " + std::to_string(c.num_labels));
     }
     const index_t needed = c.kind == family::roberta ? c.pad_token_id + 2 : 1;
     if (c.max_position_embeddings < needed) {
@@ -260,14 +264,14 @@ inline hf_config parse_hf_config(std::span<const std::uint8_t> text,
     c.num_kv_heads = get_index(file, j, "num_key_value_heads", c.num_heads);
     if (c.num_heads % c.num_kv_heads != 0) {
       refuse(file, "num_key_value_heads",
-             "= " + std::to_string(c.num_kv_heads) + " must divide num_attention_heads = " +
-                 std::to_string(c.num_heads));
+             "= " + std::to_string(c.num_kv_heads) +
+                 " must divide num_attention_heads = " + std::to_string(c.num_heads));
     }
     const index_t default_head_dim = c.hidden_size / c.num_heads;
     c.head_dim = get_index(file, j, "head_dim", default_head_dim);
     if (c.head_dim % 2 != 0) {
-      refuse(file, "head_dim", "must be even for rotary embeddings, got " +
-                                   std::to_string(c.head_dim));
+      refuse(file, "head_dim",
+             "must be even for rotary embeddings, got " + std::to_string(c.head_dim));
     }
     c.rms_norm_eps = get_double(file, j, "rms_norm_eps", 1e-6);
     c.rope_theta = get_double(file, j, "rope_theta", 10000.0);

@@ -98,13 +98,13 @@ template <class T>
 struct hf_workspace {
   using matrix = host_matrix<T>;
   struct layer {
-    matrix x;                          // [d, N] the layer's input
-    matrix q, k, v, probs, ctx;        // [q_dim, N], [kv_dim, N] x2, [L, L H n], [q_dim, N]
-    matrix xhat1, rstd1, a;            // norm 1: normalised input, [N, 1], output [d, N]
-    matrix h2;                         // decoders: h + o(ctx)
-    matrix xhat2, rstd2, b;            // norm 2 (encoders: b is the layer output)
-    matrix u, g, m;                    // encoders: intermediate, GELU(u); decoders: gate, up,
-                                       // silu(gate) * up
+    matrix x;                    // [d, N] the layer's input
+    matrix q, k, v, probs, ctx;  // [q_dim, N], [kv_dim, N] x2, [L, L H n], [q_dim, N]
+    matrix xhat1, rstd1, a;      // norm 1: normalised input, [N, 1], output [d, N]
+    matrix h2;                   // decoders: h + o(ctx)
+    matrix xhat2, rstd2, b;      // norm 2 (encoders: b is the layer output)
+    matrix u, g, m;              // encoders: intermediate, GELU(u); decoders: gate, up,
+                                 // silu(gate) * up
     std::array<matrix, max_linears_per_layer> ax;  // [r, N]: A x of each adapted linear
   };
   std::vector<layer> layers;
@@ -135,8 +135,8 @@ struct linear_binding {
 
 // c = op(w) x + beta c for a frozen weight held in T (w) or in bf16 (w_bf16, w empty).
 template <class T>
-void frozen_product(const matrix_t<T>& w, const bf16_matrix& w_bf16, op op_w,
-                    const matrix_t<T>& x, T beta, matrix_t<T>& c) {
+void frozen_product(const matrix_t<T>& w, const bf16_matrix& w_bf16, op op_w, const matrix_t<T>& x,
+                    T beta, matrix_t<T>& c) {
   if constexpr (std::is_same_v<T, float>) {
     if (w.size() == 0) {
       backend_t<T>::frozen_gemm(w_bf16, op_w, x, beta, c);
@@ -155,7 +155,8 @@ void linear_forward(const linear_binding<T>& l, const matrix_t<T>& x, matrix_t<T
   if (l.adapter) {
     B::gemm(T(1), l.adapter->A, op::none, x, op::none, T(0), ax);
     B::gemm(l.adapter->scaling, l.adapter->B, op::none, ax, op::none, T(1), y);
-    if (l.adapter->has_residual()) B::gemm(T(1), l.adapter->residual, op::none, x, op::none, T(1), y);
+    if (l.adapter->has_residual())
+      B::gemm(T(1), l.adapter->residual, op::none, x, op::none, T(1), y);
   }
 }
 
@@ -501,7 +502,7 @@ void encoder_backward(const hf_model<T>& model, const adapter_set<backend_t<T>>&
     grads.modules_to_save[names.back() + ".bias"] = ws.dlogits.rowwise().sum();
   }
   B::gemm(T(1), ow, op::transpose, ws.dlogits, op::none, T(0), ws.dg);  // [d, n] dL/dt
-  ws.dg.array() *= T(1) - ws.head_hidden.array().square();             // through tanh
+  ws.dg.array() *= T(1) - ws.head_hidden.array().square();              // through tanh
   if (trained(hidden_name + ".weight")) {
     B::gemm(T(1), ws.dg, op::none, ws.cls, op::transpose, T(0),
             grads.modules_to_save[hidden_name + ".weight"]);
@@ -687,8 +688,8 @@ double classification_loss_and_grad(const hf_model<T>& model,
                                          model.config.num_labels, ")");
     }
   }
-  const double sum = detail::hf::prims<T>::softmax_cross_entropy(
-      ws.logits, labels, T(1) / T(n), grads ? &ws.dlogits : nullptr);
+  const double sum = detail::hf::prims<T>::softmax_cross_entropy(ws.logits, labels, T(1) / T(n),
+                                                                 grads ? &ws.dlogits : nullptr);
   if (grads) detail::hf::encoder_backward(model, adapters, batch, trains, *grads, ws);
   return sum / double(n);
 }
@@ -698,10 +699,9 @@ double classification_loss_and_grad(const hf_model<T>& model,
 // `predicted` receives the number of predicted tokens. A batch with none has loss 0.
 template <class T>
 double causal_lm_loss_and_grad(const hf_model<T>& model,
-                               const adapter_set<eigen_backend<T>>& adapters,
-                               const hf_batch& batch, std::span<const std::int32_t> labels,
-                               factor_set trains,
-                                    std::type_identity_t<gradient_set<eigen_backend<T>>>* grads,
+                               const adapter_set<eigen_backend<T>>& adapters, const hf_batch& batch,
+                               std::span<const std::int32_t> labels, factor_set trains,
+                               std::type_identity_t<gradient_set<eigen_backend<T>>>* grads,
                                hf_workspace<T>& ws, std::size_t* predicted = nullptr) {
   causal_lm_logits(model, adapters, batch, ws);
   if (labels.size() != batch.ids.size()) {

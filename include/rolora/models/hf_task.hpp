@@ -30,9 +30,9 @@ namespace rolora::models {
 
 // Which linears carry adapters (PEFT's LoraConfig fields of the same names).
 struct lora_target_spec {
-  std::vector<std::string> target_modules;  // names, or {"all-linear"}; empty: the family's
-                                            // default (q and v, as PEFT's defaults)
-  std::optional<std::string> target_regex;  // instead of names: re.fullmatch on the path
+  std::vector<std::string> target_modules;   // names, or {"all-linear"}; empty: the family's
+                                             // default (q and v, as PEFT's defaults)
+  std::optional<std::string> target_regex;   // instead of names: re.fullmatch on the path
   std::vector<index_t> layers_to_transform;  // empty: every layer
 };
 
@@ -53,9 +53,8 @@ std::vector<module_shape> lora_targets(const hf_model<T>& model, const lora_targ
                                           c.num_layers, ")");
     }
   }
-  const auto names = spec.target_modules.empty() && !spec.target_regex
-                         ? default_targets(c.kind)
-                         : spec.target_modules;
+  const auto names = spec.target_modules.empty() && !spec.target_regex ? default_targets(c.kind)
+                                                                       : spec.target_modules;
   const bool all_linear = names.size() == 1 && names[0] == "all-linear";
   std::optional<std::regex> pattern;
   if (spec.target_regex) {
@@ -96,9 +95,9 @@ std::vector<module_shape> lora_targets(const hf_model<T>& model, const lora_targ
   if (!pattern && !all_linear) {
     for (std::size_t i = 0; i < names.size(); ++i) {
       if (!used[i]) {
-        rolora::detail::raise<config_error>("target_modules: '", names[i], "' matches no linear of ",
-                                            family_name(c.kind), " (e.g. '",
-                                            linear_role(c.kind, 0), "')");
+        rolora::detail::raise<config_error>("target_modules: '", names[i],
+                                            "' matches no linear of ", family_name(c.kind),
+                                            " (e.g. '", linear_role(c.kind, 0), "')");
       }
     }
   }
@@ -142,8 +141,9 @@ struct hf_examples {
                                            ")");
       }
       auto copy = [&](const auto& from, auto& to, std::size_t n) {
-        if (!from.empty()) to.insert(to.end(), from.begin() + std::ptrdiff_t(r * n),
-                                     from.begin() + std::ptrdiff_t((r + 1) * n));
+        if (!from.empty())
+          to.insert(to.end(), from.begin() + std::ptrdiff_t(r * n),
+                    from.begin() + std::ptrdiff_t((r + 1) * n));
       };
       copy(tokens.ids, out.tokens.ids, len);
       copy(tokens.attention_mask, out.tokens.attention_mask, len);
@@ -211,7 +211,7 @@ class hf_task {
                                            gradient_set<backend>* grads) {
     if (is_encoder(model_->config.kind)) {
       return {classification_loss_and_grad(*model_, adapters, batch_.tokens, batch_.labels, trains,
-                                            grads, workspace()),
+                                           grads, workspace()),
               double(batch_.size())};
     }
     std::size_t predicted = 0;

@@ -65,7 +65,7 @@ inline std::size_t linears_per_layer(family f) { return is_encoder(f) ? 6 : 7; }
 // "model.layers.0." + "mlp.up_proj".
 inline std::string_view linear_role(family f, std::size_t role) {
   static constexpr std::array<std::string_view, 6> encoder_roles{
-      "attention.self.query", "attention.self.key", "attention.self.value",
+      "attention.self.query",   "attention.self.key", "attention.self.value",
       "attention.output.dense", "intermediate.dense", "output.dense"};
   static constexpr std::array<std::string_view, 7> decoder_roles{
       "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -73,8 +73,9 @@ inline std::string_view linear_role(family f, std::size_t role) {
   return is_encoder(f) ? encoder_roles.at(role) : decoder_roles.at(role);
 }
 inline std::string layer_prefix(family f, index_t layer) {
-  return is_encoder(f) ? std::string(family_name(f)) + ".encoder.layer." + std::to_string(layer) + "."
-                       : "model.layers." + std::to_string(layer) + ".";
+  return is_encoder(f)
+             ? std::string(family_name(f)) + ".encoder.layer." + std::to_string(layer) + "."
+             : "model.layers." + std::to_string(layer) + ".";
 }
 inline std::string linear_name(family f, index_t layer, std::size_t role) {
   return layer_prefix(f, layer) + std::string(linear_role(f, role));
@@ -90,10 +91,10 @@ struct hf_layer {
 template <class T>
 struct hf_model {
   hf_config config;
-  host_matrix<T> embed_tokens;           // [V, d] (empty when held in bf16)
-  bf16_matrix embed_tokens_bf16;         // [V, d] when held in bf16
-  host_matrix<T> position_embeddings;    // [P, d] (encoders)
-  host_matrix<T> token_type_embeddings;  // [types, d] (encoders)
+  host_matrix<T> embed_tokens;                        // [V, d] (empty when held in bf16)
+  bf16_matrix embed_tokens_bf16;                      // [V, d] when held in bf16
+  host_matrix<T> position_embeddings;                 // [P, d] (encoders)
+  host_matrix<T> token_type_embeddings;               // [types, d] (encoders)
   host_matrix<T> embed_norm_weight, embed_norm_bias;  // [d, 1] (encoders)
   std::vector<hf_layer<T>> layers;
   host_matrix<T> final_norm_weight;  // [d, 1] (decoders)
@@ -101,7 +102,7 @@ struct hf_model {
   // The classification head (encoders), by Hugging Face name: BERT "classifier" [C, d];
   // RoBERTa "classifier.dense" [d, d] and "classifier.out_proj" [C, d].
   std::map<std::string, hf_linear<T>> head;
-  hf_linear<T> lm_head;  // [V, d] (untied decoders; tied ones use embed_tokens)
+  hf_linear<T> lm_head;                  // [V, d] (untied decoders; tied ones use embed_tokens)
   std::vector<std::string> initialised;  // tensors not in the checkpoint, initialised here
 
   // The frozen base in bf16: every layer's linears, the token embeddings and an untied lm_head
@@ -149,7 +150,7 @@ namespace detail::hf {
 // The shard files of a model directory and which one holds each tensor.
 struct shard_map {
   std::vector<std::filesystem::path> files;
-  std::optional<safetensors_file> single;  // the one file of an unsharded model, read once
+  std::optional<safetensors_file> single;      // the one file of an unsharded model, read once
   std::map<std::string, std::size_t> file_of;  // tensor name -> index into files (sharded)
   bool sharded = false;
 };
@@ -169,9 +170,10 @@ inline shard_map find_shards(const std::filesystem::path& dir) {
   }
   if (!std::filesystem::exists(index)) {
     rolora::detail::raise<config_error>(
-        dir.string(), ": no model.safetensors and no model.safetensors.index.json (rolora reads "
-                      "safetensors checkpoints; convert a pytorch_model.bin with the Hugging Face "
-                      "library's save_pretrained(safe_serialization=True))");
+        dir.string(),
+        ": no model.safetensors and no model.safetensors.index.json (rolora reads "
+        "safetensors checkpoints; convert a pytorch_model.bin with the Hugging Face "
+        "library's save_pretrained(safe_serialization=True))");
   }
   const auto bytes = read_file_bytes(index, std::uint64_t(64) << 20);
   const auto j = rolora::detail::json_io::parse_json<nlohmann::json>(
@@ -193,9 +195,8 @@ inline shard_map find_shards(const std::filesystem::path& dir) {
     // A shard is a plain file beside the index: no directories, no way out of the model.
     if (name.empty() || name.find('/') != std::string::npos ||
         name.find('\\') != std::string::npos || name == "." || name == "..") {
-      rolora::detail::raise<config_error>(index.string(), ": weight_map['", tensor,
-                                          "'] = \"", name, "\" is not a file name in ",
-                                          dir.string());
+      rolora::detail::raise<config_error>(index.string(), ": weight_map['", tensor, "'] = \"", name,
+                                          "\" is not a file name in ", dir.string());
     }
     auto [f, added] = file_index.emplace(name, m.files.size());
     if (added) m.files.push_back(dir / name);
@@ -223,9 +224,9 @@ void read_tensors(const std::filesystem::path& dir, const shard_map& shards,
     }
     const auto it = shards.file_of.find(w.name);
     if (it == shards.file_of.end()) {
-      rolora::detail::raise<shape_error>(
-          (dir / "model.safetensors.index.json").string(), ": tensor '", w.name,
-          "' is not in weight_map (the model's family needs it)");
+      rolora::detail::raise<shape_error>((dir / "model.safetensors.index.json").string(),
+                                         ": tensor '", w.name,
+                                         "' is not in weight_map (the model's family needs it)");
     }
     per_file[it->second].push_back(&w);
   }
@@ -282,11 +283,10 @@ hf_model<T> load_hf_model(const std::filesystem::path& dir, std::uint64_t seed =
 
   if (is_encoder(c.kind)) {
     const std::string model_prefix(family_name(c.kind));
-    const std::string p =
-        present.count(model_prefix + ".embeddings.word_embeddings.weight") ||
-                !present.count("embeddings.word_embeddings.weight")
-            ? model_prefix + "."
-            : std::string();
+    const std::string p = present.count(model_prefix + ".embeddings.word_embeddings.weight") ||
+                                  !present.count("embeddings.word_embeddings.weight")
+                              ? model_prefix + "."
+                              : std::string();
     want(p + "embeddings.word_embeddings.weight", c.vocab_size, d, m.embed_tokens);
     want(p + "embeddings.position_embeddings.weight", c.max_position_embeddings, d,
          m.position_embeddings);
@@ -383,7 +383,8 @@ hf_model<T> random_hf_model(const hf_config& c, std::uint64_t seed) {
     const std::array<std::pair<index_t, index_t>, 6> shapes{
         {{d, d}, {d, d}, {d, d}, {d, d}, {ff, d}, {d, ff}}};
     for (auto& l : m.layers) {
-      for (std::size_t r = 0; r < 6; ++r) linear(l.linears[r], shapes[r].first, shapes[r].second, true);
+      for (std::size_t r = 0; r < 6; ++r)
+        linear(l.linears[r], shapes[r].first, shapes[r].second, true);
       fill(l.norm1_weight, d, 1, 1.0, 0.1);
       fill(l.norm1_bias, d, 1, 0.0, 0.02);
       fill(l.norm2_weight, d, 1, 1.0, 0.1);
@@ -402,7 +403,9 @@ hf_model<T> random_hf_model(const hf_config& c, std::uint64_t seed) {
     for (auto& l : m.layers) {
       for (std::size_t r = 0; r < 7; ++r) {
         linear(l.linears[r], shapes[r].first, shapes[r].second,
-               r < 3 ? c.qkv_bias : r == 3 ? c.o_bias : false);
+               r < 3    ? c.qkv_bias
+               : r == 3 ? c.o_bias
+                        : false);
       }
       fill(l.norm1_weight, d, 1, 1.0, 0.1);
       fill(l.norm2_weight, d, 1, 1.0, 0.1);
