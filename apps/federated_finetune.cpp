@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/backend_options.hpp"
+#include "common/dp_federation.hpp"
 #include "common/exit_code.hpp"
 #ifndef ROLORA_APPS_NO_HF_MODELS
 #include "common/hf_finetune.hpp"
@@ -68,6 +69,7 @@ struct settings {
   std::string base_precision = "fp32";     // --base-precision: fp32 or bf16
   std::string eval_adapter;       // --eval-adapter: evaluate this PEFT directory, no training
   apps::hf_finetune_settings hf;  // --model DIR and its data flags (apps/hf_finetune.cpp)
+  apps::dp_settings dp;           // --dp client, --clip-norm, --noise-multiplier, ...
 };
 
 struct method_result {
@@ -82,6 +84,11 @@ double peak_rss_mib() {
   getrusage(RUSAGE_SELF, &u);
   return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
 }
+
+template <class Federation, class Backend>
+method_result run_federation(const std::string& method, Federation& fed,
+                             const rolora::lora_config& lc, const settings& s,
+                             const apps::spam_task<Backend>& data, method_result result);
 
 template <class Policy, class Aggregator, class Backend>
 method_result run_method(const std::string& method, Policy policy, Aggregator aggregator,
@@ -116,7 +123,18 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   fc.threads = s.threads;
   fc.seed = s.task.seed;
   s.transport.apply(fc);
-  rolora::federation<Backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
+  return apps::with_federation<Backend>(
+      policy, aggregator, fc, initial, s.dp, method,
+      [&](auto& fed) { return run_federation(method, fed, lc, s, data, std::move(result)); });
+}
+
+// The rounds of one method's federation `fed` (with or without client-level DP), its checkpoints
+// and adapters.
+template <class Federation, class Backend>
+method_result run_federation(const std::string& method, Federation& fed,
+                             const rolora::lora_config& lc, const settings& s,
+                             const apps::spam_task<Backend>& data, method_result result) {
+  const bool head_only = method == "head";
   auto tasks = data.client_tasks();
   const auto& eval_set = s.evaluate_on_validation ? data.validation : data.test;
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -198,15 +216,21 @@ method_result run_named(const std::string& m, const settings& s,
   });
 }
 
-void write_csv(const std::filesystem::path& file, const method_result& r) {
-  apps::csv_file csv(file,
-                     "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,"
-                     "total_bytes_up,total_bytes_down,seconds,memory_mib");
+// With --dp client the CSV gains an `epsilon` column (the budget spent after the round).
+void write_csv(const std::filesystem::path& file, const method_result& r, bool dp) {
+  apps::csv_file csv(file, std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
+                                       "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
+                                       "memory_mib") +
+                               (dp ? ",epsilon" : ""));
   for (const auto& row : r.rows) {
-    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", r.method.c_str(), r.lr,
-            row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
+    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f", r.method.c_str(), r.lr, row.round,
+            row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
             row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
             row.memory_mib);
+    if (dp) {
+      csv.row(",%.9g", row.epsilon);
+    }
+    csv.row("%s", "\n");
   }
 }
 
@@ -264,7 +288,7 @@ int run(settings& s) {
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
-    write_csv(std::filesystem::path(s.out) / (m + ".csv"), results.back());
+    write_csv(std::filesystem::path(s.out) / (m + ".csv"), results.back(), s.dp.on());
   }
 
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -362,6 +386,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-adapter", s.eval_adapter,
                  "evaluate this PEFT adapter directory (with the head as modules_to_save, as "
                  "written here) on the test split and exit");
+  shared.client_dp(s.dp);
   apps::add_transport_options(app, s.transport);
   auto* model_opt =
       app.add_option("--model", s.hf.model_dir,
@@ -394,6 +419,12 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
+  if (s.dp.on() && s.transport.kind != "inprocess") {
+    std::fprintf(stderr,
+                 "error: --dp client runs in process only for now: the download message "
+                 "does not carry the clip norm to remote clients yet\n");
+    return 2;
+  }
   if (s.base_precision == "auto" && s.hf.model_dir.empty()) {
     std::fprintf(stderr,
                  "error: --base-precision auto is for --model; the built-in model takes "
@@ -441,6 +472,7 @@ int main(int argc, char** argv) {
     h.weight_decay = s.weight_decay, h.out = s.out, h.save_adapters = s.save_adapters;
     h.checkpoint = s.checkpoint, h.carrier = &carrier;
     h.base_precision = app.count("--base-precision") ? s.base_precision : "auto";
+    h.dp = s.dp;
     return apps::exit_code_of([&] { return apps::run_hf_finetune(h); },
                               [&](int code) { return carrier.fail(code); });
 #endif

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dp_federation.hpp"
 #include "common/hf_finetune.hpp"
 #include "common/plot.hpp"
 #include "common/report.hpp"
@@ -336,6 +337,13 @@ struct method_run {
   double seconds = 0;
 };
 
+template <class Federation>
+method_run run_federation(const std::string& method, Federation& fed, const lora_config& lc,
+                          const hf_finetune_settings& s, const models::hf_model<float>& model,
+                          const prepared_data& d,
+                          const std::vector<std::vector<std::size_t>>& parts,
+                          const std::string& precision, method_run result);
+
 template <class Policy, class Aggregator>
 method_run run_method(const std::string& method, Policy policy, Aggregator aggregator,
                       const hf_finetune_settings& s, const models::hf_model<float>& model,
@@ -368,7 +376,20 @@ method_run run_method(const std::string& method, Policy policy, Aggregator aggre
   }
   fc.threads = s.threads;
   fc.seed = s.seed;
-  federation<backend, Policy, Aggregator> fed(policy, aggregator, fc, initial);
+  return with_federation<backend>(policy, aggregator, fc, initial, s.dp, method, [&](auto& fed) {
+    return run_federation(method, fed, lc, s, model, d, parts, precision, std::move(result));
+  });
+}
+
+// The rounds of one method's federation `fed` (with or without client-level DP), its checkpoints
+// and adapters.
+template <class Federation>
+method_run run_federation(const std::string& method, Federation& fed, const lora_config& lc,
+                          const hf_finetune_settings& s, const models::hf_model<float>& model,
+                          const prepared_data& d,
+                          const std::vector<std::vector<std::size_t>>& parts,
+                          const std::string& precision, method_run result) {
+  const bool encoder = is_encoder(model.config.kind);
   std::vector<models::hf_task<float>> tasks;
   for (const auto& rows : parts) tasks.emplace_back(model, d.train.select(rows));
 
@@ -461,13 +482,17 @@ int run_hf_finetune(const hf_finetune_settings& s) {
     }));
     if (!s.carrier->is_server()) continue;
     csv_file csv(std::filesystem::path(s.out) / (m + ".csv"),
-                 "method,lr,round,phase,train_loss,eval_loss,eval_accuracy,aggregation_error,"
-                 "total_bytes_up,total_bytes_down,seconds,memory_mib");
+                 std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
+                             "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
+                             "memory_mib") +
+                     (s.dp.on() ? ",epsilon" : ""));
     for (const auto& row : results.back().rows) {
-      csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f\n", m.c_str(), results.back().lr,
+      csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f", m.c_str(), results.back().lr,
               row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
               row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
               row.memory_mib);
+      if (s.dp.on()) csv.row(",%.9g", row.epsilon);
+      csv.row("%s", "\n");
     }
   }
   if (!s.carrier->is_server()) return 0;

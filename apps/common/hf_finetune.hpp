@@ -45,6 +45,7 @@ struct hf_finetune_settings {
   std::string out;
   bool save_adapters = true;
   checkpoint_options checkpoint;
+  dp_settings dp;  // --dp client, --clip-norm, ...
   app_transport* carrier = nullptr;
 };
 

@@ -30,6 +30,7 @@ struct round_row {
   std::size_t total_bytes_up = 0, total_bytes_down = 0;
   double seconds = 0;      // since the run began (a resumed run: since the original began)
   double memory_mib = -1;  // in use where the model runs, after the round; -1: not measured
+  double epsilon = -1;     // client-level DP: the budget spent after the round; -1: no DP
 };
 
 // The per-round callback of a federated run (federation::run's on_round_end): records a row,
@@ -57,7 +58,8 @@ struct round_progress {
                   r.total_bytes_up,
                   r.total_bytes_down,
                   (rows.empty() ? 0.0 : rows.back().seconds) + r.seconds,
-                  memory_mib ? memory_mib() : -1.0};
+                  memory_mib ? memory_mib() : -1.0,
+                  r.epsilon.value_or(-1.0)};
     const bool last = row.round == rounds;
     if (last || row.round % eval_every == 0) {
       std::tie(row.eval_loss, row.eval_accuracy) = evaluate(global);
@@ -71,6 +73,7 @@ struct round_progress {
         label.c_str(), row.round, rounds, row.phase.c_str(), row.train_loss, eval_name.c_str(),
         accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, row.seconds);
     if (memory_mib) std::printf("  %s %.0f MiB", memory_name.c_str(), row.memory_mib);
+    if (row.epsilon >= 0) std::printf("  eps %.4f", row.epsilon);
     std::printf("\n");
     std::fflush(stdout);
     if (after) after(rows, last);
@@ -84,7 +87,7 @@ inline nlohmann::json rows_to_json(const std::vector<round_row>& rows) {
   for (const auto& r : rows) {
     j.push_back({r.round, r.phase, bits(r.train_loss), bits(r.eval_loss), bits(r.eval_accuracy),
                  bits(r.aggregation_error), r.total_bytes_up, r.total_bytes_down, bits(r.seconds),
-                 bits(r.memory_mib)});
+                 bits(r.memory_mib), bits(r.epsilon)});
   }
   return j;
 }
@@ -98,7 +101,7 @@ inline std::vector<round_row> rows_from_json(const nlohmann::json& j) {
     rows.push_back({r.at(0).get<std::size_t>(), r.at(1).get<std::string>(), value(r.at(2)),
                     value(r.at(3)), value(r.at(4)), value(r.at(5)), r.at(6).get<std::size_t>(),
                     r.at(7).get<std::size_t>(), value(r.at(8)),
-                    r.size() > 9 ? value(r.at(9)) : -1.0});
+                    r.size() > 9 ? value(r.at(9)) : -1.0, r.size() > 10 ? value(r.at(10)) : -1.0});
   }
   return rows;
 }
