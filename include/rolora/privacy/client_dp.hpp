@@ -36,6 +36,7 @@
 #include <rolora/core/rng.hpp>
 #include <rolora/privacy/accountant.hpp>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -314,14 +315,18 @@ client_update<Backend> noised_mean(const adapter_set<Backend>& global,
     out = Backend::from_host(h);
     Backend::axpy(T(1), g, out);
   };
-  for (auto& [name, m] : mean.adapters) {
+  // Named entries, not structured bindings: clang before 16 cannot capture those in a lambda.
+  for (auto& entry : mean.adapters) {
+    const std::string& name = entry.first;
+    auto& m = entry.second;
     const auto& g = global.at(name);
     if (shared.a) step(m.A, g.A, [&](const auto& u) { return u.adapters.at(name).A; });
     if (shared.b) step(m.B, g.B, [&](const auto& u) { return u.adapters.at(name).B; });
   }
-  for (auto& [name, w] : mean.adapters.modules_to_save()) {
+  for (auto& entry : mean.adapters.modules_to_save()) {
+    const std::string& name = entry.first;
     const auto& g = global.modules_to_save().at(name);
-    step(w, g, [&](const auto& u) { return u.adapters.modules_to_save().at(name); });
+    step(entry.second, g, [&](const auto& u) { return u.adapters.modules_to_save().at(name); });
   }
   return mean;
 }
