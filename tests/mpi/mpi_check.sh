@@ -45,6 +45,18 @@ same() {  # same CSV and final server states as the in-process run in $work/inpr
   done
 }
 
+# federated_finetune with "$@" in process and under mpirun -np 3 (methods fedit, rolora): CSVs the
+# same but for the seconds and memory columns, adapters byte-identical.
+finetune_in_process_and_np3() {
+  "$exe" "$@" --out "$work/inprocess" > "$work/inprocess.log"
+  mpi 3 "$@" --out "$work/mpi" > "$work/mpi.log"
+  for method in fedit rolora; do
+    cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
+    cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
+      "$work/mpi/${method}_adapter/adapter_model.safetensors"
+  done
+}
+
 case $mode in
   identical_np3 | identical_np4)
     np=${mode#identical_np}
@@ -111,26 +123,14 @@ case $mode in
   finetune_np3)
     flags=(--clients 3 --rounds 2 --local-steps 2 --batch 8 --max-len 48 --pretrain-steps 20
            --methods fedit,rolora --threads 1 --data-dir "$5" --checkpoint "$work/model.safetensors")
-    "$exe" "${flags[@]}" --out "$work/inprocess" > "$work/inprocess.log"
-    mpi 3 "${flags[@]}" --out "$work/mpi" > "$work/mpi.log"
-    for method in fedit rolora; do
-      cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
-      cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
-        "$work/mpi/${method}_adapter/adapter_model.safetensors"
-    done
+    finetune_in_process_and_np3 "${flags[@]}"
     echo "federated_finetune over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
     ;;
   finetune_hf_np3)  # $5: tests/data/hf_tiny
     flags=(--model "$5/bert" --train "$5/app/classify_train.csv" --test "$5/app/classify_test.csv"
            --max-len 24 --clients 3 --rounds 2 --local-steps 2 --batch 4 --methods fedit,rolora
            --threads 1 --base-precision fp32)
-    "$exe" "${flags[@]}" --out "$work/inprocess" > "$work/inprocess.log"
-    mpi 3 "${flags[@]}" --out "$work/mpi" > "$work/mpi.log"
-    for method in fedit rolora; do
-      cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
-      cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
-        "$work/mpi/${method}_adapter/adapter_model.safetensors"
-    done
+    finetune_in_process_and_np3 "${flags[@]}"
     echo "federated_finetune --model (tiny BERT) over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
     ;;
   *)
