@@ -12,6 +12,7 @@ PACKAGES=(
   fortunes fortunes-min  # plain-text pretraining corpus (/usr/share/games/fortunes), see docs/data.md
   dataset-fashion-mnist zlib1g-dev  # apps/mnist_toy: gzipped IDX in /usr/share/datasets/fashion-mnist
   libopenmpi-dev openmpi-bin  # the MPI transport (rolora::mpi) and its mpirun tests (label mpi)
+  libgrpc++-dev pkg-config openssl  # the gRPC transport (rolora::grpc, found by pkg-config) and scripts/make_certs.sh
   libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )
 

@@ -1,0 +1,290 @@
+// rolora::grpc (grpc/frame.hpp, grpc/options.hpp, grpc/transport.hpp): the chunk framing and its
+// refusals, and federations over real gRPC streams on loopback (a server and client processes as
+// threads of this test, plaintext): the in-process bits and reports, several federations in a
+// row, messages split into many chunks, and the refusals a server makes at the hello. The TLS
+// refusals, kills and restarts run with real processes in tests/grpc/grpc_check.sh.
+#include <atomic>
+#include <rolora/grpc/transport.hpp>
+#include <rolora/theory/linear_regression.hpp>
+#include <thread>
+
+#include "../test_support.hpp"
+
+using namespace rolora;
+using Backend = eigen_backend<double>;
+namespace rg = rolora::grpc;  // not grpc::, which with "using namespace rolora" is also gRPC's
+
+namespace {
+
+// The message of the rolora error E that `f` throws, without its "[rolora.<id>] " tag.
+template <class E, class F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return std::string(e.message());
+  }
+  FAIL("expected an exception");
+  return {};
+}
+
+// One chunk as a peer might send it: the header's fields as given, then `payload`.
+std::vector<std::uint8_t> chunk_of(std::uint64_t number, std::uint64_t total, std::uint64_t offset,
+                                   const std::vector<std::uint8_t>& payload,
+                                   rg::routing route = {rg::message_kind::upload, 1, 2, 0}) {
+  std::vector<std::uint8_t> out(rg::frame_header_bytes + payload.size(), 0);
+  std::copy(rg::detail::frame_magic.begin(), rg::detail::frame_magic.end(), out.begin());
+  out[4] = 1;
+  out[5] = std::uint8_t(route.kind);
+  rg::detail::put64(&out[8], number);
+  rg::detail::put64(&out[16], total);
+  rg::detail::put64(&out[24], offset);
+  rg::detail::put64(&out[32], route.client);
+  rg::detail::put64(&out[40], route.nonce);
+  rg::detail::put64(&out[48], route.federation);
+  std::copy(payload.begin(), payload.end(), out.begin() + rg::frame_header_bytes);
+  return out;
+}
+
+theory::linear_problem<Backend> four_clients() {
+  theory::linear_problem_config c;
+  c.dim = 12;
+  c.out_dim = 10;
+  c.rank = 2;
+  c.clients = 4;
+  c.samples = 40;
+  c.noise = 0.01;
+  c.seed = 11;
+  return theory::make_linear_problem<Backend>(c);
+}
+
+adapter_set<Backend> adapters() {
+  lora_config c;
+  c.r = 2;
+  c.lora_alpha = 4.0;
+  return adapter_set<Backend>({{theory::module_name, 10, 12}}, c, 5);
+}
+
+// Sampling, dropout, minibatches and AdamW moments kept by the server: every stream that a
+// transport must carry bit for bit.
+federation_config streams_config() {
+  federation_config c;
+  c.num_rounds = 4;
+  c.local_steps = 2;
+  c.clients_per_round = 3;
+  c.client_dropout = 0.2;
+  c.batch_size = 16;
+  c.local_optimizer = adamw{0.05};
+  c.keep_optimizer_state = true;
+  c.seed = 4;
+  return c;
+}
+
+rg::options loopback_server(std::size_t chunk = rg::default_chunk_bytes) {
+  rg::options o;
+  o.server = true;
+  o.address = "127.0.0.1:0";
+  o.insecure = true;
+  o.chunk_bytes = chunk;
+  o.fingerprint = {{"method", "fedsa"}, {"seed", "4"}};
+  return o;
+}
+
+rg::options loopback_client(const rg::transport& server, std::vector<std::size_t> ids,
+                              std::size_t chunk = rg::default_chunk_bytes) {
+  rg::options o = loopback_server(chunk);
+  o.server = false;
+  o.address = server.address();
+  o.client_ids = std::move(ids);
+  o.connect_timeout = 10;
+  return o;
+}
+
+rolora::transport_options quiet() {
+  rolora::transport_options o;
+  o.log = nullptr;
+  return o;
+}
+
+bool same_reports(const std::vector<round_report>& x, const std::vector<round_report>& y) {
+  if (x.size() != y.size()) return false;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (x[i].participants != y[i].participants || x[i].dropped != y[i].dropped ||
+        x[i].train_loss != y[i].train_loss || x[i].bytes_up != y[i].bytes_up ||
+        x[i].bytes_down != y[i].bytes_down) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("frames: any message survives chunking at any chunk size and chunks are refused "
+          "for every way they break the framing") {
+  std::vector<std::uint8_t> bytes(1000);
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = std::uint8_t(i * 7 + 3);
+  const rg::routing route{rg::message_kind::download, 3, 0x1234567890abcdefULL, 2};
+  for (std::size_t chunk : {1, 7, 999, 1000, 1001, 1 << 20}) {
+    CAPTURE(chunk);
+    rg::reassembler r(1 << 20);
+    for (std::uint64_t number = 0; number < 3; ++number) {
+      const auto message = std::span(bytes).first(std::size_t(number) * 400);  // 0, 400, 800
+      std::size_t chunks = 0;
+      std::optional<rg::message> got;
+      rg::for_each_chunk(route, number, message, chunk, [&](auto c) {
+        CHECK(!got);
+        ++chunks;
+        got = r.feed(c);
+      });
+      REQUIRE(got);
+      CHECK(got->route == route);
+      CHECK(got->bytes == std::vector<std::uint8_t>(message.begin(), message.end()));
+      CHECK(chunks == std::max<std::size_t>(1, (message.size() + chunk - 1) / chunk));
+      CHECK(!r.incomplete());
+    }
+  }
+
+  const auto refusal = [](std::vector<std::vector<std::uint8_t>> chunks) {
+    rg::reassembler r(100);
+    return message_of<rg::frame_error>([&] {
+      for (const auto& c : chunks) r.feed(c);
+    });
+  };
+  const auto good = chunk_of(0, 10, 0, {1, 2, 3, 4});
+  CHECK(refusal({std::vector<std::uint8_t>(good.begin(), good.begin() + 55)}) ==
+        "gRPC frames: a chunk of 55 bytes, shorter than the 56-byte header");
+  auto bad = good;
+  bad[0] = 'X';
+  CHECK(refusal({bad}) == "gRPC frames: a chunk without the magic RLGF (not a rolora frame)");
+  bad = good;
+  bad[4] = 2;
+  CHECK(refusal({bad}) == "gRPC frames: frame version 2, expected 1");
+  bad = good;
+  bad[5] = 9;
+  CHECK(refusal({bad}) == "gRPC frames: message kind 9, expected 1..5");
+  bad = good;
+  bad[7] = 1;
+  CHECK(refusal({bad}) == "gRPC frames: reserved header bytes not zero");
+  CHECK(refusal({chunk_of(0, 101, 0, {1})}) ==
+        "gRPC frames: a declared length of 101 bytes, above the limit 100");
+  CHECK(refusal({chunk_of(0, std::uint64_t(1) << 62, 0, {})}) ==
+        "gRPC frames: a declared length of 4611686018427387904 bytes, above the limit 100");
+  CHECK(refusal({chunk_of(1, 10, 0, {1})}) == "gRPC frames: message 1, expected message 0");
+  CHECK(refusal({chunk_of(0, 10, 3, {1})}) == "gRPC frames: message 0 begins at offset 3, expected 0");
+  CHECK(refusal({good, chunk_of(0, 10, 5, {5})}) ==
+        "gRPC frames: a chunk at offset 5, expected 4 (a gap)");
+  CHECK(refusal({good, chunk_of(0, 10, 4, {5, 6, 7, 8, 9, 10, 11})}) ==
+        "gRPC frames: a chunk of 7 bytes at offset 4 overruns the declared 10 bytes");
+  CHECK(refusal({good, chunk_of(0, 10, 4, {})}) == "gRPC frames: an empty chunk inside message 0");
+  CHECK(refusal({good, chunk_of(1, 3, 0, {1, 2, 3})}) ==
+        "gRPC frames: a chunk of message 1 while message 0 is incomplete (4 of 10 bytes): "
+        "interleaved messages");
+  CHECK(refusal({good, chunk_of(0, 11, 4, {5})}) ==
+        "gRPC frames: a chunk of message 0 whose header differs from its first chunk's");
+  CHECK(refusal({good, chunk_of(0, 10, 4, {5}, {rg::message_kind::upload, 2, 2, 0})}) ==
+        "gRPC frames: a chunk of message 0 whose header differs from its first chunk's");
+}
+
+TEST_CASE("options: client id lists and the default identities and rosters and fingerprints") {
+  CHECK(rg::parse_client_ids("0,3,5") == std::vector<std::size_t>{0, 3, 5});
+  CHECK(message_of<config_error>([] { rg::parse_client_ids("0,,5"); }) ==
+        "client ids: '0,,5' is not a comma-separated list of ids such as 0,3,5");
+  CHECK(message_of<config_error>([] { rg::parse_client_ids("1,1"); }) ==
+        "client ids: 1 given twice");
+  CHECK(rg::allowed_ids({}, "client-7") == std::vector<std::size_t>{7});
+  CHECK(rg::allowed_ids({}, "client-").empty());
+  CHECK(rg::allowed_ids({}, "client-7x").empty());
+  CHECK(rg::allowed_ids({}, "server").empty());
+  const std::map<std::string, std::vector<std::size_t>> roster{{"hospital-a", {0, 3}}};
+  CHECK(rg::allowed_ids(roster, "hospital-a") == std::vector<std::size_t>{0, 3});
+  CHECK(rg::allowed_ids(roster, "client-0").empty());  // a roster replaces the default
+
+  const auto path = std::filesystem::temp_directory_path() / "rolora_roster_test.txt";
+  std::ofstream(path) << "# name ids\nhospital-a 0,3\n\nbank-b 1\n";
+  CHECK(rg::read_roster(path.string()) ==
+        std::map<std::string, std::vector<std::size_t>>{{"bank-b", {1}}, {"hospital-a", {0, 3}}});
+  std::ofstream(path) << "hospital-a 0 extra\n";
+  CHECK(message_of<config_error>([&] { rg::read_roster(path.string()); }) ==
+        "roster " + path.string() + " line 1: expected 'NAME ID[,ID...]', got 'hospital-a 0 extra'");
+  std::filesystem::remove(path);
+
+  const rg::fingerprint ours{{"method", "rolora"}, {"eta", "0.5"}};
+  CHECK(!rg::first_difference(ours, ours));
+  CHECK(rg::first_difference(ours, {{"method", "rolora"}, {"eta", "0.25"}}) ==
+        "eta differs: server 0.5, client 0.25");
+  CHECK(rg::first_difference(ours, {{"method", "rolora"}}) ==
+        "field eta is missing (server: 0.5)");
+}
+
+TEST_CASE("transport: a federation over loopback streams gives the in-process bits and "
+          "reports for messages in one chunk or many and over two federations in a row") {
+  auto p = four_clients();
+  const federation_config c = streams_config();
+  federation<Backend, fedsa, fedavg> straight(fedsa{}, fedavg{}, c, adapters());
+  const auto reference = straight.run(p.clients);
+
+  for (std::size_t chunk : {std::size_t(97), rg::default_chunk_bytes}) {
+    CAPTURE(chunk);
+    rg::transport server(loopback_server(chunk), quiet());
+    REQUIRE(server.address().rfind("127.0.0.1:", 0) == 0);
+    REQUIRE(server.address() != "127.0.0.1:0");
+    std::vector<std::thread> clients;
+    std::atomic<int> served{0};
+    for (const auto& ids : {std::vector<std::size_t>{0, 2}, std::vector<std::size_t>{1, 3}}) {
+      clients.emplace_back([&, ids] {
+        auto tasks = four_clients().clients;
+        rg::transport t(loopback_client(server, ids, chunk), quiet());
+        for (int federations = 0; federations < 2; ++federations) {
+          t.serve<Backend>(tasks, c);
+          ++served;
+        }
+      });
+    }
+    for (int run = 0; run < 2; ++run) {
+      federation<Backend, fedsa, fedavg> fed(fedsa{}, fedavg{}, c, adapters());
+      const auto reports = rolora::run(server, fed, p.clients);
+      CHECK(same_reports(reports, reference));
+      CHECK(test::bit_equal(fed.global(), straight.global()));
+      for (std::size_t k = 0; k < p.clients.size(); ++k) {
+        CHECK(test::bit_equal(fed.server().client_view(k), straight.server().client_view(k)));
+      }
+    }
+    for (auto& t : clients) t.join();
+    CHECK(served == 4);
+  }
+}
+
+TEST_CASE("transport: the server refuses at the hello another run's fingerprint and a "
+          "second stream for a connected client and the client ends with the server's reason") {
+  auto p = four_clients();
+  federation_config c = streams_config();
+  c.client_dropout = 0;
+  auto timeout = quiet();
+  timeout.client_timeout = 2;
+  rg::transport server(loopback_server(), timeout);
+  auto tasks = four_clients().clients;
+
+  auto other_run = loopback_client(server, {0});
+  other_run.fingerprint[1].second = "5";
+  rg::transport mismatched(other_run, quiet());
+  CHECK(message_of<config_error>([&] { mismatched.serve<Backend>(tasks, c); }) ==
+        "gRPC: the server at " + server.address() +
+            " refused this client: this client's run is not the server's: seed differs: server 4, "
+            "client 5");
+
+  // Client 1 connected (serving in a thread); a second stream claiming it is refused.
+  std::thread first([&] {
+    auto own = four_clients().clients;
+    rg::transport t(loopback_client(server, {1, 2}), quiet());
+    t.serve<Backend>(own, c);
+  });
+  federation<Backend, fedsa, fedavg> fed(fedsa{}, fedavg{}, c, adapters());
+  const auto r0 = rolora::run_round(server, fed.server(), p.clients);  // 0 and 3 time out
+  CHECK(r0.participants.size() + r0.dropped.size() == 3);
+  rg::transport twin(loopback_client(server, {3, 1}), quiet());
+  const auto refused = message_of<config_error>([&] { twin.serve<Backend>(tasks, c); });
+  CHECK(refused.find("refused this client: client 1 is already connected (") != std::string::npos);
+  server.finish();
+  first.join();
+}
