@@ -1,7 +1,9 @@
-// The applications' transport options (--transport inprocess|mpi, --client-timeout,
-// --on-bad-update, --min-clients) and the transport they choose by name through
-// rolora::transport_by_name (rolora/transports.hpp): the in-process one, or MPI (rank 0
-// the server, ranks 1..P-1 the clients), see docs/distributed.md. Every round runs through the
+// The applications' transport options (--transport inprocess|mpi|grpc, --client-timeout,
+// --on-bad-update, --min-clients, and gRPC's --role, --listen, --connect, --client-id, --tls-*,
+// --insecure, --roster, --connect-timeout) and the transport they choose by name through
+// rolora::transport_by_name (rolora/transports.hpp): the in-process one, MPI (rank 0 the server,
+// ranks 1..P-1 the clients) or gRPC (a server process and client processes started on their
+// own, across machines), see docs/distributed.md. Every round runs through the
 // library's one loop, rolora::run / rolora::run_round. Only rank 0 (or the single process) writes
 // files and prints progress.
 #pragma once
@@ -11,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <sstream>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/transports.hpp>
@@ -21,12 +24,35 @@
 
 namespace rolora::apps {
 
+// gRPC's flags, as given.
+struct network_flags {
+  std::string role = "server";
+  std::string listen = "0.0.0.0:50051";
+  std::string connect;
+  std::string client_ids;
+  std::string tls_ca, tls_cert, tls_key, roster;
+  bool insecure = false;
+  double connect_timeout = 60.0;
+  std::size_t chunk_kib = 1024;
+};
+
 struct transport_options {
   std::string kind = "inprocess";
+  network_flags network;
+  // The fields that change the run's bits, set by the application: a gRPC client process whose
+  // fingerprint differs from the server's is refused with the first differing field named.
+  rolora::grpc::fingerprint fingerprint;
+  template <class Value>
+  void fingerprint_field(std::string name, const Value& value) {
+    std::ostringstream text;
+    text.precision(17);
+    text << value;
+    fingerprint.emplace_back(std::move(name), text.str());
+  }
   double client_timeout = 0.0;  // seconds; 0: wait for ever
   std::string on_bad_update = "fail";
   std::size_t min_clients = 1;
-  long garbage_client = -1;  // testing: this client uploads garbage bytes (MPI only)
+  long garbage_client = -1;  // testing: this client uploads garbage bytes (MPI, gRPC)
   long slow_client = -1;     // testing: this client answers round 0 3 x client_timeout late
 
   // Into a federation_config or theory::method_options.
@@ -39,14 +65,15 @@ struct transport_options {
 
 inline void add_transport_options(CLI::App& app, transport_options& t) {
   app.add_option("--transport", t.kind,
-                 "how clients and server talk: inprocess (threads) or mpi (under mpirun -np P, "
-                 "P >= 2: rank 0 the server, ranks 1..P-1 the clients)")
+                 "how clients and server talk: inprocess (threads), mpi (under mpirun -np P, "
+                 "P >= 2: rank 0 the server, ranks 1..P-1 the clients) or grpc (a server process "
+                 "and client processes started on their own: --role, docs/distributed.md)")
       ->check(CLI::IsMember(
           std::vector<std::string>(rolora::transport_names.begin(), rolora::transport_names.end())))
       ->capture_default_str();
   app.add_option("--client-timeout", t.client_timeout,
-                 "mpi: seconds a round waits for the uploads; a client late or silent is dropped "
-                 "from that round (0: wait for ever)")
+                 "mpi, grpc: seconds a round waits for the uploads; a client late or silent is "
+                 "dropped from that round (0: wait for ever)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--on-bad-update", t.on_bad_update,
@@ -57,10 +84,44 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
                  "a round with fewer usable updates fails, changing nothing")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
-  app.add_option("--garbage-client", t.garbage_client, "testing: client C uploads garbage (mpi)")
+  auto& n = t.network;
+  const char* grpc_group = "gRPC transport (--transport grpc)";
+  app.add_option("--role", n.role,
+                 "server (listens, runs the rounds, writes the results) or client (dials the "
+                 "server and trains the --client-id clients)")
+      ->check(CLI::IsMember({"server", "client"}))
+      ->capture_default_str()
+      ->group(grpc_group);
+  app.add_option("--listen", n.listen, "server: HOST:PORT to listen on (port 0: a free one, printed)")
+      ->capture_default_str()
+      ->group(grpc_group);
+  app.add_option("--connect", n.connect, "client: the server's HOST:PORT")->group(grpc_group);
+  app.add_option("--client-id", n.client_ids,
+                 "client: the ids this process trains, e.g. 0 or 0,3,5 (each one its certificate "
+                 "may act as)")
+      ->group(grpc_group);
+  app.add_option("--tls-ca", n.tls_ca, "the federation's CA certificate (PEM)")->group(grpc_group);
+  app.add_option("--tls-cert", n.tls_cert, "this party's certificate (PEM)")->group(grpc_group);
+  app.add_option("--tls-key", n.tls_key, "this party's private key (PEM)")->group(grpc_group);
+  app.add_flag("--insecure", n.insecure,
+               "no TLS and nobody authenticated: loopback experiments only")
+      ->group(grpc_group);
+  app.add_option("--roster", n.roster,
+                 "server: file of 'NAME ID[,ID...]' lines, the ids each certificate common name "
+                 "may act as (default: CN client-<N> acts as client N)")
+      ->group(grpc_group);
+  app.add_option("--connect-timeout", n.connect_timeout,
+                 "client: seconds without a connection to the server before giving up")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(grpc_group);
+  app.add_option("--chunk-kib", n.chunk_kib, "testing: gRPC chunk size, KiB")
+      ->check(CLI::Range(1, 4000))
+      ->group("");
+  app.add_option("--garbage-client", t.garbage_client, "testing: client C uploads garbage (mpi, grpc)")
       ->group("");
   app.add_option("--slow-client", t.slow_client,
-                 "testing: client C answers round 0 three client timeouts late (mpi)")
+                 "testing: client C answers round 0 three client timeouts late (mpi, grpc)")
       ->group("");
 }
 
@@ -72,7 +133,7 @@ class app_transport {
   // with the error and exit code 2.
   app_transport(int& argc, char**& argv, const transport_options& o) : t_(make(argc, argv, o)) {}
 
-  // Rank 0 under MPI, always in-process: the one that prints and writes.
+  // Rank 0 under MPI, the server under gRPC, always in-process: the one that prints and writes.
   bool is_server() const { return t_.is_server(); }
 
   // rolora::run over this transport (client ranks serve and get no reports).
@@ -124,11 +185,29 @@ class app_transport {
       };
     }
     try {
-      return rolora::transport_by_name(o.kind, argc, argv, std::move(m));
+      if (o.network.role == "client" && o.kind != "grpc") {
+        rolora::raise<config_error>("--role client is for --transport grpc");
+      }
+      return rolora::transport_by_name(o.kind, argc, argv, std::move(m), network(o));
     } catch (const error& e) {
       std::fprintf(stderr, "error: --transport %s: %s\n", o.kind.c_str(), e.what());
       std::exit(2);
     }
+  }
+
+  static rolora::grpc::options network(const transport_options& o) {
+    const auto& n = o.network;
+    rolora::grpc::options g;
+    g.server = n.role == "server";
+    g.address = g.server ? n.listen : n.connect;
+    if (!g.server && o.kind == "grpc") g.client_ids = rolora::grpc::parse_client_ids(n.client_ids);
+    g.tls = {n.tls_ca, n.tls_cert, n.tls_key};
+    g.insecure = n.insecure;
+    if (!n.roster.empty()) g.roster = rolora::grpc::read_roster(n.roster);
+    g.connect_timeout = n.connect_timeout;
+    g.chunk_bytes = n.chunk_kib * 1024;
+    g.fingerprint = o.fingerprint;
+    return g;
   }
 
   rolora::transport_by_name t_;

@@ -5,19 +5,26 @@
 //                 1..P-1 the clients, under mpirun -np P, P >= 2; only where the program links
 //                 the target rolora::mpi (which defines ROLORA_HAVE_MPI): elsewhere asking for it
 //                 is a config_error saying how to build it
+//   "grpc"        rolora::grpc::transport (rolora/grpc/transport.hpp): one server process that
+//                 listens, client processes that dial out (mutual TLS), each started on its own;
+//                 only where the program links rolora::grpc (ROLORA_HAVE_GRPC), as for MPI
 // transport_by_name owns the chosen transport (and, for MPI, the MPI session) and hands it to a
 // generic callable: t.visit([&](auto& transport) { return rolora::run(transport, fed, tasks); }).
-// This is the only place outside rolora/mpi/ that knows whether MPI was built.
+// This is the only place outside rolora/mpi/ and rolora/grpc/ that knows which were built.
 #pragma once
 #include <array>
 #include <optional>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/federation.hpp>
+#include <rolora/grpc/options.hpp>
 #include <string>
 #include <string_view>
 #include <utility>
 #if defined(ROLORA_HAVE_MPI)
 #include <rolora/mpi/transport.hpp>
+#endif
+#if defined(ROLORA_HAVE_GRPC)
+#include <rolora/grpc/transport.hpp>
 #endif
 
 namespace rolora {
@@ -28,20 +35,40 @@ inline constexpr bool has_mpi_transport = true;
 #else
 inline constexpr bool has_mpi_transport = false;
 #endif
+// Whether this build has the gRPC transport (the program links rolora::grpc).
+#if defined(ROLORA_HAVE_GRPC)
+inline constexpr bool has_grpc_transport = true;
+#else
+inline constexpr bool has_grpc_transport = false;
+#endif
 
 // The names transport_by_name accepts, the default first.
-inline constexpr std::array<std::string_view, 2> transport_names{"inprocess", "mpi"};
+inline constexpr std::array<std::string_view, 3> transport_names{"inprocess", "mpi", "grpc"};
 
 class transport_by_name {
  public:
-  // Throws config_error for an unknown name, for "mpi" in a build without MPI, and for MPI under
-  // fewer than 2 ranks (after leaving MPI again, on every rank alike). argc and argv go to
-  // MPI_Init_thread.
-  transport_by_name(std::string_view name, int& argc, char**& argv, transport_options options = {})
+  // Throws config_error for an unknown name, for "mpi" or "grpc" in a build without it, for MPI
+  // under fewer than 2 ranks (after leaving MPI again, on every rank alike) and for gRPC options
+  // that cannot work (grpc::transport's). argc and argv go to MPI_Init_thread; `network` is the
+  // gRPC transport's.
+  transport_by_name(std::string_view name, int& argc, char**& argv, transport_options options = {},
+                    grpc::options network = {})
       : name_(name) {
     if (name == "inprocess") return;
+    if (name == "grpc") {
+#if defined(ROLORA_HAVE_GRPC)
+      grpc_.emplace(std::move(network), std::move(options));
+      return;
+#else
+      (void)network;
+      detail::raise<config_error>(
+          "transport 'grpc': this build has no gRPC transport (link rolora::grpc, built where "
+          "pkg-config finds grpc++; Debian: libgrpc++-dev pkg-config)");
+#endif
+    }
     if (name != "mpi") {
-      detail::raise<config_error>("unknown transport '", name, "': expected inprocess or mpi");
+      detail::raise<config_error>("unknown transport '", name,
+                                  "': expected inprocess, mpi or grpc");
     }
 #if defined(ROLORA_HAVE_MPI)
     session_.emplace(argc, argv);
@@ -68,6 +95,9 @@ class transport_by_name {
   // transport of the build, and each must give the same result type.
   template <class F>
   decltype(auto) visit(F&& f) {
+#if defined(ROLORA_HAVE_GRPC)
+    if (grpc_) return std::forward<F>(f)(*grpc_);
+#endif
 #if defined(ROLORA_HAVE_MPI)
     if (mpi_) return std::forward<F>(f)(*mpi_);
 #endif
@@ -75,6 +105,9 @@ class transport_by_name {
   }
   template <class F>
   decltype(auto) visit(F&& f) const {
+#if defined(ROLORA_HAVE_GRPC)
+    if (grpc_) return std::forward<F>(f)(std::as_const(*grpc_));
+#endif
 #if defined(ROLORA_HAVE_MPI)
     if (mpi_) return std::forward<F>(f)(std::as_const(*mpi_));
 #endif
@@ -92,6 +125,9 @@ class transport_by_name {
 #if defined(ROLORA_HAVE_MPI)
   std::optional<mpi::session> session_;
   std::optional<mpi::transport> mpi_;  // destroyed before the session
+#endif
+#if defined(ROLORA_HAVE_GRPC)
+  std::optional<grpc::transport> grpc_;
 #endif
 };
 

@@ -213,7 +213,7 @@ class server_state {
           list.c_str());
       from.send({message_kind::welcome, 0, nonce_, federation_},
                 json_bytes({{"nonce", nonce_}, {"federation", federation_}}));
-      changed_.notify_all();
+      notify();
       return;
     }
     if (m.route.kind == message_kind::upload && hello_done) {
@@ -224,7 +224,7 @@ class server_state {
         return;
       }
       inbox_.push_back({std::size_t(m.route.client), m.route, std::move(m.bytes)});
-      changed_.notify_all();
+      notify();
       return;
     }
     lock.unlock();
@@ -245,11 +245,19 @@ class server_state {
     }
     hosts_.erase(it);
     log("grpc: client %s (%s) disconnected: %s\n", list.c_str(), from.identity().c_str(), why);
+    notify();
+  }
+
+  // Something the round loop waits for happened (a stream opened or closed, an upload came):
+  // under the lock, a new generation.
+  void notify() {
+    ++generation_;
     changed_.notify_all();
   }
 
   std::mutex mu_;
   std::condition_variable changed_;
+  std::uint64_t generation_ = 0;
   const options& options_;
   FILE* log_;
   std::uint64_t nonce_ = 0;       // this server start's
@@ -646,19 +654,19 @@ class transport {
           drop(c, "its stream was lost after its download");
         }
       }
+      const std::uint64_t generation = s.generation_;
       std::deque<detail::inbound> inbox;
       inbox.swap(s.inbox_);
       lock.unlock();
       for (auto& in : inbox) accept(server, plan, in, waiting, got);
       lock.lock();
-      if (waiting.empty() || !s.inbox_.empty()) continue;
-      if (deadline) {
-        if (s.changed_.wait_until(lock, *deadline) == std::cv_status::timeout &&
-            s.inbox_.empty()) {
-          break;
-        }
-      } else {
-        s.changed_.wait(lock);
+      if (waiting.empty() || (deadline && detail::clock::now() >= *deadline)) break;
+      // Whatever happened while the lock was released counts: wait only if nothing did.
+      const auto news = [&] { return s.generation_ != generation; };
+      if (!deadline) {
+        s.changed_.wait(lock, news);
+      } else if (!s.changed_.wait_until(lock, *deadline, news)) {
+        break;
       }
     }
     for (std::size_t c : std::vector<std::size_t>(waiting)) {
