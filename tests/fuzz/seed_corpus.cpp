@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <rolora/federated/message.hpp>
+#include <rolora/grpc/frame.hpp>
 #include <rolora/io/npy.hpp>
 
 #include "fuzz_support.hpp"
@@ -106,6 +107,25 @@ std::vector<bytes_t> message_seeds() {
   return out;
 }
 
+// Streams of [u16 length][chunk] records: a message in one chunk, one in many, two in a row.
+std::vector<bytes_t> grpc_frames_seeds() {
+  std::vector<bytes_t> out;
+  for (std::size_t chunk : {std::size_t(1000), std::size_t(7)}) {
+    bytes_t stream;
+    std::uint64_t number = 0;
+    for (const std::string text : {"a download's bytes", ""}) {
+      const auto kind = number == 0 ? grpc::message_kind::download : grpc::message_kind::finish;
+      grpc::for_each_chunk({kind, 2, 99, 1}, number++, text_bytes(text), chunk, [&](auto c) {
+        stream.push_back(std::uint8_t(c.size()));
+        stream.push_back(std::uint8_t(c.size() >> 8));
+        stream.insert(stream.end(), c.begin(), c.end());
+      });
+    }
+    out.push_back(stream);
+  }
+  return out;
+}
+
 // target name (fuzz_<name>.cpp) -> its seeds.
 // Configs of the four families, one with Llama 3's rope_scaling.
 std::vector<bytes_t> hf_config_seeds() {
@@ -147,6 +167,7 @@ std::vector<bytes_t> tokenizer_json_seeds() {
 
 const std::map<std::string, std::function<std::vector<bytes_t>()>> generators = {
     {"hf_config", hf_config_seeds},
+    {"grpc_frames", grpc_frames_seeds},
     {"tokenizer_json", tokenizer_json_seeds},
     {"safetensors_parse", safetensors_seeds},
     {"peft_config", peft_config_seeds},
