@@ -437,6 +437,30 @@ int main(int argc, char** argv) {
   }
   if (s.optimizer == "sgd") s.lr = {{}, 0.5, s.lr.all};  // one rate for every method
   t.threads = s.threads;
+  if (s.transport.kind == "grpc") {
+    if (s.base_precision == "auto") {
+      std::fprintf(stderr,
+                   "error: --transport grpc needs --base-precision fp32 or bf16: with auto each "
+                   "machine would pick its own, and the bits would differ\n");
+      return 2;
+    }
+    // What a client process must share with the server: every flag but its own and the paths
+    // of its files, and the contents of the base model and the starting adapter.
+    s.transport.fingerprint = apps::fingerprint_of(
+        app, {"data-dir", "train", "test", "checkpoint", "model", "init-adapter", "eval-adapter"});
+    for (const auto& dir : {s.hf.model_dir, s.hf.init_adapter}) {
+      if (dir.empty()) continue;
+      std::vector<std::filesystem::path> files;
+      for (const auto& e : std::filesystem::directory_iterator(dir)) {
+        const auto ext = e.path().extension();
+        if (ext == ".json" || ext == ".safetensors" || ext == ".model") files.push_back(e.path());
+      }
+      std::sort(files.begin(), files.end());
+      for (const auto& f : files) {
+        s.transport.fingerprint.emplace_back(f.filename().string(), apps::content_hash(f));
+      }
+    }
+  }
   apps::app_transport carrier(argc, argv, s.transport);
   s.carrier = &carrier;
   if (*model_opt) {

@@ -178,21 +178,20 @@ struct checkpointing {
     return transport.run_round(fed, clients);
   }
 
-  static nlohmann::json problem_json(const th::linear_problem_config& c) {
-    return {{"dim", c.dim},
-            {"out_dim", c.out_dim},
-            {"rank", c.rank},
-            {"clients", c.clients},
-            {"samples", c.samples},
-            {"noise", c.noise},
-            {"heterogeneous", c.heterogeneous},
-            {"heterogeneity", c.heterogeneity},
-            {"seed", c.seed}};
-  }
   nlohmann::json identity() const {
+    const auto& c = s.problem;
     return {
         {"method", th::method_name(method)},
-        {"problem", problem_json(s.problem)},
+        {"problem",
+         {{"dim", c.dim},
+          {"out_dim", c.out_dim},
+          {"rank", c.rank},
+          {"clients", c.clients},
+          {"samples", c.samples},
+          {"noise", c.noise},
+          {"heterogeneous", c.heterogeneous},
+          {"heterogeneity", c.heterogeneity},
+          {"seed", c.seed}}},
         {"eta", s.run.eta},
         {"local_steps", s.run.local_steps},
         {"init_angle", s.run.init_angle ? nlohmann::json(*s.run.init_angle) : nlohmann::json()}};
@@ -532,20 +531,10 @@ int main(int argc, char** argv) {
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;
   s.transport.apply(s.run);
-  // What a gRPC client process must share with the server: everything that changes the bits.
-  auto& f = s.transport;
-  f.fingerprint_field("method", s.method);
-  f.fingerprint_field("data", s.data.empty() ? "synthetic" : "files");
-  const auto problem = checkpointing::problem_json(c);
-  for (const auto& [name, value] : problem.items()) {
-    f.fingerprint_field(name, value.dump());
-  }
-  f.fingerprint_field("iterations", s.run.iterations);
-  f.fingerprint_field("eta", s.run.eta);
-  f.fingerprint_field("local_steps", s.run.local_steps);
-  f.fingerprint_field("init_angle", s.run.init_angle ? *s.run.init_angle : -1.0);
-  f.fingerprint_field("on_bad_update", s.transport.on_bad_update);
-  f.fingerprint_field("min_clients", s.run.min_clients);
+  // What a gRPC client process must share with the server: every flag but its own (the data
+  // directory's path among them: a client may read its own copy).
+  s.transport.fingerprint = apps::fingerprint_of(app, {"data", "write-data"});
+  s.transport.fingerprint.emplace_back("data", s.data.empty() ? "synthetic" : "files");
   apps::app_transport transport(argc, argv, s.transport);
   return apps::exit_code_of([&] { return run_check(s, transport); },
                             [&](int code) { return transport.fail(code); });

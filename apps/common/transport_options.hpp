@@ -12,8 +12,12 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <optional>
-#include <sstream>
+#include <rolora/version.hpp>
+#include <set>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/transports.hpp>
@@ -42,13 +46,7 @@ struct transport_options {
   // The fields that change the run's bits, set by the application: a gRPC client process whose
   // fingerprint differs from the server's is refused with the first differing field named.
   rolora::grpc::fingerprint fingerprint;
-  template <class Value>
-  void fingerprint_field(std::string name, const Value& value) {
-    std::ostringstream text;
-    text.precision(17);
-    text << value;
-    fingerprint.emplace_back(std::move(name), text.str());
-  }
+
   double client_timeout = 0.0;  // seconds; 0: wait for ever
   std::string on_bad_update = "fail";
   std::size_t min_clients = 1;
@@ -123,6 +121,52 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
   app.add_option("--slow-client", t.slow_client,
                  "testing: client C answers round 0 three client timeouts late (mpi, grpc)")
       ->group("");
+}
+
+// The flags that are each process's own (where it listens or dials, its certificates, threads,
+// output and checkpoint files, test hooks, the server's drop policies) and do not change the bits
+// a client computes.
+inline const std::set<std::string> local_flags{
+    "help", "transport", "role", "listen", "connect", "client-id", "tls-ca", "tls-cert",
+    "tls-key", "insecure", "roster", "connect-timeout", "chunk-kib", "garbage-client",
+    "slow-client", "client-timeout", "on-bad-update", "min-clients", "threads", "quiet", "csv",
+    "plot", "npy", "out", "checkpoint-dir", "checkpoint-every", "resume", "crash-after"};
+
+// 64-bit FNV-1a over 8-byte words of a file's bytes (empty when it cannot be read): a content
+// fingerprint, not a cryptographic hash.
+inline std::string content_hash(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return "unreadable";
+  std::uint64_t h = 1469598103934665603ULL;
+  std::vector<char> block(std::size_t(1) << 20);
+  while (in.read(block.data(), std::streamsize(block.size())) || in.gcount() > 0) {
+    const std::size_t n = std::size_t(in.gcount());
+    for (std::size_t i = 0; i < n; i += 8) {
+      std::uint64_t word = 0;
+      std::memcpy(&word, block.data() + i, std::min<std::size_t>(8, n - i));
+      h = (h ^ word) * 1099511628211ULL;
+    }
+  }
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", (unsigned long long)h);
+  return text;
+}
+
+// The run's fingerprint for a gRPC client process (see transport_options::fingerprint): rolora's
+// version, then every option of `app` but local_flags and `also_local`, as given ("(default)"
+// where not given and no default was captured). Call after parsing.
+inline rolora::grpc::fingerprint fingerprint_of(const CLI::App& app,
+                                                const std::set<std::string>& also_local = {}) {
+  rolora::grpc::fingerprint f{{"rolora", std::string(rolora::version)}};
+  for (const CLI::Option* o : app.get_options()) {
+    const std::string name = o->get_single_name();
+    if (name.empty() || local_flags.count(name) || also_local.count(name)) continue;
+    std::string value;
+    for (const auto& r : o->results()) value += (value.empty() ? "" : ",") + r;
+    if (o->count() == 0) value = o->get_default_str().empty() ? "(default)" : o->get_default_str();
+    f.emplace_back("--" + name, value);
+  }
+  return f;
 }
 
 // The transport a run uses, chosen by name (rolora::transport_by_name); what the applications

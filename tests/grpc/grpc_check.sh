@@ -12,6 +12,9 @@
 #                       identity refusals) and the run then completes byte-identical
 #          kill_client  client 1 killed with SIGKILL in round 0 is dropped at once, restarted it
 #                       is served again from a later round, and the run completes
+#          finetune_hf  federated_finetune (its path is then the third argument) on the tiny BERT of
+#                       tests/data/hf_tiny, server + 3 client processes: CSVs the same but for the
+#                       seconds and memory columns, adapters byte-identical to in-process
 #          kill_server  the server SIGKILLs itself after iteration 5 (--crash-after), is restarted
 #                       with --resume on the same port while the clients keep running: the CSV
 #                       and final states are byte-identical to the uninterrupted in-process run
@@ -139,7 +142,7 @@ case $mode in
     refused "$work/impostor.log" "refused this client: identity 'client-1' may not act as client 0" \
       --client-id 0 $(tls client-1)
     # shellcheck disable=SC2046
-    refused "$work/other_run.log" "refused this client: this client's run is not the server's: eta differs: server 0.5, client 0.25" \
+    refused "$work/other_run.log" "refused this client: this client's run is not the server's: --eta differs: server .*, client 0.25" \
       --client-id 0 $(tls client-0) --eta 0.25
     client client-0 0 "$work/client0.log"
     sleep 1
@@ -151,7 +154,7 @@ case $mode in
     wait_all
     [ "$(grep -c "Handshake failed" "$work/server.log")" -ge 3 ] ||
       fail "the server did not log three failed TLS handshakes"
-    for line in "refused client-1 .*may not act as client 0" "refused client-0 .*eta differs" \
+    for line in "refused client-1 .*may not act as client 0" "refused client-0 .*--eta differs" \
                 "refused client-0 .*client 0 is already connected"; do
       grep -q "$line" "$work/server.log" || fail "the server did not log '$line'"
     done
@@ -184,6 +187,23 @@ case $mode in
     fi
     [ "$(wc -l < "$work/grpc.csv")" -eq 8 ] || fail "the CSV is not complete"
     echo "client 1 killed in round 0: dropped at once; restarted: served from round 1; run complete"
+    ;;
+  finetune_hf)
+    hf=$src/tests/data/hf_tiny
+    flags=(--model "$hf/bert" --train "$hf/app/classify_train.csv" --test "$hf/app/classify_test.csv"
+           --max-len 24 --clients 3 --rounds 2 --local-steps 2 --batch 4 --methods fedit,rolora
+           --threads 1 --base-precision fp32)
+    "$exe" "${flags[@]}" --out "$work/inprocess" > "$work/inprocess.log"
+    start_server "$work/server.log" --out "$work/grpc"
+    for n in 0 1 2; do client "client-$n" "$n" "$work/client$n.log"; done
+    wait_all
+    for method in fedit rolora; do
+      cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/grpc/$method.csv") ||
+        fail "$method: the CSVs differ"
+      cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
+        "$work/grpc/${method}_adapter/adapter_model.safetensors" || fail "$method: adapters differ"
+    done
+    echo "federated_finetune --model (tiny BERT) over gRPC with mutual TLS: CSVs (but seconds) and adapters byte-identical"
     ;;
   kill_server)
     flags=(--rounds 8 --dim 20 --out-dim 5 --samples 200 --clients 3 --checkpoint-every 3 --quiet)

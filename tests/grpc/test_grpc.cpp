@@ -288,3 +288,37 @@ TEST_CASE("transport: the server refuses at the hello another run's fingerprint 
   server.finish();
   first.join();
 }
+
+TEST_CASE("transport: an upload over 64 MiB passes in 1 MiB chunks with the in-process bits") {
+  // One client, FedIT on d = 2^22 + 4096 inputs at rank 2: the upload holds A, 2 x d doubles,
+  // 64.06 MiB, and B; gRPC's receive limit is 4 MiB.
+  theory::linear_problem_config pc;
+  pc.dim = (index_t(1) << 22) + 4096;
+  pc.out_dim = 2;
+  pc.rank = 2;
+  pc.clients = 1;
+  pc.samples = 3;
+  pc.seed = 5;
+  auto p = theory::make_linear_problem<Backend>(pc);
+  lora_config lc;
+  lc.r = 2;
+  const adapter_set<Backend> initial({{theory::module_name, pc.out_dim, pc.dim}}, lc, 6);
+  federation_config c;
+  c.num_rounds = 1;
+  c.local_steps = 1;
+  c.local_optimizer = sgd{0.1};
+  federation<Backend, train_both, fedavg> straight(train_both{}, fedavg{}, c, initial);
+  const auto reference = straight.run(p.clients);
+  REQUIRE(reference[0].bytes_up > (std::size_t(64) << 20));
+
+  rg::transport server(loopback_server(), quiet());
+  std::thread client([&] {
+    rg::transport t(loopback_client(server, {0}), quiet());
+    t.serve<Backend>(p.clients, c);
+  });
+  federation<Backend, train_both, fedavg> fed(train_both{}, fedavg{}, c, initial);
+  const auto reports = rolora::run(server, fed, p.clients);
+  client.join();
+  CHECK(same_reports(reports, reference));
+  CHECK(test::bit_equal(fed.global(), straight.global()));
+}
