@@ -16,11 +16,11 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <rolora/version.hpp>
-#include <set>
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/transports.hpp>
+#include <rolora/version.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -90,7 +90,8 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
       ->check(CLI::IsMember({"server", "client"}))
       ->capture_default_str()
       ->group(grpc_group);
-  app.add_option("--listen", n.listen, "server: HOST:PORT to listen on (port 0: a free one, printed)")
+  app.add_option("--listen", n.listen,
+                 "server: HOST:PORT to listen on (port 0: a free one, printed)")
       ->capture_default_str()
       ->group(grpc_group);
   app.add_option("--connect", n.connect, "client: the server's HOST:PORT")->group(grpc_group);
@@ -116,7 +117,8 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
   app.add_option("--chunk-kib", n.chunk_kib, "testing: gRPC chunk size, KiB")
       ->check(CLI::Range(1, 4000))
       ->group("");
-  app.add_option("--garbage-client", t.garbage_client, "testing: client C uploads garbage (mpi, grpc)")
+  app.add_option("--garbage-client", t.garbage_client,
+                 "testing: client C uploads garbage (mpi, grpc)")
       ->group("");
   app.add_option("--slow-client", t.slow_client,
                  "testing: client C answers round 0 three client timeouts late (mpi, grpc)")
@@ -126,11 +128,34 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
 // The flags that are each process's own (where it listens or dials, its certificates, threads,
 // output and checkpoint files, test hooks, the server's drop policies) and do not change the bits
 // a client computes.
-inline const std::set<std::string> local_flags{
-    "help", "transport", "role", "listen", "connect", "client-id", "tls-ca", "tls-cert",
-    "tls-key", "insecure", "roster", "connect-timeout", "chunk-kib", "garbage-client",
-    "slow-client", "client-timeout", "on-bad-update", "min-clients", "threads", "quiet", "csv",
-    "plot", "npy", "out", "checkpoint-dir", "checkpoint-every", "resume", "crash-after"};
+inline const std::set<std::string> local_flags{"help",
+                                               "transport",
+                                               "role",
+                                               "listen",
+                                               "connect",
+                                               "client-id",
+                                               "tls-ca",
+                                               "tls-cert",
+                                               "tls-key",
+                                               "insecure",
+                                               "roster",
+                                               "connect-timeout",
+                                               "chunk-kib",
+                                               "garbage-client",
+                                               "slow-client",
+                                               "client-timeout",
+                                               "on-bad-update",
+                                               "min-clients",
+                                               "threads",
+                                               "quiet",
+                                               "csv",
+                                               "plot",
+                                               "npy",
+                                               "out",
+                                               "checkpoint-dir",
+                                               "checkpoint-every",
+                                               "resume",
+                                               "crash-after"};
 
 // 64-bit FNV-1a over 8-byte words of a file's bytes (empty when it cannot be read): a content
 // fingerprint, not a cryptographic hash.

@@ -91,7 +91,7 @@ rg::options loopback_server(std::size_t chunk = rg::default_chunk_bytes) {
 }
 
 rg::options loopback_client(const rg::transport& server, std::vector<std::size_t> ids,
-                              std::size_t chunk = rg::default_chunk_bytes) {
+                            std::size_t chunk = rg::default_chunk_bytes) {
   rg::options o = loopback_server(chunk);
   o.server = false;
   o.address = server.address();
@@ -120,8 +120,9 @@ bool same_reports(const std::vector<round_report>& x, const std::vector<round_re
 
 }  // namespace
 
-TEST_CASE("frames: any message survives chunking at any chunk size and chunks are refused "
-          "for every way they break the framing") {
+TEST_CASE(
+    "frames: any message survives chunking at any chunk size and chunks are refused "
+    "for every way they break the framing") {
   std::vector<std::uint8_t> bytes(1000);
   for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = std::uint8_t(i * 7 + 3);
   const rg::routing route{rg::message_kind::download, 3, 0x1234567890abcdefULL, 2};
@@ -171,7 +172,8 @@ TEST_CASE("frames: any message survives chunking at any chunk size and chunks ar
   CHECK(refusal({chunk_of(0, std::uint64_t(1) << 62, 0, {})}) ==
         "gRPC frames: a declared length of 4611686018427387904 bytes, above the limit 100");
   CHECK(refusal({chunk_of(1, 10, 0, {1})}) == "gRPC frames: message 1, expected message 0");
-  CHECK(refusal({chunk_of(0, 10, 3, {1})}) == "gRPC frames: message 0 begins at offset 3, expected 0");
+  CHECK(refusal({chunk_of(0, 10, 3, {1})}) ==
+        "gRPC frames: message 0 begins at offset 3, expected 0");
   CHECK(refusal({good, chunk_of(0, 10, 5, {5})}) ==
         "gRPC frames: a chunk at offset 5, expected 4 (a gap)");
   CHECK(refusal({good, chunk_of(0, 10, 4, {5, 6, 7, 8, 9, 10, 11})}) ==
@@ -206,19 +208,20 @@ TEST_CASE("options: client id lists and the default identities and rosters and f
         std::map<std::string, std::vector<std::size_t>>{{"bank-b", {1}}, {"hospital-a", {0, 3}}});
   std::ofstream(path) << "hospital-a 0 extra\n";
   CHECK(message_of<config_error>([&] { rg::read_roster(path.string()); }) ==
-        "roster " + path.string() + " line 1: expected 'NAME ID[,ID...]', got 'hospital-a 0 extra'");
+        "roster " + path.string() +
+            " line 1: expected 'NAME ID[,ID...]', got 'hospital-a 0 extra'");
   std::filesystem::remove(path);
 
   const rg::fingerprint ours{{"method", "rolora"}, {"eta", "0.5"}};
   CHECK(!rg::first_difference(ours, ours));
   CHECK(rg::first_difference(ours, {{"method", "rolora"}, {"eta", "0.25"}}) ==
         "eta differs: server 0.5, client 0.25");
-  CHECK(rg::first_difference(ours, {{"method", "rolora"}}) ==
-        "field eta is missing (server: 0.5)");
+  CHECK(rg::first_difference(ours, {{"method", "rolora"}}) == "field eta is missing (server: 0.5)");
 }
 
-TEST_CASE("transport: a federation over loopback streams gives the in-process bits and "
-          "reports for messages in one chunk or many and over two federations in a row") {
+TEST_CASE(
+    "transport: a federation over loopback streams gives the in-process bits and "
+    "reports for messages in one chunk or many and over two federations in a row") {
   auto p = four_clients();
   const federation_config c = streams_config();
   federation<Backend, fedsa, fedavg> straight(fedsa{}, fedavg{}, c, adapters());
@@ -255,8 +258,9 @@ TEST_CASE("transport: a federation over loopback streams gives the in-process bi
   }
 }
 
-TEST_CASE("transport: the server refuses at the hello another run's fingerprint and a "
-          "second stream for a connected client and the client ends with the server's reason") {
+TEST_CASE(
+    "transport: the server refuses at the hello another run's fingerprint and a "
+    "second stream for a connected client and the client ends with the server's reason") {
   auto p = four_clients();
   federation_config c = streams_config();
   c.client_dropout = 0;

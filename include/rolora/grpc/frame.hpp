@@ -44,15 +44,26 @@ class frame_error : public value_error {
   static constexpr std::string_view id = "frame_error";
 };
 
-enum class message_kind : std::uint8_t { hello = 1, welcome = 2, download = 3, upload = 4, finish = 5 };
+enum class message_kind : std::uint8_t {
+  hello = 1,
+  welcome = 2,
+  download = 3,
+  upload = 4,
+  finish = 5
+};
 
 inline std::string_view kind_name(message_kind k) {
   switch (k) {
-    case message_kind::hello: return "hello";
-    case message_kind::welcome: return "welcome";
-    case message_kind::download: return "download";
-    case message_kind::upload: return "upload";
-    case message_kind::finish: return "finish";
+    case message_kind::hello:
+      return "hello";
+    case message_kind::welcome:
+      return "welcome";
+    case message_kind::download:
+      return "download";
+    case message_kind::upload:
+      return "upload";
+    case message_kind::finish:
+      return "finish";
   }
   return "unknown";
 }

@@ -38,7 +38,7 @@ struct options {
   std::map<std::string, std::vector<std::size_t>> roster;
   double connect_timeout = 60;  // client: seconds of failed (re)connection before giving up
   rolora::grpc::fingerprint fingerprint;
-  std::size_t chunk_bytes = default_chunk_bytes;            // payload per gRPC message
+  std::size_t chunk_bytes = default_chunk_bytes;             // payload per gRPC message
   std::uint64_t max_message_bytes = std::uint64_t(1) << 36;  // a longer declared message: refused
 };
 
@@ -112,16 +112,16 @@ inline std::optional<std::string> first_difference(const fingerprint& ours,
       return rolora::detail::concat("field ", theirs[i].first, " is not in the server's run");
     }
     if (i >= theirs.size()) {
-      return rolora::detail::concat("field ", ours[i].first, " is missing (server: ",
-                                    ours[i].second, ")");
+      return rolora::detail::concat("field ", ours[i].first,
+                                    " is missing (server: ", ours[i].second, ")");
     }
     if (ours[i].first != theirs[i].first) {
       return rolora::detail::concat("field ", i, " is ", theirs[i].first, ", the server's ",
                                     ours[i].first);
     }
     if (ours[i].second != theirs[i].second) {
-      return rolora::detail::concat(ours[i].first, " differs: server ", ours[i].second,
-                                    ", client ", theirs[i].second);
+      return rolora::detail::concat(ours[i].first, " differs: server ", ours[i].second, ", client ",
+                                    theirs[i].second);
     }
   }
   return std::nullopt;

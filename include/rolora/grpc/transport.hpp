@@ -260,8 +260,8 @@ class server_state {
   std::uint64_t generation_ = 0;
   const options& options_;
   FILE* log_;
-  std::uint64_t nonce_ = 0;       // this server start's
-  std::uint64_t federation_ = 0;  // federations finished
+  std::uint64_t nonce_ = 0;                                // this server start's
+  std::uint64_t federation_ = 0;                           // federations finished
   std::map<connection*, std::vector<std::size_t>> hosts_;  // accepted streams and their ids
   std::map<std::size_t, connection*> owner_;               // client id -> its stream
   std::set<std::size_t> seen_;  // ids that had a stream since this server started
@@ -276,20 +276,20 @@ class server_state {
       const auto allowed = allowed_ids(options_.roster, from.identity());
       for (std::size_t c : ids) {
         if (std::find(allowed.begin(), allowed.end(), c) == allowed.end()) {
-          return {{::grpc::StatusCode::PERMISSION_DENIED,
-                   rolora::detail::concat("identity '", from.identity(), "' may not act as client ",
-                                          c,
-                                          options_.roster.empty() ? " (without a roster, CN "
-                                                                    "client-<N> acts as client N)"
-                                                                  : " (see the server's roster)")}};
+          return {
+              {::grpc::StatusCode::PERMISSION_DENIED,
+               rolora::detail::concat("identity '", from.identity(), "' may not act as client ", c,
+                                      options_.roster.empty() ? " (without a roster, CN "
+                                                                "client-<N> acts as client N)"
+                                                              : " (see the server's roster)")}};
         }
       }
     }
     for (std::size_t c : ids) {
       if (owner_.count(c)) {
         return {{::grpc::StatusCode::ALREADY_EXISTS,
-                 rolora::detail::concat("client ", c, " is already connected (",
-                                        owner_[c]->peer(), ")")}};
+                 rolora::detail::concat("client ", c, " is already connected (", owner_[c]->peer(),
+                                        ")")}};
       }
     }
     if (auto diff = first_difference(options_.fingerprint, theirs)) {
@@ -322,7 +322,8 @@ inline connection::connection(server_state& state, ::grpc::GenericCallbackServer
 
 inline void connection::OnReadDone(bool ok) {
   if (!ok) {
-    state_.closed(*this, reassembler_.incomplete() ? "stream cut inside a message" : "stream ended");
+    state_.closed(*this,
+                  reassembler_.incomplete() ? "stream cut inside a message" : "stream ended");
     end(::grpc::Status::OK);
     return;
   }
@@ -427,8 +428,9 @@ class client_session {
   // Opens a stream and says hello; retries with backoff until connect_timeout seconds pass
   // (config_error with the last error) or the server refuses (config_error with its reason).
   void connect(std::span<const std::uint8_t> hello) {
-    const auto give_up = clock::now() + std::chrono::duration_cast<clock::duration>(
-                                            std::chrono::duration<double>(options_.connect_timeout));
+    const auto give_up =
+        clock::now() + std::chrono::duration_cast<clock::duration>(
+                           std::chrono::duration<double>(options_.connect_timeout));
     auto backoff = std::chrono::milliseconds(100);
     std::string last = "no attempt";
     for (;;) {
@@ -517,7 +519,8 @@ class client_session {
       case ::grpc::StatusCode::UNIMPLEMENTED:
         rolora::detail::raise<config_error>("gRPC: the server at ", options_.address,
                                             " refused this client: ", status.error_message());
-      default: break;
+      default:
+        break;
     }
   }
 
@@ -621,8 +624,9 @@ class transport {
     std::vector<std::size_t> waiting = plan.reporting;  // increasing
     std::optional<detail::clock::time_point> deadline;
     if (transport_.client_timeout > 0) {
-      deadline = detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(
-                                            std::chrono::duration<double>(transport_.client_timeout));
+      deadline =
+          detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(
+                                     std::chrono::duration<double>(transport_.client_timeout));
     }
     std::vector<received_upload<Backend>> got;
     auto& s = *state_;
@@ -812,9 +816,10 @@ class transport {
     auto& s = *state_;
     const std::size_t c = in.client;
     if (in.route.nonce != s.nonce_ || in.route.federation != s.federation_) {
-      s.log("round %zu: an upload of client %zu made for an earlier server start or federation: "
-            "discarded\n",
-            plan.round, c);
+      s.log(
+          "round %zu: an upload of client %zu made for an earlier server start or federation: "
+          "discarded\n",
+          plan.round, c);
       return;
     }
     const auto it = std::find(waiting.begin(), waiting.end(), c);
