@@ -3,7 +3,13 @@
 // threads of this test, plaintext): the in-process bits and reports, several federations in a
 // row, messages split into many chunks, and the refusals a server makes at the hello. The TLS
 // refusals, kills and restarts run with real processes in tests/grpc/grpc_check.sh.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <rolora/grpc/transport.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <thread>
@@ -325,4 +331,105 @@ TEST_CASE("transport: an upload over 64 MiB passes in 1 MiB chunks with the in-p
   client.join();
   CHECK(same_reports(reports, reference));
   CHECK(test::bit_equal(fed.global(), straight.global()));
+}
+
+TEST_CASE(
+    "transport: a peer sending garbage or oversized or interleaved or truncated frames or "
+    "calling another method is cut off while the server goes on") {
+  rg::transport server(loopback_server(), quiet());
+  ::grpc::GenericStub stub(
+      ::grpc::CreateChannel(server.address(), ::grpc::InsecureChannelCredentials()));
+  // Sends `chunks` on a call of `method`, closes its side and returns the status the server
+  // ended the call with.
+  const auto answer = [&](std::vector<std::vector<std::uint8_t>> chunks,
+                          std::string method = rg::detail::session_method) {
+    ::grpc::CompletionQueue cq;
+    ::grpc::ClientContext context;
+    auto call = stub.PrepareCall(&context, method, &cq);
+    void* tag = nullptr;
+    bool ok = false;
+    const auto next = [&] { REQUIRE(cq.Next(&tag, &ok)); };
+    call->StartCall(nullptr);
+    next();
+    for (const auto& c : chunks) {
+      call->Write(rg::detail::to_buffer(c), nullptr);
+      next();
+    }
+    call->WritesDone(nullptr);
+    next();
+    ::grpc::ByteBuffer reply;
+    call->Read(&reply, nullptr);
+    next();
+    CHECK(!ok);  // the server sent nothing and ended the call
+    ::grpc::Status status;
+    call->Finish(&status, nullptr);
+    next();
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+    return std::pair(status.error_code(), status.error_message());
+  };
+  using code = ::grpc::StatusCode;
+  const rg::routing hello{rg::message_kind::hello, 0, 0, 0};
+  CHECK(answer({std::vector<std::uint8_t>(64, 0xab)}) ==
+        std::pair(code::INVALID_ARGUMENT,
+                  std::string("[rolora.frame_error] gRPC frames: a chunk without the magic RLGF "
+                              "(not a rolora frame)")));
+  CHECK(answer({chunk_of(0, std::uint64_t(1) << 62, 0, {}, hello)}).second ==
+        "[rolora.frame_error] gRPC frames: a declared length of 4611686018427387904 bytes, above "
+        "the limit 68719476736");
+  CHECK(answer({chunk_of(0, 10, 0, {1, 2, 3, 4}, hello), chunk_of(1, 3, 0, {1, 2, 3}, hello)})
+            .second.find("interleaved messages") != std::string::npos);
+  CHECK(answer({chunk_of(0, 10, 0, {1, 2, 3, 4}, hello)}).first == code::OK);  // cut: stream over
+  CHECK(answer({chunk_of(0, 2, 0, {'{', '}'}, hello)}) ==
+        std::pair(code::INVALID_ARGUMENT,
+                  std::string("an unreadable hello: [json.exception.out_of_range.403] key 'ids' "
+                              "not found")));
+  CHECK(answer({}, "/other.Service/Call").first == code::UNIMPLEMENTED);
+
+  // The server goes on: a federation over it has the in-process bits.
+  auto p = four_clients();
+  federation_config c = streams_config();
+  federation<Backend, fedsa, fedavg> straight(fedsa{}, fedavg{}, c, adapters());
+  const auto reference = straight.run(p.clients);
+  std::thread client([&] {
+    auto tasks = four_clients().clients;
+    rg::transport t(loopback_client(server, {0, 1, 2, 3}), quiet());
+    t.serve<Backend>(tasks, c);
+  });
+  federation<Backend, fedsa, fedavg> fed(fedsa{}, fedavg{}, c, adapters());
+  CHECK(same_reports(rolora::run(server, fed, p.clients), reference));
+  client.join();
+  CHECK(test::bit_equal(fed.global(), straight.global()));
+}
+
+TEST_CASE(
+    "transport: a client gives up within its connect timeout on a peer that accepts TCP "
+    "and never speaks") {
+  // A listening socket nobody serves: the kernel completes TCP handshakes, nothing answers.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t size = sizeof at;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&at), size) == 0);
+  REQUIRE(::listen(fd, 8) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&at), &size) == 0);
+  const std::string address = "127.0.0.1:" + std::to_string(ntohs(at.sin_port));
+
+  rg::options o = loopback_server();
+  o.server = false;
+  o.address = address;
+  o.client_ids = {0};
+  o.connect_timeout = 1;
+  rg::transport t(o, quiet());
+  auto tasks = four_clients().clients;
+  const auto start = std::chrono::steady_clock::now();
+  const auto why = message_of<config_error>([&] { t.serve<Backend>(tasks, streams_config()); });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(why.find("gRPC: no connection to " + address + " within --connect-timeout 1 s") == 0);
+  CHECK(seconds < 5);
+  ::close(fd);
 }

@@ -427,6 +427,8 @@ class client_session {
 
   // Opens a stream and says hello; retries with backoff until connect_timeout seconds pass
   // (config_error with the last error) or the server refuses (config_error with its reason).
+  // Each attempt, welcome included, ends by then: a peer that accepts and stays silent is no
+  // server.
   void connect(std::span<const std::uint8_t> hello) {
     const auto give_up =
         clock::now() + std::chrono::duration_cast<clock::duration>(
@@ -434,7 +436,7 @@ class client_session {
     auto backoff = std::chrono::milliseconds(100);
     std::string last = "no attempt";
     for (;;) {
-      if (attempt(hello, last)) return;
+      if (attempt(hello, give_up, last)) return;
       if (clock::now() + backoff >= give_up) {
         rolora::detail::raise<config_error>("gRPC: no connection to ", options_.address,
                                             " within --connect-timeout ", options_.connect_timeout,
@@ -447,11 +449,11 @@ class client_session {
 
   // The next message; nothing when the stream broke (the caller reconnects). A refusal or a
   // framing error from the server is a config_error.
-  std::optional<message> read() {
+  std::optional<message> read(std::optional<clock::time_point> deadline = std::nullopt) {
     for (;;) {
       ::grpc::ByteBuffer buffer;
       call_->Read(&buffer, tag(op::read));
-      if (!wait(op::read)) {
+      if (!wait(op::read, deadline)) {
         ended();
         return std::nullopt;
       }
@@ -465,10 +467,11 @@ class client_session {
   }
 
   // Sends one message; false when the stream broke.
-  bool write(const routing& route, std::span<const std::uint8_t> bytes) {
+  bool write(const routing& route, std::span<const std::uint8_t> bytes,
+             std::optional<clock::time_point> deadline = std::nullopt) {
     for (auto& c : chunks_of(route, sent_messages_, bytes, options_.chunk_bytes)) {
       call_->Write(c, tag(op::write));
-      if (!wait(op::write)) {
+      if (!wait(op::write, deadline)) {
         ended();
         return false;
       }
@@ -493,13 +496,28 @@ class client_session {
   static void* tag(op o) { return reinterpret_cast<void*>(std::intptr_t(o)); }
 
   // Waits for `o` to complete; its ok.
-  bool wait(op o) {
+  // Waits for `o` to complete; its ok. Past `deadline` the call is cancelled (the operation
+  // then completes, not ok).
+  bool wait(op o, std::optional<clock::time_point> deadline = std::nullopt) {
     void* got = nullptr;
     bool ok = false;
-    while (cq_.Next(&got, &ok)) {
+    for (;;) {
+      auto status = ::grpc::CompletionQueue::GOT_EVENT;
+      if (deadline) {
+        const auto left = *deadline - clock::now();
+        status = cq_.AsyncNext(&got, &ok, std::chrono::system_clock::now() + left);
+      } else if (!cq_.Next(&got, &ok)) {
+        status = ::grpc::CompletionQueue::SHUTDOWN;
+      }
+      if (status == ::grpc::CompletionQueue::SHUTDOWN) return false;
+      if (status == ::grpc::CompletionQueue::TIMEOUT) {
+        context_->TryCancel();
+        deadline.reset();
+        timed_out_ = true;
+        continue;
+      }
       if (got == tag(o)) return ok;
     }
-    return false;
   }
 
   // The stream ended under us: its status says why. A refusal ends the client; anything else
@@ -510,7 +528,9 @@ class client_session {
     wait(op::finish);
     call_.reset();
     context_.reset();
-    last_status_ = status.error_message();
+    last_status_ = timed_out_ ? "no welcome from the server in time (is it a rolora server?)"
+                              : status.error_message();
+    timed_out_ = false;
     switch (status.error_code()) {
       case ::grpc::StatusCode::PERMISSION_DENIED:
       case ::grpc::StatusCode::ALREADY_EXISTS:
@@ -524,22 +544,23 @@ class client_session {
     }
   }
 
-  bool attempt(std::span<const std::uint8_t> hello, std::string& last) {
+  // One stream opened and greeted before `give_up`, or false with the reason in `last`.
+  bool attempt(std::span<const std::uint8_t> hello, clock::time_point give_up, std::string& last) {
     context_ = std::make_unique<::grpc::ClientContext>();
     call_ = stub_->PrepareCall(context_.get(), session_method, &cq_);
     reassembler_.emplace(options_.max_message_bytes);
     sent_messages_ = 0;
     call_->StartCall(tag(op::start));
-    if (!wait(op::start)) {
+    if (!wait(op::start, give_up)) {
       ended();
       last = last_status_;
       return false;
     }
-    if (!write({message_kind::hello, 0, 0, 0}, hello)) {
+    if (!write({message_kind::hello, 0, 0, 0}, hello, give_up)) {
       last = last_status_;
       return false;
     }
-    const auto welcome = read();
+    const auto welcome = read(give_up);
     if (!welcome) {
       last = last_status_;
       return false;
@@ -564,6 +585,7 @@ class client_session {
   std::uint64_t sent_messages_ = 0;
   std::uint64_t nonce_ = 0, federation_ = 0;
   std::string last_status_;
+  bool timed_out_ = false;  // the last wait passed its deadline
 };
 
 }  // namespace detail
