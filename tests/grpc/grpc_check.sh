@@ -81,6 +81,14 @@ refused() {
   [ "$rc" -ne 0 ] || fail "$log: the client was not refused"
   grep -q -- "$expected" "$log" || fail "$log: no '$expected'"
 }
+# wait_for LOG PATTERN: until the log has a line matching PATTERN (30 s at most).
+wait_for() {
+  for _ in $(seq 1 300); do
+    grep -q "$2" "$1" && return
+    sleep 0.1
+  done
+  fail "no '$2' in $1 within 30 s"
+}
 final_state() { echo "$1/$2/$(cat "$1/$2/latest")/server.safetensors"; }
 same() {  # same CSV and final server states as the in-process run
   cmp "$work/inprocess.csv" "$work/grpc.csv" || fail "the CSVs differ"
@@ -145,7 +153,7 @@ case $mode in
     refused "$work/other_run.log" "refused this client: this client's run is not the server's: --eta differs: server .*, client 0.25" \
       --client-id 0 $(tls client-0) --eta 0.25
     client client-0 0 "$work/client0.log"
-    sleep 1
+    wait_for "$work/server.log" "connected as client 0"
     # shellcheck disable=SC2046
     refused "$work/twin.log" "refused this client: client 0 is already connected" \
       --client-id 0 $(tls client-0)
@@ -170,7 +178,9 @@ case $mode in
     client client-1 1 "$work/client1.log" --slow-client 1  # holds round 0 (sleeps 6 s) ...
     victim=${pids[-1]}
     client client-2 2 "$work/client2.log" --slow-client 2  # ... as does client 2
-    sleep 1.5
+    wait_for "$work/server.log" "connected as client 1"
+    wait_for "$work/server.log" "connected as client 2"
+    sleep 0.5  # client 1 has its download and trains (then sleeps)
     kill -9 "$victim"
     wait "$victim" 2> /dev/null || true
     pids=("${pids[@]/$victim/}")
