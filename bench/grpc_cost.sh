@@ -11,6 +11,9 @@
 #    uses and the cipher this server negotiates (openssl s_client).
 # 2. Many processes: FFA-LoRA, 50 clients each in its own process, 5 rounds: the server's peak
 #    RSS against a 2-client run, and the wall time.
+# 3. The main job (federated_finetune, built-in model, 20 clients, RoLoRA, 4 rounds; needs the
+#    corpus of scripts/fetch_data.sh): in-process on 2 threads, MPI -np 3 and gRPC with a server
+#    and 2 client processes (10 ids each), each client 1 thread: seconds per round.
 set -euo pipefail
 build=${1:-build}
 exe=$build/apps/linear_regression_theory
@@ -90,3 +93,38 @@ for n in 2 50; do
   same
   echo "$n client processes: $t s, server peak RSS $((rss / 1024)) MiB"
 done
+
+finetune=$build/apps/federated_finetune
+if [ -x "$finetune" ] && [ -d .cache/data/spam-assassin ]; then
+  echo "== 3. the main job: 20 clients, RoLoRA, 4 rounds"
+  job=(--clients 20 --rounds 4 --methods rolora --eval-every 4)
+  per_round() { grep -o "round   4/4.*" "$1" | grep -o "[0-9.]* s" | head -1; }
+  "$finetune" "${job[@]}" --threads 2 --out "$work/ft_in" > "$work/ft_in.log"
+  echo "in-process, 2 threads: $(per_round "$work/ft_in.log") for 4 rounds"
+  if command -v mpirun > /dev/null; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+      OMPI_MCA_btl_vader_single_copy_mechanism=none mpirun --oversubscribe -np 3 "$finetune" \
+      "${job[@]}" --threads 1 --transport mpi --out "$work/ft_mpi" > "$work/ft_mpi.log"
+    echo "MPI -np 3, 1 thread per client rank: $(per_round "$work/ft_mpi.log") for 4 rounds"
+  fi
+  printf 'client-0 0,2,4,6,8,10,12,14,16,18\nclient-1 1,3,5,7,9,11,13,15,17,19\n' > "$work/roster"
+  "$finetune" "${job[@]}" --threads 1 --transport grpc --listen 127.0.0.1:0 --roster "$work/roster" \
+    --tls-ca "$c/ca.pem" --tls-cert "$c/server.pem" --tls-key "$c/server.key" \
+    --out "$work/ft_grpc" > "$work/ft_grpc.log" 2> "$work/ft_server.log" &
+  server=$!
+  port=""
+  while [ -z "$port" ]; do
+    sleep 0.1
+    port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/ft_server.log")
+  done
+  for n in 0 1; do
+    ids=$(sed -n "$((n + 1))p" "$work/roster" | cut -d' ' -f2)
+    "$finetune" "${job[@]}" --threads 1 --transport grpc --role client --connect "127.0.0.1:$port" \
+      --client-id "$ids" --tls-ca "$c/ca.pem" --tls-cert "$c/client-$n.pem" \
+      --tls-key "$c/client-$n.key" > /dev/null 2>&1 &
+  done
+  wait
+  echo "gRPC mutual TLS, 2 client processes: $(per_round "$work/ft_grpc.log") for 4 rounds"
+  cmp "$work/ft_in/rolora_adapter/adapter_model.safetensors" \
+    "$work/ft_grpc/rolora_adapter/adapter_model.safetensors"
+fi
