@@ -410,12 +410,13 @@ struct run_result {
   std::vector<std::uint64_t> unmasked, plain, masked_sum;
 };
 
-// One round of n clients on `graph`: every client publishes keys and shares; the clients in
-// `before` drop before sending their masked input, those in `after` after it (they answer no
-// request). Returns the server's unmasked sum and the plain sum of the survivors' encodings.
+// One round of n clients on `graph`: every client but those in `silent` publishes keys and
+// shares (the silent never take part); the clients in `before` drop before sending their masked
+// input, those in `after` after it (they answer no request). Returns the server's unmasked sum
+// and the plain sum of the survivors' encodings.
 run_result run_round(const neighbour_graph& graph, std::size_t t, std::uint64_t round,
                      const std::set<std::size_t>& before, const std::set<std::size_t>& after,
-                     std::size_t length = 257) {
+                     const std::set<std::size_t>& silent = {}, std::size_t length = 257) {
   const std::size_t n = graph.size();
   const round_setup setup{round, t, graph};
   const codec c(1.0, 20, n);
@@ -423,9 +424,10 @@ run_result run_round(const neighbour_graph& graph, std::size_t t, std::uint64_t 
   key_directory published;
   for (std::size_t i = 0; i < n; ++i) {
     clients.emplace_back(i, setup);
-    published[i] = clients[i].mask_public_key();
+    if (!silent.count(i)) published[i] = clients[i].mask_public_key();
   }
   for (const auto& cl : clients) {
+    if (silent.count(cl.id())) continue;
     for (const auto& b : cl.share_out()) clients[b.to].receive(b);
   }
   std::map<std::size_t, std::vector<std::uint64_t>> masked;
@@ -433,7 +435,7 @@ run_result run_round(const neighbour_graph& graph, std::size_t t, std::uint64_t 
   r.plain.assign(length, 0);
   r.masked_sum.assign(length, 0);
   for (std::size_t i = 0; i < n; ++i) {
-    if (before.count(i)) continue;
+    if (before.count(i) || silent.count(i)) continue;
     std::vector<double> x(length);
     for (std::size_t j = 0; j < length; ++j) x[j] = std::sin(double(i * length + j));
     const auto e = c.encode(x, i);
@@ -446,7 +448,8 @@ run_result run_round(const neighbour_graph& graph, std::size_t t, std::uint64_t 
   const unmask_request req = make_request(published, masked);
   std::vector<unmask_answer> answers;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!before.count(i) && !after.count(i)) answers.push_back(clients[i].answer(req));
+    if (!before.count(i) && !after.count(i) && !silent.count(i))
+      answers.push_back(clients[i].answer(req));
   }
   r.unmasked = unmask_sum(setup, published, masked, answers, length);
   return r;
@@ -476,6 +479,10 @@ TEST_CASE("unmasked sum equals the plain sum of the survivors bit for bit") {
         run_round(random_regular_graph(30, k, key_of(4)), 5, 4, {2, 9, 17, 25}, {5, 13, 29});
     CHECK(r.unmasked == r.plain);
     CHECK(r.masked_sum != r.plain);
+  }
+  SUBCASE("16 clients of degree 6 with 2 that never published keys and 1 dropped before") {
+    const auto r = run_round(random_regular_graph(16, 6, key_of(6)), 3, 6, {4}, {}, {1, 10});
+    CHECK(r.unmasked == r.plain);
   }
   SUBCASE("10 clients of odd degree 3 with 1 dropped after masking") {
     const auto r = run_round(random_regular_graph(10, 3, key_of(5)), 2, 5, {}, {7});

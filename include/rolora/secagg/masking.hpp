@@ -85,11 +85,16 @@ class client {
  public:
   // Client `id` of the round: a fresh mask key pair and self-mask seed.
   client(std::size_t id, const round_setup& setup)
-      : id_(id), setup_(setup), keys_(generate_keypair()), seed_(random_seed()) {
+      : id_(id),
+        round_(setup.round),
+        threshold_(setup.threshold),
+        keys_(generate_keypair()),
+        seed_(random_seed()) {
     if (id >= setup.graph.size()) {
       rolora::detail::raise<config_error>("secagg: client ", id, " of a graph of ",
                                           setup.graph.size(), " clients");
     }
+    neighbours_ = setup.graph.neighbours(id);  // its own list only: O(k), not the graph
     const std::size_t deg = setup.graph.degree(id);
     if (setup.threshold < 1 || setup.threshold > deg) {
       rolora::detail::raise<config_error>("secagg: threshold t = ", setup.threshold,
@@ -104,9 +109,9 @@ class client {
   // One bundle per neighbour: shares (x = 1..degree, in the order of the neighbours) of the seed
   // and of the secret key.
   std::vector<share_bundle> share_out() const {
-    const auto& nb = setup_.graph.neighbours(id_);
-    auto seeds = split(seed_, nb.size(), setup_.threshold);
-    auto keys = split(keys_.sk, nb.size(), setup_.threshold);
+    const auto& nb = neighbours_;
+    auto seeds = split(seed_, nb.size(), threshold_);
+    auto keys = split(keys_.sk, nb.size(), threshold_);
     std::vector<share_bundle> out(nb.size());
     for (std::size_t l = 0; l < nb.size(); ++l) {
       out[l] = {id_, nb[l], std::move(seeds[l]), std::move(keys[l])};
@@ -116,7 +121,7 @@ class client {
 
   // Keeps a neighbour's bundle; refuses one for another client or from a non-neighbour.
   void receive(const share_bundle& b) {
-    if (b.to != id_ || !setup_.graph.adjacent(id_, b.from)) {
+    if (b.to != id_ || !std::binary_search(neighbours_.begin(), neighbours_.end(), b.from)) {
       rolora::detail::raise<config_error>("secagg: client ", id_, " got a share bundle from ",
                                           b.from, " to ", b.to, ", expected one to ", id_,
                                           " from a neighbour");
@@ -128,13 +133,13 @@ class client {
   std::vector<std::uint64_t> masked(std::span<const std::uint64_t> encoded,
                                     const key_directory& published) const {
     std::vector<std::uint64_t> y(encoded.begin(), encoded.end());
-    detail::add_into(y, mask_words(seed_, setup_.round, stream_domain::self_mask, y.size()));
-    for (std::size_t j : setup_.graph.neighbours(id_)) {
+    detail::add_into(y, mask_words(seed_, round_, stream_domain::self_mask, y.size()));
+    for (std::size_t j : neighbours_) {
       const auto it = published.find(j);
       if (it == published.end()) continue;
-      const key256 k = pair_key(keys_.sk, keys_.pk, id_, it->second, j, setup_.round,
-                                key_purpose::pairwise_mask);
-      const auto m = mask_words(k, setup_.round, stream_domain::pairwise_mask, y.size());
+      const key256 k =
+          pair_key(keys_.sk, keys_.pk, id_, it->second, j, round_, key_purpose::pairwise_mask);
+      const auto m = mask_words(k, round_, stream_domain::pairwise_mask, y.size());
       if (j > id_) {
         detail::add_into(y, m);
       } else {
@@ -151,7 +156,7 @@ class client {
     detail::check_request(req);
     if (answered_) {
       rolora::detail::raise<config_error>("secagg: client ", id_, " already answered round ",
-                                          setup_.round, "'s unmask request");
+                                          round_, "'s unmask request");
     }
     answered_ = true;
     unmask_answer a;
@@ -168,7 +173,9 @@ class client {
 
  private:
   std::size_t id_;
-  round_setup setup_;
+  std::uint64_t round_;
+  std::size_t threshold_;
+  std::vector<std::size_t> neighbours_;  // ascending
   keypair keys_;
   key256 seed_;
   std::map<std::size_t, share_bundle> held_;  // neighbour -> its bundle to this client
