@@ -11,6 +11,7 @@
 #   4 tokenizers/             Hugging Face tokenizer.json (core errors, io's file and JSON readers)
 #   5 federated/              server, client, messages, the round loop, checkpoints
 #   6 mpi/, theory/, nn/, data/   transports and applications of the federation
+#   6 secagg/                 secure aggregation's cryptographic core (libsodium)
 #   6 models/                 Hugging Face families: config, checkpoint loading, forward/backward
 #   7 rolora.hpp, nn.hpp, transports.hpp   umbrella headers, the transports by name
 cmake_minimum_required(VERSION 3.21)
@@ -19,7 +20,7 @@ set(_inc "${_root}/include")
 
 function(layer_of header out)  # header: "rolora/area/..." -> its layer number
   set(_layers core:0 version.hpp:0 backend:1 adapter:2 policy:2 aggregate:3 io:4 privacy:4 tokenizers:4
-              federated:5 mpi:6 grpc:6 theory:6 nn:6 data:6 models:6 rolora.hpp:7 nn.hpp:7 transports.hpp:7)
+              federated:5 mpi:6 grpc:6 secagg:6 theory:6 nn:6 data:6 models:6 rolora.hpp:7 nn.hpp:7 transports.hpp:7)
   string(REGEX REPLACE "^rolora/([^/]+).*$" "\\1" _area "${header}")
   if(header MATCHES "^rolora/[^/]+$")  # a top-level file: its own name is the key
     string(REGEX REPLACE "^rolora/" "" _area "${header}")
