@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <rolora/secagg/messages.hpp>
 #include <rolora/secagg/secagg.hpp>
 #include <set>
 #include <string>
@@ -576,4 +577,116 @@ TEST_CASE("the same keys give unrelated masks in another round") {
   std::vector<double> counts(16, 0);
   for (std::uint64_t d : diff) counts[d >> 60] += 1;
   CHECK(chi_square(counts) < chi_square_threshold(15));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stage messages (messages.hpp)
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("a round whose every stage message goes through its encoding gives the plain sum") {
+  const std::size_t n = 6, length = 33;
+  const std::uint64_t round = 7;
+  const round_setup setup{round, 2, random_regular_graph(n, 4, key_of(8))};
+  const codec c(1.0, 20, n);
+  std::vector<client> clients;
+  key_directory published;
+  for (std::size_t i = 0; i < n; ++i) {
+    clients.emplace_back(i, setup);
+    const auto a =
+        decode_advertise(encode_advertise({i, clients[i].mask_public_key()}, round), round);
+    CHECK(a.client == i);
+    published[a.client] = a.mask_public_key;
+  }
+  CHECK(published.at(2) == clients[2].mask_public_key());
+  for (const auto& cl : clients) {
+    for (const auto& b : cl.share_out()) {
+      const auto back = decode_shares(encode_shares(b, round), round, b.to);
+      CHECK(back.seed_share.values == b.seed_share.values);
+      CHECK(back.key_share.x == b.key_share.x);
+      clients[back.to].receive(back);
+    }
+  }
+  std::map<std::size_t, std::vector<std::uint64_t>> masked;
+  std::vector<std::uint64_t> plain(length, 0);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i == 4) continue;  // drops before its masked input
+    std::vector<double> x(length);
+    for (std::size_t j = 0; j < length; ++j) x[j] = std::cos(double(i + 3 * j));
+    const auto e = c.encode(x, i);
+    for (std::size_t j = 0; j < length; ++j) plain[j] += e[j];
+    auto [who, y] = decode_masked_input(
+        encode_masked_input(i, clients[i].masked(e, published), round), round, length);
+    masked[who] = std::move(y);
+  }
+  const auto req =
+      decode_unmask_request(encode_unmask_request(make_request(published, masked), round), round);
+  CHECK(req.dropped == std::vector<std::size_t>{4});
+  std::vector<unmask_answer> answers;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i == 4 || i == 1) continue;  // 1 drops after its masked input
+    answers.push_back(
+        decode_unmask_answer(encode_unmask_answer(clients[i].answer(req), round), round));
+  }
+  CHECK(unmask_sum(setup, published, masked, answers, length) == plain);
+}
+
+TEST_CASE(
+    "stage messages refuse other stages and replays and misaddressed shares and every "
+    "truncation") {
+  const std::uint64_t round = 3;
+  const round_setup setup{round, 2, complete_graph(3)};
+  client a(0, setup), b(1, setup);
+  const auto bundle = a.share_out().at(0);  // from 0 to 1
+  REQUIRE(bundle.to == 1);
+  const auto shares = encode_shares(bundle, round);
+  const auto advert = encode_advertise({0, a.mask_public_key()}, round);
+  const std::vector<std::uint64_t> y{1, 2, 3};
+  const auto input = encode_masked_input(0, y, round);
+
+  CHECK(message_of<value_error>([&] { (void)decode_advertise(shares, round); }) ==
+        "secagg message: expected a secagg.advertise message, got 'secagg.shares'");
+  CHECK(message_of<value_error>([&] { (void)decode_advertise(advert, round + 1); }) ==
+        "secagg.advertise message of round 3 in round 4 (a replay or a late message)");
+  CHECK(message_of<value_error>([&] { (void)decode_shares(shares, round, 2); }) ==
+        "secagg.shares message for client 1 delivered to client 2");
+  CHECK(message_of<shape_error>([&] { (void)decode_masked_input(input, round, 4); }) ==
+        "secagg.masked_input message: tensor 'y' has shape [3], expected [4]");
+  CHECK(decode_masked_input(input, round, 3).second == y);
+
+  // A share value outside the field, and a peer listed twice in an answer.
+  auto outside = bundle;
+  outside.seed_share.values[0] = field::p;
+  CHECK(message_of<value_error>([&] {
+          (void)decode_shares(encode_shares(outside, round), round, 1);
+        }) == "secagg.shares message: a share value is not < 2^61 - 1");
+  unmask_answer twice{1, {{0, bundle.seed_share}}, {}};
+  auto bytes = encode_unmask_answer(twice, round);
+  const auto f = parse_safetensors(bytes);
+  std::map<std::string, tensor_data> tensors;
+  for (const auto& name : f.names()) {
+    const auto t = f.tensor(name);
+    tensors[name] = {t.dtype, t.shape, {t.bytes.begin(), t.bytes.end()}};
+  }
+  auto& seed = tensors.at("seed");
+  seed.shape[0] = 2;
+  seed.bytes.insert(seed.bytes.end(), seed.bytes.begin(), seed.bytes.end());
+  tensors.at("seed_peers") =
+      secagg::detail::wire::u64_tensor(std::vector<std::uint64_t>{0, 0}, {2});
+  CHECK(message_of<value_error>([&] {
+          (void)decode_unmask_answer(serialize_safetensors(tensors, f.metadata()), round);
+        }) == "secagg.unmask_answer message: peer 0 listed twice");
+
+  // Every truncation of every stage's message is a rolora error, never a crash or a hang.
+  const auto answer = encode_unmask_answer(b.answer({{0}, {}}), round);
+  const auto request = encode_unmask_request({{0, 1}, {2}}, round);
+  for (const auto* m : {&advert, &shares, &input, &request, &answer}) {
+    for (std::size_t cut = 0; cut < m->size(); cut += 3) {
+      const std::span<const std::uint8_t> part(m->data(), cut);
+      CHECK_THROWS_AS((void)decode_advertise(part, round), rolora::error);
+      CHECK_THROWS_AS((void)decode_shares(part, round, 1), rolora::error);
+      CHECK_THROWS_AS((void)decode_masked_input(part, round, 3), rolora::error);
+      CHECK_THROWS_AS((void)decode_unmask_request(part, round), rolora::error);
+      CHECK_THROWS_AS((void)decode_unmask_answer(part, round), rolora::error);
+    }
+  }
 }
