@@ -5,17 +5,15 @@
 // share bundle addressed to another client. Not yet sent by the federation rounds. Needs
 // nlohmann-json, as io/ does (not part of secagg.hpp, which needs libsodium only).
 //
-//   stage           __metadata__ (rolora.message = "secagg.<stage>", round = t, and)   tensors
-//   advertise       client                                                   mask_public_key U8 [32]
-//   shares          from, to, seed_threshold, seed_bytes, key_threshold,      seed U64 [1 + e_s],
-//                   key_bytes                                                key U64 [1 + e_k]
-//                   (each share's x first, then its ceil(bytes / 7) field elements)
-//   masked_input    client                                                   y U64 [L]
-//   unmask_request  -                                                        survivors U64 [s],
-//                                                                            dropped U64 [d]
-//   unmask_answer   from                                                     seed_peers U64 [a],
-//                   (threshold and bytes of every share: seed_threshold,     seed U64 [a, 1 + e_s],
-//                   seed_bytes, key_threshold, key_bytes)                    key_peers, key alike
+//   stage           metadata (besides rolora.message = "secagg.<stage>" and round)   tensors
+//   advertise       client                                   mask_public_key U8 [32]
+//   shares          from, to, seed_threshold, seed_bytes,    seed U64 [1 + e_s], key U64 [1 + e_k]
+//                   key_threshold, key_bytes                 (a share: its x, then its
+//                                                            ceil(bytes / 7) field elements)
+//   masked_input    client                                   y U64 [L]
+//   unmask_request  -                                        survivors U64 [s], dropped U64 [d]
+//   unmask_answer   from, seed_threshold, seed_bytes,        seed_peers U64 [a],
+//                   key_threshold, key_bytes                 seed U64 [a, 1 + e_s], key_* alike
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -50,7 +48,8 @@ inline std::vector<std::uint64_t> u64_values(const safetensors_file& f, const st
                                        dtype_name(t.dtype));
   }
   bool fits = t.shape.size() == shape.size();
-  for (std::size_t i = 0; fits && i < shape.size(); ++i) fits = shape[i] == 0 || t.shape[i] == shape[i];
+  for (std::size_t i = 0; fits && i < shape.size(); ++i)
+    fits = shape[i] == 0 || t.shape[i] == shape[i];
   if (!fits) {
     std::string expected = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -99,12 +98,13 @@ inline std::vector<std::uint64_t> flat(const share& s) {
 inline share unflat(std::span<const std::uint64_t> v, std::size_t threshold, std::size_t bytes,
                     const char* kind) {
   if (v.size() != 1 + shamir_elements(bytes)) {
-    rolora::detail::raise<shape_error>(kind, " message: a share of a ", bytes, "-byte secret holds ",
-                                       shamir_elements(bytes), " field elements, got ",
-                                       v.size() - 1);
+    rolora::detail::raise<shape_error>(kind, " message: a share of a ", bytes,
+                                       "-byte secret holds ", shamir_elements(bytes),
+                                       " field elements, got ", v.size() - 1);
   }
   for (std::uint64_t e : v.subspan(1)) {
-    if (e >= field::p) rolora::detail::raise<value_error>(kind, " message: a share value is not < 2^61 - 1");
+    if (e >= field::p)
+      rolora::detail::raise<value_error>(kind, " message: a share value is not < 2^61 - 1");
   }
   if (v[0] == 0) rolora::detail::raise<value_error>(kind, " message: a share at x = 0");
   return {v[0], threshold, bytes, {v.begin() + 1, v.end()}};
@@ -135,9 +135,10 @@ inline advertisement decode_advertise(std::span<const std::uint8_t> bytes, std::
   advertisement a{detail::wire::number(f, "client", "advertise"), {}};
   const tensor_view t = f.tensor("mask_public_key");
   if (t.dtype != tensor_dtype::u8 || t.shape != std::vector<std::uint64_t>{32}) {
-    rolora::detail::raise<shape_error>("secagg.advertise message: mask_public_key must be U8 [32], "
-                                       "got ",
-                                       dtype_name(t.dtype), " ", t.shape_string());
+    rolora::detail::raise<shape_error>(
+        "secagg.advertise message: mask_public_key must be U8 [32], "
+        "got ",
+        dtype_name(t.dtype), " ", t.shape_string());
   }
   std::memcpy(a.mask_public_key.data(), t.bytes.data(), 32);
   return a;
@@ -169,7 +170,8 @@ inline share_bundle decode_shares(std::span<const std::uint8_t> bytes, std::uint
     rolora::detail::raise<value_error>(kind, " message for client ", b.to, " delivered to client ",
                                        me);
   }
-  if (b.from == me) rolora::detail::raise<value_error>(kind, " message from client ", me, " to itself");
+  if (b.from == me)
+    rolora::detail::raise<value_error>(kind, " message from client ", me, " to itself");
   const auto part = [&](const char* name, const char* threshold, const char* size) {
     const std::size_t t = detail::wire::number(f, threshold, "shares");
     const std::size_t n = detail::wire::number(f, size, "shares");
@@ -260,9 +262,9 @@ inline unmask_answer decode_unmask_answer(std::span<const std::uint8_t> bytes,
     const std::size_t width = 1 + shamir_elements(n);
     const auto values = detail::wire::u64_values(f, name, {peers.size(), width}, kind);
     for (std::size_t i = 0; i < peers.size(); ++i) {
-      if (!into.emplace(std::size_t(peers[i]),
-                        detail::wire::unflat(std::span(values).subspan(i * width, width), t, n,
-                                             kind))
+      if (!into.emplace(
+                   std::size_t(peers[i]),
+                   detail::wire::unflat(std::span(values).subspan(i * width, width), t, n, kind))
                .second) {
         rolora::detail::raise<value_error>(kind, " message: peer ", peers[i], " listed twice");
       }
