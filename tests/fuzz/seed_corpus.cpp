@@ -7,6 +7,7 @@
 #include <map>
 #include <rolora/federated/message.hpp>
 #include <rolora/grpc/frame.hpp>
+#include <rolora/secagg/messages.hpp>
 #include <rolora/io/npy.hpp>
 
 #include "fuzz_support.hpp"
@@ -126,6 +127,18 @@ std::vector<bytes_t> grpc_frames_seeds() {
   return out;
 }
 
+// One message of each stage of a secure-aggregation round (round 3; client 0's bundle for 1).
+std::vector<bytes_t> secagg_messages_seeds() {
+  using namespace secagg;
+  const round_setup setup{3, 2, complete_graph(3)};
+  client a(0, setup), b(1, setup);
+  b.receive(a.share_out().at(0));
+  const std::vector<std::uint64_t> y{1, 2, 3};
+  return {encode_advertise({0, a.mask_public_key()}, 3), encode_shares(a.share_out().at(0), 3),
+          encode_masked_input(0, y, 3), encode_unmask_request({{0, 1}, {2}}, 3),
+          encode_unmask_answer(b.answer({{0}, {}}), 3)};
+}
+
 // target name (fuzz_<name>.cpp) -> its seeds.
 // Configs of the four families, one with Llama 3's rope_scaling.
 std::vector<bytes_t> hf_config_seeds() {
@@ -168,6 +181,7 @@ std::vector<bytes_t> tokenizer_json_seeds() {
 const std::map<std::string, std::function<std::vector<bytes_t>()>> generators = {
     {"hf_config", hf_config_seeds},
     {"grpc_frames", grpc_frames_seeds},
+    {"secagg_messages", secagg_messages_seeds},
     {"tokenizer_json", tokenizer_json_seeds},
     {"safetensors_parse", safetensors_seeds},
     {"peft_config", peft_config_seeds},

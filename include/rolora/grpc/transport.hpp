@@ -55,7 +55,6 @@
 #include <rolora/grpc/frame.hpp>
 #include <rolora/grpc/options.hpp>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
