@@ -7,8 +7,8 @@
 #include <map>
 #include <rolora/federated/message.hpp>
 #include <rolora/grpc/frame.hpp>
-#include <rolora/secagg/messages.hpp>
 #include <rolora/io/npy.hpp>
+#include <rolora/secagg/messages.hpp>
 
 #include "fuzz_support.hpp"
 
