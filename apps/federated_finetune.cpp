@@ -419,12 +419,6 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
-  if (s.dp.on() && s.transport.kind != "inprocess") {
-    std::fprintf(stderr,
-                 "error: --dp client runs in process only for now: the download message "
-                 "does not carry the clip norm to remote clients yet\n");
-    return 2;
-  }
   if (s.base_precision == "auto" && s.hf.model_dir.empty()) {
     std::fprintf(stderr,
                  "error: --base-precision auto is for --model; the built-in model takes "

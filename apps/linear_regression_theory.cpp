@@ -521,12 +521,6 @@ int main(int argc, char** argv) {
       ->group("");
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
-  if (s.dp.on() && s.transport.kind != "inprocess") {
-    std::fprintf(stderr,
-                 "error: --dp client runs in process only for now: the download message "
-                 "does not carry the clip norm to remote clients yet\n");
-    return 2;
-  }
 
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;

@@ -346,7 +346,8 @@ bool same_report(const round_report& x, const round_report& y) {
           (x.aggregation_error != x.aggregation_error &&
            y.aggregation_error != y.aggregation_error)) &&
          x.bytes_up == y.bytes_up && x.bytes_down == y.bytes_down &&
-         x.total_bytes_up == y.total_bytes_up && x.total_bytes_down == y.total_bytes_down;
+         x.total_bytes_up == y.total_bytes_up && x.total_bytes_down == y.total_bytes_down &&
+         x.epsilon == y.epsilon && x.clip_norm == y.clip_norm;
 }
 
 // Runs `rounds` rounds, checkpoints, resumes in a new federation and runs to the end: the same
@@ -524,6 +525,17 @@ TEST_CASE_TEMPLATE(
   CHECK(refused("client", "-1").find("metadata 'client' must be a number") != std::string::npos);
   CHECK(refused("num_samples", "lots").find("'num_samples' must be a number") != std::string::npos);
   CHECK(refused("factors", "C").find("'factors' must be A, B or AB") != std::string::npos);
+  // Client-level DP's clip bit: "1" when the change was clipped, absent otherwise.
+  CHECK(refused("clipped", "0").find("'clipped' must be 1 when present") != std::string::npos);
+  CHECK_FALSE(decode(b, good).clipped);
+  auto with_bit = good;
+  with_bit["clipped"] = "1";
+  CHECK(decode(b, with_bit).clipped);
+  auto clipped_up = up;
+  clipped_up.clipped = true;
+  const auto clipped_bytes = encode_upload(clipped_up, both_factors);
+  CHECK(clipped_bytes.size() == encoded_size(upload_layout(clipped_up, both_factors, false)));
+  CHECK(decode_upload<Backend>(clipped_bytes, down.adapters).clipped);
   CHECK(refused("factors", "AB").find("lora_A missing from the upload message") !=
         std::string::npos);
   auto extra = b;
@@ -664,6 +676,23 @@ TEST_CASE_TEMPLATE(
   CHECK(refused("round", "1", "lora/linear/lora_B").find("has lora_A but no lora_B") !=
         std::string::npos);
   CHECK(refused("round", "1", "lora/linear/lora_A").find("no LoRA module") != std::string::npos);
+  CHECK_FALSE(back.download.clip);  // no DP: no clip request
+
+  // Client-level DP: the clip norm (shortest round-trip decimal) and the factors to clip travel.
+  auto dp_down = down;
+  dp_down.clip = privacy::clip_request{0.1 + 0.2, only_b};
+  const auto dp_bytes = encode_download(dp_down, only_b, false);
+  CHECK(dp_bytes.size() == encoded_size(download_layout(dp_down, only_b, false)));
+  const auto dp_back = decode_download<Backend>(dp_bytes).download;
+  REQUIRE(dp_back.clip);
+  CHECK(dp_back.clip->norm == 0.1 + 0.2);  // bit for bit
+  CHECK(dp_back.clip->factors == only_b);
+  CHECK(refused("clip_norm", "0").find("'clip_norm' must be finite and > 0, got 0") !=
+        std::string::npos);
+  CHECK(refused("clip_norm", "nan").find("'clip_norm' must be") != std::string::npos);
+  CHECK(refused("clip_norm", "1").find("'clip_factors' must be A, B, AB or -") !=
+        std::string::npos);
+  CHECK(refused("clip_factors", "AB").find("'clip_norm' is missing") != std::string::npos);
 }
 
 TEST_CASE("encoded sizes: the wire layout's size is the safetensors writer's, for any name") {
@@ -743,12 +772,12 @@ struct loopback_transport {
     std::vector<received_upload<Backend>> got;
     for (auto it = plan.reporting.rbegin(); it != plan.reporting.rend(); ++it) {
       const std::size_t c = *it;
-      auto d = decode_download<Backend>(encode_download(server.download(plan, c),
-                                                        server.upload_factors(plan),
-                                                        server.config().keep_optimizer_state));
-      const auto bytes =
-          encode_upload(train_locally(tasks[c], std::move(d.download), server.config()), d.uploads,
-                        d.keep_optimizer);
+      std::size_t round = 0;
+      const auto bytes = answer_download<Backend>(
+          encode_download(server.download(plan, c), server.upload_factors(plan),
+                          server.config().keep_optimizer_state),
+          c, tasks[c], server.config(), round);
+      CHECK(round == plan.round);
       got.push_back({c, bytes.size(), decode_upload<Backend>(bytes, server.client_view(c)), {}});
     }
     return got;
@@ -786,16 +815,17 @@ struct not_a_transport {
   void finish() {}
 };
 
-template <class Backend, class Policy>
-void check_loopback(Policy policy, const federation_config& c) {
+template <class Backend, class Policy, class Privacy = no_privacy>
+void check_loopback(Policy policy, const federation_config& c, Privacy privacy = {}) {
   CAPTURE(Policy::name);
+  CAPTURE(Privacy::name);
   auto p = four_clients<Backend>();
-  using fed = federation<Backend, Policy, fedavg>;
-  fed reference(policy, fedavg{}, c, adapters<Backend>());
+  using fed = federation<Backend, Policy, fedavg, Privacy>;
+  fed reference(policy, fedavg{}, c, adapters<Backend>(), privacy);
   round_log in_process_log;
   const auto expected = reference.run(p.clients, in_process_log);
 
-  fed carried(policy, fedavg{}, c, adapters<Backend>());
+  fed carried(policy, fedavg{}, c, adapters<Backend>(), privacy);
   loopback_transport<Backend> transport;
   round_log log;
   const auto reports = rolora::run(transport, carried, p.clients, log);
@@ -811,7 +841,7 @@ void check_loopback(Policy policy, const federation_config& c) {
   CHECK(transport.finishes == 1);
 
   // A callback stops the run after round 1: two rounds, then finish().
-  fed stopped(policy, fedavg{}, c, adapters<Backend>());
+  fed stopped(policy, fedavg{}, c, adapters<Backend>(), privacy);
   loopback_transport<Backend> second;
   round_log stopper;
   stopper.stop_after = 2;
@@ -838,6 +868,13 @@ TEST_CASE_TEMPLATE(
   c.clients_per_round = 0;
   c.client_dropout = 0.0;
   check_loopback<Backend>(train_both{}, c);
+  // Client-level DP: the download carries the clip norm and factors, the upload whether it was
+  // clipped (adaptive clipping counts those), so remote clients clip as in-process ones do.
+  privacy::client_dp dp{.clip_norm = 0.02, .noise_multiplier = 0.5, .sampling_rate = 0.75};
+  dp.adaptive = privacy::adaptive_clipping{0.5, 0.3, 1.0};
+  c.client_weighting = weighting::uniform;
+  check_loopback<Backend>(alternating{}, c, dp);
+  check_loopback<Backend>(train_both{}, c, dp);
 
   // No upload arrives in round 1: the error names it, the server stays after round 0, the
   // report of round 0 comes with the error, and finish() is not called.

@@ -119,6 +119,21 @@ case $mode in
     wait_all
     same
     echo "gRPC with mutual TLS, 2 client processes (0,2 by roster; 1), 8 methods: byte-identical"
+    # Client-level DP: the clip request travels in the download, the clip bit in the upload.
+    flags=(--method rolora --rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet
+           --checkpoint-every 100 --dp client --sampling-rate 0.75 --noise-multiplier 0.8
+           --clip-norm 0.05 --adaptive-clip --clip-bit-noise 1)
+    methods=(rolora)
+    rm -rf "$work/inprocess" "$work/grpc" "$work/inprocess.csv" "$work/grpc.csv"
+    in_process
+    port=''
+    start_server "$work/server_dp.log" --roster "$work/roster" --checkpoint-dir "$work/grpc" \
+      --csv "$work/grpc.csv"
+    client client-0 0,2 "$work/client02_dp.log"
+    client client-1 1 "$work/client1_dp.log"
+    wait_all
+    same
+    echo "gRPC, client-level DP with adaptive clipping: byte-identical (epsilon column included)"
     ;;
   refusals)
     flags=(--method ffa --rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet

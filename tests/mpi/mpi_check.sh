@@ -9,6 +9,9 @@
 #          timeout        client 1 answers round 0 late (--slow-client, --client-timeout 1): dropped
 #                         from that round with the reason, its late upload discarded by its round
 #          resume         kill -9 of rank 0 mid-run (--crash-after), mpirun --resume: byte-identical
+#          dp             client-level DP (Poisson sampling, adaptive clipping) under mpirun -np 3:
+#                         byte-identical to in-process (epsilon column included); kill -9 of rank 0
+#                         and --resume over MPI spend exactly the same budget, byte for byte
 #          finetune_np3   federated_finetune, a tiny configuration, mpirun -np 3 against in-process:
 #                         CSVs identical but for the wall-time column, adapter files identical
 #                         (skipped without the SpamAssassin corpus in CORPUS_DIR)
@@ -119,6 +122,29 @@ case $mode in
     grep -q "resumed after iteration 3 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
     same "$work/mpi"
     echo "mpirun -np 3 killed after iteration 5, resumed over MPI: byte-identical"
+    ;;
+  dp)
+    flags=(--method rolora --rounds 6 --dim 16 --out-dim 4 --samples 100 --clients 4 --quiet
+           --checkpoint-every 2 --dp client --sampling-rate 0.75 --noise-multiplier 0.8
+           --clip-norm 0.05 --adaptive-clip --clip-bit-noise 1)
+    methods=(rolora)
+    "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
+    head -1 "$work/inprocess.csv" | grep -q ',epsilon$' || { echo "FAIL: no epsilon column"; exit 1; }
+    mpi 3 "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" > "$work/mpi.log"
+    same "$work/mpi"
+    set +e
+    mpi 3 "${flags[@]}" --checkpoint-dir "$work/killed" --csv "$work/killed.csv" --crash-after 3 \
+      > "$work/killed.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ] || [ -e "$work/killed.csv" ]; then
+      echo "FAIL: rank 0 should have died by SIGKILL after iteration 3 (exit $rc)"
+      exit 1
+    fi
+    mpi 3 "${flags[@]}" --resume "$work/killed" --csv "$work/killed.csv" > "$work/resumed.log"
+    grep -q "resumed after iteration 2 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
+    same "$work/killed"
+    echo "client-level DP over mpirun -np 3: byte-identical; killed after iteration 3 and resumed: the same bits and budget"
     ;;
   finetune_np3)
     flags=(--clients 3 --rounds 2 --local-steps 2 --batch 8 --max-len 48 --pretrain-steps 20

@@ -9,6 +9,7 @@
 // Fuzz entry point: decode_upload<eigen_backend<float>>(bytes, reference).
 #pragma once
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <rolora/adapter/adapter_set.hpp>
@@ -162,6 +163,12 @@ client_update<Backend> decode_upload(std::span<const std::uint8_t> bytes,
   }
   const factor_set factors{f->second.find('A') != std::string::npos,
                            f->second.find('B') != std::string::npos};
+  if (const auto clipped = meta.find("clipped"); clipped != meta.end()) {
+    if (clipped->second != "1") {
+      detail::raise<value_error>("upload message: metadata 'clipped' must be 1 when present");
+    }
+    up.clipped = true;
+  }
 
   std::size_t expected = 0;
   up.adapters = reference;
@@ -260,6 +267,18 @@ decoded_download<Backend> decode_download(std::span<const std::uint8_t> bytes) {
     detail::raise<value_error>("download message: metadata 'optimizer' must be keep or fresh");
   }
   out.keep_optimizer = opt->second == "keep";
+  if (meta.count("clip_norm") || meta.count("clip_factors")) {  // client-level DP: both
+    privacy::clip_request clip;
+    clip.norm = parse_number<double>(meta, "clip_norm", kind);
+    if (!(clip.norm > 0.0 && std::isfinite(clip.norm))) {
+      detail::raise<value_error>(
+          "download message: metadata 'clip_norm' must be finite and > 0, "
+          "got ",
+          clip.norm);
+    }
+    clip.factors = detail::msg::parse_factors(meta, "clip_factors", kind);
+    d.clip = clip;
+  }
 
   std::size_t tensors = 0;
   for (const auto& name : file.names()) {
@@ -317,6 +336,24 @@ decoded_download<Backend> decode_download(std::span<const std::uint8_t> bytes) {
     }
   }
   return out;
+}
+
+// A client's whole answer to the download `bytes` for client `client` (the client side of the
+// MPI and gRPC transports): decode it, check that it names `client`, train with train_locally,
+// encode the upload. `round` receives the download's round once it is decoded (for the
+// transports' test hooks). Throws whatever decoding or training throws.
+template <backend Backend, class Task>
+std::vector<std::uint8_t> answer_download(std::span<const std::uint8_t> bytes, std::size_t client,
+                                          Task& task, const federation_config& config,
+                                          std::size_t& round) {
+  auto d = decode_download<Backend>(bytes);
+  if (d.download.client != client) {
+    detail::raise<value_error>("the download for client ", client, " names client ",
+                               d.download.client);
+  }
+  round = d.download.round;
+  return encode_upload(train_locally(task, std::move(d.download), config), d.uploads,
+                       d.keep_optimizer);
 }
 
 }  // namespace rolora

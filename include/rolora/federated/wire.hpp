@@ -8,12 +8,16 @@
 //   download  __metadata__  rolora.message = "download", round, client, trains, uploads (A | B |
 //                           AB | -: the factors to send back), optimizer = "keep" | "fresh",
 //                           optimizer_steps (with keep),
-//                           scaling/<module> (shortest round-trip decimal of the backend scalar)
+//                           scaling/<module> (shortest round-trip decimal of the backend scalar),
+//                           under client-level DP clip_norm (shortest round-trip decimal) and
+//                           clip_factors (A | B | AB | -: the factors whose change is clipped)
 //             tensors       lora/<module>/lora_A [r_c, in], lora/<module>/lora_B [out, r_c],
 //                           lora/<module>/residual [out, in] (when the module has one),
 //                           save/<name>, optimizer/<buffer> (with keep; optimizer_state::buffers)
 //   upload    __metadata__  rolora.message = "upload", round, client, num_samples, loss, factors
-//                           (A | B | AB), optimizer_steps (when it carries moments)
+//                           (A | B | AB), optimizer_steps (when it carries moments), clipped = "1"
+//                           (client-level DP: the change was scaled down to the clip norm; absent
+//                           when it was not, or without DP)
 //             tensors       lora/<module>/lora_{A,B} for the factors it carries, save/<name>,
 //                           optimizer/<buffer> (when it carries moments)
 // Every tensor is 2-D, F32 or F64 (the backend's scalar).
@@ -127,6 +131,10 @@ wire_layout<Backend> download_layout(const client_download<Backend>& d, factor_s
                 {"trains", detail::wire::factors_label(d.trains)},
                 {"uploads", detail::wire::factors_label(uploads)},
                 {"optimizer", keep_optimizer ? "keep" : "fresh"}};
+  if (d.clip) {
+    w.metadata["clip_norm"] = detail::wire::to_decimal(d.clip->norm);
+    w.metadata["clip_factors"] = detail::wire::factors_label(d.clip->factors);
+  }
   for (const auto& [name, a] : d.adapters) {
     w.tensors["lora/" + name + "/lora_A"] = &a.A;
     w.tensors["lora/" + name + "/lora_B"] = &a.B;
@@ -153,6 +161,7 @@ wire_layout<Backend> upload_layout(const client_update<Backend>& up, factor_set 
                 {"num_samples", detail::wire::to_decimal(up.num_samples)},
                 {"loss", detail::wire::to_decimal(up.loss)},
                 {"factors", std::string(factors.a ? "A" : "") + (factors.b ? "B" : "")}};
+  if (up.clipped) w.metadata["clipped"] = "1";
   for (const auto& [name, a] : up.adapters) {
     if (factors.a) w.tensors["lora/" + name + "/lora_A"] = &a.A;
     if (factors.b) w.tensors["lora/" + name + "/lora_B"] = &a.B;

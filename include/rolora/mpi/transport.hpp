@@ -292,14 +292,7 @@ class transport {
           rolora::detail::raise<value_error>("a download for client ", c,
                                              ", not hosted on this rank");
         }
-        auto d = decode_download<Backend>(bytes);
-        if (d.download.client != c) {
-          rolora::detail::raise<value_error>("the download for client ", c, " names client ",
-                                             d.download.client);
-        }
-        round = d.download.round;
-        const auto up = train_locally(tasks[c], std::move(d.download), config);
-        answer = encode_upload(up, d.uploads, d.keep_optimizer);
+        answer = answer_download<Backend>(bytes, c, tasks[c], config, round);
       } catch (const error& e) {
         std::fprintf(stderr, "rank %d: client %zu: %s\n", rank_, c, e.what());
         answer.clear();
