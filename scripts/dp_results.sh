@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The client-level DP experiment of docs/privacy.md: FedIT, FFA-LoRA, RoLoRA and the head-only
+# control under DP-FedAvg on the main job at 100 clients (IID), Poisson client sampling q = 0.1,
+# 20 rounds, delta 1e-5, epsilon in {1, 3, 8} and without DP (infinity).
+#
+#   scripts/dp_results.sh tune    seed 0, validation split: for every (method, epsilon) the clip
+#                                 norm C in {0.03, 0.1, 0.3, 1} x the method's rate and its two
+#                                 neighbours in {1e-3, 2e-3, 5e-3, 1e-2, 2e-2}; without DP the
+#                                 three rates only (no clipping, no noise)
+#   scripts/dp_results.sh final   seeds 0 1 2, test split, each (method, epsilon) at the pair with
+#                                 the best final validation accuracy (ties: the first in grid
+#                                 order), read from the tune runs by scripts/summarize_dp.py
+#   scripts/dp_results.sh all     both
+#   scripts/dp_results.sh theory  how noise on the factors propagates (linear_regression_theory,
+#                                 FedIT, FFA-LoRA, RoLoRA, defaults of scripts/run_theory.sh: 10
+#                                 clients, q 1, 50 iterations): client-level DP with clip norm 0.1
+#                                 and noise multiplier z in {0, 0.25, ..., 8}, seeds 0 1 2; one CSV
+#                                 per (z, seed) under $OUT/theory/ (EXE_THEORY, default
+#                                 build/apps/linear_regression_theory)
+# The noise multiplier of each epsilon is the accountant's (privacy_budget --target-epsilon over
+# the run's 20 rounds at q 0.1). One job per run, JOBS in parallel (default 1), one thread each,
+# at nice NICE (19); a run whose folder has its `done` marker is skipped, so an interrupted grid
+# resumes. A run that fails (the noise drove the model to NaN: the server refuses the non-finite
+# upload and the run stops) is a result too: its exit status is in `exit`, its log in log.txt. Overrides: EXE (default build/apps/federated_finetune), OUT (default docs/runs/privacy),
+# NO_BUILD=1, LIST=1 (print the jobs, run nothing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+what="${1:-all}"
+exe="${EXE:-build/apps/federated_finetune}"
+out="${OUT:-docs/runs/privacy}"
+jobs="${JOBS:-1}"
+common=(--clients 100 --split iid --rounds 20 --eval-every 5 --threads 1 --no-save
+        --sampling-rate 0.1 --delta 1e-5)
+methods=(fedit ffa rolora head)
+epsilons=(1 3 8 inf)
+clips=(0.03 0.1 0.3 1)
+declare -A rates=([fedit]="1e-3 2e-3 5e-3" [ffa]="5e-3 1e-2 2e-2" [rolora]="2e-3 5e-3 1e-2"
+                  [head]="1e-3 2e-3 5e-3")
+
+if [ -z "${NO_BUILD:-}" ] && [ -z "${LIST:-}" ]; then
+  bash scripts/setup.sh
+  bash scripts/fetch_data.sh
+  cmake --preset default > /dev/null
+  cmake --build --preset default --target federated_finetune linear_regression_theory -j "$(nproc 2>/dev/null || echo 2)"
+fi
+
+# The DP flags of one cell: <epsilon> <clip>. Without DP the sampling is the same Poisson q, but
+# nothing is clipped and nothing is added (--noise-multiplier 0 with a clip norm no update reaches).
+dp_flags() {
+  if [ "$1" = inf ]; then
+    echo "--dp client --noise-multiplier 0 --clip-norm 1e30"
+  else
+    echo "--dp client --target-epsilon $1 --clip-norm $2"
+  fi
+}
+
+jobfile=$(mktemp)
+trap 'rm -f "$jobfile"' EXIT
+add() {  # add <folder> <args...>: one job line
+  local dir="$1"; shift
+  [ -f "$dir/done" ] && return
+  printf '%q ' mkdir -p "$dir" >> "$jobfile"
+  printf '&& nice -n %q %q ' "${NICE:-19}" "$exe" >> "$jobfile"
+  printf '%q ' "${common[@]}" "$@" --out "$dir" >> "$jobfile"
+  printf '> %q 2>&1; echo $? > %q; touch %q\n' "$dir/log.txt" "$dir/exit" "$dir/done" >> "$jobfile"
+}
+
+if [ "$what" = tune ] || [ "$what" = all ]; then
+  for eps in "${epsilons[@]}"; do
+    for m in "${methods[@]}"; do
+      for lr in ${rates[$m]}; do
+        if [ "$eps" = inf ]; then
+          add "$out/tune/eps$eps/$m/lr$lr" --methods "$m" --lr "$lr" --seed 0 --validation \
+            $(dp_flags inf)
+        else
+          for c in "${clips[@]}"; do
+            add "$out/tune/eps$eps/$m/lr$lr-C$c" --methods "$m" --lr "$lr" --seed 0 --validation \
+              $(dp_flags "$eps" "$c")
+          done
+        fi
+      done
+    done
+  done
+fi
+
+if [ "$what" = final ] || [ "$what" = all ]; then
+  if [ "$what" = all ] && [ -z "${LIST:-}" ]; then  # the picks need the finished tune runs
+    xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"
+    : > "$jobfile"
+  fi
+  # "<eps> <method> <lr> <clip>" lines, one per cell
+  python3 scripts/summarize_dp.py --picks "$out" | while read -r eps m lr c; do
+    for seed in 0 1 2; do
+      add "$out/final/eps$eps/$m/seed$seed" --methods "$m" --lr "$lr" --seed "$seed" \
+        $(dp_flags "$eps" "$c")
+    done
+  done
+fi
+
+if [ "$what" = theory ]; then
+  theory="${EXE_THEORY:-build/apps/linear_regression_theory}"
+  mkdir -p "$out/theory"
+  for z in 0 0.25 0.5 1 2 4 8; do
+    for seed in 0 1 2; do
+      csv="$out/theory/z${z}_s$seed.csv"
+      [ -f "$csv" ] && continue
+      echo "$theory --method all --rounds 50 --seed $seed --dp client --clip-norm 0.1 --noise-multiplier $z --quiet --csv $csv > /dev/null" >> "$jobfile"
+    done
+  done
+fi
+
+if [ -n "${LIST:-}" ]; then cat "$jobfile"; exit 0; fi
+xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Summarises the runs of scripts/dp_results.sh (docs/runs/privacy/) for docs/privacy.md.
+A run that stopped on a non-finite upload (the noise drove the model to NaN) shows as NaN and
+ranks below every completed run.
+Standard library only.
+
+    python3 scripts/summarize_dp.py --picks [DIR]   one line per (epsilon, method): the learning
+                                                    rate and clip norm with the best final
+                                                    validation accuracy ("eps method lr clip")
+    python3 scripts/summarize_dp.py [DIR]           the Markdown tables: the tuning grid, the
+                                                    picks, the final test accuracy (mean ± std
+                                                    over seeds), and the theory example's loss
+                                                    excess against the noise multiplier
+
+A run counts once its folder has the `done` marker. The final accuracy is the last evaluated
+row of the run's CSV (round 20). The pick is the highest final validation accuracy; ties go to
+the first in grid order (rates ascending, then clip norms ascending); a pick on an edge of the
+grid is marked with `edge`.
+"""
+import csv
+import pathlib
+import re
+import statistics
+import sys
+
+METHODS = ["fedit", "ffa", "rolora", "head"]
+TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA", "head": "head only"}
+EPSILONS = ["1", "3", "8", "inf"]
+TUNE = re.compile(r"lr([0-9.e-]+)(?:-C([0-9.e-]+))?$")
+
+
+def last_evaluated(path):
+    rows = [r for r in csv.DictReader(open(path)) if float(r["eval_accuracy"]) >= 0]
+    return rows[-1]
+
+
+def failed_round(run_dir):
+    """The round a failed run stopped in (the noise drove a client's factors to NaN and the
+    server refused the upload), or None when the run completed."""
+    if (run_dir / "exit").read_text().strip() == "0":
+        return None
+    m = re.search(r"error: .*round (\d+)", (run_dir / "log.txt").read_text())
+    return int(m.group(1)) if m else -1
+
+
+def tune_runs(root, eps, method):
+    """[(lr, clip, accuracy)] in grid order, finished runs only."""
+    runs = []
+    for d in (root / "tune" / f"eps{eps}" / method).glob("*"):
+        m = TUNE.match(d.name)
+        if m and (d / "done").exists():
+            stopped = failed_round(d)  # a failed run ranks below every completed one
+            acc = -1.0 if stopped is not None else \
+                float(last_evaluated(d / f"{method}.csv")["eval_accuracy"])
+            runs.append((float(m.group(1)), float(m.group(2) or "inf"), acc, m.group(1),
+                         m.group(2) or "inf"))
+    return sorted(runs)
+
+
+def pick(runs):
+    """The best (lr, clip) by validation accuracy, first in grid order on ties, and whether it
+    sits on an edge of the grid (the smallest or largest rate or clip norm tried)."""
+    best = max(runs, key=lambda r: (r[2], -runs.index(r)))
+    lrs = sorted({r[0] for r in runs})
+    clips = sorted({r[1] for r in runs})
+    edge = (len(lrs) > 1 and best[0] in (lrs[0], lrs[-1])) or \
+           (len(clips) > 1 and best[1] in (clips[0], clips[-1]))
+    return best, edge
+
+
+def picks(root):
+    for eps in EPSILONS:
+        for method in METHODS:
+            runs = tune_runs(root, eps, method)
+            if runs:
+                best, _ = pick(runs)
+                print(eps, method, best[3], best[4])
+
+
+def tables(root):
+    print("Tuning (seed 0, validation accuracy after 20 rounds, %): lr x C; the pick in bold\n")
+    for eps in EPSILONS:
+        for method in METHODS:
+            runs = tune_runs(root, eps, method)
+            if not runs:
+                continue
+            best, edge = pick(runs)
+            cells = ", ".join(("**%s/%s: %s**" if r is best else "%s/%s: %s") %
+                              (r[3], r[4], "NaN" if r[2] < 0 else "%.1f" % (100 * r[2]))
+                              for r in runs)
+            print(f"- epsilon {eps}, {TITLES[method]}: {cells}{' (edge)' if edge else ''}")
+    print("\n| epsilon | " + " | ".join(TITLES[m] for m in METHODS) + " |")
+    print("|---|" + "---|" * len(METHODS))
+    for eps in EPSILONS:
+        row = []
+        for method in METHODS:
+            accs, failed = [], 0
+            for d in sorted((root / "final" / f"eps{eps}" / method).glob("seed*")):
+                if not (d / "done").exists():
+                    continue
+                if failed_round(d) is not None:
+                    failed += 1
+                else:
+                    accs.append(float(last_evaluated(d / f"{method}.csv")["eval_accuracy"]))
+            if not accs:
+                row.append(f"NaN ({failed} seeds)" if failed else "-")
+                continue
+            text = f"{100 * statistics.mean(accs):.1f}"
+            if len(accs) > 1:
+                text += f" ± {100 * statistics.stdev(accs):.1f}"
+            if len(accs) < 3:
+                text += f" ({len(accs)} seeds)"
+            if failed:
+                text += f", NaN in {failed}"
+            row.append(text)
+        print(f"| {'∞' if eps == 'inf' else eps} | " + " | ".join(row) + " |")
+
+
+def theory(root):
+    """Final loss (iteration 50) per method and noise multiplier, mean over the seeds; the excess
+    over the same seed's z = 0 run; and how much the excess grows when z doubles (4 for noise
+    that enters the product linearly: variance z^2)."""
+    final = {}  # (method, z, seed) -> final loss
+    for path in sorted((root / "theory").glob("z*_s*.csv")):
+        z, seed = re.match(r"z([0-9.]+)_s(\d+)\.csv$", path.name).groups()
+        for row in csv.DictReader(open(path)):
+            final[(row["method"], float(z), int(seed))] = float(row["loss"])
+    if not final:
+        return
+    zs = sorted({k[1] for k in final})
+    seeds = sorted({k[2] for k in final})
+    names = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA"}
+    print(f"\nTheory example: final loss excess over z = 0 (mean of {len(seeds)} seeds), and its "
+          "growth per doubling of z\n")
+    print("| z | " + " | ".join(names.values()) + " |")
+    print("|---|" + "---|" * len(names))
+    previous = {}
+    for z in zs:
+        if z == 0:
+            continue
+        cells = []
+        for m in names:
+            excess = statistics.mean(final[(m, z, s)] - final[(m, 0.0, s)] for s in seeds)
+            growth = f" (x{excess / previous[m]:.2f})" if m in previous and z == 2 * \
+                previous.get(m + "_z", -1) else ""
+            cells.append(f"{excess:.3g}{growth}")
+            previous[m], previous[m + "_z"] = excess, z
+        print(f"| {z:g} | " + " | ".join(cells) + " |")
+
+
+def main(argv):
+    args = [a for a in argv if not a.startswith("--")]
+    root = pathlib.Path(args[0] if args else "docs/runs/privacy")
+    if "--picks" in argv:
+        picks(root)
+    else:
+        tables(root)
+        theory(root)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
