@@ -6,7 +6,6 @@
 //
 // Prints a progress line per round, writes a CSV per method, a final table, a plot of test
 // accuracy against round and each method's final adapters as a PEFT directory.
-#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -78,12 +77,6 @@ struct method_result {
   std::vector<apps::round_row> rows;
   double seconds = 0;
 };
-
-double peak_rss_mib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
-}
 
 template <class Federation, class Backend>
 method_result run_federation(const std::string& method, Federation& fed,
@@ -216,24 +209,6 @@ method_result run_named(const std::string& m, const settings& s,
   });
 }
 
-// With --dp client the CSV gains an `epsilon` column (the budget spent after the round).
-void write_csv(const std::filesystem::path& file, const method_result& r, bool dp) {
-  apps::csv_file csv(file, std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
-                                       "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
-                                       "memory_mib") +
-                               (dp ? ",epsilon" : ""));
-  for (const auto& row : r.rows) {
-    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f", r.method.c_str(), r.lr, row.round,
-            row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
-            row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
-            row.memory_mib);
-    if (dp) {
-      csv.row(",%.9g", row.epsilon);
-    }
-    csv.row("%s", "\n");
-  }
-}
-
 // --base-precision bf16: the frozen base (every linear's W0 and the embeddings) held in bf16,
 // converted from the fp32 checkpoint. Returns the log line saying what it holds and costs.
 template <class Backend>
@@ -288,7 +263,8 @@ int run(settings& s) {
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
-    write_csv(std::filesystem::path(s.out) / (m + ".csv"), results.back(), s.dp.on());
+    apps::write_round_csv(std::filesystem::path(s.out) / (m + ".csv"), m, results.back().lr,
+                          results.back().rows, s.dp.on());
   }
 
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -305,7 +281,7 @@ int run(settings& s) {
                 r.seconds);
     lines.push_back(apps::accuracy_curve(r.method, r.rows));
   }
-  std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
+  std::printf("peak RSS %.1f MiB\n", apps::peak_rss_mib());
   const auto plot = (std::filesystem::path(s.out) / "accuracy.svg").string();
   apps::chart c{"Federated LoRA fine-tuning, " + std::to_string(s.task.clients) + " clients (" +
                     s.task.split.kind + "), rank " + std::to_string(s.rank),

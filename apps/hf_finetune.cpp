@@ -2,7 +2,6 @@
 // its tokenizer, the user's train and test files, split among clients and fine-tuned with each
 // method from the same start. Encoders classify (accuracy); decoders learn the responses of
 // instruction data or whole texts (next-token loss, accuracy and perplexity on the test file).
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -41,12 +40,6 @@ host_matrix<float> test_matrix(index_t rows, index_t cols) {
   host_matrix<float> m(rows, cols);
   for (index_t i = 0; i < m.size(); ++i) m.data()[i] = float((i * 7919) % 1000) / 1000.0f - 0.5f;
   return m;
-}
-
-double peak_rss_mib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
 }
 
 // Alpaca's prompt (github.com/tatsu-lab/stanford_alpaca, train.py PROMPT_DICT).
@@ -254,7 +247,7 @@ std::pair<double, double> evaluate(const models::hf_model<float>& model,
                                                 nullptr, ws, &predicted) *
                 double(predicted);
       count[c] = double(predicted);
-      models::detail::hf::shifted_targets(part.labels, part.tokens.seq_len, targets);
+      models::next_token_targets(part.labels, part.tokens.seq_len, targets);
     }
     for (index_t j = 0; j < ws.logits.cols(); ++j) {
       if (targets[std::size_t(j)] < 0) continue;
@@ -481,19 +474,8 @@ int run_hf_finetune(const hf_finetune_settings& s) {
       return run_method(m, policy, aggregator, s, model, d, parts, precision);
     }));
     if (!s.carrier->is_server()) continue;
-    csv_file csv(std::filesystem::path(s.out) / (m + ".csv"),
-                 std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
-                             "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
-                             "memory_mib") +
-                     (s.dp.on() ? ",epsilon" : ""));
-    for (const auto& row : results.back().rows) {
-      csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f", m.c_str(), results.back().lr,
-              row.round, row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
-              row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
-              row.memory_mib);
-      if (s.dp.on()) csv.row(",%.9g", row.epsilon);
-      csv.row("%s", "\n");
-    }
+    write_round_csv(std::filesystem::path(s.out) / (m + ".csv"), m, results.back().lr,
+                    results.back().rows, s.dp.on());
   }
   if (!s.carrier->is_server()) return 0;
   std::printf("\n%-8s %8s %12s %10s %12s %12s %9s\n", "method", "lr",

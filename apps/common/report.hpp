@@ -1,9 +1,11 @@
 // What the federated drivers report, written once: a row per round (round_row), the progress
 // callback that records and prints it and evaluates the model every few rounds
 // (round_progress), the rows as checkpoint JSON (bit-exact, so a resumed CSV is byte-identical),
-// a CSV file (csv_file; each driver keeps its published columns) and an accuracy curve for
-// plot.hpp.
+// a CSV file (csv_file; each driver keeps its published columns), the transformer drivers'
+// per-method round CSV (write_round_csv), the peak RSS, and an accuracy curve for plot.hpp.
 #pragma once
+#include <sys/resource.h>
+
 #include <bit>
 #include <cstdint>
 #include <cstdio>
@@ -140,5 +142,30 @@ class csv_file {
   std::filesystem::path path_;
   std::FILE* out_ = nullptr;
 };
+
+// The transformer applications' CSV of one method (built-in model and --model alike): a line
+// per round; with client-level DP an `epsilon` column (the budget spent after the round).
+inline void write_round_csv(const std::filesystem::path& file, const std::string& method, double lr,
+                            const std::vector<round_row>& rows, bool dp) {
+  csv_file csv(file, std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
+                                 "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
+                                 "memory_mib") +
+                         (dp ? ",epsilon" : ""));
+  for (const auto& row : rows) {
+    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f", method.c_str(), lr, row.round,
+            row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
+            row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
+            row.memory_mib);
+    if (dp) csv.row(",%.9g", row.epsilon);
+    csv.row("%s", "\n");
+  }
+}
+
+// The process's peak resident set size so far, in MiB.
+inline double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
+}
 
 }  // namespace rolora::apps

@@ -15,6 +15,7 @@
 #          finetune_np3   federated_finetune, a tiny configuration, mpirun -np 3 against in-process:
 #                         CSVs identical but for the wall-time column, adapter files identical
 #                         (skipped without the SpamAssassin corpus in CORPUS_DIR)
+#          finetune_dp_np3  the same under client-level DP (Poisson sampling, adaptive clipping)
 #          finetune_hf_np3  the same with --model on the tiny BERT of tests/data/hf_tiny (the
 #                         fifth argument is that directory)
 # Skipped ("rolora-skip:") where mpirun is missing or rolora was built without MPI.
@@ -27,7 +28,7 @@ if [ "$have_mpi" != 1 ]; then
   echo "rolora-skip: rolora was built without MPI (ROLORA_ENABLE_MPI; Debian: libopenmpi-dev)"
   exit 0
 fi
-if [ "$mode" = finetune_np3 ] && [ ! -d "${5:-}/spam-assassin/data" ]; then
+if [[ "$mode" = finetune_np3 || "$mode" = finetune_dp_np3 ]] && [ ! -d "${5:-}/spam-assassin/data" ]; then
   echo "rolora-skip: no SpamAssassin corpus under ${5:-} (run scripts/fetch_data.sh)"
   exit 0
 fi
@@ -49,12 +50,14 @@ same() {  # same CSV and final server states as the in-process run in $work/inpr
 }
 
 # federated_finetune with "$@" in process and under mpirun -np 3 (methods fedit, rolora): CSVs the
-# same but for the seconds and memory columns, adapters byte-identical.
+# same but for the seconds and memory columns (epsilon included under DP), adapters
+# byte-identical.
 finetune_in_process_and_np3() {
   "$exe" "$@" --out "$work/inprocess" > "$work/inprocess.log"
   mpi 3 "$@" --out "$work/mpi" > "$work/mpi.log"
   for method in fedit rolora; do
-    cmp <(cut -d, -f1-10 "$work/inprocess/$method.csv") <(cut -d, -f1-10 "$work/mpi/$method.csv")
+    cmp <(cut -d, -f1-10,13- "$work/inprocess/$method.csv") \
+      <(cut -d, -f1-10,13- "$work/mpi/$method.csv")
     cmp "$work/inprocess/${method}_adapter/adapter_model.safetensors" \
       "$work/mpi/${method}_adapter/adapter_model.safetensors"
   done
@@ -151,6 +154,15 @@ case $mode in
            --methods fedit,rolora --threads 1 --data-dir "$5" --checkpoint "$work/model.safetensors")
     finetune_in_process_and_np3 "${flags[@]}"
     echo "federated_finetune over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
+    ;;
+  finetune_dp_np3)
+    flags=(--clients 3 --rounds 3 --local-steps 2 --batch 8 --max-len 48 --pretrain-steps 20
+           --methods fedit,rolora --threads 1 --data-dir "$5" --checkpoint "$work/model.safetensors"
+           --dp client --sampling-rate 0.8 --noise-multiplier 0.5 --clip-norm 0.05 --adaptive-clip
+           --clip-bit-noise 1)
+    finetune_in_process_and_np3 "${flags[@]}"
+    head -1 "$work/mpi/rolora.csv" | grep -q ',epsilon$' || { echo "FAIL: no epsilon column"; exit 1; }
+    echo "federated_finetune --dp client over mpirun -np 3: CSVs (epsilon included) and adapters byte-identical"
     ;;
   finetune_hf_np3)  # $5: tests/data/hf_tiny
     flags=(--model "$5/bert" --train "$5/app/classify_train.csv" --test "$5/app/classify_test.csv"

@@ -629,17 +629,18 @@ void decoder_backward(const hf_model<T>& model, const adapter_set<backend_t<T>>&
   }
 }
 
-// Causal-LM targets: column s L + j predicts labels[s L + j + 1]; the last token of each
-// sequence and labels < 0 predict nothing (-1).
-inline void shifted_targets(std::span<const std::int32_t> labels, index_t len,
-                            std::vector<std::int32_t>& targets) {
+}  // namespace detail::hf
+
+// Causal-LM targets of sequences of length `len` laid end to end: column s L + j predicts
+// labels[s L + j + 1]; the last token of each sequence and labels < 0 predict nothing (-1).
+// What causal_lm_loss_and_grad scores; evaluations that count right predictions use it too.
+inline void next_token_targets(std::span<const std::int32_t> labels, index_t len,
+                               std::vector<std::int32_t>& targets) {
   targets.assign(labels.size(), -1);
   for (std::size_t t = 0; t < labels.size(); ++t) {
     if ((index_t(t) + 1) % len != 0 && labels[t + 1] >= 0) targets[t] = labels[t + 1];
   }
 }
-
-}  // namespace detail::hf
 
 // Classification logits [num_labels, n] of an encoder (in ws.logits).
 template <class T>
@@ -715,7 +716,7 @@ double causal_lm_loss_and_grad(const hf_model<T>& model,
     }
   }
   thread_local std::vector<std::int32_t> targets;
-  detail::hf::shifted_targets(labels, batch.seq_len, targets);
+  next_token_targets(labels, batch.seq_len, targets);
   std::size_t count = 0;
   for (const auto t : targets) count += t >= 0;
   if (predicted) *predicted = count;
