@@ -33,7 +33,7 @@ jobs="${JOBS:-1}"
 common=(--clients 100 --split iid --rounds 20 --eval-every 5 --threads 1 --no-save
         --sampling-rate 0.1 --delta 1e-5)
 methods=(fedit ffa rolora head)
-epsilons=(1 3 8 inf)
+epsilons=(1 8 3 inf)  # the run order
 clips=(0.03 0.1 0.3 1)
 declare -A rates=([fedit]="1e-3 2e-3 5e-3" [ffa]="5e-3 1e-2 2e-2" [rolora]="2e-3 5e-3 1e-2"
                   [head]="1e-3 2e-3 5e-3")
@@ -66,35 +66,45 @@ add() {  # add <folder> <args...>: one job line
   printf '> %q 2>&1; echo $? > %q; touch %q\n' "$dir/log.txt" "$dir/exit" "$dir/done" >> "$jobfile"
 }
 
-if [ "$what" = tune ] || [ "$what" = all ]; then
-  for eps in "${epsilons[@]}"; do
-    for m in "${methods[@]}"; do
-      for lr in ${rates[$m]}; do
-        if [ "$eps" = inf ]; then
-          add "$out/tune/eps$eps/$m/lr$lr" --methods "$m" --lr "$lr" --seed 0 --validation \
-            $(dp_flags inf)
-        else
-          for c in "${clips[@]}"; do
-            add "$out/tune/eps$eps/$m/lr$lr-C$c" --methods "$m" --lr "$lr" --seed 0 --validation \
-              $(dp_flags "$eps" "$c")
-          done
-        fi
-      done
+# The jobs of one epsilon: tune (seed 0, validation) or final (3 seeds, test, at the picks).
+tune_jobs() {
+  local eps=$1
+  for m in "${methods[@]}"; do
+    for lr in ${rates[$m]}; do
+      if [ "$eps" = inf ]; then
+        add "$out/tune/eps$eps/$m/lr$lr" --methods "$m" --lr "$lr" --seed 0 --validation \
+          $(dp_flags inf)
+      else
+        for c in "${clips[@]}"; do
+          add "$out/tune/eps$eps/$m/lr$lr-C$c" --methods "$m" --lr "$lr" --seed 0 --validation \
+            $(dp_flags "$eps" "$c")
+        done
+      fi
     done
   done
-fi
-
-if [ "$what" = final ] || [ "$what" = all ]; then
-  if [ "$what" = all ] && [ -z "${LIST:-}" ]; then  # the picks need the finished tune runs
-    xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"
-    : > "$jobfile"
-  fi
+}
+final_jobs() {
+  local eps=$1
   # "<eps> <method> <lr> <clip>" lines, one per cell
-  python3 scripts/summarize_dp.py --picks "$out" | while read -r eps m lr c; do
+  python3 scripts/summarize_dp.py --picks "$out" | while read -r e m lr c; do
+    [ "$e" = "$eps" ] || continue
     for seed in 0 1 2; do
-      add "$out/final/eps$eps/$m/seed$seed" --methods "$m" --lr "$lr" --seed "$seed" \
-        $(dp_flags "$eps" "$c")
+      add "$out/final/eps$e/$m/seed$seed" --methods "$m" --lr "$lr" --seed "$seed" \
+        $(dp_flags "$e" "$c")
     done
+  done
+}
+run_jobs() {
+  if [ -n "${LIST:-}" ]; then cat "$jobfile"; else xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"; fi
+  : > "$jobfile"
+}
+
+# One epsilon at a time, tuned then run on the test split, so that an interrupted grid leaves
+# whole rows of the table.
+if [ "$what" != theory ]; then
+  for eps in "${epsilons[@]}"; do
+    if [ "$what" = tune ] || [ "$what" = all ]; then tune_jobs "$eps"; run_jobs; fi
+    if [ "$what" = final ] || [ "$what" = all ]; then final_jobs "$eps"; run_jobs; fi
   done
 fi
 
@@ -110,5 +120,4 @@ if [ "$what" = theory ]; then
   done
 fi
 
-if [ -n "${LIST:-}" ]; then cat "$jobfile"; exit 0; fi
-xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"
+run_jobs
