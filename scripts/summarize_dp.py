@@ -7,6 +7,8 @@ Standard library only.
     python3 scripts/summarize_dp.py --picks [DIR]   one line per (epsilon, method): the learning
                                                     rate and clip norm with the best final
                                                     validation accuracy ("eps method lr clip")
+    python3 scripts/summarize_dp.py --check [DIR [PAGE]]  fails unless docs/privacy.md's theory
+                                                    table is the one the committed runs give
     python3 scripts/summarize_dp.py [DIR]           the Markdown tables: the tuning grid, the
                                                     picks, the final test accuracy (mean ± std
                                                     over seeds), and the theory example's loss
@@ -116,7 +118,7 @@ def tables(root):
         print(f"| {'∞' if eps == 'inf' else eps} | " + " | ".join(row) + " |")
 
 
-def theory(root):
+def theory(root):  # -> (Markdown lines, seed count); ([], 0) without runs
     """Final loss (iteration 50) per method and noise multiplier, mean over the seeds; the excess
     over the same seed's z = 0 run; and how much the excess grows when z doubles (4 for noise
     that enters the product linearly: variance z^2)."""
@@ -126,14 +128,11 @@ def theory(root):
         for row in csv.DictReader(open(path)):
             final[(row["method"], float(z), int(seed))] = float(row["loss"])
     if not final:
-        return
+        return [], 0
     zs = sorted({k[1] for k in final})
     seeds = sorted({k[2] for k in final})
     names = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA"}
-    print(f"\nTheory example: final loss excess over z = 0 (mean of {len(seeds)} seeds), and its "
-          "growth per doubling of z\n")
-    print("| z | " + " | ".join(names.values()) + " |")
-    print("|---|" + "---|" * len(names))
+    lines = ["| z | " + " | ".join(names.values()) + " |", "|---|" + "---|" * len(names)]
     previous = {}
     for z in zs:
         if z == 0:
@@ -143,9 +142,29 @@ def theory(root):
             excess = statistics.mean(final[(m, z, s)] - final[(m, 0.0, s)] for s in seeds)
             growth = f" (x{excess / previous[m]:.2f})" if m in previous and z == 2 * \
                 previous.get(m + "_z", -1) else ""
+            if excess > 1e3:  # the run diverged
+                growth = " (diverged)"
             cells.append(f"{excess:.3g}{growth}")
             previous[m], previous[m + "_z"] = excess, z
-        print(f"| {z:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {z:g} | " + " | ".join(cells) + " |")
+    return lines, len(seeds)
+
+
+def check(root, page):
+    """0 when the theory table of `page` is the one the committed runs give, line by line."""
+    lines, _ = theory(root)
+    text = page.read_text()
+    if not lines or lines[0] not in text:
+        print(f"FAIL: no theory table in {page} (or no runs under {root}/theory)")
+        return 1
+    got = text[text.index(lines[0]):].split("\n\n", 1)[0].splitlines()
+    bad = [(w, h) for w, h in zip(lines, got) if w != h] + \
+        ([("(length)", "")] if len(lines) != len(got) else [])
+    for want, have in bad:
+        print(f"FAIL theory table:\n  page:     {have}\n  computed: {want}")
+    if not bad:
+        print(f"ok theory table: {len(lines) - 2} rows recomputed from {root}/theory")
+    return len(bad)
 
 
 def main(argv):
@@ -153,9 +172,16 @@ def main(argv):
     root = pathlib.Path(args[0] if args else "docs/runs/privacy")
     if "--picks" in argv:
         picks(root)
+    elif "--check" in argv:  # --check [DIR [PAGE]]
+        sys.exit(1 if check(root, pathlib.Path(args[1] if len(args) > 1 else
+                                               "docs/privacy.md")) else 0)
     else:
         tables(root)
-        theory(root)
+        lines, seeds = theory(root)
+        if lines:
+            print(f"\nTheory example: final loss excess over z = 0 (mean of {seeds} seeds), and "
+                  "its growth per doubling of z\n")
+            print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ DIR/accuracy_clients_<K>.svg (mean test accuracy against round, +- std over seed
 with gnuplot. Standard library only.
 
     python3 scripts/summarize_results.py [results/table] [--plot docs/img] [--runs-csv FILE]
+    python3 scripts/summarize_results.py --check [docs/results.md [docs/robustness_runs.csv]]
+
+--check regenerates each table of the page whose runs are committed and fails if a line
+differs (today: the robustness grid, from docs/robustness_runs.csv); tables without committed
+runs are listed as unchecked.
 
 The robustness grid (results/table/robustness/<cell>/<method>/<method>.csv, cell =
 k<K>_<split>_st<steps>[_fh]_s<seed>) gives one table row per regime: each method's final test
@@ -160,15 +165,20 @@ def split_title(split):
 
 def robustness(root):
     runs, rounds = robust_runs(root)
-    if not runs:
-        return
+    if runs:
+        print(f"\nrobustness: final test accuracy (%) after {rounds} rounds, mean ± std over seeds\n")
+        print("\n".join(robustness_table(runs)))
+
+
+def robustness_table(runs):
+    """The robustness grid's Markdown table (docs/results.md) from runs as robust_runs gives them."""
+    lines = []
     columns = ["head", "fedit", "ffa", "rolora", "fedit+fh", "ffa+fh", "rolora+fh", "flexlora", "fedsa"]
     present = [c for c in columns if any(c in v for v in runs.values())]
     title = lambda c: TITLES[c.split("+")[0]] + (" (frozen head)" if c.endswith("+fh") else "")
-    print(f"\nrobustness: final test accuracy (%) after {rounds} rounds, mean ± std over seeds\n")
-    print("| clients | split | local steps | " + " | ".join(title(c) for c in present) +
-          " | RoLoRA - FedIT per seed | RoLoRA - FFA-LoRA per seed | FedIT agg. error, median |")
-    print("|---" * (len(present) + 6) + "|")
+    lines.append("| clients | split | local steps | " + " | ".join(title(c) for c in present) +
+                 " | RoLoRA - FedIT per seed | RoLoRA - FFA-LoRA per seed | FedIT agg. error, median |")
+    lines.append("|---" * (len(present) + 6) + "|")
     order = {"iid": 0}
     for key in sorted(runs, key=lambda k: (k[2], k[0], order.get(k[1], 1), -float(k[1][3:] or 0))):
         k, split, steps = key
@@ -181,7 +191,52 @@ def robustness(root):
                                 for s in seeds) or "-")
         errors = [float(r["aggregation_error"]) for rows in cells["fedit"].values() for r in rows]
         row.append(f"{statistics.median(errors):.3f}" if errors else "-")
-        print("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def runs_from_csv(path):
+    """The robustness grid's test runs as robust_runs gives them, read back from the committed
+    docs/robustness_runs.csv (robust_csv's output)."""
+    grouped = defaultdict(list)
+    for r in csv.DictReader(open(path)):
+        if r["experiment"] != "test":
+            continue
+        key = (int(r["clients"]), r["split"], int(r["local_steps"]),
+               r["method"] + ("+fh" if r["head"] == "frozen" else ""), int(r["seed"]))
+        grouped[key].append(r)
+    runs = defaultdict(lambda: defaultdict(dict))
+    for (k, split, steps, column, seed), rows in grouped.items():
+        runs[(k, split, steps)][column][seed] = rows
+    return runs
+
+
+def check(page, runs_csv):
+    """Regenerates the tables of `page` that have their runs in the repository and compares them
+    with the page, line by line. Returns the number of differing tables; says which tables have
+    no committed runs."""
+    text = page.read_text()
+    failures = 0
+    expected = robustness_table(runs_from_csv(runs_csv))
+    header = expected[0]
+    if header not in text:
+        print(f"FAIL robustness: the page has no table headed {header[:60]}...")
+        return 1
+    start = text.index(header)
+    got = text[start:].split("\n\n", 1)[0].splitlines()
+    for i, (want, have) in enumerate(zip(expected, got)):
+        if want != have:
+            print(f"FAIL robustness, line {i + 1}:\n  page:     {have}\n  computed: {want}")
+            failures += 1
+    if len(expected) != len(got):
+        print(f"FAIL robustness: {len(got)} lines on the page, {len(expected)} computed")
+        failures += 1
+    if not failures:
+        print(f"ok robustness: {len(expected) - 2} rows recomputed from {runs_csv}")
+    for name in ("clients", "ranks"):
+        if f"<!-- BEGIN {name} -->" in text:
+            print(f"UNCHECKED {name}: its runs are not in the repository (issue 24)")
+    return failures
 
 
 def gnuplot(script):
@@ -259,6 +314,11 @@ def robust_csv(root, out):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if "--check" in args:  # --check [PAGE [RUNS_CSV]]
+        rest = [a for a in args if a != "--check"]
+        page = pathlib.Path(rest[0] if rest else "docs/results.md")
+        sys.exit(1 if check(page, pathlib.Path(rest[1] if len(rest) > 1 else
+                                               "docs/robustness_runs.csv")) else 0)
     plot_dir = None
     if "--plot" in args:
         i = args.index("--plot")
