@@ -616,8 +616,13 @@ class federation_server {
 
   privacy::noised_round noised_round_of(const round_plan& plan) const {
     const std::size_t n = clients_.size(), m = config_.clients_per_round;
-    return {privacy_state_.clip_norm, privacy_.update_noise_multiplier(n, m),
-            privacy_.expected_participants(n, m), config_.seed, plan.round};
+    return {privacy_state_.clip_norm,
+            privacy_.update_noise_multiplier(n, m),
+            privacy_.expected_participants(n, m),
+            config_.seed,
+            plan.round,
+            privacy_.noise,
+            privacy_.relative_granularity};
   }
 
   typename Privacy::state next_privacy_state(
