@@ -23,6 +23,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <rolora/core/error.hpp>
@@ -101,15 +102,20 @@ inline uint256 mul_wide(uint128 a, uint128 b) {
 }  // namespace detail
 
 // The operating system's cryptographic generator, through libsodium's randombytes_buf (keyed from
-// getrandom(2) / the OS; never from a user's seed). Bytes are drawn 512 at a time and wiped on
-// destruction. randombytes_uniform is not used: its bound is 32 bits, and the samplers need 64-
-// and 128-bit ranges. Uniform integers below n by rejection (no modulo bias): draw k bits, k the
-// bit length of n - 1, until the value is < n (under 2 draws on average). Not copyable (a copy
-// would replay the buffered bytes); not thread-safe (one per thread).
+// getrandom(2) / the OS; never from a user's seed). Debian's libsodium uses its "sysrandom"
+// implementation, a getrandom(2) call per request (about 126 MB/s here), so bytes are drawn 4096
+// at a time and spent bit by bit: a uniform integer below n takes only the bit length of n - 1
+// (rejection, no modulo bias: under 2 tries on average), and Bernoulli(num / den) two bits on
+// average (bernoulli below). The buffer is wiped on destruction. randombytes_uniform is not used:
+// its bound is 32 bits, and the samplers need up to 128. Not copyable (a copy would replay the
+// buffered bytes); not thread-safe (one per thread).
 class system_random {
  public:
   system_random() { detail::ensure_sodium_for_noise(); }
-  ~system_random() { sodium_memzero(buffer_.data(), buffer_.size()); }
+  ~system_random() {
+    sodium_memzero(buffer_.data(), buffer_.size());
+    sodium_memzero(&pool_, sizeof pool_);
+  }
   system_random(const system_random&) = delete;
   system_random& operator=(const system_random&) = delete;
 
@@ -119,52 +125,70 @@ class system_random {
       used_ = 0;
     }
     std::uint64_t v = 0;
-    for (int b = 0; b < 8; ++b) v |= std::uint64_t(buffer_[used_ + std::size_t(b)]) << (8 * b);
+    std::memcpy(&v, buffer_.data() + used_, 8);  // any byte order: the bytes are uniform
     used_ += 8;
     return v;
   }
-  bool bit() {
-    if (bits_left_ == 0) {
-      bits_ = next64();
-      bits_left_ = 64;
+  // k uniform bits, 0 <= k <= 64, as the low bits of the result.
+  std::uint64_t bits(int k) {
+    if (k == 0) return 0;
+    if (k <= pool_bits_) {
+      const std::uint64_t v = k == 64 ? pool_ : pool_ & ((std::uint64_t(1) << k) - 1);
+      pool_ = k == 64 ? 0 : pool_ >> k;
+      pool_bits_ -= k;
+      return v;
     }
-    const bool b = (bits_ & 1u) != 0;
-    bits_ >>= 1;
-    --bits_left_;
-    return b;
+    const int have = pool_bits_;  // the pool's bits, then the rest from a fresh word
+    const std::uint64_t low = pool_;
+    pool_ = next64();
+    pool_bits_ = 64;
+    return low | (bits(k - have) << have);
   }
+  bool bit() { return bits(1) != 0; }
   std::uint64_t below(std::uint64_t n) {
     if (n == 0) rolora::detail::raise<config_error>("system_random::below: n must be >= 1, got 0");
     if (n == 1) return 0;
-    const int shift = __builtin_clzll(n - 1);  // keep the bit length of n - 1
+    const int k = 64 - __builtin_clzll(n - 1);  // the bit length of n - 1
     for (;;) {
-      const std::uint64_t v = next64() >> shift;
+      const std::uint64_t v = bits(k);
       if (v < n) return v;
     }
   }
   uint128 below(uint128 n) {
     if (n == 0) rolora::detail::raise<config_error>("system_random::below: n must be >= 1, got 0");
     if ((n >> 64) == 0) return below(std::uint64_t(n));
-    const int shift = __builtin_clzll(std::uint64_t((n - 1) >> 64));
+    const int k = 64 - __builtin_clzll(std::uint64_t((n - 1) >> 64));  // bits above the low 64
     for (;;) {
-      const uint128 v = ((uint128(next64()) << 64) | next64()) >> shift;
+      const uint128 v = (uint128(bits(k)) << 64) | bits(64);
       if (v < n) return v;
     }
   }
 
  private:
-  std::array<unsigned char, 512> buffer_{};
-  std::size_t used_ = 512;  // empty: the first draw fills it
-  std::uint64_t bits_ = 0;
-  int bits_left_ = 0;
+  std::array<unsigned char, 4096> buffer_{};
+  std::size_t used_ = 4096;  // empty: the first draw fills it
+  std::uint64_t pool_ = 0;   // unspent random bits, the low pool_bits_ of them
+  int pool_bits_ = 0;
 };
 
 // ----- Exact Bernoulli samplers (CKS 2020, Algorithm 1) -----
 
-// Bernoulli(num / den), 0 <= num <= den, den >= 1.
+// Bernoulli(num / den), 0 <= num <= den, den >= 1: compare a uniform U = 0.b1 b2 ... in [0, 1),
+// drawn bit by bit, with the binary expansion of p = num / den, and stop at the first bit where
+// they differ (U < p: true). Exact, and 2 bits on average whatever den is (drawing U below den
+// would take its whole bit length, the cost that dominates with the OS's randomness).
 template <uniform_source S>
 bool bernoulli(S& src, uint128 num, uint128 den) {
-  return src.below(den) < num;
+  if (num >= den) return true;
+  uint128 r = num;  // p's remaining fraction, r / den in [0, 1)
+  while (r != 0) {
+    // The next binary digit of r / den: 2r >= den, written without overflowing 2r.
+    const bool digit = r >= den - r;
+    r = digit ? r - (den - r) : r + r;
+    const bool b = src.bit();
+    if (b != digit) return digit;  // b < digit: U < p; b > digit: U > p
+  }
+  return false;  // p's expansion ended and U matched it so far: U >= p (U = p has probability 0)
 }
 
 namespace detail {
@@ -197,6 +221,7 @@ bool bernoulli_exp_neg_whole(S& src, uint256 count) {
 template <uniform_source S>
 bool bernoulli_exp_neg(S& src, uint128 num, uint128 den) {
   if (den == 0) rolora::detail::raise<config_error>("bernoulli_exp_neg: den must be >= 1, got 0");
+  if (num <= den) return detail::bernoulli_exp_neg_le1(src, num, den);  // no 128-bit division
   if (!detail::bernoulli_exp_neg_whole(src, {0, num / den})) return false;
   return detail::bernoulli_exp_neg_le1(src, num % den, den);
 }
@@ -276,7 +301,7 @@ std::int64_t discrete_laplace(S& src, std::uint64_t t) {
     const std::uint64_t u = src.below(t);
     if (!bernoulli_exp_neg(src, u, t)) continue;
     std::uint64_t v = 0;
-    while (bernoulli_exp_neg(src, 1, 1)) ++v;
+    while (detail::bernoulli_exp_neg_le1(src, 1, 1)) ++v;
     uint128 x = 0;
     if (!detail::mul_fits(t, v, x) || (x += u) >= (uint128(1) << 63)) {
       rolora::detail::raise<config_error>("discrete_laplace: a sample of scale ", t,
