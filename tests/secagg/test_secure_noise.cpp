@@ -7,10 +7,14 @@
 // (rolora::secagg), like every test that needs ROLORA_HAVE_SECAGG.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/federated/checkpoint.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/policy/policies.hpp>
 #include <rolora/privacy/client_dp.hpp>
@@ -386,4 +390,35 @@ TEST_CASE("secure noise: the clip bits get integer noise and the federation uses
   };
   CHECK(test::bit_equal(run(noise_source::seeded), run(noise_source::seeded)));
   CHECK_FALSE(test::bit_equal(run(noise_source::secure), run(noise_source::secure)));
+}
+
+TEST_CASE("secure noise: a checkpoint names it, and a resume that switches the noise is refused") {
+  auto p = small_problem();
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("rolora_secure_noise_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(path);
+  using dp_fed = federation<dp_backend, train_both, fedavg, client_dp>;
+  client_dp secure{.clip_norm = 0.5, .noise_multiplier = 1.0, .sampling_rate = 1.0};
+  secure.noise = noise_source::secure;
+  dp_fed first(train_both{}, fedavg{}, two_rounds(), linear_start(), secure);
+  first.run_round(p.clients);
+  save_checkpoint(path, first.server());
+  dp_fed again(train_both{}, fedavg{}, two_rounds(), linear_start(), secure);
+  load_checkpoint(path, again.server());
+  CHECK(again.server().privacy_state().rounds == 1);
+  client_dp seeded = secure;
+  seeded.noise = noise_source::seeded;
+  dp_fed switched(train_both{}, fedavg{}, two_rounds(), linear_start(), seeded);
+  const auto why =
+      test::message_of<config_error>([&] { load_checkpoint(path, switched.server()); });
+  CAPTURE(why);
+  CHECK(why.find("privacy.noise") != std::string::npos);
+  CHECK(switched.next_round() == 0);
+  client_dp coarser = secure;
+  coarser.relative_granularity = 0x1p-10;
+  dp_fed regridded(train_both{}, fedavg{}, two_rounds(), linear_start(), coarser);
+  CHECK(test::message_of<config_error>([&] {
+          load_checkpoint(path, regridded.server());
+        }).find("privacy.relative_granularity") != std::string::npos);
+  std::filesystem::remove_all(path);
 }
