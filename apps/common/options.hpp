@@ -229,9 +229,10 @@ class shared_options {
           if (!d.on()) throw CLI::ValidationError("--secure-noise", "needs --dp client");
           d.secure_noise = true;
         },
-        "DP: noise for deployments: the exact discrete Gaussian from the system's randomness "
-        "(libsodium), not reproducible; without it the noise is seeded, for experiments only "
-        "(whoever knows --seed can subtract it; docs/privacy.md)");
+        "DP, for deployments: the noise an exact discrete Gaussian and the round's clients "
+        "drawn from the system's randomness (libsodium); not reproducible. Without it both are "
+        "seeded, for experiments only: whoever knows --seed can subtract the noise "
+        "(docs/privacy.md)");
   }
   // Every DP flag above, for a driver that supports client-level DP.
   void client_dp(dp_settings& d) {

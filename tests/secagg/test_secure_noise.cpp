@@ -3,12 +3,14 @@
 // libsodium's system randomness, checked against their exact distributions (chi-square on the
 // pmf, moments, and a pmf a rounded continuous Gaussian would fail); the refusals of what cannot
 // be sampled exactly; and the mechanism: not reproducible where seeded noise is bit for bit, its
-// release on the grid gamma Z^d, its spread, and the clip bits' integer noise. Links libsodium
+// release on the grid gamma Z^d, its spread, the clip bits' integer noise, the clients of a round
+// drawn in secret, and the checkpoint's record of the noise source. Links libsodium
 // (rolora::secagg), like every test that needs ROLORA_HAVE_SECAGG.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -421,4 +423,58 @@ TEST_CASE("secure noise: a checkpoint names it, and a resume that switches the n
           load_checkpoint(path, regridded.server());
         }).find("privacy.relative_granularity") != std::string::npos);
   std::filesystem::remove_all(path);
+}
+
+TEST_CASE("secure noise: Bernoulli of a double is exact, down to rates below 2^-9") {
+  system_random source;
+  for (double p : {0.3, 0.75, 1e-3, 0.0, 1.0}) {
+    int ones = 0;
+    for (int i = 0; i < samples; ++i) ones += bernoulli_of(source, p) ? 1 : 0;
+    CAPTURE(p);
+    CAPTURE(ones);
+    if (p == 0.0 || p == 1.0) {
+      CHECK(ones == int(p) * samples);
+    } else {
+      CHECK(std::fabs(ones - p * samples) < 5.0 * std::sqrt(p * (1 - p) * samples));
+    }
+  }
+}
+
+TEST_CASE("secure noise: the clients of a round are drawn from the system's randomness") {
+  // Poisson: 40,000 clients at q = 0.25.
+  client_dp dp{.clip_norm = 1.0, .noise_multiplier = 1.0, .sampling_rate = 0.25};
+  dp.noise = noise_source::secure;
+  const auto a = secure_sample_clients(dp, 40000, 0), b = secure_sample_clients(dp, 40000, 0);
+  CHECK(std::fabs(double(a.size()) - 10000.0) < 5.0 * std::sqrt(40000 * 0.25 * 0.75));
+  CHECK(std::is_sorted(a.begin(), a.end()));
+  CHECK(a != b);  // secret and fresh: not a function of the seed
+  // Fixed: 7 of 20, distinct, sorted, each client equally likely (chi-square over 20,000 draws).
+  dp.sampling = client_sampling::fixed;
+  std::vector<double> counts(20, 0.0);
+  for (int i = 0; i < 20000; ++i) {
+    const auto ids = secure_sample_clients(dp, 20, 7);
+    REQUIRE(ids.size() == 7);
+    REQUIRE(std::adjacent_find(ids.begin(), ids.end(), [](auto x, auto y) { return x >= y; }) ==
+            ids.end());
+    for (auto c : ids) counts[c] += 1.0;
+  }
+  double chi2 = 0.0;
+  for (double c : counts) chi2 += (c - 7000.0) * (c - 7000.0) / 7000.0;
+  CHECK(chi2 < chi2_threshold(19));
+  CHECK(secure_sample_clients(dp, 20, 0).size() == 20);  // 0: everyone
+  // In the federation: at q = 0.5 over 16 clients, two secure runs sample differently (the same
+  // 2 rounds twice has probability 2^-32), two seeded runs the same.
+  auto p = small_problem();
+  for (int i = 4; i < 16; ++i) p.clients.push_back(p.clients[std::size_t(i % 4)]);
+  const auto participants = [&](noise_source source) {
+    client_dp d{.clip_norm = 0.5, .noise_multiplier = 1.0, .sampling_rate = 0.5};
+    d.noise = source;
+    federation<dp_backend, train_both, fedavg, client_dp> fed(train_both{}, fedavg{}, two_rounds(),
+                                                              linear_start(), d);
+    std::vector<std::vector<std::size_t>> who;
+    for (const auto& report : fed.run(p.clients)) who.push_back(report.participants);
+    return who;
+  };
+  CHECK(participants(noise_source::seeded) == participants(noise_source::seeded));
+  CHECK(participants(noise_source::secure) != participants(noise_source::secure));
 }

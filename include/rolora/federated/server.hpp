@@ -586,6 +586,8 @@ class federation_server {
   // fixed number clients_per_round.
   std::vector<std::size_t> sample(std::size_t t, std::size_t num_clients) const {
     if constexpr (client_level_dp) {
+      if (privacy_.noise == privacy::noise_source::secure)  // secret: the OS's randomness
+        return privacy::secure_sample_clients(privacy_, num_clients, config_.clients_per_round);
       if (privacy_.sampling == privacy::client_sampling::poisson)
         return poisson_sample_clients(config_.seed, t, num_clients, privacy_.sampling_rate);
     }

@@ -26,6 +26,7 @@
 // mean_of_factors_aggregator trait: fedavg, orthonormalize_a<fedavg>); the rest are refused at
 // compile time by federation.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -79,10 +80,19 @@ struct adaptive_clipping {
 //           Mironov's (2012) least-significant-bits attack.
 //   secure  for deployments: the exact discrete Gaussian (Canonne, Kamath, Steinke 2020) on a
 //           grid of step relative_granularity C, from the operating system's cryptographic
-//           generator (libsodium). Not reproducible: two runs differ. Needs libsodium (link
+//           generator (libsodium); the clients of each round are drawn from it as well
+//           (secure_sample_clients). Not reproducible: two runs differ. Needs libsodium (link
 //           rolora::secagg, which defines ROLORA_HAVE_SECAGG); refused with a config_error
 //           otherwise.
 enum class noise_source { seeded, secure };
+
+// The refusal of every secure-noise path in a program built without libsodium.
+[[noreturn]] inline void refuse_secure_noise_without_sodium() {
+  raise<config_error>(
+      "client_dp: secure noise draws from the system's randomness through libsodium, and this "
+      "program was built without libsodium: install libsodium-dev and reconfigure (link "
+      "rolora::secagg)");
+}
 
 // What a client is told to clip, in its download.
 struct clip_request {
@@ -135,10 +145,7 @@ struct client_dp {
       raise<config_error>("client_dp: a target epsilon needs noise (noise_multiplier > 0)");
     if (noise == noise_source::secure) {
 #if !defined(ROLORA_HAVE_SECAGG)
-      raise<config_error>(
-          "client_dp: secure noise draws from the system's randomness through libsodium, and "
-          "this program was built without libsodium: install libsodium-dev and reconfigure "
-          "(link rolora::secagg)");
+      refuse_secure_noise_without_sodium();
 #endif
       if (!(relative_granularity > 0.0 && relative_granularity <= 1.0))
         raise<config_error>("client_dp: the relative granularity must be in (0, 1], got ",
@@ -194,6 +201,38 @@ struct client_dp {
     return 1.0 / std::sqrt(1.0 / (noise_multiplier * noise_multiplier) - 1.0 / (4.0 * sb * sb));
   }
 };
+
+// Which clients take part in a round under secure noise: the rules of the seeded sampling
+// (federated/sampling.hpp: Poisson with rate q, or `per_round` uniformly without replacement),
+// drawn from the system's randomness. The accountant's amplification by subsampling assumes that
+// nobody knows who took part; with seeded sampling, whoever knows the seed knows it for every
+// round. Opacus's secure_mode draws its Poisson sampling from the secure generator too. Increasing
+// client order, as the seeded rules return.
+inline std::vector<std::size_t> secure_sample_clients(const client_dp& dp, std::size_t num_clients,
+                                                      std::size_t per_round) {
+#if defined(ROLORA_HAVE_SECAGG)
+  system_random source;
+  std::vector<std::size_t> ids;
+  if (dp.sampling == client_sampling::poisson) {
+    for (std::size_t c = 0; c < num_clients; ++c)
+      if (bernoulli_of(source, dp.sampling_rate)) ids.push_back(c);
+    return ids;
+  }
+  ids.resize(num_clients);
+  for (std::size_t c = 0; c < num_clients; ++c) ids[c] = c;
+  const std::size_t m = std::size_t(client_dp::fixed_count(num_clients, per_round));
+  for (std::size_t i = 0; i < m; ++i) {  // partial Fisher-Yates
+    const auto j = i + std::size_t(source.below(std::uint64_t(num_clients - i)));
+    std::swap(ids[i], ids[j]);
+  }
+  ids.resize(m);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+#else
+  (void)dp, (void)num_clients, (void)per_round;
+  refuse_secure_noise_without_sodium();
+#endif
+}
 
 // epsilon after a number of rounds of one subsampled Gaussian mechanism (q, z): the one-round RDP
 // is computed once, so each round's epsilon is a minimum over the orders, not a new series.
@@ -307,14 +346,6 @@ struct noised_round {
   noise_source source = noise_source::seeded;  // secure: seed unused, the OS's randomness
   double relative_granularity = 0x1p-20;       // secure only: gamma / C
 };
-
-// The refusal of every secure-noise path in a program built without libsodium.
-[[noreturn]] inline void refuse_secure_noise_without_sodium() {
-  raise<config_error>(
-      "client_dp: secure noise draws from the system's randomness through libsodium, and this "
-      "program was built without libsodium: install libsodium-dev and reconfigure (link "
-      "rolora::secagg)");
-}
 
 // Draw i of the update noise of round t is random_stream(seed, dp_noise, t, 0).normal(i), i the
 // coordinate's position in the flattened update (modules in name order, A then B, column-major,

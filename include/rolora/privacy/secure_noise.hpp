@@ -191,6 +191,20 @@ bool bernoulli(S& src, uint128 num, uint128 den) {
   return false;  // p's expansion ended and U matched it so far: U >= p (U = p has probability 0)
 }
 
+// Bernoulli(p) for a double p, exactly: p = (m / 2^53) 2^e with m < 2^53 an integer and e <= 0,
+// so Bernoulli(p) = (-e fair bits all 0) AND Bernoulli(m / 2^53). p <= 0 (or NaN): false; p >= 1:
+// true. For Poisson client sampling at the very rate the accountant is given.
+template <uniform_source S>
+bool bernoulli_of(S& src, double p) {
+  if (!(p > 0.0)) return false;
+  if (p >= 1.0) return true;
+  int e = 0;
+  const double f = std::frexp(p, &e);  // p = f 2^e, f in [0.5, 1), e <= 0
+  for (int i = 0; i < -e; ++i)
+    if (src.bit()) return false;
+  return bernoulli(src, uint128(std::ldexp(f, 53)), uint128(1) << 53);
+}
+
 namespace detail {
 
 // Bernoulli(exp(-num/den)) for 0 <= num/den <= 1: with K the first k >= 1 at which
