@@ -5,12 +5,12 @@
 //
 // Why not the seeded N(0, sigma^2) of random_stream: (1) whoever knows the seed regenerates the
 // noise and subtracts it; (2) even with a secret seed, a floating-point Gaussian sampler (Box-
-// Muller, polar, ...) does not produce every double, and which doubles it can produce depends on
-// the input: Mironov 2012 ("On significance of the least significant bits for differential
-// privacy", CCS) reads the true value back from the low bits of x + noise. Here the sampler is
-// integer arithmetic throughout (sigma^2 an exact rational, Bernoulli(exp(-gamma)) by CKS's
-// alternating-series trick), and the mechanism releases  granularity * (integer + integer noise):
-// nothing float-random is left in the output to attack.
+// Muller, polar, inversion) does not produce every double, and which doubles it can produce
+// around x + noise depends on x: Mironov 2012 ("On significance of the least significant bits for
+// differential privacy", CCS; the Laplace case) and Jin et al. 2022 (the Gaussian) read x back
+// from the low bits of the release. Here the sampler is integer arithmetic throughout (sigma^2 an
+// exact rational, Bernoulli(exp(-gamma)) by CKS's alternating-series trick), and the mechanism
+// releases granularity * (integer + integer noise): nothing float-random is left to attack.
 //
 // Only usable where libsodium is linked (CMake target rolora::secagg, which defines
 // ROLORA_HAVE_SECAGG=1); client_dp.hpp includes it only then and refuses noise_source::secure
