@@ -122,9 +122,9 @@ struct client_dp {
   noise_source noise = noise_source::seeded;
   // Secure noise only: the grid step gamma as a fraction of C. 2^-20: the noise on the grid is
   // z' 2^20 units (exact 128-bit sampling has room up to z' ~ 2^10), rounding moves a coordinate
-  // by at most 2^-21 C (far below the noise z' C and float32's resolution of a typical
-  // coordinate), and the sensitivity grows by sqrt(d) 2^-21 C (1.5e-4 C at d = 10^5), which the
-  // noise absorbs (grid_noise in secure_noise.hpp).
+  // by at most 2^-21 C (10^-6 of the noise z' C at z' = 1, 1/6600 of a typical coordinate C /
+  // sqrt(d) at d = 10^5), and the sensitivity grows by sqrt(d) 2^-21 C (1.5e-4 C at d = 10^5),
+  // which the noise is scaled up to cover (grid_noise in secure_noise.hpp).
   double relative_granularity = 0x1p-20;
 
   // config_error naming the field unless every setting is usable.
@@ -360,7 +360,8 @@ inline double clip_bit_noise(std::uint64_t seed, std::size_t round) {
 // The noised mean of the clipped updates as the one update the aggregator merges:
 //   U = G + (sum_i (X_i - G) + N(0, (z' C)^2 I)) / qN
 // over the `shared` factors and the modules to save (the other factors are G's). With no update
-// at all (an empty Poisson round), U = G + noise / qN.
+// at all (an empty Poisson round), U = G + noise / qN. Under secure noise (r.source), the same
+// mean on the grid gamma Z^d with discrete Gaussian noise: detail::secure_noised_mean.
 template <backend Backend>
 client_update<Backend> noised_mean(const adapter_set<Backend>& global,
                                    std::span<const client_update<Backend>> updates,
