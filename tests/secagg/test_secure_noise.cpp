@@ -23,6 +23,7 @@
 #include <rolora/privacy/secure_noise.hpp>
 #include <rolora/theory/linear_regression.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../test_support.hpp"
@@ -477,4 +478,39 @@ TEST_CASE("secure noise: the clients of a round are drawn from the system's rand
   };
   CHECK(participants(noise_source::seeded) == participants(noise_source::seeded));
   CHECK(participants(noise_source::secure) != participants(noise_source::secure));
+}
+
+TEST_CASE("secure noise: the discrete Laplace and the 256-bit acceptance path are exact too") {
+  system_random source;
+  // discrete_laplace(t = 3): P(y) = (1 - e^(-1/3)) / (1 + e^(-1/3)) e^(-|y|/3); bins -10..10 and
+  // the two tails, chi-square below its 1 - 1e-6 quantile.
+  const double r = std::exp(-1.0 / 3.0), norm = (1 - r) / (1 + r);
+  std::vector<double> expected(23, 0.0), observed(23, 0.0);
+  const auto bin = [](std::int64_t y) { return y < -10 ? 0 : y > 10 ? 22 : int(y + 11); };
+  for (int y = -200; y <= 200; ++y)
+    expected[std::size_t(bin(y))] += norm * std::pow(r, std::abs(y)) * samples;
+  for (int i = 0; i < samples; ++i) observed[std::size_t(bin(discrete_laplace(source, 3)))] += 1;
+  double chi2 = 0.0;
+  for (std::size_t b = 0; b < expected.size(); ++b) {
+    REQUIRE(expected[b] >= 5.0);
+    chi2 += (observed[b] - expected[b]) * (observed[b] - expected[b]) / expected[b];
+  }
+  CAPTURE(chi2);
+  CHECK(chi2 < chi2_threshold(22));
+  // The acceptance test's square in 256 bits (taken only far in the tail): exp(-7/3) with the
+  // numerator as (hi 0, lo 7), and exp(-4) as 2^128 / 2^126, whose numerator needs the high word.
+  for (const auto& [num, den, p] :
+       {std::tuple{privacy::detail::uint256{0, 7}, uint128(3), std::exp(-7.0 / 3)},
+        std::tuple{privacy::detail::uint256{1, 0}, uint128(1) << 126, std::exp(-4.0)}}) {
+    int ones = 0;
+    for (int i = 0; i < samples; ++i)
+      ones += privacy::detail::bernoulli_exp_neg_wide(source, num, den) ? 1 : 0;
+    CAPTURE(p);
+    CHECK(std::fabs(ones - p * samples) < 5.0 * std::sqrt(p * (1 - p) * samples));
+  }
+  // And the product it squares: mul_wide against a known value, (2^100 + 3)^2 = 2^200 + 6 2^100
+  // + 9.
+  const auto sq = privacy::detail::mul_wide((uint128(1) << 100) + 3, (uint128(1) << 100) + 3);
+  CHECK(sq.hi == (uint128(1) << 72));
+  CHECK(sq.lo == (uint128(6) << 100) + 9);
 }
