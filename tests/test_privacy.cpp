@@ -622,6 +622,30 @@ TEST_CASE(
   CHECK((merged.modules_to_save().at("head") - want_head).cwiseAbs().maxCoeff() < 1e-14);
 }
 
+#if !defined(ROLORA_HAVE_SECAGG)  // rolora_tests never links libsodium
+TEST_CASE("client DP: secure noise is refused where libsodium is not linked") {
+  const std::string want = "built without libsodium: install libsodium-dev and reconfigure";
+  privacy::client_dp dp;
+  dp.noise = privacy::noise_source::secure;
+  CHECK(test::message_of<config_error>([&] { dp.check(); }).find(want) != std::string::npos);
+  // Before any round: the federation's constructor checks the settings.
+  CHECK(test::message_of<config_error>([&] {
+          dp_fedit(train_both{}, fedavg{}, dp_config(1), linear_start(), dp);
+        }).find(want) != std::string::npos);
+  // And the noise paths themselves, should they be reached with a hand-made round.
+  privacy::noised_round r{1.0, 1.0, 1.0, 7, 0};
+  r.source = privacy::noise_source::secure;
+  const dset global = dp_adapters(3);
+  CHECK(test::message_of<config_error>([&] {
+          (void)privacy::noised_mean(global, std::span<const client_update<dp_backend>>(),
+                                     both_factors, r);
+        }).find(want) != std::string::npos);
+  // Seeded noise, the default, is unaffected.
+  dp.noise = privacy::noise_source::seeded;
+  CHECK_NOTHROW(dp.check());
+}
+#endif
+
 TEST_CASE("client DP: weighting by sample counts is refused, and so are other bad settings") {
   auto p = dp_problem(4);  // 40, 30, 20, 10 samples
   REQUIRE(p.clients[0].num_samples() != p.clients[1].num_samples());

@@ -48,6 +48,7 @@ struct dp_settings {
   double clip_quantile = 0.5;              // --clip-quantile: gamma
   double clip_lr = 0.2;                    // --clip-lr: eta_C
   double clip_bit_noise = 0.0;             // --clip-bit-noise: sigma_b (0: qN / 20)
+  bool secure_noise = false;               // --secure-noise: privacy::noise_source::secure
 
   bool on() const { return mode == "client"; }
   // config_error when neither or an unusable pair of --noise-multiplier / --target-epsilon.
@@ -60,6 +61,8 @@ struct dp_settings {
     dp.target_epsilon = target_epsilon;
     if (adaptive_clip)
       dp.adaptive = privacy::adaptive_clipping{clip_quantile, clip_lr, clip_bit_noise};
+    // check() refuses it in a program built without libsodium (rolora::secagg not linked).
+    if (secure_noise) dp.noise = privacy::noise_source::secure;
     if (noise_multiplier) {
       dp.noise_multiplier = *noise_multiplier;
     } else if (target_epsilon) {
@@ -217,6 +220,20 @@ class shared_options {
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
   }
+  // Refused unless --dp client (checked when the flags are processed: --dp is declared first,
+  // so its value is in place); refused by to_client_dp where libsodium is not linked.
+  CLI::Option* secure_noise(dp_settings& d) {
+    return app_.add_flag_callback(
+        "--secure-noise",
+        [&d] {
+          if (!d.on()) throw CLI::ValidationError("--secure-noise", "needs --dp client");
+          d.secure_noise = true;
+        },
+        "DP, for deployments: the noise an exact discrete Gaussian and the round's clients "
+        "drawn from the system's randomness (libsodium); not reproducible. Without it both are "
+        "seeded, for experiments only: whoever knows --seed can subtract the noise "
+        "(docs/privacy.md)");
+  }
   // Every DP flag above, for a driver that supports client-level DP.
   void client_dp(dp_settings& d) {
     dp(d);
@@ -229,6 +246,7 @@ class shared_options {
     clip_quantile(d);
     clip_lr(d);
     clip_bit_noise(d);
+    secure_noise(d);
   }
   // --checkpoint-dir, --checkpoint-every, --resume; `unit`: "rounds" or "iterations".
   void checkpoint(checkpoint_options& c, const std::string& unit) {

@@ -205,6 +205,13 @@ json describe(const Server& server, const json& identity) {
         {"adaptive", adaptive},
         {"target_epsilon", p.target_epsilon ? json(*p.target_epsilon) : json(nullptr)},
         {"delta", p.delta}};
+    // Secure noise and its grid, only when chosen: a seeded run's description (and every
+    // checkpoint written before secure noise existed) is unchanged, and a resume that switches
+    // between seeded and secure noise is refused like any other change of DP parameters.
+    if (p.noise == privacy::noise_source::secure) {
+      d["privacy"]["noise"] = "secure";
+      d["privacy"]["relative_granularity"] = p.relative_granularity;
+    }
   }
   return d;
 }

@@ -586,6 +586,8 @@ class federation_server {
   // fixed number clients_per_round.
   std::vector<std::size_t> sample(std::size_t t, std::size_t num_clients) const {
     if constexpr (client_level_dp) {
+      if (privacy_.noise == privacy::noise_source::secure)  // secret: the OS's randomness
+        return privacy::secure_sample_clients(privacy_, num_clients, config_.clients_per_round);
       if (privacy_.sampling == privacy::client_sampling::poisson)
         return poisson_sample_clients(config_.seed, t, num_clients, privacy_.sampling_rate);
     }
@@ -616,8 +618,13 @@ class federation_server {
 
   privacy::noised_round noised_round_of(const round_plan& plan) const {
     const std::size_t n = clients_.size(), m = config_.clients_per_round;
-    return {privacy_state_.clip_norm, privacy_.update_noise_multiplier(n, m),
-            privacy_.expected_participants(n, m), config_.seed, plan.round};
+    return {privacy_state_.clip_norm,
+            privacy_.update_noise_multiplier(n, m),
+            privacy_.expected_participants(n, m),
+            config_.seed,
+            plan.round,
+            privacy_.noise,
+            privacy_.relative_granularity};
   }
 
   typename Privacy::state next_privacy_state(

@@ -15,7 +15,9 @@
 //   the noise    on the server, around the aggregator (merge_noised): the sum of the clipped
 //                changes + N(0, (z' C)^2) per coordinate, divided by the EXPECTED number of
 //                participants qN (m for fixed sampling), added to the global factors; the
-//                aggregator then merges that one noised mean (weight 1) as it would merge a mean
+//                aggregator then merges that one noised mean (weight 1) as it would merge a mean.
+//                Seeded (experiments) or secure (deployments: an exact discrete Gaussian on a
+//                grid from the OS's randomness, secure_noise.hpp): noise_source
 //   adaptive C   C <- C exp(-eta (b~ - gamma)), b~ = (sum of the unclipped bits + N(0, sigma_b^2))
 //                / qN (next_clip_norm)
 //   the budget   before a round: the epsilon after it (accountant.hpp, the Poisson-subsampled
@@ -24,6 +26,7 @@
 // mean_of_factors_aggregator trait: fedavg, orthonormalize_a<fedavg>); the rest are refused at
 // compile time by federation.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +42,9 @@
 #include <string>
 #include <string_view>
 #include <vector>
+#if defined(ROLORA_HAVE_SECAGG)  // libsodium linked (rolora::secagg): the secure noise source
+#include <rolora/privacy/secure_noise.hpp>
+#endif
 
 namespace rolora {
 
@@ -67,6 +73,27 @@ struct adaptive_clipping {
   double bit_noise = 0.0;                  // sigma_b; 0: expected participants / 20 (the paper's)
 };
 
+// Where the noise comes from (docs/privacy.md, "Secure noise").
+//   seeded  rolora's counter-based streams keyed by the federation's seed: reproducible bit for
+//           bit, for experiments; it protects nothing against anyone who knows the seed (they
+//           regenerate the noise and subtract it), and a floating-point Gaussian is open to
+//           Mironov's (2012) least-significant-bits attack.
+//   secure  for deployments: the exact discrete Gaussian (Canonne, Kamath, Steinke 2020) on a
+//           grid of step relative_granularity C, from the operating system's cryptographic
+//           generator (libsodium); the clients of each round are drawn from it as well
+//           (secure_sample_clients). Not reproducible: two runs differ. Needs libsodium (link
+//           rolora::secagg, which defines ROLORA_HAVE_SECAGG); refused with a config_error
+//           otherwise.
+enum class noise_source { seeded, secure };
+
+// The refusal of every secure-noise path in a program built without libsodium.
+[[noreturn]] inline void refuse_secure_noise_without_sodium() {
+  raise<config_error>(
+      "client_dp: secure noise draws from the system's randomness through libsodium, and this "
+      "program was built without libsodium: install libsodium-dev and reconfigure (link "
+      "rolora::secagg)");
+}
+
 // What a client is told to clip, in its download.
 struct clip_request {
   double norm = 0.0;   // C
@@ -92,6 +119,13 @@ struct client_dp {
   // privacy_budget_exceeded, before it starts. Unset: no limit (epsilon is still reported).
   std::optional<double> target_epsilon = std::nullopt;
   double delta = 1e-5;
+  noise_source noise = noise_source::seeded;
+  // Secure noise only: the grid step gamma as a fraction of C. 2^-20: the noise on the grid is
+  // z' 2^20 units (exact 128-bit sampling has room up to z' ~ 2^10), rounding moves a coordinate
+  // by at most 2^-21 C (10^-6 of the noise z' C at z' = 1, 1/6600 of a typical coordinate C /
+  // sqrt(d) at d = 10^5), and the sensitivity grows by sqrt(d) 2^-21 C (1.5e-4 C at d = 10^5),
+  // which the noise is scaled up to cover (grid_noise in secure_noise.hpp).
+  double relative_granularity = 0x1p-20;
 
   // config_error naming the field unless every setting is usable.
   void check() const {
@@ -109,6 +143,14 @@ struct client_dp {
       raise<config_error>("client_dp: the target epsilon must be > 0, got ", *target_epsilon);
     if (target_epsilon && noise_multiplier == 0.0)
       raise<config_error>("client_dp: a target epsilon needs noise (noise_multiplier > 0)");
+    if (noise == noise_source::secure) {
+#if !defined(ROLORA_HAVE_SECAGG)
+      refuse_secure_noise_without_sodium();
+#endif
+      if (!(relative_granularity > 0.0 && relative_granularity <= 1.0))
+        raise<config_error>("client_dp: the relative granularity must be in (0, 1], got ",
+                            relative_granularity);
+    }
     if (adaptive) {
       const auto& a = *adaptive;
       if (!(a.target_unclipped_quantile >= 0.0 && a.target_unclipped_quantile <= 1.0))
@@ -159,6 +201,38 @@ struct client_dp {
     return 1.0 / std::sqrt(1.0 / (noise_multiplier * noise_multiplier) - 1.0 / (4.0 * sb * sb));
   }
 };
+
+// Which clients take part in a round under secure noise: the rules of the seeded sampling
+// (federated/sampling.hpp: Poisson with rate q, or `per_round` uniformly without replacement),
+// drawn from the system's randomness. The accountant's amplification by subsampling assumes that
+// nobody knows who took part; with seeded sampling, whoever knows the seed knows it for every
+// round. Opacus's secure_mode draws its Poisson sampling from the secure generator too. Increasing
+// client order, as the seeded rules return.
+inline std::vector<std::size_t> secure_sample_clients(const client_dp& dp, std::size_t num_clients,
+                                                      std::size_t per_round) {
+#if defined(ROLORA_HAVE_SECAGG)
+  system_random source;
+  std::vector<std::size_t> ids;
+  if (dp.sampling == client_sampling::poisson) {
+    for (std::size_t c = 0; c < num_clients; ++c)
+      if (bernoulli_of(source, dp.sampling_rate)) ids.push_back(c);
+    return ids;
+  }
+  ids.resize(num_clients);
+  for (std::size_t c = 0; c < num_clients; ++c) ids[c] = c;
+  const std::size_t m = std::size_t(client_dp::fixed_count(num_clients, per_round));
+  for (std::size_t i = 0; i < m; ++i) {  // partial Fisher-Yates
+    const auto j = i + std::size_t(source.below(std::uint64_t(num_clients - i)));
+    std::swap(ids[i], ids[j]);
+  }
+  ids.resize(m);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+#else
+  (void)dp, (void)num_clients, (void)per_round;
+  refuse_secure_noise_without_sodium();
+#endif
+}
 
 // epsilon after a number of rounds of one subsampled Gaussian mechanism (q, z): the one-round RDP
 // is computed once, so each round's epsilon is a minimum over the orders, not a new series.
@@ -269,6 +343,8 @@ struct noised_round {
   double expected_participants = 0.0;    // qN
   std::uint64_t seed = 0;
   std::size_t round = 0;
+  noise_source source = noise_source::seeded;  // secure: seed unused, the OS's randomness
+  double relative_granularity = 0x1p-20;       // secure only: gamma / C
 };
 
 // Draw i of the update noise of round t is random_stream(seed, dp_noise, t, 0).normal(i), i the
@@ -284,11 +360,91 @@ inline double clip_bit_noise(std::uint64_t seed, std::size_t round) {
 // The noised mean of the clipped updates as the one update the aggregator merges:
 //   U = G + (sum_i (X_i - G) + N(0, (z' C)^2 I)) / qN
 // over the `shared` factors and the modules to save (the other factors are G's). With no update
-// at all (an empty Poisson round), U = G + noise / qN.
+// at all (an empty Poisson round), U = G + noise / qN. Under secure noise (r.source), the same
+// mean on the grid gamma Z^d with discrete Gaussian noise: detail::secure_noised_mean.
+template <backend Backend>
+client_update<Backend> noised_mean(const adapter_set<Backend>& global,
+                                   std::span<const client_update<Backend>> updates,
+                                   factor_set shared, const noised_round& r);
+
+namespace detail {
+
+// Calls step(out, g, member) for every matrix of the update, in the flattened order of
+// noised_mean: the `shared` factors of every module (name order, A then B), then the modules to
+// save; member(u) is the update u's matrix at that place.
+template <backend Backend, class Step>
+void for_each_noised(client_update<Backend>& mean, const adapter_set<Backend>& global,
+                     factor_set shared, Step&& step) {
+  // Named entries, not structured bindings: clang before 16 cannot capture those in a lambda.
+  for (auto& entry : mean.adapters) {
+    const std::string& name = entry.first;
+    auto& m = entry.second;
+    const auto& g = global.at(name);
+    if (shared.a) step(m.A, g.A, [&](const auto& u) { return u.adapters.at(name).A; });
+    if (shared.b) step(m.B, g.B, [&](const auto& u) { return u.adapters.at(name).B; });
+  }
+  for (auto& entry : mean.adapters.modules_to_save()) {
+    const std::string& name = entry.first;
+    const auto& g = global.modules_to_save().at(name);
+    step(entry.second, g, [&](const auto& u) { return u.adapters.modules_to_save().at(name); });
+  }
+}
+
+#if defined(ROLORA_HAVE_SECAGG)
+// noised_mean with secure noise (secure_noise.hpp's grid_noise has the argument): each client's
+// change rounded to the grid gamma Z^d, the integers summed exactly, N_Z(0, sigma_g^2) added per
+// coordinate from the OS's randomness, and U = G + gamma (sum + noise) / qN. The integer vector
+// (sum + noise) is what the mechanism releases; the float arithmetic after it is
+// post-processing. Not reproducible.
+template <backend Backend>
+client_update<Backend> secure_noised_mean(const adapter_set<Backend>& global,
+                                          std::span<const client_update<Backend>> updates,
+                                          factor_set shared, const noised_round& r) {
+  using T = typename Backend::scalar;
+  client_update<Backend> mean;
+  mean.num_samples = 1.0;
+  mean.round = r.round;
+  mean.adapters = global;
+  std::size_t coordinates = 0;  // d: the sensitivity's sqrt(d) term needs it before any noise
+  for_each_noised(mean, global, shared, [&](auto&, const auto& g, auto) {
+    coordinates += std::size_t(Backend::rows(g)) * std::size_t(Backend::cols(g));
+  });
+  const grid_noise grid = grid_noise::for_update(r.clip_norm, r.update_noise_multiplier,
+                                                 coordinates, r.relative_granularity);
+  system_random source;
+  for_each_noised(mean, global, shared, [&](auto& out, const auto& g, auto member) {
+    const host_matrix<double> gh = Backend::to_host(g).template cast<double>();
+    std::vector<std::int64_t> sum(std::size_t(gh.size()), 0);  // sum_i n_i, exact
+    for (const auto& u : updates) {
+      const host_matrix<double> x = Backend::to_host(member(u)).template cast<double>();
+      for (index_t i = 0; i < gh.size(); ++i)
+        sum[std::size_t(i)] += grid.to_grid(x.data()[i] - gh.data()[i]);  // |n| < 2^52 each
+    }
+    host_matrix<T> h(gh.rows(), gh.cols());
+    for (index_t i = 0; i < gh.size(); ++i) {
+      const std::int64_t k = grid.noise ? (*grid.noise)(source) : 0;
+      h.data()[i] = T(grid.granularity * double(sum[std::size_t(i)] + k) / r.expected_participants);
+    }
+    out = Backend::from_host(h);
+    Backend::axpy(T(1), g, out);
+  });
+  return mean;
+}
+#endif
+
+}  // namespace detail
+
 template <backend Backend>
 client_update<Backend> noised_mean(const adapter_set<Backend>& global,
                                    std::span<const client_update<Backend>> updates,
                                    factor_set shared, const noised_round& r) {
+  if (r.source == noise_source::secure) {
+#if defined(ROLORA_HAVE_SECAGG)
+    return detail::secure_noised_mean(global, updates, shared, r);
+#else
+    refuse_secure_noise_without_sodium();
+#endif
+  }
   using T = typename Backend::scalar;
   client_update<Backend> mean;
   mean.num_samples = 1.0;
@@ -315,19 +471,7 @@ client_update<Backend> noised_mean(const adapter_set<Backend>& global,
     out = Backend::from_host(h);
     Backend::axpy(T(1), g, out);
   };
-  // Named entries, not structured bindings: clang before 16 cannot capture those in a lambda.
-  for (auto& entry : mean.adapters) {
-    const std::string& name = entry.first;
-    auto& m = entry.second;
-    const auto& g = global.at(name);
-    if (shared.a) step(m.A, g.A, [&](const auto& u) { return u.adapters.at(name).A; });
-    if (shared.b) step(m.B, g.B, [&](const auto& u) { return u.adapters.at(name).B; });
-  }
-  for (auto& entry : mean.adapters.modules_to_save()) {
-    const std::string& name = entry.first;
-    const auto& g = global.modules_to_save().at(name);
-    step(entry.second, g, [&](const auto& u) { return u.adapters.modules_to_save().at(name); });
-  }
+  detail::for_each_noised(mean, global, shared, step);
   return mean;
 }
 
@@ -359,7 +503,22 @@ double next_clip_norm(const client_dp& dp, double clip_norm,
   if (!dp.adaptive) return clip_norm;
   double unclipped = 0.0;
   for (const auto& u : updates) unclipped += u.clipped ? 0.0 : 1.0;
-  const double b = (unclipped + bit_noise * clip_bit_noise(seed, round)) / expected;
+  double noise = 0.0;  // sigma_b N(0, 1), or under secure noise N_Z(0, sigma_b^2)
+  if (dp.noise == noise_source::secure) {
+    // The count has sensitivity 1 and is an integer already: the grid is Z, no rounding.
+#if defined(ROLORA_HAVE_SECAGG)
+    if (bit_noise > 0.0) {
+      system_random source;
+      noise = double(discrete_gaussian(
+          rational_at_least(bit_noise * bit_noise * (1.0 + 0x1p-40), "sigma_b^2"))(source));
+    }
+#else
+    refuse_secure_noise_without_sodium();
+#endif
+  } else {
+    noise = bit_noise * clip_bit_noise(seed, round);
+  }
+  const double b = (unclipped + noise) / expected;
   return clip_norm *
          std::exp(-dp.adaptive->learning_rate * (b - dp.adaptive->target_unclipped_quantile));
 }
