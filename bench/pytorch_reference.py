@@ -9,10 +9,15 @@ A kaiming-uniform, B = 0), the same round: every client starts from the global a
 takes the sample-weighted mean of the shared factors (and of the classifier head, PEFT's
 modules_to_save). The data are random tokens: the timing does not depend on them.
 
+With --bf16 the forward pass and the loss run under `torch.autocast("cpu", dtype=torch.bfloat16)`
+(PyTorch's mixed precision: the linears' GEMMs in bf16, parameters, gradients and optimizer state
+in fp32), the peer of rolora's bf16 frozen base at the same precision.
+
 Prints one line per timed round and a final `seconds_per_round <median>`; bench/run_round.sh
 compares it with rolora's bench_round in the same run. Needs Debian's python3-torch (run with
 /usr/bin/python3) and libopenblas0-pthread.
 """
+import contextlib
 import argparse
 import math
 import statistics
@@ -124,7 +129,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true",
+                    help='forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)')
     a = ap.parse_args()
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.bf16 else \
+        contextlib.nullcontext
 
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -145,6 +154,7 @@ def main():
 
     shared = {k: v.detach().clone() for k, v in trainable_state(model, "AB").items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'autocast bf16' if a.bf16 else 'fp32'}, "
           f"{sum(p.numel() for p in trainable_state(model, a.factors).values())} trainable scalars")
     times = []
     for rnd in range(a.rounds + 1):
@@ -164,7 +174,8 @@ def main():
                    else torch.optim.SGD(params.values(), lr=a.lr))
             for s in range(a.local_steps):
                 batch = slice(s * a.batch, (s + 1) * a.batch)
-                loss = F.cross_entropy(model(ids[batch], pad), labels[batch])
+                with precision():
+                    loss = F.cross_entropy(model(ids[batch], pad), labels[batch])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
