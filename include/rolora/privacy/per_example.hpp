@@ -29,7 +29,8 @@ inline bool use_direct_norm(per_example_norm method, double p, double q, double 
 
 inline void check_clip_norm(double clip_norm, const char* who) {
   if (!(clip_norm > 0.0 && std::isfinite(clip_norm)))
-    rolora::detail::raise<config_error>(who, ": the clip norm must be finite and > 0, got ", clip_norm);
+    rolora::detail::raise<config_error>(who, ": the clip norm must be finite and > 0, got ",
+                                        clip_norm);
 }
 
 // c_i = min(1, C / ||g_i||) from the squared norms; counts the clipped examples (norm > C).
