@@ -122,6 +122,17 @@ method_result run_method(const std::string& method, Policy policy, Aggregator ag
   }
   fc.threads = s.threads;
   fc.seed = s.task.seed;
+  if (s.dp.sample()) {  // DP-SGD in every client; z for a client in every round at the largest q
+    std::size_t fewest = data.clients.front().size();
+    for (const auto& c : data.clients) fewest = std::min(fewest, c.size());
+    const double q = s.batch == 0 ? 1.0 : double(s.batch) / double(fewest);
+    fc.sample_dp = s.dp.to_sample_dp(s.rounds * s.local_steps, std::min(q, 1.0));
+    std::printf(
+        "%-8s sample-level DP-SGD: clip norm %g, noise multiplier %.9g, q <= %g, %zu "
+        "steps per client at most, delta %g\n",
+        method.c_str(), fc.sample_dp->clip_norm, fc.sample_dp->noise_multiplier, q,
+        s.rounds * s.local_steps, fc.sample_dp->delta);
+  }
   s.transport.apply(fc);
   return apps::with_federation<Backend>(
       policy, aggregator, fc, initial, s.dp, method,
@@ -216,7 +227,7 @@ method_result run_named(const std::string& m, const settings& s,
   });
 }
 
-// With --dp client the CSV gains an `epsilon` column (the budget spent after the round).
+// With --dp client or sample the CSV gains an `epsilon` column (the budget spent after the round).
 void write_csv(const std::filesystem::path& file, const method_result& r, bool dp) {
   apps::csv_file csv(file, std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
                                        "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
@@ -288,7 +299,7 @@ int run(settings& s) {
   std::vector<method_result> results;
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
-    write_csv(std::filesystem::path(s.out) / (m + ".csv"), results.back(), s.dp.on());
+    write_csv(std::filesystem::path(s.out) / (m + ".csv"), results.back(), s.dp.any());
   }
 
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -423,6 +434,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "error: --dp client runs in process only for now: the download message "
                  "does not carry the clip norm to remote clients yet\n");
+    return 2;
+  }
+  if (s.dp.sample() && !s.hf.model_dir.empty()) {
+    std::fprintf(stderr,
+                 "error: --dp sample runs on the built-in model only for now (--model's task "
+                 "has no per-example clipping)\n");
     return 2;
   }
   if (s.base_precision == "auto" && s.hf.model_dir.empty()) {
