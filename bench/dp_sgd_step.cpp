@@ -124,15 +124,15 @@ int main(int argc, char** argv) {
   for (const auto& [name, a] : adapters)
     trainable += std::size_t((trains.a ? a.A.size() : 0) + (trains.b ? a.B.size() : 0));
   for (const auto& [name, m] : adapters.modules_to_save()) trainable += std::size_t(m.size());
-  std::printf("rolora fp32 (%s GEMM), batch %zu x %zu tokens, d %td, r %d on %s, factors %s, %zu "
-              "trainable scalars, norms %s\n",
+  std::printf(
+      "rolora fp32 (%s GEMM), batch %zu x %zu tokens, d %td, r %d on %s, factors %s, %zu "
+      "trainable scalars, norms %s\n",
 #if defined(ROLORA_WITH_ONEDNN)
-              "oneDNN",
+      "oneDNN",
 #else
-              "Eigen",
+      "Eigen",
 #endif
-              batch, seq_len, c.d_model, rank, targets.c_str(), factors.c_str(), trainable,
-              norm.c_str());
+      batch, seq_len, c.d_model, rank, targets.c_str(), factors.c_str(), trainable, norm.c_str());
   std::printf("plain_step_seconds %.6f\n", median_seconds(plain));
   std::printf("private_step_seconds %.6f\n", median_seconds(private_step));
   std::printf("examples clipped per private step: %.1f of %zu\n",
