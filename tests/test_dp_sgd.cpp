@@ -453,6 +453,23 @@ TEST_CASE("DP-SGD: refused settings name what is wrong") {
                            train_both{}, fedavg{}, c, sgd_start(), privacy::client_dp{})),
                        doctest::Contains("client-level and sample-level DP together"),
                        config_error);
+  // A task without per-example clipping cannot run DP-SGD: said before any step.
+  struct mean_only_task {
+    theory::linear_regression_task<DB> inner;
+    std::size_t num_samples() const { return inner.num_samples(); }
+    double loss(const adapter_set<DB>& a) const { return inner.loss(a); }
+    double loss_and_grad(const adapter_set<DB>& a, std::span<const std::size_t> b, factor_set t,
+                         gradient_set<DB>& g) const {
+      return inner.loss_and_grad(a, b, t, g);
+    }
+  };
+  static_assert(client_task<mean_only_task, DB> && !per_example_clip_task<mean_only_task, DB>);
+  auto q = sgd_problem(1);
+  mean_only_task plain{q.clients[0]};
+  CHECK_THROWS_WITH_AS(
+      train_locally(plain, client_download<DB>{0, 0, both_factors, sgd_start(), {}},
+                    sgd_config(1, dp)),
+      doctest::Contains("does not model rolora::per_example_clip_task"), config_error);
   c = sgd_config(1, dp);
   c.batch_size = 50;  // above the client's 40 samples
   auto p = sgd_problem(1);
