@@ -8,7 +8,8 @@
 //                 backward, per-example norms, the clipped sum), privacy::noise_and_average
 //                 (N(0, (z C)^2) per trained coordinate, divided by the batch size) and the
 //                 optimizer's step: what train_locally runs under federation_config::sample_dp
-// Prints `plain_step_seconds S` and `private_step_seconds S` (medians over --steps).
+// Prints `plain_step_seconds S` and `private_step_seconds S` (medians over --steps, the two kinds
+// alternating step by step so that both see the same machine load).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -109,14 +110,20 @@ int main(int argc, char** argv) {
                                        step++);
     state.step(opt, adapters, grads, trains);
   };
-  const auto median_seconds = [&](const auto& fn) {
-    fn();  // warm-up: buffers sized
-    std::vector<double> t;
-    for (std::size_t i = 0; i < steps; ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      fn();
-      t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
+  // The two kinds alternate, step by step, so that both see the same machine load.
+  plain();  // warm-up: buffers sized
+  private_step();
+  std::vector<double> t_plain, t_private;
+  const auto timed = [](const auto& fn) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (std::size_t i = 0; i < steps; ++i) {
+    t_plain.push_back(timed(plain));
+    t_private.push_back(timed(private_step));
+  }
+  const auto median = [](std::vector<double> t) {
     std::nth_element(t.begin(), t.begin() + std::ptrdiff_t(t.size() / 2), t.end());
     return t[t.size() / 2];
   };
@@ -133,8 +140,8 @@ int main(int argc, char** argv) {
       "Eigen",
 #endif
       batch, seq_len, c.d_model, rank, targets.c_str(), factors.c_str(), trainable, norm.c_str());
-  std::printf("plain_step_seconds %.6f\n", median_seconds(plain));
-  std::printf("private_step_seconds %.6f\n", median_seconds(private_step));
+  std::printf("plain_step_seconds %.6f\n", median(t_plain));
+  std::printf("private_step_seconds %.6f\n", median(t_private));
   std::printf("examples clipped per private step: %.1f of %zu\n",
               double(clipped) / double(steps + 1), batch);
 }

@@ -8,7 +8,8 @@ and the classifier head) by `vmap(grad(loss of one example))` over the batch, ea
 gradient clipped to L2 norm C over all trainable parameters together, summed, Gaussian noise
 N(0, (z C)^2) per coordinate, divided by the batch size, optimizer step.
 
-Prints `plain_step_seconds S`, `private_step_seconds S` (medians) and their ratio. Run it with
+Prints `plain_step_seconds S` and `private_step_seconds S` (medians; the two kinds alternate
+step by step so that both see the same machine load). Run it with
 /usr/bin/python3 (Debian's python3-torch) with OPENBLAS_NUM_THREADS=1 for one thread.
 """
 import argparse
@@ -94,14 +95,16 @@ def main():
             params[k].grad = (s + std * torch.randn_like(s)) / a.batch
         opt.step()
 
-    for name, fn in (("plain", plain_step), ("private", private_step)):
-        fn()  # warm-up
-        times = []
-        for _ in range(a.steps):
+    plain_step()  # warm-up
+    private_step()
+    times = {"plain": [], "private": []}
+    for _ in range(a.steps):  # alternating, so that both kinds see the same machine load
+        for name, fn in (("plain", plain_step), ("private", private_step)):
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-        print(f"{name}_step_seconds {statistics.median(times):.6f}")
+            times[name].append(time.perf_counter() - start)
+    for name, t in times.items():
+        print(f"{name}_step_seconds {statistics.median(t):.6f}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{sum(p.numel() for p in params.values())} trainable scalars")
 
