@@ -257,11 +257,22 @@ void print_progress(const method_run& run, bool dp) {
   }
 }
 
+// --dp sample: q = B / m (B = 0: 1).
+double privacy_rate(const settings& s, std::size_t samples) {
+  return s.run.batch_size == 0 ? 1.0 : double(s.run.batch_size) / double(samples);
+}
+
 // The method's options: client DP's noise, when asked for by --target-epsilon alone, is the
 // smallest that meets it over this method's rounds (RoLoRA: 2 per iteration).
 th::method_options options_for(const settings& s, th::method m) {
   th::method_options o = s.run;
   if (s.dp.on()) o.dp = s.dp.to_client_dp(s.run.iterations * th::rounds_per_iteration(m));
+  if (s.dp.sample()) {  // DP-SGD: a client takes local_steps steps in each of the method's rounds
+    const std::size_t m_samples = s.problem.samples;
+    const double q = privacy_rate(s, m_samples);
+    o.sample_dp =
+        s.dp.to_sample_dp(s.run.iterations * th::rounds_per_iteration(m) * s.run.local_steps, q);
+  }
   return o;
 }
 
@@ -318,7 +329,7 @@ int run_check(const settings& s, apps::app_transport& transport) {
 
   if (!s.quiet) {
     std::printf("%-11s %5s %13s %13s %13s %12s%s\n", "method", "iter", "sin_theta", "loss",
-                "agg_error", "bytes_up", s.dp.on() ? "    epsilon" : "");
+                "agg_error", "bytes_up", s.dp.any() ? "    epsilon" : "");
   }
   std::vector<method_run> runs;
   std::size_t iterations_run = 0;
@@ -326,7 +337,7 @@ int run_check(const settings& s, apps::app_transport& transport) {
     runs.push_back({m, th::run_method(problem, m, options_for(s, m),
                                       checkpointing{s, m, iterations_run, transport})});
     transport.finish();
-    if (!s.quiet) print_progress(runs.back(), s.dp.on());
+    if (!s.quiet) print_progress(runs.back(), s.dp.any());
   }
 
   const auto& c = problem.config;
@@ -360,6 +371,18 @@ int run_check(const settings& s, apps::app_transport& transport) {
           o.dp->sampling_rate, o.dp->noise_multiplier,
           s.run.iterations * th::rounds_per_iteration(run.method), o.dp->clip_norm,
           o.dp->adaptive ? ", adaptive" : "");
+    }
+  }
+  if (s.dp.sample()) {
+    for (const auto& run : runs) {
+      const auto o = options_for(s, run.method);
+      std::printf(
+          "privacy: %-11s epsilon %.9g (sample-level DP-SGD, delta %g, q %g, z %.9g, %zu steps, "
+          "clip norm %g, %s batches)\n",
+          display_name(run.method), run.records.back().epsilon.value_or(0.0), o.sample_dp->delta,
+          privacy_rate(s, s.problem.samples), o.sample_dp->noise_multiplier,
+          s.run.iterations * th::rounds_per_iteration(run.method) * s.run.local_steps,
+          o.sample_dp->clip_norm, s.dp.batch_sampling.c_str());
     }
   }
   std::printf(
@@ -419,7 +442,7 @@ int run_check(const settings& s, apps::app_transport& transport) {
   }
 
   if (!s.csv.empty()) {
-    write_csv(s.csv, runs, s.dp.on());
+    write_csv(s.csv, runs, s.dp.any());
     std::printf("\nwrote %s\n", s.csv.c_str());
   }
   if (!s.plot.empty()) {
@@ -512,6 +535,10 @@ int main(int argc, char** argv) {
          "--npy", s.npy,
          "write each method's trajectory as DIR/<method>_trajectory.npy (the CSV's columns)")
       ->type_name("DIR");
+  app.add_option("--batch-size", s.run.batch_size,
+                 "minibatch size B of the local gradient steps (0: all m samples); with --dp "
+                 "sample the sampling rate is q = B / m")
+      ->capture_default_str();
   app.add_flag("--quiet", s.quiet, "print only the summary");
   shared.checkpoint(s.checkpoint, "iterations");
   shared.client_dp(s.dp);
@@ -521,6 +548,12 @@ int main(int argc, char** argv) {
       ->group("");
   CLI11_PARSE(app, argc, argv);
   s.checkpoint.finish_parsing();
+  if (s.dp.sample() && !s.data.empty()) {
+    std::fprintf(stderr,
+                 "error: --dp sample takes the synthetic problem only for now (with --data the "
+                 "clients' sample counts, and so their rates q = B / n_c, differ)\n");
+    return 2;
+  }
 
   s.run.seed = c.seed;
   if (angle->count() > 0) s.run.init_angle = init_angle;

@@ -12,6 +12,7 @@
 #include <rolora/federated/methods.hpp>
 #include <rolora/privacy/accountant.hpp>
 #include <rolora/privacy/client_dp.hpp>
+#include <rolora/privacy/dp_sgd.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -35,10 +36,11 @@ struct learning_rates {
   }
 };
 
-// Client-level differential privacy as the flags set it (--dp client and the rest); to_client_dp
-// turns it into the federation's privacy::client_dp for a run of `rounds` rounds.
+// Differential privacy as the flags set it (--dp client|sample and the rest); to_client_dp turns
+// it into the federation's privacy::client_dp for a run of `rounds` rounds, to_sample_dp into
+// federation_config::sample_dp (DP-SGD inside each client, privacy/dp_sgd.hpp).
 struct dp_settings {
-  std::string mode = "none";               // --dp: none | client
+  std::string mode = "none";               // --dp: none | client | sample
   double clip_norm = 1.0;                  // --clip-norm
   std::optional<double> noise_multiplier;  // --noise-multiplier (else from --target-epsilon)
   std::optional<double> target_epsilon;    // --target-epsilon: the budget, fail-closed
@@ -49,8 +51,31 @@ struct dp_settings {
   double clip_lr = 0.2;                    // --clip-lr: eta_C
   double clip_bit_noise = 0.0;             // --clip-bit-noise: sigma_b (0: qN / 20)
   bool secure_noise = false;               // --secure-noise: privacy::noise_source::secure
+  std::string batch_sampling = "poisson";  // --batch-sampling (--dp sample): poisson | fixed
 
-  bool on() const { return mode == "client"; }
+  bool on() const { return mode == "client"; }  // client-level DP
+  bool sample() const { return mode == "sample"; }
+  bool any() const { return on() || sample(); }  // an epsilon to report
+  // Sample-level DP-SGD for a run in which a client takes at most `steps` local steps, sampled
+  // at rate at most q (B / the smallest client's n): without --noise-multiplier, z is the
+  // smallest that meets --target-epsilon for that client.
+  privacy::sample_dp to_sample_dp(std::size_t steps, double q) const {
+    privacy::sample_dp dp;
+    dp.clip_norm = clip_norm;
+    dp.sampling = batch_sampling == "fixed" ? privacy::batch_sampling::fixed
+                                            : privacy::batch_sampling::poisson;
+    dp.delta = delta;
+    dp.target_epsilon = target_epsilon;
+    if (noise_multiplier) {
+      dp.noise_multiplier = *noise_multiplier;
+    } else if (target_epsilon) {
+      dp.noise_multiplier = privacy::noise_multiplier_for(*target_epsilon, delta, q, steps);
+    } else {
+      raise<config_error>("--dp sample needs --noise-multiplier or --target-epsilon");
+    }
+    dp.check();
+    return dp;
+  }
   // config_error when neither or an unusable pair of --noise-multiplier / --target-epsilon.
   privacy::client_dp to_client_dp(std::size_t rounds) const {
     privacy::client_dp dp;
@@ -155,13 +180,18 @@ class shared_options {
   CLI::Option* dp(dp_settings& d) {
     return app_
         .add_option("--dp", d.mode,
-                    "differential privacy: none, or client (DP-FedAvg: each client's update "
-                    "clipped, Gaussian noise on the sum, divided by the expected count qN)")
-        ->check(CLI::IsMember({"none", "client"}))
+                    "differential privacy: none, client (DP-FedAvg: each client's update "
+                    "clipped, Gaussian noise on the sum, divided by the expected count qN), or "
+                    "sample (DP-SGD in each client: every example's gradient clipped to "
+                    "--clip-norm, Gaussian noise on each step's sum, q = batch size / n_c)")
+        ->check(CLI::IsMember({"none", "client", "sample"}))
         ->capture_default_str();
   }
   CLI::Option* clip_norm(dp_settings& d) {
-    return app_.add_option("--clip-norm", d.clip_norm, "DP: L2 clip norm C of a client's update")
+    return app_
+        .add_option("--clip-norm", d.clip_norm,
+                    "DP: L2 clip norm C of a client's update (--dp sample: of one example's "
+                    "gradient)")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
   }
@@ -234,6 +264,14 @@ class shared_options {
         "seeded, for experiments only: whoever knows --seed can subtract the noise "
         "(docs/privacy.md)");
   }
+  CLI::Option* batch_sampling(dp_settings& d) {
+    return app_
+        .add_option("--batch-sampling", d.batch_sampling,
+                    "--dp sample: poisson (each example joins a step with probability q = batch "
+                    "size / n_c) or fixed (batches of the batch size, accounted as Poisson at q)")
+        ->check(CLI::IsMember({"poisson", "fixed"}))
+        ->capture_default_str();
+  }
   // Every DP flag above, for a driver that supports client-level DP.
   void client_dp(dp_settings& d) {
     dp(d);
@@ -247,6 +285,7 @@ class shared_options {
     clip_lr(d);
     clip_bit_noise(d);
     secure_noise(d);
+    batch_sampling(d);
   }
   // --checkpoint-dir, --checkpoint-every, --resume; `unit`: "rounds" or "iterations".
   void checkpoint(checkpoint_options& c, const std::string& unit) {

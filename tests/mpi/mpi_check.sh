@@ -4,6 +4,7 @@
 #   MODE   identical_np3  mpirun -np 3 (2 client ranks, 3 clients), every method: the CSV and each
 #                         method's final server state byte-identical to the in-process run
 #          identical_np4  mpirun -np 4 with 2 clients (a client rank idles), the same
+#          dp_sample_np3  -np 3 with sample-level DP-SGD (--dp sample): CSV and states identical
 #          garbage        client 1 uploads garbage: with --on-bad-update drop it is dropped with a
 #                         logged reason and the rounds complete; with fail the job stops
 #          timeout        client 1 answers round 0 late (--slow-client, --client-timeout 1): dropped
@@ -74,6 +75,19 @@ case $mode in
     mpi "$np" "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" > "$work/mpi.log"
     same "$work/mpi"
     echo "mpirun -np $np, $clients clients, 8 methods: CSV and final server states byte-identical"
+    ;;
+  dp_sample_np3)
+    # Sample-level DP-SGD: every rank takes the setting from the same flags (nothing on the wire),
+    # Poisson batches and noise from (seed, round, client, step) streams: the same bits.
+    flags=(--method all --rounds 4 --local-steps 2 --batch-size 10 --dim 10 --out-dim 4
+           --samples 100 --clients 3 --dp sample --noise-multiplier 1 --clip-norm 0.5 --quiet
+           --checkpoint-every 100)
+    methods=(rolora ffa fedit)
+    "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
+    mpi 3 "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" > "$work/mpi.log"
+    same "$work/mpi"
+    echo "mpirun -np 3, --dp sample, 3 methods: CSV (epsilon column included) and final server" \
+      "states byte-identical"
     ;;
   garbage)
     flags=(--rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet)

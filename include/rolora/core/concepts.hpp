@@ -9,7 +9,8 @@
 //     round_aware_aggregator, heterogeneous_rank_aggregator, residual_tracking_aggregator
 //   factor_reducer        one factor's next value from the clients' copies, which
 //                         factorwise<R> turns into an aggregator
-//   client_task           a client's data and loss; optional, detected: closed_form_b_task
+//   client_task           a client's data and loss; optional, detected: closed_form_b_task,
+//                         per_example_clip_task (sample-level DP-SGD)
 //   round_begin_callback, round_end_callback
 //                         what federation::run calls around each round (each optional)
 //   round_transport       how a round's downloads reach the clients and their uploads come
@@ -359,6 +360,31 @@ concept client_task = backend<Backend> &&
 template <class Task, class Backend>
 concept closed_form_b_task = requires(Task& t, adapter_set<Backend>& adapters) {
   t.solve_b(adapters);
+};
+
+// What per_example_clip_task::clipped_grad_sum returns besides the gradients.
+struct clipped_sum {
+  double loss_sum = 0.0;    // sum over the batch's examples of their loss (not the mean)
+  std::size_t clipped = 0;  // examples whose gradient norm was above C (and so scaled to C)
+};
+
+// per_example_clip_task (optional, detected; sample-level DP-SGD, privacy/dp_sgd.hpp):
+//   clipped_grad_sum(const adapter_set<B>& adapters, std::span<const std::size_t> batch,
+//                    factor_set trains, double clip_norm, gradient_set<B>& grads) -> clipped_sum
+//       writes into grads, shaped as loss_and_grad's, the clipped SUM over the batch's examples
+//         sum_i min(1, C / ||g_i||) g_i      (Abadi et al. 2016, Algorithm 1's clip)
+//       where g_i is the gradient of example i's own loss (not divided by the batch size) with
+//       respect to every factor in `trains` of every adapter and, when `trains` names any, every
+//       module to save, all flattened into one vector (||g_i|| its L2 norm, C = clip_norm > 0).
+//       Each example's term must be exact: computed from that example alone, never from a
+//       batch mean. An empty batch gives zero gradients (of the same shapes) and loss_sum 0. A
+//       module to save whose per-example gradient the task cannot form: config_error.
+// Models: theory::linear_regression_task, classification_task (nn/classification_task.hpp).
+template <class Task, class Backend>
+concept per_example_clip_task = client_task<Task, Backend> &&
+    requires(Task& t, const adapter_set<Backend>& adapters, std::span<const std::size_t> batch,
+             factor_set trains, double clip_norm, gradient_set<Backend>& grads) {
+  { t.clipped_grad_sum(adapters, batch, trains, clip_norm, grads) } -> std::same_as<clipped_sum>;
 };
 
 // ---------------------------------------------------------------------------------------------

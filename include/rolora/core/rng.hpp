@@ -24,6 +24,9 @@ enum class stream : std::uint32_t {
   dropout = 6,          // client dropout and LoRA dropout
   dp_noise = 7,         // differential privacy: the Gaussian noise of a round (seeded, for
                         // experiments: whoever knows the seed can subtract it; docs/privacy.md)
+  dp_sgd_noise = 10,    // sample-level DP-SGD: the noise of a client's local steps (seeded, as
+                        // dp_noise; sub-streams by round and client, draws by step)
+  dp_sgd_batch = 11,    // sample-level DP-SGD: Poisson batches (round and client, draws by step)
 };
 
 namespace detail {

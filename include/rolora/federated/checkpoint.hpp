@@ -188,6 +188,15 @@ json describe(const Server& server, const json& identity) {
               {"seed", c.seed}}},
             {"model", {{"adapters", model}, {"modules_to_save", saved}}},
             {"identity", identity}};
+  if (c.sample_dp) {  // sample-level DP-SGD's parameters belong to the run's identity
+    const auto& p = *c.sample_dp;
+    d["sample_dp"] = {
+        {"clip_norm", p.clip_norm},
+        {"noise_multiplier", p.noise_multiplier},
+        {"sampling", p.sampling == privacy::batch_sampling::poisson ? "poisson" : "fixed"},
+        {"target_epsilon", p.target_epsilon ? json(*p.target_epsilon) : json(nullptr)},
+        {"delta", p.delta}};
+  }
   if constexpr (requires { server.privacy().clip_norm; }) {  // client-level DP's parameters
     const auto& p = server.privacy();
     json adaptive = nullptr;
@@ -274,7 +283,9 @@ void save_checkpoint(const std::filesystem::path& dir, const Server& server,
     const std::string prefix = "client/" + std::to_string(c) + "/";
     j["clients"].push_back({{"residual_synced", client.residual_synced},
                             {"local", client.local.has_value()},
-                            {"optimizer_steps", client.optimizer.steps()}});
+                            {"optimizer_steps", client.optimizer.steps()},
+                            {"dp_sgd_steps", client.dp_sgd_steps},
+                            {"dp_samples", client.dp_samples}});
     if (client.local) {
       for (const auto& [name, a] : *client.local) {
         put<Backend>(tensors, prefix + "local/" + name + "/lora_A", a.A);
@@ -385,6 +396,8 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, Server& server,
       const std::string prefix = "client/" + std::to_string(c) + "/";
       auto& client = s.clients.emplace_back();
       client.residual_synced = clients[c].at("residual_synced").get<std::size_t>();
+      client.dp_sgd_steps = clients[c].value("dp_sgd_steps", std::size_t{0});  // sample-level DP
+      client.dp_samples = clients[c].value("dp_samples", std::size_t{0});
       if (clients[c].at("local").get<bool>()) {
         client.local = s.global;
         for (auto& [module, a] : *client.local) {

@@ -35,6 +35,57 @@ struct client_download {
 // Client -> server is a client_update (aggregate/aggregate.hpp): the one upload type, which the
 // aggregators merge.
 
+// Sample-level DP-SGD's local steps (privacy/dp_sgd.hpp): Poisson or fixed batches, the task's
+// exact per-example clipped sum, seeded noise N(0, (z C)^2) per trained coordinate, division by
+// the expected batch size, the optimizer's step. up.loss: the mean loss over every example the
+// steps saw (0 when all batches were empty).
+template <class Backend, class Task>
+client_update<Backend>& dp_sgd_locally(Task& task, client_update<Backend>& up,
+                                       const client_download<Backend>& download,
+                                       const federation_config& config) {
+  if constexpr (!per_example_clip_task<Task, Backend>) {
+    detail::raise<config_error>(
+        "sample-level DP: this task cannot clip per example (it does not model "
+        "rolora::per_example_clip_task: clipped_grad_sum(adapters, batch, trains, clip_norm, "
+        "grads)); the linear-regression and classification tasks can");
+  } else {
+    const privacy::sample_dp& dp = *config.sample_dp;
+    if (config.closed_form_b) {
+      detail::raise<config_error>(
+          "sample-level DP: closed_form_b solves B from every example at once, unclipped and "
+          "unnoised; turn one of them off");
+    }
+    const std::size_t n = task.num_samples();
+    const double q = privacy::sample_dp::sampling_rate(config.batch_size, n);
+    const double denominator = privacy::sample_dp::expected_batch(config.batch_size, n);
+    const random_stream noise =
+        privacy::step_noise_stream(config.seed, download.round, download.client);
+    batch_sampler batches(config.seed, download.round, download.client, n, config.batch_size);
+    gradient_set<Backend> grads;
+    double loss = 0.0;
+    std::size_t seen = 0;
+    for (std::size_t step = 0; step < config.local_steps; ++step) {
+      std::vector<std::size_t> poisson;
+      std::span<const std::size_t> batch;
+      if (dp.sampling == privacy::batch_sampling::poisson) {
+        poisson = privacy::poisson_batch(config.seed, download.round, download.client, step, n, q);
+        batch = poisson;
+      } else {
+        batch = batches.next();
+      }
+      const clipped_sum s =
+          task.clipped_grad_sum(up.adapters, batch, download.trains, dp.clip_norm, grads);
+      loss += s.loss_sum;
+      seen += batch.size();
+      privacy::noise_and_average(up.adapters, download.trains, grads,
+                                 dp.noise_multiplier * dp.clip_norm, denominator, noise, step);
+      up.optimizer.step(config.local_optimizer, up.adapters, grads, download.trains);
+    }
+    up.loss = seen ? loss / double(seen) : 0.0;
+  }
+  return up;
+}
+
 // Local training of one client: a pure function of the download, the task's data and the
 // config's seed, so where and on which thread it runs changes no bit.
 template <class Backend, class Task>
@@ -58,6 +109,7 @@ client_update<Backend> train_locally(Task& task, client_download<Backend> downlo
                             download.round,
                             0.0,
                             std::move(download.optimizer)};
+  if (config.sample_dp) return clipped(dp_sgd_locally<Backend>(task, up, download, config));
   if constexpr (closed_form_b_task<Task, Backend>) {
     if (config.closed_form_b && download.trains == only_b) {
       task.solve_b(up.adapters);

@@ -146,6 +146,11 @@ round_report run_round(Transport& transport, Server& server, std::vector<Task>& 
   detail::check_transport<Transport, Server, Task>();
   const auto start = std::chrono::steady_clock::now();
   try {
+    if (server.config().sample_dp) {  // q_c = B / n_c: the accountant needs each n_c
+      std::vector<std::size_t> counts;
+      for (auto& t : tasks) counts.push_back(std::size_t(t.num_samples()));
+      server.note_sample_counts(counts);
+    }
     const round_plan plan = server.begin_round(tasks.size());
     round_report report = server.complete_round(plan, transport.exchange(server, plan, tasks));
     if constexpr (requires { transport.finish_round(plan, report); }) {

@@ -9,6 +9,7 @@
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/ranks.hpp>
 #include <rolora/core/concepts.hpp>
+#include <rolora/privacy/dp_sgd.hpp>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,10 @@ struct federation_config {
   // An uploaded entry of larger magnitude is hostile: the products and sums of squares the
   // aggregators form from two such entries stay finite even in float (1e12^2 * 1e12 < 3.4e38).
   double max_abs_entry = 1e12;
+  // Sample-level DP-SGD inside every client (privacy/dp_sgd.hpp): each local step clips every
+  // example's gradient, adds noise and divides by the expected batch size. Needs a task that
+  // models per_example_clip_task; not with closed_form_b or client-level DP.
+  std::optional<privacy::sample_dp> sample_dp = std::nullopt;
   std::size_t threads = 1;  // clients trained in parallel; results do not depend on it
   std::uint64_t seed = 0;   // client sampling, dropout and batching streams
 };
@@ -70,8 +75,10 @@ struct round_report {
   std::size_t total_bytes_up = 0;         // since round 0
   std::size_t total_bytes_down = 0;
   double seconds = 0.0;
-  // Client-level DP only (privacy/client_dp.hpp): epsilon spent after this round (at the
-  // configured delta) and the clip norm C the round used.
+  // Client-level DP (privacy/client_dp.hpp): epsilon spent after this round (at the configured
+  // delta) and the clip norm C the round used. Sample-level DP-SGD (privacy/dp_sgd.hpp): the
+  // LARGEST epsilon over the clients after this round (each client's steps composed at its own
+  // q_c = B / n_c; a client that never took part has spent 0) and the per-example clip norm C.
   std::optional<double> epsilon = std::nullopt;
   std::optional<double> clip_norm = std::nullopt;
 };

@@ -130,6 +130,10 @@ class federation_server {
     std::optional<adapters_type> local;  // adapters after its last round (for kept factors)
     optimizer_state<Backend> optimizer;  // its moments, when config.keep_optimizer_state
     std::size_t residual_synced = 0;     // its residuals include the increments of rounds < this
+    // Sample-level DP-SGD (privacy/dp_sgd.hpp): the local steps this client's data went through
+    // (the accountant composes them at q_c = B / n_c) and n_c (0: not known yet).
+    std::size_t dp_sgd_steps = 0;
+    std::size_t dp_samples = 0;
   };
 
   federation_server(UpdatePolicy policy, Aggregator aggregator, federation_config config,
@@ -174,6 +178,7 @@ class federation_server {
       }
     }
     if constexpr (client_level_dp) check_privacy();
+    if (config_.sample_dp) check_sample_dp();
   }
 
   const adapters_type& global() const { return global_; }
@@ -256,6 +261,25 @@ class federation_server {
     privacy_state_ = s.privacy;
   }
 
+  // Sample-level DP-SGD: each client's sample count n_c, for its sampling rate q_c = B / n_c
+  // (run_round passes its tasks'; without it the server learns n_c from a client's first upload
+  // and, before that, budgets the client at q = 1, the worst case). Sizes the client list.
+  void note_sample_counts(std::span<const std::size_t> counts) {
+    if (!clients_.empty() && clients_.size() != counts.size()) {
+      detail::raise<config_error>("federation: expected ", clients_.size(),
+                                  " sample counts (one per client), got ", counts.size());
+    }
+    if (clients_.empty()) clients_.resize(counts.size());
+    for (std::size_t c = 0; c < counts.size(); ++c) clients_[c].dp_samples = counts[c];
+  }
+  // Sample-level DP-SGD: epsilon (at the configured delta) client c has spent so far.
+  double sample_dp_epsilon(std::size_t client) const {
+    const auto& c = clients_.at(client);
+    return step_accountant()
+        .epsilon(sample_rate(c), c.dp_sgd_steps, config_.sample_dp->delta)
+        .epsilon;
+  }
+
   // A client's adapters as it would use them: the global ones at its rank, with its local factors.
   adapters_type client_view(std::size_t client) const {
     adapters_type view = global_;
@@ -297,6 +321,7 @@ class federation_server {
     for (std::size_t c : plan.sampled) {
       if (!drops_out(config_.seed, t, c, config_.client_dropout)) plan.reporting.push_back(c);
     }
+    if (config_.sample_dp) check_sample_budget(plan);
     // Under client DP a round with no participant is a round (the mean gets its noise), and
     // min_clients is 1: how many come back does not decide whether the mechanism runs.
     if (client_level_dp) return plan;
@@ -490,8 +515,13 @@ class federation_server {
               const aggregation_result& merged, const typename Privacy::state& privacy_after) {
     privacy_state_ = privacy_after;
     const bool keeps_local = policy_.keeps_local().any();
+    if (config_.sample_dp) {  // every client that trained spent its steps, merged or not
+      for (std::size_t c : plan.reporting) clients_[c].dp_sgd_steps += config_.local_steps;
+    }
     for (auto& u : good) {
       auto& client = clients_[u.client];
+      if (config_.sample_dp && client.dp_samples == 0)
+        client.dp_samples = static_cast<std::size_t>(u.num_samples);
       if (keeps_local) client.local = std::move(u.adapters);
       if (config_.keep_optimizer_state) client.optimizer = std::move(u.optimizer);
     }
@@ -533,6 +563,12 @@ class federation_server {
         plan.sampled.empty() ? 0 : report.bytes_down / plan.sampled.size();
     if constexpr (client_level_dp) {
       report.epsilon = accountant().epsilon(privacy_state_.rounds, privacy_.delta).epsilon;
+    }
+    if (config_.sample_dp) {
+      double most = 0.0;
+      for (std::size_t c = 0; c < clients_.size(); ++c) most = std::max(most, sample_dp_epsilon(c));
+      report.epsilon = most;
+      report.clip_norm = config_.sample_dp->clip_norm;
     }
     total_up_ += report.bytes_up;
     total_down_ += report.bytes_down;
@@ -580,6 +616,52 @@ class federation_server {
           "federation: client-level DP does not take heterogeneous client_ranks");
     }
     privacy_state_.clip_norm = privacy_.clip_norm;
+  }
+
+  // Sample-level DP-SGD (privacy/dp_sgd.hpp) -------------------------------------------------
+
+  void check_sample_dp() const {
+    config_.sample_dp->check();
+    if (client_level_dp) {
+      detail::raise<config_error>(
+          "federation: client-level and sample-level DP together are not supported: they protect "
+          "different units (a client, one example) and would need two accountants and two "
+          "reported budgets; choose one");
+    }
+    if (config_.closed_form_b) {
+      detail::raise<config_error>(
+          "federation: sample-level DP and closed_form_b: the exact B is solved from every example "
+          "at once, unclipped and unnoised; turn one of them off");
+    }
+  }
+  // q_c = B / n_c; q = 1 (the worst case) while n_c is unknown.
+  double sample_rate(const client_state& c) const {
+    if (c.dp_samples == 0) return 1.0;
+    return privacy::sample_dp::sampling_rate(std::min(config_.batch_size, c.dp_samples),
+                                             c.dp_samples);
+  }
+  const privacy::step_accountant& step_accountant() const {
+    if (!step_accountant_) step_accountant_.emplace(config_.sample_dp->noise_multiplier);
+    return *step_accountant_;
+  }
+  // Fail closed: round plan.round may run only if no reporting client would pass the target.
+  void check_sample_budget(const round_plan& plan) const {
+    const auto& dp = *config_.sample_dp;
+    if (!dp.target_epsilon) return;
+    for (std::size_t c : plan.reporting) {
+      const auto& client = clients_[c];
+      const double after =
+          step_accountant()
+              .epsilon(sample_rate(client), client.dp_sgd_steps + config_.local_steps, dp.delta)
+              .epsilon;
+      if (after > *dp.target_epsilon) {
+        detail::raise<privacy_budget_exceeded>(
+            error_context::of_round(plan.round), "privacy budget (sample-level DP): client ", c,
+            " spent epsilon ", sample_dp_epsilon(c), " in ", client.dp_sgd_steps,
+            " steps of the target epsilon ", *dp.target_epsilon, " at delta ", dp.delta, "; round ",
+            plan.round, " would bring it to ", after, ", so the federation stops before it");
+      }
+    }
   }
 
   // The round's clients: Poisson sampling under client DP with sampling = poisson, else the
@@ -648,7 +730,8 @@ class federation_server {
   adapters_type global_;
   Privacy privacy_;
   typename Privacy::state privacy_state_{};
-  mutable std::optional<privacy::round_accountant> accountant_;  // built once N is known
+  mutable std::optional<privacy::round_accountant> accountant_;      // built once N is known
+  mutable std::optional<privacy::step_accountant> step_accountant_;  // sample-level DP
   std::vector<client_state> clients_;
   std::vector<std::size_t> residual_increments_;  // per round: aggregation_result::residual_scalars
   std::size_t round_ = 0;

@@ -94,6 +94,22 @@ class classification_task {
                                         grads, workspace());
   }
 
+  // Sample-level DP-SGD (per_example_clip_task): the clipped sum of the batch's per-sequence
+  // gradients, exact (classification_clipped_grad_sum); an empty batch gives zero gradients.
+  clipped_sum clipped_grad_sum(
+      const adapter_set<B>& adapters, std::span<const std::size_t> batch, factor_set trains,
+      double clip_norm, gradient_set<B>& grads,
+      privacy::per_example_norm method = privacy::per_example_norm::automatic) {
+    if (batch.empty()) {
+      privacy::check_clip_norm(clip_norm, "classification_task::clipped_grad_sum");
+      privacy::zero_gradients(adapters, trains, grads);
+      return {};
+    }
+    data_.select_into(batch, batch_);
+    return classification_clipped_grad_sum(*model_, adapters, batch_.tokens, batch_.labels, trains,
+                                           clip_norm, grads, workspace(), method);
+  }
+
   // The calling thread's activation buffers, shared by every task (and evaluate) on it.
   static transformer_workspace<B>& workspace() {
     thread_local transformer_workspace<B> ws;

@@ -35,6 +35,7 @@
 #include <rolora/core/error.hpp>
 #include <rolora/nn/nn_backend.hpp>
 #include <rolora/nn/weights.hpp>
+#include <rolora/privacy/per_example.hpp>
 #include <span>
 #include <string>
 #include <tuple>
@@ -60,10 +61,22 @@ struct binding {
   typename B::matrix* grad = nullptr;         // null: frozen
   const frozen_matrix_t<B>* bf16 = nullptr;   // the value when held in bf16 (frozen)
 };
+// What the backward of one trained adapter keeps for exact per-example clipping (sample-level
+// DP-SGD, classification_clipped_grad_sum): the pieces of its per-token gradient outer products.
+template <class B>
+struct per_example_linear {
+  const typename B::matrix* x = nullptr;   // [in, N] the linear's input (the layer cache's)
+  const typename B::matrix* ax = nullptr;  // [r, N] A x (the layer cache's)
+  typename B::matrix dy;                   // [out, N] upstream gradient (when B trains)
+  typename B::matrix t;                    // [r, N] B^T dy (when A trains)
+  bool used = false;                       // the backward reached this linear
+};
 template <class B>
 struct lora_binding {
   const lora_adapter<B>* adapter = nullptr;  // null: no adapter on this linear
   lora_gradients<B>* grad = nullptr;         // null: the adapter is frozen
+  // Per-example mode: the backward records here instead of forming grad's batch sums.
+  per_example_linear<B>* record = nullptr;
 };
 
 // What one layer's forward keeps for its backward.
@@ -92,8 +105,9 @@ struct transformer_workspace {
   matrix dh, dy1, dy2, dg, dq, dk, dv, dctx, dhf, dpooled, lora_t;
   std::vector<std::int32_t> positions;  // [N]: j for token j of every sequence
   host_matrix<typename B::scalar> key_valid_host, pool_weights_host;
-  std::vector<detail::nn::binding<B>> params;      // per parameter of the weights
-  std::vector<detail::nn::lora_binding<B>> loras;  // per linear module (6 per layer)
+  std::vector<detail::nn::binding<B>> params;                  // per parameter of the weights
+  std::vector<detail::nn::lora_binding<B>> loras;              // per linear module (6 per layer)
+  std::vector<detail::nn::per_example_linear<B>> per_example;  // per linear, DP-SGD's clip
   factor_set trains;
   // Binding's scratch: (linear index, adapter, name) of every adapter, a parameter name.
   std::vector<std::tuple<std::size_t, const lora_adapter<B>*, const std::string*>> found_adapters;
@@ -167,12 +181,21 @@ void linear_backward(const binding<B>& w, const binding<B>& b, const lora_bindin
   if (w.grad) B::gemm(T(1), dy, op::none, x, op::transpose, T(0), *w.grad);
   if (b.grad) nn_primitives<B>::row_sums(dy, *b.grad);
   const bool grad_a = l.adapter && l.grad && trains.a;
-  if (l.adapter && l.grad && trains.b) {
+  per_example_linear<B>* rec = l.adapter && l.grad ? l.record : nullptr;
+  if (rec) {  // per-example mode: keep the pieces, form no batch sum
+    rec->x = &x;
+    rec->ax = &ax;
+    rec->used = true;
+    if (trains.b) rec->dy = dy;
+  }
+  if (!rec && l.adapter && l.grad && trains.b) {
     B::gemm(l.adapter->scaling, dy, op::none, ax, op::transpose, T(0), l.grad->dB);
   }
   if (l.adapter && (grad_a || dx)) {
     B::gemm(T(1), l.adapter->B, op::transpose, dy, op::none, T(0), t);  // [r, N]
-    if (grad_a) B::gemm(l.adapter->scaling, t, op::none, x, op::transpose, T(0), l.grad->dA);
+    if (rec && grad_a) rec->t = t;
+    if (!rec && grad_a)
+      B::gemm(l.adapter->scaling, t, op::none, x, op::transpose, T(0), l.grad->dA);
   }
   if (dx) {
     weight_gemm(w, op::transpose, dy, accumulate_dx ? T(1) : T(0), *dx);
@@ -436,10 +459,11 @@ void backward(const transformer_config& c, const token_batch& batch, transformer
 
 // Classification head on ws.hf: logits [C, n]; with `labels`, returns the mean cross-entropy
 // and, when `grad`, fills the head's gradients and ws.dhf.
+// With `sum`, the loss and its gradient are those of the SUM over the sequences, not the mean.
 template <nn_backend B>
 double classification_head(const transformer_config& c, const token_batch& batch,
                            std::span<const std::int32_t> labels, bool grad,
-                           transformer_workspace<B>& ws) {
+                           transformer_workspace<B>& ws, bool sum = false) {
   using T = typename B::scalar;
   const index_t len = batch.seq_len, n = batch.num_sequences();
   ws.pool_weights_host.setZero(len, n);
@@ -457,14 +481,14 @@ double classification_head(const transformer_config& c, const token_batch& batch
   const lora_binding<B> none{};
   linear_forward<B>(ws.params[cw], ws.params[cw + 1], none, ws.pooled, ws.lora_t, ws.logits);
   if (labels.empty()) return 0.0;
-  const double loss = nn_primitives<B>::softmax_cross_entropy(ws.logits, labels, T(1) / T(n),
-                                                              grad ? &ws.dlogits : nullptr);
+  const double loss = nn_primitives<B>::softmax_cross_entropy(
+      ws.logits, labels, sum ? T(1) : T(1) / T(n), grad ? &ws.dlogits : nullptr);
   if (grad) {
     linear_backward<B>(ws.params[cw], ws.params[cw + 1], none, no_factors, ws.pooled, ws.lora_t,
                        ws.dlogits, ws.lora_t, &ws.dpooled, false);
     nn_primitives<B>::weighted_pool_backward(ws.dpooled, ws.pool_weights, ws.dhf);
   }
-  return loss / double(n);
+  return sum ? loss : loss / double(n);
 }
 
 // MLM head on ws.hf: logits [V, N] = E hf + bias; mean cross-entropy over targets != -1
@@ -605,6 +629,113 @@ double classification_loss_and_grad(const transformer_weights<B>& w, const adapt
   const double loss = detail::nn::classification_head(w.config(), batch, labels, trains.any(), ws);
   if (trains.any()) detail::nn::backward(w.config(), batch, ws);
   return loss;
+}
+
+// Sample-level DP-SGD's clipped sum (core/concepts.hpp, per_example_clip_task): the loss SUM
+// over the batch, and in `grads` (shaped as classification_loss_and_grad's)
+//   sum_i min(1, C / ||g_i||) g_i,
+// g_i sequence i's gradient over every trained factor and the head's modules to save. Exact, in
+// one forward and one backward: sequences do not interact (attention is per sequence, every other
+// op per token), so the batched backward's upstream gradient dy [out, N] of a linear holds every
+// sequence's own gradient in its columns, and a LoRA linear's per-sequence gradients are
+//   dB_i = s sum_{t in i} dy_t (A x_t)^T [out, r],   dA_i = s sum_{t in i} (B^T dy_t) x_t^T [r,
+//   in].
+// Norms: privacy::per_example_norm (direct, or from the token Gram matrices; automatic picks the
+// cheaper per factor). The sum: the same GEMMs as the non-private step with the columns of A x
+// (for dB) and of B^T dy (for dA) scaled by c_i: sum_i c_i dB_i = s dy (A x diag(c))^T. This
+// beats ghost clipping (scale the loss gradient by c_i and run the backward again), whose second
+// pass goes through every frozen base GEMM and attention again; here the second pass is only the
+// LoRA gradient GEMMs, at the price of keeping dy [out, N] of each trained linear.
+// The head: classifier.weight's g_i = dlogits_i pooled_i^T is rank one (norm ||dlogits_i||
+// ||pooled_i||), classifier.bias's is dlogits_i. Other modules to save: config_error.
+template <nn_backend B>
+clipped_sum classification_clipped_grad_sum(
+    const transformer_weights<B>& w, const adapter_set<B>& adapters, const token_batch& batch,
+    std::span<const std::int32_t> labels, factor_set trains, double clip_norm,
+    gradient_set<B>& grads, transformer_workspace<B>& ws,
+    privacy::per_example_norm method = privacy::per_example_norm::automatic) {
+  using T = typename B::scalar;
+  using privacy::detail::on_host;
+  using privacy::detail::scale_column_groups;
+  privacy::check_clip_norm(clip_norm, "classification_clipped_grad_sum");
+  const auto& c = w.config();
+  detail::nn::check_batch(c, batch);
+  detail::nn::check_targets(labels, std::size_t(batch.num_sequences()), c.num_classes, false,
+                            "labels");
+  const std::size_t cw = std::size_t(detail::nn::classifier_w(c.n_layers));
+  for (const auto& [name, m] : adapters.modules_to_save()) {
+    if (name != w.name(cw) && name != w.name(cw + 1)) {
+      detail::raise<config_error>(
+          "per-example clipping (sample-level DP): module to save '", name,
+          "' has no per-example gradient here; expected only the classifier head ('", w.name(cw),
+          "', '", w.name(cw + 1), "') besides the LoRA factors");
+    }
+  }
+  detail::nn::bind_lora(w, adapters, trains, &grads, ws);
+  const index_t n = batch.num_sequences(), len = batch.seq_len;
+  ws.per_example.resize(ws.loras.size());
+  for (std::size_t k = 0; k < ws.loras.size(); ++k) {
+    ws.per_example[k].used = false;
+    if (ws.loras[k].grad) ws.loras[k].record = &ws.per_example[k];
+  }
+  detail::nn::forward(c, batch, ws);
+  clipped_sum out;
+  out.loss_sum = detail::nn::classification_head(c, batch, labels, trains.any(), ws, true);
+  if (!trains.any()) return out;
+  detail::nn::backward(c, batch, ws);
+
+  // Squared per-sequence norms [n].
+  std::vector<double> sq(std::size_t(n), 0.0);
+  for (std::size_t k = 0; k < ws.loras.size(); ++k) {
+    const auto& rec = ws.per_example[k];
+    if (!ws.loras[k].grad || !rec.used) continue;
+    const double s = double(ws.loras[k].adapter->scaling);
+    if (trains.b)
+      privacy::detail::add_outer_norms<T>(on_host<B>(rec.dy), on_host<B>(*rec.ax), len, s, method,
+                                          sq);
+    if (trains.a)
+      privacy::detail::add_outer_norms<T>(on_host<B>(rec.t), on_host<B>(*rec.x), len, s, method,
+                                          sq);
+  }
+  const auto& head_w = ws.params[cw];
+  const auto& head_b = ws.params[cw + 1];
+  if (head_w.grad || head_b.grad) {
+    const auto& dl = on_host<B>(ws.dlogits);     // [C, n]
+    const auto& pooled = on_host<B>(ws.pooled);  // [d, n]
+    for (index_t i = 0; i < n; ++i) {
+      const double g = double(dl.col(i).squaredNorm());
+      if (head_w.grad) sq[std::size_t(i)] += g * double(pooled.col(i).squaredNorm());
+      if (head_b.grad) sq[std::size_t(i)] += g;
+    }
+  }
+  const std::vector<double> factor = privacy::clip_factors(sq, clip_norm, out.clipped);
+
+  // The clipped sum: the batch GEMMs with the per-sequence factors on the small side.
+  for (std::size_t k = 0; k < ws.loras.size(); ++k) {
+    const auto& l = ws.loras[k];
+    const auto& rec = ws.per_example[k];
+    if (!l.grad) continue;
+    const auto& a = *l.adapter;
+    if (!rec.used) {  // unreachable by the loss: its gradient is zero
+      if (trains.b) l.grad->dB = B::zeros(B::rows(a.B), B::cols(a.B));
+      if (trains.a) l.grad->dA = B::zeros(B::rows(a.A), B::cols(a.A));
+      continue;
+    }
+    if (trains.b) {
+      const auto axc = scale_column_groups<B>(*rec.ax, factor, len);  // [r, N]
+      B::gemm(a.scaling, rec.dy, op::none, axc, op::transpose, T(0), l.grad->dB);
+    }
+    if (trains.a) {
+      const auto tc = scale_column_groups<B>(rec.t, factor, len);  // [r, N]
+      B::gemm(a.scaling, tc, op::none, *rec.x, op::transpose, T(0), l.grad->dA);
+    }
+  }
+  if (head_w.grad || head_b.grad) {
+    const auto dlc = scale_column_groups<B>(ws.dlogits, factor, 1);  // [C, n]
+    if (head_w.grad) B::gemm(T(1), dlc, op::none, ws.pooled, op::transpose, T(0), *head_w.grad);
+    if (head_b.grad) nn_primitives<B>::row_sums(dlc, *head_b.grad);
+  }
+  return out;
 }
 
 // Full-parameter classification step: every parameter's gradient in `grads` (w.zeros_like()).

@@ -21,6 +21,7 @@
 #include <rolora/core/concepts.hpp>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
+#include <rolora/privacy/per_example.hpp>
 #include <span>
 #include <string>
 #include <vector>
@@ -81,7 +82,8 @@ inline low_rank best_rank_r(const host& w, index_t r) {
   return {u * svd.singularValues().head(r).asDiagonal() * v.transpose(), v.transpose()};
 }
 
-// One client's data and loss; models rolora::client_task and closed_form_b_task.
+// One client's data and loss; models rolora::client_task, closed_form_b_task and
+// per_example_clip_task.
 template <backend Backend>
 class linear_regression_task {
  public:
@@ -118,6 +120,48 @@ class linear_regression_task {
     Backend::scale(T(1.0 / n), r);  // d loss / d prediction
     lora_backward<Backend>(nullptr, l, x, cache, r, trains, grads[module_name]);
     return value;
+  }
+
+  // Sample-level DP-SGD's clipped sum (core/concepts.hpp, per_example_clip_task). Example j's
+  // loss is ||r_j||^2 / 2 with r_j = s B A x_j - y_j [k], so its gradients are rank one:
+  //   dB_j = s r_j u_j^T [k, r] (u_j = A x_j),   dA_j = s (B^T r_j) x_j^T [r, d],
+  //   ||g_j||^2 = s^2 (||r_j||^2 ||u_j||^2 [B trains] + ||B^T r_j||^2 ||x_j||^2 [A trains]),
+  // and sum_j c_j g_j is the batch backward with r's columns scaled by c_j: one pass, exact.
+  clipped_sum clipped_grad_sum(const adapter_set<Backend>& adapters,
+                               std::span<const std::size_t> batch, factor_set trains,
+                               double clip_norm, gradient_set<Backend>& grads) const {
+    privacy::check_clip_norm(clip_norm, "linear_regression_task::clipped_grad_sum");
+    if (batch.empty()) {
+      privacy::zero_gradients(adapters, trains, grads);
+      return {};
+    }
+    const auto& l = adapters.at(module_name);
+    matrix xb, yb;
+    gather(batch, xb, yb);
+    lora_cache<Backend> cache;
+    matrix r;  // [k, n]
+    residual(l, xb, yb, cache, r);
+    const auto& rh = privacy::detail::on_host<Backend>(r);
+    const auto& uh = privacy::detail::on_host<Backend>(cache.ax);  // [r, n]
+    const auto& xh = privacy::detail::on_host<Backend>(xb);        // [d, n]
+    const host_matrix<T> btr =
+        privacy::detail::on_host<Backend>(l.B).transpose() * rh;  // [r, n] = B^T r
+    const double s = double(l.scaling);
+    std::vector<double> sq(batch.size(), 0.0);
+    double loss_sum = 0.0;
+    for (std::size_t j = 0; j < batch.size(); ++j) {
+      const auto c = index_t(j);
+      const double rr = double(rh.col(c).squaredNorm());
+      loss_sum += rr / 2.0;
+      if (trains.b) sq[j] += s * s * rr * double(uh.col(c).squaredNorm());
+      if (trains.a)
+        sq[j] += s * s * double(btr.col(c).squaredNorm()) * double(xh.col(c).squaredNorm());
+    }
+    clipped_sum out{loss_sum, 0};
+    const std::vector<double> factor = privacy::clip_factors(sq, clip_norm, out.clipped);
+    const matrix rc = privacy::detail::scale_column_groups<Backend>(r, factor, 1);
+    lora_backward<Backend>(nullptr, l, xb, cache, rc, trains, grads[module_name]);
+    return out;
   }
 
   // B = argmin_B ||Y - s B A X||^2 = Y Z^T (Z Z^T)^{-1} with Z = s A X [r, m].

@@ -76,6 +76,12 @@ struct method_options {
   // Client-level DP (privacy/client_dp.hpp): every method whose aggregate is a mean of factors
   // (RoLoRA, FFA-LoRA, FedIT, FedSA-LoRA's A); the others are refused with a config_error.
   std::optional<privacy::client_dp> dp = std::nullopt;
+  // Sample-level DP-SGD inside each client (privacy/dp_sgd.hpp), with minibatches of
+  // batch_size (0: all m samples; q = batch_size / m). Every method composes (the server only
+  // post-processes DP uploads); RoLoRA's and FFA-LoRA's B rounds then take gradient steps, since
+  // the exact least-squares B sees every example unclipped.
+  std::optional<privacy::sample_dp> sample_dp = std::nullopt;
+  std::size_t batch_size = 0;
 };
 
 // Rounds per iteration: 2 for RoLoRA (a B round and an A round), 1 for the others.
@@ -229,13 +235,16 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   config.client_weighting = weighting::uniform;
   config.on_bad_update = o.on_bad_update;
   config.min_clients = o.min_clients;
+  config.batch_size = o.batch_size;
+  config.sample_dp = o.sample_dp;
+  const bool exact_b = !o.sample_dp;
   switch (m) {
     case method::rolora:
-      config.closed_form_b = true;
+      config.closed_form_b = exact_b;
       return detail::run(p, alternating{}, orthonormalize_a<fedavg>{}, config,
                          rounds_per_iteration(m), o.iterations, a0, hooks, o.dp);
     case method::ffa:
-      config.closed_form_b = true;
+      config.closed_form_b = exact_b;
       return detail::run(p, freeze_a{}, fedavg{}, config, 1, o.iterations, a0, hooks, o.dp);
     case method::fedit:
       return detail::run(p, train_both{}, fedavg{}, config, 1, o.iterations, a0, hooks, o.dp);
