@@ -7,7 +7,7 @@
 #   2 adapter/, policy/       LoRA factors and sets, optimizers; which factor trains when
 #   3 aggregate/              merging client updates
 #   4 io/                     safetensors, PEFT, .npy
-#   4 privacy/                the RDP accountant (standard library only); DP wrappers to come
+#   4 privacy/                the RDP accountant, client-level DP, secure noise, DP-SGD
 #   4 tokenizers/             Hugging Face tokenizer.json (core errors, io's file and JSON readers)
 #   5 federated/              server, client, messages, the round loop, checkpoints
 #   6 mpi/, theory/, nn/, data/   transports and applications of the federation
