@@ -7,6 +7,8 @@
 #                                 norm C in {0.03, 0.1, 0.3, 1} x the method's rate and its two
 #                                 neighbours in {1e-3, 2e-3, 5e-3, 1e-2, 2e-2}; without DP the
 #                                 three rates only (no clipping, no noise)
+#                                 A pick on a side of its grid gets the next value beyond it (the
+#                                 ladders of scripts/summarize_dp.py), until none is
 #   scripts/dp_results.sh final   seeds 0 1 2, test split, each (method, epsilon) at the pair with
 #                                 the best final validation accuracy (ties: the first in grid
 #                                 order), read from the tune runs by scripts/summarize_dp.py
@@ -101,9 +103,33 @@ run_jobs() {
 
 # One epsilon at a time, tuned then run on the test split, so that an interrupted grid leaves
 # whole rows of the table.
+# The tuning runs summarize_dp.py --extend asks for (a pick on a side of its grid gets the next
+# rate or clip norm beyond it), until it asks for none.
+extend_jobs() {
+  local eps=$1
+  python3 scripts/summarize_dp.py --extend "$out" | while read -r e m lr c; do
+    [ "$e" = "$eps" ] || continue
+    if [ "$e" = inf ]; then
+      add "$out/tune/eps$e/$m/lr$lr" --methods "$m" --lr "$lr" --seed 0 --validation \
+        $(dp_flags inf)
+    else
+      add "$out/tune/eps$e/$m/lr$lr-C$c" --methods "$m" --lr "$lr" --seed 0 --validation \
+        $(dp_flags "$e" "$c")
+    fi
+  done
+}
+
 if [ "$what" != theory ]; then
   for eps in "${epsilons[@]}"; do
-    if [ "$what" = tune ] || [ "$what" = all ]; then tune_jobs "$eps"; run_jobs; fi
+    if [ "$what" = tune ] || [ "$what" = all ]; then
+      tune_jobs "$eps"
+      run_jobs
+      while [ -z "${LIST:-}" ]; do
+        extend_jobs "$eps"
+        [ -s "$jobfile" ] || break
+        run_jobs
+      done
+    fi
     if [ "$what" = final ] || [ "$what" = all ]; then final_jobs "$eps"; run_jobs; fi
   done
 fi

@@ -7,6 +7,9 @@ Standard library only.
     python3 scripts/summarize_dp.py --picks [DIR]   one line per (epsilon, method): the learning
                                                     rate and clip norm with the best final
                                                     validation accuracy ("eps method lr clip")
+    python3 scripts/summarize_dp.py --extend [DIR]  the tuning runs still needed: the ladder's next
+                                                    value beyond a pick on a side of its row or
+                                                    column ("eps method lr clip")
     python3 scripts/summarize_dp.py --check [DIR [PAGE]]  fails unless docs/privacy.md's theory
                                                     table is the one the committed runs give
     python3 scripts/summarize_dp.py [DIR]           the Markdown tables: the tuning grid, the
@@ -16,8 +19,9 @@ Standard library only.
 
 A run counts once its folder has the `done` marker. The final accuracy is the last evaluated
 row of the run's CSV (round 20). The pick is the highest final validation accuracy; ties go to
-the first in grid order (rates ascending, then clip norms ascending); a pick on an edge of the
-grid is marked with `edge`.
+the first in grid order (rates ascending, then clip norms ascending). A pick on a side of the
+grid gets the next value of the ladder beyond it (--extend, which scripts/dp_results.sh runs
+until nothing is left); a pick at the end of a ladder is marked as on its edge.
 """
 import csv
 import pathlib
@@ -59,15 +63,45 @@ def tune_runs(root, eps, method):
     return sorted(runs)
 
 
+# The ladders a tuning grid is extended along until its pick is inside (scripts/dp_results.sh).
+LR_LADDER = ["5e-4", "1e-3", "2e-3", "5e-3", "1e-2", "2e-2", "5e-2", "1e-1"]
+CLIP_LADDER = ["0.01", "0.03", "0.1", "0.3", "1", "3"]
+
+
 def pick(runs):
-    """The best (lr, clip) by validation accuracy, first in grid order on ties, and whether it
-    sits on an edge of the grid (the smallest or largest rate or clip norm tried)."""
+    """The best (lr, clip) by validation accuracy, first in grid order on ties, and the runs it
+    still needs: for each axis on which the pick is the smallest or largest value tried at the
+    pick's other coordinate, the next value of the ladder beyond it (none past a ladder's end).
+    A pick with nothing left to try on a side it sits on is marked as on the grid's edge."""
     best = max(runs, key=lambda r: (r[2], -runs.index(r)))
-    lrs = sorted({r[0] for r in runs})
-    clips = sorted({r[1] for r in runs})
-    edge = (len(lrs) > 1 and best[0] in (lrs[0], lrs[-1])) or \
-           (len(clips) > 1 and best[1] in (clips[0], clips[-1]))
-    return best, edge
+    tried = {(r[3], r[4]) for r in runs}
+    wanted, edge = [], False
+    for axis, ladder in ((0, LR_LADDER), (1, CLIP_LADDER)):
+        here = best[3 + axis]
+        if here == "inf" or here not in ladder:
+            continue
+        row = sorted({float(r[3 + axis]) for r in runs if r[4 - axis] == best[4 - axis]})
+        i = ladder.index(here)
+        for side, j in ((row[0], i - 1), (row[-1], i + 1)):
+            if float(here) != side:
+                continue
+            if 0 <= j < len(ladder):
+                point = (ladder[j], best[4]) if axis == 0 else (best[3], ladder[j])
+                if point not in tried:
+                    wanted.append(point)
+            else:
+                edge = True
+    return best, edge, wanted
+
+
+def extend(root):
+    """One line "eps method lr clip" per run the tuning grid still needs (pick()'s `wanted`)."""
+    for eps in EPSILONS:
+        for method in METHODS:
+            runs = tune_runs(root, eps, method)
+            if runs:
+                for lr, clip in pick(runs)[2]:
+                    print(eps, method, lr, clip)
 
 
 def picks(root):
@@ -75,7 +109,7 @@ def picks(root):
         for method in METHODS:
             runs = tune_runs(root, eps, method)
             if runs:
-                best, _ = pick(runs)
+                best = pick(runs)[0]
                 print(eps, method, best[3], best[4])
 
 
@@ -86,11 +120,12 @@ def tables(root):
             runs = tune_runs(root, eps, method)
             if not runs:
                 continue
-            best, edge = pick(runs)
+            best, edge, wanted = pick(runs)
             cells = ", ".join(("**%s/%s: %s**" if r is best else "%s/%s: %s") %
                               (r[3], r[4], "NaN" if r[2] < 0 else "%.1f" % (100 * r[2]))
                               for r in runs)
-            print(f"- epsilon {eps}, {TITLES[method]}: {cells}{' (edge)' if edge else ''}")
+            note = " (on the ladder's edge)" if edge else " (extension pending)" if wanted else ""
+            print(f"- epsilon {eps}, {TITLES[method]}: {cells}{note}")
     print("\n| epsilon | " + " | ".join(TITLES[m] for m in METHODS) + " |")
     print("|---|" + "---|" * len(METHODS))
     for eps in EPSILONS:
@@ -172,6 +207,8 @@ def main(argv):
     root = pathlib.Path(args[0] if args else "docs/runs/privacy")
     if "--picks" in argv:
         picks(root)
+    elif "--extend" in argv:
+        extend(root)
     elif "--check" in argv:  # --check [DIR [PAGE]]
         sys.exit(1 if check(root, pathlib.Path(args[1] if len(args) > 1 else
                                                "docs/privacy.md")) else 0)
