@@ -134,6 +134,21 @@ case $mode in
     wait_all
     same
     echo "gRPC, client-level DP with adaptive clipping: byte-identical (epsilon column included)"
+    # Sample-level DP-SGD: each client process takes the setting from the same flags.
+    flags=(--method all --rounds 3 --local-steps 2 --batch-size 10 --dim 10 --out-dim 4
+           --samples 100 --clients 3 --dp sample --noise-multiplier 1 --clip-norm 0.5 --quiet
+           --checkpoint-every 100)
+    methods=(rolora ffa fedit)
+    rm -rf "$work/inprocess" "$work/grpc" "$work/inprocess.csv" "$work/grpc.csv"
+    in_process
+    port=''
+    start_server "$work/server_dps.log" --roster "$work/roster" --checkpoint-dir "$work/grpc" \
+      --csv "$work/grpc.csv"
+    client client-0 0,2 "$work/client02_dps.log"
+    client client-1 1 "$work/client1_dps.log"
+    wait_all
+    same
+    echo "gRPC, sample-level DP-SGD (--dp sample), 3 methods: byte-identical"
     ;;
   refusals)
     flags=(--method ffa --rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet
