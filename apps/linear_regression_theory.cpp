@@ -422,7 +422,9 @@ int run_check(const settings& s, apps::app_transport& transport) {
           "  measured contraction over %zu iterations with sin theta > %.0e: worst %.6f, "
           "geometric mean %.6f -> bound %s\n",
           k.iterations, noise_floor, k.worst, k.geometric_mean,
-          c.noise > 0 ? "not checked (noise > 0: sin theta stalls at the statistical error)"
+          c.noise > 0  ? "not checked (noise > 0: sin theta stalls at the statistical error)"
+          : s.dp.any() ? "not checked (differential privacy: clipped, noised updates are not the "
+                         "theorem's gradient steps)"
           : k.worst <= rate * (1 + 1e-9) ? "holds"
                                          : "VIOLATED");
       const auto hit =
