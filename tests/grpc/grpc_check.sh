@@ -107,47 +107,38 @@ wait_all() {  # the server and every client exit 0
 
 case $mode in
   identical)
+    printf 'client-0 0,2\nclient-1 1\n' > "$work/roster"
+    # roster_federation TAG: in process, then the server and two client processes (clients 0 and
+    # 2 by the roster, client 1) with $flags; the CSVs and final server states must be the same.
+    roster_federation() {
+      rm -rf "$work/inprocess" "$work/grpc" "$work/inprocess.csv" "$work/grpc.csv"
+      in_process
+      port=''
+      start_server "$work/server$1.log" --roster "$work/roster" --checkpoint-dir "$work/grpc" \
+        --csv "$work/grpc.csv"
+      client client-0 0,2 "$work/client02$1.log"
+      client client-1 1 "$work/client1$1.log"
+      wait_all
+      same
+    }
     flags=(--method every --rounds 4 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet
            --checkpoint-every 100)
     methods=(rolora ffa fedit fedsa flexlora flora fedex fedrot)
-    in_process
-    printf 'client-0 0,2\nclient-1 1\n' > "$work/roster"
-    start_server "$work/server.log" --roster "$work/roster" --checkpoint-dir "$work/grpc" \
-      --csv "$work/grpc.csv"
-    client client-0 0,2 "$work/client02.log"
-    client client-1 1 "$work/client1.log"
-    wait_all
-    same
+    roster_federation ""
     echo "gRPC with mutual TLS, 2 client processes (0,2 by roster; 1), 8 methods: byte-identical"
     # Client-level DP: the clip request travels in the download, the clip bit in the upload.
     flags=(--method rolora --rounds 3 --dim 16 --out-dim 4 --samples 100 --clients 3 --quiet
            --checkpoint-every 100 --dp client --sampling-rate 0.75 --noise-multiplier 0.8
            --clip-norm 0.05 --adaptive-clip --clip-bit-noise 1)
     methods=(rolora)
-    rm -rf "$work/inprocess" "$work/grpc" "$work/inprocess.csv" "$work/grpc.csv"
-    in_process
-    port=''
-    start_server "$work/server_dp.log" --roster "$work/roster" --checkpoint-dir "$work/grpc" \
-      --csv "$work/grpc.csv"
-    client client-0 0,2 "$work/client02_dp.log"
-    client client-1 1 "$work/client1_dp.log"
-    wait_all
-    same
+    roster_federation _dp
     echo "gRPC, client-level DP with adaptive clipping: byte-identical (epsilon column included)"
     # Sample-level DP-SGD: each client process takes the setting from the same flags.
     flags=(--method all --rounds 3 --local-steps 2 --batch-size 10 --dim 10 --out-dim 4
            --samples 100 --clients 3 --dp sample --noise-multiplier 1 --clip-norm 0.5 --quiet
            --checkpoint-every 100)
     methods=(rolora ffa fedit)
-    rm -rf "$work/inprocess" "$work/grpc" "$work/inprocess.csv" "$work/grpc.csv"
-    in_process
-    port=''
-    start_server "$work/server_dps.log" --roster "$work/roster" --checkpoint-dir "$work/grpc" \
-      --csv "$work/grpc.csv"
-    client client-0 0,2 "$work/client02_dps.log"
-    client client-1 1 "$work/client1_dps.log"
-    wait_all
-    same
+    roster_federation _dp_sample
     echo "gRPC, sample-level DP-SGD (--dp sample), 3 methods: byte-identical"
     ;;
   refusals)

@@ -50,6 +50,25 @@ same() {  # same CSV and final server states as the in-process run in $work/inpr
   done
 }
 
+# killed_and_resumed DIR AFTER FROM: mpirun -np 3 with $flags checkpointing into DIR, rank 0
+# killed by SIGKILL after iteration AFTER (--crash-after), then --resume from DIR, which must say
+# it resumed after iteration FROM; CSV (DIR.csv) and final server states as in process.
+killed_and_resumed() {
+  local dir=$1 after=$2 from=$3 rc
+  set +e
+  mpi 3 "${flags[@]}" --checkpoint-dir "$dir" --csv "$dir.csv" --crash-after "$after" \
+    > "$dir.killed.log" 2>&1
+  rc=$?
+  set -e
+  if [ "$rc" -eq 0 ] || [ -e "$dir.csv" ]; then
+    echo "FAIL: rank 0 should have died by SIGKILL after iteration $after (exit $rc)"
+    exit 1
+  fi
+  mpi 3 "${flags[@]}" --resume "$dir" --csv "$dir.csv" > "$dir.resumed.log"
+  grep -q "resumed after iteration $from " "$dir.resumed.log" || { cat "$dir.resumed.log"; exit 1; }
+  same "$dir"
+}
+
 # federated_finetune with "$@" in process and under mpirun -np 3 (methods fedit, rolora): CSVs the
 # same but for the seconds and memory columns (epsilon included under DP), adapters
 # byte-identical.
@@ -126,18 +145,7 @@ case $mode in
     flags=(--rounds 8 --dim 20 --out-dim 5 --samples 200 --clients 4 --checkpoint-every 3 --quiet)
     methods=(rolora ffa fedit)
     "$exe" "${flags[@]}" --checkpoint-dir "$work/inprocess" --csv "$work/inprocess.csv" > /dev/null
-    set +e
-    mpi 3 "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" --crash-after 5 \
-      > "$work/killed.log" 2>&1
-    rc=$?
-    set -e
-    if [ "$rc" -eq 0 ] || [ -e "$work/mpi.csv" ]; then
-      echo "FAIL: rank 0 should have died by SIGKILL after iteration 5 (exit $rc)"
-      exit 1
-    fi
-    mpi 3 "${flags[@]}" --resume "$work/mpi" --csv "$work/mpi.csv" > "$work/resumed.log"
-    grep -q "resumed after iteration 3 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
-    same "$work/mpi"
+    killed_and_resumed "$work/mpi" 5 3
     echo "mpirun -np 3 killed after iteration 5, resumed over MPI: byte-identical"
     ;;
   dp)
@@ -149,18 +157,7 @@ case $mode in
     head -1 "$work/inprocess.csv" | grep -q ',epsilon$' || { echo "FAIL: no epsilon column"; exit 1; }
     mpi 3 "${flags[@]}" --checkpoint-dir "$work/mpi" --csv "$work/mpi.csv" > "$work/mpi.log"
     same "$work/mpi"
-    set +e
-    mpi 3 "${flags[@]}" --checkpoint-dir "$work/killed" --csv "$work/killed.csv" --crash-after 3 \
-      > "$work/killed.log" 2>&1
-    rc=$?
-    set -e
-    if [ "$rc" -eq 0 ] || [ -e "$work/killed.csv" ]; then
-      echo "FAIL: rank 0 should have died by SIGKILL after iteration 3 (exit $rc)"
-      exit 1
-    fi
-    mpi 3 "${flags[@]}" --resume "$work/killed" --csv "$work/killed.csv" > "$work/resumed.log"
-    grep -q "resumed after iteration 2 " "$work/resumed.log" || { cat "$work/resumed.log"; exit 1; }
-    same "$work/killed"
+    killed_and_resumed "$work/killed" 3 2
     echo "client-level DP over mpirun -np 3: byte-identical; killed after iteration 3 and resumed: the same bits and budget"
     ;;
   finetune_np3)
