@@ -1,38 +1,58 @@
 #!/usr/bin/env bash
-# ctest app.theory_dp: linear_regression_theory with client-level DP (FFA-LoRA: one round per
-# iteration, so T = --rounds) reports the epsilon privacy_budget computes for the same q, z, T and
-# delta, digit for digit; its CSV gains an epsilon column whose last value is that epsilon; a
-# budget below what the run spends stops it with privacy_budget_exceeded before the exceeding
-# round; and --resume refuses a checkpoint written with other DP parameters.
-#   usage: dp_theory_check.sh PATH/TO/linear_regression_theory PATH/TO/privacy_budget WORK_DIR
+# ctest app.theory_dp and app.theory_dp_sample: linear_regression_theory under differential
+# privacy reports the epsilon privacy_budget computes for the same mechanism, digit for digit; its
+# CSV gains an epsilon column whose last value is that epsilon; a budget between the epsilons of
+# 5 and 6 rounds stops the run with privacy_budget_exceeded before round 5; and --resume refuses a
+# checkpoint written with another noise multiplier, naming it.
+#   client  client-level DP, FFA-LoRA (one round per iteration): T = --rounds steps at the client
+#           sampling rate q
+#   sample  sample-level DP-SGD, FedIT: every client composes T rounds of L local steps at
+#           q = B / m; also: --target-epsilon alone picks the z privacy_budget --target-epsilon
+#           prints
+#   usage: dp_theory_check.sh client|sample PATH/TO/linear_regression_theory PATH/TO/privacy_budget
+#          WORK_DIR
 set -euo pipefail
-theory=$1
-budget=$2
-work=$3
+mode=$1
+theory=$2
+budget=$3
+work=$4
 rm -rf "$work"
 mkdir -p "$work"
-q=0.3 z=1.1 T=12 delta=1e-5
-flags=(--method ffa --rounds "$T" --dim 20 --out-dim 5 --samples 100 --clients 20 --dp client
-       --sampling-rate "$q" --noise-multiplier "$z" --delta "$delta" --clip-norm 0.5)
+z=1.1 delta=1e-5
+if [ "$mode" = client ]; then
+  q=0.3 T=12 L=1 method=FFA-LoRA key=privacy.noise_multiplier
+  common=(--method ffa --rounds "$T" --dim 20 --out-dim 5 --samples 100 --clients 20
+          --dp client --sampling-rate "$q" --delta "$delta" --clip-norm 0.5)
+else
+  m=100 B=10 T=8 L=3 method=FedIT key=sample_dp.noise_multiplier
+  q=$(awk -v b="$B" -v m="$m" 'BEGIN { printf "%.17g", b / m }')
+  common=(--method fedit --rounds "$T" --local-steps "$L" --batch-size "$B" --dim 10 --out-dim 4
+          --samples "$m" --clients 4 --eta 0.05 --dp sample --delta "$delta" --clip-norm 0.5)
+fi
+flags=("${common[@]}" --noise-multiplier "$z")
+close() {  # relative difference below 1e-8
+  awk -v a="$1" -v b="$2" 'BEGIN { r = (a - b) / b; if (r < 0) r = -r; exit !(r < 1e-8) }'
+}
+budget_after() {  # the epsilon privacy_budget gives for ROUNDS rounds
+  "$budget" --sampling-rate "$q" --noise-multiplier "$z" --steps $(($1 * L)) --delta "$delta" |
+    awk '{print $2}'
+}
 
 out=$("$theory" "${flags[@]}" --quiet --csv "$work/dp.csv")
-ours=$(grep '^privacy: FFA-LoRA' <<< "$out" | sed -E 's/.* epsilon ([^ ]+) .*/\1/')
-want=$("$budget" --sampling-rate "$q" --noise-multiplier "$z" --steps "$T" --delta "$delta" |
-       sed -E 's/^epsilon ([^ ]+) .*/\1/')
-echo "theory app: epsilon $ours; privacy_budget: epsilon $want"
-if [ -z "$ours" ] || [ "$ours" != "$want" ]; then
+ours=$(grep "^privacy: $method" <<< "$out" | sed -E 's/.* epsilon ([^ ]+) .*/\1/')
+want=$(budget_after "$T")
+echo "theory app (--dp $mode): epsilon $ours; privacy_budget: epsilon $want"
+# client: the same digits; sample: the app's step count is summed per client, 1e-8 relative
+if [ -z "$ours" ] || ! close "$ours" "$want" || { [ "$mode" = client ] && [ "$ours" != "$want" ]; }; then
   echo "FAIL: the theory app's epsilon ($ours) is not privacy_budget's ($want)"
   exit 1
 fi
 head -1 "$work/dp.csv" | grep -q ',epsilon$' || { echo "FAIL: no epsilon column"; exit 1; }
 last=$(tail -1 "$work/dp.csv" | awk -F, '{print $NF}')
-awk -v a="$last" -v b="$want" 'BEGIN { r = (a - b) / b; if (r < 0) r = -r; exit !(r < 1e-8) }' ||
-  { echo "FAIL: the CSV's last epsilon $last is not $want"; exit 1; }
+close "$last" "$want" || { echo "FAIL: the CSV's last epsilon $last is not $want"; exit 1; }
 
 # Fail closed: a target between the epsilon of 5 and 6 rounds stops the run before round 5.
-e5=$("$budget" --sampling-rate "$q" --noise-multiplier "$z" --steps 5 --delta "$delta" | awk '{print $2}')
-e6=$("$budget" --sampling-rate "$q" --noise-multiplier "$z" --steps 6 --delta "$delta" | awk '{print $2}')
-target=$(awk -v a="$e5" -v b="$e6" 'BEGIN { printf "%.9g", (a + b) / 2 }')
+target=$(awk -v a="$(budget_after 5)" -v b="$(budget_after 6)" 'BEGIN { printf "%.9g", (a + b) / 2 }')
 set +e
 stopped=$("$theory" "${flags[@]}" --target-epsilon "$target" --quiet 2>&1)
 rc=$?
@@ -43,14 +63,28 @@ if [ "$rc" -eq 0 ] || ! grep -q 'privacy_budget_exceeded\] round 5: ' <<< "$stop
   exit 1
 fi
 
+if [ "$mode" = sample ]; then  # --target-epsilon alone: z from the accountant over T L steps at q
+  zwant=$("$budget" --sampling-rate "$q" --target-epsilon 3 --steps $((T * L)) --delta "$delta" |
+          awk '{print $2}')
+  out=$("$theory" "${common[@]}" --target-epsilon 3 --quiet)
+  zours=$(grep "^privacy: $method" <<< "$out" | sed -E 's/.* z ([^ ,]+),.*/\1/')
+  eps=$(grep "^privacy: $method" <<< "$out" | sed -E 's/.* epsilon ([^ ]+) .*/\1/')
+  echo "--target-epsilon 3: z $zours (privacy_budget: $zwant), epsilon $eps"
+  if [ -z "$zours" ] || ! close "$zours" "$zwant" ||
+     ! awk -v e="$eps" 'BEGIN { exit !(e <= 3 * (1 + 1e-9) && e > 2.5) }'; then
+    echo "FAIL: --target-epsilon 3 gave z $zours (want $zwant) and epsilon $eps"
+    exit 1
+  fi
+fi
+
 # --resume refuses a checkpoint whose DP parameters differ.
 "$theory" "${flags[@]}" --quiet --checkpoint-dir "$work/ckpt" --checkpoint-every 2 > /dev/null
 set +e
 refused=$("$theory" "${flags[@]/$z/1.2}" --quiet --resume "$work/ckpt" 2>&1)
 rc=$?
 set -e
-if [ "$rc" -eq 0 ] || ! grep -q 'privacy.noise_multiplier' <<< "$refused"; then
-  echo "FAIL: --resume with another noise multiplier was not refused naming it (exit $rc)"
+if [ "$rc" -eq 0 ] || ! grep -q "$key" <<< "$refused"; then
+  echo "FAIL: --resume with another noise multiplier was not refused naming $key (exit $rc)"
   echo "$refused" | tail -3
   exit 1
 fi
