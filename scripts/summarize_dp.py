@@ -11,7 +11,8 @@ Standard library only.
                                                     value beyond a pick on a side of its row or
                                                     column ("eps method lr clip")
     python3 scripts/summarize_dp.py --check [DIR [PAGE]]  fails unless docs/privacy.md's theory
-                                                    table is the one the committed runs give
+                                                    and accuracy tables are the ones the
+                                                    committed runs give
     python3 scripts/summarize_dp.py [DIR]           the Markdown tables: the tuning grid, the
                                                     picks, the final test accuracy (mean ± std
                                                     over seeds), and the theory example's loss
@@ -126,8 +127,13 @@ def tables(root):
                               for r in runs)
             note = " (on the ladder's edge)" if edge else " (extension pending)" if wanted else ""
             print(f"- epsilon {eps}, {TITLES[method]}: {cells}{note}")
-    print("\n| epsilon | " + " | ".join(TITLES[m] for m in METHODS) + " |")
-    print("|---|" + "---|" * len(METHODS))
+    print("\n" + "\n".join(accuracy_table(root)))
+
+
+def accuracy_table(root):
+    """Final test accuracy (%) per epsilon and method, mean ± std over the finished seeds."""
+    lines = ["| epsilon | " + " | ".join(TITLES[m] for m in METHODS) + " |",
+             "|---|" + "---|" * len(METHODS)]
     for eps in EPSILONS:
         row = []
         for method in METHODS:
@@ -150,7 +156,8 @@ def tables(root):
             if failed:
                 text += f", NaN in {failed}"
             row.append(text)
-        print(f"| {'∞' if eps == 'inf' else eps} | " + " | ".join(row) + " |")
+        lines.append(f"| {'∞' if eps == 'inf' else eps} | " + " | ".join(row) + " |")
+    return lines
 
 
 def theory(root):  # -> (Markdown lines, seed count); ([], 0) without runs
@@ -185,21 +192,32 @@ def theory(root):  # -> (Markdown lines, seed count); ([], 0) without runs
     return lines, len(seeds)
 
 
-def check(root, page):
-    """0 when the theory table of `page` is the one the committed runs give, line by line."""
-    lines, _ = theory(root)
-    text = page.read_text()
-    if not lines or lines[0] not in text:
-        print(f"FAIL: no theory table in {page} (or no runs under {root}/theory)")
-        return 1
+def compare(name, lines, text):
+    """The number of lines of the table `lines` (found by its header) that `text` has otherwise."""
     got = text[text.index(lines[0]):].split("\n\n", 1)[0].splitlines()
     bad = [(w, h) for w, h in zip(lines, got) if w != h] + \
         ([("(length)", "")] if len(lines) != len(got) else [])
     for want, have in bad:
-        print(f"FAIL theory table:\n  page:     {have}\n  computed: {want}")
+        print(f"FAIL {name}:\n  page:     {have}\n  computed: {want}")
     if not bad:
-        print(f"ok theory table: {len(lines) - 2} rows recomputed from {root}/theory")
+        print(f"ok {name}: {len(lines) - 2} rows recomputed")
     return len(bad)
+
+
+def check(root, page):
+    """0 when the theory table and the accuracy table of `page` are the ones the committed runs
+    give, line by line."""
+    text = page.read_text()
+    theory_lines, _ = theory(root)
+    accuracy_lines = accuracy_table(root)
+    failures = 0
+    for name, lines in (("theory table", theory_lines), ("accuracy table", accuracy_lines)):
+        if not lines or lines[0] not in text:
+            print(f"FAIL: no {name} in {page} (or no runs under {root})")
+            failures += 1
+        else:
+            failures += compare(name, lines, text)
+    return failures
 
 
 def main(argv):
