@@ -80,4 +80,16 @@ std::string message_of(F&& f) {
   return {};
 }
 
+// The same for a rolora error, without its "[rolora.<id>] " tag: error::message() alone.
+template <class E, class F>
+std::string untagged_message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return std::string(e.message());
+  }
+  FAIL("expected an exception");
+  return {};
+}
+
 }  // namespace rolora::test

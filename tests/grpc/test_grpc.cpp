@@ -22,18 +22,6 @@ namespace rg = rolora::grpc;  // not grpc::, which with "using namespace rolora"
 
 namespace {
 
-// The message of the rolora error E that `f` throws, without its "[rolora.<id>] " tag.
-template <class E, class F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return std::string(e.message());
-  }
-  FAIL("expected an exception");
-  return {};
-}
-
 // One chunk as a peer might send it: the header's fields as given, then `payload`.
 std::vector<std::uint8_t> chunk_of(std::uint64_t number, std::uint64_t total, std::uint64_t offset,
                                    const std::vector<std::uint8_t>& payload,
@@ -154,7 +142,7 @@ TEST_CASE(
 
   const auto refusal = [](std::vector<std::vector<std::uint8_t>> chunks) {
     rg::reassembler r(100);
-    return message_of<rg::frame_error>([&] {
+    return test::untagged_message_of<rg::frame_error>([&] {
       for (const auto& c : chunks) r.feed(c);
     });
   };
@@ -196,9 +184,9 @@ TEST_CASE(
 
 TEST_CASE("options: client id lists and the default identities and rosters and fingerprints") {
   CHECK(rg::parse_client_ids("0,3,5") == std::vector<std::size_t>{0, 3, 5});
-  CHECK(message_of<config_error>([] { rg::parse_client_ids("0,,5"); }) ==
+  CHECK(test::untagged_message_of<config_error>([] { rg::parse_client_ids("0,,5"); }) ==
         "client ids: '0,,5' is not a comma-separated list of ids such as 0,3,5");
-  CHECK(message_of<config_error>([] { rg::parse_client_ids("1,1"); }) ==
+  CHECK(test::untagged_message_of<config_error>([] { rg::parse_client_ids("1,1"); }) ==
         "client ids: 1 given twice");
   CHECK(rg::allowed_ids({}, "client-7") == std::vector<std::size_t>{7});
   CHECK(rg::allowed_ids({}, "client-").empty());
@@ -213,7 +201,7 @@ TEST_CASE("options: client id lists and the default identities and rosters and f
   CHECK(rg::read_roster(path.string()) ==
         std::map<std::string, std::vector<std::size_t>>{{"bank-b", {1}}, {"hospital-a", {0, 3}}});
   std::ofstream(path) << "hospital-a 0 extra\n";
-  CHECK(message_of<config_error>([&] { rg::read_roster(path.string()); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { rg::read_roster(path.string()); }) ==
         "roster " + path.string() +
             " line 1: expected 'NAME ID[,ID...]', got 'hospital-a 0 extra'");
   std::filesystem::remove(path);
@@ -278,7 +266,7 @@ TEST_CASE(
   auto other_run = loopback_client(server, {0});
   other_run.fingerprint[1].second = "5";
   rg::transport mismatched(other_run, quiet());
-  CHECK(message_of<config_error>([&] { mismatched.serve<Backend>(tasks, c); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { mismatched.serve<Backend>(tasks, c); }) ==
         "gRPC: the server at " + server.address() +
             " refused this client: this client's run is not the server's: seed differs: server 4, "
             "client 5");
@@ -293,7 +281,8 @@ TEST_CASE(
   const auto r0 = rolora::run_round(server, fed.server(), p.clients);  // 0 and 3 time out
   CHECK(r0.participants.size() + r0.dropped.size() == 3);
   rg::transport twin(loopback_client(server, {3, 1}), quiet());
-  const auto refused = message_of<config_error>([&] { twin.serve<Backend>(tasks, c); });
+  const auto refused =
+      test::untagged_message_of<config_error>([&] { twin.serve<Backend>(tasks, c); });
   CHECK(refused.find("refused this client: client 1 is already connected (") != std::string::npos);
   server.finish();
   first.join();
@@ -426,7 +415,8 @@ TEST_CASE(
   rg::transport t(o, quiet());
   auto tasks = four_clients().clients;
   const auto start = std::chrono::steady_clock::now();
-  const auto why = message_of<config_error>([&] { t.serve<Backend>(tasks, streams_config()); });
+  const auto why =
+      test::untagged_message_of<config_error>([&] { t.serve<Backend>(tasks, streams_config()); });
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   CHECK(why.find("gRPC: no connection to " + address + " within --connect-timeout 1 s") == 0);

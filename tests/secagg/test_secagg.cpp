@@ -14,22 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "../test_support.hpp"
+
 using namespace rolora;
 using namespace rolora::secagg;
 
 namespace {
-
-// The message of the rolora error E that `f` throws, without its "[rolora.<id>] " tag.
-template <class E, class F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return std::string(e.message());
-  }
-  FAIL("expected an exception");
-  return {};
-}
 
 std::vector<std::uint8_t> bytes_of(std::size_t n, std::uint32_t tag) {
   std::mt19937 rng(tag);
@@ -103,37 +93,37 @@ TEST_CASE("shamir reconstructs secrets of 1 to 40 bytes from any t of n shares")
 
 TEST_CASE("shamir refuses fewer than t shares") {
   const auto shares = split(bytes_of(32, 1), 6, 4);
-  const std::string m =
-      message_of<config_error>([&] { (void)reconstruct(std::span(shares).first(3)); });
+  const std::string m = test::untagged_message_of<config_error>(
+      [&] { (void)reconstruct(std::span(shares).first(3)); });
   CHECK(m == "shamir: reconstruction needs t = 4 shares, got 3");
-  CHECK(message_of<config_error>([&] { (void)split(bytes_of(4, 1), 3, 4); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)split(bytes_of(4, 1), 3, 4); }) ==
         "shamir: threshold t must be in [1, n], got t = 4 with n = 3");
-  CHECK(message_of<config_error>([&] { (void)split(bytes_of(4, 1), 3, 0); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)split(bytes_of(4, 1), 3, 0); }) ==
         "shamir: threshold t must be in [1, n], got t = 0 with n = 3");
 }
 
 TEST_CASE("shamir refuses repeated x and shares of different shapes") {
   const auto shares = split(bytes_of(32, 2), 5, 3);
   std::vector<share> dup{shares[0], shares[1], shares[1]};
-  CHECK(message_of<config_error>([&] { (void)reconstruct(dup); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)reconstruct(dup); }) ==
         "shamir: shares 1 and 2 have the same x = 2");
   std::vector<share> shorter{shares[0], shares[1], shares[2]};
   shorter[2].values.pop_back();
-  CHECK(message_of<config_error>([&] {
+  CHECK(test::untagged_message_of<config_error>([&] {
           (void)reconstruct(shorter);
         }).starts_with("shamir: share 2 is of a different split"));
   std::vector<share> other_t{shares[0], shares[1], shares[2]};
   other_t[1].threshold = 2;
-  CHECK(message_of<config_error>([&] {
+  CHECK(test::untagged_message_of<config_error>([&] {
           (void)reconstruct(other_t);
         }).starts_with("shamir: share 1 is of a different split: threshold 2"));
   std::vector<share> zero_x{shares[0], shares[1], shares[2]};
   zero_x[0].x = 0;
-  CHECK(message_of<config_error>([&] { (void)reconstruct(zero_x); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)reconstruct(zero_x); }) ==
         "shamir: share 0 has x = 0, expected 1..p-1");
   std::vector<share> outside{shares[0], shares[1], shares[2]};
   outside[0].values[0] = field::p;
-  CHECK(message_of<config_error>([&] {
+  CHECK(test::untagged_message_of<config_error>([&] {
           (void)reconstruct(outside);
         }).starts_with("shamir: share 0 holds 2305843009213693951"));
 }
@@ -213,11 +203,11 @@ TEST_CASE("pair keys agree on both sides and differ across rounds pairs and purp
   distinct.insert(pair_key(a.sk, a.pk, 3, b.pk, 8, 5, key_purpose::share_encryption));  // purpose
   distinct.insert(pair_key(a.sk, a.pk, 3, c.pk, 8, 5, key_purpose::pairwise_mask));     // peer
   CHECK(distinct.size() == 5);
-  CHECK(message_of<config_error>([&] {
+  CHECK(test::untagged_message_of<config_error>([&] {
           (void)pair_key(a.sk, a.pk, 4, b.pk, 4, 0, key_purpose::pairwise_mask);
         }) == "secagg: a pair key needs two clients, got client 4 twice");
   const public_key low_order{};  // all zero: X25519 gives the all-zero secret
-  CHECK(message_of<value_error>([&] {
+  CHECK(test::untagged_message_of<value_error>([&] {
           (void)pair_key(a.sk, a.pk, 1, low_order, 2, 0, key_purpose::pairwise_mask);
         }) == "secagg: the public key of client 2 is a low-order point (shared secret all zero)");
 }
@@ -265,7 +255,7 @@ TEST_CASE("decode of encode is within one level of the clipped value") {
   CHECK(back[2] == 0);
   CHECK(c.encode(x, 42) == c.encode(x, 42));
   CHECK(c.encode(x, 42) != c.encode(x, 43));
-  CHECK(message_of<value_error>([&] {
+  CHECK(test::untagged_message_of<value_error>([&] {
           (void)c.encode(std::vector<double>{0.0, NAN}, 1);
         }).starts_with("secagg codec: coordinate 1 is "));
 }
@@ -288,20 +278,20 @@ TEST_CASE("stochastic rounding is unbiased") {
 
 TEST_CASE("codec refuses a client count whose sum could wrap") {
   CHECK_NOTHROW(codec(1.0, 62, 3));  // 3 * 2^61 < 2^63
-  CHECK(message_of<config_error>([] { codec(2.5, 62, 4); }) ==
+  CHECK(test::untagged_message_of<config_error>([] { codec(2.5, 62, 4); }) ==
         "secagg codec: the sum of n = 4 encodings (range 2.5, bits 62, each of magnitude up to "
         "2^61) could wrap modulo M = 2^64: n * 2^(bits-1) must be <= 2^63 - 1, so n <= 3 at "
         "these bits");
-  CHECK(message_of<config_error>([] {
+  CHECK(test::untagged_message_of<config_error>([] {
           codec(1.0, 32, std::size_t(1) << 32);
         }).find("so n <= 4294967295") != std::string::npos);
-  CHECK(message_of<config_error>([] { codec(1.0, 63, 1); }) ==
+  CHECK(test::untagged_message_of<config_error>([] { codec(1.0, 63, 1); }) ==
         "secagg codec: bits must be in [1, 62], got 63");
-  CHECK(message_of<config_error>([] { codec(0.0, 8, 1); }) ==
+  CHECK(test::untagged_message_of<config_error>([] { codec(0.0, 8, 1); }) ==
         "secagg codec: range must be finite and > 0, got 0");
   const codec c(1.0, 62, 3);
   const std::vector<std::uint64_t> one{0};
-  CHECK(message_of<config_error>([&] { (void)c.decode_sum(one, 4); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)c.decode_sum(one, 4); }) ==
         "secagg codec: a sum of n = 4 encodings, expected 1..3 (the codec's max_clients)");
 }
 
@@ -337,7 +327,7 @@ TEST_CASE("weighted decoding divides by the summed weight") {
   CHECK(std::abs(mean[0] - (0.2 * 1.0 + 0.5 * 0.5 - 0.3)) < tolerance);
   CHECK(std::abs(mean[1] - (0.2 * -2.0 + 0.5 * 3.0 + 0.3 * 0.25)) < tolerance);
   CHECK(tolerance < 1e-10);
-  CHECK(message_of<value_error>([&] { (void)c.encode_weighted(xs[0], 0.0, 1); }) ==
+  CHECK(test::untagged_message_of<value_error>([&] { (void)c.encode_weighted(xs[0], 0.0, 1); }) ==
         "secagg codec: a weight must be finite and > 0, got 0");
 }
 
@@ -395,10 +385,12 @@ TEST_CASE("random regular graphs are determined by their seed") {
 }
 
 TEST_CASE("random regular graphs refuse impossible degrees") {
-  CHECK(message_of<config_error>([] { (void)random_regular_graph(5, 5, key_of(0)); }) ==
-        "secagg graph: degree k must be < n, got k = 5 with n = 5");
-  CHECK(message_of<config_error>([] { (void)random_regular_graph(7, 3, key_of(0)); }) ==
-        "secagg graph: an odd degree k = 3 needs an even n, got n = 7");
+  CHECK(test::untagged_message_of<config_error>([] {
+          (void)random_regular_graph(5, 5, key_of(0));
+        }) == "secagg graph: degree k must be < n, got k = 5 with n = 5");
+  CHECK(test::untagged_message_of<config_error>([] {
+          (void)random_regular_graph(7, 3, key_of(0));
+        }) == "secagg graph: an odd degree k = 3 needs an even n, got n = 7");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,7 +486,7 @@ TEST_CASE("unmasked sum equals the plain sum of the survivors bit for bit") {
 TEST_CASE("unmasking refuses fewer than t answering neighbours") {
   // Client 0 of a complete graph of 4 with t = 3: after 2 of its neighbours drop after masking,
   // one share of its seed is left.
-  CHECK(message_of<config_error>([] {
+  CHECK(test::untagged_message_of<config_error>([] {
           (void)run_round(complete_graph(4), 3, 1, {}, {1, 2});
         }) == "shamir: reconstruction needs t = 3 shares, got 1");
 }
@@ -512,7 +504,7 @@ TEST_CASE("a request for both kinds of share of one client is refused") {
   }
   // Client side: survivors and dropped both name client 2.
   const unmask_request bad{{0, 1, 2}, {2, 3}};
-  CHECK(message_of<config_error>([&] { (void)clients[0].answer(bad); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)clients[0].answer(bad); }) ==
         "secagg: a request for both the self-mask seed share and the mask key share of client "
         "2: the two together would unmask its input");
   // Server side: answers to two different requests, which together reveal both kinds for 2.
@@ -525,11 +517,12 @@ TEST_CASE("a request for both kinds of share of one client is refused") {
   for (std::size_t i = 0; i < 3; ++i) {
     masked[i] = clients[i].masked(std::vector<std::uint64_t>(8, i), published);
   }
-  CHECK(message_of<config_error>([&] { (void)unmask_sum(setup, published, masked, answers, 8); }) ==
+  CHECK(test::untagged_message_of<config_error>(
+            [&] { (void)unmask_sum(setup, published, masked, answers, 8); }) ==
         "secagg: answers reveal both the self-mask seed share and the mask key share of "
         "client 2: the two together would unmask its input");
   // And a client answers once per round.
-  CHECK(message_of<config_error>([&] { (void)clients[0].answer(honest); }) ==
+  CHECK(test::untagged_message_of<config_error>([&] { (void)clients[0].answer(honest); }) ==
         "secagg: client 0 already answered round 9's unmask request");
 }
 
@@ -643,20 +636,22 @@ TEST_CASE(
   const std::vector<std::uint64_t> y{1, 2, 3};
   const auto input = encode_masked_input(0, y, round);
 
-  CHECK(message_of<value_error>([&] { (void)decode_advertise(shares, round); }) ==
+  CHECK(test::untagged_message_of<value_error>([&] { (void)decode_advertise(shares, round); }) ==
         "secagg message: expected a secagg.advertise message, got 'secagg.shares'");
-  CHECK(message_of<value_error>([&] { (void)decode_advertise(advert, round + 1); }) ==
-        "secagg.advertise message of round 3 in round 4 (a replay or a late message)");
-  CHECK(message_of<value_error>([&] { (void)decode_shares(shares, round, 2); }) ==
+  CHECK(test::untagged_message_of<value_error>([&] {
+          (void)decode_advertise(advert, round + 1);
+        }) == "secagg.advertise message of round 3 in round 4 (a replay or a late message)");
+  CHECK(test::untagged_message_of<value_error>([&] { (void)decode_shares(shares, round, 2); }) ==
         "secagg.shares message for client 1 delivered to client 2");
-  CHECK(message_of<shape_error>([&] { (void)decode_masked_input(input, round, 4); }) ==
-        "secagg.masked_input message: tensor 'y' has shape [3], expected [4]");
+  CHECK(test::untagged_message_of<shape_error>([&] {
+          (void)decode_masked_input(input, round, 4);
+        }) == "secagg.masked_input message: tensor 'y' has shape [3], expected [4]");
   CHECK(decode_masked_input(input, round, 3).second == y);
 
   // A share value outside the field, and a peer listed twice in an answer.
   auto outside = bundle;
   outside.seed_share.values[0] = field::p;
-  CHECK(message_of<value_error>([&] {
+  CHECK(test::untagged_message_of<value_error>([&] {
           (void)decode_shares(encode_shares(outside, round), round, 1);
         }) == "secagg.shares message: a share value is not < 2^61 - 1");
   unmask_answer twice{1, {{0, bundle.seed_share}}, {}};
@@ -672,7 +667,7 @@ TEST_CASE(
   seed.bytes.insert(seed.bytes.end(), seed.bytes.begin(), seed.bytes.end());
   tensors.at("seed_peers") =
       secagg::detail::wire::u64_tensor(std::vector<std::uint64_t>{0, 0}, {2});
-  CHECK(message_of<value_error>([&] {
+  CHECK(test::untagged_message_of<value_error>([&] {
           (void)decode_unmask_answer(serialize_safetensors(tensors, f.metadata()), round);
         }) == "secagg.unmask_answer message: peer 0 listed twice");
 
