@@ -13,6 +13,14 @@
 #                                 the best final validation accuracy (ties: the first in grid
 #                                 order), read from the tune runs by scripts/summarize_dp.py
 #   scripts/dp_results.sh all     both
+#   scripts/dp_results.sh sample  sample-level DP-SGD (point 6's second half): the main job at 3
+#                                 and 20 clients (IID, every client every round, 20 rounds of 4
+#                                 local steps), epsilon in {1, 3, 6} and without DP (--dp none),
+#                                 tuned then run as above under $OUT/sample/clients<N>/; the clip
+#                                 norm of one example's gradient fixed at 0.3 (the AdamW step is
+#                                 nearly invariant to a common scale of signal and noise, so the
+#                                 rate is the axis that matters), the rate from {5e-5, 2e-4, 1e-3}
+#                                 (without DP {2e-3, 5e-3, 1e-2}), extended along its ladder
 #   scripts/dp_results.sh theory  how noise on the factors propagates (linear_regression_theory,
 #                                 FedIT, FFA-LoRA, RoLoRA, defaults of scripts/run_theory.sh: 10
 #                                 clients, q 1, 50 iterations): client-level DP with clip norm 0.1
@@ -47,13 +55,17 @@ if [ -z "${NO_BUILD:-}" ] && [ -z "${LIST:-}" ]; then
   cmake --build --preset default --target federated_finetune linear_regression_theory -j "$(nproc 2>/dev/null || echo 2)"
 fi
 
-# The DP flags of one cell: <epsilon> <clip>. Without DP the sampling is the same Poisson q, but
-# nothing is clipped and nothing is added (--noise-multiplier 0 with a clip norm no update reaches).
+# The DP flags of one cell: <epsilon> <clip>. Client level without DP: the same Poisson q, but
+# nothing is clipped and nothing is added (--noise-multiplier 0 with a clip norm no update
+# reaches). Sample level without DP: a plain run (fixed batches).
+dp=client
 dp_flags() {
-  if [ "$1" = inf ]; then
+  if [ "$1" = inf ] && [ "$dp" = sample ]; then
+    echo "--dp none"
+  elif [ "$1" = inf ]; then
     echo "--dp client --noise-multiplier 0 --clip-norm 1e30"
   else
-    echo "--dp client --target-epsilon $1 --clip-norm $2"
+    echo "--dp $dp --target-epsilon $1 --clip-norm $2"
   fi
 }
 
@@ -72,7 +84,9 @@ add() {  # add <folder> <args...>: one job line
 tune_jobs() {
   local eps=$1
   for m in "${methods[@]}"; do
-    for lr in ${rates[$m]}; do
+    local ladder="${rates[$m]}"
+    [ "$eps" = inf ] && [ "$dp" = sample ] && ladder="$rates_nodp"
+    for lr in $ladder; do
       if [ "$eps" = inf ]; then
         add "$out/tune/eps$eps/$m/lr$lr" --methods "$m" --lr "$lr" --seed 0 --validation \
           $(dp_flags inf)
@@ -119,7 +133,7 @@ extend_jobs() {
   done
 }
 
-if [ "$what" != theory ]; then
+grid() {  # the tune and final runs of $out, one epsilon at a time
   for eps in "${epsilons[@]}"; do
     if [ "$what" = tune ] || [ "$what" = all ]; then
       tune_jobs "$eps"
@@ -131,6 +145,24 @@ if [ "$what" != theory ]; then
       done
     fi
     if [ "$what" = final ] || [ "$what" = all ]; then final_jobs "$eps"; run_jobs; fi
+  done
+}
+
+if [ "$what" = tune ] || [ "$what" = final ] || [ "$what" = all ]; then grid; fi
+
+if [ "$what" = sample ]; then
+  dp=sample
+  epsilons=(1 3 6 inf)
+  clips=(0.3)
+  rates=([fedit]="5e-5 2e-4 1e-3" [ffa]="5e-5 2e-4 1e-3" [rolora]="5e-5 2e-4 1e-3"
+         [head]="5e-5 2e-4 1e-3")
+  rates_nodp="2e-3 5e-3 1e-2"
+  root="$out"
+  for n in 3 20; do
+    out="$root/sample/clients$n"
+    common=(--clients "$n" --split iid --rounds 20 --eval-every 5 --threads 1 --no-save
+            --delta 1e-5)
+    what=all grid
   done
 fi
 

@@ -32,8 +32,13 @@ import sys
 
 METHODS = ["fedit", "ffa", "rolora", "head"]
 TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA", "head": "head only"}
-EPSILONS = ["1", "3", "8", "inf"]
 TUNE = re.compile(r"lr([0-9.e-]+)(?:-C([0-9.e-]+))?$")
+
+
+def epsilons(root):
+    """The epsilons of the runs under root (tune/eps*, final/eps*), ascending, infinity last."""
+    found = {d.name[3:] for part in ("tune", "final") for d in (root / part).glob("eps*")}
+    return sorted(found, key=lambda e: float(e))
 
 
 def last_evaluated(path):
@@ -65,7 +70,7 @@ def tune_runs(root, eps, method):
 
 
 # The ladders a tuning grid is extended along until its pick is inside (scripts/dp_results.sh).
-LR_LADDER = ["5e-4", "1e-3", "2e-3", "5e-3", "1e-2", "2e-2", "5e-2", "1e-1"]
+LR_LADDER = ["1e-5", "2e-5", "5e-5", "1e-4", "2e-4", "5e-4", "1e-3", "2e-3", "5e-3", "1e-2", "2e-2", "5e-2", "1e-1"]
 CLIP_LADDER = ["0.01", "0.03", "0.1", "0.3", "1", "3"]
 
 
@@ -73,13 +78,15 @@ def pick(runs):
     """The best (lr, clip) by validation accuracy, first in grid order on ties, and the runs it
     still needs: for each axis on which the pick is the smallest or largest value tried at the
     pick's other coordinate, the next value of the ladder beyond it (none past a ladder's end).
-    A pick with nothing left to try on a side it sits on is marked as on the grid's edge."""
+    A pick with nothing left to try on a side it sits on is marked as on the grid's edge. An axis
+    with one value tried in the whole cell is fixed by the grid's design and not extended (the
+    DP-SGD grids' clip norm)."""
     best = max(runs, key=lambda r: (r[2], -runs.index(r)))
     tried = {(r[3], r[4]) for r in runs}
     wanted, edge = [], False
     for axis, ladder in ((0, LR_LADDER), (1, CLIP_LADDER)):
         here = best[3 + axis]
-        if here == "inf" or here not in ladder:
+        if here == "inf" or here not in ladder or len({r[3 + axis] for r in runs}) == 1:
             continue
         row = sorted({float(r[3 + axis]) for r in runs if r[4 - axis] == best[4 - axis]})
         i = ladder.index(here)
@@ -97,7 +104,7 @@ def pick(runs):
 
 def extend(root):
     """One line "eps method lr clip" per run the tuning grid still needs (pick()'s `wanted`)."""
-    for eps in EPSILONS:
+    for eps in epsilons(root):
         for method in METHODS:
             runs = tune_runs(root, eps, method)
             if runs:
@@ -106,7 +113,7 @@ def extend(root):
 
 
 def picks(root):
-    for eps in EPSILONS:
+    for eps in epsilons(root):
         for method in METHODS:
             runs = tune_runs(root, eps, method)
             if runs:
@@ -116,7 +123,7 @@ def picks(root):
 
 def tables(root):
     print("Tuning (seed 0, validation accuracy after 20 rounds, %): lr x C; the pick in bold\n")
-    for eps in EPSILONS:
+    for eps in epsilons(root):
         for method in METHODS:
             runs = tune_runs(root, eps, method)
             if not runs:
@@ -134,7 +141,7 @@ def accuracy_table(root):
     """Final test accuracy (%) per epsilon and method, mean ± std over the finished seeds."""
     lines = ["| epsilon | " + " | ".join(TITLES[m] for m in METHODS) + " |",
              "|---|" + "---|" * len(METHODS)]
-    for eps in EPSILONS:
+    for eps in epsilons(root):
         row = []
         for method in METHODS:
             accs, failed = [], 0
