@@ -16,17 +16,19 @@ namespace rolora {
 // The independent random streams of a run. Each has its own seed space, so that changing, say,
 // the client sampling does not change the data split or the adapter initialisation.
 enum class stream : std::uint32_t {
-  data = 1,             // synthetic data (theory problems)
-  data_split = 2,       // partitioning samples across clients
-  adapter_init = 3,     // LoRA initialisation
-  client_sampling = 4,  // which clients take part in a round
-  batching = 5,         // minibatch selection during local steps
-  dropout = 6,          // client dropout and LoRA dropout
-  dp_noise = 7,         // differential privacy: the Gaussian noise of a round (seeded, for
-                        // experiments: whoever knows the seed can subtract it; docs/privacy.md)
-  dp_sgd_noise = 10,    // sample-level DP-SGD: the noise of a client's local steps (seeded, as
-                        // dp_noise; sub-streams by round and client, draws by step)
-  dp_sgd_batch = 11,    // sample-level DP-SGD: Poisson batches (round and client, draws by step)
+  data = 1,              // synthetic data (theory problems)
+  data_split = 2,        // partitioning samples across clients
+  adapter_init = 3,      // LoRA initialisation
+  client_sampling = 4,   // which clients take part in a round
+  batching = 5,          // minibatch selection during local steps
+  dropout = 6,           // client dropout and LoRA dropout
+  dp_noise = 7,          // differential privacy: the Gaussian noise of a round (seeded, for
+                         // experiments: whoever knows the seed can subtract it; docs/privacy.md)
+  dp_sgd_noise = 10,     // sample-level DP-SGD: the noise of a client's local steps (seeded, as
+                         // dp_noise; sub-streams by round and client, draws by step)
+  dp_sgd_batch = 11,     // sample-level DP-SGD: Poisson batches (round and client, draws by step)
+  secagg_rounding = 12,  // secure aggregation: a client's stochastic rounding (round, client)
+  secagg_graph = 13,     // secure aggregation: the round's public neighbour graph (round)
 };
 
 namespace detail {

@@ -21,6 +21,35 @@ namespace rolora {
 // from the round, log it in round_report::rejected and merge the others.
 enum class bad_update_policy { fail, drop };
 
+// Secure aggregation's settings (rolora/secagg/round.hpp runs the protocol).
+struct secagg_config {
+  // Each coordinate of w (X - G) is clipped to [-range, range] and stochastically rounded to one
+  // of 2^bits levels; the weight w is an integer and travels exactly (bits - 1 bits of it).
+  double range = 1.0;
+  unsigned bits = 24;
+  // t: shares that rebuild a client's self-mask seed or mask key (0: a majority of its
+  // neighbours, floor(k / 2) + 1). A round with fewer than t answering neighbours fails.
+  std::size_t threshold = 0;
+  // k: neighbours per client, a random k-regular graph as in SecAgg+ (0, or k >= clients - 1:
+  // the complete graph of Bonawitz et al.).
+  std::size_t neighbours = 0;
+  // false: the same encoding summed in the clear, without the protocol (the reference a masked
+  // run equals bit for bit: the masks' only effect is none, the encoding's is quantization).
+  bool masks = true;
+};
+
+// Bytes of one round's protocol messages, per stage, summed over the clients (secagg/messages.hpp).
+struct secagg_traffic {
+  std::size_t advertise = 0;       // up: each client's public keys
+  std::size_t key_directory = 0;   // down: the keys every client receives
+  std::size_t shares = 0;          // up, then down: the share bundles the server routes
+  std::size_t masked_input = 0;    // up
+  std::size_t unmask_request = 0;  // down
+  std::size_t unmask_answer = 0;   // up
+  std::size_t up() const { return advertise + shares + masked_input + unmask_answer; }
+  std::size_t down() const { return key_directory + shares + unmask_request; }
+};
+
 struct federation_config {
   std::size_t num_rounds = 10;
   std::size_t clients_per_round = 0;  // 0: every client, every round
@@ -45,6 +74,10 @@ struct federation_config {
   // example's gradient, adds noise and divides by the expected batch size. Needs a task that
   // models per_example_clip_task; not with closed_form_b or client-level DP.
   std::optional<privacy::sample_dp> sample_dp = std::nullopt;
+  // Secure aggregation (rolora/secagg/round.hpp, needs libsodium): the server learns only the sum
+  // of the round's updates (federated/secure_sum.hpp); needs an aggregator that is a mean of
+  // factors, refuses kept factors and moments, sample-count weighting is encoded with the sum.
+  std::optional<secagg_config> secure_aggregation = std::nullopt;
   std::size_t threads = 1;  // clients trained in parallel; results do not depend on it
   std::uint64_t seed = 0;   // client sampling, dropout and batching streams
 };
@@ -81,6 +114,9 @@ struct round_report {
   // q_c = B / n_c; a client that never took part has spent 0) and the per-example clip norm C.
   std::optional<double> epsilon = std::nullopt;
   std::optional<double> clip_norm = std::nullopt;
+  // Secure aggregation: the bytes of each stage of the protocol (bytes_up and bytes_down are
+  // their totals); aggregation_error is NaN then, since it needs the individual products.
+  std::optional<secagg_traffic> secagg = std::nullopt;
 };
 
 }  // namespace rolora

@@ -38,6 +38,7 @@
 #include <rolora/federated/client.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/federated/sampling.hpp>
+#include <rolora/federated/secure_sum.hpp>
 #include <rolora/federated/wire.hpp>
 #include <rolora/privacy/client_dp.hpp>
 #include <span>
@@ -124,6 +125,7 @@ class federation_server {
  public:
   using backend_type = Backend;
   using adapters_type = adapter_set<Backend>;
+  using aggregator_type = Aggregator;
 
   // What the server keeps about one client between rounds.
   struct client_state {
@@ -179,6 +181,7 @@ class federation_server {
     }
     if constexpr (client_level_dp) check_privacy();
     if (config_.sample_dp) check_sample_dp();
+    if (config_.secure_aggregation) check_secure_aggregation();
   }
 
   const adapters_type& global() const { return global_; }
@@ -372,6 +375,11 @@ class federation_server {
         detail::raise<config_error>("federation: the plan is for round ", plan.round,
                                     " but the server is at round ", round_);
       }
+      if (config_.secure_aggregation) {
+        detail::raise<config_error>(
+            "federation: config.secure_aggregation is set, but the transport delivered plain "
+            "uploads the server could read (use rolora::secagg::in_process)");
+      }
       round_report report = report_of(plan);
       std::vector<client_update<Backend>> good = validate(plan, received, report.rejected);
       const traffic sent = downloads_of(plan);  // from the state before the round
@@ -379,7 +387,86 @@ class federation_server {
       const typename Privacy::state privacy_after = next_privacy_state(plan, good);
       if constexpr (client_level_dp) report.clip_norm = privacy_state_.clip_norm;  // this round's
       commit(plan, good, merged, privacy_after);  // from here on nothing throws but bad_alloc
-      account(plan, good, merged, received, sent, report);
+      double loss = 0.0, samples = 0.0;
+      for (const auto& u : good) {
+        loss += u.loss * u.num_samples;
+        samples += u.num_samples;
+        report.participants.push_back(u.client);
+      }
+      std::size_t up = 0, uploads = 0;
+      for (const auto& r : received) {  // every upload from a known client counts, merged or not
+        if (r.client < clients_.size()) {
+          up += r.bytes;
+          ++uploads;
+        }
+      }
+      report.train_loss = samples > 0.0 ? loss / samples : std::nan("");  // NaN: nobody (DP)
+      report.aggregation_error = merged.error;
+      report.relative_aggregation_error = merged.relative_error;
+      account(plan, up, uploads, sent, report);
+      return report;
+    } catch (const error&) {
+      detail::rethrow_in_round(plan.round);
+    }
+  }
+
+  // Secure aggregation (federated/secure_sum.hpp; rolora/secagg/round.hpp runs the protocol and
+  // hands this the sum): merges G + sum / sum w, or under client-level DP the noised mean of the
+  // summed clipped changes. What the server can still check it checks: the round, that the summed
+  // clients report in this round (each once), the sum's length and a positive finite weight; the
+  // values it cannot see are the clients' own checks, before masking. min_clients applies to the
+  // summed clients. The aggregation error is NaN (not available: it needs each client's product).
+  round_report complete_round(const round_plan& plan, secure_sum s) {
+    static_assert(mean_of_factors_aggregator<Aggregator>,
+                  "rolora::federation: secure aggregation needs an aggregator whose result is a "
+                  "mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>): the server "
+                  "sees only the sum, and FLoRA's stacking, FlexLoRA's SVD, FedEx-LoRA's "
+                  "residual, FedRot-LoRA's rotations and median or trimmed-mean reducers need "
+                  "each client's factors");
+    try {
+      if (plan.round != round_) {
+        detail::raise<config_error>("federation: the plan is for round ", plan.round,
+                                    " but the server is at round ", round_);
+      }
+      if (!config_.secure_aggregation) {
+        detail::raise<config_error>(
+            "federation: a secure sum arrived, but config.secure_aggregation is not set");
+      }
+      for (std::size_t i = 0; i < s.summed.size(); ++i) {
+        const std::size_t c = s.summed[i];
+        if (!std::binary_search(plan.reporting.begin(), plan.reporting.end(), c) ||
+            (i > 0 && s.summed[i - 1] >= c)) {
+          detail::raise<value_error>("secure sum: client ", c,
+                                     " is not a reporting client of this round, or repeated");
+        }
+      }
+      const std::size_t length = detail::change_length(global_, plan.shares) + 1;
+      if (s.sum.size() != length || s.losses.size() != s.summed.size()) {
+        detail::raise<shape_error>("secure sum: ", s.sum.size(), " coordinates and ",
+                                   s.losses.size(), " losses for ", s.summed.size(),
+                                   " clients, expected ", length, " coordinates");
+      }
+      round_report report = report_of(plan);
+      report.rejected = std::move(s.rejected);
+      if (!client_level_dp && s.summed.size() < config_.min_clients) {
+        detail::raise<value_error>(
+            s.summed.size(), " masked input(s) summed of ", plan.sampled.size(),
+            " sampled clients, fewer than min_clients = ", config_.min_clients);
+      }
+      traffic sent = downloads_of(plan);
+      sent.down += s.bytes.down();  // the key directory, the routed shares, the unmask requests
+      const aggregation_result merged = aggregate_sum(plan, s.sum);
+      const typename Privacy::state privacy_after = next_privacy_state(plan, {});
+      if constexpr (client_level_dp) report.clip_norm = privacy_state_.clip_norm;
+      std::vector<client_update<Backend>> none;
+      commit(plan, none, merged, privacy_after);  // from here on nothing throws but bad_alloc
+      report.participants = s.summed;
+      double loss = 0.0;
+      for (double l : s.losses) loss += l;
+      report.train_loss = s.losses.empty() ? std::nan("") : loss / double(s.losses.size());
+      report.aggregation_error = report.relative_aggregation_error = std::nan("");
+      report.secagg = s.bytes;
+      account(plan, s.bytes.up(), s.summed.size(), sent, report);
       return report;
     } catch (const error&) {
       detail::rethrow_in_round(plan.round);
@@ -530,32 +617,16 @@ class federation_server {
     ++round_;
   }
 
-  // Account: who took part, the loss, the aggregation error and the bytes of the round.
-  void account(const round_plan& plan, const std::vector<client_update<Backend>>& good,
-               const aggregation_result& merged,
-               const std::vector<received_upload<Backend>>& received, const traffic& sent,
+  // Account, given the participants: who dropped, the bytes of the round (`up` from `uploaded`
+  // clients), the budget spent.
+  void account(const round_plan& plan, std::size_t up, std::size_t uploaded, const traffic& sent,
                round_report& report) {
-    double loss = 0.0, samples = 0.0;
-    for (const auto& u : good) {
-      loss += u.loss * u.num_samples;
-      samples += u.num_samples;
-      report.participants.push_back(u.client);
-    }
     for (std::size_t c : plan.sampled) {
       if (!std::binary_search(report.participants.begin(), report.participants.end(), c)) {
         report.dropped.push_back(c);
       }
     }
-    report.train_loss = samples > 0.0 ? loss / samples : std::nan("");  // NaN: nobody (DP)
-    report.aggregation_error = merged.error;
-    report.relative_aggregation_error = merged.relative_error;
-    std::size_t uploaded = 0;
-    for (const auto& r : received) {  // every upload from a known client counts, merged or not
-      if (r.client < clients_.size()) {
-        report.bytes_up += r.bytes;
-        ++uploaded;
-      }
-    }
+    report.bytes_up = up;
     report.bytes_down = sent.down;
     report.residual_bytes_down = sent.residual_down;
     report.bytes_up_per_client = uploaded ? report.bytes_up / uploaded : 0;
@@ -616,6 +687,54 @@ class federation_server {
           "federation: client-level DP does not take heterogeneous client_ranks");
     }
     privacy_state_.clip_norm = privacy_.clip_norm;
+  }
+
+  // Secure aggregation ------------------------------------------------------------------------
+
+  // The configurations the server could not run without reading a client's update, refused.
+  void check_secure_aggregation() const {
+    const secagg_config& sa = *config_.secure_aggregation;
+    const auto refuse = [](auto&&... why) {
+      detail::raise<config_error>("federation: secure aggregation ", why...);
+    };
+    if (!(sa.range > 0.0) || !std::isfinite(sa.range)) refuse("needs range > 0, got ", sa.range);
+    if (sa.bits < 2 || sa.bits > 62) refuse("needs bits in [2, 62], got ", sa.bits);
+    if (policy_.keeps_local().any()) {
+      refuse(
+          "and a policy that keeps factors per client (FedSA-LoRA's B): the server would hold "
+          "each client's own factor in the clear");
+    }
+    if (config_.keep_optimizer_state) {
+      refuse("and keep_optimizer_state: the server would hold each client's moments in the clear");
+    }
+    if (!config_.client_ranks.empty()) refuse("does not take heterogeneous client_ranks");
+    if constexpr (client_level_dp) {
+      if (privacy_.adaptive) {
+        refuse("and adaptive clipping: the clip bits are not summed under the masks yet");
+      }
+    }
+  }
+
+  // G + sum / sum w, merged by the aggregator; or the noised mean of the clipped changes.
+  aggregation_result aggregate_sum(const round_plan& plan, const std::vector<double>& sum) {
+    const std::span<const double> change(sum.data(), sum.size() - 1);
+    const aggregation_options options{weighting::uniform, policy_.keeps_local(), false, plan.round};
+    if constexpr (client_level_dp) {  // uniform weights: sum w is the number summed
+      const client_update<Backend> total =
+          update_from_change(global_, plan.shares, change, 1.0, plan.round);
+      return privacy::merge_noised(aggregator_, global_,
+                                   std::span<const client_update<Backend>>(&total, 1), plan.shares,
+                                   options, noised_round_of(plan));
+    }
+    const double w = sum.back();
+    if (!(w > 0.0) || !std::isfinite(w)) {
+      detail::raise<value_error>("secure sum: the summed weight is ", w, ", expected > 0");
+    }
+    const client_update<Backend> mean =
+        update_from_change(global_, plan.shares, change, 1.0 / w, plan.round);
+    return detail::merge_checked(aggregator_, global_,
+                                 std::span<const client_update<Backend>>(&mean, 1), plan.shares,
+                                 options);
   }
 
   // Sample-level DP-SGD (privacy/dp_sgd.hpp) -------------------------------------------------

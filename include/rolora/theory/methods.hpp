@@ -82,6 +82,9 @@ struct method_options {
   // the exact least-squares B sees every example unclipped.
   std::optional<privacy::sample_dp> sample_dp = std::nullopt;
   std::size_t batch_size = 0;
+  // Secure aggregation (federated/secure_sum.hpp): carried by hooks.run_round over
+  // rolora::secagg::in_process; RoLoRA, FFA-LoRA and FedIT (the means of factors).
+  std::optional<secagg_config> secure_aggregation = std::nullopt;
 };
 
 // Rounds per iteration: 2 for RoLoRA (a B round and an A round), 1 for the others.
@@ -237,6 +240,7 @@ std::vector<iteration_record> run_method(linear_problem<Backend>& p, method m,
   config.min_clients = o.min_clients;
   config.batch_size = o.batch_size;
   config.sample_dp = o.sample_dp;
+  config.secure_aggregation = o.secure_aggregation;
   const bool exact_b = !o.sample_dp;
   switch (m) {
     case method::rolora:

@@ -1,0 +1,97 @@
+// What the server of a secure-aggregation round sees instead of the clients' uploads: one sum.
+// No cryptography here (that is rolora/secagg/, with libsodium); this header fixes the vector a
+// client puts under its masks and how the server reads the sum back (federated/server.hpp).
+//
+// A client's input, flattened (secure_input): its weighted change w (X - G) over the factors the
+// round shares (every module in name order, A then B) and the modules to save, in the order of
+// privacy::detail::for_each_noised, then its weight w (its sample count, or 1 under uniform
+// weighting). The server gets sum_c w_c (X_c - G) and sum_c w_c over the clients whose masked
+// input arrived, and nothing about any one of them: the merged update is G + sum / sum w
+// (mean_update), or under client-level DP the noised mean of the summed clipped changes.
+#pragma once
+#include <cstddef>
+#include <optional>
+#include <rolora/adapter/adapter_set.hpp>
+#include <rolora/aggregate/aggregate.hpp>
+#include <rolora/core/concepts.hpp>
+#include <rolora/core/error.hpp>
+#include <rolora/federated/round_config.hpp>
+#include <rolora/privacy/client_dp.hpp>
+#include <span>
+#include <vector>
+
+namespace rolora {
+
+// What a secure-aggregation round hands the server's complete_round.
+struct secure_sum {
+  std::vector<std::size_t> summed;  // clients whose masked input is in the sum, increasing
+  std::vector<double> sum;          // sum of the summed clients' secure_input vectors, decoded
+  // Each summed client's mean training loss: travels in the clear (docs/privacy.md).
+  std::vector<double> losses;
+  std::vector<rejected_update> rejected;  // clients whose own checks refused their update
+  secagg_traffic bytes;
+};
+
+namespace detail {
+
+// The number of coordinates of a client's change under `shared` (the length of secure_input
+// minus the weight).
+template <backend Backend>
+std::size_t change_length(const adapter_set<Backend>& global, factor_set shared) {
+  client_update<Backend> scratch;
+  scratch.adapters = global;
+  std::size_t n = 0;
+  privacy::detail::for_each_noised(scratch, global, shared, [&](auto&, const auto& g, auto) {
+    n += std::size_t(Backend::rows(g)) * std::size_t(Backend::cols(g));
+  });
+  return n;
+}
+
+}  // namespace detail
+
+// A client's input to the secure sum: w (X - G) flattened, then w (the layout at the top).
+// `download` is the client's view G, `u` its checked upload.
+template <backend Backend>
+std::vector<double> secure_input(const adapter_set<Backend>& download,
+                                 const client_update<Backend>& u, factor_set shared, double w) {
+  std::vector<double> v;
+  client_update<Backend> scratch;
+  scratch.adapters = download;
+  privacy::detail::for_each_noised(scratch, download, shared,
+                                   [&](auto&, const auto& g, auto member) {
+                                     const auto gh = Backend::to_host(g).template cast<double>();
+                                     const auto xh =
+                                         Backend::to_host(member(u)).template cast<double>();
+                                     for (index_t i = 0; i < gh.size(); ++i)
+                                       v.push_back(w * (xh.data()[i] - gh.data()[i]));
+                                   });
+  v.push_back(w);
+  return v;
+}
+
+// The update G + scale * change, `change` in the flattened order of secure_input (without the
+// weight): the one update the server merges.
+template <backend Backend>
+client_update<Backend> update_from_change(const adapter_set<Backend>& global, factor_set shared,
+                                          std::span<const double> change, double scale,
+                                          std::size_t round) {
+  using T = typename Backend::scalar;
+  if (change.size() != detail::change_length(global, shared)) {
+    detail::raise<shape_error>("secure sum: ", change.size(), " coordinates, expected ",
+                               detail::change_length(global, shared));
+  }
+  client_update<Backend> mean;
+  mean.num_samples = 1.0;
+  mean.round = round;
+  mean.adapters = global;
+  std::size_t k = 0;
+  privacy::detail::for_each_noised(mean, global, shared, [&](auto& out, const auto& g, auto) {
+    const host_matrix<double> gh = Backend::to_host(g).template cast<double>();
+    host_matrix<T> h(gh.rows(), gh.cols());
+    for (index_t i = 0; i < gh.size(); ++i) h.data()[i] = T(gh.data()[i] + scale * change[k++]);
+    out = Backend::from_host(h);
+  });
+  return mean;
+}
+
+}  // namespace rolora
