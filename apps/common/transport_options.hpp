@@ -19,6 +19,9 @@
 #include <rolora/core/error.hpp>
 #include <rolora/federated/round_config.hpp>
 #include <rolora/transports.hpp>
+#if defined(ROLORA_HAVE_SECAGG)
+#include <rolora/secagg/round.hpp>
+#endif
 #include <rolora/version.hpp>
 #include <set>
 #include <string>
@@ -52,12 +55,16 @@ struct transport_options {
   std::size_t min_clients = 1;
   long garbage_client = -1;  // testing: this client uploads garbage bytes (MPI, gRPC)
   long slow_client = -1;     // testing: this client answers round 0 3 x client_timeout late
+  // --secure-aggregation and its --secagg-* settings (rolora/secagg/round.hpp; in-process).
+  bool secure_aggregation = false;
+  rolora::secagg_config secagg;
 
   // Into a federation_config or theory::method_options.
   template <class Config>
   void apply(Config& c) const {
     c.on_bad_update = on_bad_update == "drop" ? bad_update_policy::drop : bad_update_policy::fail;
     c.min_clients = min_clients;
+    if (secure_aggregation) c.secure_aggregation = secagg;
   }
 };
 
@@ -82,6 +89,37 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
                  "a round with fewer usable updates fails, changing nothing")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
+  const char* secagg_group = "Secure aggregation (in-process; needs libsodium)";
+  app.add_flag("--secure-aggregation", t.secure_aggregation,
+               "the server learns only the sum of each round's updates (Bonawitz et al. 2017 "
+               "double masking over a SecAgg+ neighbour graph, docs/privacy.md); FedIT, "
+               "FFA-LoRA, RoLoRA and the head-only control; refused for the other methods")
+      ->group(secagg_group);
+  app.add_option("--secagg-range", t.secagg.range,
+                 "each coordinate of a client's weighted change is clipped to [-R, R]")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(secagg_group);
+  app.add_option("--secagg-bits", t.secagg.bits,
+                 "2^bits fixed-point levels over [-R, R], stochastically rounded")
+      ->check(CLI::Range(2, 62))
+      ->capture_default_str()
+      ->group(secagg_group);
+  app.add_option("--secagg-threshold", t.secagg.threshold,
+                 "t: shares that rebuild a client's mask secrets; fewer answering neighbours fail "
+                 "the round (0: a majority of the neighbours)")
+      ->capture_default_str()
+      ->group(secagg_group);
+  app.add_option("--secagg-neighbours", t.secagg.neighbours,
+                 "k: neighbours per client, a random k-regular graph as in SecAgg+ (0: every "
+                 "client masks with every other)")
+      ->capture_default_str()
+      ->group(secagg_group);
+  app.add_flag(
+         "--secagg-no-masks", [&t](std::int64_t) { t.secagg.masks = false; },
+         "the same fixed-point encoding summed in the clear, without the protocol: the "
+         "reference a masked run equals bit for bit")
+      ->group(secagg_group);
   auto& n = t.network;
   const char* grpc_group = "gRPC transport (--transport grpc)";
   app.add_option("--role", n.role,
@@ -200,7 +238,22 @@ class app_transport {
  public:
   // A transport that cannot be had (no MPI in this build, fewer than 2 ranks) ends the program
   // with the error and exit code 2.
-  app_transport(int& argc, char**& argv, const transport_options& o) : t_(make(argc, argv, o)) {}
+  app_transport(int& argc, char**& argv, const transport_options& o)
+      : t_(make(argc, argv, o)), secure_(o.secure_aggregation) {
+    if (secure_ && o.kind != "inprocess") {
+      std::fprintf(stderr,
+                   "error: --secure-aggregation runs in-process only so far (got --transport %s)\n",
+                   o.kind.c_str());
+      std::exit(2);
+    }
+#if !defined(ROLORA_HAVE_SECAGG)
+    if (secure_) {
+      std::fprintf(stderr,
+                   "error: --secure-aggregation: this build has no libsodium (rolora::secagg)\n");
+      std::exit(2);
+    }
+#endif
+  }
 
   // Rank 0 under MPI, the server under gRPC, always in-process: the one that prints and writes.
   bool is_server() const { return t_.is_server(); }
@@ -209,11 +262,17 @@ class app_transport {
   template <class Federation, class Task, class... Callbacks>
   std::vector<round_report> run(Federation& fed, std::vector<Task>& tasks,
                                 Callbacks&&... callbacks) {
+    if (secure_) {
+      return secure<Federation>([&](auto& t) { return rolora::run(t, fed, tasks, callbacks...); });
+    }
     return t_.visit([&](auto& t) { return rolora::run(t, fed, tasks, callbacks...); });
   }
   // One round of `fed` (rank 0 or in-process): rolora::run_round.
   template <class Federation, class Task>
   round_report run_round(Federation& fed, std::vector<Task>& tasks) {
+    if (secure_) {
+      return secure<Federation>([&](auto& t) { return rolora::run_round(t, fed.server(), tasks); });
+    }
     return t_.visit([&](auto& t) { return rolora::run_round(t, fed.server(), tasks); });
   }
   // Client ranks: serve `tasks` until rank 0's finish(); false (nothing done) elsewhere.
@@ -279,7 +338,34 @@ class app_transport {
     return g;
   }
 
+  // f(secagg::in_process) where Federation's aggregator is a mean of factors; else the refusal.
+  template <class Federation, class F>
+  decltype(auto) secure(F&& f) {
+    using aggregator = typename std::remove_cvref_t<
+        decltype(std::declval<Federation&>().server())>::aggregator_type;
+#if defined(ROLORA_HAVE_SECAGG)
+    if constexpr (mean_of_factors_aggregator<aggregator>) {
+      rolora::secagg::in_process t;
+      return std::forward<F>(f)(t);
+    }
+#endif
+    refusing<aggregator> t;
+    return std::forward<F>(f)(t);
+  }
+  // The transport of a composition secure aggregation cannot run: refuses its first round.
+  template <class Aggregator>
+  struct refusing : rolora::in_process {
+    template <class Server, class Task>
+    auto exchange(Server& server, const round_plan& plan, std::vector<Task>& tasks) const {
+      rolora::raise<config_error>("--secure-aggregation: aggregator '", Aggregator::name,
+                                  "' needs each client's factors, and the server would see only "
+                                  "their sum (docs/privacy.md: what composes)");
+      return rolora::in_process::exchange(server, plan, tasks);
+    }
+  };
+
   rolora::transport_by_name t_;
+  bool secure_ = false;
 };
 
 }  // namespace rolora::apps
