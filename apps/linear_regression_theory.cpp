@@ -99,13 +99,13 @@ void write_csv(const std::string& file, const std::vector<method_run>& runs, boo
     for (const auto& r : run.records) {
       const std::string method(th::method_name(run.method));
       if (dp) {
-        csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu,%.17g\n", method.c_str(), r.iteration,
-                r.sin_theta, r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up,
-                r.bytes_down, r.epsilon.value_or(0.0));
+        csv.row("%s,%zu,%.17g,%.17g,%s,%.17g,%zu,%zu,%.17g\n", method.c_str(), r.iteration,
+                r.sin_theta, r.loss, apps::csv_number(r.aggregation_error, "%.17g").c_str(),
+                r.gap_to_optimum, r.bytes_up, r.bytes_down, r.epsilon.value_or(0.0));
       } else {
-        csv.row("%s,%zu,%.17g,%.17g,%.17g,%.17g,%zu,%zu\n", method.c_str(), r.iteration,
-                r.sin_theta, r.loss, r.aggregation_error, r.gap_to_optimum, r.bytes_up,
-                r.bytes_down);
+        csv.row("%s,%zu,%.17g,%.17g,%s,%.17g,%zu,%zu\n", method.c_str(), r.iteration, r.sin_theta,
+                r.loss, apps::csv_number(r.aggregation_error, "%.17g").c_str(), r.gap_to_optimum,
+                r.bytes_up, r.bytes_down);
       }
     }
   }

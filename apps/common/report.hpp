@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -143,6 +144,15 @@ class csv_file {
   std::FILE* out_ = nullptr;
 };
 
+// A number for a CSV cell: empty where it is not available (NaN: the aggregation error under
+// secure aggregation, which needs each client's product).
+inline std::string csv_number(double v, const char* format = "%.9g") {
+  if (std::isnan(v)) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
 // The transformer applications' CSV of one method (built-in model and --model alike): a line
 // per round; with client-level DP an `epsilon` column (the budget spent after the round).
 inline void write_round_csv(const std::filesystem::path& file, const std::string& method, double lr,
@@ -152,10 +162,10 @@ inline void write_round_csv(const std::filesystem::path& file, const std::string
                                  "memory_mib") +
                          (dp ? ",epsilon" : ""));
   for (const auto& row : rows) {
-    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%.9g,%zu,%zu,%.3f,%.1f", method.c_str(), lr, row.round,
+    csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%s,%zu,%zu,%.3f,%.1f", method.c_str(), lr, row.round,
             row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
-            row.aggregation_error, row.total_bytes_up, row.total_bytes_down, row.seconds,
-            row.memory_mib);
+            csv_number(row.aggregation_error).c_str(), row.total_bytes_up, row.total_bytes_down,
+            row.seconds, row.memory_mib);
     if (dp) csv.row(",%.9g", row.epsilon);
     csv.row("%s", "\n");
   }

@@ -239,21 +239,7 @@ class app_transport {
   // A transport that cannot be had (no MPI in this build, fewer than 2 ranks) ends the program
   // with the error and exit code 2.
   app_transport(int& argc, char**& argv, const transport_options& o)
-      : t_(make(argc, argv, o)), secure_(o.secure_aggregation) {
-    if (secure_ && o.kind != "inprocess") {
-      std::fprintf(stderr,
-                   "error: --secure-aggregation runs in-process only so far (got --transport %s)\n",
-                   o.kind.c_str());
-      std::exit(2);
-    }
-#if !defined(ROLORA_HAVE_SECAGG)
-    if (secure_) {
-      std::fprintf(stderr,
-                   "error: --secure-aggregation: this build has no libsodium (rolora::secagg)\n");
-      std::exit(2);
-    }
-#endif
-  }
+      : t_(make(argc, argv, o)), secure_(o.secure_aggregation) {}
 
   // Rank 0 under MPI, the server under gRPC, always in-process: the one that prints and writes.
   bool is_server() const { return t_.is_server(); }
@@ -302,6 +288,19 @@ class app_transport {
 
  private:
   static rolora::transport_by_name make(int& argc, char**& argv, const transport_options& o) {
+    if (o.secure_aggregation && o.kind != "inprocess") {
+      std::fprintf(stderr,
+                   "error: --secure-aggregation runs in-process only so far (got --transport %s)\n",
+                   o.kind.c_str());
+      std::exit(2);
+    }
+#if !defined(ROLORA_HAVE_SECAGG)
+    if (o.secure_aggregation) {
+      std::fprintf(stderr,
+                   "error: --secure-aggregation: this build has no libsodium (rolora::secagg)\n");
+      std::exit(2);
+    }
+#endif
     rolora::transport_options m;
     m.client_timeout = o.client_timeout;
     if (o.garbage_client >= 0 || o.slow_client >= 0) {

@@ -57,14 +57,12 @@ std::vector<double> secure_input(const adapter_set<Backend>& download,
   std::vector<double> v;
   client_update<Backend> scratch;
   scratch.adapters = download;
-  privacy::detail::for_each_noised(scratch, download, shared,
-                                   [&](auto&, const auto& g, auto member) {
-                                     const auto gh = Backend::to_host(g).template cast<double>();
-                                     const auto xh =
-                                         Backend::to_host(member(u)).template cast<double>();
-                                     for (index_t i = 0; i < gh.size(); ++i)
-                                       v.push_back(w * (xh.data()[i] - gh.data()[i]));
-                                   });
+  privacy::detail::for_each_noised(
+      scratch, download, shared, [&](auto&, const auto& g, auto member) {
+        const auto gh = Backend::to_host(g).template cast<double>();
+        const auto xh = Backend::to_host(member(u)).template cast<double>();
+        for (index_t i = 0; i < gh.size(); ++i) v.push_back(w * (xh.data()[i] - gh.data()[i]));
+      });
   v.push_back(w);
   return v;
 }

@@ -138,8 +138,8 @@ struct in_process : rolora::in_process {
         const random_stream rounding(config.seed, stream::secagg_rounding, std::uint32_t(t),
                                      std::uint32_t(c));
         const auto b = rounding.bits(0);
-        encoded[i] = codec.encode(secure_input(view, u, plan.shares, w),
-                                  (std::uint64_t(b[1]) << 32) | b[0]);
+        encoded[i] =
+            codec.encode(secure_input(view, u, plan.shares, w), (std::uint64_t(b[1]) << 32) | b[0]);
         losses[i] = u.loss;
       } catch (const error& e) {
         refused[i] = std::string(e.message());
@@ -162,8 +162,8 @@ struct in_process : rolora::in_process {
         out.summed.push_back(plan.reporting[party[p]]);
         out.losses.push_back(losses[party[p]]);
       }
-      out.sum = in_sum.empty() ? std::vector<double>(length, 0.0)
-                               : codec.decode_sum(sum, in_sum.size());
+      out.sum =
+          in_sum.empty() ? std::vector<double>(length, 0.0) : codec.decode_sum(sum, in_sum.size());
       return out;
     };
 
@@ -174,6 +174,7 @@ struct in_process : rolora::in_process {
         const std::size_t c = plan.reporting[party[p]];
         if (gone(c, stage::share_keys) || gone(c, stage::masked_input)) continue;
         rolora::secagg::detail::add_into(sum, encoded[party[p]]);
+        out.bytes.masked_input += encode_masked_input(p, encoded[party[p]], t).size();  // in clear
         in_sum.push_back(p);
       }
       return finish(sum, in_sum);

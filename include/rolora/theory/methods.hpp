@@ -173,7 +173,9 @@ std::vector<iteration_record> run_with(linear_problem<Backend>& p, Policy policy
           return fed.run_round(p.clients);
         }
       }();
-      error = std::max(error, report.aggregation_error);
+      // NaN (not available: secure aggregation) stays NaN.
+      error = std::isnan(report.aggregation_error) ? report.aggregation_error
+                                                   : std::max(error, report.aggregation_error);
       up = report.total_bytes_up;
       down = report.total_bytes_down;
       epsilon = report.epsilon;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# ctest app.theory_secagg: linear_regression_theory with --secure-aggregation. For RoLoRA,
+# FFA-LoRA and FedIT, on the complete graph and on a random 4-regular one, with client-level DP
+# too (seeded noise), a masked run equals the same encoding without masks (--secagg-no-masks) in
+# every column but the protocol's bytes; the aggregation error is empty (not available under
+# masks); the masked run's upload holds the protocol's stages (more bytes than the unmasked
+# inputs). FLoRA is refused at its first round and MPI before any, each with its reason.
+#   usage: secagg_theory_check.sh PATH/TO/linear_regression_theory WORK_DIR
+set -euo pipefail
+theory=$1
+work=$2
+rm -rf "$work"
+mkdir -p "$work"
+common=(--rounds 8 --clients 10 --quiet)
+fail() { echo "FAIL: $*"; exit 1; }
+for method in rolora ffa fedit; do
+  for graph in "" "--secagg-neighbours 4" "--dp client --clip-norm 0.5 --noise-multiplier 0.3"; do
+    tag="$method$(echo "$graph" | tr -d ' -.')"
+    # shellcheck disable=SC2086
+    "$theory" --method "$method" "${common[@]}" $graph --secure-aggregation \
+      --csv "$work/$tag.masked.csv" > /dev/null
+    # shellcheck disable=SC2086
+    "$theory" --method "$method" "${common[@]}" $graph --secure-aggregation --secagg-no-masks \
+      --csv "$work/$tag.clear.csv" > /dev/null
+    # Every column but bytes_up and bytes_down (the 7th and 8th).
+    cmp <(cut -d, -f1-6,9- "$work/$tag.masked.csv") <(cut -d, -f1-6,9- "$work/$tag.clear.csv") ||
+      fail "$tag: the masked run differs from the unmasked encoding"
+    [ "$(awk -F, 'NR > 2 && $5 != "" { n++ } END { print n + 0 }' "$work/$tag.masked.csv")" = 0 ] ||
+      fail "$tag: an aggregation error under masks (it needs each client's product)"
+    masked_up=$(tail -1 "$work/$tag.masked.csv" | cut -d, -f7)
+    clear_up=$(tail -1 "$work/$tag.clear.csv" | cut -d, -f7)
+    [ "$masked_up" -gt "$clear_up" ] || fail "$tag: masked upload $masked_up <= $clear_up"
+    echo "ok $tag: identical but the bytes (up $masked_up masked, $clear_up unmasked)"
+  done
+done
+if "$theory" --method flora "${common[@]}" --secure-aggregation > "$work/flora.log" 2>&1; then
+  fail "FLoRA ran under secure aggregation"
+fi
+grep -q "aggregator 'flora_stack' needs each client's factors" "$work/flora.log" ||
+  fail "FLoRA's refusal: $(cat "$work/flora.log")"
+if "$theory" --method rolora "${common[@]}" --secure-aggregation --transport mpi \
+  > "$work/mpi.log" 2>&1; then
+  fail "--secure-aggregation ran over MPI"
+fi
+grep -q "runs in-process only so far" "$work/mpi.log" || fail "MPI's refusal: $(cat "$work/mpi.log")"
+echo "ok: FLoRA and MPI refused"
