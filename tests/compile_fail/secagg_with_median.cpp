@@ -22,8 +22,8 @@ struct coordinate_median {
 
 using cpu = rolora::eigen_backend<double>;
 
-rolora::round_report merge(
-    rolora::federation_server<cpu, rolora::train_both, rolora::factorwise<coordinate_median>>& server,
-    const rolora::round_plan& plan) {
+rolora::round_report merge(rolora::federation_server<cpu, rolora::train_both,
+                                                     rolora::factorwise<coordinate_median>>& server,
+                           const rolora::round_plan& plan) {
   return server.complete_round(plan, rolora::secure_sum{});
 }

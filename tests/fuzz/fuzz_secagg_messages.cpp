@@ -1,6 +1,7 @@
 // libFuzzer target: a secure-aggregation stage message (rolora/secagg/messages.hpp) of arbitrary
 // bytes, as a hostile client or server sends it, through every stage's checked decoder (round
-// 3, recipient 1, masked inputs of 3 elements): a refusal is a rolora error.
+// 3, recipient 1, masked inputs of 3 elements; sealed shares opened by client 1 of a 3-client
+// round): a refusal is a rolora error.
 #include <rolora/secagg/messages.hpp>
 
 #include "fuzz_support.hpp"
@@ -10,6 +11,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::span bytes(data, size);
   rolora::fuzz::run([&] { (void)decode_advertise(bytes, 3); });
   rolora::fuzz::run([&] { (void)decode_shares(bytes, 3, 1); });
+  static const round_setup setup{3, 2, complete_graph(3)};
+  static const client sender(0, setup), me(1, setup);
+  static const key_directory sealing{{0, sender.encryption_public_key()},
+                                     {1, me.encryption_public_key()}};
+  rolora::fuzz::run([&] { (void)decode_sealed_shares(bytes, 3, me, sealing); });
   rolora::fuzz::run([&] { (void)decode_masked_input(bytes, 3, 3); });
   rolora::fuzz::run([&] { (void)decode_unmask_request(bytes, 3); });
   return rolora::fuzz::run([&] { (void)decode_unmask_answer(bytes, 3); });

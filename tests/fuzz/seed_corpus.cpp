@@ -134,8 +134,11 @@ std::vector<bytes_t> secagg_messages_seeds() {
   client a(0, setup), b(1, setup);
   b.receive(a.share_out().at(0));
   const std::vector<std::uint64_t> y{1, 2, 3};
-  return {encode_advertise({0, a.mask_public_key()}, 3), encode_shares(a.share_out().at(0), 3),
-          encode_masked_input(0, y, 3), encode_unmask_request({{0, 1}, {2}}, 3),
+  return {encode_advertise({0, a.mask_public_key(), a.encryption_public_key()}, 3),
+          encode_shares(a.share_out().at(0), 3),
+          encode_sealed_shares(a, a.share_out().at(0), b.encryption_public_key(), 3),
+          encode_masked_input(0, y, 3),
+          encode_unmask_request({{0, 1}, {2}}, 3),
           encode_unmask_answer(b.answer({{0}, {}}), 3)};
 }
 

@@ -191,18 +191,17 @@ TEST_CASE("mask stream is ChaCha20 IETF read little-endian") {
   CHECK(w[1] == 0x28bd8653e56a5d40ull);
 }
 
-TEST_CASE("pair keys agree on both sides and differ across rounds pairs and purposes") {
+TEST_CASE("pair keys agree on both sides and differ across rounds pairs and peers") {
   const keypair a = generate_keypair(), b = generate_keypair(), c = generate_keypair();
   CHECK(public_of(a.sk) == a.pk);
   const key256 ab = pair_key(a.sk, a.pk, 3, b.pk, 8, 5, key_purpose::pairwise_mask);
   const key256 ba = pair_key(b.sk, b.pk, 8, a.pk, 3, 5, key_purpose::pairwise_mask);
   CHECK(ab == ba);
   std::set<key256> distinct{ab};
-  distinct.insert(pair_key(a.sk, a.pk, 3, b.pk, 8, 6, key_purpose::pairwise_mask));     // round
-  distinct.insert(pair_key(a.sk, a.pk, 3, b.pk, 9, 5, key_purpose::pairwise_mask));     // ids
-  distinct.insert(pair_key(a.sk, a.pk, 3, b.pk, 8, 5, key_purpose::share_encryption));  // purpose
-  distinct.insert(pair_key(a.sk, a.pk, 3, c.pk, 8, 5, key_purpose::pairwise_mask));     // peer
-  CHECK(distinct.size() == 5);
+  distinct.insert(pair_key(a.sk, a.pk, 3, b.pk, 8, 6, key_purpose::pairwise_mask));  // round
+  distinct.insert(pair_key(a.sk, a.pk, 3, b.pk, 9, 5, key_purpose::pairwise_mask));  // ids
+  distinct.insert(pair_key(a.sk, a.pk, 3, c.pk, 8, 5, key_purpose::pairwise_mask));  // peer
+  CHECK(distinct.size() == 4);
   CHECK(test::untagged_message_of<config_error>([&] {
           (void)pair_key(a.sk, a.pk, 4, b.pk, 4, 0, key_purpose::pairwise_mask);
         }) == "secagg: a pair key needs two clients, got client 4 twice");
@@ -582,18 +581,24 @@ TEST_CASE("a round whose every stage message goes through its encoding gives the
   const round_setup setup{round, 2, random_regular_graph(n, 4, key_of(8))};
   const codec c(1.0, 20, n);
   std::vector<client> clients;
-  key_directory published;
+  key_directory published, sealing;
   for (std::size_t i = 0; i < n; ++i) {
     clients.emplace_back(i, setup);
-    const auto a =
-        decode_advertise(encode_advertise({i, clients[i].mask_public_key()}, round), round);
+    const auto a = decode_advertise(
+        encode_advertise({i, clients[i].mask_public_key(), clients[i].encryption_public_key()},
+                         round),
+        round);
     CHECK(a.client == i);
     published[a.client] = a.mask_public_key;
+    sealing[a.client] = a.encryption_public_key;
   }
   CHECK(published.at(2) == clients[2].mask_public_key());
+  CHECK(sealing.at(2) == clients[2].encryption_public_key());
+  CHECK(sealing.at(2) != published.at(2));  // two key pairs
   for (const auto& cl : clients) {
     for (const auto& b : cl.share_out()) {
-      const auto back = decode_shares(encode_shares(b, round), round, b.to);
+      const auto back = decode_sealed_shares(encode_sealed_shares(cl, b, sealing.at(b.to), round),
+                                             round, clients[b.to], sealing);
       CHECK(back.seed_share.values == b.seed_share.values);
       CHECK(back.key_share.x == b.key_share.x);
       clients[back.to].receive(back);
@@ -632,7 +637,7 @@ TEST_CASE(
   const auto bundle = a.share_out().at(0);  // from 0 to 1
   REQUIRE(bundle.to == 1);
   const auto shares = encode_shares(bundle, round);
-  const auto advert = encode_advertise({0, a.mask_public_key()}, round);
+  const auto advert = encode_advertise({0, a.mask_public_key(), a.encryption_public_key()}, round);
   const std::vector<std::uint64_t> y{1, 2, 3};
   const auto input = encode_masked_input(0, y, round);
 
@@ -671,17 +676,93 @@ TEST_CASE(
           (void)decode_unmask_answer(serialize_safetensors(tensors, f.metadata()), round);
         }) == "secagg.unmask_answer message: peer 0 listed twice");
 
+  // Sealed shares: only the recipient opens them, and nothing altered opens.
+  client c(2, setup);
+  const key_directory sealing{{0, a.encryption_public_key()},
+                              {1, b.encryption_public_key()},
+                              {2, c.encryption_public_key()}};
+  const auto sealed = encode_sealed_shares(a, bundle, b.encryption_public_key(), round);
+  CHECK(decode_sealed_shares(sealed, round, b, sealing).seed_share.values ==
+        bundle.seed_share.values);
+  CHECK(test::untagged_message_of<value_error>([&] {
+          (void)decode_sealed_shares(sealed, round, c, sealing);
+        }) == "secagg.sealed_shares message for client 1 delivered to client 2");
+  CHECK_THROWS_AS((void)decode_sealed_shares(sealed, round + 1, b, sealing), value_error);
+  auto envelope = parse_safetensors(sealed);
+  const auto rebuild = [&](std::vector<std::uint8_t> box, std::string from) {
+    auto meta = envelope.metadata();
+    meta["from"] = std::move(from);
+    const std::uint64_t size = box.size();
+    return serialize_safetensors({{"box", {tensor_dtype::u8, {size}, std::move(box)}}}, meta);
+  };
+  const auto box_view = envelope.tensor("box").bytes;
+  std::vector<std::uint8_t> box(box_view.begin(), box_view.end());
+  auto flipped = box;
+  flipped[flipped.size() / 2] ^= 1;
+  const std::string forged =
+      "secagg: a sealed message does not open (forged, altered, or not from that sender to this "
+      "recipient)";
+  CHECK(test::untagged_message_of<value_error>([&] {
+          (void)decode_sealed_shares(rebuild(flipped, "0"), round, b, sealing);
+        }) == forged);
+  // An envelope claiming another sender: the box does not open under that sender's key.
+  CHECK(test::untagged_message_of<value_error>(
+            [&] { (void)decode_sealed_shares(rebuild(box, "2"), round, b, sealing); }) == forged);
+  CHECK(test::untagged_message_of<value_error>([&] {
+          (void)decode_sealed_shares(rebuild(box, "7"), round, b, sealing);
+        }) == "secagg.sealed_shares message from client 7, which advertised no encryption key");
+  CHECK(test::untagged_message_of<value_error>([&] {
+          (void)decode_sealed_shares(
+              rebuild(std::vector<std::uint8_t>(box.begin(), box.begin() + 20), "0"), round, b,
+              sealing);
+        }).find("shorter than its nonce and tag") != std::string::npos);
+
   // Every truncation of every stage's message is a rolora error, never a crash or a hang.
   const auto answer = encode_unmask_answer(b.answer({{0}, {}}), round);
   const auto request = encode_unmask_request({{0, 1}, {2}}, round);
-  for (const auto* m : {&advert, &shares, &input, &request, &answer}) {
+  for (const auto* m : {&advert, &shares, &sealed, &input, &request, &answer}) {
     for (std::size_t cut = 0; cut < m->size(); cut += 3) {
       const std::span<const std::uint8_t> part(m->data(), cut);
       CHECK_THROWS_AS((void)decode_advertise(part, round), rolora::error);
       CHECK_THROWS_AS((void)decode_shares(part, round, 1), rolora::error);
+      CHECK_THROWS_AS((void)decode_sealed_shares(part, round, b, sealing), rolora::error);
       CHECK_THROWS_AS((void)decode_masked_input(part, round, 3), rolora::error);
       CHECK_THROWS_AS((void)decode_unmask_request(part, round), rolora::error);
       CHECK_THROWS_AS((void)decode_unmask_answer(part, round), rolora::error);
     }
   }
+}
+
+TEST_CASE("a dropped client's rebuilt mask key does not open the shares sealed to it") {
+  // The server rebuilds the mask secret key of a client that dropped after sharing (to remove
+  // its pair masks). Were shares sealed under that key pair, the server could then open every
+  // bundle sent to that client, survivors' self-mask seeds included, and unmask them.
+  const std::uint64_t round = 4;
+  const round_setup setup{round, 2, complete_graph(4)};
+  std::vector<client> clients;
+  key_directory sealing;
+  for (std::size_t i = 0; i < 4; ++i) {
+    clients.emplace_back(i, setup);
+    sealing[i] = clients[i].encryption_public_key();
+  }
+  std::vector<std::uint8_t> to_dropped;  // client 0's bundle to client 3, as the server routed it
+  for (const auto& cl : clients) {
+    for (const auto& b : cl.share_out()) {
+      const auto sealed = encode_sealed_shares(cl, b, sealing.at(b.to), round);
+      if (b.from == 0 && b.to == 3) to_dropped = sealed;
+      clients[b.to].receive(decode_sealed_shares(sealed, round, clients[b.to], sealing));
+    }
+  }
+  // Client 3 drops; the survivors answer the server's request for its key shares.
+  const unmask_request req{{0, 1, 2}, {3}};
+  std::vector<share> key_shares;
+  for (std::size_t i = 0; i < 3; ++i) key_shares.push_back(clients[i].answer(req).key_shares.at(3));
+  const auto bytes = reconstruct(key_shares);
+  secret_key rebuilt{};
+  std::copy(bytes.begin(), bytes.end(), rebuilt.begin());
+  REQUIRE(public_of(rebuilt) == clients[3].mask_public_key());  // the server holds 3's mask key
+  const auto envelope = parse_safetensors(to_dropped);
+  const auto box = envelope.tensor("box").bytes;
+  CHECK_THROWS_AS((void)open_sealed(box, sealing.at(0), rebuilt), value_error);
+  CHECK(decode_sealed_shares(to_dropped, round, clients[3], sealing).from == 0);  // 3 itself can
 }

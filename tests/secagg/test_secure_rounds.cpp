@@ -46,8 +46,8 @@ federation_config config(bool masks, std::size_t neighbours = 0, std::size_t thr
   c.local_steps = 3;
   c.local_optimizer = sgd{0.05, 0.0, 0.0};
   c.seed = 17;
-  c.secure_aggregation = secagg_config{.range = 4.0, .bits = 30, .threshold = threshold,
-                                       .neighbours = neighbours, .masks = masks};
+  c.secure_aggregation = secagg_config{
+      .range = 4.0, .bits = 30, .threshold = threshold, .neighbours = neighbours, .masks = masks};
   return c;
 }
 
@@ -180,23 +180,23 @@ TEST_CASE("secure rounds: what would show the server a client's update is refuse
   auto p = problem(4);
   SUBCASE("plain uploads under config.secure_aggregation") {
     federation<cpu, train_both, fedavg> fed(train_both{}, fedavg{}, config(true), start());
-    CHECK(test::untagged_message_of<config_error>([&] { fed.run_round(p.clients); })
-              .find("delivered plain uploads") != std::string::npos);
+    CHECK(test::untagged_message_of<config_error>([&] {
+            fed.run_round(p.clients);
+          }).find("delivered plain uploads") != std::string::npos);
   }
   SUBCASE("a secure transport without config.secure_aggregation") {
     federation_config c = config(true);
     c.secure_aggregation.reset();
     federation<cpu, train_both, fedavg> fed(train_both{}, fedavg{}, c, start());
     secagg::in_process transport;
-    CHECK(test::untagged_message_of<config_error>(
-              [&] { rolora::run_round(transport, fed.server(), p.clients); })
-              .find("config.secure_aggregation is not set") != std::string::npos);
+    CHECK(test::untagged_message_of<config_error>([&] {
+            rolora::run_round(transport, fed.server(), p.clients);
+          }).find("config.secure_aggregation is not set") != std::string::npos);
   }
   SUBCASE("kept factors, kept moments, bad encodings") {
     const auto refusal = [](federation_config c) {
-      return test::untagged_message_of<config_error>([&] {
-        federation<cpu, train_both, fedavg> fed(train_both{}, fedavg{}, c, start());
-      });
+      return test::untagged_message_of<config_error>(
+          [&] { federation<cpu, train_both, fedavg> fed(train_both{}, fedavg{}, c, start()); });
     };
     federation_config c = config(true);
     c.keep_optimizer_state = true;

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <rolora/core/error.hpp>
+#include <span>
 #include <vector>
 
 namespace rolora::secagg {
@@ -36,8 +37,9 @@ struct keypair {
   secret_key sk{};
 };
 
-// What a pair key is for: the pairwise mask, or encrypting the shares sent to that peer.
-enum class key_purpose : std::uint8_t { pairwise_mask = 1, share_encryption = 2 };
+// What a pair key is for. Only the pairwise mask: shares are sealed with crypto_box under a
+// second key pair (seal below), never under a key derived from the mask key pair.
+enum class key_purpose : std::uint8_t { pairwise_mask = 1 };
 
 // The domain of a mask stream (the last 4 bytes of its nonce).
 enum class stream_domain : std::uint32_t { self_mask = 1, pairwise_mask = 2, graph = 3 };
@@ -122,6 +124,44 @@ inline key256 pair_key(const secret_key& my_sk, const public_key& my_pk, std::ui
                      shared.size());
   sodium_memzero(shared.data(), shared.size());
   return key;
+}
+
+// Shares travel through the server sealed to their recipient (Bonawitz et al.'s authenticated
+// encryption under KA.agree(c_u^SK, c_v^PK)): libsodium's crypto_box_easy (X25519 key agreement,
+// XSalsa20-Poly1305) with each client's SECOND key pair, its encryption key pair. Not the mask key
+// pair: the server rebuilds a dropped client's mask secret key from shares, and with it could
+// open every share that client exchanged, the survivors' self-mask seeds among them.
+// Sealed bytes: a fresh random 24-byte nonce, then the box (plaintext and its 16-byte tag).
+inline std::vector<std::uint8_t> seal(std::span<const std::uint8_t> plaintext, const public_key& to,
+                                      const secret_key& mine) {
+  detail::ensure_sodium();
+  std::vector<std::uint8_t> out(crypto_box_NONCEBYTES + crypto_box_MACBYTES + plaintext.size());
+  randombytes_buf(out.data(), crypto_box_NONCEBYTES);
+  if (crypto_box_easy(out.data() + crypto_box_NONCEBYTES, plaintext.data(), plaintext.size(),
+                      out.data(), to.data(), mine.data()) != 0) {
+    rolora::detail::raise<value_error>("secagg: the recipient's encryption key is unusable");
+  }
+  return out;
+}
+// The plaintext of `sealed` from the holder of `from`'s secret key to `mine`'s; refuses a
+// truncated, forged or misaddressed box (its tag does not verify).
+inline std::vector<std::uint8_t> open_sealed(std::span<const std::uint8_t> sealed,
+                                             const public_key& from, const secret_key& mine) {
+  detail::ensure_sodium();
+  if (sealed.size() < crypto_box_NONCEBYTES + crypto_box_MACBYTES) {
+    rolora::detail::raise<value_error>("secagg: a sealed message of ", sealed.size(),
+                                       " bytes, shorter than its nonce and tag (",
+                                       crypto_box_NONCEBYTES + crypto_box_MACBYTES, ")");
+  }
+  std::vector<std::uint8_t> out(sealed.size() - crypto_box_NONCEBYTES - crypto_box_MACBYTES);
+  if (crypto_box_open_easy(out.data(), sealed.data() + crypto_box_NONCEBYTES,
+                           sealed.size() - crypto_box_NONCEBYTES, sealed.data(), from.data(),
+                           mine.data()) != 0) {
+    rolora::detail::raise<value_error>(
+        "secagg: a sealed message does not open (forged, altered, or not from that sender to "
+        "this recipient)");
+  }
+  return out;
 }
 
 // L 64-bit words of the ChaCha20 stream of `key` for `round` and `domain` (the layout at the top).

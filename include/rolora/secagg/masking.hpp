@@ -1,7 +1,9 @@
 // Double masking (Bonawitz et al., CCS 2017, §4; over a neighbour graph as in SecAgg+): what a
 // client adds to its encoded update and what the server needs to take it off again. Messages are
-// plain structs here; the federation rounds do not use this yet, and the share bundles are not
-// yet encrypted to their recipient (share_encryption keys are derived in crypto.hpp for that).
+// plain structs here (messages.hpp puts them on the wire, round.hpp runs the rounds). Each client
+// has two fresh key pairs per round: the mask key pair, whose secret is shared so that the server
+// can remove a dropped client's pair masks, and the encryption key pair, which seals the share
+// bundles the server routes (crypto.hpp's seal) and is never shared.
 //
 // Client i, with encoded input x_i (L elements of Z_{2^64}, encoding.hpp), self-mask seed b_i and
 // mask key pair (sk_i, pk_i), both fresh each round, sends
@@ -38,7 +40,7 @@ struct round_setup {
 };
 
 // From client `from` to its neighbour `to`: one share of from's self-mask seed and of its mask
-// secret key (to be encrypted with their share_encryption key once wired to a transport).
+// secret key (sealed to `to` on the wire: messages.hpp's sealed shares).
 struct share_bundle {
   std::size_t from = 0, to = 0;
   share seed_share, key_share;
@@ -89,6 +91,7 @@ class client {
         round_(setup.round),
         threshold_(setup.threshold),
         keys_(generate_keypair()),
+        encryption_keys_(generate_keypair()),
         seed_(random_seed()) {
     if (id >= setup.graph.size()) {
       rolora::detail::raise<config_error>("secagg: client ", id, " of a graph of ",
@@ -105,6 +108,18 @@ class client {
 
   std::size_t id() const noexcept { return id_; }
   const public_key& mask_public_key() const noexcept { return keys_.pk; }
+  const public_key& encryption_public_key() const noexcept { return encryption_keys_.pk; }
+
+  // `plaintext` sealed to the holder of encryption key `to`, and a box from `from` opened (its
+  // secret encryption key never leaves the client).
+  std::vector<std::uint8_t> seal_to(std::span<const std::uint8_t> plaintext,
+                                    const public_key& to) const {
+    return seal(plaintext, to, encryption_keys_.sk);
+  }
+  std::vector<std::uint8_t> open_from(std::span<const std::uint8_t> sealed,
+                                      const public_key& from) const {
+    return open_sealed(sealed, from, encryption_keys_.sk);
+  }
 
   // One bundle per neighbour: shares (x = 1..degree, in the order of the neighbours) of the seed
   // and of the secret key.
@@ -176,7 +191,8 @@ class client {
   std::uint64_t round_;
   std::size_t threshold_;
   std::vector<std::size_t> neighbours_;  // ascending
-  keypair keys_;
+  keypair keys_;                         // the mask key pair (its secret is shared)
+  keypair encryption_keys_;              // seals share bundles (never shared)
   key256 seed_;
   std::map<std::size_t, share_bundle> held_;  // neighbour -> its bundle to this client
   bool answered_ = false;

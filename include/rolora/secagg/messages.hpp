@@ -2,11 +2,14 @@
 // upload are; federated/message.hpp), with checked decoders: every message a transport hands
 // over is hostile input, so a decoder refuses (value_error or shape_error, naming the field and
 // what came) a truncated or malformed message, another stage's, another round's (a replay) and a
-// share bundle addressed to another client. Not yet sent by the federation rounds. Needs
+// share bundle addressed to another client. Sent by the federation rounds (round.hpp). Needs
 // nlohmann-json, as io/ does (not part of secagg.hpp, which needs libsodium only).
 //
 //   stage           metadata (besides rolora.message = "secagg.<stage>" and round)   tensors
-//   advertise       client                                   mask_public_key U8 [32]
+//   advertise       client                                   mask_public_key U8 [32],
+//                                                            encryption_public_key U8 [32]
+//   sealed_shares   from, to                                 box U8 [n]: a shares message sealed
+//                                                            to `to` (crypto.hpp's seal)
 //   shares          from, to, seed_threshold, seed_bytes,    seed U64 [1 + e_s], key U64 [1 + e_k]
 //                   key_threshold, key_bytes                 (a share: its x, then its
 //                                                            ceil(bytes / 7) field elements)
@@ -116,31 +119,37 @@ inline std::map<std::string, std::string> meta(const std::string& stage, std::ui
 
 }  // namespace detail::wire
 
-// --- advertise: a client's mask public key --------------------------------------------------
+// --- advertise: a client's mask and encryption public keys ----------------------------------
 struct advertisement {
   std::size_t client = 0;
   public_key mask_public_key{};
+  public_key encryption_public_key{};
 };
 
 inline std::vector<std::uint8_t> encode_advertise(const advertisement& a, std::uint64_t round) {
   auto m = detail::wire::meta("advertise", round);
   m["client"] = std::to_string(a.client);
-  return serialize_safetensors(
-      {{"mask_public_key",
-        {tensor_dtype::u8, {32}, {a.mask_public_key.begin(), a.mask_public_key.end()}}}},
-      m);
+  const auto key = [](const public_key& k) {
+    return tensor_data{tensor_dtype::u8, {32}, {k.begin(), k.end()}};
+  };
+  return serialize_safetensors({{"mask_public_key", key(a.mask_public_key)},
+                                {"encryption_public_key", key(a.encryption_public_key)}},
+                               m);
 }
 inline advertisement decode_advertise(std::span<const std::uint8_t> bytes, std::uint64_t round) {
   const auto f = detail::wire::open(bytes, "advertise", round);
-  advertisement a{detail::wire::number(f, "client", "advertise"), {}};
-  const tensor_view t = f.tensor("mask_public_key");
-  if (t.dtype != tensor_dtype::u8 || t.shape != std::vector<std::uint64_t>{32}) {
-    rolora::detail::raise<shape_error>(
-        "secagg.advertise message: mask_public_key must be U8 [32], "
-        "got ",
-        dtype_name(t.dtype), " ", t.shape_string());
-  }
-  std::memcpy(a.mask_public_key.data(), t.bytes.data(), 32);
+  advertisement a{detail::wire::number(f, "client", "advertise"), {}, {}};
+  const auto key = [&](const char* name, public_key& into) {
+    const tensor_view t = f.tensor(name);
+    if (t.dtype != tensor_dtype::u8 || t.shape != std::vector<std::uint64_t>{32}) {
+      rolora::detail::raise<shape_error>("secagg.advertise message: ", name,
+                                         " must be U8 [32], got ", dtype_name(t.dtype), " ",
+                                         t.shape_string());
+    }
+    std::memcpy(into.data(), t.bytes.data(), 32);
+  };
+  key("mask_public_key", a.mask_public_key);
+  key("encryption_public_key", a.encryption_public_key);
   return a;
 }
 
@@ -182,6 +191,50 @@ inline share_bundle decode_shares(std::span<const std::uint8_t> bytes, std::uint
   };
   b.seed_share = part("seed", "seed_threshold", "seed_bytes");
   b.key_share = part("key", "key_threshold", "key_bytes");
+  return b;
+}
+
+// --- sealed shares: a shares message sealed to its recipient, in an envelope the server routes -
+// `sender` seals encode_shares(b) to `recipient_key`, client b.to's encryption public key.
+inline std::vector<std::uint8_t> encode_sealed_shares(const client& sender, const share_bundle& b,
+                                                      const public_key& recipient_key,
+                                                      std::uint64_t round) {
+  auto m = detail::wire::meta("sealed_shares", round);
+  m["from"] = std::to_string(b.from);
+  m["to"] = std::to_string(b.to);
+  auto box = sender.seal_to(encode_shares(b, round), recipient_key);
+  const std::uint64_t n = box.size();
+  return serialize_safetensors({{"box", {tensor_dtype::u8, {n}, std::move(box)}}}, m);
+}
+// The bundle for client `me`, opened with its encryption key and the envelope's sender's
+// (`encryption_keys`: client -> encryption public key). Refuses another stage's or round's
+// envelope, one addressed to another client, one from a client without a key, a box that does
+// not open, and an inner bundle whose sender or recipient is not the envelope's.
+inline share_bundle decode_sealed_shares(std::span<const std::uint8_t> bytes, std::uint64_t round,
+                                         const client& me, const key_directory& encryption_keys) {
+  const char* kind = "secagg.sealed_shares";
+  const auto f = detail::wire::open(bytes, "sealed_shares", round);
+  const std::size_t from = detail::wire::number(f, "from", "sealed_shares");
+  const std::size_t to = detail::wire::number(f, "to", "sealed_shares");
+  if (to != me.id()) {
+    rolora::detail::raise<value_error>(kind, " message for client ", to, " delivered to client ",
+                                       me.id());
+  }
+  const auto key = encryption_keys.find(from);
+  if (key == encryption_keys.end()) {
+    rolora::detail::raise<value_error>(kind, " message from client ", from,
+                                       ", which advertised no encryption key");
+  }
+  const tensor_view t = f.tensor("box");
+  if (t.dtype != tensor_dtype::u8 || t.shape.size() != 1) {
+    rolora::detail::raise<shape_error>(kind, " message: box must be U8 [n], got ",
+                                       dtype_name(t.dtype), " ", t.shape_string());
+  }
+  share_bundle b = decode_shares(me.open_from(t.bytes, key->second), round, me.id());
+  if (b.from != from) {
+    rolora::detail::raise<value_error>(kind, " message: the envelope is from client ", from,
+                                       ", the bundle inside from client ", b.from);
+  }
   return b;
 }
 

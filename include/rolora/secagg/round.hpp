@@ -11,9 +11,10 @@
 //   encode       secure_input (w (X - G), w) in fixed point: the change with codec(range, bits),
 //                the integer weight exactly; stochastic rounding from the seeded stream
 //                secagg_rounding (round, client), so a run is reproducible
-//   advertise    each client's fresh mask public key          -> the server's key directory
+//   advertise    each client's fresh mask and encryption public keys -> the server's directory
 //   share keys   each client's share bundles to its neighbours (the round's graph: complete, or
-//                random k-regular from the public stream secagg_graph) -> routed by the server;
+//                random k-regular from the public stream secagg_graph), each sealed to its
+//                recipient's encryption key -> routed by the server, which cannot open them;
 //                the clients that completed this stage are the masking set
 //   masked input y_c = encoding + masks (with the masking set), and its loss in the clear
 //   unmask       the server's request (survivors, dropped); each answering client's shares
@@ -189,10 +190,11 @@ struct in_process : rolora::in_process {
     const auto federation_id = [&](std::size_t p) { return plan.reporting[party[p]]; };
 
     // Advertise: every party's public key, through its message.
-    key_directory keys;
+    key_directory keys, encryption_keys;
     std::vector<std::size_t> advertise_bytes(n);
     for (std::size_t p = 0; p < n; ++p) {
-      const auto bytes = encode_advertise({p, clients[p].mask_public_key()}, t);
+      const auto bytes = encode_advertise(
+          {p, clients[p].mask_public_key(), clients[p].encryption_public_key()}, t);
       advertise_bytes[p] = bytes.size();
       out.bytes.advertise += bytes.size();
       const advertisement a = decode_advertise(bytes, t);
@@ -201,21 +203,24 @@ struct in_process : rolora::in_process {
                                            "'s advertisement names protocol id ", a.client);
       }
       keys[p] = a.mask_public_key;
+      encryption_keys[p] = a.encryption_public_key;
     }
     // The server forwards each party its neighbours' advertisements.
     for (std::size_t p = 0; p < n; ++p) {
       for (std::size_t j : setup.graph.neighbours(p)) out.bytes.key_directory += advertise_bytes[j];
     }
 
-    // Share keys: each bundle up to the server, routed to its recipient.
+    // Share keys: each bundle sealed to its recipient, up to the server, routed down to it.
     std::vector<bool> shared(n, false);
     for (std::size_t p = 0; p < n; ++p) {
       if (gone(federation_id(p), stage::share_keys)) continue;
       for (const auto& bundle : clients[p].share_out()) {
-        const auto bytes = encode_shares(bundle, t);
+        const auto bytes =
+            encode_sealed_shares(clients[p], bundle, encryption_keys.at(bundle.to), t);
         out.bytes.shares += 2 * bytes.size();  // up to the server, down to the recipient
         if (gone(federation_id(bundle.to), stage::share_keys)) continue;
-        clients[bundle.to].receive(decode_shares(bytes, t, bundle.to));
+        clients[bundle.to].receive(
+            decode_sealed_shares(bytes, t, clients[bundle.to], encryption_keys));
       }
       shared[p] = true;
     }
