@@ -77,6 +77,9 @@ struct round_progress {
         accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, row.seconds);
     if (memory_mib) std::printf("  %s %.0f MiB", memory_name.c_str(), row.memory_mib);
     if (row.epsilon >= 0) std::printf("  eps %.4f", row.epsilon);
+    if (r.secagg_clipped && *r.secagg_clipped > 0) {  // the encoding lost part of the updates
+      std::printf("  secagg clipped %zu coordinates (raise --secagg-range)", *r.secagg_clipped);
+    }
     std::printf("\n");
     std::fflush(stdout);
     if (after) after(rows, last);

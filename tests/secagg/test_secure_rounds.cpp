@@ -110,6 +110,17 @@ TEST_CASE("secure rounds: the encoded mean is the plain mean to within one level
   for (index_t i = 0; i < x.B.size(); ++i) worst = std::max(worst, std::abs(x.B(i) - y.B(i)));
   CHECK(worst <= level);
   CHECK(worst > 0.0);  // the encoding did round
+  CHECK(a.server().clients().size() == 5);
+  // The range clipped nothing here; a range below the changes clips, and the server learns how
+  // many coordinates in all.
+  secagg::in_process carrier;
+  federation<cpu, train_both, fedavg> c(train_both{}, fedavg{}, secure, start());
+  CHECK(rolora::run_round(carrier, c.server(), p.clients).secagg_clipped == 0u);
+  secure.secure_aggregation->range = 1e-6;
+  federation<cpu, train_both, fedavg> d(train_both{}, fedavg{}, secure, start());
+  const auto clipped = rolora::run_round(carrier, d.server(), p.clients).secagg_clipped;
+  REQUIRE(clipped.has_value());
+  CHECK(*clipped > 5u);
 }
 
 TEST_CASE("secure rounds: clients dropped at every stage, masked equals unmasked") {

@@ -117,6 +117,9 @@ struct round_report {
   // Secure aggregation: the bytes of each stage of the protocol (bytes_up and bytes_down are
   // their totals); aggregation_error is NaN then, since it needs the individual products.
   std::optional<secagg_traffic> secagg = std::nullopt;
+  // Secure aggregation: how many coordinates of the summed changes the encoding's range clipped
+  // (learned only as a sum; more than 0: the range is too small for these updates).
+  std::optional<std::size_t> secagg_clipped = std::nullopt;
 };
 
 }  // namespace rolora

@@ -29,6 +29,7 @@ struct secure_sum {
   // Each summed client's mean training loss: travels in the clear (docs/privacy.md).
   std::vector<double> losses;
   std::vector<rejected_update> rejected;  // clients whose own checks refused their update
+  std::size_t clipped = 0;  // coordinates the encoding's range clipped, summed over the clients
   secagg_traffic bytes;
 };
 
@@ -59,8 +60,8 @@ std::vector<double> secure_input(const adapter_set<Backend>& download,
   scratch.adapters = download;
   privacy::detail::for_each_noised(
       scratch, download, shared, [&](auto&, const auto& g, auto member) {
-        const auto gh = Backend::to_host(g).template cast<double>();
-        const auto xh = Backend::to_host(member(u)).template cast<double>();
+        const host_matrix<double> gh = Backend::to_host(g).template cast<double>();
+        const host_matrix<double> xh = Backend::to_host(member(u)).template cast<double>();
         for (index_t i = 0; i < gh.size(); ++i) v.push_back(w * (xh.data()[i] - gh.data()[i]));
       });
   v.push_back(w);

@@ -466,6 +466,7 @@ class federation_server {
       report.train_loss = s.losses.empty() ? std::nan("") : loss / double(s.losses.size());
       report.aggregation_error = report.relative_aggregation_error = std::nan("");
       report.secagg = s.bytes;
+      report.secagg_clipped = s.clipped;
       account(plan, s.bytes.up(), s.summed.size(), sent, report);
       return report;
     } catch (const error&) {

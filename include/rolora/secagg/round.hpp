@@ -48,28 +48,35 @@ namespace rolora::secagg {
 enum class stage { advertise, share_keys, masked_input, unmask };
 
 // The fixed-point encoding of a client's input under `config` for rounds of at most `clients`
-// summed inputs: the change's codec and the weight's (one level = 1: integers travel exactly).
+// summed inputs: the change's codec and the integers' (one level = 1: they travel exactly). The
+// integers are the weight and the number of the change's coordinates the range clipped, which
+// the server learns only as a sum (round_report::secagg_clipped: whether R is too small).
 struct input_codec {
   codec change, weight;
   input_codec(const secagg_config& config, std::size_t clients)
       : change(config.range, config.bits, clients),
         weight(std::ldexp(1.0, int(config.bits) - 1), config.bits, clients) {}
 
-  // (w (X - G), w) in Z_{2^64}; w must be an integer in [1, 2^(bits-1)].
+  // secure_input's (w (X - G), w) -> (its encoding, w, clipped) in Z_{2^64}: L + 2 elements; w
+  // must be an integer in [1, 2^(bits-1)] (the count saturates there).
   std::vector<std::uint64_t> encode(const std::vector<double>& input, std::uint64_t seed) const {
+    const std::span<const double> x(input.data(), input.size() - 1);
     const double w = input.back();
     if (!(w >= 1.0 && w <= weight.range() && w == std::floor(w))) {
       rolora::detail::raise<value_error>("secagg: a client's weight must be an integer in [1, ",
                                          weight.range(), "], got ", w);
     }
-    auto out = change.encode(std::span(input.data(), input.size() - 1), seed);
-    out.push_back(weight.encode(std::span(&w, 1), 0).front());  // exact: no rounding draw
+    double clipped = 0;
+    for (double v : x) clipped += std::abs(v) > change.range() ? 1.0 : 0.0;
+    const double integers[2] = {w, std::min(clipped, weight.range())};
+    auto out = change.encode(x, seed);
+    for (std::uint64_t e : weight.encode(integers, 0)) out.push_back(e);  // exact: no draw
     return out;
   }
-  // The sum of n encodings -> (sum w (X - G), sum w).
+  // The sum of n encodings -> (sum w (X - G), sum w, sum clipped).
   std::vector<double> decode_sum(std::span<const std::uint64_t> sum, std::size_t n) const {
-    auto out = change.decode_sum(sum.first(sum.size() - 1), n);
-    out.push_back(weight.decode_sum(sum.last(1), n).front());
+    auto out = change.decode_sum(sum.first(sum.size() - 2), n);
+    for (double v : weight.decode_sum(sum.last(2), n)) out.push_back(v);
     return out;
   }
 };
@@ -156,7 +163,8 @@ struct in_process : rolora::in_process {
       }
     }
     const std::size_t n = party.size();
-    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) + 1;
+    // L coordinates of the change, then w and the clipped count.
+    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) + 2;
     const auto finish = [&](const std::vector<std::uint64_t>& sum,
                             const std::vector<std::size_t>& in_sum) {
       for (std::size_t p : in_sum) {
@@ -165,6 +173,8 @@ struct in_process : rolora::in_process {
       }
       out.sum =
           in_sum.empty() ? std::vector<double>(length, 0.0) : codec.decode_sum(sum, in_sum.size());
+      out.clipped = std::size_t(out.sum.back());
+      out.sum.pop_back();
       return out;
     };
 
