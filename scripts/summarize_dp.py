@@ -137,9 +137,9 @@ def tables(root):
     print("\n" + "\n".join(accuracy_table(root)))
 
 
-def accuracy_table(root):
+def accuracy_table(root, label="epsilon"):
     """Final test accuracy (%) per epsilon and method, mean ± std over the finished seeds."""
-    lines = ["| epsilon | " + " | ".join(TITLES[m] for m in METHODS) + " |",
+    lines = [f"| {label} | " + " | ".join(TITLES[m] for m in METHODS) + " |",
              "|---|" + "---|" * len(METHODS)]
     for eps in epsilons(root):
         row = []
@@ -211,14 +211,23 @@ def compare(name, lines, text):
     return len(bad)
 
 
+def sample_grids(root):
+    """[(clients, folder)] of the DP-SGD grids under root/sample/clients<N>, N ascending."""
+    grids = [(int(d.name[7:]), d) for d in (root / "sample").glob("clients*")]
+    return sorted(grids)
+
+
 def check(root, page):
-    """0 when the theory table and the accuracy table of `page` are the ones the committed runs
-    give, line by line."""
+    """0 when the theory table and the accuracy tables (client level, and DP-SGD per client
+    count) of `page` are the ones the committed runs give, line by line."""
     text = page.read_text()
     theory_lines, _ = theory(root)
-    accuracy_lines = accuracy_table(root)
+    tables = [("theory table", theory_lines), ("accuracy table", accuracy_table(root))]
+    for n, grid in sample_grids(root):
+        tables.append((f"DP-SGD table ({n} clients)",
+                       accuracy_table(grid, f"epsilon (DP-SGD, {n} clients)")))
     failures = 0
-    for name, lines in (("theory table", theory_lines), ("accuracy table", accuracy_lines)):
+    for name, lines in tables:
         if not lines or lines[0] not in text:
             print(f"FAIL: no {name} in {page} (or no runs under {root})")
             failures += 1

@@ -19,6 +19,7 @@
 #include <sodium.h>
 
 #include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -178,12 +179,16 @@ inline std::vector<std::uint64_t> mask_words(const key256& key, std::uint64_t ro
   detail::put_le64(nonce.data(), round);
   const auto d = std::uint32_t(domain);
   for (int b = 0; b < 4; ++b) nonce[8 + b] = std::uint8_t(d >> (8 * b));
-  std::vector<std::uint8_t> bytes(length * 8);
-  if (length > 0) {
-    crypto_stream_chacha20_ietf(bytes.data(), bytes.size(), nonce.data(), key.data());
-  }
+  // The stream written straight into the words; each word is the little-endian reading of its 8
+  // bytes, which on a little-endian host is the bytes as they are.
   std::vector<std::uint64_t> words(length);
-  for (std::size_t w = 0; w < length; ++w) words[w] = detail::get_le64(&bytes[8 * w]);
+  if (length > 0) {
+    auto* bytes = reinterpret_cast<unsigned char*>(words.data());
+    crypto_stream_chacha20_ietf(bytes, length * 8, nonce.data(), key.data());
+    if constexpr (std::endian::native != std::endian::little) {
+      for (std::size_t w = 0; w < length; ++w) words[w] = detail::get_le64(bytes + 8 * w);
+    }
+  }
   return words;
 }
 
