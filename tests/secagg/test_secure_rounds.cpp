@@ -248,3 +248,26 @@ TEST_CASE("secure rounds: client-level DP composes: clip, mask, sum, unmask, noi
                                                               adaptive);
         }).find("adaptive clipping") != std::string::npos);
 }
+
+TEST_CASE("secure rounds: a round with one party sums nothing, its update stays with it") {
+  const auto alone = [](std::size_t c, std::size_t, secagg::stage) { return c != 0; };
+  auto p = problem(3);
+  federation<cpu, train_both, fedavg> fed(train_both{}, fedavg{}, config(true), start());
+  secagg::in_process transport;
+  transport.drop = alone;
+  CHECK(test::untagged_message_of<value_error>([&] {
+          rolora::run_round(transport, fed.server(), p.clients);
+        }).find("0 masked input(s) summed of 3 sampled clients") != std::string::npos);
+  // Under client-level DP the round is a round: noise only, the lone client rejected.
+  federation_config c = config(true);
+  c.client_weighting = weighting::uniform;
+  privacy::client_dp dp{.clip_norm = 0.05, .noise_multiplier = 0.5, .sampling_rate = 1.0};
+  federation<cpu, train_both, fedavg, privacy::client_dp> private_fed(train_both{}, fedavg{}, c,
+                                                                      start(), dp);
+  const round_report r = rolora::run_round(transport, private_fed.server(), p.clients);
+  CHECK(r.participants.empty());
+  REQUIRE(r.rejected.size() == 1);
+  CHECK(r.rejected[0].client == 0);
+  CHECK(r.rejected[0].reason.find("the only client of the round") != std::string::npos);
+  CHECK_FALSE(test::bit_equal(private_fed.global(), start()));  // the noise moved it
+}

@@ -22,8 +22,9 @@
 // A client dropped before a stage sends nothing from it on (`drop`, for tests): before the masked
 // input it is absent from the sum; after it, its input is in the sum and its masks come off with
 // the survivors' shares. Fewer than t answering neighbours for a needed seed or key fail the
-// round, changing nothing. With masks = false the same encodings are summed in the clear (the
-// reference: a masked run equals it bit for bit).
+// round, changing nothing. A round with one party sums nothing (the sum would be its update):
+// it fails on min_clients, or under client DP it is a round of noise only. With masks = false the
+// same encodings are summed in the clear (the reference: a masked run equals it bit for bit).
 #pragma once
 #include <algorithm>
 #include <cstddef>
@@ -161,6 +162,12 @@ struct in_process : rolora::in_process {
       } else if (!gone(plan.reporting[i], stage::advertise)) {
         party.push_back(i);
       }
+    }
+    if (party.size() == 1) {  // the sum would be its update: it keeps it to itself
+      out.rejected.push_back({plan.reporting[party[0]],
+                              "the only client of the round under secure aggregation (the sum "
+                              "would be its update)"});
+      party.clear();
     }
     const std::size_t n = party.size();
     // L coordinates of the change, then w and the clipped count.
