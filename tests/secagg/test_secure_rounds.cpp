@@ -81,6 +81,14 @@ TEST_CASE("secure rounds: a masked run equals the encoding without masks, bit fo
       CHECK(reports[r].secagg->masked_input > 0);
       CHECK(reports[r].secagg->shares > 0);
       CHECK(reports[r].bytes_up == reports[r].secagg->up());
+      if (k == 0) {  // 8 clients, complete graph: 56 sealed bundles, each counted once
+        const secagg::round_setup setup{r, 4, secagg::complete_graph(8)};
+        const secagg::client from(0, setup), to(1, setup);
+        const auto bundle = from.share_out().front();
+        const std::size_t envelope =
+            secagg::encode_sealed_shares(from, bundle, to.encryption_public_key(), r).size();
+        CHECK(reports[r].secagg->shares == 56 * envelope);
+      }
     }
     // FedIT (both factors every round) too.
     CHECK(test::bit_equal(run<train_both>(config(true, k), 8).first,

@@ -42,7 +42,7 @@ struct secagg_config {
 struct secagg_traffic {
   std::size_t advertise = 0;       // up: each client's public keys
   std::size_t key_directory = 0;   // down: the keys every client receives
-  std::size_t shares = 0;          // up, then down: the share bundles the server routes
+  std::size_t shares = 0;          // the sealed bundles: each goes up once and down once
   std::size_t masked_input = 0;    // up
   std::size_t unmask_request = 0;  // down
   std::size_t unmask_answer = 0;   // up

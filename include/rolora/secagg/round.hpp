@@ -234,7 +234,7 @@ struct in_process : rolora::in_process {
       for (const auto& bundle : clients[p].share_out()) {
         const auto bytes =
             encode_sealed_shares(clients[p], bundle, encryption_keys.at(bundle.to), t);
-        out.bytes.shares += 2 * bytes.size();  // up to the server, down to the recipient
+        out.bytes.shares += bytes.size();  // once up to the server, once down to the recipient
         if (gone(federation_id(bundle.to), stage::share_keys)) continue;
         clients[bundle.to].receive(
             decode_sealed_shares(bytes, t, clients[bundle.to], encryption_keys));
