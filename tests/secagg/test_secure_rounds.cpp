@@ -192,7 +192,13 @@ TEST_CASE("secure rounds: a client checks its own update before masking") {
   const std::string what = test::untagged_message_of<value_error>(
       [&] { rolora::run_round(transport, fed.server(), p.clients); });
   CHECK(what.find("0 masked input(s) summed of 4 sampled clients") != std::string::npos);
+  CHECK(what.find("; client 0: ") != std::string::npos);  // each refusal's reason
   CHECK(fed.next_round() == 0);
+  // The weight travels in 32 bits whatever the change's: 30 samples at 4 bits (8 levels a side).
+  federation_config coarse = config(true);
+  coarse.secure_aggregation->bits = 4;
+  federation<cpu, train_both, fedavg> small(train_both{}, fedavg{}, coarse, start());
+  CHECK(rolora::run_round(transport, small.server(), p.clients).participants.size() == 4);
 }
 
 TEST_CASE("secure rounds: what would show the server a client's update is refused") {

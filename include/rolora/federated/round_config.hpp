@@ -24,7 +24,7 @@ enum class bad_update_policy { fail, drop };
 // Secure aggregation's settings (rolora/secagg/round.hpp runs the protocol).
 struct secagg_config {
   // Each coordinate of w (X - G) is clipped to [-range, range] and stochastically rounded to one
-  // of 2^bits levels; the weight w is an integer and travels exactly (bits - 1 bits of it).
+  // of 2^bits levels; the weight w is an integer and travels exactly (up to 2^31).
   double range = 16.0;
   unsigned bits = 24;
   // t: shares that rebuild a client's self-mask seed or mask key (0: a majority of its

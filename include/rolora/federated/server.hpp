@@ -449,9 +449,11 @@ class federation_server {
       round_report report = report_of(plan);
       report.rejected = std::move(s.rejected);
       if (!client_level_dp && s.summed.size() < config_.min_clients) {
+        std::string reasons;
+        for (const auto& r : report.rejected) reasons += "; " + r.reason;
         detail::raise<value_error>(
             s.summed.size(), " masked input(s) summed of ", plan.sampled.size(),
-            " sampled clients, fewer than min_clients = ", config_.min_clients);
+            " sampled clients, fewer than min_clients = ", config_.min_clients, reasons);
       }
       traffic sent = downloads_of(plan);
       sent.down += s.bytes.down();  // the key directory, the routed shares, the unmask requests

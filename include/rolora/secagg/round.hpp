@@ -49,17 +49,19 @@ namespace rolora::secagg {
 enum class stage { advertise, share_keys, masked_input, unmask };
 
 // The fixed-point encoding of a client's input under `config` for rounds of at most `clients`
-// summed inputs: the change's codec and the integers' (one level = 1: they travel exactly). The
-// integers are the weight and the number of the change's coordinates the range clipped, which
-// the server learns only as a sum (round_report::secagg_clipped: whether R is too small).
+// summed inputs: the change's codec and the integers' (one level = 1, 32 bits whatever the
+// change's: they travel exactly). The integers are the weight and the number of the change's
+// coordinates the range clipped, which the server learns only as a sum
+// (round_report::secagg_clipped: whether R is too small).
 struct input_codec {
   codec change, weight;
   input_codec(const secagg_config& config, std::size_t clients)
       : change(config.range, config.bits, clients),
-        weight(std::ldexp(1.0, int(config.bits) - 1), config.bits, clients) {}
+        weight(std::ldexp(1.0, integer_bits - 1), integer_bits, clients) {}
+  static constexpr int integer_bits = 32;
 
   // secure_input's (w (X - G), w) -> (its encoding, w, clipped) in Z_{2^64}: L + 2 elements; w
-  // must be an integer in [1, 2^(bits-1)] (the count saturates there).
+  // must be an integer in [1, 2^31] (the count saturates there).
   std::vector<std::uint64_t> encode(const std::vector<double>& input, std::uint64_t seed) const {
     const std::span<const double> x(input.data(), input.size() - 1);
     const double w = input.back();
@@ -150,8 +152,9 @@ struct in_process : rolora::in_process {
         encoded[i] =
             codec.encode(secure_input(view, u, plan.shares, w), (std::uint64_t(b[1]) << 32) | b[0]);
         losses[i] = u.loss;
-      } catch (const error& e) {
-        refused[i] = std::string(e.message());
+      } catch (const error& e) {  // check_update names the client; the encoding does not
+        const std::string why(e.message());
+        refused[i] = why.starts_with("client ") ? why : "client " + std::to_string(c) + ": " + why;
       }
     });
     // The protocol's parties: the clients that checked their update and did not drop.
