@@ -354,12 +354,16 @@ int run_check(const settings& s, apps::app_transport& transport) {
               "gap_to_opt", "optimal_loss", "max_agg_err", "bytes_up", "bytes/iter", "bytes_down");
   for (const auto& run : runs) {
     const auto& last = run.records.back();
-    double max_error = 0.0;
-    for (const auto& r : run.records) max_error = std::max(max_error, r.aggregation_error);
-    std::printf("%-11s %13.6e %13.6e %13.6e %13.6e %13.6e %12zu %10zu %12zu\n",
+    double max_error = 0.0;  // NaN (not available under secure aggregation) stays NaN
+    for (const auto& r : run.records) {
+      max_error = std::isnan(r.aggregation_error) ? r.aggregation_error
+                                                  : std::max(max_error, r.aggregation_error);
+    }
+    const std::string error = std::isnan(max_error) ? "n/a" : apps::csv_number(max_error, "%.6e");
+    std::printf("%-11s %13.6e %13.6e %13.6e %13.6e %13s %12zu %10zu %12zu\n",
                 display_name(run.method), last.sin_theta, last.loss, last.gap_to_optimum, optimum,
-                max_error, last.bytes_up, s.run.iterations ? last.bytes_up / s.run.iterations : 0,
-                last.bytes_down);
+                error.c_str(), last.bytes_up,
+                s.run.iterations ? last.bytes_up / s.run.iterations : 0, last.bytes_down);
   }
   if (s.dp.on()) {
     for (const auto& run : runs) {
