@@ -69,16 +69,7 @@ dp_flags() {
   fi
 }
 
-jobfile=$(mktemp)
-trap 'rm -f "$jobfile"' EXIT
-add() {  # add <folder> <args...>: one job line
-  local dir="$1"; shift
-  [ -f "$dir/done" ] && return
-  printf '%q ' mkdir -p "$dir" >> "$jobfile"
-  printf '&& nice -n %q %q ' "${NICE:-19}" "$exe" >> "$jobfile"
-  printf '%q ' "${common[@]}" "$@" --out "$dir" >> "$jobfile"
-  printf '> %q 2>&1; echo $? > %q; touch %q\n' "$dir/log.txt" "$dir/exit" "$dir/done" >> "$jobfile"
-}
+source scripts/grid_jobs.sh  # add, run_jobs
 
 # The jobs of one epsilon: tune (seed 0, validation) or final (3 seeds, test, at the picks).
 tune_jobs() {
@@ -109,10 +100,6 @@ final_jobs() {
         $(dp_flags "$e" "$c")
     done
   done
-}
-run_jobs() {
-  if [ -n "${LIST:-}" ]; then cat "$jobfile"; else xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"; fi
-  : > "$jobfile"
 }
 
 # One epsilon at a time, tuned then run on the test split, so that an interrupted grid leaves

@@ -24,16 +24,7 @@ if [ -z "${NO_BUILD:-}" ] && [ -z "${LIST:-}" ]; then
   cmake --build --preset default --target federated_finetune -j "$(nproc 2>/dev/null || echo 2)"
 fi
 
-jobfile=$(mktemp)
-trap 'rm -f "$jobfile"' EXIT
-add() {  # add <folder> <args...>: one job line
-  local dir="$1"; shift
-  [ -f "$dir/done" ] && return
-  printf '%q ' mkdir -p "$dir" >> "$jobfile"
-  printf '&& nice -n %q %q ' "${NICE:-19}" "$exe" >> "$jobfile"
-  printf '%q ' "${common[@]}" "$@" --out "$dir" >> "$jobfile"
-  printf '> %q 2>&1; echo $? > %q; touch %q\n' "$dir/log.txt" "$dir/exit" "$dir/done" >> "$jobfile"
-}
+source scripts/grid_jobs.sh  # add, run_jobs
 for seed in 0 1 2; do
   for m in fedit ffa rolora; do
     add "$out/plain/$m/seed$seed" --methods "$m" --seed "$seed"
@@ -47,4 +38,4 @@ for seed in 0 1 2; do
   add "$out/bits24/head/seed$seed" --methods head --seed "$seed" --secure-aggregation \
     --secagg-range 16 --secagg-bits 24
 done
-if [ -n "${LIST:-}" ]; then cat "$jobfile"; else xargs -d "\n" -P "$jobs" -I{} bash -c {} < "$jobfile"; fi
+run_jobs
