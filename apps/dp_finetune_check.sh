@@ -26,11 +26,12 @@ echo "$out" | grep -qE "rolora +round +3/3 .* eps [0-9.]+" || { echo "FAIL: no e
 echo "epsilon after $T rounds: $want (privacy_budget), the CSVs agree"
 
 set +e
-refused=$("$exe" "${flags[@]}" --methods flora --out "$work/flora" 2>&1)
+refused=$("$exe" "${flags[@]}" --methods rolora,flora --out "$work/flora" 2>&1)
 rc=$?
 set -e
 echo "$refused"
 [ "$rc" -ne 0 ] && [ "$(echo "$refused" | grep -c '^error:')" -eq 1 ] &&
-  [[ $refused == *"flora's aggregate is not a mean of the uploaded factors"* ]] ||
-  { echo "FAIL: FLoRA under DP was not refused in one line"; exit 1; }
+  [[ $refused == *"flora's aggregate is not a mean of the uploaded factors"* ]] &&
+  [[ $refused != *"round"* ]] ||
+  { echo "FAIL: FLoRA under DP was not refused in one line before RoLoRA's rounds"; exit 1; }
 echo "app.finetune_dp: ok"

@@ -58,6 +58,9 @@ struct settings {
   double weight_decay = 0.0;
   std::size_t eval_every = 2;  // one test evaluation costs half a round at 20 clients
   bool evaluate_on_validation = false;
+  bool personal_eval = false;  // --personal-eval
+  std::size_t head_probe = 0;  // --head-probe: steps of the central linear probe (0: none)
+  double head_probe_lr = 1e-2;
   std::size_t threads = 2;
   std::string out = "results/finetune";
   bool save_adapters = true;
@@ -156,6 +159,7 @@ method_result run_federation(const std::string& method, Federation& fed,
                           {"eval_every", s.eval_every},
                           {"validation", s.evaluate_on_validation}};
   if (s.base_precision != "fp32") identity["base_precision"] = s.base_precision;
+  if (s.head_probe > 0) identity["head_probe"] = {s.head_probe, s.head_probe_lr};
   if (!s.carrier->is_server()) {  // an MPI client rank: host this rank's clients, nothing else
     s.carrier->run(fed, tasks);
     return result;
@@ -176,10 +180,44 @@ method_result run_federation(const std::string& method, Federation& fed,
   cb.rounds = s.rounds;
   cb.eval_every = s.eval_every;
   cb.eval_name = eval_name;
+  // --personal-eval: the evaluation set shared among the clients by their training label mix
+  // (rolora::partition_like); each client's model scored on its share, the mean over clients
+  // with a share (equal weights). Methods without a per-client factor score the global model,
+  // whose predictions the evaluation just made.
+  std::vector<std::vector<int>> client_labels;
+  for (const auto& c : data.clients) client_labels.push_back(c.labels);
+  const auto shares = s.personal_eval
+                          ? rolora::partition_like(client_labels, eval_set.labels, s.task.seed)
+                          : rolora::partition{};
+  std::vector<std::int32_t> predictions;  // of the last global evaluation
+  const bool own_models =
+      fed.policy().keeps_local().any() || !fed.server().config().client_ranks.empty();
   cb.evaluate = [&](const rolora::adapter_set<Backend>& global) {
-    const auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
+    auto e = rolora::evaluate(data.model, global, eval_set, s.threads);
+    predictions = std::move(e.predictions);
     return std::pair{e.loss, e.accuracy};
   };
+  if (s.personal_eval) {
+    cb.evaluate_personal = [&](const rolora::adapter_set<Backend>&) {
+      double sum = 0.0;
+      std::size_t scored = 0;
+      for (std::size_t c = 0; c < shares.size(); ++c) {
+        if (shares[c].empty()) continue;
+        std::size_t right = 0;
+        if (own_models) {
+          const auto share = eval_set.select(shares[c]);
+          const auto e = rolora::evaluate(data.model, fed.client_view(c), share, s.threads);
+          for (std::size_t k = 0; k < share.size(); ++k)
+            right += e.predictions[k] == share.labels[k];
+        } else {
+          for (const auto i : shares[c]) right += predictions[i] == eval_set.labels[i];
+        }
+        sum += double(right) / double(shares[c].size());
+        ++scored;
+      }
+      return sum / double(scored);
+    };
+  }
   cb.memory_mib = [&] { return apps::memory_in_use_mib(s.backend); };
   cb.memory_name = s.backend == "cuda" ? "device" : "RSS";
   cb.after = [&](const std::vector<apps::round_row>& rows, bool last) {
@@ -240,12 +278,46 @@ std::string hold_base(rolora::transformer_weights<Backend>& model, const std::st
          " bytes in fp32, " + std::to_string(2 * n) + " in bf16; held in " + held;
 }
 
+// --head-probe: a linear probe on the public split (data.public_set: the e-mails set aside for
+// pretraining, which no client holds). The classifier head alone trains centrally, --head-probe
+// AdamW steps of --batch e-mails (the head-only federation with one client holding all of it),
+// and replaces the checkpoint's head for every method; the paper's protocol then freezes it
+// (--freeze-head). Seeded apart from --seed: the probe belongs to the base model, the same for
+// every run. Every process computes it (same bits under MPI and gRPC). Returns the log line.
+template <class Backend>
+std::string probe_head(apps::spam_task<Backend>& data, const settings& s) {
+  rolora::adapter_set<Backend> head;
+  for (const auto* name : {"classifier.weight", "classifier.bias"}) {
+    head.add_module_to_save(name, data.model.at(name));
+  }
+  rolora::federation_config fc;
+  fc.num_rounds = 1;
+  fc.local_steps = s.head_probe;
+  fc.batch_size = s.batch;
+  fc.local_optimizer = rolora::adamw{s.head_probe_lr, 0.9, 0.999, 1e-8, 0.0};
+  fc.threads = 1;
+  fc.seed = 0;
+  rolora::federation<Backend, rolora::train_both, rolora::fedavg> probe({}, {}, fc,
+                                                                        std::move(head));
+  std::vector<rolora::classification_task<Backend>> central;
+  central.emplace_back(data.model, data.public_set);
+  const auto report = probe.run(central).back();
+  for (const auto& [name, w] : probe.global().modules_to_save()) data.model.at(name) = w;
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "head: a linear probe on the %zu public e-mails (%zu steps of %zu at lr %g, "
+                "train loss %.4f), then every method starts from it",
+                data.public_set.size(), s.head_probe, s.batch, s.head_probe_lr, report.train_loss);
+  return line;
+}
+
 template <class Backend>
 int run(settings& s) {
   // Under MPI rank 0 loads (and builds, when missing) the model before the others read it.
   if (!s.carrier->is_server()) s.carrier->barrier();
   auto data = apps::load_spam_task<Backend>(s.task);
   if (s.carrier->is_server()) s.carrier->barrier();
+  const std::string head = s.head_probe > 0 ? probe_head(data, s) : "";
   const std::string base = hold_base(data.model, s.base_precision);
   if (!s.carrier->is_server()) {
     for (const auto& m : s.methods) run_named(m, s, data);
@@ -254,6 +326,7 @@ int run(settings& s) {
   std::filesystem::create_directories(s.out);
   std::printf("%s\nbackend: %s\n%s\n", data.summary.c_str(), std::string(Backend::name).c_str(),
               base.c_str());
+  if (!head.empty()) std::printf("%s\n", head.c_str());
   if (!s.eval_adapter.empty()) {  // a PEFT directory written by any backend, on this one
     rolora::lora_config lc;
     lc.r = s.rank;
@@ -275,7 +348,7 @@ int run(settings& s) {
   for (const auto& m : s.methods) {
     results.push_back(run_named(m, s, data));
     apps::write_round_csv(std::filesystem::path(s.out) / (m + ".csv"), m, results.back().lr,
-                          results.back().rows, s.dp.any());
+                          results.back().rows, s.dp.any(), s.personal_eval);
   }
 
   const char* eval_name = s.evaluate_on_validation ? "val" : "test";
@@ -347,6 +420,21 @@ int main(int argc, char** argv) {
   shared.eval_every(s.eval_every);
   shared.validation(s.evaluate_on_validation,
                     "evaluate on the validation split (for tuning) instead of the test split");
+  app.add_option("--head-probe", s.head_probe,
+                 "first train the classifier head alone, centrally, on the public split (the "
+                 "e-mails set aside for pretraining, which no client holds): STEPS AdamW steps of "
+                 "--batch e-mails at --head-probe-lr; every method starts from that head (the "
+                 "paper's protocol freezes it: --freeze-head). 0: the checkpoint's head")
+      ->type_name("STEPS")
+      ->capture_default_str();
+  app.add_option("--head-probe-lr", s.head_probe_lr, "learning rate of --head-probe")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag("--personal-eval", s.personal_eval,
+               "also score each client's own model (FedSA-LoRA: the shared A with its own B; "
+               "the other methods: the global model) on its share of the evaluation set, drawn "
+               "with its training label mix; the mean over clients is the CSV's "
+               "personal_accuracy (built-in model)");
   apps::add_corpus_options(
       app, t,
       "bytes per email seen by the built-in model; with --model, tokens per sequence "
@@ -405,6 +493,7 @@ int main(int argc, char** argv) {
                  "Python or here) instead of a fresh initialisation")
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
+  apps::finish_corpus_options(app, t);
   s.checkpoint.finish_parsing();
   if (s.dp.sample() && !s.hf.model_dir.empty()) {
     std::fprintf(stderr,
@@ -420,6 +509,11 @@ int main(int argc, char** argv) {
   }
   if (!s.train_head && std::count(s.methods.begin(), s.methods.end(), "head")) {
     std::fprintf(stderr, "error: --methods head with --freeze-head would train nothing\n");
+    return 2;
+  }
+  if (const auto why = apps::refusal_of(s.methods, s.dp.on(), s.transport.secure_aggregation);
+      !why.empty()) {
+    std::fprintf(stderr, "error: %s\n", why.c_str());
     return 2;
   }
   if (s.optimizer == "sgd") s.lr = {{}, 0.5, s.lr.all};  // one rate for every method
@@ -456,19 +550,21 @@ int main(int argc, char** argv) {
                  "error: --model: this build has no Hugging Face models (use the CPU build)\n");
     return 2;
 #else
-    if (app.count("--checkpoint")) {
-      std::fprintf(stderr, "error: --model and --checkpoint name two base models; give one\n");
+    if (app.count("--checkpoint") || app.count("--model-layers")) {
+      std::fprintf(stderr,
+                   "error: --model and --checkpoint / --model-layers name two base models; give "
+                   "one\n");
       return 2;
     }
     if (s.hf.train_file.empty() || s.hf.test_file.empty()) {
       std::fprintf(stderr, "error: --model needs --train FILE and --test FILE\n");
       return 2;
     }
-    if (s.backend != "eigen" || !s.eval_adapter.empty() ||
+    if (s.backend != "eigen" || !s.eval_adapter.empty() || s.personal_eval || s.head_probe > 0 ||
         std::count(s.methods.begin(), s.methods.end(), "head")) {
       std::fprintf(stderr,
-                   "error: --model runs on --backend eigen, without --eval-adapter and "
-                   "--methods head\n");
+                   "error: --model runs on --backend eigen, without --eval-adapter, "
+                   "--personal-eval, --head-probe and --methods head\n");
       return 2;
     }
     auto& h = s.hf;

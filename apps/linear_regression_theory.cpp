@@ -290,16 +290,11 @@ int run_check(const settings& s, apps::app_transport& transport) {
       methods.push_back(m);
     }
   }
-  if (s.dp.on()) {  // refused before any round, in one line
-    for (auto m : methods) {
-      if (m != th::method::rolora && m != th::method::ffa && m != th::method::fedit &&
-          m != th::method::fedsa) {
-        rolora::raise<rolora::config_error>(
-            "--dp client: ", th::method_name(m),
-            "'s aggregate is not a mean of the uploaded factors, so clipping does not bound one "
-            "client's influence; use rolora, ffa, fedit or fedsa (docs/privacy.md)");
-      }
-    }
+  std::vector<std::string> names;
+  for (auto m : methods) names.emplace_back(th::method_name(m));
+  if (const auto why = apps::refusal_of(names, s.dp.on(), s.transport.secure_aggregation);
+      !why.empty()) {
+    rolora::raise<rolora::config_error>(why);  // before any round, in one line
   }
   auto problem = make_problem(s);
   if (!transport.is_server()) {  // an MPI client rank: host this rank's clients, method by method

@@ -23,7 +23,7 @@ template <class Backend>
 int run(const apps::spam_task_config& c, const std::filesystem::path& dir, const std::string& out,
         bool force) {
   const auto& p = c.pretrain;
-  const auto config = apps::default_model(c.max_len);
+  const auto config = apps::default_model(c.max_len, c.model_layers);
   if (!force && apps::load_checkpoint<Backend>(c.checkpoint, config, apps::pretraining_recipe(c))) {
     std::printf("%s is up to date (same model and recipe); --force pretrains again\n",
                 c.checkpoint.c_str());
@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
   app.add_flag("--force", force, "pretrain even when a matching checkpoint exists");
   apps::add_backend_option(app, backend_name);
   CLI11_PARSE(app, argc, argv);
+  apps::finish_corpus_options(app, c);
   return apps::exit_code_of([&] {
     const auto dir = rolora::data::spam_assassin_dir(c.data_dir);
     if (!std::filesystem::is_directory(dir)) {

@@ -4,7 +4,7 @@
 # too (seeded noise), a masked run equals the same encoding without masks (--secagg-no-masks) in
 # every column but the protocol's bytes; the aggregation error is empty (not available under
 # masks); the masked run's upload holds the protocol's stages (more bytes than the unmasked
-# inputs). FLoRA is refused at its first round and MPI before any, each with its reason.
+# inputs). FLoRA, FedSA-LoRA and MPI are refused before any round, each with its reason.
 #   usage: secagg_theory_check.sh PATH/TO/linear_regression_theory WORK_DIR
 set -euo pipefail
 theory=$1
@@ -33,14 +33,22 @@ for method in rolora ffa fedit; do
     echo "ok $tag: identical but the bytes (up $masked_up masked, $clear_up unmasked)"
   done
 done
-if "$theory" --method flora "${common[@]}" --secure-aggregation > "$work/flora.log" 2>&1; then
-  fail "FLoRA ran under secure aggregation"
-fi
-grep -q "aggregator 'flora_stack' needs each client's factors" "$work/flora.log" ||
+# Refused before any round, the whole list at once: "every" starts with RoLoRA, which composes,
+# and reaches FedSA-LoRA (its B per client would sit on the server in the clear).
+for method in flora every; do
+  if "$theory" --method "$method" --rounds 8 --clients 10 --secure-aggregation \
+    > "$work/$method.log" 2>&1; then
+    fail "$method ran under secure aggregation"
+  fi
+  ! grep -q "^rolora " "$work/$method.log" || fail "$method: RoLoRA's rounds ran before the refusal"
+done
+grep -q "flora's aggregate is not a mean of the uploaded factors" "$work/flora.log" ||
   fail "FLoRA's refusal: $(cat "$work/flora.log")"
+grep -q "fedsa keeps a factor per client" "$work/every.log" ||
+  fail "FedSA-LoRA's refusal: $(cat "$work/every.log")"
 if "$theory" --method rolora "${common[@]}" --secure-aggregation --transport mpi \
   > "$work/mpi.log" 2>&1; then
   fail "--secure-aggregation ran over MPI"
 fi
 grep -q "runs in-process only so far" "$work/mpi.log" || fail "MPI's refusal: $(cat "$work/mpi.log")"
-echo "ok: FLoRA and MPI refused"
+echo "ok: FLoRA, FedSA-LoRA and MPI refused before any round"

@@ -12,6 +12,15 @@
 #                                Dirichlet 0.3, with FlexLoRA and FedSA-LoRA too. One job per
 #                                (cell, method), JOBS in parallel (default: the core count), one
 #                                thread each; a job whose CSV reaches the last round is skipped.
+#   scripts/results.sh paper-tune  the paper's protocol (below): SGD rates per method, validation
+#   scripts/results.sh paper     the paper's protocol: 50 clients x {Dirichlet 0.3, IID, Dirichlet
+#                                0.1} x seeds x head only, FedIT, FFA-LoRA, RoLoRA, FedSA-LoRA
+#   scripts/results.sh params    fewer fine-tuning parameters in that protocol: rank {1, 2, 4, 8} x
+#                                adapted layers {all, top half, last} x FedIT, FFA-LoRA, RoLoRA
+#                                (the paper grids write docs/runs/paper/; summarize_paper.py
+#                                turns them into docs/results.md's tables)
+#   scripts/results.sh personal  the 50-client Dirichlet-0.3 cell of the robustness grid with each
+#                                client's own model scored too (--personal-eval; FedSA-LoRA)
 #   scripts/results.sh robustness-tune  learning rates for a heterogeneous regime (REGIME, default
 #                                20 clients, Dirichlet 0.3) on the validation split, seed 0; the
 #                                picks are R_LR's defaults
@@ -166,6 +175,101 @@ if [ "$what" = robustness ]; then
     [ -f "$csv" ] && [ "$(tail -n 1 "$csv" | cut -d, -f3)" = "$rounds" ] && complete=$((complete + 1))
   done
   echo "robustness: $complete of ${#jobs[@]} runs complete"
+  exit 0
+fi
+if [ "$what" = personal ]; then
+  # FedSA-LoRA measured fairly: the robustness grid's 50-client Dirichlet 0.3 cell (4 local steps,
+  # 30 rounds, its rates) rerun with --personal-eval: each client's own model (FedSA-LoRA: the
+  # shared A with its own B) on its share of the test split, drawn with its label mix, beside the
+  # global model's test accuracy. Runs under docs/runs/personal/s<seed>/<method>/.
+  jobs="${JOBS:-1}"
+  common=(--clients 50 --split dirichlet --alpha 0.3 --rank 2 --rounds "${ROUNDS:-30}"
+          --eval-every "${EVAL_EVERY:-5}" --threads 1 --no-save --personal-eval ${EXTRA:-})
+  source scripts/grid_jobs.sh  # add, run_jobs
+  for s in "${seeds[@]}"; do
+    for point in ${R_LR-head:2e-2 fedit:1e-2 ffa:5e-2 rolora:1e-2 fedsa:1e-2}; do
+      add "docs/runs/personal/s$s/${point%%:*}" --methods "${point%%:*}" --lr "${point#*:}" --seed "$s"
+    done
+  done
+  run_jobs
+  exit 0
+fi
+if [ "$what" = paper-tune ] || [ "$what" = paper ] || [ "$what" = params ]; then
+  # The paper's protocol (docs/results.md "The paper's protocol"): the built-in model at
+  # PAPER_DEPTH (4) layers, LoRA on query and value of the top half of them, lora_alpha = 2 r
+  # (FederatedScope-LLM's GLUE configs: r 8, alpha 16), the classifier head a linear probe
+  # trained centrally on the public split and then frozen, plain SGD, 20 local steps of 16
+  # e-mails, 50 clients of which PAPER_PER_ROUND (10; 0: all) take part in a round, every
+  # evaluation also scoring each client's own model (--personal-eval). One job per run under $PAPER_OUT/<grid>/..., checkpointed every round so a
+  # killed run resumes (grid_jobs.sh: SHARD=i/n splits the list over machines, JOBS in parallel,
+  # LIST=1 prints it).
+  out="${PAPER_OUT:-docs/runs/paper}"
+  depth="${PAPER_DEPTH:-4}"
+  top=$(seq -s ' ' $((depth / 2)) $((depth - 1)))
+  jobs="${JOBS:-1}"
+  common=(--model-layers "$depth" --clients 50 --clients-per-round "${PAPER_PER_ROUND:-10}"
+          --local-steps 20 --batch 16 --optimizer sgd
+          --head-probe "${PAPER_PROBE:-300}" --threads 1 --no-save --personal-eval
+          --eval-every "${EVAL_EVERY:-10}" ${EXTRA:-})
+  export CHECKPOINTS=1
+  source scripts/grid_jobs.sh  # add, run_jobs
+  adapted() {  # adapted <method> <rank> <layers...>: the flags of one method's run
+    local m="$1" r="$2"; shift 2
+    if [ "$m" = head ]; then echo "--methods head"; return; fi  # the head trains, no adapters
+    echo "--methods $m --freeze-head --rank $r --lora-alpha $((2 * r)) --layers $*"
+  }
+  if [ "$what" = paper-tune ]; then
+    # Seed 0, validation split, 50 clients at Dirichlet 0.3, PAPER_TUNE_ROUNDS (30) rounds:
+    # each method's SGD rate from the ladder of scripts/summarize_paper.py, first
+    # {0.05, 0.2, 1}, then the pick's two ladder neighbours, until both were tried (a pick at
+    # the ladder's end is marked so). Rank 4 on the top half.
+    while :; do
+      wanted=$(python3 scripts/summarize_paper.py --tune-next "$out/tune")
+      [ -z "$wanted" ] && break
+      while read -r m lr; do
+        add "$out/tune/$m/lr$lr" $(adapted "$m" 4 $top) --lr "$lr" --seed 0 --validation \
+          --rounds "${PAPER_TUNE_ROUNDS:-30}" --split dirichlet --alpha 0.3
+      done <<< "$wanted"
+      if [ -n "${LIST:-}${SHARD:-}" ]; then run_jobs; break; fi  # one pass: print, or a shard
+      run_jobs
+    done
+    python3 scripts/summarize_paper.py --tune "$out/tune"
+    exit 0
+  fi
+  picks=$(python3 scripts/summarize_paper.py --picks "$out/tune")  # "method rate" lines
+  rate() { awk -v m="$1" '$1 == m { print $2 }' <<< "$picks"; }
+  split_flags() { [ "$1" = iid ] && echo "--split iid" || echo "--split dirichlet --alpha ${1#dir}"; }
+  rounds=(--rounds "${PAPER_ROUNDS:-100}")
+  if [ "$what" = paper ]; then
+    # 50 clients x {IID, Dirichlet 0.3, 0.1} x seeds x the head-only control, FedIT, FFA-LoRA,
+    # RoLoRA and FedSA-LoRA at rank 4 on the top half, PAPER_ROUNDS (100) rounds.
+    for split in ${PAPER_SPLITS:-dir0.3 iid dir0.1}; do
+      for s in "${seeds[@]}"; do
+        for m in ${PAPER_METHODS:-head fedit ffa rolora fedsa}; do
+          add "$out/table/${split}_s$s/$m" $(adapted "$m" 4 $top) --lr "$(rate "$m")" --seed "$s" \
+            "${rounds[@]}" $(split_flags "$split")
+        done
+      done
+    done
+  else
+    # Fewer fine-tuning parameters at 50 clients, Dirichlet 0.3: rank {1, 2, 4, 8} x adapted
+    # layers {all, top half, last} x FedIT, FFA-LoRA, RoLoRA x seeds at the rates tuned at rank 4
+    # on the top half; the head-only control is the paper grid's.
+    last=$((depth - 1))
+    for s in "${seeds[@]}"; do
+      for r in ${PARAMS_RANKS:-1 2 4 8}; do
+        for layers in all top last; do
+          case $layers in all) l=$(seq -s ' ' 0 $last) ;; top) l=$top ;; last) l=$last ;; esac
+          [ "$r" = 4 ] && [ "$layers" = top ] && continue  # the paper grid's runs
+          for m in fedit ffa rolora; do
+            add "$out/params/r${r}_$layers/s$s/$m" $(adapted "$m" "$r" $l) --lr "$(rate "$m")" \
+              --seed "$s" "${rounds[@]}" --split dirichlet --alpha 0.3
+          done
+        done
+      done
+    done
+  fi
+  run_jobs
   exit 0
 fi
 python3 scripts/summarize_results.py "$table"

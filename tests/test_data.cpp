@@ -338,6 +338,41 @@ TEST_CASE("data: the fine-tuning pool feeds the partitioners and maps back to co
   CHECK_THROWS_AS(data::gather(labels, bad), rolora::value_error);
 }
 
+TEST_CASE("data: personal evaluation shares follow each client's training label mix") {
+  // Client 0 trains on classes 0 and 1 (3:1), client 1 on class 1 only, client 2 on 0 and 1
+  // (1:1); nobody trains on class 2.
+  const std::vector<std::vector<int>> train = {{0, 0, 0, 1}, {1, 1}, {0, 1}};
+  std::vector<int> test;
+  for (int k = 0; k < 80; ++k) test.push_back(0);  // 80 of class 0
+  for (int k = 0; k < 40; ++k) test.push_back(1);  // 40 of class 1
+  for (int k = 0; k < 10; ++k) test.push_back(2);  // 10 of class 2
+  const auto shares = rolora::partition_like(train, test, 5);
+  REQUIRE(shares.size() == 3);
+  const auto count = [&](std::size_t c, int y) {
+    return std::count_if(shares[c].begin(), shares[c].end(),
+                         [&](std::size_t i) { return test[i] == y; });
+  };
+  // Class 0: weights 3 : 0 : 1 of 80; class 1: 1 : 2 : 1 of 40; class 2: nobody.
+  CHECK(count(0, 0) == 60);
+  CHECK(count(1, 0) == 0);
+  CHECK(count(2, 0) == 20);
+  CHECK(count(0, 1) == 10);
+  CHECK(count(1, 1) == 20);
+  CHECK(count(2, 1) == 10);
+  std::set<std::size_t> seen;
+  for (const auto& share : shares) {
+    CHECK(std::is_sorted(share.begin(), share.end()));
+    for (const auto i : share) {
+      CHECK(test[i] != 2);
+      CHECK(seen.insert(i).second);  // disjoint
+    }
+  }
+  CHECK(seen.size() == 120);
+  CHECK(rolora::partition_like(train, test, 5) == shares);  // seeded
+  CHECK(rolora::partition_like(train, test, 6) != shares);
+  CHECK_THROWS_AS(rolora::partition_like({}, test, 5), rolora::config_error);
+}
+
 TEST_CASE("data: fortunes files and pretraining windows") {
   CHECK(data::parse_fortunes("a\n%\nb\r\nc\n%\n\n%\n  d  \n") ==
         std::vector<std::string>{"a", "b\nc", "d"});

@@ -101,6 +101,36 @@ struct dp_settings {
   }
 };
 
+// The one-line refusal of a method that --dp client or --secure-aggregation cannot run
+// (rolora::composition_of), so that a run refuses its method list before any round instead of
+// after the methods listed before the refused one; empty when every method composes. "head", the
+// head-only control, is FedAvg of the head: it composes with both.
+inline std::string refusal_of(const std::vector<std::string>& methods, bool client_dp,
+                              bool secure_aggregation) {
+  const auto composes = [&](const std::string& name) {
+    const auto c = composition_of(name == "head" ? "fedit" : name);
+    return (!client_dp || c.client_dp) && (!secure_aggregation || c.secure_aggregation);
+  };
+  std::string usable;
+  for (const auto& name : method_names()) {
+    if (composes(name)) usable += (usable.empty() ? "" : ", ") + name;
+  }
+  for (const auto& name : methods) {
+    if (composes(name)) continue;
+    const auto c = composition_of(name);
+    const std::string flag = client_dp && !c.client_dp ? "--dp client" : "--secure-aggregation";
+    const std::string why =
+        !c.client_dp ? "'s aggregate is not a mean of the uploaded factors, so " +
+                           std::string(flag == "--dp client"
+                                           ? "clipping does not bound one client's influence"
+                                           : "it needs each client's factors and the server "
+                                             "would see only their sum")
+                     : " keeps a factor per client, which the server would hold in the clear";
+    return flag + ": " + name + why + "; use " + usable + " (docs/privacy.md: what composes)";
+  }
+  return {};
+}
+
 class shared_options {
  public:
   explicit shared_options(CLI::App& app) : app_(app) {}

@@ -34,6 +34,9 @@ struct round_row {
   double seconds = 0;      // since the run began (a resumed run: since the original began)
   double memory_mib = -1;  // in use where the model runs, after the round; -1: not measured
   double epsilon = -1;     // client-level DP: the budget spent after the round; -1: no DP
+  // --personal-eval: the mean over clients of each client's model (FedSA-LoRA: the shared A
+  // with its own B) scored on its own share of the evaluation set; -1 when not evaluated.
+  double personal_accuracy = -1;
 };
 
 // The per-round callback of a federated run (federation::run's on_round_end): records a row,
@@ -46,6 +49,8 @@ struct round_progress {
   std::string eval_name = "test";
   // (loss, accuracy) of the global adapters on the evaluation set.
   std::function<std::pair<double, double>(const adapter_set<Backend>&)> evaluate;
+  // Optional: the personal accuracy (round_row::personal_accuracy), right after `evaluate`.
+  std::function<double(const adapter_set<Backend>&)> evaluate_personal;
   std::function<double()> memory_mib;  // empty: the line shows no memory
   std::string memory_name = "RSS";
   std::function<void(const std::vector<round_row>& rows, bool last)> after;
@@ -66,6 +71,7 @@ struct round_progress {
     const bool last = row.round == rounds;
     if (last || row.round % eval_every == 0) {
       std::tie(row.eval_loss, row.eval_accuracy) = evaluate(global);
+      if (evaluate_personal) row.personal_accuracy = evaluate_personal(global);
     }
     rows.push_back(row);
     char accuracy[16] = "  -   ";
@@ -75,6 +81,7 @@ struct round_progress {
         "%6.1f s",
         label.c_str(), row.round, rounds, row.phase.c_str(), row.train_loss, eval_name.c_str(),
         accuracy, row.aggregation_error, double(row.total_bytes_up) / 1e6, row.seconds);
+    if (row.personal_accuracy >= 0) std::printf("  personal acc %.4f", row.personal_accuracy);
     if (memory_mib) std::printf("  %s %.0f MiB", memory_name.c_str(), row.memory_mib);
     if (row.epsilon >= 0) std::printf("  eps %.4f", row.epsilon);
     if (r.secagg_clipped && *r.secagg_clipped > 0) {  // the encoding lost part of the updates
@@ -93,7 +100,7 @@ inline nlohmann::json rows_to_json(const std::vector<round_row>& rows) {
   for (const auto& r : rows) {
     j.push_back({r.round, r.phase, bits(r.train_loss), bits(r.eval_loss), bits(r.eval_accuracy),
                  bits(r.aggregation_error), r.total_bytes_up, r.total_bytes_down, bits(r.seconds),
-                 bits(r.memory_mib), bits(r.epsilon)});
+                 bits(r.memory_mib), bits(r.epsilon), bits(r.personal_accuracy)});
   }
   return j;
 }
@@ -107,7 +114,8 @@ inline std::vector<round_row> rows_from_json(const nlohmann::json& j) {
     rows.push_back({r.at(0).get<std::size_t>(), r.at(1).get<std::string>(), value(r.at(2)),
                     value(r.at(3)), value(r.at(4)), value(r.at(5)), r.at(6).get<std::size_t>(),
                     r.at(7).get<std::size_t>(), value(r.at(8)),
-                    r.size() > 9 ? value(r.at(9)) : -1.0, r.size() > 10 ? value(r.at(10)) : -1.0});
+                    r.size() > 9 ? value(r.at(9)) : -1.0, r.size() > 10 ? value(r.at(10)) : -1.0,
+                    r.size() > 11 ? value(r.at(11)) : -1.0});
   }
   return rows;
 }
@@ -157,19 +165,23 @@ inline std::string csv_number(double v, const char* format = "%.9g") {
 }
 
 // The transformer applications' CSV of one method (built-in model and --model alike): a line
-// per round; with client-level DP an `epsilon` column (the budget spent after the round).
+// per round; with client-level DP an `epsilon` column (the budget spent after the round); with
+// --personal-eval a `personal_accuracy` column (empty in rounds not evaluated).
 inline void write_round_csv(const std::filesystem::path& file, const std::string& method, double lr,
-                            const std::vector<round_row>& rows, bool dp) {
+                            const std::vector<round_row>& rows, bool dp, bool personal = false) {
   csv_file csv(file, std::string("method,lr,round,phase,train_loss,eval_loss,eval_accuracy,"
                                  "aggregation_error,total_bytes_up,total_bytes_down,seconds,"
                                  "memory_mib") +
-                         (dp ? ",epsilon" : ""));
+                         (dp ? ",epsilon" : "") + (personal ? ",personal_accuracy" : ""));
   for (const auto& row : rows) {
     csv.row("%s,%g,%zu,%s,%.9g,%.9g,%.9g,%s,%zu,%zu,%.3f,%.1f", method.c_str(), lr, row.round,
             row.phase.c_str(), row.train_loss, row.eval_loss, row.eval_accuracy,
             csv_number(row.aggregation_error).c_str(), row.total_bytes_up, row.total_bytes_down,
             row.seconds, row.memory_mib);
     if (dp) csv.row(",%.9g", row.epsilon);
+    if (personal) {
+      csv.row(",%s", row.personal_accuracy < 0 ? "" : csv_number(row.personal_accuracy).c_str());
+    }
     csv.row("%s", "\n");
   }
 }

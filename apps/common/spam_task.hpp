@@ -22,14 +22,16 @@
 namespace rolora::apps {
 
 // The model every application and benchmark uses unless told otherwise.
-inline transformer_config default_model(std::size_t max_len) {
+// The built-in model: 2 layers unless --model-layers says otherwise (a deeper variant, pretrained
+// by the same recipe, for experiments that adapt some layers and not others).
+inline transformer_config default_model(std::size_t max_len, std::size_t layers = 2) {
   transformer_config c;
   c.vocab_size = data::byte_tokenizer::vocab_size;
   c.pad_id = data::byte_tokenizer::pad;
   c.max_len = index_t(max_len);
   c.d_model = 128;
   c.n_heads = 4;
-  c.n_layers = 2;
+  c.n_layers = index_t(layers);
   c.d_ff = 512;
   c.num_classes = data::num_email_classes;
   c.pool = pooling::mean;
@@ -38,9 +40,10 @@ inline transformer_config default_model(std::size_t max_len) {
 
 struct spam_task_config {
   std::size_t clients = 20;
-  client_split split{};       // iid | dirichlet (label skew) | classes
-  std::uint64_t seed = 0;     // client split (and, in the applications, everything of the run)
-  std::size_t max_len = 128;  // bytes the model sees of each e-mail, CLS included
+  client_split split{};          // iid | dirichlet (label skew) | classes
+  std::uint64_t seed = 0;        // client split (and, in the applications, everything of the run)
+  std::size_t max_len = 128;     // bytes the model sees of each e-mail, CLS included
+  std::size_t model_layers = 2;  // transformer layers of the built-in model (--model-layers)
   std::string data_dir = ".cache/data";
   std::string checkpoint = ".cache/models/pretrained.safetensors";
   std::size_t threads = 2;
@@ -58,6 +61,9 @@ struct spam_task {
   transformer_weights<B> model;
   std::vector<labelled_sequences> clients;
   labelled_sequences validation, test;
+  // The e-mails set aside for pretraining, with their labels: public data no client holds (a
+  // central linear probe trains the head on it, --head-probe).
+  labelled_sequences public_set;
   std::string summary;
 
   std::vector<classification_task<B>> client_tasks() const {
@@ -89,6 +95,21 @@ inline void add_corpus_options(CLI::App& app, spam_task_config& c, const std::st
   app.add_option("--data-dir", c.data_dir, "where scripts/fetch_data.sh put the corpus")
       ->capture_default_str();
   app.add_option("--checkpoint", c.checkpoint, checkpoint_help)->capture_default_str();
+  app.add_option("--model-layers", c.model_layers,
+                 "transformer layers of the built-in model; a depth other than 2 is pretrained "
+                 "once and kept apart, in .cache/models/pretrained_<N>layers.safetensors unless "
+                 "--checkpoint names the file")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+}
+
+// After parsing: a depth other than the default's gets its own checkpoint file unless
+// --checkpoint named one, so that models of two depths never overwrite each other.
+inline void finish_corpus_options(const CLI::App& app, spam_task_config& c) {
+  if (c.model_layers != 2 && app.count("--checkpoint") == 0) {
+    c.checkpoint =
+        ".cache/models/pretrained_" + std::to_string(c.model_layers) + "layers.safetensors";
+  }
 }
 
 inline std::string pretraining_recipe(const spam_task_config& c) {
@@ -113,7 +134,7 @@ template <nn_backend B>
 transformer_weights<B> pretrained_model(const spam_task_config& c,
                                         const std::vector<data::email_record>& emails,
                                         const data::corpus_split& split) {
-  const auto config = default_model(c.max_len);
+  const auto config = default_model(c.max_len, c.model_layers);
   const auto recipe = pretraining_recipe(c);
   if (auto w = load_checkpoint<B>(c.checkpoint, config, recipe)) {
     std::printf("pretrained model: %s\n", c.checkpoint.c_str());
@@ -159,6 +180,7 @@ spam_task<B> load_spam_task(const spam_task_config& c) {
                     {},
                     encode_emails(texts, labels, validation, c.max_len),
                     encode_emails(texts, labels, split.test, c.max_len),
+                    encode_emails(texts, labels, split.pretrain, c.max_len),
                     {}};
 
   const auto train_labels = data::gather(labels, train);

@@ -18,6 +18,9 @@ namespace rolora {
 
 using partition = std::vector<std::vector<std::size_t>>;
 
+// partition_like's sub-stream of the data-split stream (the partitioners above draw from 0).
+inline constexpr std::uint32_t partition_like_substream = 0xDA7B00u;
+
 namespace detail {
 inline void check_clients(std::size_t num_samples, std::size_t num_clients, const char* who) {
   if (num_clients == 0) raise<config_error>(who, ": num_clients must be >= 1, got 0");
@@ -241,6 +244,43 @@ inline partition partition_shards(const std::vector<int>& labels, std::size_t nu
                       hi = (s + 1) * labels.size() / num_shards;
     auto& part = parts[k / shards_per_client];
     part.insert(part.end(), order.begin() + std::ptrdiff_t(lo), order.begin() + std::ptrdiff_t(hi));
+  }
+  detail::sort_parts(parts);
+  return parts;
+}
+
+// Personalised evaluation (FedSA-LoRA and other methods with a per-client factor): an evaluation
+// set with labels `labels` shared among the clients so that each client's share has the label
+// mix of its own training data, `client_labels[c]`. For each class y, its samples (a seeded
+// shuffle) are cut among the clients that train on y, by weights n_{c,y} (the counts in
+// client_labels), as partition_dirichlet cuts by its draws: client c gets about
+// T_y n_{c,y} / N_y of the class's T_y samples. The shares are disjoint; the samples of a class
+// no client trains on are in none, and a client may get an empty share. Uses its own sub-stream
+// of the data-split stream, so it does not move the training partition of the same seed.
+inline partition partition_like(const std::vector<std::vector<int>>& client_labels,
+                                const std::vector<int>& labels, std::uint64_t seed) {
+  if (client_labels.empty()) raise<config_error>("partition_like: no clients");
+  std::map<int, std::vector<double>> counts;  // class -> n_{c,y} per client
+  for (std::size_t c = 0; c < client_labels.size(); ++c) {
+    for (const int y : client_labels[c]) {
+      counts.try_emplace(y, client_labels.size()).first->second[c] += 1.0;
+    }
+  }
+  random_engine rng(random_stream(seed, stream::data_split, 0, partition_like_substream));
+  partition parts(client_labels.size());
+  for (auto [label, members] : detail::by_class(labels)) {
+    const auto found = counts.find(label);
+    if (found == counts.end()) continue;  // no client trains on it
+    std::vector<std::size_t> owners;
+    std::vector<double> weights;
+    for (std::size_t c = 0; c < found->second.size(); ++c) {
+      if (found->second[c] > 0.0) {
+        owners.push_back(c);
+        weights.push_back(found->second[c]);
+      }
+    }
+    partial_shuffle(members, members.size(), rng);
+    detail::cut_by_weights(members, weights, owners, parts);
   }
   detail::sort_parts(parts);
   return parts;
