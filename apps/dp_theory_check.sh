@@ -2,8 +2,9 @@
 # ctest app.theory_dp and app.theory_dp_sample: linear_regression_theory under differential
 # privacy reports the epsilon privacy_budget computes for the same mechanism, digit for digit; its
 # CSV gains an epsilon column whose last value is that epsilon; a budget between the epsilons of
-# 5 and 6 rounds stops the run with privacy_budget_exceeded before round 5; and --resume refuses a
-# checkpoint written with another noise multiplier, naming it.
+# 5 and 6 rounds stops the run with privacy_budget_exceeded before round 5; a run killed with
+# SIGKILL and resumed writes the whole run's CSV (the spent budget included); and --resume refuses
+# a checkpoint written with another noise multiplier, naming it.
 #   client  client-level DP, FFA-LoRA (one round per iteration): T = --rounds steps at the client
 #           sampling rate q
 #   sample  sample-level DP-SGD, FedIT: every client composes T rounds of L local steps at
@@ -76,6 +77,19 @@ if [ "$mode" = sample ]; then  # --target-epsilon alone: z from the accountant o
     exit 1
   fi
 fi
+
+# kill -9 after iteration 3 (checkpoints every 2), then --resume: the CSV, the spent epsilon
+# column included, is the uninterrupted run's byte for byte.
+set +e
+"$theory" "${flags[@]}" --quiet --checkpoint-dir "$work/killed" --checkpoint-every 2 \
+  --csv "$work/killed.csv" --crash-after 3 > /dev/null 2>&1
+rc=$?
+set -e
+[ "$rc" -eq 137 ] || { echo "FAIL: expected death by SIGKILL (exit 137), got $rc"; exit 1; }
+"$theory" "${flags[@]}" --quiet --resume "$work/killed" --csv "$work/killed.csv" > /dev/null
+cmp "$work/dp.csv" "$work/killed.csv" ||
+  { echo "FAIL: the run killed after iteration 3 and resumed differs from the whole run"; exit 1; }
+echo "killed (SIGKILL) after iteration 3, resumed from iteration 2: the same CSV and epsilon"
 
 # --resume refuses a checkpoint whose DP parameters differ.
 "$theory" "${flags[@]}" --quiet --checkpoint-dir "$work/ckpt" --checkpoint-every 2 > /dev/null
