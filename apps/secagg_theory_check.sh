@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ctest app.theory_secagg: linear_regression_theory with --secure-aggregation. For RoLoRA,
 # FFA-LoRA and FedIT, on the complete graph and on a random 4-regular one, with client-level DP
-# too (seeded noise), a masked run equals the same encoding without masks (--secagg-no-masks) in
-# every column but the protocol's bytes; the aggregation error is empty (not available under
-# masks); the masked run's upload holds the protocol's stages (more bytes than the unmasked
-# inputs). FLoRA, FedSA-LoRA and MPI are refused before any round, each with its reason.
+# too (seeded noise; fixed and adaptive clipping), a masked run equals the same encoding without
+# masks (--secagg-no-masks) in every column but the protocol's bytes; the aggregation error is
+# empty (not available under masks); the masked run's upload holds the protocol's stages (more
+# bytes than the unmasked inputs). FLoRA, FedSA-LoRA and MPI are refused before any round, each with its reason.
 #   usage: secagg_theory_check.sh PATH/TO/linear_regression_theory WORK_DIR
 set -euo pipefail
 theory=$1
@@ -14,7 +14,8 @@ mkdir -p "$work"
 common=(--rounds 8 --clients 10 --quiet)
 fail() { echo "FAIL: $*"; exit 1; }
 for method in rolora ffa fedit; do
-  for graph in "" "--secagg-neighbours 4" "--dp client --clip-norm 0.5 --noise-multiplier 0.3"; do
+  for graph in "" "--secagg-neighbours 4" "--dp client --clip-norm 0.5 --noise-multiplier 0.3" \
+    "--dp client --clip-norm 0.5 --noise-multiplier 0.3 --adaptive-clip --clip-bit-noise 1"; do
     tag="$method$(echo "$graph" | tr -d ' -.')"
     # shellcheck disable=SC2086
     "$theory" --method "$method" "${common[@]}" $graph --secure-aggregation \

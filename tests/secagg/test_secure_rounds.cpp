@@ -1,8 +1,8 @@
 // Secure aggregation in the federation's rounds (secagg/round.hpp, federated/secure_sum.hpp):
 // a masked run equals the same encoding without masks bit for bit, with clients dropped at every
 // stage; the encoded mean is the plain mean to within one level; fewer than t answering
-// neighbours fail the round and change nothing; the configurations that would show the server a
-// client's update are refused.
+// neighbours fail the round and change nothing; adaptive clipping's bits are summed under the
+// masks; the configurations that would show the server a client's update are refused.
 #include <doctest/doctest.h>
 #include <cmath>
 #include <cstddef>
@@ -253,14 +253,49 @@ TEST_CASE("secure rounds: client-level DP composes: clip, mask, sum, unmask, noi
     return fed.global();
   };
   CHECK(test::bit_equal(run_dp(true), run_dp(false)));
-  federation_config c = config(true);
-  c.client_weighting = weighting::uniform;
-  client_dp adaptive{.clip_norm = 0.05, .noise_multiplier = 0.5, .sampling_rate = 0.7};
-  adaptive.adaptive = privacy::adaptive_clipping{};
-  CHECK(test::untagged_message_of<config_error>([&] {
-          federation<cpu, alternating, fedavg, client_dp> fed(alternating{}, fedavg{}, c, start(),
-                                                              adaptive);
-        }).find("adaptive clipping") != std::string::npos);
+}
+
+TEST_CASE("secure rounds: adaptive clipping sums the clip bits under the masks") {
+  // Each client's unclipped bit travels under the masks; C's step reads only their sum. Masked
+  // equals unmasked bit for bit, C included; round 0's step (every client trained from the same
+  // model, so the same clipping decisions) is the plain run's, which counts the bits itself:
+  // with C = 0.05 every update is clipped, with C = 1000 none is (a sum that lost the bits would
+  // take the same step for both).
+  using privacy::client_dp;
+  const auto run_adaptive = [&](double clip_norm, std::optional<bool> masks) {
+    federation_config c = config(masks.value_or(true));
+    if (!masks) c.secure_aggregation.reset();  // the plain federation
+    c.client_weighting = weighting::uniform;
+    auto p = problem(6);
+    client_dp dp{.clip_norm = clip_norm, .noise_multiplier = 0.5, .sampling_rate = 0.7};
+    dp.adaptive = privacy::adaptive_clipping{.bit_noise = 1.0};  // z = 0.5 < 2 sigma_b
+    federation<cpu, alternating, fedavg, client_dp> fed(alternating{}, fedavg{}, c, start(), dp);
+    std::vector<double> clip_norms;
+    if (masks) {
+      secagg::in_process transport;
+      for (const auto& r : rolora::run(transport, fed, p.clients))
+        clip_norms.push_back(*r.clip_norm);
+    } else {
+      for (const auto& r : fed.run(p.clients)) clip_norms.push_back(*r.clip_norm);
+    }
+    clip_norms.push_back(fed.server().privacy_state().clip_norm);
+    return std::pair{fed.global(), clip_norms};
+  };
+  std::vector<double> steps;  // C_1 / C_0 for each C_0
+  for (double clip : {0.05, 1000.0}) {
+    CAPTURE(clip);
+    const auto [masked, masked_c] = run_adaptive(clip, true);
+    const auto [clear, clear_c] = run_adaptive(clip, false);
+    const auto plain_c = run_adaptive(clip, std::nullopt).second;
+    CHECK(test::bit_equal(masked, clear));
+    CHECK(masked_c == clear_c);
+    REQUIRE(masked_c.size() == 5);
+    CHECK(masked_c[0] == clip);
+    CHECK(masked_c[1] == plain_c[1]);  // from the same count of unclipped updates
+    steps.push_back(masked_c[1] / clip);
+  }
+  // The same seeded bit noise in both: more unclipped updates, a smaller step.
+  CHECK(steps[1] < steps[0]);
 }
 
 TEST_CASE("secure rounds: a round with one party sums nothing, its update stays with it") {

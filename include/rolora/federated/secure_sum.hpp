@@ -5,9 +5,11 @@
 // A client's input, flattened (secure_input): its weighted change w (X - G) over the factors the
 // round shares (every module in name order, A then B) and the modules to save, in the order of
 // privacy::detail::for_each_noised, then its weight w (its sample count, or 1 under uniform
-// weighting). The server gets sum_c w_c (X_c - G) and sum_c w_c over the clients whose masked
-// input arrived, and nothing about any one of them: the merged update is G + sum / sum w
-// (mean_update), or under client-level DP the noised mean of the summed clipped changes.
+// weighting), then under adaptive clipping its unclipped bit (1 when its update was not clipped;
+// federation_server::secure_clip_bits). The server gets sum_c w_c (X_c - G), sum_c w_c and the
+// count of unclipped updates over the clients whose masked input arrived, and nothing about any
+// one of them: the merged update is G + sum / sum w, or under client-level DP the noised mean of
+// the summed clipped changes, and adaptive clipping's step reads the count.
 #pragma once
 #include <cstddef>
 #include <optional>
@@ -50,11 +52,12 @@ std::size_t change_length(const adapter_set<Backend>& global, factor_set shared)
 
 }  // namespace detail
 
-// A client's input to the secure sum: w (X - G) flattened, then w (the layout at the top).
-// `download` is the client's view G, `u` its checked upload.
+// A client's input to the secure sum: w (X - G) flattened, then w, then with `clip_bit` its
+// unclipped bit (the layout at the top). `download` is the client's view G, `u` its checked upload.
 template <backend Backend>
 std::vector<double> secure_input(const adapter_set<Backend>& download,
-                                 const client_update<Backend>& u, factor_set shared, double w) {
+                                 const client_update<Backend>& u, factor_set shared, double w,
+                                 bool clip_bit = false) {
   std::vector<double> v;
   client_update<Backend> scratch;
   scratch.adapters = download;
@@ -65,6 +68,7 @@ std::vector<double> secure_input(const adapter_set<Backend>& download,
         for (index_t i = 0; i < gh.size(); ++i) v.push_back(w * (xh.data()[i] - gh.data()[i]));
       });
   v.push_back(w);
+  if (clip_bit) v.push_back(u.clipped ? 0.0 : 1.0);
   return v;
 }
 

@@ -283,6 +283,16 @@ class federation_server {
         .epsilon;
   }
 
+  // Adaptive clipping under secure aggregation: each client's unclipped bit travels under the
+  // masks after its weight (federated/secure_sum.hpp), and C's step reads their sum.
+  bool secure_clip_bits() const {
+    if constexpr (client_level_dp) {
+      return config_.secure_aggregation && privacy_.adaptive.has_value();
+    } else {
+      return false;
+    }
+  }
+
   // A client's adapters as it would use them: the global ones at its rank, with its local factors.
   adapters_type client_view(std::size_t client) const {
     adapters_type view = global_;
@@ -440,7 +450,8 @@ class federation_server {
                                      " is not a reporting client of this round, or repeated");
         }
       }
-      const std::size_t length = detail::change_length(global_, plan.shares) + 1;
+      const std::size_t change = detail::change_length(global_, plan.shares);
+      const std::size_t length = change + 1 + (secure_clip_bits() ? 1 : 0);
       if (s.sum.size() != length || s.losses.size() != s.summed.size()) {
         detail::raise<shape_error>("secure sum: ", s.sum.size(), " coordinates and ",
                                    s.losses.size(), " losses for ", s.summed.size(),
@@ -457,8 +468,10 @@ class federation_server {
       }
       traffic sent = downloads_of(plan);
       sent.down += s.bytes.down();  // the key directory, the routed shares, the unmask requests
-      const aggregation_result merged = aggregate_sum(plan, s.sum);
-      const typename Privacy::state privacy_after = next_privacy_state(plan, {});
+      const aggregation_result merged =
+          aggregate_sum(plan, std::span<const double>(s.sum).first(change), s.sum[change]);
+      const typename Privacy::state privacy_after = next_privacy_state(
+          plan, {}, secure_clip_bits() ? std::optional(s.sum[change + 1]) : std::nullopt);
       if constexpr (client_level_dp) report.clip_norm = privacy_state_.clip_norm;
       std::vector<client_update<Backend>> none;
       commit(plan, none, merged, privacy_after);  // from here on nothing throws but bad_alloc
@@ -711,16 +724,11 @@ class federation_server {
       refuse("and keep_optimizer_state: the server would hold each client's moments in the clear");
     }
     if (!config_.client_ranks.empty()) refuse("does not take heterogeneous client_ranks");
-    if constexpr (client_level_dp) {
-      if (privacy_.adaptive) {
-        refuse("and adaptive clipping: the clip bits are not summed under the masks yet");
-      }
-    }
   }
 
-  // G + sum / sum w, merged by the aggregator; or the noised mean of the clipped changes.
-  aggregation_result aggregate_sum(const round_plan& plan, const std::vector<double>& sum) {
-    const std::span<const double> change(sum.data(), sum.size() - 1);
+  // G + change / w, merged by the aggregator; or the noised mean of the clipped changes.
+  aggregation_result aggregate_sum(const round_plan& plan, std::span<const double> change,
+                                   double w) {
     const aggregation_options options{weighting::uniform, policy_.keeps_local(), false, plan.round};
     if constexpr (client_level_dp) {  // uniform weights: sum w is the number summed
       const client_update<Backend> total =
@@ -729,7 +737,6 @@ class federation_server {
                                    std::span<const client_update<Backend>>(&total, 1), plan.shares,
                                    options, noised_round_of(plan));
     }
-    const double w = sum.back();
     if (!(w > 0.0) || !std::isfinite(w)) {
       detail::raise<value_error>("secure sum: the summed weight is ", w, ", expected > 0");
     }
@@ -831,15 +838,22 @@ class federation_server {
             privacy_.relative_granularity};
   }
 
-  typename Privacy::state next_privacy_state(
-      const round_plan& plan, const std::vector<client_update<Backend>>& good) const {
+  // After round `plan`: one more round spent and, under adaptive clipping, C's step from the
+  // unclipped updates among `good`, or from `unclipped`, their count (a secure round's sum).
+  typename Privacy::state next_privacy_state(const round_plan& plan,
+                                             const std::vector<client_update<Backend>>& good,
+                                             std::optional<double> unclipped = std::nullopt) const {
     if constexpr (client_level_dp) {
       const std::size_t n = clients_.size(), m = config_.clients_per_round;
       privacy::client_dp_state next = privacy_state_;
       next.rounds += 1;
-      next.clip_norm = privacy::next_clip_norm(
-          privacy_, privacy_state_.clip_norm, std::span<const client_update<Backend>>(good),
-          privacy_.expected_participants(n, m), privacy_.bit_noise(n, m), config_.seed, plan.round);
+      if (!unclipped) {
+        unclipped = 0.0;
+        for (const auto& u : good) *unclipped += u.clipped ? 0.0 : 1.0;
+      }
+      next.clip_norm = privacy::next_clip_norm(privacy_, privacy_state_.clip_norm, *unclipped,
+                                               privacy_.expected_participants(n, m),
+                                               privacy_.bit_noise(n, m), config_.seed, plan.round);
       return next;
     } else {
       return privacy_state_;

@@ -495,14 +495,12 @@ aggregation_result merge_noised(const Aggregator& aggregator, adapter_set<Backen
 
 // Adaptive clipping's step (Andrew et al. 2021, Algorithm 1): b~ = (number of unclipped updates
 // + sigma_b N(0, 1)) / qN, C' = C exp(-eta (b~ - gamma)). Returns C (unchanged) without
-// adaptive clipping.
-template <backend Backend>
-double next_clip_norm(const client_dp& dp, double clip_norm,
-                      std::span<const client_update<Backend>> updates, double expected,
-                      double bit_noise, std::uint64_t seed, std::size_t round) {
+// adaptive clipping. `unclipped`: the number of the round's updates that were not clipped (under
+// secure aggregation the sum of the clients' bits, which the server learns only as a sum).
+inline double next_clip_norm(const client_dp& dp, double clip_norm, double unclipped,
+                             double expected, double bit_noise, std::uint64_t seed,
+                             std::size_t round) {
   if (!dp.adaptive) return clip_norm;
-  double unclipped = 0.0;
-  for (const auto& u : updates) unclipped += u.clipped ? 0.0 : 1.0;
   double noise = 0.0;  // sigma_b N(0, 1), or under secure noise N_Z(0, sigma_b^2)
   if (dp.noise == noise_source::secure) {
     // The count has sensitivity 1 and is an integer already: the grid is Z, no rounding.
@@ -521,6 +519,16 @@ double next_clip_norm(const client_dp& dp, double clip_norm,
   const double b = (unclipped + noise) / expected;
   return clip_norm *
          std::exp(-dp.adaptive->learning_rate * (b - dp.adaptive->target_unclipped_quantile));
+}
+
+// The same step, counting the unclipped updates among `updates`.
+template <backend Backend>
+double next_clip_norm(const client_dp& dp, double clip_norm,
+                      std::span<const client_update<Backend>> updates, double expected,
+                      double bit_noise, std::uint64_t seed, std::size_t round) {
+  double unclipped = 0.0;
+  for (const auto& u : updates) unclipped += u.clipped ? 0.0 : 1.0;
+  return next_clip_norm(dp, clip_norm, unclipped, expected, bit_noise, seed, round);
 }
 
 }  // namespace privacy

@@ -50,36 +50,40 @@ enum class stage { advertise, share_keys, masked_input, unmask };
 
 // The fixed-point encoding of a client's input under `config` for rounds of at most `clients`
 // summed inputs: the change's codec and the integers' (one level = 1, 32 bits whatever the
-// change's: they travel exactly). The integers are the weight and the number of the change's
+// change's: they travel exactly). The integers are those that end secure_input (the weight, and
+// under adaptive clipping the unclipped bit: `integers` of them) and the number of the change's
 // coordinates the range clipped, which the server learns only as a sum
 // (round_report::secagg_clipped: whether R is too small).
 struct input_codec {
   codec change, weight;
-  input_codec(const secagg_config& config, std::size_t clients)
+  std::size_t integers = 1;
+  input_codec(const secagg_config& config, std::size_t clients, std::size_t integers_in = 1)
       : change(config.range, config.bits, clients),
-        weight(std::ldexp(1.0, integer_bits - 1), integer_bits, clients) {}
+        weight(std::ldexp(1.0, integer_bits - 1), integer_bits, clients),
+        integers(integers_in) {}
   static constexpr int integer_bits = 32;
 
-  // secure_input's (w (X - G), w) -> (its encoding, w, clipped) in Z_{2^64}: L + 2 elements; w
-  // must be an integer in [1, 2^31] (the count saturates there).
+  // secure_input's (w (X - G), w[, bit]) -> (its encoding, w[, bit], clipped) in Z_{2^64}:
+  // L + integers + 1 elements; w must be an integer in [1, 2^31] (the count saturates there).
   std::vector<std::uint64_t> encode(const std::vector<double>& input, std::uint64_t seed) const {
-    const std::span<const double> x(input.data(), input.size() - 1);
-    const double w = input.back();
+    const std::span<const double> x(input.data(), input.size() - integers);
+    std::vector<double> exact(input.end() - std::ptrdiff_t(integers), input.end());
+    const double w = exact.front();
     if (!(w >= 1.0 && w <= weight.range() && w == std::floor(w))) {
       rolora::detail::raise<value_error>("secagg: a client's weight must be an integer in [1, ",
                                          weight.range(), "], got ", w);
     }
     double clipped = 0;
     for (double v : x) clipped += std::abs(v) > change.range() ? 1.0 : 0.0;
-    const double integers[2] = {w, std::min(clipped, weight.range())};
+    exact.push_back(std::min(clipped, weight.range()));
     auto out = change.encode(x, seed);
-    for (std::uint64_t e : weight.encode(integers, 0)) out.push_back(e);  // exact: no draw
+    for (std::uint64_t e : weight.encode(exact, 0)) out.push_back(e);  // exact: no draw
     return out;
   }
-  // The sum of n encodings -> (sum w (X - G), sum w, sum clipped).
+  // The sum of n encodings -> (sum w (X - G), sum w[, sum bit], sum clipped).
   std::vector<double> decode_sum(std::span<const std::uint64_t> sum, std::size_t n) const {
-    auto out = change.decode_sum(sum.first(sum.size() - 2), n);
-    for (double v : weight.decode_sum(sum.last(2), n)) out.push_back(v);
+    auto out = change.decode_sum(sum.first(sum.size() - integers - 1), n);
+    for (double v : weight.decode_sum(sum.last(integers + 1), n)) out.push_back(v);
     return out;
   }
 };
@@ -129,7 +133,8 @@ struct in_process : rolora::in_process {
 
     // Train, check and encode (the clients' side; in parallel, as in_process).
     const std::size_t m = plan.reporting.size();
-    const input_codec codec(sa, std::max<std::size_t>(m, 1));
+    const bool clip_bits = server.secure_clip_bits();  // adaptive clipping's bit, summed too
+    const input_codec codec(sa, std::max<std::size_t>(m, 1), clip_bits ? 2 : 1);
     std::vector<std::vector<std::uint64_t>> encoded(m);
     std::vector<double> losses(m);
     std::vector<std::string> refused(m);
@@ -149,8 +154,8 @@ struct in_process : rolora::in_process {
         const random_stream rounding(config.seed, stream::secagg_rounding, std::uint32_t(t),
                                      std::uint32_t(c));
         const auto b = rounding.bits(0);
-        encoded[i] =
-            codec.encode(secure_input(view, u, plan.shares, w), (std::uint64_t(b[1]) << 32) | b[0]);
+        encoded[i] = codec.encode(secure_input(view, u, plan.shares, w, clip_bits),
+                                  (std::uint64_t(b[1]) << 32) | b[0]);
         losses[i] = u.loss;
       } catch (const error& e) {  // check_update names the client; the encoding does not
         const std::string why(e.message());
@@ -173,8 +178,10 @@ struct in_process : rolora::in_process {
       party.clear();
     }
     const std::size_t n = party.size();
-    // L coordinates of the change, then w and the clipped count.
-    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) + 2;
+    // L coordinates of the change, then w, the unclipped bit (adaptive clipping) and the clipped
+    // count.
+    const std::size_t length =
+        rolora::detail::change_length(server.global(), plan.shares) + 2 + (clip_bits ? 1 : 0);
     const auto finish = [&](const std::vector<std::uint64_t>& sum,
                             const std::vector<std::size_t>& in_sum) {
       for (std::size_t p : in_sum) {
