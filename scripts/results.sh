@@ -179,7 +179,7 @@ if [ "$what" = robustness ]; then
 fi
 if [ "$what" = personal ]; then
   # FedSA-LoRA measured fairly: the robustness grid's 50-client Dirichlet 0.3 cell (4 local steps,
-  # 30 rounds, its rates) rerun with --personal-eval: each client's own model (FedSA-LoRA: the
+  # its rates) at ROUNDS (30; the grid ran 10) with --personal-eval: each client's own model (FedSA-LoRA: the
   # shared A with its own B) on its share of the test split, drawn with its label mix, beside the
   # global model's test accuracy. Runs under docs/runs/personal/s<seed>/<method>/.
   jobs="${JOBS:-1}"
