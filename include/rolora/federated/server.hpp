@@ -847,13 +847,11 @@ class federation_server {
       const std::size_t n = clients_.size(), m = config_.clients_per_round;
       privacy::client_dp_state next = privacy_state_;
       next.rounds += 1;
-      if (!unclipped) {
-        unclipped = 0.0;
-        for (const auto& u : good) *unclipped += u.clipped ? 0.0 : 1.0;
-      }
-      next.clip_norm = privacy::next_clip_norm(privacy_, privacy_state_.clip_norm, *unclipped,
-                                               privacy_.expected_participants(n, m),
-                                               privacy_.bit_noise(n, m), config_.seed, plan.round);
+      next.clip_norm = privacy::next_clip_norm(
+          privacy_, privacy_state_.clip_norm,
+          unclipped ? *unclipped
+                    : privacy::unclipped_count(std::span<const client_update<Backend>>(good)),
+          privacy_.expected_participants(n, m), privacy_.bit_noise(n, m), config_.seed, plan.round);
       return next;
     } else {
       return privacy_state_;

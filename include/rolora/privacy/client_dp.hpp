@@ -521,14 +521,20 @@ inline double next_clip_norm(const client_dp& dp, double clip_norm, double uncli
          std::exp(-dp.adaptive->learning_rate * (b - dp.adaptive->target_unclipped_quantile));
 }
 
+// The number of `updates` that were not clipped: adaptive clipping's count.
+template <backend Backend>
+double unclipped_count(std::span<const client_update<Backend>> updates) {
+  double unclipped = 0.0;
+  for (const auto& u : updates) unclipped += u.clipped ? 0.0 : 1.0;
+  return unclipped;
+}
+
 // The same step, counting the unclipped updates among `updates`.
 template <backend Backend>
 double next_clip_norm(const client_dp& dp, double clip_norm,
                       std::span<const client_update<Backend>> updates, double expected,
                       double bit_noise, std::uint64_t seed, std::size_t round) {
-  double unclipped = 0.0;
-  for (const auto& u : updates) unclipped += u.clipped ? 0.0 : 1.0;
-  return next_clip_norm(dp, clip_norm, unclipped, expected, bit_noise, seed, round);
+  return next_clip_norm(dp, clip_norm, unclipped_count(updates), expected, bit_noise, seed, round);
 }
 
 }  // namespace privacy
