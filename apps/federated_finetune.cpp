@@ -550,10 +550,14 @@ int main(int argc, char** argv) {
                  "error: --model: this build has no Hugging Face models (use the CPU build)\n");
     return 2;
 #else
-    if (app.count("--checkpoint") || app.count("--model-layers")) {
+    if (app.count("--checkpoint")) {
+      std::fprintf(stderr, "error: --model and --checkpoint name two base models; give one\n");
+      return 2;
+    }
+    if (app.count("--model-layers")) {
       std::fprintf(stderr,
-                   "error: --model and --checkpoint / --model-layers name two base models; give "
-                   "one\n");
+                   "error: --model-layers is the built-in model's depth; --model's comes from "
+                   "its config.json\n");
       return 2;
     }
     if (s.hf.train_file.empty() || s.hf.test_file.empty()) {
