@@ -15,7 +15,8 @@ tuning rule, and the tables from the runs under docs/runs/paper/. Standard libra
                                                          from its runs (RUNS: docs/runs)
 
 Tuning rule: seed 0, validation split, each method's final validation accuracy after the tuning
-rounds. The rates come from LADDER; first the three of FIRST, then the two ladder neighbours of
+rounds (FedSA-LoRA: its final personal accuracy on the validation split, since its server model
+is the frozen probe with B = 0 whatever the rate). The rates come from LADDER; first the three of FIRST, then the two ladder neighbours of
 the best rate until both have been tried, so that the pick is never at the edge of what was tried
 (a pick at the ladder's own end is marked). Ties go to the smaller rate. A run that failed (the
 model diverged and the server refused a non-finite update) counts as the worst.
@@ -30,6 +31,9 @@ from collections import defaultdict
 LADDER = ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2", "5"]
 FIRST = ["0.05", "0.2", "1"]
 TUNED = ["head", "fedit", "ffa", "rolora", "fedsa"]
+# FedSA-LoRA's server model keeps B = 0, and with the head frozen it is the probe whatever the
+# rate: its rate is tuned on what it trains, each client's own model (personal accuracy).
+TUNING_METRIC = {"fedsa": "personal_accuracy"}
 TITLES = {"head": "head only", "fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA",
           "fedsa": "FedSA-LoRA"}
 
@@ -58,7 +62,7 @@ def tuning(root):
         for run in sorted((root / method).glob("lr*")):
             rows = rows_of(run)
             if rows is not None:
-                tried[method][run.name[2:]] = final(rows)
+                tried[method][run.name[2:]] = final(rows, TUNING_METRIC.get(method, "eval_accuracy"))
     return tried
 
 
