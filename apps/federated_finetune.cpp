@@ -184,11 +184,12 @@ method_result run_federation(const std::string& method, Federation& fed,
   // (rolora::partition_like); each client's model scored on its share, the mean over clients
   // with a share (equal weights). Methods without a per-client factor score the global model,
   // whose predictions the evaluation just made.
-  std::vector<std::vector<int>> client_labels;
-  for (const auto& c : data.clients) client_labels.push_back(c.labels);
-  const auto shares = s.personal_eval
-                          ? rolora::partition_like(client_labels, eval_set.labels, s.task.seed)
-                          : rolora::partition{};
+  rolora::partition shares;
+  if (s.personal_eval) {
+    std::vector<std::vector<int>> client_labels;
+    for (const auto& c : data.clients) client_labels.push_back(c.labels);
+    shares = rolora::partition_like(client_labels, eval_set.labels, s.task.seed);
+  }
   std::vector<std::int32_t> predictions;  // of the last global evaluation
   const bool own_models =
       fed.policy().keeps_local().any() || !fed.server().config().client_ranks.empty();
@@ -198,7 +199,7 @@ method_result run_federation(const std::string& method, Federation& fed,
     return std::pair{e.loss, e.accuracy};
   };
   if (s.personal_eval) {
-    cb.evaluate_personal = [&](const rolora::adapter_set<Backend>&) {
+    cb.evaluate_personal = [&] {
       double sum = 0.0;
       std::size_t scored = 0;
       for (std::size_t c = 0; c < shares.size(); ++c) {

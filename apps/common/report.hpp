@@ -50,7 +50,7 @@ struct round_progress {
   // (loss, accuracy) of the global adapters on the evaluation set.
   std::function<std::pair<double, double>(const adapter_set<Backend>&)> evaluate;
   // Optional: the personal accuracy (round_row::personal_accuracy), right after `evaluate`.
-  std::function<double(const adapter_set<Backend>&)> evaluate_personal;
+  std::function<double()> evaluate_personal;
   std::function<double()> memory_mib;  // empty: the line shows no memory
   std::string memory_name = "RSS";
   std::function<void(const std::vector<round_row>& rows, bool last)> after;
@@ -71,7 +71,7 @@ struct round_progress {
     const bool last = row.round == rounds;
     if (last || row.round % eval_every == 0) {
       std::tie(row.eval_loss, row.eval_accuracy) = evaluate(global);
-      if (evaluate_personal) row.personal_accuracy = evaluate_personal(global);
+      if (evaluate_personal) row.personal_accuracy = evaluate_personal();
     }
     rows.push_back(row);
     char accuracy[16] = "  -   ";
