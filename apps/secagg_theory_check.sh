@@ -4,7 +4,8 @@
 # too (seeded noise; fixed and adaptive clipping), a masked run equals the same encoding without
 # masks (--secagg-no-masks) in every column but the protocol's bytes; the aggregation error is
 # empty (not available under masks); the masked run's upload holds the protocol's stages (more
-# bytes than the unmasked inputs). FLoRA, FedSA-LoRA and MPI are refused before any round, each with its reason.
+# bytes than the unmasked inputs). FLoRA, FedSA-LoRA and gRPC are refused before any round, each
+# with its reason (over MPI: tests/mpi/mpi_check.sh secagg).
 #   usage: secagg_theory_check.sh PATH/TO/linear_regression_theory WORK_DIR
 set -euo pipefail
 theory=$1
@@ -47,9 +48,10 @@ grep -q "flora's aggregate is not a mean of the uploaded factors" "$work/flora.l
   fail "FLoRA's refusal: $(cat "$work/flora.log")"
 grep -q "fedsa keeps a factor per client" "$work/every.log" ||
   fail "FedSA-LoRA's refusal: $(cat "$work/every.log")"
-if "$theory" --method rolora "${common[@]}" --secure-aggregation --transport mpi \
-  > "$work/mpi.log" 2>&1; then
-  fail "--secure-aggregation ran over MPI"
+if "$theory" --method rolora "${common[@]}" --secure-aggregation --transport grpc \
+  > "$work/grpc.log" 2>&1; then
+  fail "--secure-aggregation ran over gRPC"
 fi
-grep -q "runs in-process only so far" "$work/mpi.log" || fail "MPI's refusal: $(cat "$work/mpi.log")"
-echo "ok: FLoRA, FedSA-LoRA and MPI refused before any round"
+grep -q "runs in-process and over MPI so far" "$work/grpc.log" ||
+  fail "gRPC's refusal: $(cat "$work/grpc.log")"
+echo "ok: FLoRA, FedSA-LoRA and gRPC refused before any round"

@@ -21,7 +21,11 @@
 #include <rolora/transports.hpp>
 #if defined(ROLORA_HAVE_SECAGG)
 #include <rolora/secagg/round.hpp>
+#if defined(ROLORA_HAVE_MPI)
+#include <rolora/secagg/mpi.hpp>
 #endif
+#endif
+#include <memory>
 #include <rolora/version.hpp>
 #include <set>
 #include <string>
@@ -55,9 +59,13 @@ struct transport_options {
   std::size_t min_clients = 1;
   long garbage_client = -1;  // testing: this client uploads garbage bytes (MPI, gRPC)
   long slow_client = -1;     // testing: this client answers round 0 3 x client_timeout late
-  // --secure-aggregation and its --secagg-* settings (rolora/secagg/round.hpp; in-process).
+  // --secure-aggregation and its --secagg-* settings (rolora/secagg/round.hpp, in-process;
+  // rolora/secagg/mpi.hpp over MPI).
   bool secure_aggregation = false;
   rolora::secagg_config secagg;
+  // testing: "CLIENT:STAGE" entries, each client silent from that protocol stage on in every
+  // round (advertise, share_keys, masked_input, unmask)
+  std::vector<std::string> secagg_drop;
 
   // Into a federation_config or theory::method_options.
   template <class Config>
@@ -89,7 +97,7 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
                  "a round with fewer usable updates fails, changing nothing")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
-  const char* secagg_group = "Secure aggregation (in-process; needs libsodium)";
+  const char* secagg_group = "Secure aggregation (in-process and MPI; needs libsodium)";
   app.add_flag("--secure-aggregation", t.secure_aggregation,
                "the server learns only the sum of each round's updates (Bonawitz et al. 2017 "
                "double masking over a SecAgg+ neighbour graph, docs/privacy.md); FedIT, "
@@ -161,39 +169,37 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
   app.add_option("--slow-client", t.slow_client,
                  "testing: client C answers round 0 three client timeouts late (mpi, grpc)")
       ->group("");
+  app.add_option("--secagg-drop", t.secagg_drop,
+                 "testing: CLIENT:STAGE,... each client silent from that stage on in every "
+                 "round (advertise, share_keys, masked_input, unmask)")
+      ->delimiter(',')
+      ->check([](const std::string& v) -> std::string {
+        const auto colon = v.find(':');
+        const std::string st = colon == std::string::npos ? "" : v.substr(colon + 1);
+        if (colon == 0 || colon == std::string::npos ||
+            v.find_first_not_of("0123456789") != colon ||
+            (st != "advertise" && st != "share_keys" && st != "masked_input" && st != "unmask"))
+          return "expected CLIENT:STAGE with STAGE advertise, share_keys, masked_input or "
+                 "unmask, got '" +
+                 v + "'";
+        return "";
+      })
+      ->group("");
 }
 
 // The flags that are each process's own (where it listens or dials, its certificates, threads,
 // output and checkpoint files, test hooks, the server's drop policies) and do not change the bits
 // a client computes.
-inline const std::set<std::string> local_flags{"help",
-                                               "transport",
-                                               "role",
-                                               "listen",
-                                               "connect",
-                                               "client-id",
-                                               "tls-ca",
-                                               "tls-cert",
-                                               "tls-key",
-                                               "insecure",
-                                               "roster",
-                                               "connect-timeout",
-                                               "chunk-kib",
-                                               "garbage-client",
-                                               "slow-client",
-                                               "client-timeout",
-                                               "on-bad-update",
-                                               "min-clients",
-                                               "threads",
-                                               "quiet",
-                                               "csv",
-                                               "plot",
-                                               "npy",
-                                               "out",
-                                               "checkpoint-dir",
-                                               "checkpoint-every",
-                                               "resume",
-                                               "crash-after"};
+inline const std::set<std::string> local_flags{"help",        "transport",      "role",
+                                               "listen",      "connect",        "client-id",
+                                               "tls-ca",      "tls-cert",       "tls-key",
+                                               "insecure",    "roster",         "connect-timeout",
+                                               "chunk-kib",   "garbage-client", "slow-client",
+                                               "secagg-drop", "client-timeout", "on-bad-update",
+                                               "min-clients", "threads",        "quiet",
+                                               "csv",         "plot",           "npy",
+                                               "out",         "checkpoint-dir", "checkpoint-every",
+                                               "resume",      "crash-after"};
 
 // 64-bit FNV-1a over 8-byte words of a file's bytes (empty when it cannot be read): a content
 // fingerprint, not a cryptographic hash.
@@ -239,7 +245,29 @@ class app_transport {
   // A transport that cannot be had (no MPI in this build, fewer than 2 ranks) ends the program
   // with the error and exit code 2.
   app_transport(int& argc, char**& argv, const transport_options& o)
-      : t_(make(argc, argv, o)), secure_(o.secure_aggregation) {}
+      : t_(make(argc, argv, o)), secure_(o.secure_aggregation) {
+#if defined(ROLORA_HAVE_SECAGG)
+    for (const auto& entry : o.secagg_drop) {
+      const auto colon = entry.find(':');
+      const std::string st = entry.substr(colon + 1);
+      drops_.emplace_back(std::stoul(entry.substr(0, colon)),
+                          st == "advertise"      ? secagg::stage::advertise
+                          : st == "share_keys"   ? secagg::stage::share_keys
+                          : st == "masked_input" ? secagg::stage::masked_input
+                                                 : secagg::stage::unmask);
+    }
+#if defined(ROLORA_HAVE_MPI)
+    if (secure_) {
+      t_.visit([&](auto& carrier) {
+        if constexpr (std::is_same_v<std::remove_cvref_t<decltype(carrier)>,
+                                     rolora::mpi::transport>)
+          secure_mpi_ = std::make_unique<secagg::mpi_transport>(carrier);
+      });
+      if (secure_mpi_) secure_mpi_->drop = drop_hook();
+    }
+#endif
+#endif
+  }
 
   // Rank 0 under MPI, the server under gRPC, always in-process: the one that prints and writes.
   bool is_server() const { return t_.is_server(); }
@@ -265,12 +293,22 @@ class app_transport {
   template <class Backend, class Task>
   bool serve(std::vector<Task>& tasks, const federation_config& config) {
     if (is_server()) return false;
+#if defined(ROLORA_HAVE_SECAGG) && defined(ROLORA_HAVE_MPI)
+    if (secure_mpi_) {
+      secure_mpi_->template serve<Backend>(tasks, config);
+      return true;
+    }
+#endif
     t_.visit([&](auto& t) { t.template serve<Backend>(tasks, config); });
     return true;
   }
   // Rank 0: this federation is over.
   void finish() {
-    if (is_server()) t_.visit([](auto& t) { t.finish(); });
+    if (!is_server()) return;
+#if defined(ROLORA_HAVE_SECAGG) && defined(ROLORA_HAVE_MPI)
+    if (secure_mpi_) return secure_mpi_->finish();
+#endif
+    t_.visit([](auto& t) { t.finish(); });
   }
   // Waits for every process of the job (a no-op in-process).
   void barrier() {
@@ -288,10 +326,10 @@ class app_transport {
 
  private:
   static rolora::transport_by_name make(int& argc, char**& argv, const transport_options& o) {
-    if (o.secure_aggregation && o.kind != "inprocess") {
+    if (o.secure_aggregation && o.kind == "grpc") {
       std::fprintf(stderr,
-                   "error: --secure-aggregation runs in-process only so far (got --transport %s)\n",
-                   o.kind.c_str());
+                   "error: --secure-aggregation runs in-process and over MPI so far (got "
+                   "--transport grpc)\n");
       std::exit(2);
     }
 #if !defined(ROLORA_HAVE_SECAGG)
@@ -344,13 +382,29 @@ class app_transport {
         decltype(std::declval<Federation&>().server())>::aggregator_type;
 #if defined(ROLORA_HAVE_SECAGG)
     if constexpr (mean_of_factors_aggregator<aggregator>) {
+#if defined(ROLORA_HAVE_MPI)
+      if (secure_mpi_) return std::forward<F>(f)(*secure_mpi_);
+#endif
       rolora::secagg::in_process t;
+      t.drop = drop_hook();
       return std::forward<F>(f)(t);
     }
 #endif
     refusing<aggregator> t;
     return std::forward<F>(f)(t);
   }
+#if defined(ROLORA_HAVE_SECAGG)
+  // --secagg-drop as the protocol's drop hook: silent from the stage on.
+  std::function<bool(std::size_t, std::size_t, secagg::stage)> drop_hook() const {
+    if (drops_.empty()) return {};
+    return [drops = drops_](std::size_t client, std::size_t, secagg::stage s) {
+      for (const auto& [c, from] : drops) {
+        if (c == client && s >= from) return true;
+      }
+      return false;
+    };
+  }
+#endif
   // The transport of a composition secure aggregation cannot run: refuses its first round.
   template <class Aggregator>
   struct refusing : rolora::in_process {
@@ -365,6 +419,13 @@ class app_transport {
 
   rolora::transport_by_name t_;
   bool secure_ = false;
+#if defined(ROLORA_HAVE_SECAGG)
+  std::vector<std::pair<std::size_t, secagg::stage>> drops_;
+#if defined(ROLORA_HAVE_MPI)
+  // --secure-aggregation over MPI, over t_'s transport (declared after it: destroyed first).
+  std::unique_ptr<secagg::mpi_transport> secure_mpi_;
+#endif
+#endif
 };
 
 }  // namespace rolora::apps

@@ -19,6 +19,13 @@
 #          finetune_dp_np3  the same under client-level DP (Poisson sampling, adaptive clipping)
 #          finetune_hf_np3  the same with --model on the tiny BERT of tests/data/hf_tiny (the
 #                         fifth argument is that directory)
+#          secagg         --secure-aggregation (rolora/secagg/mpi.hpp): mpirun -np 3 byte-identical
+#                         to in-process on the complete graph, a 2-regular graph, without masks and
+#                         under client-level DP with adaptive clipping; with clients silent from
+#                         each protocol stage on (--secagg-drop, --client-timeout) under -np 4,
+#                         identical to in-process with the same drops, each silence logged
+#          finetune_hf_secagg_np3  finetune_hf_np3 under --secure-aggregation
+#          (secagg modes are skipped in a build without libsodium)
 # Skipped ("rolora-skip:") where mpirun is missing or rolora was built without MPI.
 set -euo pipefail
 mode=$1
@@ -181,6 +188,50 @@ case $mode in
            --threads 1 --base-precision fp32)
     finetune_in_process_and_np3 "${flags[@]}"
     echo "federated_finetune --model (tiny BERT) over mpirun -np 3: CSVs (but seconds) and adapters byte-identical"
+    ;;
+  secagg)
+    common=(--rounds 2 --dim 16 --out-dim 4 --samples 100 --quiet --secure-aggregation)
+    if "$exe" "${common[@]}" --clients 3 2>&1 | grep -q "has no libsodium"; then
+      echo "rolora-skip: rolora was built without libsodium (Debian: libsodium-dev)"
+      exit 0
+    fi
+    # in_process_and_mpi NP TAG FLAGS...: the same CSV in-process and under mpirun -np NP.
+    in_process_and_mpi() {
+      local np=$1 tag=$2
+      shift 2
+      "$exe" "${common[@]}" "$@" --csv "$work/$tag.inprocess.csv" > "$work/$tag.inprocess.log" 2>&1
+      mpi "$np" "${common[@]}" "$@" --csv "$work/$tag.mpi.csv" > "$work/$tag.mpi.log" 2>&1
+      cmp "$work/$tag.inprocess.csv" "$work/$tag.mpi.csv" ||
+        { echo "FAIL: $tag differs over MPI"; cat "$work/$tag.mpi.log"; exit 1; }
+      echo "ok $tag: byte-identical over mpirun -np $np"
+    }
+    in_process_and_mpi 3 complete --method rolora --clients 6
+    in_process_and_mpi 3 regular2 --method ffa --clients 6 --secagg-neighbours 2
+    in_process_and_mpi 3 no_masks --method fedit --clients 6 --secagg-no-masks
+    in_process_and_mpi 3 dp --method rolora --clients 6 --dp client --clip-norm 0.5 \
+      --noise-multiplier 0.3 --adaptive-clip --clip-bit-noise 1
+    drops=(--secagg-drop 1:advertise,2:share_keys,3:masked_input,4:unmask --client-timeout 0.5)
+    in_process_and_mpi 4 drops --method rolora --clients 10 "${drops[@]}"
+    in_process_and_mpi 4 drops_regular --method rolora --clients 12 --secagg-neighbours 6 \
+      --secagg-threshold 3 "${drops[@]}"
+    for line in "client 1 silent at ready" "client 2 silent at share keys" \
+                "client 3 silent at masked input" "client 4 silent at unmask"; do
+      grep -q "round 3: $line" "$work/drops.mpi.log" ||
+        { echo "FAIL: no 'round 3: $line' in the log:"; cat "$work/drops.mpi.log"; exit 1; }
+    done
+    echo "secure aggregation over MPI: identical to in-process, dropouts at every stage included"
+    ;;
+  finetune_hf_secagg_np3)  # $5: tests/data/hf_tiny
+    flags=(--model "$5/bert" --train "$5/app/classify_train.csv" --test "$5/app/classify_test.csv"
+           --max-len 24 --clients 3 --rounds 2 --local-steps 2 --batch 4 --methods fedit,rolora
+           --threads 1 --base-precision fp32 --secure-aggregation)
+    if "$exe" "${flags[@]}" --out "$work/probe" 2>&1 | grep -q "has no libsodium"; then
+      echo "rolora-skip: rolora was built without libsodium (Debian: libsodium-dev)"
+      exit 0
+    fi
+    finetune_in_process_and_np3 "${flags[@]}"
+    echo "federated_finetune --model --secure-aggregation over mpirun -np 3: CSVs (but seconds)" \
+      "and adapters byte-identical"
     ;;
   *)
     echo "unknown mode $mode"

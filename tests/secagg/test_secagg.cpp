@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <rolora/secagg/frame.hpp>
 #include <rolora/secagg/messages.hpp>
 #include <rolora/secagg/secagg.hpp>
 #include <set>
@@ -765,4 +766,32 @@ TEST_CASE("a dropped client's rebuilt mask key does not open the shares sealed t
   const auto box = envelope.tensor("box").bytes;
   CHECK_THROWS_AS((void)open_sealed(box, sealing.at(0), rebuilt), value_error);
   CHECK(decode_sealed_shares(to_dropped, round, clients[3], sealing).from == 0);  // 3 itself can
+}
+
+TEST_CASE("secagg: the MPI transport's frames round-trip and refuse what does not fit") {
+  const frames::frame f{'R', 7, 3, {{1, 2, 3}, {}, std::vector<std::uint8_t>(300, 9)}};
+  const auto bytes = frames::encode(f);
+  CHECK(bytes.size() == 25 + 3 * 8 + 3 + 300);
+  const auto back = frames::decode(bytes);
+  CHECK(back.kind == 'R');
+  CHECK(back.round == 7);
+  CHECK(back.client == 3);
+  CHECK(back.parts == f.parts);
+  const auto refusal = [](std::vector<std::uint8_t> b) {
+    return test::untagged_message_of<value_error>([&] { (void)frames::decode(b); });
+  };
+  CHECK(refusal({bytes.begin(), bytes.begin() + 24}) ==
+        "secagg frame: 24 bytes, expected at least 25");
+  CHECK(refusal({bytes.begin(), bytes.end() - 1}) == "secagg frame: part 2 of 300 bytes, 299 left");
+  auto trailing = bytes;
+  trailing.push_back(0);
+  CHECK(refusal(trailing) == "secagg frame: 1 bytes after the parts");
+  auto many = bytes;
+  many[17 + 7] = 0x7f;  // a part count of about 2^62: refused before any allocation
+  CHECK(refusal(many).find("parts in 327 bytes") != std::string::npos);
+  // The numbers parts: exactly the count asked for.
+  const frames::frame n{'S', 1, 0, {frames::numbers({4, 5, 6})}};
+  CHECK(frames::numbers_of(n, 0, 3) == std::vector<std::uint64_t>{4, 5, 6});
+  CHECK(test::untagged_message_of<value_error>([&] { (void)frames::numbers_of(n, 0, 2); }) ==
+        "secagg frame 'S': part 0 must hold 2 u64 numbers");
 }

@@ -136,6 +136,7 @@ class transport {
   transport& operator=(const transport&) = delete;
   ~transport() { release_sends(true); }
 
+  MPI_Comm comm() const { return comm_; }
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool is_server() const { return rank_ == 0; }

@@ -206,6 +206,14 @@ inline std::vector<std::uint8_t> encode_sealed_shares(const client& sender, cons
   const std::uint64_t n = box.size();
   return serialize_safetensors({{"box", {tensor_dtype::u8, {n}, std::move(box)}}}, m);
 }
+// The (from, to) of an envelope, for the server that routes it without opening it (over MPI:
+// secagg/mpi.hpp). Refuses another stage's or round's envelope.
+inline std::pair<std::size_t, std::size_t> sealed_shares_route(std::span<const std::uint8_t> bytes,
+                                                               std::uint64_t round) {
+  const auto f = detail::wire::open(bytes, "sealed_shares", round);
+  return {detail::wire::number(f, "from", "sealed_shares"),
+          detail::wire::number(f, "to", "sealed_shares")};
+}
 // The bundle for client `me`, opened with its encryption key and the envelope's sender's
 // (`encryption_keys`: client -> encryption public key). Refuses another stage's or round's
 // envelope, one addressed to another client, one from a client without a key, a box that does

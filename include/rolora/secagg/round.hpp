@@ -110,6 +110,45 @@ inline std::size_t round_threshold(const neighbour_graph& g, std::size_t configu
   return configured ? configured : least / 2 + 1;
 }
 
+// A client's side of the train stage: train from `download`, check the update as the server
+// would (a refused update: `refused` holds the reason, naming the client), encode secure_input
+// (the change over `shares`) with `codec`, rounding from the stream secagg_rounding (round,
+// client). The same on every transport.
+struct trained_input {
+  std::vector<std::uint64_t> encoding;
+  double loss = 0.0;
+  std::string refused;
+};
+template <class Task, class Backend>
+trained_input train_and_encode(Task& task, client_download<Backend> download,
+                               const federation_config& config, const input_codec& codec,
+                               factor_set shares, bool clip_bits) {
+  const std::size_t c = download.client;
+  const std::uint64_t t = download.round;
+  const auto view = download.adapters;
+  const auto u = train_locally(task, std::move(download), config);
+  trained_input out;
+  try {
+    rolora::detail::check_update(view, u,
+                                 {.lower_ranks = false,
+                                  .same_scaling = true,
+                                  .min_samples = 1.0,
+                                  .max_abs_entry = config.max_abs_entry});
+    const double w =
+        config.client_weighting == weighting::uniform ? 1.0 : std::round(u.num_samples);
+    const random_stream rounding(config.seed, stream::secagg_rounding, std::uint32_t(t),
+                                 std::uint32_t(c));
+    const auto b = rounding.bits(0);
+    out.encoding = codec.encode(secure_input(view, u, shares, w, clip_bits),
+                                (std::uint64_t(b[1]) << 32) | b[0]);
+    out.loss = u.loss;
+  } catch (const error& e) {  // check_update names the client; the encoding does not
+    const std::string why(e.message());
+    out.refused = why.starts_with("client ") ? why : "client " + std::to_string(c) + ": " + why;
+  }
+  return out;
+}
+
 // The in-process transport with secure aggregation: in_process's training, then the protocol.
 struct in_process : rolora::in_process {
   // Testing: whether client `client` (the federation's id) is gone before stage `s` of `round`.
@@ -135,38 +174,17 @@ struct in_process : rolora::in_process {
     const std::size_t m = plan.reporting.size();
     const bool clip_bits = server.secure_clip_bits();  // adaptive clipping's bit, summed too
     const input_codec codec(sa, std::max<std::size_t>(m, 1), clip_bits ? 2 : 1);
-    std::vector<std::vector<std::uint64_t>> encoded(m);
-    std::vector<double> losses(m);
-    std::vector<std::string> refused(m);
+    std::vector<trained_input> inputs(m);
     rolora::detail::parallel_for(m, config.threads, [&](std::size_t i) {
       const std::size_t c = plan.reporting[i];
-      auto download = server.download(plan, c);
-      const auto view = download.adapters;
-      const auto u = train_locally(tasks[c], std::move(download), config);
-      try {
-        rolora::detail::check_update(view, u,
-                                     {.lower_ranks = false,
-                                      .same_scaling = true,
-                                      .min_samples = 1.0,
-                                      .max_abs_entry = config.max_abs_entry});
-        const double w =
-            config.client_weighting == weighting::uniform ? 1.0 : std::round(u.num_samples);
-        const random_stream rounding(config.seed, stream::secagg_rounding, std::uint32_t(t),
-                                     std::uint32_t(c));
-        const auto b = rounding.bits(0);
-        encoded[i] = codec.encode(secure_input(view, u, plan.shares, w, clip_bits),
-                                  (std::uint64_t(b[1]) << 32) | b[0]);
-        losses[i] = u.loss;
-      } catch (const error& e) {  // check_update names the client; the encoding does not
-        const std::string why(e.message());
-        refused[i] = why.starts_with("client ") ? why : "client " + std::to_string(c) + ": " + why;
-      }
+      inputs[i] = train_and_encode(tasks[c], server.download(plan, c), config, codec, plan.shares,
+                                   clip_bits);
     });
     // The protocol's parties: the clients that checked their update and did not drop.
     std::vector<std::size_t> party;  // protocol id -> index into plan.reporting
     for (std::size_t i = 0; i < m; ++i) {
-      if (!refused[i].empty()) {
-        out.rejected.push_back({plan.reporting[i], refused[i]});
+      if (!inputs[i].refused.empty()) {
+        out.rejected.push_back({plan.reporting[i], inputs[i].refused});
       } else if (!gone(plan.reporting[i], stage::advertise)) {
         party.push_back(i);
       }
@@ -186,7 +204,7 @@ struct in_process : rolora::in_process {
                             const std::vector<std::size_t>& in_sum) {
       for (std::size_t p : in_sum) {
         out.summed.push_back(plan.reporting[party[p]]);
-        out.losses.push_back(losses[party[p]]);
+        out.losses.push_back(inputs[party[p]].loss);
       }
       out.sum =
           in_sum.empty() ? std::vector<double>(length, 0.0) : codec.decode_sum(sum, in_sum.size());
@@ -201,8 +219,9 @@ struct in_process : rolora::in_process {
       for (std::size_t p = 0; p < n; ++p) {
         const std::size_t c = plan.reporting[party[p]];
         if (gone(c, stage::share_keys) || gone(c, stage::masked_input)) continue;
-        rolora::secagg::detail::add_into(sum, encoded[party[p]]);
-        out.bytes.masked_input += encode_masked_input(p, encoded[party[p]], t).size();  // in clear
+        rolora::secagg::detail::add_into(sum, inputs[party[p]].encoding);
+        out.bytes.masked_input +=
+            encode_masked_input(p, inputs[party[p]].encoding, t).size();  // in clear
         in_sum.push_back(p);
       }
       return finish(sum, in_sum);
@@ -261,7 +280,7 @@ struct in_process : rolora::in_process {
     for (std::size_t p = 0; p < n; ++p) {
       if (!shared[p] || gone(federation_id(p), stage::masked_input)) continue;
       const auto bytes =
-          encode_masked_input(p, clients[p].masked(encoded[party[p]], masking_set), t);
+          encode_masked_input(p, clients[p].masked(inputs[party[p]].encoding, masking_set), t);
       out.bytes.masked_input += bytes.size();
       auto [from, y] = decode_masked_input(bytes, t, length);
       if (from != p) {
@@ -271,14 +290,14 @@ struct in_process : rolora::in_process {
       masked[p] = std::move(y);
     }
 
-    // Unmask: the request to every party still there, their answers back.
+    // Unmask: the request to every party whose masked input came (the server cannot know who
+    // else is gone), the answers of those still there back.
     const unmask_request request = make_request(masking_set, masked);
     const auto request_bytes = encode_unmask_request(request, t);
     std::vector<unmask_answer> answers;
-    for (const auto& [p, pk] : masking_set) {
-      if (gone(federation_id(p), stage::masked_input) || gone(federation_id(p), stage::unmask))
-        continue;
+    for (const auto& [p, y] : masked) {
       out.bytes.unmask_request += request_bytes.size();
+      if (gone(federation_id(p), stage::unmask)) continue;
       const auto bytes =
           encode_unmask_answer(clients[p].answer(decode_unmask_request(request_bytes, t)), t);
       out.bytes.unmask_answer += bytes.size();
