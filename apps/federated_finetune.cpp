@@ -479,8 +479,14 @@ int main(int argc, char** argv) {
   app.add_option("--text-columns", s.hf.text_columns,
                  "--model: the text column, or two for pairs (default: sentence1,sentence2, "
                  "question,sentence, premise,hypothesis, sentence or text, whichever exist; "
-                 "decoders: instruction,input,output (Alpaca: loss on the output) or one text)")
+                 "decoders: messages (chat, rendered with the model's chat template: loss on "
+                 "the assistant's turns), instruction,input,output (Alpaca: loss on the output) "
+                 "or one text)")
       ->delimiter(',');
+  app.add_option("--chat-template", s.hf.chat_template,
+                 "--model: render the messages column with this Jinja file instead of the "
+                 "model's chat template (chat_template.jinja or tokenizer_config.json's)")
+      ->check(CLI::ExistingFile);
   app.add_option("--label-column", s.hf.label_column, "--model: the class column (encoders)")
       ->capture_default_str();
   app.add_option("--split-column", s.hf.split_column,
@@ -582,7 +588,7 @@ int main(int argc, char** argv) {
     h.layers.assign(s.layers.begin(), s.layers.end());
     h.train_head = s.train_head, h.optimizer = s.optimizer, h.lr = s.lr;
     h.weight_decay = s.weight_decay, h.out = s.out, h.save_adapters = s.save_adapters;
-    h.checkpoint = s.checkpoint, h.carrier = &carrier;
+    h.checkpoint = s.checkpoint, h.carrier = &carrier, h.transport = &s.transport;
     h.base_precision = app.count("--base-precision") ? s.base_precision : "auto";
     h.dp = s.dp;
     return apps::exit_code_of([&] { return apps::run_hf_finetune(h); },

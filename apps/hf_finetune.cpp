@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <rolora/data/chat.hpp>
 #include <rolora/data/text_table.hpp>
 #include <rolora/federated/checkpoint.hpp>
 #include <rolora/federated/methods.hpp>
@@ -127,7 +128,8 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
   auto columns = s.text_columns;
   if (columns.empty()) {
     for (const auto& candidates :
-         std::vector<std::vector<std::string>>{{"instruction", "input", "output"},
+         std::vector<std::vector<std::string>>{{"messages"},
+                                               {"instruction", "input", "output"},
                                                {"sentence1", "sentence2"},
                                                {"question", "sentence"},
                                                {"question1", "question2"},
@@ -146,14 +148,17 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
     }
   }
   const bool alpaca = columns == std::vector<std::string>{"instruction", "input", "output"};
+  const bool chat = !encoder && columns == std::vector<std::string>{"messages"};
+  std::string cols;
+  for (const auto& c : columns) cols += (cols.empty() ? "" : ",") + c;
   if (encoder && (alpaca || columns.size() > 2)) {
     raise<config_error>("--text-columns: an encoder classifies one text or a pair, got ",
                         columns.size(), " columns");
   }
   if (!encoder && !alpaca && columns.size() != 1) {
     raise<config_error>(
-        "--text-columns: a decoder learns one text column or the Alpaca columns "
-        "instruction,input,output, got ",
+        "--text-columns: a decoder learns one text column (messages: a chat) or the Alpaca "
+        "columns instruction,input,output, got ",
         columns.size(), " columns");
   }
   if (encoder) d.classes = label_ids(train, train.column(s.label_column));
@@ -162,12 +167,23 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
                         s.label_column, "', the model's head has ", config.num_labels);
   }
   const auto eos = tok.specials().eos;
+  std::optional<tokenizers::chat_template> chat_tpl;
+  nlohmann::ordered_json chat_vars;
+  if (chat) {
+    chat_tpl.emplace(s.chat_template.empty() ? data::chat_template_of(s.model_dir)
+                                             : data::chat_template_from_file(s.chat_template));
+    chat_vars = data::chat_variables(s.model_dir);
+  } else if (!s.chat_template.empty()) {
+    raise<config_error>("--chat-template renders a messages column; the text columns are ", cols);
+  }
   auto encode_file = [&](const data::text_table& t, const std::string& file, hf_examples& out,
                          std::vector<int>* labels) {
     std::vector<std::size_t> col;
     for (const auto& c : columns) col.push_back(t.column(c));
     out.tokens.seq_len = index_t(s.max_len);
     const std::size_t label_col = encoder ? t.column(s.label_column) : 0;
+    const auto tools_col =
+        chat && t.has_column("tools") ? std::optional(t.column("tools")) : std::nullopt;
     for (const auto& row : t.rows) {
       if (encoder) {
         const auto it = d.classes.find(row[label_col]);
@@ -180,6 +196,19 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
             {}, out);
         out.labels.push_back(it->second);
         if (labels) labels->push_back(it->second);
+      } else if (chat) {  // loss on the assistant's turns
+        try {
+          auto vars = chat_vars;
+          if (tools_col) vars["tools"] = nlohmann::ordered_json::parse(row[*tools_col]);
+          auto ex =
+              data::encode_chat(tok, *chat_tpl, nlohmann::ordered_json::parse(row[col[0]]), vars);
+          build.add(std::move(ex.ids), std::move(ex.targets), out);
+        } catch (const nlohmann::json::exception& e) {
+          raise<value_error>(file, ": row ", &row - t.rows.data() + 1, ": ", e.what());
+        } catch (const rolora::error& e) {
+          raise<value_error>(file, ": row ", &row - t.rows.data() + 1, ": ", e.what());
+        }
+        if (labels) labels->push_back(0);
       } else if (alpaca) {  // loss on the response only
         auto ids = tok.encode(alpaca_prompt(row[col[0]], row[col[1]]));
         std::vector<std::int32_t> targets(ids.size(), -100);
@@ -211,13 +240,11 @@ prepared_data prepare(const hf_finetune_settings& s, const models::hf_config& co
                         "--split-column (e.g. a category column)");
   }
   encode_file(test, s.test_file, d.test, nullptr);
-  std::string cols;
-  for (const auto& c : columns) cols += (cols.empty() ? "" : ",") + c;
   d.summary = "data: " + std::to_string(d.train.size()) + " train / " +
               std::to_string(d.test.size()) + " test examples (" + cols +
               (encoder ? "; " + std::to_string(d.classes.size()) + " classes" : "") +
-              (alpaca ? "; loss on the responses" : "") + "), " + std::to_string(s.max_len) +
-              " tokens each";
+              (alpaca || chat ? "; loss on the responses" : "") + "), " +
+              std::to_string(s.max_len) + " tokens each";
   return d;
 }
 
@@ -369,6 +396,7 @@ method_run run_method(const std::string& method, Policy policy, Aggregator aggre
   }
   fc.threads = s.threads;
   fc.seed = s.seed;
+  if (s.transport) s.transport->apply(fc);
   return with_federation<backend>(policy, aggregator, fc, initial, s.dp, method, [&](auto& fed) {
     return run_federation(method, fed, lc, s, model, d, parts, precision, std::move(result));
   });

@@ -1,7 +1,8 @@
 # ctest script of app.finetune_hf_<family>: federated_finetune --model on a tiny Hugging Face
 # checkpoint of tests/data/hf_tiny (with its hand-made character tokenizer.json) and the files of
-# tests/data/hf_tiny/app; checks the CSV, the PEFT directory's keys on the real module names, a
-# second run that starts from that PEFT directory, and the refusal of --model with --checkpoint.
+# tests/data/hf_tiny/app; checks the CSV, the PEFT directory's keys on the real module names (and
+# for chats that the messages column was read, loss on the responses), a second run that starts
+# from that PEFT directory, and the refusal of --model with --checkpoint.
 #   cmake -D EXE=... -D MODEL=<dir> -D TRAIN=<file> -D TEST=<file> -D KEY=<a PEFT key>
 #         -D WORK=<dir> -D "ARGS=..." -P hf_finetune_smoke.cmake
 cmake_minimum_required(VERSION 3.21)  # the binary header below is read under current policies
@@ -31,6 +32,9 @@ endif()
 file(READ "${WORK}/first/rolora_adapter/adapter_config.json" _config)
 if(NOT _config MATCHES "\"base_model_name_or_path\": \"${MODEL}\"")
   message(FATAL_ERROR "adapter_config.json does not name the model directory:\n${_config}")
+endif()
+if(TRAIN MATCHES "chat_" AND NOT out MATCHES "\\(messages; loss on the responses\\)")
+  message(FATAL_ERROR "the chats were not read as a messages column with the loss on the responses")
 endif()
 if(NOT out MATCHES "rolora +round +2/2 +phase A .*agg err [0-9.]+e-(0[6-9]|[1-9][0-9])")
   message(FATAL_ERROR "RoLoRA's A round did not report an exact aggregation")

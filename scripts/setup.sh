@@ -14,6 +14,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin  # the MPI transport (rolora::mpi) and its mpirun tests (label mpi)
   libgrpc++-dev pkg-config openssl  # the gRPC transport (rolora::grpc, found by pkg-config) and scripts/make_certs.sh
   libsodium-dev  # secure aggregation's cryptography (rolora::secagg, found by pkg-config): X25519, BLAKE2b, ChaCha20
+  libsentencepiece-dev sentencepiece  # SentencePiece tokenizer.model directories (rolora::sentencepiece); spm_train for its test
   libdnnl-dev  # oneDNN: the fp32 GEMM provider of the Eigen backend (ROLORA_ENABLE_ONEDNN=AUTO)
 )
 

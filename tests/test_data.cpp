@@ -14,6 +14,7 @@
 #include <numeric>
 #include <rolora/core/error.hpp>
 #include <rolora/core/rng.hpp>
+#include <rolora/data/chat.hpp>
 #include <rolora/data/data.hpp>
 #include <rolora/federated/partition.hpp>
 #include <set>
@@ -569,4 +570,149 @@ TEST_CASE("data: a missing corpus directory says how to get it") {
   const auto missing = std::filesystem::temp_directory_path() / "rolora_no_such_corpus";
   CHECK_THROWS_WITH_AS(data::read_spam_assassin(missing),
                        doctest::Contains("run scripts/fetch_data.sh"), rolora::error);
+}
+
+namespace {
+// A character-level WordPiece tokenizer (a-z, "##a".."##z", "?") with ChatML's turn markers and
+// "</s>" as added tokens: every boundary a chat template draws between words is a token boundary.
+rolora::tokenizers::tokenizer chat_test_tokenizer() {
+  nlohmann::ordered_json vocab = {
+      {"<unk>", 0}, {"</s>", 1}, {"<|im_start|>", 2}, {"<|im_end|>", 3}, {"?", 4}};
+  for (char c = 'a'; c <= 'z'; ++c) {
+    vocab[std::string(1, c)] = vocab.size();
+    vocab["##" + std::string(1, c)] = vocab.size();
+  }
+  nlohmann::ordered_json added = nlohmann::ordered_json::array();
+  for (const char* t : {"<unk>", "</s>", "<|im_start|>", "<|im_end|>"}) {
+    added.push_back({{"id", vocab[t]},
+                     {"content", t},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
+  }
+  const nlohmann::ordered_json j = {{"version", "1.0"},
+                                    {"added_tokens", added},
+                                    {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+                                    {"model",
+                                     {{"type", "WordPiece"},
+                                      {"unk_token", "<unk>"},
+                                      {"continuing_subword_prefix", "##"},
+                                      {"max_input_chars_per_word", 100},
+                                      {"vocab", vocab}}}};
+  return rolora::tokenizers::tokenizer::from_json_text(j.dump());
+}
+
+nlohmann::ordered_json chat_of(std::initializer_list<std::pair<const char*, const char*>> turns) {
+  auto messages = nlohmann::ordered_json::array();
+  for (const auto& [role, content] : turns)
+    messages.push_back({{"role", role}, {"content", content}});
+  return messages;
+}
+
+// The expected example from the rendering written out by hand: (text, learned) pieces.
+rolora::data::chat_example expected_chat(
+    const rolora::tokenizers::tokenizer& tok,
+    std::initializer_list<std::pair<const char*, bool>> pieces) {
+  rolora::data::chat_example ex;
+  for (const auto& [text, learned] : pieces) {
+    for (const auto id : tok.encode(text, false)) {
+      ex.ids.push_back(id);
+      ex.targets.push_back(learned ? id : -100);
+    }
+  }
+  return ex;
+}
+}  // namespace
+
+TEST_CASE("data: a chat's loss covers the assistant's turns as the template renders them") {
+  const auto tok = chat_test_tokenizer();
+  const rolora::tokenizers::chat_template chatml(
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+  const auto messages = chat_of({{"system", "be brief"},
+                                 {"user", "ab cd"},
+                                 {"assistant", "ef?"},
+                                 {"user", "gh"},
+                                 {"assistant", "ij kl"}});
+  const auto got = rolora::data::encode_chat(tok, chatml, messages, {});
+  const auto want = expected_chat(
+      tok, {{"<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nab cd<|im_end|>\n"
+             "<|im_start|>assistant\n",
+             false},
+            {"ef?<|im_end|>\n", true},
+            {"<|im_start|>user\ngh<|im_end|>\n<|im_start|>assistant\n", false},
+            {"ij kl<|im_end|>\n", true}});
+  CHECK(got.ids == want.ids);
+  CHECK(got.targets == want.targets);
+
+  SUBCASE("{% generation %} blocks mark the responses themselves") {
+    const rolora::tokenizers::chat_template marked(
+        "{% for m in messages %}{{ m.role }} {% if m.role == 'assistant' %}{% generation %}"
+        "{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %} "
+        "{% endfor %}");  // (a newline right after a tag would go: trim_blocks)
+    const auto ex = rolora::data::encode_chat(tok, marked, messages, {});
+    const auto expect = expected_chat(tok, {{"system be brief user ab cd assistant ", false},
+                                            {"ef?</s>", true},
+                                            {" user gh assistant ", false},
+                                            {"ij kl</s>", true},
+                                            {" ", false}});
+    CHECK(ex.ids == expect.ids);
+    CHECK(ex.targets == expect.targets);
+  }
+  SUBCASE("the template's variables reach it") {
+    const rolora::tokenizers::chat_template with_bos(
+        "{{ bos_token }}{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant {% endif %}");
+    const auto ex = rolora::data::encode_chat(
+        tok, with_bos, chat_of({{"user", "x"}, {"assistant", "y"}}), {{"bos_token", "</s>"}});
+    const auto expect = expected_chat(tok, {{"</s>user x assistant ", false}, {"y ", true}});
+    CHECK(ex.ids == expect.ids);
+    CHECK(ex.targets == expect.targets);
+  }
+}
+
+TEST_CASE("data: a chat the template cannot split into prompt and response is refused") {
+  const auto tok = chat_test_tokenizer();
+  const auto refused = [&](const char* source, const nlohmann::ordered_json& messages) {
+    const rolora::tokenizers::chat_template tpl(source);
+    try {
+      rolora::data::encode_chat(tok, tpl, messages, {});
+    } catch (const rolora::value_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("not refused");
+  };
+  const auto two_turns =
+      chat_of({{"user", "ab"}, {"assistant", "cd"}, {"user", "ef"}, {"assistant", "gh"}});
+  // The last response gets a prefix the earlier ones lose (as Qwen3's think block).
+  CHECK(refused("{% for m in messages %}{{ m.role }} {% if loop.last and m.role == 'assistant' %}"
+                "z {% endif %}{{ m.content }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant {% endif %}",
+                two_turns)
+            .find("renders message 1 (assistant) differently once later messages follow") !=
+        std::string::npos);
+  // A template that ignores add_generation_prompt (always or never writes the prompt).
+  for (const char* source : {"{% for m in messages %}{{ m.role }} {{ m.content }}\n{% endfor %}"
+                             "assistant ",
+                             "{% for m in messages %}{{ m.role }} {{ m.content }}\n{% endfor %}"}) {
+    CAPTURE(source);
+    CHECK(refused(source, chat_of({{"user", "ab"}, {"assistant", "cd"}}))
+              .find("ignores add_generation_prompt") != std::string::npos);
+  }
+  // The response glued to its prompt: "assistantcd" is one word, "cd" alone another's tokens.
+  CHECK(refused("{% for m in messages %}{{ m.role }}{{ m.content }} {% endfor %}"
+                "{% if add_generation_prompt %}assistant{% endif %}",
+                chat_of({{"user", "ab"}, {"assistant", "cd"}}))
+            .find("splits what the tokenizer reads as one token") != std::string::npos);
+  const char* chatml =
+      "{% for m in messages %}{{ m.role }} {{ m.content }}\n{% endfor %}"
+      "{% if add_generation_prompt %}assistant {% endif %}";
+  CHECK(refused(chatml, chat_of({{"user", "ab"}})).find("no assistant message") !=
+        std::string::npos);
+  CHECK(refused(chatml, nlohmann::ordered_json::object()).find("must be a list") !=
+        std::string::npos);
+  CHECK(refused(chatml, nlohmann::ordered_json::array({{{"content", "x"}}}))
+            .find("message 0 must be an object with a string \"role\"") != std::string::npos);
 }

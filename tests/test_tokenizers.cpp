@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <rolora/tokenizers/chat_template.hpp>
 #include <rolora/tokenizers/tokenizer.hpp>
 #include <string>
 #include <vector>
@@ -187,4 +188,143 @@ TEST_CASE("tokenizers: text that is not valid UTF-8 is refused") {
   CHECK_THROWS_AS((void)t.encode("a\xff"), rolora::value_error);
   CHECK_THROWS_AS((void)t.encode("\xc3"), rolora::value_error);
   CHECK_THROWS_AS((void)t.encode("\xed\xa0\x80"), rolora::value_error);  // a surrogate
+}
+
+// ---- Chat templates (tokenizers/chat_template.hpp). The comparisons with @huggingface/jinja over
+// real templates and conversations are tests/tokenizers/check_chat.js (ctest label tokenizers).
+
+namespace {
+
+using rolora::tokenizers::chat_template;
+using ordered_json = nlohmann::ordered_json;
+
+std::string chat_refusal(const std::string& source) {
+  try {
+    chat_template t(source, "tpl");
+    return "";
+  } catch (const rolora::value_error& e) {
+    return e.what();
+  }
+}
+std::string render_text(const std::string& source,
+                        const ordered_json& context = ordered_json::object()) {
+  return chat_template(source).render(context).text;
+}
+
+}  // namespace
+
+TEST_CASE("chat templates: a syntax error names the line and column") {
+  // an unclosed block, at the end of the template
+  CHECK(chat_refusal("Hi\n{% if x %}\nno end")
+            .find("tpl:3:7: expected {% elif %} or {% else %} or {% endif %} closing the if block "
+                  "opened at 2:1, got the end of the template") != std::string::npos);
+  // a tag that is never closed
+  CHECK(chat_refusal("ab\n  {{ x ").find("tpl:2:") != std::string::npos);
+  // an unknown statement
+  CHECK(chat_refusal("{% if a %}\n{% while b %}{% endif %}")
+            .find("tpl:2:4: expected a statement (set, if, for, macro, call, filter, break, "
+                  "continue), got 'while'") != std::string::npos);
+  // a closing tag of another block
+  CHECK(chat_refusal("{% for m in x %}{% endif %}")
+            .find("tpl:1:20: expected {% endfor %} closing the for loop opened at 1:1, got {% "
+                  "endif %}") != std::string::npos);
+  // a bad expression
+  CHECK(chat_refusal("x\n{{ a + }}").find("tpl:2:8: expected an expression, got '}}'") !=
+        std::string::npos);
+  CHECK(chat_refusal("{{ a | }}").find("tpl:1:8: expected the name of a filter") !=
+        std::string::npos);
+  CHECK(chat_refusal("{{ 'abc }}").find("tpl:1:4: a string is not closed") != std::string::npos);
+  CHECK(chat_refusal("{{ a ? b }}").find("tpl:1:6: unexpected character '?'") != std::string::npos);
+}
+
+TEST_CASE("chat templates: raise_exception, runtime errors and the nesting limit") {
+  const chat_template t(
+      "{% if messages|length == 0 %}{{ raise_exception('no ' ~ 'messages') }}{% endif %}ok", "tpl");
+  CHECK(t.render({{"messages", ordered_json::array({1})}}).text == "ok");
+  try {
+    (void)t.render({{"messages", ordered_json::array()}});
+    FAIL("raise_exception did not throw");
+  } catch (const rolora::value_error& e) {
+    CHECK(std::string(e.what()).find("tpl: raise_exception: no messages") != std::string::npos);
+  }
+  const chat_template unknown("line\n{{ x|no_such_filter }}", "tpl");
+  CHECK_THROWS_WITH_AS((void)unknown.render({{"x", "s"}}),
+                       doctest::Contains("tpl:2:6: unknown filter 'no_such_filter'"),
+                       rolora::value_error);
+  CHECK_THROWS_WITH_AS((void)chat_template("{{ x() }}").render({{"x", 1}}),
+                       doctest::Contains("cannot call a integer"), rolora::value_error);
+  CHECK_THROWS_WITH_AS((void)chat_template("{{ range(100000000)|length }}").render({}),
+                       doctest::Contains("range() of more than"), rolora::value_error);
+  // nesting: brackets and blocks deeper than 256 levels are refused, not a stack overflow
+  CHECK(chat_refusal("{{ " + std::string(1000, '[') + std::string(1000, ']') + " }}")
+            .find("nests deeper than 256") != std::string::npos);
+  std::string ifs;
+  for (int i = 0; i < 300; ++i) ifs += "{% if true %}";
+  CHECK(chat_refusal(ifs).find("nests deeper than 256") != std::string::npos);
+  CHECK(chat_refusal("{{ " + std::string(100000, '(')).find("tpl:1:") != std::string::npos);
+  // a macro calling itself forever
+  CHECK_THROWS_WITH_AS(
+      (void)chat_template("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").render({}),
+      doctest::Contains("macro calls nest deeper than 256"), rolora::value_error);
+}
+
+TEST_CASE("chat templates: generation spans") {
+  const chat_template t(
+      "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}{{ "
+      "m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}{{ '\\n' }}{% endfor "
+      "%}");
+  CHECK(t.has_generation_blocks());
+  const auto out = t.render(
+      {{"messages",
+        ordered_json::parse(
+            R"([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "ans"}])")}});
+  CHECK(out.text == "<user>hi\n<assistant>yo</s>\n<user>q\n<assistant>ans</s>\n");
+  REQUIRE(out.generation_spans.size() == 2);
+  CHECK(out.text.substr(out.generation_spans[0].first,
+                        out.generation_spans[0].second - out.generation_spans[0].first) ==
+        "yo</s>");
+  CHECK(out.text.substr(out.generation_spans[1].first,
+                        out.generation_spans[1].second - out.generation_spans[1].first) ==
+        "ans</s>");
+  CHECK_FALSE(chat_template("{{ x }}").has_generation_blocks());
+  // '-' on a generation tag strips the white space around it, as the reference
+  const auto stripped =
+      chat_template("a  {%- generation -%}  b  {%- endgeneration %}\nc").render({});
+  CHECK(stripped.text == "abc");  // trim_blocks takes the newline after a tag
+  REQUIRE(stripped.generation_spans.size() == 1);
+  CHECK(stripped.generation_spans[0] == std::pair<std::size_t, std::size_t>{1, 2});
+  const auto spaced = chat_template("x {% generation %} y {% endgeneration %} z").render({});
+  CHECK(spaced.text == "x  y  z");
+  REQUIRE(spaced.generation_spans.size() == 1);
+  CHECK(spaced.generation_spans[0] == std::pair<std::size_t, std::size_t>{2, 5});
+}
+
+TEST_CASE("chat templates: rendering") {
+  // undefined prints nothing; none too; true/false lowercase and floats as the reference prints
+  // them
+  CHECK(render_text("[{{ nothing }}][{{ nothing.deeper }}][{{ none }}]") == "[][][]");
+  CHECK(render_text(
+            "{{ true }} {{ 2.0 }} {{ 1 / 4 }} {{ 7 // 2 }} {{ [1, 'a', none] }} {{ 'x' ~ 2.0 }}") ==
+        "true 2.0 0.25 3 [1, \"a\", null] x2");
+  // trim_blocks and lstrip_blocks
+  CHECK(render_text("a\n  {% if true %}\n  b\n  {% endif %}\nc") == "a\n  b\nc");
+  // a ChatML-like template, by hand
+  const chat_template chatml(
+      "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% "
+      "endfor -%}\n"
+      "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+  const auto ctx = ordered_json::parse(
+      R"({"messages": [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "2+2?"}], "add_generation_prompt": true})");
+  CHECK(chatml.render(ctx).text ==
+        "<|im_start|>system\nBe "
+        "brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n");
+  // namespaces, loop variables, slicing, tojson keeping the order of the mapping
+  CHECK(render_text("{% set ns = namespace(n=0) %}{% for x in [3, 4, 5][::-1] %}{% set ns.n = ns.n "
+                    "+ x %}{{ loop.index }}{{ ',' if not loop.last }}{% endfor %} {{ ns.n }}") ==
+        "1,2,3 12");
+  CHECK(render_text("{{ d|tojson }} {{ d|tojson(indent=1) }}",
+                    {{"d", ordered_json::parse(R"({"b": 1, "a": [true, "é"]})")}}) ==
+        "{\"b\": 1, \"a\": [true, \"é\"]} {\n \"b\": 1,\n \"a\": [\n  true,\n  \"é\"\n ]\n}");
+  CHECK(render_text("{% macro m(a, b='B') %}{{ a }}{{ b }}{% endmacro %}{{ m(1) }} {{ m(1, b=2) }} "
+                    "{{ m(b=3, a=4) }}") == "1B 12 43");
 }

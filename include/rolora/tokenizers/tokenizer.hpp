@@ -30,6 +30,9 @@
 #include <rolora/core/error.hpp>
 #include <rolora/io/file.hpp>
 #include <rolora/io/json.hpp>
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+#include <rolora/tokenizers/sentencepiece.hpp>
+#endif
 #include <rolora/tokenizers/split_patterns.hpp>
 #include <rolora/tokenizers/unicode.hpp>
 #include <string>
@@ -925,8 +928,13 @@ class tokenizer {
   }
 
   // Reads dir/tokenizer.json, and the names of bos/eos/pad/unk from dir/tokenizer_config.json
-  // when it is there.
+  // when it is there. A directory with a SentencePiece tokenizer.model and no tokenizer.json
+  // (Llama 2's era) is read through libsentencepiece (tokenizers/sentencepiece.hpp) where rolora
+  // is built with it, and refused with that reason elsewhere.
   static tokenizer from_directory(const std::filesystem::path& dir) {
+    if (!std::filesystem::exists(dir / "tokenizer.json") &&
+        std::filesystem::exists(dir / "tokenizer.model"))
+      return from_sentencepiece(dir);
     tokenizer t = from_file(dir / "tokenizer.json");
     const auto config = dir / "tokenizer_config.json";
     if (std::filesystem::exists(config)) t.read_config(config);
@@ -968,11 +976,17 @@ class tokenizer {
   std::optional<std::int32_t> token_to_id(std::string_view token) const {
     for (const auto& t : added_)
       if (t.raw == token) return t.token.id;
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    if (sp_) return sp_->piece_to_id(token);
+#endif
     return model_->vocab.find(token);
   }
   std::optional<std::string> id_to_token(std::int32_t id) const {
     for (const auto& t : added_)
       if (t.token.id == id) return t.raw;
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    if (sp_) return sp_->id_to_piece(id);
+#endif
     if (id >= 0 && static_cast<std::size_t>(id) < model_->vocab.tokens.size() &&
         !model_->vocab.tokens[static_cast<std::size_t>(id)].empty())
       return model_->vocab.tokens[static_cast<std::size_t>(id)];
@@ -980,7 +994,11 @@ class tokenizer {
   }
   // One more than the largest id (model or added token): the rows an embedding table needs.
   std::size_t vocab_size() const {
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    std::size_t n = sp_ ? sp_->size() : model_->vocab.tokens.size();
+#else
     std::size_t n = model_->vocab.tokens.size();
+#endif
     for (const auto& t : added_) n = std::max(n, static_cast<std::size_t>(t.token.id) + 1);
     return n;
   }
@@ -994,6 +1012,22 @@ class tokenizer {
   // The text of `ids` through the file's decoder (ByteLevel or WordPiece); special added tokens
   // left out when skip_special. Another decoder is refused here (encode does not need one).
   std::string decode(const std::vector<std::int32_t>& ids, bool skip_special = true) const {
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    if (sp_) {  // SentencePiece's own decoder; the special tokens as their text unless skipped
+      std::string out;
+      std::vector<std::int32_t> run;
+      for (const auto id : ids) {
+        if (!is_special(id)) {
+          run.push_back(id);
+          continue;
+        }
+        out += sp_->decode(run);
+        run.clear();
+        if (!skip_special) out += *id_to_token(id);
+      }
+      return out + sp_->decode(run);
+    }
+#endif
     std::vector<std::string> tokens;
     for (const auto id : ids) {
       if (skip_special && is_special(id)) continue;
@@ -1062,6 +1096,95 @@ class tokenizer {
   };
 
   tokenizer() = default;
+
+  static tokenizer from_sentencepiece(const std::filesystem::path& dir) {
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    using namespace detail;
+    json c = json::object();
+    const auto config = dir / "tokenizer_config.json";
+    const where w{config.string(), ""};
+    if (std::filesystem::exists(config)) {
+      const auto bytes = rolora::read_file_bytes(config, std::uint64_t{64} << 20);
+      const auto fail = [&](rolora::detail::json_io::fault, const std::string& why) -> void {
+        rolora::detail::fail<config_error>("tokenizer", config.string(), ": ", why);
+      };
+      c = rolora::detail::json_io::parse_json<json>(bytes, fail);
+      if (!c.is_object()) refuse(w, "expected an object");
+    }
+    const auto flag = [&](const char* key, bool otherwise) {
+      if (!c.contains(key) || c.at(key).is_null()) return otherwise;
+      if (!c.at(key).is_boolean())
+        refuse(w.at(key), "expected true or false, got ", excerpt(c.at(key)));
+      return c.at(key).get<bool>();
+    };
+    const auto name_of = [&](const char* key, const char* otherwise) -> std::optional<std::string> {
+      if (!c.contains(key)) return otherwise ? std::optional<std::string>(otherwise) : std::nullopt;
+      const json& v = c.at(key);
+      if (v.is_null()) return std::nullopt;
+      if (v.is_string()) return v.get<std::string>();
+      if (v.is_object() && v.contains("content") && v.at("content").is_string())
+        return v.at("content").get<std::string>();
+      refuse(w.at(key), "expected a token or {\"content\": token}, got ", excerpt(v));
+    };
+    const auto unk = name_of("unk_token", "<unk>");
+    tokenizer t;
+    t.sp_ = std::make_shared<const sentencepiece_model>(
+        dir / "tokenizer.model",
+        sentencepiece_model::options{flag("legacy", true), flag("add_prefix_space", true),
+                                     unk.value_or("<unk>")});
+    t.sp_add_bos_ = flag("add_bos_token", true);
+    t.sp_add_eos_ = flag("add_eos_token", false);
+    // The special tokens LlamaTokenizer never splits: the named ones and added_tokens_decoder's.
+    const auto add = [&](const std::string& content, std::int32_t id, bool lstrip, bool rstrip) {
+      for (const auto& e : t.added_)
+        if (e.raw == content) return;
+      added_entry e;
+      e.raw = content;
+      e.token = {content, id, true, false, lstrip, rstrip};
+      t.added_.push_back(std::move(e));
+    };
+    if (c.contains("added_tokens_decoder")) {
+      const json& list = c.at("added_tokens_decoder");
+      if (!list.is_object()) refuse(w.at("added_tokens_decoder"), "expected an object");
+      for (const auto& [key, a] : list.items()) {
+        const where wi = w.at("added_tokens_decoder").at(key);
+        std::int32_t id = 0;
+        try {
+          id = std::int32_t(std::stol(key));
+        } catch (const std::exception&) {
+          refuse(wi, "expected an integer id as the key");
+        }
+        if (!a.is_object() || !a.contains("content") || !a.at("content").is_string())
+          refuse(wi, "expected {\"content\": token, ...}");
+        if (get_bool(a, wi, "single_word", false))
+          refuse(wi.at("single_word"), "single_word = true is not supported");
+        add(a.at("content").get<std::string>(), id, get_bool(a, wi, "lstrip", false),
+            get_bool(a, wi, "rstrip", false));
+      }
+    }
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
+      const auto name = name_of(key, key == std::string("unk_token")   ? "<unk>"
+                                     : key == std::string("bos_token") ? "<s>"
+                                     : key == std::string("eos_token") ? "</s>"
+                                                                       : nullptr);
+      if (!name) continue;
+      const auto id = t.token_to_id(*name);
+      if (!id) refuse(w.at(key), "\"", *name, "\" is not a piece of tokenizer.model");
+      add(*name, *id, false, false);
+      auto& slot = key == std::string("bos_token")   ? t.specials_.bos
+                   : key == std::string("eos_token") ? t.specials_.eos
+                   : key == std::string("unk_token") ? t.specials_.unk
+                                                     : t.specials_.pad;
+      slot = id;
+    }
+    return t;
+#else
+    rolora::detail::fail<config_error>(
+        "tokenizer", dir.string(),
+        ": a SentencePiece tokenizer.model and no tokenizer.json, and this build has no "
+        "SentencePiece (rolora::sentencepiece; Debian: libsentencepiece-dev)");
+#endif
+  }
 
   void read(const detail::json& j, const detail::where& w) {
     using namespace detail;
@@ -1188,6 +1311,21 @@ class tokenizer {
   std::vector<std::int32_t> encode_sequence(std::string_view text) const {
     using namespace detail;
     (void)decode_utf8(text);  // refuses invalid UTF-8 before anything is cut
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    if (sp_) {  // LlamaTokenizer.tokenize (tokenizers/sentencepiece.hpp)
+      std::vector<const added_token*> set;
+      for (const auto& e : added_) set.push_back(&e.token);
+      std::vector<std::int32_t> ids;
+      for (const auto& seg : cut_added(sp_->prepare(text), set)) {
+        if (seg.id)
+          ids.push_back(*seg.id);
+        else
+          sp_->encode_piece(seg.text, ids);
+      }
+      sp_->finish(ids, [&](std::int32_t id) { return is_special(id); });
+      return ids;
+    }
+#endif
     std::vector<const added_token*> raw_set, normalized_set;
     for (const auto& e : added_)
       (e.token.normalized && normalizer_ ? normalized_set : raw_set).push_back(&e.token);
@@ -1217,6 +1355,17 @@ class tokenizer {
                                          const std::vector<std::int32_t>* b,
                                          bool add_special) const {
     std::vector<std::int32_t> out;
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+    if (sp_) {  // LlamaTokenizer.build_inputs_with_special_tokens
+      for (const auto* seq : {&a, b}) {
+        if (!seq) continue;
+        if (add_special && sp_add_bos_ && specials_.bos) out.push_back(*specials_.bos);
+        out.insert(out.end(), seq->begin(), seq->end());
+        if (add_special && sp_add_eos_ && specials_.eos) out.push_back(*specials_.eos);
+      }
+      return out;
+    }
+#endif
     if (!post_.adds_tokens || !add_special) {
       if (post_.adds_tokens) {  // the template's order of the sequences, without its tokens
         for (const auto& p : b ? post_.pair : post_.single) {
@@ -1249,6 +1398,10 @@ class tokenizer {
   std::string decoder_;
   std::string wordpiece_prefix_ = "##";
   bool wordpiece_cleanup_ = true;
+#if defined(ROLORA_HAVE_SENTENCEPIECE)
+  std::shared_ptr<const detail::sentencepiece_model> sp_;  // tokenizer.model instead of model_
+  bool sp_add_bos_ = true, sp_add_eos_ = false;
+#endif
 };
 
 }  // namespace rolora::tokenizers
