@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ctest app.theory_secagg: linear_regression_theory with --secure-aggregation. For RoLoRA,
-# FFA-LoRA and FedIT, on the complete graph and on a random 4-regular one, with client-level DP
-# too (seeded noise; fixed and adaptive clipping), a masked run equals the same encoding without
+# FFA-LoRA, FedIT, FlexLoRA and FedEx-LoRA (the last two with their dense products under the
+# masks), on the complete graph and on a random 4-regular one, and for the first three with
+# client-level DP too (seeded noise; fixed and adaptive clipping), a masked run equals the same encoding without
 # masks (--secagg-no-masks) in every column but the protocol's bytes; the aggregation error is
 # empty (not available under masks); the masked run's upload holds the protocol's stages (more
 # bytes than the unmasked inputs). FLoRA, FedSA-LoRA and gRPC are refused before any round, each
@@ -14,9 +15,13 @@ rm -rf "$work"
 mkdir -p "$work"
 common=(--rounds 8 --clients 10 --quiet)
 fail() { echo "FAIL: $*"; exit 1; }
-for method in rolora ffa fedit; do
-  for graph in "" "--secagg-neighbours 4" "--dp client --clip-norm 0.5 --noise-multiplier 0.3" \
-    "--dp client --clip-norm 0.5 --noise-multiplier 0.3 --adaptive-clip --clip-bit-noise 1"; do
+dp="--dp client --clip-norm 0.5 --noise-multiplier 0.3"
+for method in rolora ffa fedit flexlora fedex; do
+  variants=("" "--secagg-neighbours 4")
+  # FlexLoRA and FedEx-LoRA (dense products under the masks) do not compose with client DP.
+  [[ $method == flexlora || $method == fedex ]] ||
+    variants+=("$dp" "$dp --adaptive-clip --clip-bit-noise 1")
+  for graph in "${variants[@]}"; do
     tag="$method$(echo "$graph" | tr -d ' -.')"
     # shellcheck disable=SC2086
     "$theory" --method "$method" "${common[@]}" $graph --secure-aggregation \
@@ -44,7 +49,8 @@ for method in flora every; do
   fi
   ! grep -q "^rolora " "$work/$method.log" || fail "$method: RoLoRA's rounds ran before the refusal"
 done
-grep -q "flora's aggregate is not a mean of the uploaded factors" "$work/flora.log" ||
+grep -q "flora's aggregate is neither a mean of the uploaded factors nor of their products" \
+  "$work/flora.log" ||
   fail "FLoRA's refusal: $(cat "$work/flora.log")"
 grep -q "fedsa keeps a factor per client" "$work/every.log" ||
   fail "FedSA-LoRA's refusal: $(cat "$work/every.log")"

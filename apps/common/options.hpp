@@ -120,12 +120,13 @@ inline std::string refusal_of(const std::vector<std::string>& methods, bool clie
     const auto c = composition_of(name);
     const std::string flag = client_dp && !c.client_dp ? "--dp client" : "--secure-aggregation";
     const std::string why =
-        !c.client_dp ? "'s aggregate is not a mean of the uploaded factors, so " +
-                           std::string(flag == "--dp client"
-                                           ? "clipping does not bound one client's influence"
-                                           : "it needs each client's factors and the server "
-                                             "would see only their sum")
-                     : " keeps a factor per client, which the server would hold in the clear";
+        flag == "--dp client"
+            ? "'s aggregate is not a mean of the uploaded factors, so clipping does not bound "
+              "one client's influence"
+        : !c.client_dp
+            ? "'s aggregate is neither a mean of the uploaded factors nor of their products, so "
+              "it needs each client's factors and the server would see only their sum"
+            : " keeps a factor per client, which the server would hold in the clear";
     return flag + ": " + name + why + "; use " + usable + " (docs/privacy.md: what composes)";
   }
   return {};

@@ -101,7 +101,8 @@ inline void add_transport_options(CLI::App& app, transport_options& t) {
   app.add_flag("--secure-aggregation", t.secure_aggregation,
                "the server learns only the sum of each round's updates (Bonawitz et al. 2017 "
                "double masking over a SecAgg+ neighbour graph, docs/privacy.md); FedIT, "
-               "FFA-LoRA, RoLoRA and the head-only control; refused for the other methods")
+               "FFA-LoRA, RoLoRA, the head-only control, and FlexLoRA and FedEx-LoRA with "
+               "dense uploads of their products; refused for the other methods")
       ->group(secagg_group);
   app.add_option("--secagg-range", t.secagg.range,
                  "each coordinate of a client's weighted change is clipped to [-R, R]")
@@ -381,7 +382,7 @@ class app_transport {
     using aggregator = typename std::remove_cvref_t<
         decltype(std::declval<Federation&>().server())>::aggregator_type;
 #if defined(ROLORA_HAVE_SECAGG)
-    if constexpr (mean_of_factors_aggregator<aggregator>) {
+    if constexpr (mean_of_factors_aggregator<aggregator> || product_mean_aggregator<aggregator>) {
 #if defined(ROLORA_HAVE_MPI)
       if (secure_mpi_) return std::forward<F>(f)(*secure_mpi_);
 #endif

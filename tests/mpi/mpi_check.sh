@@ -20,8 +20,9 @@
 #          finetune_hf_np3  the same with --model on the tiny BERT of tests/data/hf_tiny (the
 #                         fifth argument is that directory)
 #          secagg         --secure-aggregation (rolora/secagg/mpi.hpp): mpirun -np 3 byte-identical
-#                         to in-process on the complete graph, a 2-regular graph, without masks and
-#                         under client-level DP with adaptive clipping; with clients silent from
+#                         to in-process on the complete graph, a 2-regular graph, without masks,
+#                         for FlexLoRA and FedEx-LoRA (dense products) and under client-level DP
+#                         with adaptive clipping; with clients silent from
 #                         each protocol stage on (--secagg-drop, --client-timeout) under -np 4,
 #                         identical to in-process with the same drops, each silence logged
 #          finetune_hf_secagg_np3  finetune_hf_np3 under --secure-aggregation
@@ -208,6 +209,8 @@ case $mode in
     in_process_and_mpi 3 complete --method rolora --clients 6
     in_process_and_mpi 3 regular2 --method ffa --clients 6 --secagg-neighbours 2
     in_process_and_mpi 3 no_masks --method fedit --clients 6 --secagg-no-masks
+    in_process_and_mpi 3 flexlora --method flexlora --clients 6  # dense products too
+    in_process_and_mpi 3 fedex --method fedex --clients 6 --secagg-neighbours 2
     in_process_and_mpi 3 dp --method rolora --clients 6 --dp client --clip-norm 0.5 \
       --noise-multiplier 0.3 --adaptive-clip --clip-bit-noise 1
     drops=(--secagg-drop 1:advertise,2:share_keys,3:masked_input,4:unmask --client-timeout 0.5)

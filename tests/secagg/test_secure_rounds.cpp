@@ -2,11 +2,14 @@
 // a masked run equals the same encoding without masks bit for bit, with clients dropped at every
 // stage; the encoded mean is the plain mean to within one level; fewer than t answering
 // neighbours fail the round and change nothing; adaptive clipping's bits are summed under the
-// masks; the configurations that would show the server a client's update are refused.
+// masks; FlexLoRA and FedEx-LoRA run from the sums of their factors and dense products; the
+// configurations that would show the server a client's update are refused.
 #include <doctest/doctest.h>
 #include <cmath>
 #include <cstddef>
 #include <rolora/aggregate/fedavg.hpp>
+#include <rolora/aggregate/residual.hpp>
+#include <rolora/aggregate/svd_resplit.hpp>
 #include <rolora/federated/federation.hpp>
 #include <rolora/policy/policies.hpp>
 #include <rolora/privacy/client_dp.hpp>
@@ -94,6 +97,51 @@ TEST_CASE("secure rounds: a masked run equals the encoding without masks, bit fo
     CHECK(test::bit_equal(run<train_both>(config(true, k), 8).first,
                           run<train_both>(config(false, k), 8).first));
   }
+}
+
+namespace {
+// The delta s B A + R a client holds after the rounds, on the host.
+host_matrix<double> effective_delta(const dset& d) {
+  const auto& a = d.at(theory::module_name);
+  host_matrix<double> delta = a.scaling * (a.B * a.A);
+  if (a.has_residual()) delta += a.residual;
+  return delta;
+}
+
+template <class Aggregator>
+void check_products_from_sums(double tolerance) {
+  // Masked equals unmasked bit for bit; and both equal the plain federation, whose server sees
+  // every client's factors, to within the encoding's rounding. The uploads carry the dense
+  // products: more than the factors alone.
+  auto p = problem(6);
+  federation_config plain = config(true);
+  plain.secure_aggregation.reset();
+  federation<cpu, train_both, Aggregator> fed(train_both{}, Aggregator{}, plain, start());
+  fed.run(p.clients);
+  for (std::size_t k : {std::size_t(0), std::size_t(2)}) {
+    CAPTURE(k);
+    federation<cpu, train_both, Aggregator> masked(train_both{}, Aggregator{}, config(true, k),
+                                                   start());
+    federation<cpu, train_both, Aggregator> clear(train_both{}, Aggregator{}, config(false, k),
+                                                  start());
+    secagg::in_process transport;
+    const auto reports = rolora::run(transport, masked, p.clients);
+    rolora::run(transport, clear, p.clients);
+    CHECK(test::bit_equal(masked.global(), clear.global()));
+    const double gap =
+        (effective_delta(masked.global()) - effective_delta(fed.global())).cwiseAbs().maxCoeff();
+    CHECK(gap <= tolerance);
+    CHECK(gap > 0.0);                     // the encoding did round
+    const std::size_t dense = 6 * 8 * 8;  // [out, in] of 8-byte words, per client
+    CHECK(reports[0].secagg->masked_input > 6 * dense);
+  }
+}
+}  // namespace
+
+TEST_CASE("secure rounds: FlexLoRA and FedEx-LoRA from the sums of factors and products") {
+  // 4 rounds of 3 local steps; a level is 4 / 2^29 = 7.5e-9 per coordinate and round.
+  SUBCASE("FlexLoRA (svd_resplit)") { check_products_from_sums<svd_resplit>(1e-8); }
+  SUBCASE("FedEx-LoRA (fedex_residual)") { check_products_from_sums<fedex_residual>(1e-8); }
 }
 
 TEST_CASE("secure rounds: the encoded mean is the plain mean to within one level") {

@@ -245,6 +245,18 @@ struct aggregation_options {
 
 namespace detail {
 
+// Refuses a merge with a non-finite factor or residual, naming the module and the aggregator.
+template <class Aggregator, backend Backend>
+void check_finite_merge(const adapter_set<Backend>& next) {
+  for (const auto& [name, a] : next) {
+    if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B) ||
+        (a.has_residual() && !Backend::all_finite(a.residual))) {
+      raise<value_error>("module '", name, "': aggregator '", Aggregator::name,
+                         "' produced non-finite values");
+    }
+  }
+}
+
 // rolora::aggregate on updates already checked (check_updates, or the server's checks).
 template <backend Backend, class Aggregator>
 aggregation_result merge_checked(const Aggregator& aggregator, adapter_set<Backend>& global,
@@ -264,13 +276,7 @@ aggregation_result merge_checked(const Aggregator& aggregator, adapter_set<Backe
     result.residual_scalars = aggregator.residual_update_scalars(global, updates, shared);
   }
   if (shared.any()) average_modules_to_save(next, updates, result.weights);
-  for (const auto& [name, a] : next) {
-    if (!Backend::all_finite(a.A) || !Backend::all_finite(a.B) ||
-        (a.has_residual() && !Backend::all_finite(a.residual))) {
-      raise<value_error>("module '", name, "': aggregator '", Aggregator::name,
-                         "' produced non-finite values");
-    }
-  }
+  check_finite_merge<Aggregator>(next);
   if (options.measure_error) {
     double err2 = 0.0, norm2 = 0.0;
     for (const auto& [name, a] : next) {

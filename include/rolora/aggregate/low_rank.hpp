@@ -85,6 +85,23 @@ stacked_factors<Backend> stack_factors(const std::string& module,
   return {Backend::from_host(b), Backend::from_host(a), total};
 }
 
+// The best rank-r factorisation of a dense [out, in] matrix by its SVD: (A' [r, in], B' [out, r])
+// with B' = U_r sqrt(S_r), A' = sqrt(S_r) V_r^T, components in decreasing singular value, zero
+// beyond min(out, in).
+template <backend Backend>
+std::pair<typename Backend::matrix, typename Backend::matrix> best_rank_r_of_dense(
+    const host_matrix<double>& h, index_t r) {
+  using T = typename Backend::scalar;
+  Eigen::BDCSVD<host_matrix<double>> svd(h, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const index_t out = h.rows(), in = h.cols(), kd = std::min(r, std::min(out, in));
+  const Eigen::VectorXd root = svd.singularValues().head(kd).cwiseSqrt();
+  host_matrix<T> b_host = host_matrix<T>::Zero(out, r), a_host = host_matrix<T>::Zero(r, in);
+  b_host.leftCols(kd) = (svd.matrixU().leftCols(kd) * root.asDiagonal()).template cast<T>();
+  a_host.topRows(kd) =
+      (root.asDiagonal() * svd.matrixV().leftCols(kd).transpose()).template cast<T>();
+  return {Backend::from_host(a_host), Backend::from_host(b_host)};
+}
+
 // The best rank-r factorisation (Eckart-Young) of the product bt^T a, bt [R, out], a [R, in]:
 // returns (A' [r, in], B' [out, r]) with B' A' = U_r S_r V_r^T, split as B' = U_r sqrt(S_r),
 // A' = sqrt(S_r) V_r^T, components in decreasing singular value (so that the first r_i of them
@@ -124,15 +141,7 @@ std::pair<typename Backend::matrix, typename Backend::matrix> best_rank_r_factor
   }
   typename Backend::matrix dense;  // [out, in]
   Backend::gemm(T(1), bt, op::transpose, a, op::none, T(0), dense);
-  const hostd h = Backend::to_host(dense).template cast<double>();
-  Eigen::BDCSVD<hostd> svd(h, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const index_t kd = std::min(r, std::min(out, in));
-  const Eigen::VectorXd root = svd.singularValues().head(kd).cwiseSqrt();
-  host_matrix<T> b_host = host_matrix<T>::Zero(out, r), a_host = host_matrix<T>::Zero(r, in);
-  b_host.leftCols(kd) = (svd.matrixU().leftCols(kd) * root.asDiagonal()).template cast<T>();
-  a_host.topRows(kd) =
-      (root.asDiagonal() * svd.matrixV().leftCols(kd).transpose()).template cast<T>();
-  return {Backend::from_host(a_host), Backend::from_host(b_host)};
+  return best_rank_r_of_dense<Backend>(Backend::to_host(dense).template cast<double>(), r);
 }
 
 }  // namespace rolora::detail

@@ -10,11 +10,13 @@
 // In a round that shares one factor the factor-wise mean is already exact: no correction.
 #pragma once
 #include <cstddef>
+#include <map>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace rolora {
@@ -22,6 +24,7 @@ namespace rolora {
 struct fedex_residual {
   static constexpr std::string_view name = "fedex_residual";
   static constexpr bool accepts_heterogeneous_ranks = true;
+  static constexpr bool mean_of_products = true;  // product_mean_aggregator: secure aggregation
 
   template <backend Backend>
   adapter_set<Backend> merge(const adapter_set<Backend>& global,
@@ -36,6 +39,23 @@ struct fedex_residual {
       if (!g.has_residual()) g.residual = Backend::zeros(g.out_features(), g.in_features());
       Backend::gemm(g.scaling, st.b, op::none, st.a, op::none, T(1), g.residual);  // + mean delta
       Backend::gemm(-g.scaling, g.B, op::none, g.A, op::none, T(1), g.residual);   // - s B' A'
+    }
+    return next;
+  }
+
+  // The same from the clients' means (product_mean_aggregator): the mean factors, and the mean
+  // product minus s B' A' into the residual.
+  template <backend Backend>
+  adapter_set<Backend> merge_means(const adapter_set<Backend>&, const adapter_set<Backend>& mean,
+                                   const std::map<std::string, typename Backend::matrix>& products,
+                                   factor_set shared) const {
+    using T = typename Backend::scalar;
+    adapter_set<Backend> next = mean;
+    if (!(shared.a && shared.b)) return next;
+    for (auto& [module, g] : next) {
+      if (!g.has_residual()) g.residual = Backend::zeros(g.out_features(), g.in_features());
+      Backend::axpy(T(1), products.at(module), g.residual);                       // + mean delta
+      Backend::gemm(-g.scaling, g.B, op::none, g.A, op::none, T(1), g.residual);  // - s B' A'
     }
     return next;
   }

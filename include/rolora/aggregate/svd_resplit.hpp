@@ -13,11 +13,13 @@
 // factor, the mean of that factor is already the mean of the products (the other is common), and
 // svd_resplit takes it (zero-padded as padded_fedavg).
 #pragma once
+#include <map>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
 #include <rolora/aggregate/low_rank.hpp>
 #include <rolora/core/concepts.hpp>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace rolora {
@@ -25,6 +27,7 @@ namespace rolora {
 struct svd_resplit {
   static constexpr std::string_view name = "svd_resplit";
   static constexpr bool accepts_heterogeneous_ranks = true;
+  static constexpr bool mean_of_products = true;  // product_mean_aggregator: secure aggregation
 
   template <backend Backend>
   adapter_set<Backend> merge(const adapter_set<Backend>& global,
@@ -39,6 +42,24 @@ struct svd_resplit {
       auto st = detail::stack_factors(module, updates, weights, double(g.scaling), true);
       auto [a, b] =
           detail::best_rank_r_factors<Backend>(std::move(st.b), std::move(st.a), g.rank());
+      g.A = std::move(a);  // [r, in]
+      g.B = std::move(b);  // [out, r]
+    }
+    return next;
+  }
+
+  // The same from the clients' means (product_mean_aggregator): the best rank-r factors of the
+  // mean product, by a dense SVD (the stacked factors are not there to be had).
+  template <backend Backend>
+  adapter_set<Backend> merge_means(const adapter_set<Backend>&, const adapter_set<Backend>& mean,
+                                   const std::map<std::string, typename Backend::matrix>& products,
+                                   factor_set shared) const {
+    adapter_set<Backend> next = mean;
+    if (!(shared.a && shared.b)) return next;
+    for (auto& [module, g] : next) {
+      auto [a, b] = detail::best_rank_r_of_dense<Backend>(
+          Backend::to_host(products.at(module)).template cast<double>() / double(g.scaling),
+          g.rank());
       g.A = std::move(a);  // [r, in]
       g.B = std::move(b);  // [out, r]
     }

@@ -287,6 +287,25 @@ concept mean_of_factors_aggregator = requires {
   requires bool(G::mean_of_factors);
 };
 
+// product_mean_aggregator: its merge reads the clients only through the weighted means of their
+// factors and of their scaled products s_i B_i A_i (FlexLoRA's svd_resplit, FedEx-LoRA's
+// fedex_residual), so that secure aggregation can run it from sums with dense uploads
+// (federated/secure_sum.hpp). Declared, with the merge from those means:
+//   static constexpr bool mean_of_products = true
+//   merge_means(const adapter_set<B>& global, const adapter_set<B>& mean,
+//               const std::map<std::string, B::matrix>& products, factor_set shared)
+//       -> adapter_set<B>
+//     mean      `global` with each shared factor (and module to save) replaced by the clients'
+//               weighted mean
+//     products  module -> sum_i w_i s_i B_i A_i [out, in] (normalised weights), for every
+//               module when the round shares both factors, else empty
+//   and merge_means(global, mean, products, shared) equals merge(global, updates, w, shared) to
+//   rounding for the updates whose means these are.
+template <class G>
+concept product_mean_aggregator = requires {
+  requires bool(G::mean_of_products);
+};
+
 template <class G, class B>
 concept residual_tracking_aggregator = requires(const G& g, const adapter_set<B>& global,
                                                 std::span<const client_update<B>> updates,

@@ -135,12 +135,13 @@ decltype(auto) visit_method(std::string_view name, F&& f) {
 }
 
 // What the method called `name` composes with (docs/privacy.md: what composes). Client-level DP
-// and secure aggregation both need an aggregate that is a mean of the uploaded factors (clipping
-// bounds one client's share of a mean; a masked sum gives a mean and nothing else); secure
-// aggregation also needs a policy that keeps no factor per client, since the server would hold
-// that factor in the clear. The federation refuses the same at compile time or construction; this
-// lets a program refuse a method list before any of its methods runs. config_error for an
-// unknown name.
+// needs an aggregate that is a mean of the uploaded factors (clipping bounds one client's share
+// of a mean); secure aggregation an aggregate computed from sums (a masked sum gives sums and
+// nothing else): a mean of the factors, or of the factors and their products with dense uploads
+// (FlexLoRA, FedEx-LoRA: product_mean_aggregator), and a policy that keeps no factor per client,
+// since the server would hold that factor in the clear. The federation refuses the same at compile
+// time or construction; this lets a program refuse a method list before any of its methods runs.
+// config_error for an unknown name.
 struct method_composition {
   bool client_dp = false;
   bool secure_aggregation = false;
@@ -149,7 +150,8 @@ struct method_composition {
 inline method_composition composition_of(std::string_view name) {
   return visit_method(name, [](auto policy, auto aggregator) {
     constexpr bool mean = mean_of_factors_aggregator<decltype(aggregator)>;
-    return method_composition{mean, mean && !policy.keeps_local().any()};
+    constexpr bool sums = mean || product_mean_aggregator<decltype(aggregator)>;
+    return method_composition{mean, sums && !policy.keeps_local().any()};
   });
 }
 

@@ -4,7 +4,10 @@
 //
 // A client's input, flattened (secure_input): its weighted change w (X - G) over the factors the
 // round shares (every module in name order, A then B) and the modules to save, in the order of
-// privacy::detail::for_each_noised, then its weight w (its sample count, or 1 under uniform
+// privacy::detail::for_each_noised, then for an aggregator that needs the products
+// (product_mean_aggregator: FlexLoRA, FedEx-LoRA) in a round that shares both factors the dense
+// change of each module's product w s (B A - B_G A_G) [out, in] (name order, column-major),
+// then its weight w (its sample count, or 1 under uniform
 // weighting), then under adaptive clipping its unclipped bit (1 when its update was not clipped;
 // federation_server::secure_clip_bits). The server gets sum_c w_c (X_c - G), sum_c w_c and the
 // count of unclipped updates over the clients whose masked input arrived, and nothing about any
@@ -12,6 +15,7 @@
 // the summed clipped changes, and adaptive clipping's step reads the count.
 #pragma once
 #include <cstddef>
+#include <map>
 #include <optional>
 #include <rolora/adapter/adapter_set.hpp>
 #include <rolora/aggregate/aggregate.hpp>
@@ -20,6 +24,7 @@
 #include <rolora/federated/round_config.hpp>
 #include <rolora/privacy/client_dp.hpp>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace rolora {
@@ -38,7 +43,7 @@ struct secure_sum {
 namespace detail {
 
 // The number of coordinates of a client's change under `shared` (the length of secure_input
-// minus the weight).
+// minus the weight), without the products.
 template <backend Backend>
 std::size_t change_length(const adapter_set<Backend>& global, factor_set shared) {
   client_update<Backend> scratch;
@@ -49,15 +54,29 @@ std::size_t change_length(const adapter_set<Backend>& global, factor_set shared)
   });
   return n;
 }
+// The number of coordinates of the products' change: out x in for every module.
+template <backend Backend>
+std::size_t products_length(const adapter_set<Backend>& global) {
+  std::size_t n = 0;
+  for (const auto& [name, g] : global) n += std::size_t(g.out_features() * g.in_features());
+  return n;
+}
+// s B A of one module, on the host in double [out, in].
+template <backend Backend>
+host_matrix<double> scaled_product(const lora_adapter<Backend>& a) {
+  return double(a.scaling) * (Backend::to_host(a.B).template cast<double>() *
+                              Backend::to_host(a.A).template cast<double>());
+}
 
 }  // namespace detail
 
-// A client's input to the secure sum: w (X - G) flattened, then w, then with `clip_bit` its
-// unclipped bit (the layout at the top). `download` is the client's view G, `u` its checked upload.
+// A client's input to the secure sum: w (X - G) flattened, with `products` the change of the
+// products, then w, then with `clip_bit` its unclipped bit (the layout at the top). `download`
+// is the client's view G, `u` its checked upload.
 template <backend Backend>
 std::vector<double> secure_input(const adapter_set<Backend>& download,
                                  const client_update<Backend>& u, factor_set shared, double w,
-                                 bool clip_bit = false) {
+                                 bool clip_bit = false, bool products = false) {
   std::vector<double> v;
   client_update<Backend> scratch;
   scratch.adapters = download;
@@ -67,6 +86,13 @@ std::vector<double> secure_input(const adapter_set<Backend>& download,
         const host_matrix<double> xh = Backend::to_host(member(u)).template cast<double>();
         for (index_t i = 0; i < gh.size(); ++i) v.push_back(w * (xh.data()[i] - gh.data()[i]));
       });
+  if (products) {
+    for (const auto& [name, g] : download) {
+      const host_matrix<double> d =
+          detail::scaled_product(u.adapters.at(name)) - detail::scaled_product(g);
+      for (index_t i = 0; i < d.size(); ++i) v.push_back(w * d.data()[i]);
+    }
+  }
   v.push_back(w);
   if (clip_bit) v.push_back(u.clipped ? 0.0 : 1.0);
   return v;
@@ -95,6 +121,26 @@ client_update<Backend> update_from_change(const adapter_set<Backend>& global, fa
     out = Backend::from_host(h);
   });
   return mean;
+}
+
+// The mean products s_G B_G A_G + scale * change per module, `change` in secure_input's order
+// of the products: what product_mean_aggregator::merge_means reads.
+template <backend Backend>
+std::map<std::string, typename Backend::matrix> products_from_change(
+    const adapter_set<Backend>& global, std::span<const double> change, double scale) {
+  using T = typename Backend::scalar;
+  if (change.size() != detail::products_length(global)) {
+    detail::raise<shape_error>("secure sum: ", change.size(), " product coordinates, expected ",
+                               detail::products_length(global));
+  }
+  std::map<std::string, typename Backend::matrix> out;
+  std::size_t k = 0;
+  for (const auto& [name, g] : global) {
+    host_matrix<double> p = detail::scaled_product(g);
+    for (index_t i = 0; i < p.size(); ++i) p.data()[i] += scale * change[k++];
+    out.emplace(name, Backend::from_host(host_matrix<T>(p.template cast<T>())));
+  }
+  return out;
 }
 
 }  // namespace rolora

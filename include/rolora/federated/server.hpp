@@ -293,6 +293,13 @@ class federation_server {
     }
   }
 
+  // Whether a secure round's inputs carry the dense change of each product (federated/
+  // secure_sum.hpp): an aggregator that reads the mean products (product_mean_aggregator:
+  // FlexLoRA, FedEx-LoRA) in a round that shares both factors.
+  bool secure_products(const round_plan& plan) const {
+    return product_mean_aggregator<Aggregator> && plan.shares.a && plan.shares.b;
+  }
+
   // A client's adapters as it would use them: the global ones at its rank, with its local factors.
   adapters_type client_view(std::size_t client) const {
     adapters_type view = global_;
@@ -427,12 +434,12 @@ class federation_server {
   // values it cannot see are the clients' own checks, before masking. min_clients applies to the
   // summed clients. The aggregation error is NaN (not available: it needs each client's product).
   round_report complete_round(const round_plan& plan, secure_sum s) {
-    static_assert(mean_of_factors_aggregator<Aggregator>,
+    static_assert(mean_of_factors_aggregator<Aggregator> || product_mean_aggregator<Aggregator>,
                   "rolora::federation: secure aggregation needs an aggregator whose result is a "
-                  "mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>): the server "
-                  "sees only the sum, and FLoRA's stacking, FlexLoRA's SVD, FedEx-LoRA's "
-                  "residual, FedRot-LoRA's rotations and median or trimmed-mean reducers need "
-                  "each client's factors");
+                  "mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>) or a function "
+                  "of the mean factors and products (svd_resplit, fedex_residual): the server "
+                  "sees only the sum, and FLoRA's stacking, FedRot-LoRA's rotations and median "
+                  "or trimmed-mean reducers need each client's factors");
     try {
       if (plan.round != round_) {
         detail::raise<config_error>("federation: the plan is for round ", plan.round,
@@ -451,7 +458,8 @@ class federation_server {
         }
       }
       const std::size_t change = detail::change_length(global_, plan.shares);
-      const std::size_t length = change + 1 + (secure_clip_bits() ? 1 : 0);
+      const std::size_t products = secure_products(plan) ? detail::products_length(global_) : 0;
+      const std::size_t length = change + products + 1 + (secure_clip_bits() ? 1 : 0);
       if (s.sum.size() != length || s.losses.size() != s.summed.size()) {
         detail::raise<shape_error>("secure sum: ", s.sum.size(), " coordinates and ",
                                    s.losses.size(), " losses for ", s.summed.size(),
@@ -468,10 +476,12 @@ class federation_server {
       }
       traffic sent = downloads_of(plan);
       sent.down += s.bytes.down();  // the key directory, the routed shares, the unmask requests
-      const aggregation_result merged =
-          aggregate_sum(plan, std::span<const double>(s.sum).first(change), s.sum[change]);
+      const std::span<const double> sum(s.sum);
+      const aggregation_result merged = aggregate_sum(
+          plan, sum.first(change), sum.subspan(change, products), s.sum[change + products]);
       const typename Privacy::state privacy_after = next_privacy_state(
-          plan, {}, secure_clip_bits() ? std::optional(s.sum[change + 1]) : std::nullopt);
+          plan, {},
+          secure_clip_bits() ? std::optional(s.sum[change + products + 1]) : std::nullopt);
       if constexpr (client_level_dp) report.clip_norm = privacy_state_.clip_norm;
       std::vector<client_update<Backend>> none;
       commit(plan, none, merged, privacy_after);  // from here on nothing throws but bad_alloc
@@ -726,10 +736,32 @@ class federation_server {
     if (!config_.client_ranks.empty()) refuse("does not take heterogeneous client_ranks");
   }
 
-  // G + change / w, merged by the aggregator; or the noised mean of the clipped changes.
+  // G + change / w, merged by the aggregator (with the mean products G's + products / w for a
+  // product_mean_aggregator); or the noised mean of the clipped changes.
   aggregation_result aggregate_sum(const round_plan& plan, std::span<const double> change,
-                                   double w) {
+                                   std::span<const double> products, double w) {
     const aggregation_options options{weighting::uniform, policy_.keeps_local(), false, plan.round};
+    if constexpr (product_mean_aggregator<Aggregator> && !client_level_dp) {
+      if (!(w > 0.0) || !std::isfinite(w)) {
+        detail::raise<value_error>("secure sum: the summed weight is ", w, ", expected > 0");
+      }
+      const client_update<Backend> mean =
+          update_from_change(global_, plan.shares, change, 1.0 / w, plan.round);
+      const auto mean_products = secure_products(plan)
+                                     ? products_from_change(global_, products, 1.0 / w)
+                                     : std::map<std::string, typename Backend::matrix>{};
+      aggregation_result result;
+      result.weights = {1.0};
+      adapter_set<Backend> next =
+          aggregator_.merge_means(global_, mean.adapters, mean_products, plan.shares);
+      if constexpr (residual_tracking_aggregator<Aggregator, Backend>) {
+        result.residual_scalars = aggregator_.residual_update_scalars(
+            global_, std::span<const client_update<Backend>>(&mean, 1), plan.shares);
+      }
+      detail::check_finite_merge<Aggregator>(next);
+      global_ = std::move(next);
+      return result;
+    }
     if constexpr (client_level_dp) {  // uniform weights: sum w is the number summed
       const client_update<Backend> total =
           update_from_change(global_, plan.shares, change, 1.0, plan.round);

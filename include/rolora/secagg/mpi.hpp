@@ -7,7 +7,8 @@
 //
 // One round t: five round trips on each client's tag 1 + c, as frames (below). Rank 0 sends,
 // the client answers:
-//   download   D: m, the clip bit, the shared factors, the download     r ready, or x refused
+//   download   D: m, the clip bit, the shared factors, whether the      r ready, or x refused
+//              products go too (FlexLoRA, FedEx-LoRA), the download
 //              (the client trained, checked its update as the server would, and encoded it:
 //              secagg::train_and_encode)
 //   setup      S: its protocol id p, n parties, the threshold t          a its advertisement
@@ -71,10 +72,12 @@ class mpi_transport {
   template <class Server, class Task>
   secure_sum exchange(Server& server, const round_plan& plan, std::vector<Task>& tasks) {
     namespace fr = frames;
-    static_assert(mean_of_factors_aggregator<typename Server::aggregator_type>,
+    static_assert(mean_of_factors_aggregator<typename Server::aggregator_type> ||
+                      product_mean_aggregator<typename Server::aggregator_type>,
                   "rolora::secagg::mpi_transport: secure aggregation needs an aggregator whose "
-                  "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>): "
-                  "the server sees only the sum");
+                  "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>) "
+                  "or of the factors and products (svd_resplit, fedex_residual): the server sees "
+                  "only the sum");
     const federation_config& config = server.config();
     if (!config.secure_aggregation) {
       rolora::detail::raise<config_error>(
@@ -92,9 +95,11 @@ class mpi_transport {
     secure_sum out;
     const std::size_t m = plan.reporting.size();
     const bool clip_bits = server.secure_clip_bits();
+    const bool products = server.secure_products(plan);
     const input_codec codec(sa, std::max<std::size_t>(m, 1), clip_bits ? 2 : 1);
-    const std::size_t length =
-        rolora::detail::change_length(server.global(), plan.shares) + 2 + (clip_bits ? 1 : 0);
+    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) +
+                               (products ? rolora::detail::products_length(server.global()) : 0) +
+                               2 + (clip_bits ? 1 : 0);
 
     // Download -> ready or refused.
     const bool keep = config.keep_optimizer_state;
@@ -102,7 +107,7 @@ class mpi_transport {
       send(c, {'D',
                t,
                c,
-               {fr::numbers({m, clip_bits, plan.shares.a, plan.shares.b}),
+               {fr::numbers({m, clip_bits, plan.shares.a, plan.shares.b, products}),
                 encode_download(server.download(plan, c), server.upload_factors(plan), keep)}});
     }
     std::vector<std::size_t> party;  // protocol id -> the federation's client id
@@ -348,7 +353,7 @@ class mpi_transport {
     };
     switch (f.kind) {
       case 'D': {
-        const auto head = fr::numbers_of(f, 0, 4);
+        const auto head = fr::numbers_of(f, 0, 5);
         auto d = decode_download<Backend>(fr::part(f, 1));
         if (d.download.client != c || d.download.round != t) {
           rolora::detail::raise<value_error>("the download names client ", d.download.client,
@@ -357,8 +362,9 @@ class mpi_transport {
         const input_codec codec(sa, std::max<std::size_t>(head[0], 1), head[1] ? 2 : 1);
         s.round = t;
         s.trained = true;
-        s.input = train_and_encode(task, std::move(d.download), config, codec,
-                                   factor_set{head[2] != 0, head[3] != 0}, head[1] != 0);
+        s.input =
+            train_and_encode(task, std::move(d.download), config, codec,
+                             factor_set{head[2] != 0, head[3] != 0}, head[1] != 0, head[4] != 0);
         if (!s.input.refused.empty()) {
           s.gone = true;
           return fr::frame{'x', t, c, {to_bytes(s.input.refused)}};

@@ -122,7 +122,7 @@ struct trained_input {
 template <class Task, class Backend>
 trained_input train_and_encode(Task& task, client_download<Backend> download,
                                const federation_config& config, const input_codec& codec,
-                               factor_set shares, bool clip_bits) {
+                               factor_set shares, bool clip_bits, bool products) {
   const std::size_t c = download.client;
   const std::uint64_t t = download.round;
   const auto view = download.adapters;
@@ -139,7 +139,7 @@ trained_input train_and_encode(Task& task, client_download<Backend> download,
     const random_stream rounding(config.seed, stream::secagg_rounding, std::uint32_t(t),
                                  std::uint32_t(c));
     const auto b = rounding.bits(0);
-    out.encoding = codec.encode(secure_input(view, u, shares, w, clip_bits),
+    out.encoding = codec.encode(secure_input(view, u, shares, w, clip_bits, products),
                                 (std::uint64_t(b[1]) << 32) | b[0]);
     out.loss = u.loss;
   } catch (const error& e) {  // check_update names the client; the encoding does not
@@ -156,10 +156,12 @@ struct in_process : rolora::in_process {
 
   template <class Server, class Task>
   secure_sum exchange(Server& server, const round_plan& plan, std::vector<Task>& tasks) const {
-    static_assert(mean_of_factors_aggregator<typename Server::aggregator_type>,
+    static_assert(mean_of_factors_aggregator<typename Server::aggregator_type> ||
+                      product_mean_aggregator<typename Server::aggregator_type>,
                   "rolora::secagg::in_process: secure aggregation needs an aggregator whose "
-                  "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>): "
-                  "the server sees only the sum");
+                  "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>) "
+                  "or of the factors and products (svd_resplit, fedex_residual): the server sees "
+                  "only the sum");
     const federation_config& config = server.config();
     if (!config.secure_aggregation) {
       rolora::detail::raise<config_error>(
@@ -172,13 +174,14 @@ struct in_process : rolora::in_process {
 
     // Train, check and encode (the clients' side; in parallel, as in_process).
     const std::size_t m = plan.reporting.size();
-    const bool clip_bits = server.secure_clip_bits();  // adaptive clipping's bit, summed too
+    const bool clip_bits = server.secure_clip_bits();    // adaptive clipping's bit, summed too
+    const bool products = server.secure_products(plan);  // FlexLoRA, FedEx-LoRA: dense B A
     const input_codec codec(sa, std::max<std::size_t>(m, 1), clip_bits ? 2 : 1);
     std::vector<trained_input> inputs(m);
     rolora::detail::parallel_for(m, config.threads, [&](std::size_t i) {
       const std::size_t c = plan.reporting[i];
       inputs[i] = train_and_encode(tasks[c], server.download(plan, c), config, codec, plan.shares,
-                                   clip_bits);
+                                   clip_bits, products);
     });
     // The protocol's parties: the clients that checked their update and did not drop.
     std::vector<std::size_t> party;  // protocol id -> index into plan.reporting
@@ -198,8 +201,9 @@ struct in_process : rolora::in_process {
     const std::size_t n = party.size();
     // L coordinates of the change, then w, the unclipped bit (adaptive clipping) and the clipped
     // count.
-    const std::size_t length =
-        rolora::detail::change_length(server.global(), plan.shares) + 2 + (clip_bits ? 1 : 0);
+    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) +
+                               (products ? rolora::detail::products_length(server.global()) : 0) +
+                               2 + (clip_bits ? 1 : 0);
     const auto finish = [&](const std::vector<std::uint64_t>& sum,
                             const std::vector<std::size_t>& in_sum) {
       for (std::size_t p : in_sum) {
