@@ -95,16 +95,18 @@ def picks(root):
 
 
 def tune_table(root):
+    """The validation accuracy (%) of each tried rate and the pick, per method."""
     tried = tuning(root)
-    print("| method | " + " | ".join(f"lr {r}" for r in LADDER) + " | pick |")
-    print("|---" * (len(LADDER) + 2) + "|")
+    lines = ["| method | " + " | ".join(f"lr {r}" for r in LADDER) + " | pick |",
+             "|---" * (len(LADDER) + 2) + "|"]
     for method in TUNED:
         acc = tried[method]
         best, wanted = pick(acc)
         cells = ["-" if r not in acc else "failed" if acc[r] == float("-inf") else
                  f"{100 * acc[r]:.1f}" for r in LADDER]
         note = "pending" if wanted else best + (" (ladder end)" if best in (LADDER[0], LADDER[-1]) else "")
-        print(f"| {TITLES[method]} | " + " | ".join(cells) + f" | {note} |")
+        lines.append(f"| {TITLES[method]} | " + " | ".join(cells) + f" | {note} |")
+    return lines
 
 
 def cell(values):
@@ -240,7 +242,8 @@ def plots(root, out_dir):
             print(f"wrote {svg}", file=sys.stderr)
 
 
-BLOCKS = {"personal": (personal_table, "personal"),  # marker -> (table, runs folder)
+BLOCKS = {"tune": (tune_table, "paper/tune"),  # marker -> (table, runs folder)
+          "personal": (personal_table, "personal"),
           "paper": (paper_table, "paper/table"),
           "params": (params_table, "paper")}
 
@@ -270,7 +273,8 @@ def check(page, runs):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    commands = {"--tune-next": tune_next, "--picks": picks, "--tune": tune_table}
+    commands = {"--tune-next": tune_next, "--picks": picks,
+                "--tune": lambda root: print("\n".join(tune_table(root)))}
     if args and args[0] in commands:
         commands[args[0]](pathlib.Path(args[1] if len(args) > 1 else "docs/runs/paper/tune"))
     elif args and args[0] == "--check":
