@@ -79,6 +79,42 @@ inline std::vector<std::uint8_t> receive(MPI_Comm comm, const MPI_Status& status
   return bytes;
 }
 
+// Messages posted with MPI_Isend, whose bytes must live until MPI has read them.
+class pending_sends {
+ public:
+  void post(std::vector<std::uint8_t> bytes, int rank, int tag, MPI_Comm comm) {
+    sends_.push_back({std::move(bytes), MPI_REQUEST_NULL});
+    auto& s = sends_.back();
+    check(MPI_Isend(s.bytes.data(), int(s.bytes.size()), MPI_BYTE, rank, tag, comm, &s.request),
+          "MPI_Isend");
+  }
+  // Forgets the sends that completed. `all`: also those still in flight to a rank that never
+  // took them (gone or stuck): their requests are freed and their bytes left allocated, since
+  // MPI may still read them.
+  void release(bool all) {
+    for (auto it = sends_.begin(); it != sends_.end();) {
+      int done = 0;
+      MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
+      if (done) {
+        it = sends_.erase(it);
+      } else if (all) {
+        MPI_Request_free(&it->request);
+        new std::vector<std::uint8_t>(std::move(it->bytes));  // NOLINT: deliberately leaked
+        it = sends_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+ private:
+  struct pending {
+    std::vector<std::uint8_t> bytes;
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+  std::list<pending> sends_;
+};
+
 }  // namespace detail
 
 // MPI_Init_thread (funneled) on construction unless MPI is initialised, MPI_Finalize on
@@ -134,9 +170,11 @@ class transport {
   }
   transport(const transport&) = delete;
   transport& operator=(const transport&) = delete;
-  ~transport() { release_sends(true); }
+  ~transport() { sends_.release(true); }
 
   MPI_Comm comm() const { return comm_; }
+  // The largest tag this MPI allows (MPI_TAG_UB): client c's messages use tag c + 1.
+  int tag_upper_bound() const { return tag_ub_; }
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool is_server() const { return rank_ == 0; }
@@ -165,14 +203,10 @@ class transport {
     lap_ = detail::clock::now();
     timed_out_.clear();
     const bool keep = server.config().keep_optimizer_state;
-    release_sends(false);
+    sends_.release(false);
     for (std::size_t c : plan.reporting) {
-      sends_.emplace_back();
-      auto& s = sends_.back();
-      s.bytes = encode_download(server.download(plan, c), server.upload_factors(plan), keep);
-      detail::check(MPI_Isend(s.bytes.data(), int(s.bytes.size()), MPI_BYTE, host_of(c), int(c + 1),
-                              comm_, &s.request),
-                    "MPI_Isend");
+      sends_.post(encode_download(server.download(plan, c), server.upload_factors(plan), keep),
+                  host_of(c), int(c + 1), comm_);
     }
     split(timing_.send);
 
@@ -260,7 +294,7 @@ class transport {
       forget_late(std::size_t(status.MPI_TAG - 1));
     }
     late_.clear();
-    release_sends(true);
+    sends_.release(true);
   }
 
   // Every rank: waits until every rank of the communicator is here.
@@ -305,11 +339,6 @@ class transport {
   }
 
  private:
-  struct pending_send {
-    std::vector<std::uint8_t> bytes;
-    MPI_Request request = MPI_REQUEST_NULL;
-  };
-
   void require_server(const char* what) const {
     if (!is_server()) {
       rolora::detail::raise<config_error>("MPI transport: ", what,
@@ -323,25 +352,6 @@ class transport {
   std::string concat_timeout() const {
     return rolora::detail::concat("no upload within --client-timeout ", options_.client_timeout,
                                   " s");
-  }
-
-  // Forgets the downloads that went out. `all`: also those still in flight to a client that
-  // never took them (its rank is gone or stuck): their requests are freed and their bytes left
-  // allocated, since MPI may still read them.
-  void release_sends(bool all) {
-    for (auto it = sends_.begin(); it != sends_.end();) {
-      int done = 0;
-      MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
-      if (done) {
-        it = sends_.erase(it);
-      } else if (all) {
-        MPI_Request_free(&it->request);
-        new std::vector<std::uint8_t>(std::move(it->bytes));  // NOLINT: deliberately leaked
-        it = sends_.erase(it);
-      } else {
-        ++it;
-      }
-    }
   }
 
   // Adds the time since the last split to `into`.
@@ -362,7 +372,7 @@ class transport {
   MPI_Comm comm_;
   transport_options options_;
   int rank_ = 0, size_ = 0, tag_ub_ = 32767;
-  std::list<pending_send> sends_;
+  detail::pending_sends sends_;         // the downloads in flight
   std::vector<std::size_t> late_;       // clients that timed out and have not answered since
   std::vector<std::size_t> timed_out_;  // those of the last exchange
   round_timing timing_;

@@ -37,7 +37,6 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <list>
 #include <map>
 #include <optional>
 #include <rolora/core/error.hpp>
@@ -60,7 +59,7 @@ class mpi_transport {
   explicit mpi_transport(rolora::mpi::transport& carrier) : mpi_(carrier) {}
   mpi_transport(const mpi_transport&) = delete;
   mpi_transport& operator=(const mpi_transport&) = delete;
-  ~mpi_transport() { release_sends(true); }
+  ~mpi_transport() { sends_.release(true); }
 
   // Testing, on the client ranks: whether client `client` is gone (silent) before stage `s` of
   // `round`, as secagg::in_process::drop.
@@ -72,34 +71,22 @@ class mpi_transport {
   template <class Server, class Task>
   secure_sum exchange(Server& server, const round_plan& plan, std::vector<Task>& tasks) {
     namespace fr = frames;
-    static_assert(mean_of_factors_aggregator<typename Server::aggregator_type> ||
-                      product_mean_aggregator<typename Server::aggregator_type>,
-                  "rolora::secagg::mpi_transport: secure aggregation needs an aggregator whose "
-                  "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>) "
-                  "or of the factors and products (svd_resplit, fedex_residual): the server sees "
-                  "only the sum");
+    const secagg_config& sa = secure_config_of(server, "mpi_transport");
     const federation_config& config = server.config();
-    if (!config.secure_aggregation) {
-      rolora::detail::raise<config_error>(
-          "secagg::mpi_transport: the federation's config.secure_aggregation is not set");
-    }
-    if (tasks.size() + 1 > std::size_t(tag_upper_bound())) {
+    if (tasks.size() + 1 > std::size_t(mpi_.tag_upper_bound())) {
       rolora::detail::raise<config_error>("secagg::mpi_transport: ", tasks.size(),
                                           " clients need tags up to ", tasks.size(),
-                                          ", this MPI allows ", tag_upper_bound());
+                                          ", this MPI allows ", mpi_.tag_upper_bound());
     }
-    const secagg_config& sa = *config.secure_aggregation;
     const std::uint64_t t = plan.round;
     num_clients_ = tasks.size();
-    release_sends(false);
+    sends_.release(false);
     secure_sum out;
     const std::size_t m = plan.reporting.size();
     const bool clip_bits = server.secure_clip_bits();
     const bool products = server.secure_products(plan);
     const input_codec codec(sa, std::max<std::size_t>(m, 1), clip_bits ? 2 : 1);
-    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) +
-                               (products ? rolora::detail::products_length(server.global()) : 0) +
-                               2 + (clip_bits ? 1 : 0);
+    const std::size_t length = encoded_length(server, plan);
 
     // Download -> ready or refused.
     const bool keep = config.keep_optimizer_state;
@@ -270,7 +257,7 @@ class mpi_transport {
     } else {
       for (int r = 1; r < mpi_.size(); ++r) send_to_rank(r, 0, {});
     }
-    release_sends(true);
+    sends_.release(true);
   }
 
   void barrier() { mpi_.barrier(); }
@@ -321,9 +308,9 @@ class mpi_transport {
         state[c].gone = true;
         send_to_rank(0, int(c + 1), fr::encode({'x', round, c, {to_bytes(e.message())}}));
       }
-      release_sends(false);
+      sends_.release(false);
     }
-    release_sends(true);
+    sends_.release(true);
   }
 
  private:
@@ -335,11 +322,6 @@ class mpi_transport {
     std::optional<client> protocol;
     key_directory mask_keys, encryption_keys;  // its neighbours'
   };
-  struct pending_send {
-    std::vector<std::uint8_t> bytes;
-    MPI_Request request = MPI_REQUEST_NULL;
-  };
-
   // The client's answer to rank 0's frame `f` (none: it is silent from here on).
   template <class Backend, class Task>
   std::optional<frames::frame> step(party_state& s, const frames::frame& f, Task& task,
@@ -533,34 +515,7 @@ class mpi_transport {
     send_to_rank(mpi_.host_of(client), int(client + 1), frames::encode(f));
   }
   void send_to_rank(int rank, int tag, std::vector<std::uint8_t> bytes) {
-    sends_.push_back({std::move(bytes), MPI_REQUEST_NULL});
-    auto& s = sends_.back();
-    rolora::mpi::detail::check(MPI_Isend(s.bytes.data(), int(s.bytes.size()), MPI_BYTE, rank, tag,
-                                         mpi_.comm(), &s.request),
-                               "MPI_Isend");
-  }
-  // Forgets the sends that completed; `all`: also those never taken (their requests freed, their
-  // bytes left allocated, since MPI may still read them), as mpi::transport does.
-  void release_sends(bool all) {
-    for (auto it = sends_.begin(); it != sends_.end();) {
-      int done = 0;
-      MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
-      if (done) {
-        it = sends_.erase(it);
-      } else if (all) {
-        MPI_Request_free(&it->request);
-        new std::vector<std::uint8_t>(std::move(it->bytes));  // NOLINT: deliberately leaked
-        it = sends_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-  int tag_upper_bound() const {
-    int* ub = nullptr;
-    int found = 0;
-    MPI_Comm_get_attr(mpi_.comm(), MPI_TAG_UB, &ub, &found);
-    return found && ub ? *ub : 32767;
+    sends_.post(std::move(bytes), rank, tag, mpi_.comm());
   }
   template <class... Args>
   void log(const char* format, Args... args) const {
@@ -571,7 +526,7 @@ class mpi_transport {
   }
 
   rolora::mpi::transport& mpi_;
-  std::list<pending_send> sends_;
+  rolora::mpi::detail::pending_sends sends_;
   std::size_t num_clients_ = 0;
   bool silent_ = false;  // a client was silent at some stage: finish() drains what it may send
 };

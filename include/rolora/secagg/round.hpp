@@ -149,6 +149,33 @@ trained_input train_and_encode(Task& task, client_download<Backend> download,
   return out;
 }
 
+// The secure-aggregation settings of `server`'s federation, for the transport `transport` (a
+// name for the message): a composition the protocol cannot run fails to compile, a federation
+// without config.secure_aggregation is a config_error.
+template <class Server>
+const secagg_config& secure_config_of(const Server& server, const char* transport) {
+  static_assert(mean_of_factors_aggregator<typename Server::aggregator_type> ||
+                    product_mean_aggregator<typename Server::aggregator_type>,
+                "rolora::secagg: secure aggregation needs an aggregator whose result is a mean of "
+                "the uploaded factors (fedavg, orthonormalize_a<fedavg>) or of the factors and "
+                "products (svd_resplit, fedex_residual): the server sees only the sum");
+  if (!server.config().secure_aggregation) {
+    rolora::detail::raise<config_error>("secagg::", transport,
+                                        ": the federation's config.secure_aggregation is not set");
+  }
+  return *server.config().secure_aggregation;
+}
+
+// The length of a client's encoded input in round `plan`: the change's coordinates (and the
+// products' for FlexLoRA and FedEx-LoRA), w, the unclipped bit under adaptive clipping, and the
+// clipped count (secure_sum.hpp, input_codec).
+template <class Server>
+std::size_t encoded_length(const Server& server, const round_plan& plan) {
+  return rolora::detail::change_length(server.global(), plan.shares) +
+         (server.secure_products(plan) ? rolora::detail::products_length(server.global()) : 0) + 2 +
+         (server.secure_clip_bits() ? 1 : 0);
+}
+
 // The in-process transport with secure aggregation: in_process's training, then the protocol.
 struct in_process : rolora::in_process {
   // Testing: whether client `client` (the federation's id) is gone before stage `s` of `round`.
@@ -156,18 +183,8 @@ struct in_process : rolora::in_process {
 
   template <class Server, class Task>
   secure_sum exchange(Server& server, const round_plan& plan, std::vector<Task>& tasks) const {
-    static_assert(mean_of_factors_aggregator<typename Server::aggregator_type> ||
-                      product_mean_aggregator<typename Server::aggregator_type>,
-                  "rolora::secagg::in_process: secure aggregation needs an aggregator whose "
-                  "result is a mean of the uploaded factors (fedavg, orthonormalize_a<fedavg>) "
-                  "or of the factors and products (svd_resplit, fedex_residual): the server sees "
-                  "only the sum");
+    const secagg_config& sa = secure_config_of(server, "in_process");
     const federation_config& config = server.config();
-    if (!config.secure_aggregation) {
-      rolora::detail::raise<config_error>(
-          "secagg::in_process: the federation's config.secure_aggregation is not set");
-    }
-    const secagg_config& sa = *config.secure_aggregation;
     const std::uint64_t t = plan.round;
     const auto gone = [&](std::size_t c, stage s) { return drop && drop(c, t, s); };
     secure_sum out;
@@ -199,11 +216,7 @@ struct in_process : rolora::in_process {
       party.clear();
     }
     const std::size_t n = party.size();
-    // L coordinates of the change, then w, the unclipped bit (adaptive clipping) and the clipped
-    // count.
-    const std::size_t length = rolora::detail::change_length(server.global(), plan.shares) +
-                               (products ? rolora::detail::products_length(server.global()) : 0) +
-                               2 + (clip_bits ? 1 : 0);
+    const std::size_t length = encoded_length(server, plan);
     const auto finish = [&](const std::vector<std::uint64_t>& sum,
                             const std::vector<std::size_t>& in_sum) {
       for (std::size_t p : in_sum) {
