@@ -58,17 +58,18 @@ host_matrix<T> row_major(const host_matrix<T>& m) {
 constexpr std::string_view peft_prefix = "base_model.model.";
 
 // The reference's batch, adapters (scaling lora_alpha / r = 2) and, for encoders, the whole head
-// as modules to save.
-template <class T>
+// as modules to save, on backend B.
+template <class B>
 struct reference_case {
-  models::hf_model<T> model;
+  using T = typename B::scalar;
+  models::hf_model<T, B> model;
   rolora::safetensors_file ref;
   models::hf_batch batch;
   std::vector<std::int32_t> labels;
-  rolora::adapter_set<rolora::eigen_backend<T>> adapters;
+  rolora::adapter_set<B> adapters;
 
   explicit reference_case(const std::string& name)
-      : model(models::load_hf_model<T>(tiny_dir(name))),
+      : model(models::load_hf_model<T, B>(tiny_dir(name))),
         ref(rolora::read_safetensors(tiny_dir(name) / "reference.safetensors")) {
     const auto ids = ref.tensor("input_ids");
     batch.seq_len = static_cast<index_t>(ids.shape[1]);
@@ -85,9 +86,9 @@ struct reference_case {
       const std::string module =
           key.substr(peft_prefix.size(), key.size() - peft_prefix.size() - suffix.size());
       const std::string b_key = std::string(peft_prefix) + module + ".lora_B.weight";
-      rolora::lora_adapter<rolora::eigen_backend<T>> a;
-      a.A = rolora::to_host_matrix<T>(ref.tensor(key));
-      a.B = rolora::to_host_matrix<T>(ref.tensor(b_key));
+      rolora::lora_adapter<B> a;
+      a.A = B::from_host(rolora::to_host_matrix<T>(ref.tensor(key)));
+      a.B = B::from_host(rolora::to_host_matrix<T>(ref.tensor(b_key)));
       a.scaling = T(2);
       adapters.insert(module, a);
     }
@@ -106,17 +107,18 @@ struct reference_case {
   }
 };
 
-template <class T>
+template <class B>
 void check_against_pytorch(const std::string& name, double logit_tol, double grad_tol,
                            bool base_in_bf16 = false) {
+  using T = typename B::scalar;
   CAPTURE(name);
   CAPTURE(base_in_bf16);
-  reference_case<T> c(name);
-  if constexpr (std::is_same_v<T, float>) {
+  reference_case<B> c(name);
+  if constexpr (std::is_same_v<B, rolora::eigen_backend<float>>) {
     if (base_in_bf16) c.model.hold_base_in_bf16();
   }
-  models::hf_workspace<T> ws;
-  rolora::gradient_set<rolora::eigen_backend<T>> grads;
+  models::hf_workspace<T, B> ws;
+  rolora::gradient_set<B> grads;
   const bool encoder = models::is_encoder(c.model.config.kind);
   const double loss = encoder
                           ? models::classification_loss_and_grad(c.model, c.adapters, c.batch,
@@ -126,32 +128,44 @@ void check_against_pytorch(const std::string& name, double logit_tol, double gra
   const double expected_loss = c.expected("loss")(0, 0);
   CHECK(std::abs(loss - expected_loss) <= logit_tol * std::abs(expected_loss));
   // Ours: [C, n] / [V, n L] column-major; PyTorch's [n, C] / [n, L, V] row-major: the same order.
-  CHECK(relative_error(ws.logits, c.expected("logits")) <= logit_tol);
+  const double logit_error = relative_error(B::to_host(ws.logits), c.expected("logits"));
+  CHECK(logit_error <= logit_tol);
   std::size_t compared = 0;
+  double worst = 0;
+  auto check_grad = [&](const host_matrix<T>& ours, const std::string& key) {
+    const double e = relative_error(row_major(ours), c.expected(key));
+    CHECK(e <= grad_tol);
+    worst = std::max(worst, e);
+    ++compared;
+  };
   for (const auto& [module, g] : grads.adapters) {
     CAPTURE(module);
     const std::string key = "grad." + std::string(peft_prefix) + module;
-    CHECK(relative_error(row_major(g.dA), c.expected(key + ".lora_A.weight")) <= grad_tol);
-    CHECK(relative_error(row_major(g.dB), c.expected(key + ".lora_B.weight")) <= grad_tol);
-    compared += 2;
+    check_grad(B::to_host(g.dA), key + ".lora_A.weight");
+    check_grad(B::to_host(g.dB), key + ".lora_B.weight");
   }
   for (const auto& [param, g] : grads.modules_to_save) {
     CAPTURE(param);
     if (param.rfind("bert.pooler", 0) == 0) continue;
-    CHECK(relative_error(row_major(g), c.expected("grad." + param)) <= grad_tol);
-    ++compared;
+    check_grad(B::to_host(g), "grad." + param);
   }
   CHECK(compared == c.adapters.size() * 2 + c.adapters.modules_to_save().size());
+  MESSAGE(name << " on " << B::name << "<" << std::string(sizeof(T) == 4 ? "float" : "double")
+               << ">: logits " << logit_error << ", worst gradient " << worst
+               << " (relative to PyTorch)");
 }
 
 }  // namespace
 
-TEST_CASE("hf models: the tiny checkpoints match PyTorch's logits and LoRA gradients") {
+// On every test backend (Eigen here; thrust_omp in rolora_thrust_omp_tests, as
+// "thrust_omp.hf models: ..."). The reference is stored in float32: in double the difference is
+// its rounding.
+TEST_CASE_TEMPLATE("hf models: the tiny checkpoints match PyTorch's logits and LoRA gradients", B,
+                   ROLORA_TEST_BACKENDS) {
+  const bool single = std::is_same_v<typename B::scalar, float>;
   for (const char* name : {"bert", "bert_fp16", "roberta", "llama", "llama_bf16", "llama3_scaled",
                            "qwen2", "qwen2_sharded"}) {
-    check_against_pytorch<float>(name, 1e-4, 1e-3);
-    // The reference is stored in float32: in double the difference is its rounding.
-    check_against_pytorch<double>(name, 1e-6, 1e-5);
+    check_against_pytorch<B>(name, single ? 1e-4 : 1e-6, single ? 1e-3 : 1e-5);
   }
 }
 
@@ -163,8 +177,8 @@ TEST_CASE("hf models: a base held in bf16 matches PyTorch to bf16 rounding at ha
   half.hold_base_in_bf16();
   CHECK(half.base_in_bf16());
   CHECK(double(half.bytes()) < 0.52 * double(fp32.bytes()));
-  check_against_pytorch<float>("llama_bf16", 3e-2, 6e-2, true);
-  check_against_pytorch<float>("qwen2", 3e-2, 6e-2, true);
+  check_against_pytorch<rolora::eigen_backend<float>>("llama_bf16", 3e-2, 6e-2, true);
+  check_against_pytorch<rolora::eigen_backend<float>>("qwen2", 3e-2, 6e-2, true);
 }
 
 TEST_CASE("hf models: a sharded checkpoint loads the same weights as the single file") {
@@ -412,8 +426,9 @@ namespace {
 
 // Six clients of four sequences each: random ids and a class (encoders), or one counting
 // sequence per client to learn to continue (decoders).
-std::vector<models::hf_task<float>> random_clients(const models::hf_model<float>& model) {
-  std::vector<models::hf_task<float>> clients;
+template <class B>
+std::vector<models::hf_task<float, B>> random_clients(const models::hf_model<float, B>& model) {
+  std::vector<models::hf_task<float, B>> clients;
   const auto& c = model.config;
   const bool encoder = models::is_encoder(c.kind);
   for (std::uint32_t k = 0; k < 6; ++k) {
@@ -437,11 +452,11 @@ std::vector<models::hf_task<float>> random_clients(const models::hf_model<float>
 
 }  // namespace
 
-TEST_CASE("hf models: RoLoRA rounds on each tiny model learn, and PEFT keeps the adapters") {
-  using backend = rolora::eigen_backend<float>;
+TEST_CASE_TEMPLATE("hf models: RoLoRA rounds on each tiny model learn, and PEFT keeps the adapters",
+                   backend, ROLORA_TEST_FLOAT_BACKEND) {
   for (const std::string name : {"bert", "roberta", "llama", "qwen2"}) {
     CAPTURE(name);
-    const auto model = models::load_hf_model<float>(tiny_dir(name));
+    const auto model = models::load_hf_model<float, backend>(tiny_dir(name));
     const bool encoder = models::is_encoder(model.config.kind);
     auto clients = random_clients(model);
     rolora::lora_config lora;
@@ -471,14 +486,14 @@ TEST_CASE("hf models: RoLoRA rounds on each tiny model learn, and PEFT keeps the
     rolora::save_peft_adapter(dir.path / "adapter", fed.global(), lora, options);
     const auto loaded = rolora::load_peft_adapter<backend>(dir.path / "adapter", fed.global());
     CHECK(loaded.task_type == options.task_type);
-    models::hf_workspace<float> ws1, ws2;
+    models::hf_workspace<float, backend> ws1, ws2;
     const auto& batch = clients[0].data().tokens;
     const host_matrix<float> ours =
-        encoder ? models::classification_logits(model, fed.global(), batch, ws1)
-                : models::causal_lm_logits(model, fed.global(), batch, ws1);
+        backend::to_host(encoder ? models::classification_logits(model, fed.global(), batch, ws1)
+                                 : models::causal_lm_logits(model, fed.global(), batch, ws1));
     const host_matrix<float> theirs =
-        encoder ? models::classification_logits(model, loaded.adapters, batch, ws2)
-                : models::causal_lm_logits(model, loaded.adapters, batch, ws2);
+        backend::to_host(encoder ? models::classification_logits(model, loaded.adapters, batch, ws2)
+                                 : models::causal_lm_logits(model, loaded.adapters, batch, ws2));
     CHECK(ours == theirs);
   }
 }
@@ -487,7 +502,7 @@ TEST_CASE("hf models: a PEFT adapter trained in Python loads as a federation's s
   using backend = rolora::eigen_backend<float>;
   for (const char* name : {"bert", "llama"}) {
     CAPTURE(name);
-    reference_case<float> c(name);
+    reference_case<backend> c(name);
     rolora::lora_config lora;
     lora.r = 4;
     rolora::adapter_set<backend> like(models::lora_targets(c.model, {}), lora, 1);

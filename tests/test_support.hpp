@@ -13,6 +13,10 @@
 #ifndef ROLORA_TEST_BACKENDS
 #define ROLORA_TEST_BACKENDS rolora::eigen_backend<float>, rolora::eigen_backend<double>
 #endif
+// The float one alone, for the slower end-to-end tests.
+#ifndef ROLORA_TEST_FLOAT_BACKEND
+#define ROLORA_TEST_FLOAT_BACKEND rolora::eigen_backend<float>
+#endif
 
 namespace rolora::test {
 

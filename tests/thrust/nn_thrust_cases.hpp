@@ -228,6 +228,70 @@ TEST_CASE_TEMPLATE("thrust nn: every primitive agrees with Eigen" ROLORA_NN_THRU
     CHECK(relative_diff(host<Backend>(dk), dke) <= tol);
     CHECK(relative_diff(host<Backend>(dv), dve) <= tol);
   }
+  SUBCASE("grouped-query causal attention (hf_nn_backend), with PAD keys and a padded-first row") {
+    const index_t kv_heads = 1, hd = d / heads;  // 3 query heads share one key/value head
+    const H q = rnd<T>(d, big_n, 6), k = rnd<T>(hd * kv_heads, big_n, 7),
+            v = rnd<T>(hd * kv_heads, big_n, 8), dctx = rnd<T>(d, big_n, 9);
+    H valid = H::Ones(len, n);
+    valid(5, 0) = valid(6, 0) = 0;
+    valid(0, 1) = 0;  // sequence 1's query 0 has no key it may attend to (causal)
+    valid.col(2).setZero();
+    const T scale = T(1) / std::sqrt(T(hd));
+    typename Backend::matrix p, ctx, dq, dk, dv;
+    H pe, ctxe, dqe, dke, dve;
+    TP::attention_forward(dev(q), dev(k), dev(v), dev(valid), heads, scale, p, ctx, kv_heads, true);
+    EP::attention_forward(q, k, v, valid, heads, scale, pe, ctxe, kv_heads, true);
+    CHECK(relative_diff(host<Backend>(p), pe) <= tol);
+    CHECK(relative_diff(host<Backend>(ctx), ctxe) <= tol);
+    const H ph = host<Backend>(p), ch = host<Backend>(ctx);
+    CHECK(ph(4, 2) == T(0));  // query 2 never sees key 4 (causal)
+    CHECK(ph(0, 2) > T(0));
+    CHECK(ch.col(len).cwiseAbs().maxCoeff() == T(0));  // sequence 1, query 0: nothing to see
+    TP::attention_backward(dev(q), dev(k), dev(v), p, dev(dctx), heads, scale, dq, dk, dv,
+                           kv_heads);
+    EP::attention_backward(q, k, v, pe, dctx, heads, scale, dqe, dke, dve, kv_heads);
+    CHECK(Backend::rows(dk) == hd * kv_heads);
+    CHECK(relative_diff(host<Backend>(dq), dqe) <= tol);
+    CHECK(relative_diff(host<Backend>(dk), dke) <= tol);
+    CHECK(relative_diff(host<Backend>(dv), dve) <= tol);
+  }
+  SUBCASE("RMSNorm, rotary, SwiGLU and tanh (hf_nn_backend)") {
+    typename Backend::matrix y, xh, r, dx = dev(dy);
+    H ye, xhe, re, dxe = dy;
+    TP::rms_norm_forward(dev(x), dev(gamma), T(1e-6), y, xh, r);
+    EP::rms_norm_forward(x, gamma, T(1e-6), ye, xhe, re);
+    CHECK(relative_diff(host<Backend>(y), ye) <= tol);
+    CHECK(relative_diff(host<Backend>(r), re) <= tol);
+    for (const bool acc : {false, true}) {
+      TP::rms_norm_backward(dev(dy), xh, r, dev(gamma), dx, acc);
+      EP::rms_norm_backward(dy, xhe, re, gamma, dxe, acc);
+      CHECK(relative_diff(host<Backend>(dx), dxe) <= tol);
+    }
+    const index_t hd = d / heads;
+    const H cos = rnd<T>(hd / 2, len, 13), sin = rnd<T>(hd / 2, len, 14);
+    typename Backend::matrix rot = dev(x);
+    H rote = x;
+    for (const bool inverse : {false, true}) {
+      TP::rotary(rot, heads, hd, dev(cos), dev(sin), inverse);
+      EP::rotary(rote, heads, hd, cos, sin, inverse);
+      CHECK(relative_diff(host<Backend>(rot), rote) <= tol);
+    }
+    typename Backend::matrix m, dgate, dup, t = dev(x), dt = dev(dy);
+    H me, dgatee, dupe, te = x, dte = dy;
+    TP::swiglu_forward(dev(x), dev(dy), m);
+    EP::swiglu_forward(x, dy, me);
+    CHECK(relative_diff(host<Backend>(m), me) <= tol);
+    TP::swiglu_backward(dev(x), dev(dy), dev(gamma * H::Ones(1, big_n)), dgate, dup);
+    EP::swiglu_backward(x, dy, gamma * H::Ones(1, big_n), dgatee, dupe);
+    CHECK(relative_diff(host<Backend>(dgate), dgatee) <= tol);
+    CHECK(relative_diff(host<Backend>(dup), dupe) <= tol);
+    TP::tanh_forward(t, t);  // in place, as the encoder head calls them
+    EP::tanh_forward(te, te);
+    CHECK(relative_diff(host<Backend>(t), te) <= tol);
+    TP::tanh_backward(t, dt, dt);
+    EP::tanh_backward(te, dte, dte);
+    CHECK(relative_diff(host<Backend>(dt), dte) <= tol);
+  }
   SUBCASE("pooling, softmax, cross-entropy with ignored targets") {
     H w = rnd<T>(len, n, 10).cwiseAbs();
     typename Backend::matrix pooled, dh;

@@ -5,3 +5,4 @@
 #include <rolora/backend/thrust/nn_primitives.hpp>  // the nn tests run on it too
 
 #define ROLORA_TEST_BACKENDS rolora::thrust_omp_backend<float>, rolora::thrust_omp_backend<double>
+#define ROLORA_TEST_FLOAT_BACKEND rolora::thrust_omp_backend<float>

@@ -4,6 +4,7 @@
 //   backend               where matrices live and how the algebra runs on them; optional,
 //                         detected: frozen_bf16_backend (frozen bf16 matrices)
 //   nn_backend            a backend plus the transformer's primitives (nn_primitives<B>)
+//   hf_nn_backend         an nn_backend that also runs the Hugging Face families (rolora/models)
 //   update_policy         which factors train and travel in round t (+ check_policy_round)
 //   aggregator_for        how the server merges uploads; optional, detected:
 //     round_aware_aggregator, heterogeneous_rank_aggregator, residual_tracking_aggregator
@@ -552,6 +553,53 @@ concept nn_backend = backend<B> &&
   nn_primitives<B>::weighted_pool_backward(c, c, m);
   nn_primitives<B>::softmax_columns(m);
   { nn_primitives<B>::softmax_cross_entropy(c, ids, s, p) } -> std::convertible_to<double>;
+};
+
+// ---------------------------------------------------------------------------------------------
+// hf_nn_backend: an nn_backend whose primitives also run the Hugging Face families of
+// rolora/models (Llama-style decoders, BERT/RoBERTa heads). Shapes as nn_backend's; hd is the
+// head dimension:
+//
+//   attention_forward(q, k, v, key_valid, n_heads, scale, probs, ctx, index_t kv_heads,
+//                     bool causal)
+//                                as nn_backend's, with grouped-query attention: k, v [kv_heads hd,
+//                                N] and query head h reads key/value head h / (n_heads /
+//                                kv_heads); causal: query j attends to keys 0 .. j only (a query
+//                                with no key to attend to gets P = 0 and ctx = 0)
+//   attention_backward(q, k, v, probs, dctx, n_heads, scale, dq, dk, dv, index_t kv_heads)
+//                                its gradients; dk, dv of a key/value head sum over its query heads
+//   rms_norm_forward(x, w, scalar eps, matrix& y, matrix& xhat, matrix& rstd)
+//                                per column: rstd = 1 / sqrt(mean(x^2) + eps), xhat = x rstd,
+//                                y = w * xhat (LlamaRMSNorm); x, y, xhat [d, N], w [d, 1], rstd [N,
+//                                1]
+//   rms_norm_backward(dy, xhat, rstd, w, matrix& dx, bool accumulate)
+//                                dx [d, N] = (or +=) dL/dx for upstream dy (w frozen)
+//   rotary(matrix& x, index_t heads, index_t hd, cos, sin, bool inverse)
+//                                in place on x [heads hd, N]: the rotate-half rotation of each
+//                                head's pairs (i, i + hd/2) by the angle of position j (column
+//                                s L + j), cos, sin [hd / 2, L]; inverse: the transpose (backward)
+//   swiglu_forward(gate, up, matrix& m)
+//                                m = silu(gate) * up, all [f, N]
+//   swiglu_backward(gate, up, dm, matrix& dgate, matrix& dup)
+//                                its gradients for upstream dm
+//   tanh_forward(x, matrix& y)   y = tanh(x) (y may be x)
+//   tanh_backward(y, dy, matrix& dx)
+//                                dx = dy (1 - y^2) for y = tanh(x) (dx may be dy)
+// eigen_backend and thrust_backend model it.
+// ---------------------------------------------------------------------------------------------
+template <class B>
+concept hf_nn_backend = nn_backend<B> &&
+    requires(typename B::matrix& m, const typename B::matrix& c, typename B::scalar s, index_t i,
+             bool flag) {
+  nn_primitives<B>::attention_forward(c, c, c, c, i, s, m, m, i, flag);
+  nn_primitives<B>::attention_backward(c, c, c, c, c, i, s, m, m, m, i);
+  nn_primitives<B>::rms_norm_forward(c, c, s, m, m, m);
+  nn_primitives<B>::rms_norm_backward(c, c, c, c, m, flag);
+  nn_primitives<B>::rotary(m, i, i, c, c, flag);
+  nn_primitives<B>::swiglu_forward(c, c, m);
+  nn_primitives<B>::swiglu_backward(c, c, c, m, m);
+  nn_primitives<B>::tanh_forward(c, m);
+  nn_primitives<B>::tanh_backward(c, c, m);
 };
 
 }  // namespace rolora

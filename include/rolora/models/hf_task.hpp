@@ -44,8 +44,8 @@ inline std::vector<std::string> default_targets(family f) {
 
 // The adapted modules of `model` under `spec`; config_error when a name or the expression
 // matches no linear, or a layer index is out of range (PEFT raises too).
-template <class T>
-std::vector<module_shape> lora_targets(const hf_model<T>& model, const lora_target_spec& spec) {
+template <class T, class B>
+std::vector<module_shape> lora_targets(const hf_model<T, B>& model, const lora_target_spec& spec) {
   const hf_config& c = model.config;
   for (const index_t layer : spec.layers_to_transform) {
     if (layer < 0 || layer >= c.num_layers) {
@@ -111,8 +111,8 @@ std::vector<module_shape> lora_targets(const hf_model<T>& model, const lora_targ
 // The encoder's classification head (and nothing else) as trainable modules to save, from the
 // model's current head: "classifier.weight" / ".bias" (BERT), "classifier.dense.*" and
 // "classifier.out_proj.*" (RoBERTa).
-template <class T>
-void add_head_to_save(const hf_model<T>& model, adapter_set<eigen_backend<T>>& adapters) {
+template <class T, class B>
+void add_head_to_save(const hf_model<T, B>& model, adapter_set<B>& adapters) {
   for (const auto& [name, lin] : model.head) {
     adapters.add_module_to_save(name + ".weight", lin.weight);
     adapters.add_module_to_save(name + ".bias", lin.bias);
@@ -158,13 +158,13 @@ struct hf_examples {
   }
 };
 
-// One client: its examples over the shared frozen model; the loss is the family's.
-template <class T>
+// One client: its examples over the shared frozen model (on backend B); the loss is the family's.
+template <class T, class B = eigen_backend<T>>
 class hf_task {
  public:
-  using backend = eigen_backend<T>;
+  using backend = B;
 
-  hf_task(const hf_model<T>& model, hf_examples data) : model_(&model), data_(std::move(data)) {
+  hf_task(const hf_model<T, B>& model, hf_examples data) : model_(&model), data_(std::move(data)) {
     if (data_.size() == 0) rolora::detail::raise<value_error>("hf task: a client without data");
     data_.tokens.check(model.config);
     const std::size_t per = is_encoder(model.config.kind) ? 1 : std::size_t(data_.tokens.seq_len);
@@ -200,8 +200,8 @@ class hf_task {
     return evaluate_batch(adapters, trains, &grads).first;
   }
 
-  static hf_workspace<T>& workspace() {
-    thread_local hf_workspace<T> ws;
+  static hf_workspace<T, B>& workspace() {
+    thread_local hf_workspace<T, B> ws;
     return ws;
   }
 
@@ -220,7 +220,7 @@ class hf_task {
     return {l, double(predicted)};
   }
 
-  const hf_model<T>* model_;
+  const hf_model<T, B>* model_;
   hf_examples data_;
   hf_examples batch_;
 };

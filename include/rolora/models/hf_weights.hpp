@@ -35,18 +35,20 @@ namespace rolora::models {
 // A frozen matrix held in bf16 (hf_model::hold_base_in_bf16): half the memory of fp32.
 using bf16_matrix = host_matrix<Eigen::bfloat16>;
 
-// A linear layer y = W x + b: weight [out, in] (in T, or in bf16 as weight_bf16 with weight
-// empty), bias [out, 1] or empty (0 x 0) for none.
-template <class T>
+// A linear layer y = W x + b on backend B (T = B::scalar): weight [out, in] (in T, or in bf16 as
+// weight_bf16 with weight empty; eigen_backend<float> only), bias [out, 1] or empty (0 x 0) for
+// none.
+template <class T, class B = eigen_backend<T>>
 struct hf_linear {
-  host_matrix<T> weight;
-  host_matrix<T> bias;
+  static_assert(std::same_as<T, typename B::scalar>, "hf_linear<T, B>: T must be B::scalar");
+  typename B::matrix weight;
+  typename B::matrix bias;
   bf16_matrix weight_bf16;
   bool has_bias() const { return bias.size() != 0; }
   index_t out_features() const { return weight.size() ? weight.rows() : weight_bf16.rows(); }
   index_t in_features() const { return weight.size() ? weight.cols() : weight_bf16.cols(); }
   // Moves the weight to bf16 (round to nearest even).
-  void hold_in_bf16() {
+  void hold_in_bf16() requires std::same_as<B, eigen_backend<float>> {
     if (weight.size() == 0) return;
     weight_bf16 = weight.template cast<Eigen::bfloat16>();
     weight = host_matrix<T>();
@@ -81,35 +83,40 @@ inline std::string linear_name(family f, index_t layer, std::size_t role) {
   return layer_prefix(f, layer) + std::string(linear_role(f, role));
 }
 
-template <class T>
+template <class T, class B = eigen_backend<T>>
 struct hf_layer {
-  std::array<hf_linear<T>, max_linears_per_layer> linears;  // by role; decoders use all 7
-  host_matrix<T> norm1_weight, norm1_bias;  // [d, 1]: LN after attention / RMSNorm before it
-  host_matrix<T> norm2_weight, norm2_bias;  // [d, 1]: LN after the MLP / RMSNorm before it
+  using matrix = typename B::matrix;
+  std::array<hf_linear<T, B>, max_linears_per_layer> linears;  // by role; decoders use all 7
+  matrix norm1_weight, norm1_bias;  // [d, 1]: LN after attention / RMSNorm before it
+  matrix norm2_weight, norm2_bias;  // [d, 1]: LN after the MLP / RMSNorm before it
 };
 
-template <class T>
+// The frozen weights on backend B (eigen_backend<T> by default, or a thrust_backend: loaded on
+// the host one tensor at a time and moved there).
+template <class T, class B = eigen_backend<T>>
 struct hf_model {
+  using backend = B;
+  using matrix = typename B::matrix;
   hf_config config;
-  host_matrix<T> embed_tokens;                        // [V, d] (empty when held in bf16)
-  bf16_matrix embed_tokens_bf16;                      // [V, d] when held in bf16
-  host_matrix<T> position_embeddings;                 // [P, d] (encoders)
-  host_matrix<T> token_type_embeddings;               // [types, d] (encoders)
-  host_matrix<T> embed_norm_weight, embed_norm_bias;  // [d, 1] (encoders)
-  std::vector<hf_layer<T>> layers;
-  host_matrix<T> final_norm_weight;  // [d, 1] (decoders)
-  hf_linear<T> pooler;               // BERT: bert.pooler.dense [d, d]
+  matrix embed_tokens;                        // [V, d] (empty when held in bf16)
+  bf16_matrix embed_tokens_bf16;              // [V, d] when held in bf16
+  matrix position_embeddings;                 // [P, d] (encoders)
+  matrix token_type_embeddings;               // [types, d] (encoders)
+  matrix embed_norm_weight, embed_norm_bias;  // [d, 1] (encoders)
+  std::vector<hf_layer<T, B>> layers;
+  matrix final_norm_weight;  // [d, 1] (decoders)
+  hf_linear<T, B> pooler;    // BERT: bert.pooler.dense [d, d]
   // The classification head (encoders), by Hugging Face name: BERT "classifier" [C, d];
   // RoBERTa "classifier.dense" [d, d] and "classifier.out_proj" [C, d].
-  std::map<std::string, hf_linear<T>> head;
-  hf_linear<T> lm_head;                  // [V, d] (untied decoders; tied ones use embed_tokens)
+  std::map<std::string, hf_linear<T, B>> head;
+  hf_linear<T, B> lm_head;               // [V, d] (untied decoders; tied ones use embed_tokens)
   std::vector<std::string> initialised;  // tensors not in the checkpoint, initialised here
 
   // The frozen base in bf16: every layer's linears, the token embeddings and an untied lm_head
   // (the bulk of the weights); norms, biases, positions, the pooler and the head stay in T. The
   // frozen products then run on eigen_backend<float>::frozen_gemm (oneDNN's bf16 matmul where
   // the CPU has one). T = float only.
-  void hold_base_in_bf16() requires std::same_as<T, float> {
+  void hold_base_in_bf16() requires std::same_as<B, eigen_backend<float>> {
     for (auto& l : layers) {
       for (auto& lin : l.linears) lin.hold_in_bf16();
     }
@@ -205,18 +212,29 @@ inline shard_map find_shards(const std::filesystem::path& dir) {
   return m;
 }
 
+// A host matrix as B's matrix (moved where B's matrix is the host type).
+template <class B>
+typename B::matrix on_backend(host_matrix<typename B::scalar>&& h) {
+  if constexpr (std::is_same_v<typename B::matrix, host_matrix<typename B::scalar>>) {
+    return std::move(h);
+  } else {
+    return B::from_host(h);
+  }
+}
+
 // One tensor to read: name in the checkpoint, expected shape ([n] when cols is 0), destination.
-template <class T>
+template <class B>
 struct wanted_tensor {
   std::string name;
   index_t rows, cols;
-  host_matrix<T>* out;
+  typename B::matrix* out;
 };
 
-template <class T>
+template <class B>
 void read_tensors(const std::filesystem::path& dir, const shard_map& shards,
-                  const std::vector<wanted_tensor<T>>& wanted) {
-  std::vector<std::vector<const wanted_tensor<T>*>> per_file(shards.files.size());
+                  const std::vector<wanted_tensor<B>>& wanted) {
+  using T = typename B::scalar;
+  std::vector<std::vector<const wanted_tensor<B>*>> per_file(shards.files.size());
   for (const auto& w : wanted) {
     if (!shards.sharded) {
       per_file[0].push_back(&w);
@@ -238,11 +256,12 @@ void read_tensors(const std::filesystem::path& dir, const shard_map& shards,
       if (!shards.single) shard.emplace(read_safetensors(path));
       const safetensors_file& file = shards.single ? *shards.single : *shard;
       for (const auto* w : per_file[f]) {
-        *w->out = w->cols == 0 ? file.expect_vector<T>(w->name, w->rows)
-                               : file.expect_matrix<T>(w->name, w->rows, w->cols);
-        if (!w->out->allFinite()) {
+        host_matrix<T> h = w->cols == 0 ? file.expect_vector<T>(w->name, w->rows)
+                                        : file.expect_matrix<T>(w->name, w->rows, w->cols);
+        if (!h.allFinite()) {
           rolora::detail::raise<value_error>("tensor '", w->name, "' holds non-finite values");
         }
+        *w->out = on_backend<B>(std::move(h));
       }
     } catch (const error& e) {
       rolora::detail::raise<shape_error>(path.string(), ": ", e.message());
@@ -252,21 +271,22 @@ void read_tensors(const std::filesystem::path& dir, const shard_map& shards,
 
 }  // namespace detail::hf
 
-// Loads the model directory `dir` (config.json + safetensors) with every frozen weight in T.
-// `seed` initialises a missing classification head (see the top of this file).
-template <class T>
-hf_model<T> load_hf_model(const std::filesystem::path& dir, std::uint64_t seed = 0) {
-  hf_model<T> m;
+// Loads the model directory `dir` (config.json + safetensors) with every frozen weight in T, on
+// backend B. `seed` initialises a missing classification head (see the top of this file).
+template <class T, class B = eigen_backend<T>>
+hf_model<T, B> load_hf_model(const std::filesystem::path& dir, std::uint64_t seed = 0) {
+  using matrix = typename B::matrix;
+  hf_model<T, B> m;
   m.config = read_hf_config(dir);
   const hf_config& c = m.config;
   const index_t d = c.hidden_size, ff = c.intermediate_size;
   const index_t q_dim = c.num_heads * c.head_dim, kv_dim = c.kv_dim();
-  std::vector<detail::hf::wanted_tensor<T>> wanted;
-  auto want = [&](std::string name, index_t rows, index_t cols, host_matrix<T>& out) {
+  std::vector<detail::hf::wanted_tensor<B>> wanted;
+  auto want = [&](std::string name, index_t rows, index_t cols, matrix& out) {
     wanted.push_back({std::move(name), rows, cols, &out});
   };
   auto want_linear = [&](const std::string& name, index_t out, index_t in, bool bias,
-                         hf_linear<T>& lin) {
+                         hf_linear<T, B>& lin) {
     want(name + ".weight", out, in, lin.weight);
     if (bias) want(name + ".bias", out, 0, lin.bias);
   };
@@ -323,11 +343,12 @@ hf_model<T> load_hf_model(const std::filesystem::path& dir, std::uint64_t seed =
       }
       // Not in a base checkpoint: N(0, 0.02) and zero bias, as _init_weights does.
       const random_stream rs(seed, stream::adapter_init, 0xC1A55u, k++);
-      lin.weight.resize(out, d);
-      for (index_t i = 0; i < lin.weight.size(); ++i) {
-        lin.weight.data()[i] = static_cast<T>(0.02 * rs.normal(std::uint64_t(i)));
+      host_matrix<T> w(out, d);
+      for (index_t i = 0; i < w.size(); ++i) {
+        w.data()[i] = static_cast<T>(0.02 * rs.normal(std::uint64_t(i)));
       }
-      lin.bias = host_matrix<T>::Zero(out, 1);
+      lin.weight = detail::hf::on_backend<B>(std::move(w));
+      lin.bias = B::zeros(out, 1);
       m.initialised.push_back(name + ".weight");
       m.initialised.push_back(name + ".bias");
     }
@@ -355,19 +376,20 @@ hf_model<T> load_hf_model(const std::filesystem::path& dir, std::uint64_t seed =
 
 // A model of config `c` with random weights (benchmarks, tests): every matrix N(0, 0.02), norm
 // weights 1 + N(0, 0.1), biases N(0, 0.02), from rolora's seeded stream.
-template <class T>
-hf_model<T> random_hf_model(const hf_config& c, std::uint64_t seed) {
-  hf_model<T> m;
+template <class T, class B = eigen_backend<T>>
+hf_model<T, B> random_hf_model(const hf_config& c, std::uint64_t seed) {
+  hf_model<T, B> m;
   m.config = c;
   std::uint32_t k = 0;
-  auto fill = [&](host_matrix<T>& x, index_t rows, index_t cols, double mean, double std) {
+  auto fill = [&](typename B::matrix& x, index_t rows, index_t cols, double mean, double std) {
     const random_stream rs(seed, stream::data, 0x40DE1u, k++);
-    x.resize(rows, cols);
-    for (index_t i = 0; i < x.size(); ++i) {
-      x.data()[i] = static_cast<T>(mean + std * rs.normal(std::uint64_t(i)));
+    host_matrix<T> h(rows, cols);
+    for (index_t i = 0; i < h.size(); ++i) {
+      h.data()[i] = static_cast<T>(mean + std * rs.normal(std::uint64_t(i)));
     }
+    x = detail::hf::on_backend<B>(std::move(h));
   };
-  auto linear = [&](hf_linear<T>& l, index_t out, index_t in, bool bias) {
+  auto linear = [&](hf_linear<T, B>& l, index_t out, index_t in, bool bias) {
     fill(l.weight, out, in, 0.0, 0.02);
     if (bias) fill(l.bias, out, 1, 0.0, 0.02);
   };

@@ -119,19 +119,6 @@ namespace detail::nn {
 template <class B>
 using matrix_t = typename B::matrix;
 
-// dst = host, into dst's storage (no allocation once sized) where the backend's matrix is the
-// host type or the backend has an assign_from_host(dst, host), else through from_host.
-template <nn_backend B>
-void assign_from_host(matrix_t<B>& dst, const host_matrix<typename B::scalar>& host) {
-  if constexpr (std::is_same_v<matrix_t<B>, host_matrix<typename B::scalar>>) {
-    dst = host;
-  } else if constexpr (requires { B::assign_from_host(dst, host); }) {
-    B::assign_from_host(dst, host);
-  } else {
-    dst = B::from_host(host);
-  }
-}
-
 // c = op(W) x + beta c for a bound weight W, in the precision it is held in.
 template <nn_backend B>
 void weight_gemm(const binding<B>& w, op op_w, const matrix_t<B>& x, typename B::scalar beta,

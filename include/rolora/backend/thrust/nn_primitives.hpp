@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <rolora/core/concepts.hpp>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace rolora {
@@ -61,6 +62,14 @@ ROLORA_HOST_DEVICE inline T log_of(T x) {
   return ::log(x);
 #else
   return std::log(x);
+#endif
+}
+template <class T>
+ROLORA_HOST_DEVICE inline T tanh_of(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::tanh(x);
+#else
+  return std::tanh(x);
 #endif
 }
 template <class T>
@@ -149,6 +158,110 @@ struct layer_norm_backward_fn {
   }
 };
 
+// RMSNorm of column j of x [d, N]: xhat = x rstd, rstd = 1 / sqrt(mean(x^2) + eps), y = w xhat.
+template <class T>
+struct rms_norm_forward_fn {
+  const T *x, *w;
+  T eps;
+  T *y, *xhat, *rstd;
+  index_t d;
+  ROLORA_HOST_DEVICE void operator()(index_t j) const {
+    const T* xc = x + j * d;
+    T ss = T(0);
+    for (index_t i = 0; i < d; ++i) ss += xc[i] * xc[i];
+    const T r = T(1) / sqrt_of(ss / T(d) + eps);
+    rstd[j] = r;
+    for (index_t i = 0; i < d; ++i) {
+      xhat[i + j * d] = xc[i] * r;
+      y[i + j * d] = w[i] * xhat[i + j * d];
+    }
+  }
+};
+
+// dx column j = rstd (g - xhat mean(g xhat)), g = dy w (= or += when accumulate).
+template <class T>
+struct rms_norm_backward_fn {
+  const T *dy, *xhat, *rstd, *w;
+  T* dx;
+  index_t d;
+  bool accumulate;
+  ROLORA_HOST_DEVICE void operator()(index_t j) const {
+    const T* dyc = dy + j * d;
+    const T* hc = xhat + j * d;
+    T m = T(0);
+    for (index_t i = 0; i < d; ++i) m += dyc[i] * w[i] * hc[i];
+    m /= T(d);
+    const T r = rstd[j];
+    T* dxc = dx + j * d;
+    for (index_t i = 0; i < d; ++i) {
+      const T v = r * (dyc[i] * w[i] - hc[i] * m);
+      dxc[i] = accumulate ? dxc[i] + v : v;
+    }
+  }
+};
+
+// Rotate-half rotary embedding of the pair (i, i + hd/2) of head h of column t of x
+// [heads hd, N] at position t % L; one call per (t, h, i); inverse: the transpose.
+template <class T>
+struct rotary_fn {
+  T* x;
+  const T *cos, *sin;
+  index_t heads, head_dim, len;
+  bool inverse;
+  ROLORA_HOST_DEVICE void operator()(index_t e) const {
+    const index_t half = head_dim / 2, i = e % half, h = (e / half) % heads, t = e / (half * heads),
+                  j = t % len;
+    T* col = x + t * heads * head_dim + h * head_dim;
+    const T c = cos[i + j * half], sn = inverse ? -sin[i + j * half] : sin[i + j * half];
+    const T a = col[i], b = col[i + half];
+    col[i] = a * c - b * sn;
+    col[i + half] = b * c + a * sn;
+  }
+};
+
+// SwiGLU: m = silu(gate) up; backward dgate = dm up sig (1 + gate (1 - sig)), dup = dm silu(gate).
+template <class T>
+struct swiglu_forward_fn {
+  ROLORA_HOST_DEVICE T operator()(T gate, T up) const { return gate / (T(1) + exp_of(-gate)) * up; }
+};
+template <class T>
+struct swiglu_backward_fn {
+  const T *gate, *up, *dm;
+  T *dgate, *dup;
+  ROLORA_HOST_DEVICE void operator()(index_t e) const {
+    const T sig = T(1) / (T(1) + exp_of(-gate[e]));
+    const T dme = dm[e];
+    dgate[e] = dme * up[e] * sig * (T(1) + gate[e] * (T(1) - sig));
+    dup[e] = dme * gate[e] * sig;
+  }
+};
+
+// tanh and its backward through the output: dx = dy (1 - y^2).
+template <class T>
+struct tanh_fn {
+  ROLORA_HOST_DEVICE T operator()(T x) const { return tanh_of(x); }
+};
+template <class T>
+struct tanh_backward_fn {
+  ROLORA_HOST_DEVICE T operator()(T y, T dy) const { return dy * (T(1) - y * y); }
+};
+
+// Grouped-query attention's dk, dv: out (g dh + r, t) = sum over the group's query heads h of
+// per_head (h dh + r, t), in head order; out [kv_heads dh, N], per_head [heads dh, N].
+template <class T>
+struct sum_head_groups_fn {
+  const T* per_head;
+  T* out;
+  index_t kv_rows, head_dim, group;
+  ROLORA_HOST_DEVICE void operator()(index_t e) const {
+    const index_t row = e % kv_rows, t = e / kv_rows, g = row / head_dim, r = row % head_dim;
+    const T* col = per_head + t * kv_rows * group;
+    T acc = col[g * group * head_dim + r];
+    for (index_t k = 1; k < group; ++k) acc += col[(g * group + k) * head_dim + r];
+    out[e] = acc;
+  }
+};
+
 // GELU, erf form: x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, and its derivative times dy.
 template <class T>
 struct gelu_forward_fn {
@@ -191,25 +304,28 @@ struct embedding_backward_fn {
   }
 };
 
-// Column `col` of probs [L, L H n] (sequence s = col / (L H)) becomes the softmax of its scores
-// over the valid keys (key_valid [L, n]), exactly 0 on the others; all 0 without a valid key.
+// Column `col` of probs [L, L H n] (sequence s = col / (L H), query j = col % L) becomes the
+// softmax of its scores over the valid keys (key_valid [L, n]; causal: keys 0 .. j only),
+// exactly 0 on the others; all 0 without a valid key.
 template <class T>
 struct masked_softmax_fn {
   T* probs;
   const T* key_valid;
   index_t len, heads;
+  bool causal;
   ROLORA_HOST_DEVICE void operator()(index_t col) const {
     T* p = probs + col * len;
     const T* valid = key_valid + (col / (len * heads)) * len;
+    const index_t keys = causal ? col % len + 1 : len;
     bool any = false;
     T m = T(0);
-    for (index_t i = 0; i < len; ++i) {
+    for (index_t i = 0; i < keys; ++i) {
       if (valid[i] > T(0) && (!any || p[i] > m)) m = p[i];
       any = any || valid[i] > T(0);
     }
     T sum = T(0);
     for (index_t i = 0; i < len; ++i) {
-      p[i] = any && valid[i] > T(0) ? exp_of(p[i] - m) * valid[i] : T(0);
+      p[i] = any && i < keys && valid[i] > T(0) ? exp_of(p[i] - m) * valid[i] : T(0);
       sum += p[i];
     }
     if (any) {
@@ -313,12 +429,17 @@ struct cross_entropy_fn {
   }
 };
 
-// A block operand of a batched product: block (s, h) starts at p + s stride_s + h stride_h and
-// has leading dimension ld.
+// A block operand of a batched product: block (s, h) starts at p + s stride_s + (h / group)
+// stride_h and has leading dimension ld (group > 1: grouped-query attention's shared key/value
+// heads).
 template <class P>
 struct strided_blocks {
   P p;
   index_t ld, stride_s, stride_h;
+  index_t group = 1;
+  ROLORA_HOST_DEVICE P block(index_t s, index_t h) const {
+    return p + s * stride_s + (h / group) * stride_h;
+  }
 };
 
 // Host systems: block (s, h) = i (s = i / heads) of c = alpha op(a) op(b) + beta c, by the
@@ -332,9 +453,8 @@ struct host_block_gemm_fn {
   T alpha, beta;
   void operator()(index_t i) const {
     const index_t s = i / heads, h = i % heads;
-    host_gemm<thrust::system::cpp::tag>(a.p + s * a.stride_s + h * a.stride_h, a.ld, ta,
-                                        b.p + s * b.stride_s + h * b.stride_h, b.ld, tb, m, n, k,
-                                        alpha, beta, c.p + s * c.stride_s + h * c.stride_h, c.ld);
+    host_gemm<thrust::system::cpp::tag>(a.block(s, h), a.ld, ta, b.block(s, h), b.ld, tb, m, n, k,
+                                        alpha, beta, c.block(s, h), c.ld);
   }
 };
 
@@ -392,24 +512,12 @@ struct nn_primitives<thrust_backend<T, System>> {
 
   static void gelu_forward(const matrix& x, matrix& y) {
     reshape(y, x.rows(), x.cols());
-    if (use_host_thread(std::size_t(x.size()))) {
-      thrust::transform(thrust::cpp::par, x.values().begin(), x.values().end(), y.values().begin(),
-                        detail::nn_thrust::gelu_forward_fn<T>{});
-    } else {
-      thrust::transform(System{}, x.values().begin(), x.values().end(), y.values().begin(),
-                        detail::nn_thrust::gelu_forward_fn<T>{});
-    }
+    transform(x, y, detail::nn_thrust::gelu_forward_fn<T>{});
   }
   // dx may be dy (the transformer computes it in place).
   static void gelu_backward(const matrix& x, const matrix& dy, matrix& dx) {
     reshape(dx, x.rows(), x.cols());
-    if (use_host_thread(std::size_t(x.size()))) {
-      thrust::transform(thrust::cpp::par, x.values().begin(), x.values().end(), dy.values().begin(),
-                        dx.values().begin(), detail::nn_thrust::gelu_backward_fn<T>{});
-    } else {
-      thrust::transform(System{}, x.values().begin(), x.values().end(), dy.values().begin(),
-                        dx.values().begin(), detail::nn_thrust::gelu_backward_fn<T>{});
-    }
+    transform(x, dy, dx, detail::nn_thrust::gelu_backward_fn<T>{});
   }
 
   static void embedding_forward(const matrix& table, std::span<const std::int32_t> ids,
@@ -430,49 +538,118 @@ struct nn_primitives<thrust_backend<T, System>> {
                                                     dtable.rows(), d, dout.cols()});
   }
 
-  // Per (sequence s, head h): P = masked column softmax of scale K_h^T Q_h, ctx_h = V_h P.
+  // Per (sequence s, head h): P = masked column softmax of scale K_g^T Q_h, ctx_h = V_g P, with
+  // g = h / (n_heads / kv_heads) (grouped-query attention; kv_heads 0: n_heads); causal: query j
+  // attends to keys 0 .. j only.
   static void attention_forward(const matrix& q, const matrix& k, const matrix& v,
                                 const matrix& key_valid, index_t n_heads, T scale, matrix& probs,
-                                matrix& ctx) {
+                                matrix& ctx, index_t kv_heads = 0, bool causal = false) {
     const index_t d = q.rows(), len = key_valid.rows(), n = key_valid.cols(), dh = d / n_heads;
+    const index_t group = n_heads / (kv_heads > 0 ? kv_heads : n_heads), kv_d = k.rows();
     reshape(probs, len, len * n_heads * n);
     reshape(ctx, d, len * n);
     const auto act = [&](const matrix& m) { return head_blocks(m.data(), d, len, dh); };
-    // probs block (s, h) [L keys, L queries] = scale K_h^T Q_h
-    batched_gemm(n, n_heads, scale, act(k), true, act(q), false, len, len, dh, T(0),
+    const auto kv = [&](const matrix& m) { return head_blocks(m.data(), kv_d, len, dh, group); };
+    // probs block (s, h) [L keys, L queries] = scale K_g^T Q_h
+    batched_gemm(n, n_heads, scale, kv(k), true, act(q), false, len, len, dh, T(0),
                  prob_blocks(probs.data(), len, n_heads));
-    for_each_index(
-        probs.cols(), std::size_t(probs.size()),
-        detail::nn_thrust::masked_softmax_fn<T>{probs.data(), key_valid.data(), len, n_heads});
-    // ctx_h [dh, L] = V_h P
-    batched_gemm(n, n_heads, T(1), act(v), false, prob_blocks(probs.data(), len, n_heads), false,
-                 dh, len, len, T(0), head_blocks(ctx.data(), d, len, dh));
+    for_each_index(probs.cols(), std::size_t(probs.size()),
+                   detail::nn_thrust::masked_softmax_fn<T>{probs.data(), key_valid.data(), len,
+                                                           n_heads, causal});
+    // ctx_h [dh, L] = V_g P
+    batched_gemm(n, n_heads, T(1), kv(v), false, prob_blocks(probs.data(), len, n_heads), false, dh,
+                 len, len, T(0), head_blocks(ctx.data(), d, len, dh));
   }
 
+  // The gradients of attention_forward; dk, dv of a key/value head sum over its query heads (in
+  // head order; each query head's share is formed apart first, so the batch runs in parallel).
   static void attention_backward(const matrix& q, const matrix& k, const matrix& v,
                                  const matrix& probs, const matrix& dctx, index_t n_heads, T scale,
-                                 matrix& dq, matrix& dk, matrix& dv) {
+                                 matrix& dq, matrix& dk, matrix& dv, index_t kv_heads = 0) {
     const index_t d = q.rows(), len = probs.rows(), n = q.cols() / len, dh = d / n_heads;
+    const index_t group = n_heads / (kv_heads > 0 ? kv_heads : n_heads), kv_d = k.rows();
     reshape(dq, d, len * n);
-    reshape(dk, d, len * n);
-    reshape(dv, d, len * n);
-    thread_local matrix ds;  // [L, L H n]: dL/dscores of every (sequence, head)
+    reshape(dk, kv_d, len * n);
+    reshape(dv, kv_d, len * n);
+    thread_local matrix ds;                  // [L, L H n]: dL/dscores of every (sequence, head)
+    thread_local matrix dk_heads, dv_heads;  // [d, N]: per query head, when grouped
     reshape(ds, len, len * n_heads * n);
+    matrix& dk_h = group > 1 ? dk_heads : dk;
+    matrix& dv_h = group > 1 ? dv_heads : dv;
+    reshape(dk_h, d, len * n);
+    reshape(dv_h, d, len * n);
     const auto act = [&](const matrix& m) { return head_blocks(m.data(), d, len, dh); };
+    const auto kv = [&](const matrix& m) { return head_blocks(m.data(), kv_d, len, dh, group); };
     const auto p = prob_blocks(probs.data(), len, n_heads);
-    // dV_h = dctx_h P^T; dL/dP = V_h^T dctx_h
+    // dV_h = dctx_h P^T; dL/dP = V_g^T dctx_h
     batched_gemm(n, n_heads, T(1), act(dctx), false, p, true, dh, len, len, T(0),
-                 head_blocks(dv.data(), d, len, dh));
-    batched_gemm(n, n_heads, T(1), act(v), true, act(dctx), false, len, len, dh, T(0),
+                 head_blocks(dv_h.data(), d, len, dh));
+    batched_gemm(n, n_heads, T(1), kv(v), true, act(dctx), false, len, len, dh, T(0),
                  prob_blocks(ds.data(), len, n_heads));
     for_each_index(ds.cols(), std::size_t(ds.size()),
                    detail::nn_thrust::softmax_backward_fn<T>{probs.data(), ds.data(), len});
-    // dQ_h = scale K_h dS; dK_h = scale Q_h dS^T
+    // dQ_h = scale K_g dS; dK_h = scale Q_h dS^T
     const auto dsb = prob_blocks(ds.data(), len, n_heads);
-    batched_gemm(n, n_heads, scale, act(k), false, dsb, false, dh, len, len, T(0),
+    batched_gemm(n, n_heads, scale, kv(k), false, dsb, false, dh, len, len, T(0),
                  head_blocks(dq.data(), d, len, dh));
     batched_gemm(n, n_heads, scale, act(q), false, dsb, true, dh, len, len, T(0),
-                 head_blocks(dk.data(), d, len, dh));
+                 head_blocks(dk_h.data(), d, len, dh));
+    if (group > 1) {
+      for (auto [from, to] : {std::pair{&dk_heads, &dk}, std::pair{&dv_heads, &dv}}) {
+        for_each_index(
+            to->size(), std::size_t(from->size()),
+            detail::nn_thrust::sum_head_groups_fn<T>{from->data(), to->data(), kv_d, dh, group});
+      }
+    }
+  }
+
+  static void rms_norm_forward(const matrix& x, const matrix& w, T eps, matrix& y, matrix& xhat,
+                               matrix& rstd) {
+    const index_t d = x.rows(), n = x.cols();
+    reshape(y, d, n);
+    reshape(xhat, d, n);
+    reshape(rstd, n, 1);
+    for_each_index(n, std::size_t(x.size()),
+                   detail::nn_thrust::rms_norm_forward_fn<T>{x.data(), w.data(), eps, y.data(),
+                                                             xhat.data(), rstd.data(), d});
+  }
+  static void rms_norm_backward(const matrix& dy, const matrix& xhat, const matrix& rstd,
+                                const matrix& w, matrix& dx, bool accumulate) {
+    const index_t d = dy.rows(), n = dy.cols();
+    if (!accumulate) reshape(dx, d, n);
+    for_each_index(n, std::size_t(dy.size()),
+                   detail::nn_thrust::rms_norm_backward_fn<T>{dy.data(), xhat.data(), rstd.data(),
+                                                              w.data(), dx.data(), d, accumulate});
+  }
+
+  static void rotary(matrix& x, index_t heads, index_t head_dim, const matrix& cos,
+                     const matrix& sin, bool inverse) {
+    const index_t count = x.cols() * heads * (head_dim / 2);
+    for_each_index(count, std::size_t(x.size()),
+                   detail::nn_thrust::rotary_fn<T>{x.data(), cos.data(), sin.data(), heads,
+                                                   head_dim, cos.cols(), inverse});
+  }
+
+  static void swiglu_forward(const matrix& gate, const matrix& up, matrix& m) {
+    reshape(m, gate.rows(), gate.cols());
+    transform(gate, up, m, detail::nn_thrust::swiglu_forward_fn<T>{});
+  }
+  static void swiglu_backward(const matrix& gate, const matrix& up, const matrix& dm, matrix& dgate,
+                              matrix& dup) {
+    reshape(dgate, gate.rows(), gate.cols());
+    reshape(dup, gate.rows(), gate.cols());
+    for_each_index(gate.size(), std::size_t(gate.size()),
+                   detail::nn_thrust::swiglu_backward_fn<T>{gate.data(), up.data(), dm.data(),
+                                                            dgate.data(), dup.data()});
+  }
+
+  static void tanh_forward(const matrix& x, matrix& y) {
+    reshape(y, x.rows(), x.cols());
+    transform(x, y, detail::nn_thrust::tanh_fn<T>{});
+  }
+  static void tanh_backward(const matrix& y, const matrix& dy, matrix& dx) {
+    reshape(dx, y.rows(), y.cols());
+    transform(y, dy, dx, detail::nn_thrust::tanh_backward_fn<T>{});
   }
 
   static void weighted_pool(const matrix& h, const matrix& w, matrix& out) {
@@ -531,6 +708,27 @@ struct nn_primitives<thrust_backend<T, System>> {
     }
   }
 
+  // out = f(x) (or f(x, y)) element-wise on System; out may be x or y.
+  template <class F>
+  static void transform(const matrix& x, matrix& out, F f) {
+    if (use_host_thread(std::size_t(x.size()))) {
+      thrust::transform(thrust::cpp::par, x.values().begin(), x.values().end(),
+                        out.values().begin(), f);
+    } else {
+      thrust::transform(System{}, x.values().begin(), x.values().end(), out.values().begin(), f);
+    }
+  }
+  template <class F>
+  static void transform(const matrix& x, const matrix& y, matrix& out, F f) {
+    if (use_host_thread(std::size_t(x.size()))) {
+      thrust::transform(thrust::cpp::par, x.values().begin(), x.values().end(), y.values().begin(),
+                        out.values().begin(), f);
+    } else {
+      thrust::transform(System{}, x.values().begin(), x.values().end(), y.values().begin(),
+                        out.values().begin(), f);
+    }
+  }
+
   // f(i) for i in [0, count) on System; `work` estimates the total work (elements touched).
   template <class F>
   static void for_each_index(index_t count, std::size_t work, F f) {
@@ -557,9 +755,11 @@ struct nn_primitives<thrust_backend<T, System>> {
   }
 
   // Head h of sequence s of an activation [d, N]: rows h dh .. + dh - 1, columns s L .. + L - 1.
+  // Group > 1: head h reads head h / group (grouped-query attention's keys and values).
   template <class P>
-  static detail::nn_thrust::strided_blocks<P> head_blocks(P p, index_t d, index_t len, index_t dh) {
-    return {p, d, len * d, dh};
+  static detail::nn_thrust::strided_blocks<P> head_blocks(P p, index_t d, index_t len, index_t dh,
+                                                          index_t group = 1) {
+    return {p, d, len * d, dh, group};
   }
   // Block (s, h) of probs [L, L H n]: columns (s H + h) L .. + L - 1.
   template <class P>
@@ -576,14 +776,16 @@ struct nn_primitives<thrust_backend<T, System>> {
                            detail::nn_thrust::strided_blocks<PA> a, bool ta,
                            detail::nn_thrust::strided_blocks<PB> b, bool tb, index_t m, index_t nc,
                            index_t k, T beta, detail::nn_thrust::strided_blocks<T*> c) {
-    const detail::nn_thrust::strided_blocks<const T*> ca{a.p, a.ld, a.stride_s, a.stride_h};
-    const detail::nn_thrust::strided_blocks<const T*> cb{b.p, b.ld, b.stride_s, b.stride_h};
+    const detail::nn_thrust::strided_blocks<const T*> ca{a.p, a.ld, a.stride_s, a.stride_h,
+                                                         a.group};
+    const detail::nn_thrust::strided_blocks<const T*> cb{b.p, b.ld, b.stride_s, b.stride_h,
+                                                         b.group};
     if constexpr (is_cuda) {
 #if defined(__CUDACC__)
       for (index_t h = 0; h < heads; ++h) {
-        detail::cublas_gemm_strided_batched(
-            ca.p + h * ca.stride_h, ca.ld, ca.stride_s, ta, cb.p + h * cb.stride_h, cb.ld,
-            cb.stride_s, tb, m, nc, k, alpha, beta, c.p + h * c.stride_h, c.ld, c.stride_s, n);
+        detail::cublas_gemm_strided_batched(ca.block(0, h), ca.ld, ca.stride_s, ta, cb.block(0, h),
+                                            cb.ld, cb.stride_s, tb, m, nc, k, alpha, beta,
+                                            c.block(0, h), c.ld, c.stride_s, n);
       }
 #endif
     } else {
@@ -599,12 +801,15 @@ struct nn_primitives<thrust_backend<T, System>> {
   }
 };
 
-static_assert(nn_backend<thrust_cpp_backend<float>> && nn_backend<thrust_cpp_backend<double>>);
+static_assert(hf_nn_backend<thrust_cpp_backend<float>> &&
+              hf_nn_backend<thrust_cpp_backend<double>>);
 #if defined(_OPENMP)
-static_assert(nn_backend<thrust_omp_backend<float>> && nn_backend<thrust_omp_backend<double>>);
+static_assert(hf_nn_backend<thrust_omp_backend<float>> &&
+              hf_nn_backend<thrust_omp_backend<double>>);
 #endif
 #if defined(__CUDACC__)
-static_assert(nn_backend<thrust_cuda_backend<float>> && nn_backend<thrust_cuda_backend<double>>);
+static_assert(hf_nn_backend<thrust_cuda_backend<float>> &&
+              hf_nn_backend<thrust_cuda_backend<double>>);
 #endif
 
 }  // namespace rolora
