@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <barrier>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <rolora/core/rng.hpp>
@@ -404,24 +405,24 @@ int main(int argc, char** argv) {
       100.0 * floor_s / best, flops / best * 1e-9, flops / floor_s * 1e-9);
 
   // ---- Where one step goes: the models code's parts on one layer's buffers, x layers ----------
-  namespace hf = rolora::models::detail::hf;
-  using prims = hf::prims<float>;
+  using prims = rolora::nn_primitives<backend>;
   auto& ws = workspaces[0];
   auto& L = ws.layers[ws.layers.size() / 2];
   const double layers = double(config.num_layers);
   const int reps = 3;
-  matrix probs, ctx, ds, dq, dk, dv, y, xhat, rstd, dx, du, dg;
+  matrix probs, ctx, dq, dk, dv, y, xhat, rstd, dx, du, dg;
   std::map<std::string, double> part;
   const index_t kv_heads = encoder ? config.num_heads : config.num_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(config.head_dim));
   part["attention forward (scores, masked softmax, context)"] =
       layers * best_of(reps, [&] {
-        hf::attention_forward(L.q, L.k, L.v, ws.key_valid, config.num_heads, kv_heads,
-                              config.head_dim, !encoder, probs, ctx);
+        prims::attention_forward(L.q, L.k, L.v, ws.key_valid, config.num_heads, scale, probs, ctx,
+                                 kv_heads, !encoder);
       });
   part["attention backward"] =
       layers * best_of(reps, [&] {
-        hf::attention_backward(L.q, L.k, L.v, L.probs, L.ctx, config.num_heads, kv_heads,
-                               config.head_dim, ds, dq, dk, dv);
+        prims::attention_backward(L.q, L.k, L.v, L.probs, L.ctx, config.num_heads, scale, dq, dk,
+                                  dv, kv_heads);
       });
   const auto& W = model.layers[ws.layers.size() / 2];
   if (encoder) {
@@ -444,35 +445,27 @@ int main(int argc, char** argv) {
     const float eps = float(config.rms_norm_eps);
     part["RMSNorm x2 (fwd+bwd)"] =
         2 * layers *
-        (best_of(reps, [&] { hf::rms_norm_forward(L.x, W.norm1_weight, eps, y, xhat, rstd); }) +
-         best_of(reps,
-                 [&] { hf::rms_norm_backward(L.x, L.xhat1, L.rstd1, W.norm1_weight, dx, false); }));
+        (best_of(reps,
+                 [&] { prims::rms_norm_forward(L.x, W.norm1_weight, eps, y, xhat, rstd); }) +
+         best_of(reps, [&] {
+           prims::rms_norm_backward(L.x, L.xhat1, L.rstd1, W.norm1_weight, dx, false);
+         }));
     matrix q = L.q, kk = L.k;
     part["rotary q, k (fwd+bwd)"] =
         2 * layers * best_of(reps, [&] {
-          hf::apply_rotary(q, config.num_heads, config.head_dim, seq_len, ws.cos, ws.sin, false);
-          hf::apply_rotary(kk, config.num_kv_heads, config.head_dim, seq_len, ws.cos, ws.sin,
-                           false);
+          prims::rotary(q, config.num_heads, config.head_dim, ws.cos, ws.sin, false);
+          prims::rotary(kk, config.num_kv_heads, config.head_dim, ws.cos, ws.sin, false);
         });
-    // The SwiGLU expressions of decoder_forward / decoder_backward.
     part["SwiGLU (fwd+bwd)"] =
-        layers *
-        (best_of(
-             reps,
-             [&] { y = (L.u.array() / (1.0f + (-L.u.array()).exp()) * L.g.array()).matrix(); }) +
-         best_of(reps, [&] {
-           const auto& dm = L.m;
-           const auto sig = (1.0f / (1.0f + (-L.u.array()).exp())).eval();
-           du = (dm.array() * L.g.array() * sig * (1.0f + L.u.array() * (1.0f - sig))).matrix();
-           dg = (dm.array() * L.u.array() * sig).matrix();
-         }));
+        layers * (best_of(reps, [&] { prims::swiglu_forward(L.u, L.g, y); }) +
+                  best_of(reps, [&] { prims::swiglu_backward(L.u, L.g, L.m, du, dg); }));
   }
   {
     std::vector<std::int32_t> predicted;
     if (encoder) {
       predicted = labels;
     } else {
-      hf::shifted_targets(labels, seq_len, predicted);
+      rolora::models::next_token_targets(labels, seq_len, predicted);
     }
     matrix dlogits;
     part[encoder ? "loss (softmax CE, 2 classes)" : "loss (softmax CE over the vocabulary)"] =
