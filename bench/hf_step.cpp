@@ -445,8 +445,7 @@ int main(int argc, char** argv) {
     const float eps = float(config.rms_norm_eps);
     part["RMSNorm x2 (fwd+bwd)"] =
         2 * layers *
-        (best_of(reps,
-                 [&] { prims::rms_norm_forward(L.x, W.norm1_weight, eps, y, xhat, rstd); }) +
+        (best_of(reps, [&] { prims::rms_norm_forward(L.x, W.norm1_weight, eps, y, xhat, rstd); }) +
          best_of(reps, [&] {
            prims::rms_norm_backward(L.x, L.xhat1, L.rstd1, W.norm1_weight, dx, false);
          }));
