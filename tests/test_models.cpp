@@ -6,6 +6,9 @@
 
 #include <cstring>
 #include <filesystem>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include <fstream>
 #include <rolora/io/peft.hpp>
 #include <rolora/io/safetensors.hpp>
@@ -317,6 +320,61 @@ TEST_CASE(
   CHECK(g.dB.rows() == 8);
   CHECK(g.dB.norm() > 0);  // B = 0 at init, so only B's gradient is nonzero
 }
+
+#if defined(_OPENMP)  // rolora_thrust_omp_tests
+// Shapes big enough that every primitive and GEMM of the Thrust backend runs in parallel (work
+// above host_parallel_min): a step must give the same bits on 1 and 2 OpenMP threads.
+TEST_CASE_TEMPLATE("hf models: a LoRA step gives the same bits on 1 and 2 OpenMP threads", backend,
+                   ROLORA_TEST_FLOAT_BACKEND) {
+  for (const auto kind : {models::family::roberta, models::family::qwen2}) {
+    CAPTURE(models::family_name(kind));
+    auto c = tiny_config(kind);
+    c.vocab_size = 300, c.hidden_size = 128, c.head_dim = 32, c.intermediate_size = 256;
+    c.max_position_embeddings = 80;
+    const auto model = models::random_hf_model<float, backend>(c, 11);
+    rolora::lora_config lora;
+    lora.r = 4;
+    models::lora_target_spec all;
+    all.target_modules = {"all-linear"};
+    rolora::adapter_set<backend> adapters(models::lora_targets(model, all), lora, 2);
+    for (auto& [name, a] : adapters) {
+      a.B = backend::from_host(rolora::test::random_matrix<float>(a.out_features(), 4, 9, 0.1));
+    }
+    models::hf_batch batch;
+    batch.seq_len = 64;
+    std::vector<std::int32_t> labels;
+    for (std::int32_t i = 0; i < 8 * 64; ++i) batch.ids.push_back(2 + (i * 37) % 290);
+    batch.attention_mask.assign(batch.ids.size(), 1);
+    std::fill(batch.attention_mask.end() - 9, batch.attention_mask.end(), 0);  // padding
+    if (models::is_encoder(kind)) {
+      for (std::int32_t s = 0; s < 8; ++s) labels.push_back(s % 3);
+    } else {
+      labels = batch.ids;
+    }
+    const auto step = [&](int threads) {
+      const int before = omp_get_max_threads();
+      omp_set_num_threads(threads);
+      models::hf_workspace<float, backend> ws;
+      rolora::gradient_set<backend> g;
+      const double loss = models::is_encoder(kind)
+                              ? models::classification_loss_and_grad(model, adapters, batch, labels,
+                                                                     {true, true}, &g, ws)
+                              : models::causal_lm_loss_and_grad(model, adapters, batch, labels,
+                                                                {true, true}, &g, ws);
+      omp_set_num_threads(before);
+      return std::pair{loss, std::move(g)};
+    };
+    const auto [l1, g1] = step(1);
+    const auto [l2, g2] = step(2);
+    CHECK(l1 == l2);
+    for (const auto& [name, g] : g1.adapters) {
+      CAPTURE(name);
+      CHECK(backend::to_host(g.dA) == backend::to_host(g2.adapters.at(name).dA));
+      CHECK(backend::to_host(g.dB) == backend::to_host(g2.adapters.at(name).dB));
+    }
+  }
+}
+#endif
 
 namespace {
 
