@@ -211,7 +211,7 @@ inline std::vector<double> rope_inv_freq(const hf_config& c) {
   return f;
 }
 
-template <class T, class B>
+template <class B>
 const matrix_t<B>& saved_or(const adapter_set<B>& adapters, const std::string& name,
                             const matrix_t<B>& fallback) {
   const auto& saved = adapters.modules_to_save();
@@ -242,6 +242,12 @@ linear_binding<B> bind(const hf_model<T, B>& model, const adapter_set<B>& adapte
     if (grads) b.grad = &(*grads)[name];
   }
   return b;
+}
+
+// Hugging Face's attention scaling, 1 / sqrt(head_dim): one value for forward and backward.
+template <class T>
+T attention_scale(const hf_config& c) {
+  return T(1) / std::sqrt(T(c.head_dim));
 }
 
 template <class T, class B>
@@ -284,7 +290,7 @@ void encoder_forward(const hf_model<T, B>& model, const adapter_set<B>& adapters
   const hf_config& c = model.config;
   batch.check(c);
   const index_t len = batch.seq_len, n = batch.num_sequences(), tokens = len * n;
-  const T eps = T(c.layer_norm_eps), scale = T(1) / std::sqrt(T(c.head_dim));
+  const T eps = T(c.layer_norm_eps), scale = attention_scale<T>(c);
   key_valid_of(batch, ws);
 
   // Embeddings: word + position + token type, then LayerNorm.
@@ -334,21 +340,23 @@ void encoder_forward(const hf_model<T, B>& model, const adapter_set<B>& adapters
   }
 
   // Head on the first token of each sequence: cls = h_L(:, s L) (a pool with weight 1 on it).
-  ws.first_token_host.setZero(len, n);
-  ws.first_token_host.row(0).setOnes();
-  rolora::detail::nn::assign_from_host<B>(ws.first_token, ws.first_token_host);
+  if (ws.first_token_host.rows() != len || ws.first_token_host.cols() != n) {  // else as before
+    ws.first_token_host.setZero(len, n);
+    ws.first_token_host.row(0).setOnes();
+    rolora::detail::nn::assign_from_host<B>(ws.first_token, ws.first_token_host);
+  }
   prims<B>::weighted_pool(ws.top, ws.first_token, ws.cls);
   const auto names = model.head_modules();
   const auto& hidden_lin = c.kind == family::bert ? model.pooler : model.head.at(names[0]);
   const std::string hidden_name = c.kind == family::bert ? "bert.pooler.dense" : names[0];
   const auto& out_lin = model.head.at(names.back());
-  const auto& hw = saved_or<T>(adapters, hidden_name + ".weight", hidden_lin.weight);
-  const auto& hb = saved_or<T>(adapters, hidden_name + ".bias", hidden_lin.bias);
+  const auto& hw = saved_or(adapters, hidden_name + ".weight", hidden_lin.weight);
+  const auto& hb = saved_or(adapters, hidden_name + ".bias", hidden_lin.bias);
   B::gemm(T(1), hw, op::none, ws.cls, op::none, T(0), ws.head_hidden);
   prims<B>::add_bias(ws.head_hidden, hb);
   prims<B>::tanh_forward(ws.head_hidden, ws.head_hidden);
-  const auto& ow = saved_or<T>(adapters, names.back() + ".weight", out_lin.weight);
-  const auto& ob = saved_or<T>(adapters, names.back() + ".bias", out_lin.bias);
+  const auto& ow = saved_or(adapters, names.back() + ".weight", out_lin.weight);
+  const auto& ob = saved_or(adapters, names.back() + ".bias", out_lin.bias);
   B::gemm(T(1), ow, op::none, ws.head_hidden, op::none, T(0), ws.logits);
   prims<B>::add_bias(ws.logits, ob);
 }
@@ -358,7 +366,7 @@ template <class T, class B>
 void encoder_backward(const hf_model<T, B>& model, const adapter_set<B>& adapters,
                       factor_set trains, gradient_set<B>& grads, hf_workspace<T, B>& ws) {
   const hf_config& c = model.config;
-  const T scale = T(1) / std::sqrt(T(c.head_dim));
+  const T scale = attention_scale<T>(c);
   const auto names = model.head_modules();
   const std::string hidden_name = c.kind == family::bert ? "bert.pooler.dense" : names[0];
   const auto& hidden_lin = c.kind == family::bert ? model.pooler : model.head.at(names[0]);
@@ -366,8 +374,7 @@ void encoder_backward(const hf_model<T, B>& model, const adapter_set<B>& adapter
   auto trained = [&](const std::string& name) { return trains.any() && saved.count(name); };
 
   // logits = Wo t + bo, t = tanh(Wh cls + bh).
-  const auto& ow =
-      saved_or<T>(adapters, names.back() + ".weight", model.head.at(names.back()).weight);
+  const auto& ow = saved_or(adapters, names.back() + ".weight", model.head.at(names.back()).weight);
   if (trained(names.back() + ".weight")) {
     B::gemm(T(1), ws.dlogits, op::none, ws.head_hidden, op::transpose, T(0),
             grads.modules_to_save[names.back() + ".weight"]);
@@ -386,7 +393,7 @@ void encoder_backward(const hf_model<T, B>& model, const adapter_set<B>& adapter
   }
   const index_t lowest = lowest_trained_layer(model, adapters, trains);
   if (lowest >= c.num_layers) return;
-  const auto& hw = saved_or<T>(adapters, hidden_name + ".weight", hidden_lin.weight);
+  const auto& hw = saved_or(adapters, hidden_name + ".weight", hidden_lin.weight);
   B::gemm(T(1), hw, op::transpose, ws.dg, op::none, T(0), ws.du);  // [d, n] dL/dcls
   prims<B>::weighted_pool_backward(ws.du, ws.first_token, ws.dx);  // [d, N], 0 off the first
 
@@ -424,7 +431,7 @@ void decoder_forward(const hf_model<T, B>& model, const adapter_set<B>& adapters
   const hf_config& c = model.config;
   batch.check(c);
   const index_t len = batch.seq_len;
-  const T eps = T(c.rms_norm_eps), scale = T(1) / std::sqrt(T(c.head_dim));
+  const T eps = T(c.rms_norm_eps), scale = attention_scale<T>(c);
   key_valid_of(batch, ws);
   const auto inv_freq = rope_inv_freq(c);
   const index_t half = c.head_dim / 2;
@@ -472,7 +479,7 @@ template <class T, class B>
 void decoder_backward(const hf_model<T, B>& model, const adapter_set<B>& adapters,
                       factor_set trains, gradient_set<B>& grads, hf_workspace<T, B>& ws) {
   const hf_config& c = model.config;
-  const T scale = T(1) / std::sqrt(T(c.head_dim));
+  const T scale = attention_scale<T>(c);
   const index_t lowest = lowest_trained_layer(model, adapters, trains);
   if (lowest >= c.num_layers) return;
   output_product(model, op::transpose, ws.dlogits, ws.dy);

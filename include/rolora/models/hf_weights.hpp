@@ -95,7 +95,6 @@ struct hf_layer {
 // the host one tensor at a time and moved there).
 template <class T, class B = eigen_backend<T>>
 struct hf_model {
-  using backend = B;
   using matrix = typename B::matrix;
   hf_config config;
   matrix embed_tokens;                        // [V, d] (empty when held in bf16)
