@@ -54,7 +54,7 @@ struct settings {
   bool train_head = true;
   std::string optimizer = "adamw";
   // Picked on the validation split (docs/results.md says how); --optimizer sgd: 0.5 for all.
-  apps::learning_rates lr{{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 5e-3}}, 2e-3};
+  apps::learning_rates lr{{{"fedit", 2e-3}, {"ffa", 1e-2}, {"rolora", 1e-2}}, 2e-3};
   double weight_decay = 0.0;
   std::size_t eval_every = 2;  // one test evaluation costs half a round at 20 clients
   bool evaluate_on_validation = false;

@@ -56,7 +56,7 @@ struct settings {
   std::size_t local_steps = 5;
   std::size_t batch = 32;
   // AdamW rates of docs/results.md, picked on the validation split at 10 clients.
-  apps::learning_rates lr{{{"fedit", 1e-2}, {"ffa", 1e-1}, {"rolora", 3e-2}}, 1e-2};
+  apps::learning_rates lr{{{"fedit", 3e-2}, {"ffa", 3e-1}, {"rolora", 3e-2}}, 1e-2};
   std::size_t eval_every = 5;
   bool validation = false;
   std::uint64_t seed = 0;
@@ -357,7 +357,7 @@ int main(int argc, char** argv) {
   shared.batch(s.batch);
   shared.lr(s.lr,
             "learning rate for every method (default: per method, tuned on the validation split: "
-            "fedit 1e-2, ffa 1e-1, rolora 3e-2)");
+            "fedit 3e-2, ffa 3e-1, rolora 3e-2)");
   shared.eval_every(s.eval_every);
   shared.validation(s.validation,
                     "evaluate on the held-out rotated training images instead of test");

@@ -13,6 +13,8 @@ tuning rule, and the tables from the runs under docs/runs/paper/. Standard libra
     python3 scripts/summarize_paper.py --check [PAGE [RUNS]]     fails if a paper:NAME block
                                                          of PAGE (docs/results.md) differs
                                                          from its runs (RUNS: docs/runs)
+    python3 scripts/summarize_paper.py --write [PAGE [RUNS]]     rewrites those blocks from
+                                                         the runs (then update the prose)
 
 Tuning rule: seed 0, validation split, each method's final validation accuracy after the tuning
 rounds (FedSA-LoRA: its final personal accuracy on the validation split, since its server model
@@ -27,6 +29,8 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
+
+from doc_blocks import check_blocks, write_blocks
 
 LADDER = ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2", "5"]
 FIRST = ["0.05", "0.2", "1"]
@@ -248,27 +252,9 @@ BLOCKS = {"tune": (tune_table, "paper/tune"),  # marker -> (table, runs folder)
           "params": (params_table, "paper")}
 
 
-def check(page, runs):
-    """Regenerates each <!-- BEGIN paper:NAME --> block of `page` from its runs; the number of
-    blocks that differ. A table the page does not hold yet is listed as unchecked."""
-    text = page.read_text()
-    failures = 0
-    for name, (table, folder) in BLOCKS.items():
-        begin, end = f"<!-- BEGIN paper:{name} -->", f"<!-- END paper:{name} -->"
-        if begin not in text:
-            print(f"UNCHECKED {name}: {page} has no {begin} block (its grid has not run yet)")
-            continue
-        have = text.split(begin, 1)[1].split(end, 1)[0].strip().splitlines()
-        want = table(runs / folder)
-        if have != want:
-            failures += 1
-            print(f"FAIL {name}: the page's table differs from {runs / folder}")
-            for h, w in zip(have + [""] * len(want), want + [""] * len(have)):
-                if h != w:
-                    print(f"  page:     {h}\n  computed: {w}")
-        else:
-            print(f"ok {name}: {len(want) - 2} rows recomputed from {runs / folder}")
-    return failures
+def tables(runs):
+    """Block name on the page -> the function giving its lines from the runs under `runs`."""
+    return {f"paper:{name}": lambda t=table, f=folder: t(runs / f) for name, (table, folder) in BLOCKS.items()}
 
 
 if __name__ == "__main__":
@@ -277,9 +263,13 @@ if __name__ == "__main__":
                 "--tune": lambda root: print("\n".join(tune_table(root)))}
     if args and args[0] in commands:
         commands[args[0]](pathlib.Path(args[1] if len(args) > 1 else "docs/runs/paper/tune"))
-    elif args and args[0] == "--check":
+    elif args and args[0] in ("--check", "--write"):
         page = pathlib.Path(args[1] if len(args) > 1 else "docs/results.md")
-        sys.exit(1 if check(page, pathlib.Path(args[2] if len(args) > 2 else "docs/runs")) else 0)
+        runs = pathlib.Path(args[2] if len(args) > 2 else "docs/runs")
+        if args[0] == "--write":
+            print("rewrote", *write_blocks(page, tables(runs)))
+        else:
+            sys.exit(1 if check_blocks(page, tables(runs), optional=("paper:params",)) else 0)
     elif args and args[0] == "--tables":  # --tables [RUNS [IMG_DIR]]
         runs = pathlib.Path(args[1] if len(args) > 1 else "docs/runs")
         for name, (table, folder) in BLOCKS.items():

@@ -5,11 +5,14 @@ DIR/accuracy_clients_<K>.svg (mean test accuracy against round, +- std over seed
 with gnuplot. Standard library only.
 
     python3 scripts/summarize_results.py [results/table] [--plot docs/img] [--runs-csv FILE]
-    python3 scripts/summarize_results.py --check [docs/results.md [docs/robustness_runs.csv]]
+    python3 scripts/summarize_results.py --check [docs/results.md [docs/robustness_runs.csv [docs/runs/iid]]]
+    python3 scripts/summarize_results.py --write [same]   rewrite those tables from the runs
 
---check regenerates each table of the page whose runs are committed and fails if a line
-differs (today: the robustness grid, from docs/robustness_runs.csv); tables without committed
-runs are listed as unchecked.
+--check regenerates each table of the page between <!-- BEGIN NAME --> and <!-- END NAME -->
+(blocks() lists them: the learning-rate, clients and ranks tables from the committed run folders
+of docs/runs/iid, the robustness grid and its learning rates from docs/robustness_runs.csv) and
+fails if a line differs or a block is missing; ctest runs it (docs.results_tables), and
+tests/docs_edits.py shows it catches a number edited by hand.
 
 The robustness grid (results/table/robustness/<cell>/<method>/<method>.csv, cell =
 k<K>_<split>_st<steps>[_fh]_s<seed>) gives one table row per regime: each method's final test
@@ -24,6 +27,8 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
+
+from doc_blocks import check_blocks, write_blocks
 
 METHODS = ["fedit", "ffa", "rolora"]
 TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA", "head": "head only",
@@ -46,6 +51,8 @@ def cell(values):
 
 
 def table(root, experiment, key_name, pattern):
+    """The Markdown lines of the clients or ranks table (docs/results.md): each method's final test
+    accuracy (%), mean ± std over the finished runs root/<experiment>/<key><K>_s<seed>."""
     runs = defaultdict(lambda: defaultdict(list))  # key -> method -> accuracies
     for csv_path in sorted((root / experiment).glob("*/*.csv")):
         match = re.match(pattern, csv_path.parent.name)
@@ -53,24 +60,86 @@ def table(root, experiment, key_name, pattern):
             row = final_row(csv_path)
             runs[int(match.group(1))][row["method"]].append(float(row["eval_accuracy"]))
     if not runs:
-        return
-    print(f"\n{experiment}: final test accuracy (%), mean ± std over seeds\n")
-    print(f"| {key_name} | " + " | ".join(TITLES[m] for m in METHODS) + " |")
-    print("|---" * (len(METHODS) + 1) + "|")
+        return []
+    lines = [f"| {key_name} | " + " | ".join(TITLES[m] for m in METHODS) + " |",
+             "|---" * (len(METHODS) + 1) + "|"]
     for key in sorted(runs):
-        print(f"| {key} | " + " | ".join(cell(runs[key][m]) for m in METHODS) + " |")
+        lines.append(f"| {key} | " + " | ".join(cell(runs[key][m]) for m in METHODS) + " |")
+    return lines
 
 
-def tuning(root):
-    rows = []
+def margins_table(root):
+    """RoLoRA's paired per-seed margins over FedIT and FFA-LoRA (final test accuracy, points; seed
+    order 0, 1, 2) for each clients and ranks cell of root (docs/runs/iid)."""
+    cells = [("clients", r"k(\d+)_s(\d+)$", "{} clients"), ("ranks", r"r(\d+)_s(\d+)$", "r {} (3 clients)")]
+    lines = ["| | RoLoRA - FedIT | RoLoRA - FFA-LoRA |", "|---|---|---|"]
+    for experiment, pattern, title in cells:
+        acc = defaultdict(dict)  # (key, method) -> seed -> accuracy
+        for csv_path in sorted((root / experiment).glob("*/*.csv")):
+            match = re.match(pattern, csv_path.parent.name)
+            if match and (csv_path.parent / "done").exists():
+                row = final_row(csv_path)
+                acc[(int(match.group(1)), row["method"])][int(match.group(2))] = float(row["eval_accuracy"])
+        for key in sorted({k for k, _ in acc}):
+            if experiment == "ranks" and key == 2:
+                continue  # the 3-client row of the clients table: the same runs
+            rolora = acc[(key, "rolora")]
+            diff = lambda other: " ".join(f"{100 * (rolora[s] - acc[(key, other)][s]):+.1f}"
+                                          for s in sorted(rolora) if s in acc[(key, other)])
+            name = title.format(key) + (" (= r 2)" if experiment == "clients" and key == 3 else "")
+            lines.append(f"| {name} | {diff('fedit')} | {diff('ffa')} |")
+    return lines if len(lines) > 2 else []
+
+
+def lr_table(rows):
+    """The Markdown lines of a learning-rate table from method -> [(lr, accuracy, loss)] (final
+    validation accuracy and loss of a run per rate): each method's pick in bold, the best accuracy
+    with ties broken by the lower loss."""
+    lines = ["| method | lr | val accuracy (%) | val loss |", "| --- | ---: | ---: | ---: |"]
+    for m in [m for m in METHODS + ["head"] if m in rows]:
+        best = max(rows[m], key=lambda r: (r[1], -r[2]))
+        for lr, acc, loss in sorted(rows[m]):
+            b = "**" if (lr, acc, loss) == best else ""
+            rate = f"{lr:.0e}".replace("e-0", "e-")
+            lines.append(f"| {TITLES[m]} | {b}{rate}{b} | {b}{100 * acc:.1f}{b} | {loss:.3f} |")
+    return lines
+
+
+def tune_table(root):
+    """The learning-rate table of the first sections: the finished root/tune/<method>_lr<rate>
+    runs (3 IID clients, seed 0, validation split)."""
+    rows = defaultdict(list)  # method -> [(lr, accuracy, loss)]
     for csv_path in sorted((root / "tune").glob("*/*.csv")):
-        row = final_row(csv_path)
-        rows.append((row["method"], float(row["lr"]), float(row["eval_accuracy"]), float(row["eval_loss"])))
-    if rows:
-        print("\ntune: final validation accuracy (%) / loss, seed 0\n")
-        print("| method | lr | val accuracy | val loss |\n|---|---|---|---|")
-        for m, lr, acc, loss in sorted(rows):
-            print(f"| {m} | {lr:g} | {100 * acc:.1f} | {loss:.4f} |")
+        if (csv_path.parent / "done").exists():
+            row = final_row(csv_path)
+            rows[row["method"]].append((float(row["lr"]), float(row["eval_accuracy"]), float(row["eval_loss"])))
+    return lr_table(rows) if rows else []
+
+
+def robust_tune_table(runs_csv):
+    """The robustness grid's learning-rate table from the validation rows of
+    docs/robustness_runs.csv (robust_csv's output)."""
+    last = {}  # (method, lr) -> the run's last evaluated row
+    for r in csv.DictReader(open(runs_csv)):
+        if r["experiment"] == "validation" and float(r["eval_accuracy"]) >= 0:
+            last[(r["method"], float(r["lr"]))] = r
+    rows = defaultdict(list)
+    for (m, lr), r in last.items():
+        rows[m].append((lr, float(r["eval_accuracy"]), float(r["eval_loss"])))
+    return lr_table(rows) if rows else []
+
+
+def blocks(runs_csv, iid_root):
+    """The tables of docs/results.md this script checks: the block name (<!-- BEGIN NAME --> ...
+    <!-- END NAME --> on the page) -> a function giving its lines. The first sections' tables come
+    from run folders of scripts/results.sh (committed: docs/runs/iid), the robustness grid's from
+    its committed CSV."""
+    return {"tune": lambda: tune_table(iid_root),
+            "clients": lambda: table(iid_root, "clients", "clients", r"k(\d+)_s\d+"),
+            "ranks": lambda: table(iid_root, "ranks", "rank", r"r(\d+)_s\d+"),
+            "margins": lambda: margins_table(iid_root),
+            "robustness-tune": lambda: robust_tune_table(runs_csv),
+            "robustness": lambda: robustness_table(runs_from_csv(runs_csv))}
 
 
 def curves(root, clients):
@@ -211,34 +280,6 @@ def runs_from_csv(path):
     return runs
 
 
-def check(page, runs_csv):
-    """Regenerates the tables of `page` that have their runs in the repository and compares them
-    with the page, line by line. Returns the number of differing tables; says which tables have
-    no committed runs."""
-    text = page.read_text()
-    failures = 0
-    expected = robustness_table(runs_from_csv(runs_csv))
-    header = expected[0]
-    if header not in text:
-        print(f"FAIL robustness: the page has no table headed {header[:60]}...")
-        return 1
-    start = text.index(header)
-    got = text[start:].split("\n\n", 1)[0].splitlines()
-    for i, (want, have) in enumerate(zip(expected, got)):
-        if want != have:
-            print(f"FAIL robustness, line {i + 1}:\n  page:     {have}\n  computed: {want}")
-            failures += 1
-    if len(expected) != len(got):
-        print(f"FAIL robustness: {len(got)} lines on the page, {len(expected)} computed")
-        failures += 1
-    if not failures:
-        print(f"ok robustness: {len(expected) - 2} rows recomputed from {runs_csv}")
-    for name in ("clients", "ranks"):
-        if f"<!-- BEGIN {name} -->" in text:
-            print(f"UNCHECKED {name}: its runs are not in the repository (issue 24)")
-    return failures
-
-
 def gnuplot(script):
     subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=True)
 
@@ -314,11 +355,14 @@ def robust_csv(root, out):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if "--check" in args:  # --check [PAGE [RUNS_CSV]]
-        rest = [a for a in args if a != "--check"]
-        page = pathlib.Path(rest[0] if rest else "docs/results.md")
-        sys.exit(1 if check(page, pathlib.Path(rest[1] if len(rest) > 1 else
-                                               "docs/robustness_runs.csv")) else 0)
+    if "--check" in args or "--write" in args:  # [PAGE [RUNS_CSV [IID_RUNS]]]
+        rest = [a for a in args if not a.startswith("--")] + [None] * 3
+        page = pathlib.Path(rest[0] or "docs/results.md")
+        tables = blocks(pathlib.Path(rest[1] or "docs/robustness_runs.csv"), pathlib.Path(rest[2] or "docs/runs/iid"))
+        if "--write" in args:
+            print("rewrote", *write_blocks(page, tables))
+            sys.exit(0)
+        sys.exit(1 if check_blocks(page, tables) else 0)
     plot_dir = None
     if "--plot" in args:
         i = args.index("--plot")
@@ -330,9 +374,11 @@ if __name__ == "__main__":
         runs_csv = pathlib.Path(args[i + 1])
         del args[i:i + 2]
     root = pathlib.Path(args[0] if args else "results/table")
-    tuning(root)
-    table(root, "clients", "clients", r"k(\d+)_s\d+")
-    table(root, "ranks", "rank", r"r(\d+)_s\d+")
+    for name, lines in (("tune", tune_table(root)),
+                        ("clients", table(root, "clients", "clients", r"k(\d+)_s\d+")),
+                        ("ranks", table(root, "ranks", "rank", r"r(\d+)_s\d+"))):
+        if lines:
+            print(f"\n{name}: final accuracy (%), mean ± std over seeds\n" + "\n".join(lines))
     robust_tuning(root)
     robustness(root)
     if runs_csv:
