@@ -194,29 +194,41 @@ def paper_table(root):
 
 def params_table(root):
     """Rank x adapted layers at 50 clients, Dirichlet 0.3 (docs/runs/paper/params, and the paper
-    grid's rank-4 top-half runs): final test accuracy per method; the head-only control below."""
-    runs = defaultdict(lambda: defaultdict(list))  # (rank, layers) -> method -> accuracies
+    grid's rank-4 top-half runs): each method's final test accuracy (the same rounds and client
+    compute), FedIT's at RoLoRA's upload, the uploads, RoLoRA's paired per-seed margins; the
+    head-only control in the last row."""
+    runs = defaultdict(lambda: defaultdict(dict))  # (rank, layers) -> method -> seed -> rows
     for run in sorted(root.glob("params/r*_*/s*/*")):
         rank, layers = run.parent.parent.name[1:].split("_", 1)
         rows = rows_of(run)
         if rows:
-            runs[(int(rank), layers)][run.name].append(final(rows))
+            runs[(int(rank), layers)][run.name][int(run.parent.name[1:])] = rows
     for run in sorted(root.glob("table/dir0.3_s*/*")):
         rows = rows_of(run)
         if rows and run.name in ("fedit", "ffa", "rolora", "head"):
-            runs[(4, "top") if run.name != "head" else (0, "head")][run.name].append(final(rows))
+            key = (4, "top") if run.name != "head" else (0, "head")
+            runs[key][run.name][int(run.parent.name.rsplit("_s", 1)[1])] = rows
     order = {"all": 0, "top": 1, "last": 2}
     names = {"all": "all", "top": "top half", "last": "last"}
-    lines = ["| rank | adapted layers | FedIT | FFA-LoRA | RoLoRA | RoLoRA - FedIT | RoLoRA - FFA-LoRA |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| rank | adapted layers | FedIT | FFA-LoRA | RoLoRA | FedIT at RoLoRA's upload | "
+             "MB up, FedIT / RoLoRA | RoLoRA - FedIT per seed | RoLoRA - FFA-LoRA per seed |",
+             "|---" * 9 + "|"]
     for key in sorted((k for k in runs if k[1] != "head"), key=lambda k: (k[0], order[k[1]])):
-        acc = runs[key]
-        diff = lambda other: (f"{100 * (statistics.mean(acc['rolora']) - statistics.mean(acc[other])):+.1f}"
-                              if acc["rolora"] and acc[other] else "-")
-        lines.append(f"| {key[0]} | {names[key[1]]} | {cell(acc['fedit'])} | {cell(acc['ffa'])} | "
-                     f"{cell(acc['rolora'])} | {diff('fedit')} | {diff('ffa')} |")
+        seeds = runs[key]
+        rolora = seeds.get("rolora", {})
+        budget = max((int(r[-1]["total_bytes_up"]) for r in rolora.values()), default=None)
+        accuracy = lambda m: cell([final(r) for _, r in sorted(seeds.get(m, {}).items())])
+        upload = lambda m: (f"{statistics.mean(int(r[-1]['total_bytes_up']) for r in seeds[m].values()) / 1e6:.1f}"
+                            if seeds.get(m) else "-")
+        margins = lambda other: " ".join(f"{100 * (final(rolora[k]) - final(seeds[other][k])):+.1f}"
+                                         for k in sorted(rolora) if k in seeds.get(other, {})) or "-"
+        same_upload = [at_upload(r, budget) for r in seeds.get("fedit", {}).values()] if budget else []
+        lines.append(f"| {key[0]} | {names[key[1]]} | {accuracy('fedit')} | {accuracy('ffa')} | "
+                     f"{accuracy('rolora')} | {cell([a for a in same_upload if a is not None])} | "
+                     f"{upload('fedit')} / {upload('rolora')} | {margins('fedit')} | {margins('ffa')} |")
     if (0, "head") in runs:
-        lines.append(f"| - | head only (control) | {cell(runs[(0, 'head')]['head'])} | | | | |")
+        head = runs[(0, "head")]["head"]
+        lines.append(f"| - | head only (control) | {cell([final(r) for _, r in sorted(head.items())])} | | | | | | |")
     return lines
 
 
