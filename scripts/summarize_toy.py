@@ -8,12 +8,12 @@ run). Standard library only.
                                                                 (docs/results.md) recomputes
     python3 scripts/summarize_toy.py --write [DIR [PAGE]]       rewrite those tables from the runs
 
-The tables: the learning rates (validation accuracy after 30 rounds, tune_lr<rate> and
-FFA-LoRA's extension tune_ffa_lr<rate>), final test
-accuracy per rank at 10 and 50 clients (k<K>_s<seed>: mean ± sample std over seeds, the best
-mean of a row in bold, RoLoRA's paired per-seed margins) and the two-classes-per-client skew
-(skew_classes2_k50_s<seed>, with the mean over evaluations). --check compares each with the page's
-<!-- BEGIN toy:NAME --> block line by line (ctest docs.toy_tables).
+The tables: the learning rates (validation accuracy after 30 rounds; tune_lr<rate>, and
+FFA-LoRA's extension tune_ffa_lr<rate>), final test accuracy per rank at 10 and 50 clients
+(k<K>_s<seed>: mean ± sample std over seeds, the best mean of a row in bold, RoLoRA's paired
+per-seed margins) and the two-classes-per-client skew (skew_classes2_k50_s<seed>, with the mean
+over evaluations). --check compares each with the page's <!-- BEGIN toy:NAME --> block line by
+line (ctest docs.toy_tables); the prose's other numbers are printed by the plain command.
 """
 import csv
 import pathlib
@@ -112,18 +112,24 @@ BLOCKS = {"toy:tune": tune_table,
           "toy:classes2": lambda root: rank_table(root, "skew_classes2_k50_s*", bold=False, over_rounds=True)}
 
 
+def fedit_errors(root, pattern):
+    """rank -> FedIT's aggregation error in every round of the finished runs root/<pattern>."""
+    errors = defaultdict(list)
+    for path in sorted(root.glob(f"{pattern}/runs.csv")):
+        if (path.parent / "done").exists():
+            for r in csv.DictReader(open(path)):
+                if r["method"] == "fedit":
+                    errors[int(r["rank"])].append(float(r["aggregation_error"]))
+    return errors
+
+
 def figures(root):
     """The numbers the page quotes in prose: FedIT's aggregation error per round, the long run,
-    the rank-4 rates and the Dirichlet-0.1 skew."""
-    for k in (10, 50):
-        for (rank, method), seeds in sorted(runs(root, f"k{k}_s*").items()):
-            if method == "fedit":
-                errors = []
-                for path in sorted(root.glob(f"k{k}_s*/runs.csv")):
-                    errors += [float(r["aggregation_error"]) for r in csv.DictReader(open(path))
-                               if r["method"] == "fedit" and int(r["rank"]) == rank]
-                print(f"{k} clients r {rank}: FedIT aggregation error {min(errors):.2f}..{max(errors):.2f} "
-                      f"(median {statistics.median(errors):.2f})")
+    the rank-4 rates and the two skews."""
+    for pattern in ("k10_s*", "k50_s*", "k50_s0", "skew_dir0.1_k50_s0", "skew_classes2_k50_s0"):
+        for rank, e in sorted(fedit_errors(root, pattern).items()):
+            print(f"{pattern} r {rank}: FedIT aggregation error {min(e):.2f}..{max(e):.2f} "
+                  f"(median {statistics.median(e):.2f})")
     for name in ("long_r4_k10_s0", "diag_r4_lr1e-2", "diag_r4_lr3e-2", "skew_dir0.1_k50_s0", "skew_classes2_k50_s0"):
         for (rank, method), seeds in sorted(runs(root, name).items()):
             rows = seeds[0]
