@@ -87,7 +87,7 @@ if [ "$what" = toy ]; then
   # The non-linear toy of docs/results.md (apps/mnist_toy, Fashion-MNIST turned a quarter): the
   # rates on validation, 10 and 50 clients x 3 seeds (ranks 1, 2, 4 per run), the two checks and
   # the stronger skews, into TOY_OUT (docs/runs/toy): one folder per command with its runs.csv,
-  # log.txt and a `done` marker (a folder with it is skipped). About 15 min on 2 cores.
+  # log.txt and a `done` marker (a folder with it is skipped). About 7 minutes on 2 cores.
   toy="${TOY_EXE:-build/apps/mnist_toy}" out="${TOY_OUT:-docs/runs/toy}"
   [ -z "${NO_BUILD:-}" ] && cmake --build --preset default --target mnist_toy
   toy_run() {  # toy_run <folder> <args...>
