@@ -38,6 +38,7 @@
 # marker is skipped, so an interrupted grid resumes where it stopped (an unfinished run starts
 # over). scripts/summarize_results.py turns them into the tables of docs/results.md.
 set -euo pipefail
+{  # bash reads this block whole before running it: editing the file under a running grid is safe
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 what="${1:-all}"
@@ -305,3 +306,5 @@ if [ "$what" = paper-tune ] || [ "$what" = paper ] || [ "$what" = params ]; then
   exit 0
 fi
 python3 scripts/summarize_results.py "$table"
+exit
+}
