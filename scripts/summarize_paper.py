@@ -156,8 +156,10 @@ def table_runs(root):
 
 
 def at_upload(rows, budget):
-    """The test accuracy of the last evaluated round whose cumulative upload is <= budget."""
-    within = [r for r in evaluated(rows) if int(r["total_bytes_up"]) <= budget]
+    """The test accuracy of the last evaluated round whose cumulative upload is within the budget,
+    up to 1%: methods that upload the same factors a round differ by a few hundred bytes of message
+    framing over 100 rounds (FFA-LoRA against RoLoRA), which must not cost them their last round."""
+    within = [r for r in evaluated(rows) if int(r["total_bytes_up"]) <= 1.01 * budget]
     return float(within[-1]["eval_accuracy"]) if within else None
 
 
