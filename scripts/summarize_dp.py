@@ -30,6 +30,8 @@ import re
 import statistics
 import sys
 
+
+from doc_blocks import check_blocks
 METHODS = ["fedit", "ffa", "rolora", "head"]
 TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA", "head": "head only"}
 TUNE = re.compile(r"lr([0-9.e-]+)(?:-C([0-9.e-]+))?$")
@@ -199,18 +201,6 @@ def theory(root):  # -> (Markdown lines, seed count); ([], 0) without runs
     return lines, len(seeds)
 
 
-def compare(name, lines, text):
-    """The number of lines of the table `lines` (found by its header) that `text` has otherwise."""
-    got = text[text.index(lines[0]):].split("\n\n", 1)[0].splitlines()
-    bad = [(w, h) for w, h in zip(lines, got) if w != h] + \
-        ([("(length)", "")] if len(lines) != len(got) else [])
-    for want, have in bad:
-        print(f"FAIL {name}:\n  page:     {have}\n  computed: {want}")
-    if not bad:
-        print(f"ok {name}: {len(lines) - 2} rows recomputed")
-    return len(bad)
-
-
 def sample_grids(root):
     """[(clients, folder)] of the DP-SGD grids under root/sample/clients<N>, N ascending."""
     grids = [(int(d.name[7:]), d) for d in (root / "sample").glob("clients*")]
@@ -219,21 +209,12 @@ def sample_grids(root):
 
 def check(root, page):
     """0 when the theory table and the accuracy tables (client level, and DP-SGD per client
-    count) of `page` are the ones the committed runs give, line by line."""
-    text = page.read_text()
-    theory_lines, _ = theory(root)
-    tables = [("theory table", theory_lines), ("accuracy table", accuracy_table(root))]
+    count) in the <!-- BEGIN dp:NAME --> blocks of `page` are the ones the committed runs give,
+    line by line."""
+    tables = {"dp:theory": lambda: theory(root)[0], "dp:accuracy": lambda: accuracy_table(root)}
     for n, grid in sample_grids(root):
-        tables.append((f"DP-SGD table ({n} clients)",
-                       accuracy_table(grid, f"epsilon (DP-SGD, {n} clients)")))
-    failures = 0
-    for name, lines in tables:
-        if not lines or lines[0] not in text:
-            print(f"FAIL: no {name} in {page} (or no runs under {root})")
-            failures += 1
-        else:
-            failures += compare(name, lines, text)
-    return failures
+        tables[f"dp:sgd-{n}"] = lambda g=grid, n=n: accuracy_table(g, f"epsilon (DP-SGD, {n} clients)")
+    return check_blocks(page, tables)
 
 
 def main(argv):

@@ -17,7 +17,7 @@ import re
 import statistics
 import sys
 
-from summarize_dp import compare
+from doc_blocks import check_blocks
 
 METHODS = ["fedit", "ffa", "rolora", "head"]
 TITLES = {"fedit": "FedIT", "ffa": "FFA-LoRA", "rolora": "RoLoRA", "head": "head only"}
@@ -79,20 +79,12 @@ def bytes_table(root):
 def main(argv):
     args = [a for a in argv if not a.startswith("--")]
     root = pathlib.Path(args[0] if args else "docs/runs/secagg")
-    tables = (("quantization table", accuracy_table(root)), ("upload table", bytes_table(root)))
+    tables = {"secagg:quantization": lambda: accuracy_table(root), "secagg:upload": lambda: bytes_table(root)}
     if "--check" in argv:
         page = pathlib.Path(args[1] if len(args) > 1 else "docs/privacy.md")
-        text = page.read_text()
-        failures = 0
-        for name, lines in tables:
-            if len(lines) <= 2 or lines[0] not in text:
-                print(f"FAIL: no {name} in {page} (or no runs under {root})")
-                failures += 1
-            else:
-                failures += compare(name, lines, text)
-        sys.exit(1 if failures else 0)
-    for _, lines in tables:
-        print("\n".join(lines) + "\n")
+        sys.exit(1 if check_blocks(page, tables) else 0)
+    for lines_of in tables.values():
+        print("\n".join(lines_of()) + "\n")
 
 
 if __name__ == "__main__":
