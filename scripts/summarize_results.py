@@ -50,36 +50,40 @@ def cell(values):
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}{seeds}"
 
 
-def table(root, experiment, key_name, pattern):
-    """The Markdown lines of the clients or ranks table (docs/results.md): each method's final test
-    accuracy (%), mean ± std over the finished runs root/<experiment>/<key><K>_s<seed>."""
-    runs = defaultdict(lambda: defaultdict(list))  # key -> method -> accuracies
+def finals(root, experiment, pattern):
+    """(key, method) -> seed -> final test accuracy of the finished runs root/<experiment>/<run>,
+    the run folder's name matching `pattern` with the key and the seed as its two groups."""
+    acc = defaultdict(dict)
     for csv_path in sorted((root / experiment).glob("*/*.csv")):
         match = re.match(pattern, csv_path.parent.name)
         if match and (csv_path.parent / "done").exists():  # finished runs only
             row = final_row(csv_path)
-            runs[int(match.group(1))][row["method"]].append(float(row["eval_accuracy"]))
-    if not runs:
+            acc[(int(match.group(1)), row["method"])][int(match.group(2))] = float(row["eval_accuracy"])
+    return acc
+
+
+CLIENTS, RANKS = r"k(\d+)_s(\d+)$", r"r(\d+)_s(\d+)$"  # the run folders of the two experiments
+
+
+def table(root, experiment, key_name, pattern):
+    """The Markdown lines of the clients or ranks table (docs/results.md): each method's final test
+    accuracy (%), mean ± std over the finished runs root/<experiment>/<key><K>_s<seed>."""
+    acc = finals(root, experiment, pattern)
+    if not acc:
         return []
     lines = [f"| {key_name} | " + " | ".join(TITLES[m] for m in METHODS) + " |",
              "|---" * (len(METHODS) + 1) + "|"]
-    for key in sorted(runs):
-        lines.append(f"| {key} | " + " | ".join(cell(runs[key][m]) for m in METHODS) + " |")
+    for key in sorted({k for k, _ in acc}):
+        lines.append(f"| {key} | " + " | ".join(cell(list(acc[(key, m)].values())) for m in METHODS) + " |")
     return lines
 
 
 def margins_table(root):
     """RoLoRA's paired per-seed margins over FedIT and FFA-LoRA (final test accuracy, points; seed
     order 0, 1, 2) for each clients and ranks cell of root (docs/runs/iid)."""
-    cells = [("clients", r"k(\d+)_s(\d+)$", "{} clients"), ("ranks", r"r(\d+)_s(\d+)$", "r {} (3 clients)")]
     lines = ["| | RoLoRA - FedIT | RoLoRA - FFA-LoRA |", "|---|---|---|"]
-    for experiment, pattern, title in cells:
-        acc = defaultdict(dict)  # (key, method) -> seed -> accuracy
-        for csv_path in sorted((root / experiment).glob("*/*.csv")):
-            match = re.match(pattern, csv_path.parent.name)
-            if match and (csv_path.parent / "done").exists():
-                row = final_row(csv_path)
-                acc[(int(match.group(1)), row["method"])][int(match.group(2))] = float(row["eval_accuracy"])
+    for experiment, pattern, title in (("clients", CLIENTS, "{} clients"), ("ranks", RANKS, "r {} (3 clients)")):
+        acc = finals(root, experiment, pattern)
         for key in sorted({k for k, _ in acc}):
             if experiment == "ranks" and key == 2:
                 continue  # the 3-client row of the clients table: the same runs
@@ -135,8 +139,8 @@ def blocks(runs_csv, iid_root):
     from run folders of scripts/results.sh (committed: docs/runs/iid), the robustness grid's from
     its committed CSV."""
     return {"tune": lambda: tune_table(iid_root),
-            "clients": lambda: table(iid_root, "clients", "clients", r"k(\d+)_s\d+"),
-            "ranks": lambda: table(iid_root, "ranks", "rank", r"r(\d+)_s\d+"),
+            "clients": lambda: table(iid_root, "clients", "clients", CLIENTS),
+            "ranks": lambda: table(iid_root, "ranks", "rank", RANKS),
             "margins": lambda: margins_table(iid_root),
             "robustness-tune": lambda: robust_tune_table(runs_csv),
             "robustness": lambda: robustness_table(runs_from_csv(runs_csv))}
@@ -375,8 +379,8 @@ if __name__ == "__main__":
         del args[i:i + 2]
     root = pathlib.Path(args[0] if args else "results/table")
     for name, lines in (("tune", tune_table(root)),
-                        ("clients", table(root, "clients", "clients", r"k(\d+)_s\d+")),
-                        ("ranks", table(root, "ranks", "rank", r"r(\d+)_s\d+"))):
+                        ("clients", table(root, "clients", "clients", CLIENTS)),
+                        ("ranks", table(root, "ranks", "rank", RANKS))):
         if lines:
             print(f"\n{name}: final accuracy (%), mean ± std over seeds\n" + "\n".join(lines))
     robust_tuning(root)
