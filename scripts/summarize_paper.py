@@ -234,6 +234,37 @@ def params_table(root):
     return lines
 
 
+LATE = 5  # evaluations: rounds 60-100 of the paper grid's 100 (every 10th evaluated)
+
+
+def late(rows, field="eval_accuracy"):
+    """The mean of the last LATE evaluations: with 10 of 50 clients sampled a round the accuracy
+    swings by several points between evaluations, and one round's value is a noisy summary."""
+    return statistics.mean(float(r[field]) for r in evaluated(rows, field)[-LATE:])
+
+
+def late_table(root):
+    """One row per (split, method): the test and personal accuracy averaged over the last LATE
+    evaluations, and RoLoRA's paired per-seed margin on that average."""
+    runs = table_runs(root)
+    lines = ["| split | method | test accuracy, mean of rounds 60-100 | personal accuracy, "
+             "mean of rounds 60-100 | RoLoRA - method per seed |", "|---" * 5 + "|"]
+    for split in SPLITS:
+        cells = runs.get(split, {})
+        rolora = cells.get("rolora", {})
+        for method in GLOBAL:
+            seeds = cells.get(method, {})
+            if not seeds:
+                continue
+            margins = " ".join(f"{100 * (late(rolora[k]) - late(seeds[k])):+.1f}"
+                               for k in sorted(seeds) if k in rolora) if method != "rolora" else ""
+            lines.append(f"| {split_title(split)} | {TITLES[method]} | "
+                         f"{cell([late(r) for _, r in sorted(seeds.items())])} | "
+                         f"{cell([late(r, 'personal_accuracy') for _, r in sorted(seeds.items())])} | "
+                         f"{margins or '-'} |")
+    return lines
+
+
 def plots(root, out_dir):
     """IMG/paper_<split>.svg: mean test accuracy against round, and against MB uploaded."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +294,7 @@ def plots(root, out_dir):
 BLOCKS = {"tune": (tune_table, "paper/tune"),  # marker -> (table, runs folder)
           "personal": (personal_table, "personal"),
           "paper": (paper_table, "paper/table"),
+          "late": (late_table, "paper/table"),
           "params": (params_table, "paper")}
 
 
