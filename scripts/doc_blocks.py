@@ -10,21 +10,17 @@ def block(text, name):
     return text.split(begin, 1)[1].split(end, 1)[0].strip().splitlines()
 
 
-def check_blocks(page, tables, optional=()):
+def check_blocks(page, tables):
     """Compares each block of `page` with `tables` (name -> a function giving its lines), printing
-    `ok NAME` or `FAIL NAME` with the differing lines. A block missing from the page fails, unless
-    its name is in `optional` (a grid that has not run yet): then it is listed as unchecked.
+    `ok NAME` or `FAIL NAME` with the differing lines; a block missing from the page fails.
     Returns the number of failures."""
     text = page.read_text()
     failures = 0
     for name, lines_of in tables.items():
         have = block(text, name)
         if have is None:
-            if name in optional:
-                print(f"UNCHECKED {name}: {page} has no <!-- BEGIN {name} --> block yet")
-            else:
-                print(f"FAIL {name}: {page} has no <!-- BEGIN {name} --> block")
-                failures += 1
+            print(f"FAIL {name}: {page} has no <!-- BEGIN {name} --> block")
+            failures += 1
             continue
         want = lines_of()
         if have == want:
