@@ -60,6 +60,7 @@ def final(rows, field="eval_accuracy"):
 
 
 LATE = 5  # evaluations: rounds 60-100 of the paper grid's 100 (every 10th evaluated)
+LATE_TITLE = "mean of rounds 60-100"  # the tables' name for late()
 
 
 def late(rows, field="eval_accuracy"):
@@ -228,8 +229,8 @@ def params_table(root):
     order = {"all": 0, "top": 1, "last": 2}
     names = {"all": "all", "top": "top half", "last": "last"}
     lines = ["| rank | adapted layers | FedIT | FFA-LoRA | RoLoRA | FedIT at RoLoRA's upload | "
-             "MB up, FedIT / RoLoRA | RoLoRA - FedIT per seed | RoLoRA - FedIT per seed, mean of "
-             "rounds 60-100 | RoLoRA - FFA-LoRA per seed |", "|---" * 10 + "|"]
+             f"MB up, FedIT / RoLoRA | RoLoRA - FedIT per seed | RoLoRA - FedIT per seed, {LATE_TITLE} | "
+             "RoLoRA - FFA-LoRA per seed |", "|---" * 10 + "|"]
     for key in sorted((k for k in runs if k[1] != "head"), key=lambda k: (k[0], order[k[1]])):
         seeds = runs[key]
         rolora = seeds.get("rolora", {})
@@ -253,8 +254,8 @@ def late_table(root):
     """One row per (split, method): the test and personal accuracy averaged over the last LATE
     evaluations, and RoLoRA's paired per-seed margin on that average."""
     runs = table_runs(root)
-    lines = ["| split | method | test accuracy, mean of rounds 60-100 | personal accuracy, "
-             "mean of rounds 60-100 | RoLoRA - method per seed |", "|---" * 5 + "|"]
+    lines = [f"| split | method | test accuracy, {LATE_TITLE} | personal accuracy, {LATE_TITLE} | "
+             "RoLoRA - method per seed |", "|---" * 5 + "|"]
     for split in SPLITS:
         cells = runs.get(split, {})
         rolora = cells.get("rolora", {})
